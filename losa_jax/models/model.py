@@ -1,0 +1,217 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""One adaptable model for every method: LoSA, linear probe, full, LoRA, adapters.
+
+Param tree (names are the API; see `losa_jax.optim` for the freezing rules):
+
+    backbone/...   the big_vision ViT (no head); frozen except for `full`, and
+                   except its `*_lora/*` or `adapter_*/*` leaves for lora/adapter
+    side/...       LoSA's mixers and LN_out (only for method="losa")
+    head/{kernel,bias}   the new classifier, zero-initialised
+
+The backbone is wrapped in `nn.map_variables` so its frozen leaves are read
+through `jax.lax.stop_gradient`; for LoSA the taps are stop-gradient'ed again,
+so no gradient can reach the backbone even if a caller differentiates the
+whole tree. `Model.apply(variables, images) -> (logits [B, C], out)`.
+"""
+import re
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from losa_jax.models import side as side_lib
+from losa_jax.models import vit
+
+METHODS = ("losa", "linear", "full", "lora", "adapter")
+
+# Backbone leaves that a method trains; everything else under backbone/ is
+# frozen. `optim.default_rules` builds the optimizer's rules from this table.
+TRAINABLE_IN_BACKBONE = {
+    "losa": None,
+    "linear": None,
+    "full": r".*",
+    "lora": r".*_lora/.*",
+    "adapter": r".*/adapter_(sa|mlp)/.*",
+}
+
+LOSA_DEFAULTS = dict(
+    rank=8,                 # r_c = r_t unless rank_channel / rank_token given
+    rank_channel=None,
+    rank_token=None,
+    rank_time=None,         # video: temporal rank (defaults to rank_token)
+    tap="block",            # block | attn | block_ln
+    tap_every=1,
+    combine="add",          # add | gated | concat
+    state="delta",          # delta | stream
+    mixer_order="channel_token",
+    num_pairs=1,
+    token_mixer="all",      # all | exclude_cls | full_rank | none
+    share_weights=False,
+    norms="pre",            # pre | none | post
+    zero_init=True,
+    head_input="sum",       # sum | side | concat
+    out_norm="new",         # new (trainable LN_out) | backbone (frozen encoder_norm)
+    pool="auto",            # auto (match backbone) | tok | gap
+    video_token_mixing="space_time",
+)
+LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
+ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
+TAPS = ("block", "attn", "block_ln")
+
+
+def merged(defaults: dict, given: Optional[dict], what: str) -> dict:
+  """defaults updated by `given`, refusing unknown keys by name."""
+  given = dict(given or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f"Unknown {what} option(s) {unknown}; valid: "
+                     f"{sorted(defaults)}.")
+  return {**defaults, **given}
+
+
+def _frozen_reader(trainable: Optional[str]):
+  """trans_in_fn for map_variables: stop_gradient on every frozen leaf."""
+  pattern = re.compile(trainable) if trainable else None
+
+  def read(variables):
+    params = variables.get("params", {})
+    flat = traverse_util.flatten_dict(params, sep="/")
+    flat = {k: v if pattern and pattern.fullmatch(k) else
+            jax.lax.stop_gradient(v) for k, v in flat.items()}
+    return {**variables,
+            "params": traverse_util.unflatten_dict(flat, sep="/")}
+  return read
+
+
+class Model(nn.Module):
+  """Backbone + method + head. `__call__(images [B, H, W, 3]) -> (logits, out)`.
+
+  Attributes:
+    num_classes: classes of the new head.
+    method: one of METHODS.
+    backbone: kwargs of `vit.Model` (variant, pool_type, posemb, rep_size,
+      scan, dtype_mm, ...), without num_classes.
+    losa / lora / adapter: method options (see *_DEFAULTS).
+  """
+  num_classes: int
+  method: str = "losa"
+  backbone: Any = None
+  losa: Any = None
+  lora: Any = None
+  adapter: Any = None
+
+  def backbone_kwargs(self) -> dict:
+    kw = dict(self.backbone or {})
+    if "num_classes" in kw:
+      raise ValueError("model.backbone must not set num_classes: the head is "
+                       "model-level (set num_classes on the config).")
+    if self.method == "lora":
+      lo = merged(LORA_DEFAULTS, self.lora, "lora")
+      kw.update(lora_rank=lo["rank"], lora_targets=lo["targets"],
+                lora_alpha=lo["alpha"])
+    elif self.method == "adapter":
+      ad = merged(ADAPTER_DEFAULTS, self.adapter, "adapter")
+      kw.update(adapter_dim=ad["dim"], adapter_placement=ad["placement"])
+    return {**vit.decode_variant(kw.pop("variant", None)), **kw}
+
+  @nn.compact
+  def __call__(self, images, *, train=False):
+    if self.method not in METHODS:
+      raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")
+    bb_kw = self.backbone_kwargs()
+    trainable = TRAINABLE_IN_BACKBONE[self.method]
+    if self.method == "full":
+      backbone = vit._Model(name="backbone", **bb_kw)  # pylint: disable=protected-access
+    else:
+      frozen_vit = nn.map_variables(vit._Model, "params",  # pylint: disable=protected-access
+                                    trans_in_fn=_frozen_reader(trainable),
+                                    init=True)
+      backbone = frozen_vit(name="backbone", **bb_kw)
+    # The frozen backbone always runs in inference mode (no dropout).
+    bb_train = train and self.method in ("full", "lora", "adapter")
+    pre_logits, out = backbone(images, train=bb_train)
+
+    if self.method == "losa":
+      features = self._losa(backbone, out)
+    else:
+      features = pre_logits
+    out["features"] = features
+    logits = out["logits"] = nn.Dense(
+        self.num_classes, kernel_init=nn.initializers.zeros,
+        name="head")(features)
+    return logits, out
+
+  # --- LoSA -----------------------------------------------------------------
+
+  def _losa(self, backbone, out):
+    cfg = merged(LOSA_DEFAULTS, self.losa, "losa")
+    if cfg["tap"] not in TAPS:
+      raise ValueError(f"LoSA option tap={cfg['tap']!r}: use one of {TAPS}.")
+    bb_kw = self.backbone_kwargs()
+    depth = bb_kw.get("depth", 12)
+    pool_type = bb_kw.get("pool_type", "gap")
+    bb_params = jax.lax.stop_gradient(backbone.variables["params"])
+    enc_norm = bb_params["Transformer"]["encoder_norm"]
+
+    def frozen_ln(x):
+      return nn.LayerNorm().apply({"params": enc_norm}, x)
+
+    taps = []
+    for i in side_lib.tap_indices(depth, cfg["tap_every"]):
+      block = out["encoder"][f"block{i:02d}"]
+      t = block["+sa"] if cfg["tap"] == "attn" else block["+mlp"]
+      taps.append(frozen_ln(t) if cfg["tap"] == "block_ln" else t)
+    # Second guard: the side network only ever sees constants.
+    taps = side_lib.as_float32(jax.lax.stop_gradient(taps))
+    final = side_lib.as_float32(jax.lax.stop_gradient(
+        out["encoder"]["pre_ln"]))
+    out["taps"] = taps
+
+    rank = cfg["rank"]
+    mixer = dict(
+        rank_channel=cfg["rank_channel"] or rank,
+        rank_token=cfg["rank_token"] or rank,
+        rank_time=cfg["rank_time"],
+        mixer_order=cfg["mixer_order"], num_pairs=cfg["num_pairs"],
+        token_mixer=cfg["token_mixer"], norms=cfg["norms"],
+        zero_init=cfg["zero_init"],
+        num_prefix=1 if pool_type == "tok" else 0,
+        grid=out.get("token_grid"),
+        video_token_mixing=cfg["video_token_mixing"])
+    side = side_lib.SideNetwork(
+        mixer=mixer, combine=cfg["combine"], state=cfg["state"],
+        share_weights=cfg["share_weights"], head_input=cfg["head_input"],
+        out_norm=cfg["out_norm"], name="side")
+    f, out["side_state"] = side(taps, final, frozen_ln)
+    return self._pool(cfg["pool"], pool_type, f, bb_kw, bb_params)
+
+  def _pool(self, pool, pool_type, f, bb_kw, bb_params):
+    """Pools refined tokens [B, N, D'] like the backbone's head: -> [B, D']."""
+    if pool == "auto":
+      pool = {"tok": "tok", "0": "tok", "gap": "gap", "map": "map"}.get(
+          pool_type)
+      if pool is None:
+        raise ValueError(f"LoSA cannot pool a backbone with pool_type="
+                         f"{pool_type!r}; set model.losa.pool to 'tok' or 'gap'.")
+    prefix = 1 if pool_type == "tok" else 0
+    if pool == "tok":
+      x = f[:, 0]
+    elif pool == "gap":
+      x = jnp.mean(f[:, prefix:], axis=1)
+    elif pool == "map":
+      if f.shape[-1] != bb_kw["width"]:
+        raise ValueError("LoSA pool='map' uses the frozen MAP head, which "
+                         "needs head_input 'sum' or 'side'.")
+      x = vit.MAPHead(num_heads=bb_kw.get("num_heads", 12),
+                      mlp_dim=bb_kw.get("mlp_dim")).apply(
+                          {"params": bb_params["MAPHead_0"]}, f)
+    else:
+      raise ValueError(f"LoSA option pool={pool!r}: use 'auto', 'tok', 'gap'"
+                       " or 'map'.")
+    if "pre_logits" in bb_params and x.shape[-1] == bb_kw["width"]:
+      p = bb_params["pre_logits"]
+      x = jnp.tanh(x @ p["kernel"] + p["bias"])
+    return x

@@ -1,0 +1,242 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""The LoSA side network: low-rank mixers that refine frozen backbone taps.
+
+Reference design (docs/method.md, section 2.2), with every open choice a field:
+
+    a_0 = 0
+    z_i = sg(b_i) + a_{i-1}              (combine)
+    a_i = a_{i-1} + M_i(z_i)             (state="delta")
+    M_i(z) = c + t,  c = ChannelMLP(LN(z)),  t = TokenMLP(LN(z + c))
+
+Shapes: taps b_i are [B, N, D]; the channel MLP's hidden state is [B, N, r_c]
+and the token MLP's [B, D, r_t] (for video, [B, T, D, r_s] spatial and
+[B, S, D, r_t] temporal). With `zero_init` every mixer output projection
+starts at zero, so a_i = 0 at step 0 and the model is a linear probe.
+"""
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+COMBINES = ("add", "gated", "concat")
+STATES = ("delta", "stream")
+MIXER_ORDERS = ("channel_token", "token_channel")
+TOKEN_MIXERS = ("all", "exclude_cls", "full_rank", "none")
+NORMS = ("pre", "none", "post")
+VIDEO_TOKEN_MIXING = ("space_time", "time_space", "joint")
+HEAD_INPUTS = ("sum", "side", "concat")
+OUT_NORMS = ("new", "backbone")
+
+
+def _check(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"LoSA option {name}={value!r} is not valid: choose one of "
+                     f"{list(choices)}.")
+
+
+class LowRankMLP(nn.Module):
+  """Dense(rank) -> GELU -> Dense(features) on the last axis.
+
+  [..., F_in] -> [..., features]; `rank=None` gives one full-rank Dense.
+  Params: 2 * F * rank + rank + features (or F_in * features + features).
+  """
+  features: int
+  rank: Optional[int]
+  zero_init: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    out_init = (nn.initializers.zeros if self.zero_init
+                else nn.initializers.normal(stddev=1e-3))
+    if self.rank is None:
+      return nn.Dense(self.features, kernel_init=out_init, name="up")(x)
+    h = nn.Dense(self.rank, kernel_init=nn.initializers.lecun_normal(),
+                 name="down")(x)
+    h = nn.gelu(h)
+    return nn.Dense(self.features, kernel_init=out_init, name="up")(h)
+
+
+class _Branch(nn.Module):
+  """One mixing sub-block returning a delta of the input's shape [B, N, D].
+
+  kind: "channel" (over D), "token" (over all mixed tokens), "space" or "time"
+  (the two factors of a video token grid, applied per frame / per position).
+  """
+  kind: str
+  rank: Optional[int]
+  norms: str
+  zero_init: bool
+  num_prefix: int            # leading tokens (CLS) left out of token mixing
+  grid: Optional[Tuple[int, int]] = None   # (n_t, n_s) for video tokens
+
+  @nn.compact
+  def __call__(self, z):
+    pre = self.norms == "pre"
+    y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm")(z) if pre else z
+    if self.kind == "channel":
+      out = LowRankMLP(z.shape[-1], self.rank, self.zero_init, name="mlp")(y)
+    else:
+      prefix, tokens = y[:, :self.num_prefix], y[:, self.num_prefix:]
+      out = self._mix_tokens(tokens)
+      if self.num_prefix:
+        # Prefix tokens (CLS) get no token-mixing update, only channel mixing.
+        out = jnp.concatenate([jnp.zeros_like(prefix), out], axis=1)
+    if self.norms == "post":
+      out = nn.LayerNorm(epsilon=1e-6, name="LayerNorm")(out)
+    return out
+
+  def _mix_tokens(self, tokens):
+    b, n, d = tokens.shape
+    if self.kind == "token":
+      mixed = LowRankMLP(n, self.rank, self.zero_init, name="mlp")(
+          tokens.transpose(0, 2, 1))                       # [B, D, N]
+      return mixed.transpose(0, 2, 1)
+    n_t, n_s = self.grid
+    if n_t * n_s != n:
+      raise ValueError(f"Video token grid {self.grid} holds {n_t * n_s} tokens "
+                       f"but the tap has {n} (after {self.num_prefix} prefix).")
+    x = tokens.reshape(b, n_t, n_s, d)
+    if self.kind == "space":      # over n_s, same weights for every frame
+      x = x.transpose(0, 1, 3, 2)                         # [B, T, D, S]
+      x = LowRankMLP(n_s, self.rank, self.zero_init, name="mlp")(x)
+      x = x.transpose(0, 1, 3, 2)
+    elif self.kind == "time":     # over n_t, same weights for every position
+      x = x.transpose(0, 2, 3, 1)                         # [B, S, D, T]
+      x = LowRankMLP(n_t, self.rank, self.zero_init, name="mlp")(x)
+      x = x.transpose(0, 3, 1, 2)
+    else:
+      raise ValueError(f"Unknown mixing branch {self.kind!r}.")
+    return x.reshape(b, n, d)
+
+
+class Mixer(nn.Module):
+  """Low-rank mixer M_i: [B, N, D] -> delta [B, N, D] (sum of branch outputs).
+
+  Branches run sequentially with residuals (u = z + c; t = Token(u)); the
+  returned delta is c + t, accumulated branch by branch so that zero branches
+  give an exact zero.
+  """
+  rank_channel: int = 8
+  rank_token: int = 8
+  rank_time: Optional[int] = None
+  mixer_order: str = "channel_token"
+  num_pairs: int = 1
+  token_mixer: str = "all"
+  norms: str = "pre"
+  zero_init: bool = True
+  num_prefix: int = 0
+  grid: Optional[Tuple[int, int]] = None
+  video_token_mixing: str = "space_time"
+
+  def branches(self) -> Sequence[Tuple[str, Optional[int]]]:
+    """The (kind, rank) sequence of one layer's sub-blocks."""
+    if self.token_mixer == "none":
+      token = []
+    elif self.grid is None or self.video_token_mixing == "joint":
+      token = [("token", None if self.token_mixer == "full_rank"
+                else self.rank_token)]
+    else:
+      space = ("space", self.rank_token)
+      time = ("time", self.rank_time or self.rank_token)
+      token = [space, time] if self.video_token_mixing == "space_time" else [
+          time, space]
+    channel = [("channel", self.rank_channel)]
+    pair = channel + token if self.mixer_order == "channel_token" else (
+        token + channel)
+    return pair * self.num_pairs
+
+  @nn.compact
+  def __call__(self, z):
+    # CLS is mixed with the patches only when asked, and never in the
+    # factorised video mixers (its position fits no frame).
+    exclude_cls = self.token_mixer == "exclude_cls" or (
+        self.grid is not None and self.video_token_mixing != "joint")
+    delta = jnp.zeros_like(z)
+    cur = z
+    for j, (kind, rank) in enumerate(self.branches()):
+      y = _Branch(kind, rank, self.norms, self.zero_init,
+                  num_prefix=self.num_prefix if (
+                      kind != "channel" and exclude_cls) else 0,
+                  grid=self.grid, name=f"{kind}_{j}")(cur)
+      cur = cur + y
+      delta = delta + y
+    return delta
+
+
+class SideNetwork(nn.Module):
+  """Runs the mixers over the taps and returns the head's token features.
+
+  Inputs: `taps`, a list of L' [B, N, D] stop-gradient'ed backbone features;
+  `final`, the backbone's last residual-stream output sg(b_L) [B, N, D] (the
+  tap list may skip layers); `frozen_ln`, the backbone's own encoder_norm.
+  Returns (f, a): f = LN_out(sg(b_L) + a_L) [B, N, D] by default ([B, N, 2D]
+  for head_input="concat") and a the final side state [B, N, D].
+  """
+  mixer: dict
+  combine: str = "add"
+  state: str = "delta"
+  share_weights: bool = False
+  head_input: str = "sum"
+  out_norm: str = "new"
+
+  @nn.compact
+  def __call__(self, taps, final, frozen_ln):
+    _check("combine", self.combine, COMBINES)
+    _check("state", self.state, STATES)
+    _check("head_input", self.head_input, HEAD_INPUTS)
+    _check("out_norm", self.out_norm, OUT_NORMS)
+    if self.state == "stream" and self.head_input != "sum":
+      raise ValueError("LoSA option state='stream' needs head_input='sum' "
+                       "(the stream already carries the backbone features).")
+    mixer_kw = dict(self.mixer)
+    _check("mixer_order", mixer_kw.get("mixer_order", "channel_token"),
+           MIXER_ORDERS)
+    _check("token_mixer", mixer_kw.get("token_mixer", "all"), TOKEN_MIXERS)
+    _check("norms", mixer_kw.get("norms", "pre"), NORMS)
+    _check("video_token_mixing", mixer_kw.get("video_token_mixing",
+                                              "space_time"), VIDEO_TOKEN_MIXING)
+    shared = Mixer(**mixer_kw, name="mixer") if self.share_weights else None
+    carry = jnp.zeros_like(taps[0])
+    for i, b in enumerate(taps):
+      z = self._combine(i, b, carry)
+      mix = shared or Mixer(**mixer_kw, name=f"mixer_{i}")
+      if self.state == "delta":
+        carry = carry + mix(z)
+      else:
+        carry = z + mix(z)
+    refined = final + carry if self.state == "delta" else carry
+
+    norm = (nn.LayerNorm(epsilon=1e-6, name="LN_out")
+            if self.out_norm == "new" else frozen_ln)
+    if self.head_input == "sum":
+      return norm(refined), carry
+    if self.head_input == "side":
+      return norm(carry), carry
+    return jnp.concatenate([frozen_ln(final), norm(carry)], axis=-1), carry
+
+  def _combine(self, i, b, carry):
+    if self.combine == "add":
+      return b + carry
+    if self.combine == "gated":
+      gamma = self.param(f"gate_{i}", nn.initializers.ones, (), jnp.float32)
+      return b + gamma * carry
+    d = b.shape[-1]
+    # [I; I] init: at step 0 the projection is exactly b + carry.
+    eye = jnp.eye(d, dtype=jnp.float32)
+    proj = nn.Dense(d, kernel_init=lambda *_: jnp.concatenate([eye, eye]),
+                    name=f"combine_{i}")
+    return proj(jnp.concatenate([b, carry], axis=-1))
+
+
+def tap_indices(depth: int, every: int = 1) -> Tuple[int, ...]:
+  """Blocks tapped when taking every `every`-th one, always ending at the last."""
+  if every < 1:
+    raise ValueError(f"LoSA option tap_every={every} must be >= 1.")
+  return tuple(i for i in range(depth) if (depth - 1 - i) % every == 0)
+
+
+def as_float32(x):
+  """Side network math is float32 even when the backbone runs in bf16."""
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), x)

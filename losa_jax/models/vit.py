@@ -1,0 +1,410 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Vision Transformer, parameter-for-parameter identical to big_vision's.
+
+Param names, shapes and the `scan` layout match `big_vision/models/vit.py`, so a
+big_vision / vision_transformer npz loads by name (see `losa_jax.checkpoint`).
+Two additions, both off by default so the tree is exactly big_vision's:
+
+* LoRA (`lora_rank > 0`): a low-rank delta beside the named projections
+  (`query`, `key`, `value`, `out`, `Dense_0`, `Dense_1`), stored as sibling
+  modules `<name>_lora/{down,up}` with `up` zero-initialised.
+* Bottleneck adapters (`adapter_dim > 0`): `adapter_sa` / `adapter_mlp` inside
+  each block, applied to the sub-block output before its residual add, with a
+  zero-initialised up-projection.
+
+The model returns `(logits_or_prelogits, out)` where `out` carries the residual
+stream after every block (`out["encoder"]["block03"]["+mlp"]`, shape
+[B, N, D]), which is what the LoSA side network taps.
+"""
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_VARIANTS = {
+    # name: (width, depth, mlp_dim, num_heads)
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+    "g-opt": (1536, 40, 6144, 16),
+    "G": (1664, 48, 8192, 16),
+    "G-opt": (1536, 48, 8192, 16),
+    "e": (1792, 56, 15360, 16),
+}
+
+LORA_TARGETS = ("query", "key", "value", "out", "Dense_0", "Dense_1")
+_LORA_SHORTHANDS = {
+    "qv": ("query", "value"),
+    "attn": ("query", "key", "value", "out"),
+    "all": LORA_TARGETS,
+}
+_ACT = ("act_batch", "act_len", "act_emb")
+
+
+def decode_variant(variant: Optional[str]) -> dict:
+  """"B/16" -> dict(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=(16, 16))."""
+  if variant is None:
+    return {}
+  name, _, patch = variant.partition("/")
+  if name not in _VARIANTS:
+    raise ValueError(
+        f"Unknown ViT variant {variant!r}: the part before '/' must be one of "
+        f"{sorted(_VARIANTS)} (e.g. 'B/16').")
+  width, depth, mlp_dim, heads = _VARIANTS[name]
+  kw = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
+  if patch:
+    try:
+      p = tuple(int(s) for s in patch.split("x"))
+    except ValueError:
+      raise ValueError(f"Bad patch size in ViT variant {variant!r}: expected "
+                       "'<name>/<p>' or '<name>/<ph>x<pw>', e.g. 'B/16'.") from None
+    kw["patch_size"] = p * 2 if len(p) == 1 else p
+  return kw
+
+
+def lora_targets(spec: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+  """Expands 'qv' / 'attn' / 'all' or validates an explicit list of names."""
+  if isinstance(spec, str):
+    if spec in _LORA_SHORTHANDS:
+      return _LORA_SHORTHANDS[spec]
+    spec = tuple(s for s in spec.replace(",", " ").split() if s)
+  spec = tuple(spec)
+  bad = [t for t in spec if t not in LORA_TARGETS]
+  if bad:
+    raise ValueError(f"Unknown LoRA target(s) {bad}: choose among "
+                     f"{list(LORA_TARGETS)} or one of {sorted(_LORA_SHORTHANDS)}.")
+  return spec
+
+
+def posemb_sincos_2d(h, w, width, temperature=10_000., dtype=jnp.float32):
+  """MoCo-v3 fixed 2-D sin-cos table, [1, h*w, width]."""
+  y, x = jnp.mgrid[:h, :w]
+  if width % 4:
+    raise ValueError(f"posemb='sincos2d' needs width divisible by 4, got {width}.")
+  omega = jnp.arange(width // 4) / (width // 4 - 1)
+  omega = 1. / (temperature**omega)
+  y = jnp.einsum("m,d->md", y.flatten(), omega)
+  x = jnp.einsum("m,d->md", x.flatten(), omega)
+  pe = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+  return jnp.asarray(pe, dtype)[None, :, :]
+
+
+def get_posemb(module, typ, seqshape, width, name, dtype=jnp.float32):
+  """Learned ([1, prod(seqshape), width] param) or fixed sin-cos posemb."""
+  if typ == "learn":
+    return module.param(name,
+                        nn.initializers.normal(stddev=1 / np.sqrt(width)),
+                        (1, int(np.prod(seqshape)), width), dtype)
+  if typ == "sincos2d":
+    return posemb_sincos_2d(*seqshape, width, dtype=dtype)
+  raise ValueError(f"Unknown posemb type {typ!r}: use 'learn' or 'sincos2d'.")
+
+
+class LoRA(nn.Module):
+  """Low-rank delta `(x @ down) @ up * alpha / rank` for one projection.
+
+  `in_axes` are the trailing input axes contracted (1 for Dense, 2 for `out`),
+  `features` the output shape, e.g. (heads, head_dim) for `query`.
+  """
+  rank: int
+  features: Tuple[int, ...]
+  in_axes: int = 1
+  alpha: Optional[float] = None
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[-self.in_axes:]
+    down = self.param("down", nn.initializers.lecun_normal(
+        in_axis=tuple(range(self.in_axes)), out_axis=-1),
+                      (*in_shape, self.rank))
+    up = self.param("up", nn.initializers.zeros, (self.rank, *self.features))
+    axes = tuple(range(x.ndim - self.in_axes, x.ndim))
+    h = jax.lax.dot_general(x, down.astype(x.dtype),
+                            ((axes, tuple(range(self.in_axes))), ((), ())))
+    y = jnp.tensordot(h, up.astype(x.dtype), axes=1)
+    return y * ((self.alpha or self.rank) / self.rank)
+
+
+class Adapter(nn.Module):
+  """Bottleneck adapter x + up(gelu(down(x))), zero-initialised up: [.., D] -> [.., D]."""
+  dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    h = nn.Dense(self.dim, name="down", dtype=x.dtype)(x)
+    h = nn.gelu(h)
+    h = nn.Dense(d, name="up", kernel_init=nn.initializers.zeros,
+                 dtype=x.dtype)(h)
+    return x + h
+
+
+class MultiHeadAttention(nn.Module):
+  """flax's MultiHeadDotProductAttention with the same params, plus LoRA."""
+  num_heads: int
+  dtype_mm: Any = "float32"
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  lora_rank: int = 0
+  lora_targets: Tuple[str, ...] = ()
+  lora_alpha: Optional[float] = None
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv):
+    d = inputs_q.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"Width {d} is not divisible by num_heads={self.num_heads}.")
+    hd = d // self.num_heads
+
+    def proj(name, x, features, axis):
+      y = nn.DenseGeneral(features=features, axis=axis, dtype=self.dtype_mm,
+                          kernel_init=self.kernel_init, name=name)(x)
+      if self.lora_rank and name in self.lora_targets:
+        f = features if isinstance(features, tuple) else (features,)
+        y = y + LoRA(self.lora_rank, f, in_axes=len(axis) if isinstance(
+            axis, tuple) else 1, alpha=self.lora_alpha,
+                     name=f"{name}_lora")(x.astype(y.dtype))
+      return y
+
+    q = proj("query", inputs_q, (self.num_heads, hd), -1)
+    k = proj("key", inputs_kv, (self.num_heads, hd), -1)
+    v = proj("value", inputs_kv, (self.num_heads, hd), -1)
+    x = nn.dot_product_attention(q, k, v, dtype=self.dtype_mm)
+    return proj("out", x, d, (-2, -1))
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense -> GELU(tanh) -> Dropout -> Dense, [B, N, D] -> [B, N, D]."""
+  mlp_dim: Optional[int] = None
+  dropout: float = 0.0
+  dtype_mm: Any = "float32"
+  lora_rank: int = 0
+  lora_targets: Tuple[str, ...] = ()
+  lora_alpha: Optional[float] = None
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6))
+    d = x.shape[-1]
+
+    def dense(name, x, features):
+      y = nn.Dense(features, dtype=self.dtype_mm, name=name, **inits)(x)
+      if self.lora_rank and name in self.lora_targets:
+        y = y + LoRA(self.lora_rank, (features,), alpha=self.lora_alpha,
+                     name=f"{name}_lora")(x.astype(y.dtype))
+      return y
+
+    x = dense("Dense_0", x, self.mlp_dim or 4 * d)
+    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_mlp"))
+    x = nn.gelu(x)
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return dense("Dense_1", x, d)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block; returns (x, {sa, +sa, mlp, +mlp}) all [B, N, D]."""
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+  dropout: float = 0.0
+  dtype_mm: Any = "float32"
+  lora_rank: int = 0
+  lora_targets: Tuple[str, ...] = ()
+  lora_alpha: Optional[float] = None
+  adapter_dim: int = 0
+  adapter_placement: str = "mlp"
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    out = {}
+    lora = dict(lora_rank=self.lora_rank, lora_targets=self.lora_targets,
+                lora_alpha=self.lora_alpha)
+    x = nn.with_logical_constraint(x, _ACT)
+    y = nn.LayerNorm(name="LayerNorm_0")(x)
+    y = out["sa"] = MultiHeadAttention(
+        num_heads=self.num_heads, dtype_mm=self.dtype_mm,
+        name="MultiHeadDotProductAttention_0", **lora)(y, y)
+    y = nn.with_logical_constraint(y, _ACT)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    if self.adapter_dim and self.adapter_placement == "both":
+      y = Adapter(self.adapter_dim, name="adapter_sa")(y)
+    x = out["+sa"] = x + y
+
+    y = nn.LayerNorm(name="LayerNorm_1")(x)
+    y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                              dtype_mm=self.dtype_mm, name="MlpBlock_0",
+                              **lora)(y, deterministic)
+    y = nn.with_logical_constraint(y, _ACT)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    if self.adapter_dim:
+      y = Adapter(self.adapter_dim, name="adapter_mlp")(y)
+    x = out["+mlp"] = x + y
+    x = nn.with_logical_constraint(x, _ACT)
+    return x, out
+
+
+class Encoder(nn.Module):
+  """Stack of `depth` blocks + final LayerNorm: [B, N, D] -> ([B, N, D], out).
+
+  `out["blockNN"]` holds each block's intermediates (per layer also in scan
+  mode); `out["pre_ln"]` is the residual stream before `encoder_norm`.
+  """
+  depth: int
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+  dropout: float = 0.0
+  scan: bool = False
+  remat_policy: Optional[str] = "nothing_saveable"
+  dtype_mm: Any = "float32"
+  lora_rank: int = 0
+  lora_targets: Tuple[str, ...] = ()
+  lora_alpha: Optional[float] = None
+  adapter_dim: int = 0
+  adapter_placement: str = "mlp"
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    out = {}
+    block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                    dropout=self.dropout, dtype_mm=self.dtype_mm,
+                    lora_rank=self.lora_rank, lora_targets=self.lora_targets,
+                    lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
+                    adapter_placement=self.adapter_placement)
+    if self.scan:
+      block = Encoder1DBlock
+      if self.remat_policy not in (None, "none"):
+        block = nn.remat(block, prevent_cse=False, static_argnums=(2,),
+                         policy=getattr(jax.checkpoint_policies,
+                                        self.remat_policy))
+      x, scan_out = nn.scan(
+          block, variable_axes={"params": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=nn.broadcast, length=self.depth)(
+              name="encoderblock", **block_kw)(x, deterministic)
+      out["stacked"] = scan_out
+      for lyr in range(self.depth):
+        out[f"block{lyr:02d}"] = jax.tree.map(lambda o, l=lyr: o[l], scan_out)
+    else:
+      for lyr in range(self.depth):
+        x, out[f"block{lyr:02d}"] = Encoder1DBlock(
+            name=f"encoderblock_{lyr}", **block_kw)(x, deterministic)
+    out["pre_ln"] = x
+    return nn.LayerNorm(name="encoder_norm")(x), out
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling with a learned probe: [B, N, D] -> [B, D]."""
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+
+  @nn.compact
+  def __call__(self, x):
+    n, _, d = x.shape
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d),
+                       x.dtype)
+    probe = jnp.tile(probe, [n, 1, 1])
+    x = MultiHeadAttention(num_heads=self.num_heads,
+                           name="MultiHeadDotProductAttention_0")(probe, x)
+    y = nn.LayerNorm(name="LayerNorm_0")(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, name="MlpBlock_0")(y)
+    return x[:, 0]
+
+
+POOL_TYPES = ("tok", "gap", "map", "0", "none")
+
+
+class _Model(nn.Module):
+  """ViT; see `Model` for the factory that decodes `variant`."""
+  num_classes: Optional[int] = None
+  patch_size: Sequence[int] = (16, 16)
+  width: int = 768
+  depth: int = 12
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+  posemb: str = "learn"
+  rep_size: Union[int, bool] = False
+  dropout: float = 0.0
+  pool_type: str = "gap"
+  head_zeroinit: bool = True
+  scan: bool = False
+  remat_policy: Optional[str] = "nothing_saveable"
+  dtype_mm: Any = "float32"
+  lora_rank: int = 0
+  lora_targets: Any = "qv"
+  lora_alpha: Optional[float] = None
+  adapter_dim: int = 0
+  adapter_placement: str = "mlp"
+
+  def pool(self, x):
+    """Pools encoded tokens [B, N, D] -> [B, D] the way this model's head does."""
+    if self.pool_type == "map":
+      return MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                     name="MAPHead_0")(x)
+    if self.pool_type == "gap":
+      return jnp.mean(x, axis=1)
+    if self.pool_type in ("0", "tok"):
+      return x[:, 0]
+    return x
+
+  @nn.compact
+  def __call__(self, image, *, train=False):
+    if self.pool_type not in POOL_TYPES:
+      raise ValueError(f"Unknown pool_type {self.pool_type!r}: use one of {POOL_TYPES}.")
+    if self.adapter_placement not in ("mlp", "both"):
+      raise ValueError(f"adapter_placement={self.adapter_placement!r}: use 'mlp' or 'both'.")
+    out = {}
+    image = jnp.asarray(image, self.dtype_mm)
+    x = out["stem"] = nn.Conv(self.width, tuple(self.patch_size),
+                              strides=tuple(self.patch_size), padding="VALID",
+                              name="embedding", dtype=self.dtype_mm)(image)
+    n, h, w, c = x.shape
+    x = jnp.reshape(x, [n, h * w, c])
+    # Add posemb before the cls token, as big_vision does (no cls slot).
+    x = out["with_posemb"] = x + get_posemb(self, self.posemb, (h, w), c,
+                                             "pos_embedding", x.dtype)
+    if self.pool_type == "tok":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), x.dtype)
+      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+
+    x, out["encoder"] = Encoder(
+        depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+        dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
+        dtype_mm=self.dtype_mm, lora_rank=self.lora_rank,
+        lora_targets=lora_targets(self.lora_targets),
+        lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
+        adapter_placement=self.adapter_placement,
+        name="Transformer")(x, deterministic=not train)
+    encoded = out["encoded"] = x
+    x = out["head_input"] = self.pool(x)
+    if self.pool_type == "tok":
+      encoded = encoded[:, 1:]
+    x_2d = jnp.reshape(encoded, [n, h, w, -1])
+
+    if self.rep_size:
+      rep_size = self.width if self.rep_size is True else self.rep_size
+      hid = nn.Dense(rep_size, name="pre_logits")
+      x_2d = nn.tanh(hid(x_2d))
+      x = nn.tanh(hid(x))
+    out["pre_logits_2d"] = x_2d
+    out["pre_logits"] = x
+
+    if self.num_classes:
+      kw = {"kernel_init": nn.initializers.zeros} if self.head_zeroinit else {}
+      head = nn.Dense(self.num_classes, name="head", **kw)
+      x_2d = out["logits_2d"] = head(x_2d)
+      x = out["logits"] = head(x)
+    return x, out
+
+
+def Model(num_classes=None, *, variant=None, **kw):  # pylint: disable=invalid-name
+  """Factory: `Model(10, variant="B/16", pool_type="tok")` -> linen module."""
+  return _Model(num_classes, **{**decode_variant(variant), **kw})
