@@ -56,6 +56,7 @@ LOSA_DEFAULTS = dict(
     out_norm="new",         # new (trainable LN_out) | backbone (frozen encoder_norm)
     pool="auto",            # auto (match backbone) | tok | gap
     video_token_mixing="space_time",
+    remat=True,             # recompute each mixer in backward: far less memory
 )
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
 ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
@@ -159,11 +160,16 @@ class Model(nn.Module):
     def frozen_ln(x):
       return nn.LayerNorm().apply({"params": enc_norm}, x)
 
-    taps = []
-    for i in side_lib.tap_indices(depth, cfg["tap_every"]):
-      block = out["encoder"][f"block{i:02d}"]
-      t = block["+sa"] if cfg["tap"] == "attn" else block["+mlp"]
-      taps.append(frozen_ln(t) if cfg["tap"] == "block_ln" else t)
+    idx = side_lib.tap_indices(depth, cfg["tap_every"])
+    key = "+sa" if cfg["tap"] == "attn" else "+mlp"
+    if "stacked" in out["encoder"]:     # scanned backbone: already [L, B, N, D]
+      taps = out["encoder"]["stacked"][key]
+      if len(idx) != depth:
+        taps = taps[jnp.asarray(idx)]
+    else:
+      taps = jnp.stack([out["encoder"][f"block{i:02d}"][key] for i in idx])
+    if cfg["tap"] == "block_ln":
+      taps = frozen_ln(taps)
     # Second guard: the side network only ever sees constants.
     taps = side_lib.as_float32(jax.lax.stop_gradient(taps))
     final = side_lib.as_float32(jax.lax.stop_gradient(
@@ -184,7 +190,7 @@ class Model(nn.Module):
     side = side_lib.SideNetwork(
         mixer=mixer, combine=cfg["combine"], state=cfg["state"],
         share_weights=cfg["share_weights"], head_input=cfg["head_input"],
-        out_norm=cfg["out_norm"], name="side")
+        out_norm=cfg["out_norm"], remat=cfg["remat"], name="side")
     f, out["side_state"] = side(taps, final, frozen_ln)
     return self._pool(cfg["pool"], pool_type, f, bb_kw, bb_params)
 

@@ -1,0 +1,95 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""From a config to a model, an optimizer and jitted, sharded steps.
+
+Shared by the trainer, the benchmarks and the tests, so all three compile
+exactly the same step. Shapes first: params and optimizer state are built
+with `jax.eval_shape`, shardings are derived from names, and the real state
+is created directly into its shardings by `jax.jit(..., out_shardings=...)`.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from losa_jax import optim
+from losa_jax import sharding as sharding_lib
+from losa_jax import steps
+from losa_jax import tree as tree_lib
+from losa_jax.models import model as model_lib
+from losa_jax.models import vit
+
+
+def model_from_config(config) -> model_lib.Model:
+  """config.num_classes + config.model.{method, backbone, losa, lora, adapter}."""
+  m = config.model
+  return model_lib.Model(
+      num_classes=config.num_classes, method=m.get("method", "losa"),
+      backbone=dict(m.get("backbone", {})), losa=dict(m.get("losa", {})),
+      lora=dict(m.get("lora", {})), adapter=dict(m.get("adapter", {})))
+
+
+@dataclasses.dataclass
+class Built:
+  model: Any
+  tx: Any
+  mask: Dict[str, bool]
+  schedule_fns: Dict[str, Callable]
+  mesh: Any
+  state_shape: Any
+  state_sharding: Any
+  image_shape: Tuple[int, ...]
+  train_step: Callable       # jitted (state, batch) -> (state, metrics)
+  eval_step: Callable        # jitted (params, batch) -> sums
+  init: Callable             # jitted rng -> state, in its shardings
+
+  def num_trainable(self) -> int:
+    flat = tree_lib.flatten(self.state_shape["params"])
+    return sum(int(v.size) for n, v in flat.items() if self.mask[n])
+
+
+def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
+  """Everything needed to train `config`; nothing is materialised."""
+  model = model_from_config(config)
+  res = config.get("image_size", 224)
+  res = (res, res) if isinstance(res, int) else tuple(res)
+  image_shape = (*res, 3)
+  params_shape = jax.eval_shape(
+      lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
+      jax.random.key(0))["params"]
+  tx, schedule_fns, mask = optim.make(config, params_shape, total_steps)
+  state_shape = jax.eval_shape(
+      lambda r: steps.init_state(model, tx, r, (1, *image_shape)),
+      jax.random.key(0))
+  if mesh is None:
+    mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  strategy = config.get("sharding_strategy", [(".*", "replicate")])
+  state_sharding = sharding_lib.infer_state_sharding(state_shape, mesh,
+                                                     strategy)
+  step = steps.train_step_fn(model, tx, mask,
+                             label_smoothing=config.get("label_smoothing", 0.0),
+                             schedule_fns=schedule_fns)
+  train_step = steps.jit_train_step(step, mesh, state_sharding, donate=donate)
+  eval_step = steps.jit_eval_step(steps.eval_step_fn(model), mesh,
+                                  state_sharding["params"])
+  init = jax.jit(lambda r: steps.init_state(model, tx, r, (1, *image_shape)),
+                 out_shardings=state_sharding)
+  return Built(model, tx, mask, schedule_fns, mesh, state_shape,
+               state_sharding, image_shape, train_step, eval_step, init)
+
+
+def backbone_forward(config) -> Tuple[Callable, Any]:
+  """The frozen backbone alone, in inference mode: (fn, params_shape).
+
+  fn(params, images [B, H, W, 3]) -> pre-logits [B, D]; the baseline that
+  LoSA's train step is compared with.
+  """
+  model = model_from_config(config)
+  bb = vit.Model(None, **model.backbone_kwargs())
+  res = config.get("image_size", 224)
+  res = (res, res) if isinstance(res, int) else tuple(res)
+  shape = jax.eval_shape(
+      lambda r: bb.init(r, jnp.zeros((1, *res, 3), jnp.float32)),
+      jax.random.key(0))["params"]
+  return (lambda p, x: bb.apply({"params": p}, x, train=False)[0]), shape
