@@ -1,0 +1,186 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""The 19 VTAB-1k tasks: TFDS sources, splits, class counts and label ops.
+
+`task(name)` returns a dict with
+
+* `tfds_name`: TFDS name/config, e.g. "eurosat/rgb".
+* `splits`: split expressions keyed "train800", "val200", "train800val200",
+  "test" (the VTAB-1k protocol), plus "train", "val", "trainval" (the full
+  task_adaptation splits, for full-data runs).
+* `num_classes`, `group` ("natural" / "specialized" / "structured"),
+  `display` (the name used in results tables).
+* `label_pp`: pp ops (see losa_jax.pp) that turn a raw TFDS example into
+  {"image", "label"}; run them BEFORE the model pp, e.g.
+  `pp.get_preprocess_fn([t["label_pp"], "decode|resize(224)|..."])`.
+
+Splits follow google-research/task_adaptation as best known here: train800 is
+the first 800 examples of the training split; val200 is the first 200 of the
+split task_adaptation validates on - the official "validation" split where
+the TFDS dataset has one (DTD, Flowers102, Sun397, Camelyon, Retinopathy,
+DMLab, KITTI), the first half of "test" for smallNORB, and otherwise the
+held-out tail of "train" that starts after task_adaptation's train
+percentage (CIFAR-100 90%, Caltech101 90%, Pets 80%, SVHN 90%, EuroSAT 60%,
+Resisc45 60%, CLEVR 90%, dSprites 80%). These offsets are written as
+absolute indices computed from the TFDS split sizes (listed next to each
+task), so they do not depend on `builder.info` (empty under
+tfds.testing.mock_data). train800val200 = train800 + val200; test is the
+official test split, except CLEVR (its test has no labels: "validation"),
+EuroSAT/Resisc45/dSprites (last 20%/20%/10% of "train") and smallNORB
+(second half of "test"). The NOAH/VPT "vtab-1k" image lists were produced
+from these same task_adaptation splits.
+"""
+import copy
+from typing import Any, Dict, List
+
+GROUPS = ("natural", "specialized", "structured")
+_KEEP = "keep('image', 'label')"
+
+
+def _carved_val(train_size: int, pct: int) -> Dict[str, str]:
+  """Splits when validation is the tail of "train" after `pct`%."""
+  v = train_size * pct // 100  # task_adaptation's integer arithmetic.
+  return {
+      "train": f"train[:{v}]",
+      "val": f"train[{v}:]",
+      "trainval": "train",
+      "train800": "train[:800]",
+      "val200": f"train[{v}:{v + 200}]",
+      "train800val200": f"train[:800]+train[{v}:{v + 200}]",
+  }
+
+
+def _official_val(val: str = "validation") -> Dict[str, str]:
+  """Splits when the dataset has its own validation split."""
+  return {
+      "train": "train",
+      "val": val,
+      "trainval": f"train+{val}",
+      "train800": "train[:800]",
+      "val200": f"{val}[:200]",
+      "train800val200": f"train[:800]+{val}[:200]",
+  }
+
+
+def _train_only(train_size: int, train_pct: int, val_pct: int):
+  """Splits for datasets with only "train": val and test are carved out."""
+  t = train_size * train_pct // 100
+  v = train_size * (train_pct + val_pct) // 100
+  return dict(_carved_val(train_size, train_pct), val=f"train[{t}:{v}]",
+              trainval=f"train[:{v}]", test=f"train[{v}:]")
+
+
+def _task(display, tfds_name, group, num_classes, splits, label_pp=_KEEP,
+          note=""):
+  splits = dict(splits)
+  splits.setdefault("test", "test")
+  return dict(display=display, tfds_name=tfds_name, group=group,
+              num_classes=num_classes, splits=splits, label_pp=label_pp,
+              note=note)
+
+
+def _dsprites(attribute: str, num_original: int) -> str:
+  return (f"decode(channels=3)|dsprites_label('{attribute}', 16, "
+          f"{num_original})|{_KEEP}")
+
+
+# TFDS split sizes the carved offsets use are in each `note`.
+TASKS: Dict[str, Dict[str, Any]] = {
+    # Natural.
+    "cifar100": _task("CIFAR-100", "cifar100", "natural", 100,
+                      _carved_val(50_000, 90), note="train 50000"),
+    "caltech101": _task("Caltech101", "caltech101", "natural", 102,
+                        _carved_val(3_060, 90), note="train 3060"),
+    "dtd": _task("DTD", "dtd", "natural", 47, _official_val()),
+    "oxford_flowers102": _task("Flowers102", "oxford_flowers102", "natural",
+                               102, _official_val()),
+    "oxford_iiit_pet": _task("Pets", "oxford_iiit_pet", "natural", 37,
+                             _carved_val(3_680, 80), note="train 3680"),
+    "svhn": _task("SVHN", "svhn_cropped", "natural", 10,
+                  _carved_val(73_257, 90), note="train 73257"),
+    "sun397": _task("Sun397", "sun397/tfds", "natural", 397, _official_val()),
+    # Specialized.
+    "patch_camelyon": _task("Camelyon", "patch_camelyon", "specialized", 2,
+                            _official_val()),
+    "eurosat": _task("EuroSAT", "eurosat/rgb", "specialized", 10,
+                     _train_only(27_000, 60, 20), note="train 27000"),
+    "resisc45": _task("Resisc45", "resisc45", "specialized", 45,
+                      _train_only(31_500, 60, 20), note="train 31500"),
+    "diabetic_retinopathy": _task(
+        "Retinopathy", "diabetic_retinopathy_detection/btgraham-300",
+        "specialized", 5, _official_val()),
+    # Structured.
+    "clevr_count": _task("Clevr-Count", "clevr", "structured", 8,
+                         dict(_carved_val(70_000, 90), test="validation"),
+                         label_pp=f"clevr_count_all|{_KEEP}",
+                         note="train 70000; test has no labels"),
+    "clevr_dist": _task("Clevr-Dist", "clevr", "structured", 6,
+                        dict(_carved_val(70_000, 90), test="validation"),
+                        label_pp=f"clevr_closest_distance|{_KEEP}",
+                        note="train 70000; test has no labels"),
+    "dmlab": _task("DMLab", "dmlab", "structured", 6, _official_val()),
+    "kitti_dist": _task("KITTI-Dist", "kitti", "structured", 4,
+                        _official_val(),
+                        label_pp=f"kitti_closest_vehicle_distance|{_KEEP}"),
+    "dsprites_loc": _task("dSprites-Loc", "dsprites", "structured", 16,
+                          _train_only(737_280, 80, 10),
+                          label_pp=_dsprites("label_x_position", 32),
+                          note="train 737280"),
+    "dsprites_ori": _task("dSprites-Ori", "dsprites", "structured", 16,
+                          _train_only(737_280, 80, 10),
+                          label_pp=_dsprites("label_orientation", 40),
+                          note="train 737280"),
+    "smallnorb_azi": _task(
+        "sNORB-Azim", "smallnorb", "structured", 18,
+        dict(_official_val("test[:50%]"), val200="test[:200]",
+             train800val200="train[:800]+test[:200]", test="test[50%:]"),
+        label_pp=f"copy('label_azimuth', 'label')|{_KEEP}",
+        note="val = first half of test, test = second half"),
+    "smallnorb_ele": _task(
+        "sNORB-Elev", "smallnorb", "structured", 9,
+        dict(_official_val("test[:50%]"), val200="test[:200]",
+             train800val200="train[:800]+test[:200]", test="test[50%:]"),
+        label_pp=f"copy('label_elevation', 'label')|{_KEEP}",
+        note="val = first half of test, test = second half"),
+}
+
+# Short names used by NOAH/VPT-style code bases.
+ALIASES = {
+    "cifar": "cifar100", "flowers102": "oxford_flowers102",
+    "pets": "oxford_iiit_pet", "camelyon": "patch_camelyon",
+    "retinopathy": "diabetic_retinopathy", "kitti": "kitti_dist",
+    "smallnorb_azimuth": "smallnorb_azi", "smallnorb_elevation":
+        "smallnorb_ele", "dsprites_location": "dsprites_loc",
+    "dsprites_orientation": "dsprites_ori",
+}
+
+
+def task(name: str) -> Dict[str, Any]:
+  """The task dict of `name` (a key of TASKS or an ALIASES entry), a copy."""
+  key = ALIASES.get(name, name)
+  if key not in TASKS:
+    raise ValueError(f"Unknown VTAB task {name!r}. Valid tasks: "
+                     f"{', '.join(TASKS)} (aliases: {', '.join(ALIASES)}).")
+  return dict(copy.deepcopy(TASKS[key]), name=key)
+
+
+def tasks_in_group(group: str) -> List[str]:
+  if group not in GROUPS:
+    raise ValueError(f"Unknown VTAB group {group!r}; use one of {GROUPS}.")
+  return [k for k, t in TASKS.items() if t["group"] == group]
+
+
+def source(name: str, split: str = "train800val200", **kw):
+  """A TfdsSource for a task split key (e.g. "train800") or expression.
+
+  Extra kwargs (data_dir, download, in_memory, ...) go to TfdsSource.
+  """
+  from losa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  t = task(name)
+  return input_pipeline.TfdsSource(t["tfds_name"],
+                                   t["splits"].get(split, split), **kw)
+
+
+def pp_spec(name: str, pp: str) -> List[str]:
+  """[label ops of the task, model pp]: pass to pp.get_preprocess_fn."""
+  return [task(name)["label_pp"], pp]
