@@ -119,10 +119,25 @@ class Model(nn.Module):
     return {**vit.decode_variant(kw.pop("variant", None)), **kw}
 
   @nn.compact
-  def __call__(self, images, *, train=False):
+  def __call__(self, images, *, train=False, precomputed=None,
+               taps_only=False):
+    """images [B, H, W, 3] -> (logits [B, C], out).
+
+    precomputed: LoSA only; {"taps": [L', B, N, D], "final": [B, N, D]} as
+      returned with `taps_only=True` (e.g. from a feature cache). The
+      backbone is then not run at all; `images` is ignored.
+    taps_only: LoSA only; return those backbone features instead of logits.
+    """
     if self.method not in METHODS:
       raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")
+    if (precomputed is not None or taps_only) and self.method != "losa":
+      raise ValueError("precomputed / taps_only need method='losa': other "
+                       "methods change the backbone's features.")
     bb_kw = self.backbone_kwargs()
+    if precomputed is not None:
+      out = {"taps": precomputed["taps"], "final": precomputed["final"]}
+      return self._head(self._losa(out), out)
+
     trainable = TRAINABLE_IN_BACKBONE[self.method]
     if self.method == "full":
       backbone = vit._Model(name="backbone", **bb_kw)  # pylint: disable=protected-access
@@ -134,11 +149,14 @@ class Model(nn.Module):
     # The frozen backbone always runs in inference mode (no dropout).
     bb_train = train and self.method in ("full", "lora", "adapter")
     pre_logits, out = backbone(images, train=bb_train)
+    if self.method != "losa":
+      return self._head(pre_logits, out)
+    out["taps"], out["final"] = self._taps(out)
+    if taps_only:
+      return {"taps": out["taps"], "final": out["final"]}
+    return self._head(self._losa(out), out)
 
-    if self.method == "losa":
-      features = self._losa(backbone, out)
-    else:
-      features = pre_logits
+  def _head(self, features, out):
     out["features"] = features
     logits = out["logits"] = nn.Dense(
         self.num_classes, kernel_init=nn.initializers.zeros,
@@ -147,19 +165,25 @@ class Model(nn.Module):
 
   # --- LoSA -----------------------------------------------------------------
 
-  def _losa(self, backbone, out):
+  def _cfg(self):
     cfg = merged(LOSA_DEFAULTS, self.losa, "losa")
     if cfg["tap"] not in TAPS:
       raise ValueError(f"LoSA option tap={cfg['tap']!r}: use one of {TAPS}.")
-    bb_kw = self.backbone_kwargs()
-    depth = bb_kw.get("depth", 12)
-    pool_type = bb_kw.get("pool_type", "gap")
-    bb_params = jax.lax.stop_gradient(backbone.variables["params"])
-    enc_norm = bb_params["Transformer"]["encoder_norm"]
+    return cfg
 
-    def frozen_ln(x):
-      return nn.LayerNorm().apply({"params": enc_norm}, x)
+  def _backbone_params(self):
+    # Read from this module's scope so it also works when the backbone was
+    # not run (precomputed features).
+    return jax.lax.stop_gradient(self.variables["params"]["backbone"])
 
+  def _frozen_ln(self):
+    enc_norm = self._backbone_params()["Transformer"]["encoder_norm"]
+    return lambda x: nn.LayerNorm().apply({"params": enc_norm}, x)
+
+  def _taps(self, out):
+    """Backbone outputs -> (taps [L', B, N, D], final [B, N, D]), float32."""
+    cfg = self._cfg()
+    depth = self.backbone_kwargs().get("depth", 12)
     idx = side_lib.tap_indices(depth, cfg["tap_every"])
     key = "+sa" if cfg["tap"] == "attn" else "+mlp"
     if "stacked" in out["encoder"]:     # scanned backbone: already [L, B, N, D]
@@ -169,13 +193,18 @@ class Model(nn.Module):
     else:
       taps = jnp.stack([out["encoder"][f"block{i:02d}"][key] for i in idx])
     if cfg["tap"] == "block_ln":
-      taps = frozen_ln(taps)
+      taps = self._frozen_ln()(taps)
     # Second guard: the side network only ever sees constants.
     taps = side_lib.as_float32(jax.lax.stop_gradient(taps))
     final = side_lib.as_float32(jax.lax.stop_gradient(
         out["encoder"]["pre_ln"]))
-    out["taps"] = taps
+    return taps, final
 
+  def _losa(self, out):
+    cfg = self._cfg()
+    bb_kw = self.backbone_kwargs()
+    pool_type = bb_kw.get("pool_type", "gap")
+    frozen_ln = self._frozen_ln()
     rank = cfg["rank"]
     mixer = dict(
         rank_channel=cfg["rank_channel"] or rank,
@@ -191,8 +220,11 @@ class Model(nn.Module):
         mixer=mixer, combine=cfg["combine"], state=cfg["state"],
         share_weights=cfg["share_weights"], head_input=cfg["head_input"],
         out_norm=cfg["out_norm"], remat=cfg["remat"], name="side")
-    f, out["side_state"] = side(taps, final, frozen_ln)
-    return self._pool(cfg["pool"], pool_type, f, bb_kw, bb_params)
+    f, out["side_state"] = side(
+        jax.lax.stop_gradient(out["taps"]),
+        jax.lax.stop_gradient(out["final"]), frozen_ln)
+    return self._pool(cfg["pool"], pool_type, f, bb_kw,
+                      self._backbone_params())
 
   def _pool(self, pool, pool_type, f, bb_kw, bb_params):
     """Pools refined tokens [B, N, D'] like the backbone's head: -> [B, D']."""

@@ -3,7 +3,8 @@
 """Vision Transformer, parameter-for-parameter identical to big_vision's.
 
 Param names, shapes and the `scan` layout match `big_vision/models/vit.py`, so a
-big_vision / vision_transformer npz loads by name (see `losa_jax.checkpoint`).
+big_vision / vision_transformer npz loads by name (see
+`losa_jax.models.porting`).
 Two additions, both off by default so the tree is exactly big_vision's:
 
 * LoRA (`lora_rank > 0`): a low-rank delta beside the named projections
