@@ -37,7 +37,9 @@ class Predictor:
   def __init__(self, config, workdir: str, step: Optional[int] = None):
     config_lib.validate(config)
     self.config = config = config_lib.with_defaults(config)
-    self.built = built = build.build(config, total_steps=1)
+    # The schedule is irrelevant here but must be valid for the config.
+    self.built = built = build.build(
+        config, total_steps=int(config.get("total_steps") or 10**9))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       async_save=False)
     step = step if step is not None else ckpt.latest_step()
@@ -67,7 +69,8 @@ class Predictor:
     fn = pp_lib.get_preprocess_fn(self.config.input.pp)
     out = []
     for ex in examples:
-      ex = {"label": tf.constant(0, tf.int64), **ex}
+      ex = {"label": tf.constant(0, tf.int64),
+            **{k: tf.constant(v) for k, v in ex.items()}}
       out.append(np.asarray(fn(ex)["image"]))
     return np.stack(out)
 
@@ -103,15 +106,17 @@ def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
   return records
 
 
-config_flags.DEFINE_config_file("config", None, "The training config.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "A finished training workdir.")
-flags.DEFINE_multi_string("images", [], "Image files to classify.")
-flags.DEFINE_string("split", None, "Split of the config's training data to "
-                    "classify instead of files, e.g. 'test'.")
-flags.DEFINE_string("out", None, "CSV file for the predictions (default: "
-                    "print them).")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+def define_flags():
+  """Defined on demand so importing this module claims no flag names."""
+  config_flags.DEFINE_config_file("config", None, "The training config.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "A finished training workdir.")
+  flags.DEFINE_multi_string("images", [], "Image files to classify.")
+  flags.DEFINE_string("split", None, "Split of the config's training data to "
+                      "classify instead of files, e.g. 'test'.")
+  flags.DEFINE_string("out", None, "CSV file for the predictions (default: "
+                      "print them).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 
 
 def main(argv):
@@ -144,6 +149,7 @@ def main(argv):
 
 
 def run():
+  define_flags()
   app.run(main)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from losa_jax import build
 from losa_jax import checkpointing
 from losa_jax import config_lib
+from losa_jax import distributed
 from losa_jax import input_pipeline
 from losa_jax import sharding as sharding_lib
 from losa_jax import tree as tree_lib
@@ -46,7 +47,9 @@ def make_source(data: Dict[str, Any]):
 
   Forms: dict(demo="digits", split="train"), dict(vtab="cifar100",
   split="train800", data_dir=...), dict(name=<tfds>, split=..., data_dir=...,
-  download=False), dict(root=<folder>, split=...).
+  download=False), dict(root=<folder>, split=...), and for video
+  dict(frames_root=<folder>, split=...), dict(video_demo="moving_digits",
+  split=...).
   """
   data = dict(data)
   if "demo" in data:
@@ -59,6 +62,10 @@ def make_source(data: Dict[str, Any]):
     from losa_jax import vtab  # pylint: disable=g-import-not-at-top
     return vtab.source(data.pop("vtab"), data.pop("split", "train800val200"),
                        **data)
+  if "frames_root" in data or "video_demo" in data:
+    # Video frame folders / the procedural video demo (losa_jax.video.data).
+    from losa_jax.video import data as video_data  # pylint: disable=g-import-not-at-top
+    return video_data.make_source(**data)
   return input_pipeline.make_source(**data)
 
 
@@ -204,8 +211,9 @@ def load_backbone(params, config):
     logging.warning("config.model_init is empty: the backbone is random.")
     return params
   backbone = dict(config.model.get("backbone", {}))
+  # fetch, not device_get: an FSDP-sharded backbone spans several hosts.
   return porting.load_into_model(
-      jax.device_get(params), config.model_init, backbone,
+      distributed.fetch(params), config.model_init, backbone,
       dont_load=tuple((config.get("model_load") or {}).get("dont_load", ())))
 
 
@@ -213,14 +221,20 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns results."""
   config_lib.validate(config)
   config = config_lib.with_defaults(config)
+  # Before any JAX computation: afterwards the backend exists and can no
+  # longer join other processes (no-op for a single process).
+  distributed.initialize(config.get("distributed"))
+  chief = distributed.is_chief()
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
 
   data = dict(config.input.data)
   train_src = make_source(data)
   num_examples = train_src.num_examples() or train_src.count()
-  total = total_steps_of(config, num_examples)
+  total = distributed.agree(total_steps_of(config, num_examples),
+                           "total_steps (same data on every host?)")
   built = build.build(config, total_steps=total)
+  sharding_lib.check_batch_size(config.input.batch_size, built.mesh)
   expected_meta = {"backbone": backbone_record(config),
                    "config": checkpointing.config_fingerprint(config)}
 
@@ -232,7 +246,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     state["params"] = load_backbone(state["params"], config)
     state = jax.device_put(state, built.state_sharding)
 
-    start = ckpt.latest_step()
+    # Every host must resume from the same step, or their collectives would
+    # pair up different steps; `agree` raises on all hosts otherwise.
+    start = distributed.agree(
+        -1 if ckpt.latest_step() is None else ckpt.latest_step(),
+        f"the latest checkpoint step in {ckpt.directory}")
+    start = None if start < 0 else start
     if start is not None:
       # Check the metadata first: a changed model would otherwise fail later
       # with a less helpful shape error from Orbax.
@@ -241,18 +260,31 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       abstract = checkpointing.abstract_trainable_state(state, built.mask)
       restored, _ = ckpt.restore(start, abstract)
       state = checkpointing.merge_restored(state, restored, built.mask)
-      print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
+      if chief:
+        print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
     start = int(start or 0)
 
-    it, _ = input_pipeline.training(
-        train_src, batch_size=config.input.batch_size,
-        pp=make_pp(data, config.input.pp), seed=config.seed,
-        shuffle=config.input.get("shuffle", True), start_step=start,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    batches = device_batches(it, built.mesh)
-    print(f"Training {config.model.method} for {total} steps "
-          f"({built.num_trainable():,} trainable params) from step {start}.",
-          flush=True)
+    train_step = built.train_step
+    if (config.get("feature_cache") or {}).get("enabled"):
+      # Backbone taps computed once per example; same order as below.
+      from losa_jax import feature_cache  # pylint: disable=g-import-not-at-top
+      train_step, batches = feature_cache.for_trainer(
+          config, built, state["params"], train_src,
+          make_pp(data, config.input.pp), workdir, start_step=start,
+          backbone_id=expected_meta["backbone"]["sha256"])
+    else:
+      it, _ = input_pipeline.training(
+          train_src, batch_size=config.input.batch_size,
+          pp=make_pp(data, config.input.pp), seed=config.seed,
+          shuffle=config.input.get("shuffle", True), start_step=start,
+          process_index=jax.process_index(),
+          process_count=jax.process_count())
+      batches = device_batches(it, built.mesh)
+    if chief:
+      print(f"Training {config.model.method} for {total} steps "
+            f"({built.num_trainable():,} trainable params) from step {start} "
+            f"on {jax.process_count()} process(es), mesh "
+            f"{dict(built.mesh.shape)}.", flush=True)
 
     def save(step, force=False):
       ckpt.save(step, checkpointing.trainable_state(state, built.mask),
@@ -260,6 +292,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                 force=force)
 
     def check_finite(step, loss):
+      # `loss` is the replicated global mean, identical on every host, so
+      # all processes raise at the same step and none hangs in a collective.
       loss = float(loss)
       if not np.isfinite(loss):
         ckpt.wait()
@@ -270,7 +304,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
     metrics, pending = {}, None
     for step in range(start + 1, total + 1):
-      state, metrics = built.train_step(state, next(batches))
+      state, metrics = train_step(state, next(batches))
       # The previous step's loss is ready by now: checking it every step
       # names the exact step without stalling the device pipeline.
       if pending is not None:
@@ -290,7 +324,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         save(step)
       if config.eval_every and step % config.eval_every == 0 and step != total:
         ev = evaluate(built, state["params"], config, step=step)
-        if ev:
+        if ev and chief:
           writer.write(step, ev)
           print("  eval " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()),
                 flush=True)
@@ -302,7 +336,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
     writer.close()
   final = evaluate(built, state["params"], config, step=0)
-  if jax.process_index() == 0:
+  if chief:
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps({"step": total, **final}) + "\n")
   results = {
@@ -312,21 +346,26 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       **{f"train/{k}": float(v) for k, v in metrics.items()},
       **final, **peak_memory(),
   }
-  if jax.process_index() == 0:
+  if chief:
     tmp = os.path.join(workdir, "results.json.tmp")
     with open(tmp, "w") as f:
       json.dump(results, f, indent=2)
     os.replace(tmp, os.path.join(workdir, "results.json"))
     print("Final: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()
                                if isinstance(v, float)), flush=True)
+  # No host leaves (and tears down the runtime) while others still write.
+  distributed.sync("losa_train_and_evaluate_done")
   return {"results": results, "state": state, "built": built}
 
 
-config_flags.DEFINE_config_file(
-    "config", None, "Training config file (configs/*.py[:args]).",
-    lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints and logs go; a run "
-                    "resumes from the newest checkpoint found there.")
+def define_flags():
+  """--config and --workdir; defined on demand so that importing this module
+  (predict, vtab_sweep, tests) does not claim those flag names."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Training config file (configs/*.py[:args]).",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints and logs go; a run "
+                      "resumes from the newest checkpoint found there.")
 
 
 def main(argv):
@@ -341,6 +380,7 @@ def main(argv):
 
 def run():
   """Console-script entry point (`losa-train`)."""
+  define_flags()
   app.run(main)
 
 
