@@ -43,11 +43,15 @@ TOP_LEVEL: Dict[str, Any] = dict(
     sharding_strategy=None,
     distributed=None,
     max_nan_retries=0,
+    feature_cache=None,
 )
 INPUT_KEYS = ("data", "batch_size", "pp", "shuffle")
 EVAL_KEYS = ("data", "pp", "batch_size", "every")
 MODEL_KEYS = ("method", "backbone", "losa", "lora", "adapter")
-MODEL_LOAD_KEYS = ("dont_load",)
+MODEL_LOAD_KEYS = ("dont_load", "param_dtype")
+# config.feature_cache: see losa_jax.feature_cache.DEFAULTS.
+FEATURE_CACHE_KEYS = ("enabled", "dir", "dtype", "memory_budget_mb",
+                      "storage", "batch_size")
 BACKBONE_KEYS = ("variant", "width", "depth", "mlp_dim", "num_heads",
                  "patch_size", "posemb", "rep_size", "dropout", "pool_type",
                  "head_zeroinit", "scan", "remat_policy", "dtype_mm")
@@ -106,8 +110,19 @@ def validate(config) -> None:
                    "config.model.adapter")
   if method == "lora":
     vit.lora_targets(_as_dict(model.get("lora")).get("targets", "qv"))
-  _unknown(_as_dict(config.get("model_load")), MODEL_LOAD_KEYS,
-           "config.model_load")
+  model_load = _as_dict(config.get("model_load"))
+  _unknown(model_load, MODEL_LOAD_KEYS, "config.model_load")
+  if model_load.get("param_dtype") not in (None, "", "float32", "bfloat16",
+                                           "float16"):
+    raise ValueError(f"config.model_load.param_dtype="
+                     f"{model_load['param_dtype']!r}: use 'float32', "
+                     "'bfloat16' or 'float16'.")
+  cache = _as_dict(config.get("feature_cache"))
+  _unknown(cache, FEATURE_CACHE_KEYS, "config.feature_cache")
+  if cache.get("enabled") and method != "losa":
+    raise ValueError(f"config.feature_cache.enabled needs model.method='losa' "
+                     f"(got {method!r}): other methods change the backbone's "
+                     "features, so there is nothing fixed to cache.")
   bs = int(inp["batch_size"])
   if bs <= 0:
     raise ValueError(f"config.input.batch_size={bs} must be positive.")
