@@ -6,6 +6,20 @@ import os
 # Tests never download: TFDS must fail fast instead of retrying DNS for minutes.
 os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests run tiny models: compile time dominates, execution speed does not.
+# LLVM's -O0 halves XLA:CPU compile time; HLO passes (and so the compiled
+# FLOP and memory figures the cost guard asserts) are unchanged. Subprocesses
+# started by tests inherit both settings.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_backend_optimization_level=0").strip()
+# A persistent compilation cache shared by xdist workers and subprocesses:
+# many tests compile the same tiny configs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import ml_collections  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
