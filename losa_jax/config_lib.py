@@ -11,6 +11,8 @@ from typing import Any, Dict
 
 import ml_collections
 
+from losa_jax import distributed as distributed_lib
+from losa_jax import sharding as sharding_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import vit
 
@@ -39,8 +41,16 @@ TOP_LEVEL: Dict[str, Any] = dict(
     eval_every=0,
     ckpt_every=0,
     keep_ckpts=3,
+    # [(axis, size)], one size may be -1; None = [("data", -1)]. Batches are
+    # split over "data" and "fsdp"; see losa_jax.sharding.
     mesh=None,
-    sharding_strategy=None,
+    # [(regex over param names, rule)], first match wins; the default
+    # FSDP-shards the frozen backbone over a "fsdp" mesh axis if there is one.
+    sharding_strategy=sharding_lib.DEFAULT_STRATEGY,
+    # Multi-process launch (losa_jax.distributed): None = from the
+    # environment (LOSA_* variables, or a TPU pod / SLURM / Open MPI cluster);
+    # or dict(coordinator_address="host:port", num_processes=N, process_id=i,
+    # local_device_ids=[...]), dict(auto=True) or dict(auto=False).
     distributed=None,
     max_nan_retries=0,
     feature_cache=None,
@@ -126,6 +136,12 @@ def validate(config) -> None:
   bs = int(inp["batch_size"])
   if bs <= 0:
     raise ValueError(f"config.input.batch_size={bs} must be positive.")
+  # Scale-out fields: their form only; sizes are checked against the devices
+  # when the mesh is built.
+  sharding_lib.check_mesh(config.get("mesh"))
+  if config.get("sharding_strategy") is not None:
+    sharding_lib.check_strategy(config.sharding_strategy)
+  distributed_lib.validate(config.get("distributed"))
 
 
 def with_defaults(config) -> ml_collections.ConfigDict:

@@ -2,16 +2,41 @@
 # Licensed under the Apache License, Version 2.0.
 """Device meshes and regex sharding rules over param names (big_vision style).
 
-`config.mesh` is a list of (axis_name, size) with at most one -1 ("the rest"),
-e.g. [("data", -1)] or [("data", 4), ("fsdp", 2)]. `config.sharding_strategy`
-is a list of (regex, rule) with rules "replicate", "fsdp(axis='fsdp',
-min_size_mb=4)" or "shard_dim(axis='model', dim=-1)"; first match wins.
-Batches are split over every mesh axis that holds data ("data", "fsdp").
+Mesh. `config.mesh` is a list of (axis_name, size) with at most one -1 ("all
+remaining devices"), e.g. [("data", -1)] or [("data", 4), ("fsdp", 2)]. Axes
+are `AxisType.Auto` (GSPMD: the compiler propagates shardings from the
+jit boundaries), which is what regex rules over a linen param tree need.
+
+Batches. The leading (batch) dim is split over every data-holding axis in
+mesh order, ("data", "fsdp"): FSDP devices see different examples and only
+share the weights. Because the split follows the device order, every process
+owns a contiguous block of rows, which is what
+`jax.make_array_from_process_local_data` needs for per-host input.
+
+Rules. `config.sharding_strategy` is a list of (regex, rule); the first regex
+that fully matches a param name wins and every param must match one. A rule
+is one op or a chain "op1|op2" applied left to right:
+
+  replicate                          the whole tensor on every device.
+  fsdp(axis='fsdp', min_size_mb=4)   shard the largest still-free dim that is
+                                     divisible by the axis size; tensors under
+                                     min_size_mb stay replicated (gathering
+                                     them costs more than they save). `axis`
+                                     may be a tuple, e.g. ('data', 'fsdp') for
+                                     ZeRO-3 over every device.
+  shard_dim(axis='model', dim=-1)    shard dim `dim` over `axis`; an error if
+                                     it does not divide.
+
+Mesh axes that are absent or of size 1 are skipped, so one strategy serves
+every mesh: `DEFAULT_STRATEGY` FSDP-shards the frozen backbone over "fsdp"
+when the mesh has that axis and replicates everything otherwise. Optimizer
+state leaves follow the sharding of the param they belong to.
 """
 import ast
 import re
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -19,34 +44,101 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from losa_jax import tree as tree_lib
 
 DATA_AXES = ("data", "fsdp")
+DEFAULT_MESH = (("data", -1),)
+# The frozen backbone is most of the memory (ViT-e: 3.9 B params); the side
+# network, head and their optimizer state are small and stay replicated.
+DEFAULT_STRATEGY = (("backbone/.*", "fsdp(axis='fsdp')"), (".*", "replicate"))
+# Rule name -> accepted keyword arguments (with their defaults).
+RULES: Dict[str, Dict[str, Any]] = {
+    "replicate": {},
+    "fsdp": {"axis": "fsdp", "min_size_mb": 4},
+    "shard_dim": {"axis": "model", "dim": -1},
+}
 
 
-def make_mesh(axes: Sequence[Tuple[str, int]] = (("data", -1),),
-              devices=None) -> jax.sharding.Mesh:
-  """Mesh with Auto axes (GSPMD-style: the compiler propagates shardings)."""
-  devices = list(devices if devices is not None else jax.devices())
-  names = [a for a, _ in axes]
-  sizes = [int(s) for _, s in axes]
+# --- meshes -------------------------------------------------------------------
+
+
+def check_mesh(axes) -> List[Tuple[str, int]]:
+  """Validates the form of `config.mesh` (no devices needed): [(name, size)].
+
+  None means DEFAULT_MESH. Sizes are ints >= 1, or -1 once.
+  """
+  axes = DEFAULT_MESH if axes is None else axes
+  if isinstance(axes, str) or not isinstance(axes, (list, tuple)):
+    raise ValueError(f"config.mesh={axes!r} must be a list of (name, size) "
+                     "pairs, e.g. [('data', 4), ('fsdp', 2)].")
+  pairs = []
+  for a in axes:
+    if (not isinstance(a, (tuple, list)) or len(a) != 2 or
+        not isinstance(a[0], str) or isinstance(a[1], bool) or
+        not isinstance(a[1], (int, np.integer))):
+      raise ValueError(f"config.mesh entry {a!r} is not a (name, size) pair; "
+                       "write e.g. [('data', 4), ('fsdp', 2)].")
+    pairs.append((a[0], int(a[1])))
+  if not pairs:
+    raise ValueError("config.mesh is empty; use e.g. [('data', -1)].")
+  names = [n for n, _ in pairs]
   if len(set(names)) != len(names):
     raise ValueError(f"config.mesh repeats an axis name: {names}.")
-  if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh may use -1 for one axis only: {list(axes)}.")
+  bad = [(n, s) for n, s in pairs if s < 1 and s != -1]
+  if bad:
+    raise ValueError(f"config.mesh axis sizes must be >= 1 or -1 (the rest), "
+                     f"got {bad}.")
+  if [s for _, s in pairs].count(-1) > 1:
+    raise ValueError(f"config.mesh may use -1 for one axis only: {pairs}.")
+  return pairs
+
+
+def mesh_shape(axes, num_devices: int) -> Tuple[Tuple[str, ...],
+                                                 Tuple[int, ...]]:
+  """Validates `config.mesh` against a device count; resolves the -1.
+
+  Args:
+    axes: [(name, size)], size a positive int or -1 (at most once); None
+      means DEFAULT_MESH.
+    num_devices: devices the mesh must cover exactly.
+
+  Returns:
+    (names, sizes) with prod(sizes) == num_devices.
+  """
+  pairs = check_mesh(axes)
+  names = tuple(n for n, _ in pairs)
+  sizes = [s for _, s in pairs]
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"config.mesh {list(axes)}: {len(devices)} devices are "
-                       f"not divisible by {known}.")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"config.mesh {list(axes)} needs {int(np.prod(sizes))} "
-                     f"devices but {len(devices)} are available.")
-  return jax.make_mesh(tuple(sizes), tuple(names),
-                       axis_types=(AxisType.Auto,) * len(names),
+    if num_devices % known:
+      raise ValueError(
+          f"config.mesh {pairs}: the fixed axes take {known} devices, which "
+          f"does not divide the {num_devices} available; change the sizes.")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(
+        f"config.mesh {pairs} needs {int(np.prod(sizes))} devices but "
+        f"{num_devices} are available (all processes together); make the "
+        "sizes multiply to that, or use -1 for one axis.")
+  return names, tuple(sizes)
+
+
+def make_mesh(axes=DEFAULT_MESH, devices=None) -> jax.sharding.Mesh:
+  """A mesh over `devices` (default: all devices of all processes).
+
+  Axes are Auto (`jax.make_mesh` now defaults to Explicit, which would turn
+  every sharding mismatch into a type error instead of a GSPMD reshard).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  names, sizes = mesh_shape(axes, len(devices))
+  return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names),
                        devices=devices)
 
 
 def batch_axes(mesh) -> Tuple[str, ...]:
+  """The mesh axes that split the batch, in mesh order."""
   return tuple(a for a in mesh.axis_names if a in DATA_AXES)
+
+
+def num_batch_shards(mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -55,78 +147,166 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axes if axes else None))
 
 
+def check_batch_size(batch_size: int, mesh, what: str = "config.input."
+                     "batch_size"):
+  """The global batch must split evenly over the batch shards and hosts."""
+  shards = num_batch_shards(mesh)
+  if batch_size % shards:
+    raise ValueError(
+        f"{what}={batch_size} is not divisible by the {shards} batch shards "
+        f"of the mesh {dict(mesh.shape)} (axes {batch_axes(mesh)}); use a "
+        f"multiple of {shards}.")
+  if batch_size % jax.process_count():
+    raise ValueError(f"{what}={batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes.")
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _parse_rule(rule: str) -> Tuple[str, Dict[str, Any]]:
-  m = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", rule)
-  if not m:
-    raise ValueError(f"Bad sharding rule {rule!r}; e.g. 'replicate' or "
-                     "\"fsdp(axis='fsdp')\".")
-  name, args = m.group(1), m.group(2) or ""
-  kwargs = {}
-  if args.strip():
-    call = ast.parse(f"f({args})", mode="eval").body
-    if call.args:
-      raise ValueError(f"Sharding rule {rule!r}: use keyword arguments.")
-    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-  return name, kwargs
+# --- rules --------------------------------------------------------------------
 
 
-def _spec_for(rule: str, shape, dtype, mesh) -> P:
-  name, kw = _parse_rule(rule)
-  if name == "replicate":
-    return P()
-  if name == "fsdp":
-    axis = kw.get("axis", "fsdp")
-    if axis not in mesh.axis_names:
-      return P()
-    size = mesh.shape[axis]
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size == 1 or nbytes < kw.get("min_size_mb", 4) * 2**20:
-      return P()
-    # Largest dimension divisible by the axis size.
-    for d in sorted(range(len(shape)), key=lambda i: -shape[i]):
-      if shape[d] % size == 0:
-        spec = [None] * len(shape)
-        spec[d] = axis
-        return P(*spec)
-    return P()
-  if name == "shard_dim":
-    axis, dim = kw.get("axis", "model"), kw.get("dim", -1)
-    if axis not in mesh.axis_names or not shape:
-      return P()
-    dim = dim % len(shape)
-    if shape[dim] % mesh.shape[axis]:
-      raise ValueError(f"shard_dim: dim {dim} of size {shape[dim]} is not "
-                       f"divisible by mesh axis {axis!r} ({mesh.shape[axis]}).")
-    spec = [None] * len(shape)
-    spec[dim] = axis
-    return P(*spec)
-  raise ValueError(f"Unknown sharding rule {name!r}: use replicate, fsdp or "
-                   "shard_dim.")
+def parse_rule(rule: str) -> List[Tuple[str, Dict[str, Any]]]:
+  """"fsdp(axis='fsdp')|shard_dim(dim=0)" -> [(name, full kwargs), ...]."""
+  if not isinstance(rule, str):
+    raise ValueError(f"Sharding rule {rule!r} must be a string such as "
+                     "'replicate' or \"fsdp(axis='fsdp')\".")
+  ops = []
+  for part in rule.split("|"):
+    m = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", part, re.S)
+    if not m:
+      raise ValueError(f"Bad sharding rule {rule!r}; e.g. 'replicate' or "
+                       "\"fsdp(axis='fsdp')\".")
+    name, args = m.group(1), m.group(2) or ""
+    if name not in RULES:
+      raise ValueError(f"Unknown sharding rule {name!r} in {rule!r}: use one "
+                       f"of {sorted(RULES)}.")
+    kwargs = dict(RULES[name])
+    if args.strip():
+      try:
+        call = ast.parse(f"f({args})", mode="eval").body
+        given = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+      except (SyntaxError, ValueError) as e:
+        raise ValueError(f"Sharding rule {rule!r}: cannot parse the "
+                         f"arguments ({e}); use literals.") from None
+      if call.args:
+        raise ValueError(f"Sharding rule {rule!r}: use keyword arguments, "
+                         f"e.g. {name}(axis='fsdp').")
+      unknown = sorted(set(given) - set(RULES[name]))
+      if unknown:
+        raise ValueError(f"Sharding rule {rule!r}: {name} takes "
+                         f"{sorted(RULES[name])}, not {unknown}.")
+      kwargs.update(given)
+    ops.append((name, kwargs))
+  return ops
 
 
-def infer_sharding(tree, mesh, strategy: Sequence[Tuple[str, str]] = (
-    (".*", "replicate"),)):
-  """NamedSharding for every leaf of a (shape) tree, by first matching rule.
+def check_strategy(strategy, what: str = "config.sharding_strategy"):
+  """Cheap validation of a [(regex, rule)] list (no devices needed)."""
+  if isinstance(strategy, str) or not isinstance(strategy, (list, tuple)):
+    raise ValueError(f"{what} must be a list of (regex, rule) pairs, e.g. "
+                     f"{list(DEFAULT_STRATEGY)}; got {strategy!r}.")
+  for item in strategy:
+    if not isinstance(item, (list, tuple)) or len(item) != 2:
+      raise ValueError(f"{what} entry {item!r} is not a (regex, rule) pair.")
+  tree_lib.check_patterns([r for r, _ in strategy], what)
+  for _, rule in strategy:
+    parse_rule(rule)
+
+
+def _axes(axis) -> Tuple[str, ...]:
+  return (axis,) if isinstance(axis, str) else tuple(axis)
+
+
+def spec_for(name: str, rule: str, shape: Sequence[int], dtype,
+             mesh_shape_: Mapping[str, int]) -> P:
+  """The PartitionSpec that `rule` gives param `name` of `shape` and `dtype`.
+
+  `mesh_shape_` is {axis: size} (e.g. `mesh.shape`), so rules can be checked
+  for any mesh without devices.
+  """
+  shape = tuple(int(d) for d in shape)
+  spec: List[Any] = [None] * len(shape)
+  used = set()
+  for op, kw in parse_rule(rule):
+    if op == "replicate":
+      continue
+    # Absent or trivial axes are dropped: one strategy fits every mesh.
+    axes = tuple(a for a in _axes(kw["axis"])
+                 if mesh_shape_.get(a, 1) > 1 and a not in used)
+    if not axes:
+      continue
+    size = int(np.prod([mesh_shape_[a] for a in axes]))
+    entry = axes[0] if len(axes) == 1 else axes
+    if op == "fsdp":
+      nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+      if nbytes < kw["min_size_mb"] * 2**20:
+        continue
+      free = [d for d in range(len(shape))
+              if spec[d] is None and shape[d] % size == 0]
+      if not free:
+        logging.info("fsdp: no dim of %s %s divides %s=%d; replicated.",
+                     name, shape, axes, size)
+        continue
+      d = min(free, key=lambda i: (-shape[i], i))
+    else:  # shard_dim
+      if not shape:
+        raise ValueError(f"shard_dim: {name} is a scalar; match it with "
+                         "another rule (e.g. 'replicate').")
+      d = int(kw["dim"])
+      if not -len(shape) <= d < len(shape):
+        raise ValueError(f"shard_dim(dim={d}): {name} has only "
+                         f"{len(shape)} dims {shape}.")
+      d %= len(shape)
+      if spec[d] is not None:
+        raise ValueError(f"shard_dim(dim={d}): dim {d} of {name} is already "
+                         f"sharded over {spec[d]!r} by an earlier op.")
+      if shape[d] % size:
+        raise ValueError(
+            f"shard_dim: dim {d} of {name} {shape} has size {shape[d]}, not "
+            f"divisible by mesh axes {axes} ({size}); use another dim, or "
+            "fsdp(...) which picks a divisible one.")
+    spec[d] = entry
+    used.update(axes)
+  while spec and spec[-1] is None:  # P('x', None) == P('x') is clearer.
+    spec.pop()
+  return P(*spec)
+
+
+def infer_specs(tree, mesh_shape_: Mapping[str, int],
+                strategy: Optional[Sequence[Tuple[str, str]]] = None):
+  """PartitionSpec per leaf of a nested dict of arrays or ShapeDtypeStructs."""
+  strategy = list(DEFAULT_STRATEGY if strategy is None else strategy)
+  check_strategy(strategy)
+  assignment, _ = tree_lib.match_rules(tree, strategy,
+                                       "config.sharding_strategy")
+  return tree_lib.unflatten({
+      n: spec_for(n, strategy[assignment[n]][1], v.shape, v.dtype,
+                  mesh_shape_)
+      for n, v in tree_lib.flatten(tree).items()})
+
+
+def infer_sharding(tree, mesh, strategy=None):
+  """NamedSharding for every leaf of a nested dict (params), first rule wins.
 
   Non-dict leaves such as optimizer states are handled by
-  `infer_state_sharding`; here `tree` is a nested dict of arrays.
+  `infer_state_sharding`. `strategy=None` means DEFAULT_STRATEGY.
   """
-  strategy = list(strategy)
-  assignment, _ = tree_lib.match_rules(tree, strategy, "config.sharding_strategy")
-  flat = tree_lib.flatten(tree)
-  return tree_lib.unflatten({
-      n: NamedSharding(mesh, _spec_for(strategy[assignment[n]][1],
-                                        v.shape, v.dtype, mesh))
-      for n, v in flat.items()})
+  specs = infer_specs(tree, dict(mesh.shape), strategy)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
 
 
-def infer_state_sharding(state_shape, mesh, strategy=((".*", "replicate"),)):
-  """Shardings for {"params", "opt", ...}: optimizer leaves shaped like a
-  param follow that param's sharding (matched by path suffix)."""
+def infer_state_sharding(state_shape, mesh, strategy=None):
+  """Shardings for {"params", "opt", "step", "rng"}.
+
+  Optimizer leaves shaped like a param follow that param's sharding (matched
+  by the longest path suffix that names a param of the same shape), so Adam
+  moments of an FSDP-sharded param are FSDP-sharded too. Everything else
+  (counts, step, rng) is replicated.
+  """
   params_sh = infer_sharding(state_shape["params"], mesh, strategy)
   by_name = tree_lib.flatten(params_sh)
   shapes = {n: tuple(v.shape) for n, v in
@@ -147,3 +327,9 @@ def infer_state_sharding(state_shape, mesh, strategy=((".*", "replicate"),)):
     if k != "params":
       out[k] = jax.tree_util.tree_map_with_path(opt_leaf, v)
   return out
+
+
+def describe(params_sharding) -> Dict[str, Tuple]:
+  """{param name: partition spec as a tuple}, for logs and tests."""
+  return {n: tuple(s.spec) for n, s in
+          tree_lib.flatten(params_sharding).items()}

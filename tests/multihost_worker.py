@@ -1,0 +1,167 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""One process of a (multi-process) CPU training run, started by the tests.
+
+  python tests/multihost_worker.py --workdir W --steps 4 --local_devices 2 \
+      [--num_processes 2 --process_id 0 --port 12345 [--via_env]] \
+      [--ckpt_every 2] [--dump out.npz]
+
+Runs the real trainer (`losa_jax.train.train_and_evaluate`) on a tiny LoSA
+model and deterministic in-memory data, on a ("data", 2) x ("fsdp", rest)
+mesh over the devices of all processes. Processes connect over 127.0.0.1
+through `config.distributed` or, with --via_env, the LOSA_* environment
+variables (both routes of `losa_jax.distributed.initialize`).
+
+--dump (process 0 writes it; every process takes part in the collectives):
+an npz with "final/<param>" (the trainable params after the run),
+"ckpt<step>/<param>" for every checkpoint in the workdir, and "results"
+(the results dict as JSON).
+"""
+import argparse
+import json
+import os
+import sys
+
+# Quiet TF and never download; must precede the imports below.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.dirname(_HERE)]
+
+import jax  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+NUM_TRAIN, NUM_TEST, NUM_CLASSES, RES, BATCH = 64, 20, 5, 32, 8
+PP = "value_range(-1, 1)|keep('image', 'label')"
+# FSDP everything big enough to shard in the tiny model (threshold 0) so the
+# cross-host paths (sharded params, sharded Adam moments) are exercised.
+STRATEGY = [("backbone/.*", "fsdp(axis='fsdp', min_size_mb=0)"),
+            ("side/.*/kernel", "fsdp(axis='fsdp', min_size_mb=0)"),
+            (".*", "replicate")]
+
+
+def arrays(n: int, seed: int, nan_example: int = -1):
+  """Images whose label is the brightest quadrant (+1 class for noise).
+
+  Returns {"image": uint8 [n, RES, RES, 3], "label": int32 [n]}; with
+  nan_example >= 0 the images are float32 and that example is all NaN.
+  """
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 120, (n, RES, RES, 3), dtype=np.uint8)
+  labels = rng.integers(0, NUM_CLASSES, n).astype(np.int32)
+  h = RES // 2
+  for i, y in enumerate(labels):
+    if y < 4:
+      r, c = divmod(int(y), 2)
+      images[i, r * h:(r + 1) * h, c * h:(c + 1) * h] += 120
+  if nan_example >= 0:
+    images = images.astype(np.float32)
+    images[nan_example] = np.nan
+  return {"image": images, "label": labels}
+
+
+def make_config(args) -> ml_collections.ConfigDict:
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  c = tiny_config(num_classes=NUM_CLASSES, image_size=RES)
+  # SGD with momentum, not Adam: Adam's first steps divide tiny gradients by
+  # their own magnitude, which turns float reduction-order noise between
+  # meshes into visible differences.
+  c.optax_name = "momentum"
+  c.lr = 0.1
+  c.seed = 3
+  c.total_steps = args.steps
+  c.log_every = 1
+  c.ckpt_every = args.ckpt_every
+  c.keep_ckpts = 10
+  c.input = dict(data=dict(arrays=arrays(NUM_TRAIN, 0)), batch_size=BATCH,
+                 pp=PP)
+  if args.nan_at_step:
+    # Unshuffled, so global batch k holds examples [(k-1)B, kB); the last
+    # row of the batch belongs to the last process only.
+    c.input.data = dict(arrays=arrays(
+        NUM_TRAIN, 0, nan_example=args.nan_at_step * BATCH - 1))
+    c.input.shuffle = False
+  c.evals = dict(test=dict(data=dict(arrays=arrays(NUM_TEST, 1)), pp=PP,
+                           batch_size=BATCH))
+  c.mesh = [("data", 2), ("fsdp", -1)]
+  c.sharding_strategy = STRATEGY
+  if args.num_processes > 1 and not args.via_env:
+    c.distributed = dict(coordinator_address=f"127.0.0.1:{args.port}",
+                         num_processes=args.num_processes,
+                         process_id=args.process_id,
+                         initialization_timeout=60,
+                         heartbeat_timeout_seconds=100)
+  elif args.num_processes == 1:
+    c.distributed = dict(auto=False)
+  return c
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--steps", type=int, required=True)
+  p.add_argument("--ckpt_every", type=int, default=0)
+  p.add_argument("--local_devices", type=int, default=2)
+  p.add_argument("--num_processes", type=int, default=1)
+  p.add_argument("--process_id", type=int, default=0)
+  p.add_argument("--port", type=int, default=0)
+  p.add_argument("--via_env", action="store_true")
+  p.add_argument("--nan_at_step", type=int, default=0,
+                 help="make the loss NaN at this step (on one process's rows)")
+  p.add_argument("--dump", default="")
+  p.add_argument("--cache_dir", default="",
+                 help="JAX persistent compilation cache (reruns skip XLA)")
+  p.add_argument("--stack_dump_s", type=float, default=0,
+                 help="print every thread's stack after this many seconds "
+                 "(to debug a hang)")
+  args = p.parse_args()
+  if args.stack_dump_s:
+    import faulthandler  # pylint: disable=g-import-not-at-top
+    faulthandler.dump_traceback_later(args.stack_dump_s, exit=False)
+
+  jax.config.update("jax_num_cpu_devices", args.local_devices)
+  if args.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if args.via_env:
+    os.environ.update(LOSA_COORDINATOR=f"127.0.0.1:{args.port}",
+                      LOSA_NUM_PROCESSES=str(args.num_processes),
+                      LOSA_PROCESS_ID=str(args.process_id))
+
+  from losa_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from losa_jax import distributed  # pylint: disable=g-import-not-at-top
+  from losa_jax import train  # pylint: disable=g-import-not-at-top
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+
+  out = train.train_and_evaluate(make_config(args), args.workdir)
+  assert jax.process_count() == args.num_processes, jax.process_count()
+  state, built = out["state"], out["built"]
+  trainable, _ = tree_lib.partition(state["params"], built.mask)
+  dump = {f"final/{k}": v for k, v in
+          tree_lib.flatten(distributed.fetch(trainable)).items()}
+
+  ckpt = checkpointing.Checkpointer(os.path.join(args.workdir, "checkpoints"))
+  abstract = checkpointing.abstract_trainable_state(state, built.mask)
+  for step in ckpt.all_steps():
+    restored, _ = ckpt.restore(step, abstract)
+    dump.update({f"ckpt{step}/{k}": v for k, v in tree_lib.flatten(
+        distributed.fetch(restored["params"])).items()})
+    dump[f"ckpt{step}/_step"] = np.asarray(distributed.fetch(
+        restored["step"]))
+  ckpt.close()
+
+  if args.dump and distributed.is_chief():
+    dump["results"] = np.asarray(json.dumps(out["results"]))
+    dump["mesh"] = np.asarray(json.dumps(dict(built.mesh.shape)))
+    np.savez(args.dump + ".tmp.npz", **dump)
+    os.replace(args.dump + ".tmp.npz", args.dump)
+  distributed.sync("worker_done")
+  print(f"process {jax.process_index()} done", flush=True)
+
+
+if __name__ == "__main__":
+  main()

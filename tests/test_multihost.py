@@ -1,0 +1,247 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Real multi-process training: two JAX processes on 127.0.0.1, 2 CPU devices
+each, joined by `jax.distributed` (gloo collectives), running the trainer.
+
+The processes are started with `tests/multihost_worker.py`; every launch has
+a timeout and kills its process groups on failure. A persistent compilation
+cache shared by the launches keeps the reruns cheap.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from losa_jax import distributed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "multihost_worker.py")
+TIMEOUT_S = 150   # one launch; the cold one compiles on a shared 2-core CPU
+# Test-only: cheaper LLVM codegen (the losses agree with the default -O2).
+FAST_XLA = ("--xla_backend_optimization_level=0 "
+            "--xla_llvm_disable_expensive_passes=true")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """Shared by the launches of this file (on CPU only process 0 reads it
+  back: the cache key of the other processes differs)."""
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+def _launch(workdir, steps, *, tmp_path, cache_dir, num_processes=2,
+            ckpt_every=0, dump=None, nan_at_step=0, expect_ok=True):
+  """Starts the processes, waits for all; returns [(returncode, log text)].
+
+  Process 1 connects through the LOSA_* environment variables, process 0
+  through config.distributed: both routes of distributed.initialize.
+  """
+  t0 = time.time()
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu",
+             PYTHONUNBUFFERED="1")
+  env.pop("LOSA_COORDINATOR", None)
+  procs, logs = [], []
+  try:
+    for i in range(num_processes):
+      cmd = [sys.executable, WORKER, "--workdir", str(workdir),
+             "--steps", str(steps), "--ckpt_every", str(ckpt_every),
+             "--local_devices", "2", "--num_processes", str(num_processes),
+             "--process_id", str(i), "--port", str(port),
+             "--cache_dir", str(cache_dir),
+             "--nan_at_step", str(nan_at_step)]
+      if dump and i == 0:
+        cmd += ["--dump", str(dump)]
+      if i == 1:
+        cmd.append("--via_env")
+      log = open(tmp_path / f"log_{os.path.basename(workdir)}_{steps}_{i}",
+                 "w+")
+      logs.append(log)
+      procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, cwd=os.path.dirname(HERE),
+                                    start_new_session=True))
+    deadline = time.time() + TIMEOUT_S
+    while any(p.poll() is None for p in procs):
+      if time.time() > deadline:
+        raise TimeoutError(f"workers still running after {TIMEOUT_S} s")
+      if expect_ok and any(p.poll() not in (None, 0) for p in procs):
+        time.sleep(2)   # let the others print their view, then stop them
+        break
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)   # only the group we started
+        p.wait()
+    out = []
+    for p, log in zip(procs, logs):
+      log.seek(0)
+      out.append((p.returncode, log.read()))
+      log.close()
+  print(f"launch of {num_processes} processes, {steps} steps: "
+        f"{time.time() - t0:.1f} s", flush=True)
+  if expect_ok:
+    for i, (rc, text) in enumerate(out):
+      assert rc == 0, f"process {i} exited with {rc}:\n{text[-4000:]}"
+  return out
+
+
+def _params(npz, prefix):
+  return {k[len(prefix) + 1:]: npz[k] for k in npz.files
+          if k.startswith(prefix + "/") and not k.endswith("/_step")}
+
+
+def _assert_close(a, b, what):
+  assert sorted(a) == sorted(b), what
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-6,
+                               err_msg=f"{what}: {k}")
+
+
+def _reference(tmp_path, steps, ckpt_every):
+  """The same config, one process, one device, in this pytest process."""
+  sys.path.insert(0, HERE)
+  import multihost_worker  # pylint: disable=g-import-not-at-top
+  from losa_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from losa_jax import train  # pylint: disable=g-import-not-at-top
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  args = argparse.Namespace(steps=steps, ckpt_every=ckpt_every,
+                            num_processes=1, process_id=0, port=0,
+                            via_env=False, nan_at_step=0)
+  config = multihost_worker.make_config(args)
+  config.mesh = [("data", -1)]
+  workdir = tmp_path / "ref"
+  out = train.train_and_evaluate(config, str(workdir))
+  state, built = out["state"], out["built"]
+  trainable, _ = tree_lib.partition(state["params"], built.mask)
+  params = {"final": {k: np.asarray(v)
+                      for k, v in tree_lib.flatten(trainable).items()}}
+  ckpt = checkpointing.Checkpointer(str(workdir / "checkpoints"))
+  abstract = checkpointing.abstract_trainable_state(state, built.mask)
+  for step in ckpt.all_steps():
+    restored, _ = ckpt.restore(step, abstract)
+    params[f"ckpt{step}"] = {k: np.asarray(v) for k, v in
+                             tree_lib.flatten(restored["params"]).items()}
+  ckpt.close()
+  return params, out["results"]
+
+
+def _metric_steps(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["step"] for line in f
+            if "loss" in json.loads(line)]
+
+
+def test_two_processes_train_resume_and_match_one_process(tmp_path,
+                                                          cache_dir):
+  n = 2
+  t0 = time.time()
+  ref, ref_results = _reference(tmp_path, steps=2 * n, ckpt_every=n)
+  print(f"single-process reference: {time.time() - t0:.1f} s", flush=True)
+
+  # N steps on two processes, exit, rerun to 2N: resumes from the checkpoint.
+  workdir = tmp_path / "two"
+  _launch(workdir, n, tmp_path=tmp_path, cache_dir=cache_dir, ckpt_every=n,
+          dump=tmp_path / "a.npz")
+  out = _launch(workdir, 2 * n, tmp_path=tmp_path, cache_dir=cache_dir,
+                ckpt_every=n, dump=tmp_path / "b.npz")
+  a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+  assert json.loads(str(a["mesh"])) == {"data": 2, "fsdp": 2}
+
+  # Same params as the single-process run, after N and after 2N steps.
+  _assert_close(_params(a, "final"), ref[f"ckpt{n}"], "2 processes, step N")
+  _assert_close(_params(b, "final"), ref["final"], "2 processes, resumed 2N")
+  _assert_close(_params(b, f"ckpt{2 * n}"), _params(b, "final"),
+                "checkpoint 2N written across the 2 processes")
+  assert int(b[f"ckpt{2 * n}/_step"]) == 2 * n
+  results = json.loads(str(b["results"]))
+  for k in ("train/loss", "test/loss", "test/accuracy"):
+    np.testing.assert_allclose(results[k], ref_results[k], rtol=1e-4,
+                               atol=1e-6, err_msg=k)
+  assert results["test/count"] == 20.0   # padding rows of each host dropped
+
+  # Only process 0 logs: each step once; the resume is announced once.
+  assert _metric_steps(workdir) == list(range(1, 2 * n + 1))
+  (_, log0), (_, log1) = out
+  assert f"Resumed from step {n}" in log0
+  for line in ("Resumed", "Training losa", "| loss", "Final:"):
+    assert line not in log1, f"process 1 printed {line!r}"
+
+
+def test_nan_stops_every_process_at_the_same_step(tmp_path, cache_dir):
+  # The NaN example is a row of process 1's share of step 3; process 0's own
+  # rows are finite, yet it must stop too (the loss is the global mean).
+  out = _launch(tmp_path / "nan", 4, tmp_path=tmp_path, cache_dir=cache_dir,
+                ckpt_every=2, nan_at_step=3, expect_ok=False)
+  for i, (rc, text) in enumerate(out):
+    assert rc != 0, f"process {i} did not fail:\n{text[-3000:]}"
+    assert "NonFiniteLossError" in text and "at step 3" in text, (
+        f"process {i}:\n{text[-3000:]}")
+
+
+# --- distributed.resolve: where the settings come from (no processes) --------
+
+
+def test_resolve_single_process_by_default():
+  assert distributed.resolve(None, {}) is None
+  assert distributed.resolve({"auto": False}, {"SLURM_NTASKS": "4"}) is None
+  assert distributed.resolve(None, {"LOSA_DISTRIBUTED": "off",
+                                    "LOSA_COORDINATOR": "h:1"}) is None
+
+
+def test_resolve_explicit_from_config_and_env():
+  cfg = dict(coordinator_address="10.0.0.1:1234", num_processes=4,
+             process_id=2, local_device_ids=[0, 1], initialization_timeout=60)
+  assert distributed.resolve(cfg, {}) == cfg
+  env = {"LOSA_COORDINATOR": "h:99", "LOSA_NUM_PROCESSES": "2",
+         "LOSA_PROCESS_ID": "1", "LOSA_LOCAL_DEVICE_IDS": "0,1"}
+  assert distributed.resolve(None, env) == dict(
+      coordinator_address="h:99", num_processes=2, process_id=1,
+      local_device_ids=[0, 1])
+  # Config fields win over the environment, missing ones come from it.
+  assert distributed.resolve({"process_id": 0}, env)["process_id"] == 0
+
+
+def test_resolve_cluster_auto_detection():
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]",
+           "SLURM_NTASKS": "8", "SLURM_PROCID": "3", "SLURM_LOCALID": "3"}
+  assert distributed.detect_cluster(slurm) == "slurm"
+  assert distributed.resolve(None, slurm) == {}
+  assert distributed.detect_cluster({**slurm, "SLURM_NTASKS": "1"}) is None
+  tpu = {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}
+  assert distributed.detect_cluster(tpu) == "tpu"
+  assert distributed.resolve({"initialization_timeout": 30}, tpu) == {
+      "initialization_timeout": 30}
+  assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "w0"}) is None
+  assert distributed.resolve({"auto": True}, {}) == {}
+  assert distributed.resolve(None, {"LOSA_DISTRIBUTED": "auto"}) == {}
+
+
+@pytest.mark.parametrize("cfg, env, match", [
+    ({"coordinator": "h:1"}, {}, "Unknown config.distributed"),
+    ({"coordinator_address": "h"}, {}, "host:port"),
+    ({"coordinator_address": "h:1", "num_processes": 2}, {}, "process_id"),
+    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, {},
+     "must be < num_processes"),
+    ({"num_processes": 2, "process_id": 1}, {}, "coordinator_address"),
+    (None, {"LOSA_PROCESS_ID": "x", "LOSA_COORDINATOR": "h:1"},
+     "LOSA_PROCESS_ID"),
+    ({"auto": False, "process_id": 1}, {}, "contradicts"),
+    (None, {"LOSA_DISTRIBUTED": "yes"}, "LOSA_DISTRIBUTED"),
+])
+def test_resolve_errors_name_the_field(cfg, env, match):
+  with pytest.raises(ValueError, match=match):
+    distributed.resolve(cfg, env)
