@@ -64,7 +64,9 @@ FEATURE_CACHE_KEYS = ("enabled", "dir", "dtype", "memory_budget_mb",
                       "storage", "batch_size")
 BACKBONE_KEYS = ("variant", "width", "depth", "mlp_dim", "num_heads",
                  "patch_size", "posemb", "rep_size", "dropout", "pool_type",
-                 "head_zeroinit", "scan", "remat_policy", "dtype_mm")
+                 "head_zeroinit", "scan", "remat_policy", "dtype_mm",
+                 # Video (model.backbone.kind="vivit", losa_jax.models.vivit).
+                 "kind", "temporal_patch_size", "num_frames")
 
 
 def _unknown(keys, valid, where):

@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from losa_jax.models import side as side_lib
 from losa_jax.models import vit
+from losa_jax.models import vivit
 
 METHODS = ("losa", "linear", "full", "lora", "adapter")
 
@@ -61,6 +62,9 @@ LOSA_DEFAULTS = dict(
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
 ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
 TAPS = ("block", "attn", "block_ln")
+# model.backbone.kind: "vit" (images [B, H, W, 3]) or "vivit" (clips
+# [B, T, H, W, 3], see losa_jax.models.vivit).
+BACKBONE_KINDS = {"vit": vit._Model, "vivit": vivit._Model}  # pylint: disable=protected-access
 
 
 def merged(defaults: dict, given: Optional[dict], what: str) -> dict:
@@ -104,8 +108,17 @@ class Model(nn.Module):
   lora: Any = None
   adapter: Any = None
 
+  def backbone_module(self):
+    """The backbone's linen class, chosen by model.backbone.kind."""
+    kind = (self.backbone or {}).get("kind", "vit")
+    if kind not in BACKBONE_KINDS:
+      raise ValueError(f"model.backbone.kind={kind!r}: use one of "
+                       f"{sorted(BACKBONE_KINDS)}.")
+    return BACKBONE_KINDS[kind]
+
   def backbone_kwargs(self) -> dict:
     kw = dict(self.backbone or {})
+    kw.pop("kind", None)
     if "num_classes" in kw:
       raise ValueError("model.backbone must not set num_classes: the head is "
                        "model-level (set num_classes on the config).")
@@ -139,10 +152,11 @@ class Model(nn.Module):
       return self._head(self._losa(out), out)
 
     trainable = TRAINABLE_IN_BACKBONE[self.method]
+    bb_cls = self.backbone_module()
     if self.method == "full":
-      backbone = vit._Model(name="backbone", **bb_kw)  # pylint: disable=protected-access
+      backbone = bb_cls(name="backbone", **bb_kw)
     else:
-      frozen_vit = nn.map_variables(vit._Model, "params",  # pylint: disable=protected-access
+      frozen_vit = nn.map_variables(bb_cls, "params",
                                     trans_in_fn=_frozen_reader(trainable),
                                     init=True)
       backbone = frozen_vit(name="backbone", **bb_kw)
@@ -214,7 +228,7 @@ class Model(nn.Module):
         token_mixer=cfg["token_mixer"], norms=cfg["norms"],
         zero_init=cfg["zero_init"],
         num_prefix=1 if pool_type == "tok" else 0,
-        grid=out.get("token_grid"),
+        grid=self._token_grid(out),
         video_token_mixing=cfg["video_token_mixing"])
     side = side_lib.SideNetwork(
         mixer=mixer, combine=cfg["combine"], state=cfg["state"],
@@ -225,6 +239,20 @@ class Model(nn.Module):
         jax.lax.stop_gradient(out["final"]), frozen_ln)
     return self._pool(cfg["pool"], pool_type, f, bb_kw,
                       self._backbone_params())
+
+  def _token_grid(self, out):
+    """(n_t, n_s) of a video backbone's tokens (static ints); None for images."""
+    if "token_grid" in out or self.backbone_module() is not vivit._Model:  # pylint: disable=protected-access
+      return out.get("token_grid")
+    # Precomputed taps: the grid follows from num_frames and the token count.
+    kw = self.backbone_kwargs()
+    if not kw.get("num_frames"):
+      raise ValueError("Precomputed taps of a video backbone need "
+                       "model.backbone.num_frames to recover the (time, "
+                       "space) token grid.")
+    n_t = kw["num_frames"] // kw.get("temporal_patch_size", 2)
+    n = out["final"].shape[1] - (kw.get("pool_type", "gap") == "tok")
+    return (n_t, n // n_t)
 
   def _pool(self, pool, pool_type, f, bb_kw, bb_params):
     """Pools refined tokens [B, N, D'] like the backbone's head: -> [B, D']."""

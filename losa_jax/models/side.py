@@ -25,7 +25,8 @@ STATES = ("delta", "stream")
 MIXER_ORDERS = ("channel_token", "token_channel")
 TOKEN_MIXERS = ("all", "exclude_cls", "full_rank", "none")
 NORMS = ("pre", "none", "post")
-VIDEO_TOKEN_MIXING = ("space_time", "time_space", "joint")
+# "space" / "time": one factor only (ablations: e.g. no temporal mixing).
+VIDEO_TOKEN_MIXING = ("space_time", "time_space", "joint", "space", "time")
 HEAD_INPUTS = ("sum", "side", "concat")
 OUT_NORMS = ("new", "backbone")
 
@@ -140,8 +141,8 @@ class Mixer(nn.Module):
     else:
       space = ("space", self.rank_token)
       time = ("time", self.rank_time or self.rank_token)
-      token = [space, time] if self.video_token_mixing == "space_time" else [
-          time, space]
+      token = {"space_time": [space, time], "time_space": [time, space],
+               "space": [space], "time": [time]}[self.video_token_mixing]
     channel = [("channel", self.rank_channel)]
     pair = channel + token if self.mixer_order == "channel_token" else (
         token + channel)

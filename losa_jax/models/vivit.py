@@ -1,0 +1,370 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""ViViT ("Model 1": joint space-time attention) with the image ViT's params.
+
+A clip [B, T, H, W, 3] is cut into tubelets of `temporal_patch_size` frames x
+`patch_size` pixels by one 3-D convolution, giving a token grid of
+n_t = T / t time steps by n_s = (H / ph) * (W / pw) spatial positions. The
+tokens go through the *unchanged* image encoder (`vit.Encoder`, joint
+attention over all n_t * n_s tokens), so every param except the stem and the
+position embedding has exactly the image ViT's name and shape:
+
+    embedding/kernel       (t, ph, pw, 3, D)   3-D conv (flax HWIO + time first)
+    embedding/bias         (D,)
+    pos_embedding          (1, n_t * n_s, D)   TIME-MAJOR: row i * n_s + j is
+                                               time step i, spatial cell j
+                                               (row-major over the patch grid)
+    cls                    (1, 1, D)           pool_type="tok" only
+    Transformer/...        as vit.Model (loop or scan layout)
+    pre_logits, head       as vit.Model
+
+`Model(...).apply(v, clips)` returns `(logits_or_prelogits, out)` like
+`vit.Model`, and `out["token_grid"] = (n_t, n_s)` (static Python ints), which
+the LoSA side network uses to factorise its token mixing into space and time.
+Token order in every [B, N, D] tensor: optional CLS first, then the time-major
+n_t * n_s grid.
+
+`inflate_from_image` turns any image checkpoint that `porting` can load into
+params of this model (Scenic's filter inflation, implemented here from its
+description): central-frame or average-frame 3-D kernels, position
+embeddings resampled to the new patch grid and tiled over time.
+
+CLI: write an inflated big_vision-layout npz that the trainer's
+`config.model_init` loads like any ViT checkpoint:
+
+  python -m losa_jax.models.vivit --image_ckpt vit.npz --out vivit.npz \
+      --variant B/16 --num_frames 32 --image_size 224 --pool_type tok
+"""
+import collections.abc
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from losa_jax import npz as npz_lib
+from losa_jax.models import porting
+from losa_jax.models import vit
+
+INFLATE_METHODS = ("central", "average")
+POSEMB_INIT = ("resize_tile", "tile")
+
+
+def token_grid(clip_shape: Sequence[int], patch_size: Sequence[int],
+               temporal_patch_size: int) -> Tuple[int, int, int, int]:
+  """(T, H, W) clip -> (n_t, gh, gw, n_s) tubelet grid; checks divisibility."""
+  if len(clip_shape) != 3:
+    raise ValueError(f"clip_shape must be (num_frames, height, width), got "
+                     f"{tuple(clip_shape)}.")
+  t_len, h, w = (int(s) for s in clip_shape)
+  ph, pw = (int(p) for p in patch_size)
+  tp = int(temporal_patch_size)
+  bad = [f"{what} {n} is not divisible by the {name} {p}" for what, n, name, p
+         in (("num_frames", t_len, "temporal_patch_size", tp),
+             ("height", h, "patch height", ph), ("width", w, "patch width", pw))
+         if p <= 0 or n % p]
+  if bad:
+    raise ValueError("ViViT tubelets do not tile the clip "
+                     f"{(t_len, h, w)}: " + "; ".join(bad) +
+                     ". Crop/sample the clip or change the patch sizes.")
+  gh, gw = h // ph, w // pw
+  return t_len // tp, gh, gw, gh * gw
+
+
+class _Model(vit._Model):  # pylint: disable=protected-access
+  """ViViT; every field of `vit._Model` (LoRA/adapters included) plus:
+
+  Attributes:
+    temporal_patch_size: frames per tubelet (t).
+    num_frames: if set, clips must have exactly this many frames (makes the
+      token grid known without an input, e.g. for precomputed LoSA taps).
+  """
+  temporal_patch_size: int = 2
+  num_frames: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, video, *, train=False):
+    """video [B, T, H, W, 3] -> (logits [B, C] or pre-logits [B, D], out)."""
+    if self.pool_type not in vit.POOL_TYPES:
+      raise ValueError(f"Unknown pool_type {self.pool_type!r}: use one of "
+                       f"{vit.POOL_TYPES}.")
+    if self.adapter_placement not in ("mlp", "both"):
+      raise ValueError(f"adapter_placement={self.adapter_placement!r}: use "
+                       "'mlp' or 'both'.")
+    if jnp.ndim(video) != 5:
+      raise ValueError(f"ViViT expects clips [B, T, H, W, 3], got shape "
+                       f"{jnp.shape(video)}; images go to vit.Model.")
+    if self.num_frames is not None and video.shape[1] != self.num_frames:
+      raise ValueError(f"The ViViT backbone has num_frames={self.num_frames} "
+                       f"but the clips have {video.shape[1]} frames (shape "
+                       f"{video.shape}); sample that many frames in the pp.")
+    n_t, gh, gw, n_s = token_grid(video.shape[1:4], self.patch_size,
+                                  self.temporal_patch_size)
+    out = {"token_grid": (n_t, n_s)}
+    video = jnp.asarray(video, self.dtype_mm)
+    tube = (self.temporal_patch_size, *self.patch_size)
+    x = out["stem"] = nn.Conv(self.width, tube, strides=tube, padding="VALID",
+                              name="embedding", dtype=self.dtype_mm)(video)
+    n, _, _, _, c = x.shape
+    x = jnp.reshape(x, [n, n_t * n_s, c])          # time-major tokens
+    if self.posemb == "sincos2d":
+      # A fixed 2-D table has no time axis: the same table for every frame.
+      pe = jnp.tile(vit.posemb_sincos_2d(gh, gw, c, dtype=x.dtype),
+                    [1, n_t, 1])
+    else:
+      pe = vit.get_posemb(self, self.posemb, (n_t, gh, gw), c,
+                          "pos_embedding", x.dtype)
+    # Posemb before cls, as in the image model (no cls slot).
+    x = out["with_posemb"] = x + pe
+    if self.pool_type == "tok":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), x.dtype)
+      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+
+    x, out["encoder"] = vit.Encoder(
+        depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+        dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
+        dtype_mm=self.dtype_mm, lora_rank=self.lora_rank,
+        lora_targets=vit.lora_targets(self.lora_targets),
+        lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
+        adapter_placement=self.adapter_placement,
+        name="Transformer")(x, deterministic=not train)
+    encoded = out["encoded"] = x
+    x = out["head_input"] = self.pool(x)
+    if self.pool_type == "tok":
+      encoded = encoded[:, 1:]
+    x_3d = jnp.reshape(encoded, [n, n_t, gh, gw, -1])
+
+    if self.rep_size:
+      rep_size = self.width if self.rep_size is True else self.rep_size
+      hid = nn.Dense(rep_size, name="pre_logits")
+      x_3d = nn.tanh(hid(x_3d))
+      x = nn.tanh(hid(x))
+    # Named like the image model's outputs; here they are [B, n_t, gh, gw, D].
+    out["pre_logits_2d"] = x_3d
+    out["pre_logits"] = x
+
+    if self.num_classes:
+      kw = {"kernel_init": nn.initializers.zeros} if self.head_zeroinit else {}
+      head = nn.Dense(self.num_classes, name="head", **kw)
+      out["logits_2d"] = head(x_3d)
+      x = out["logits"] = head(x)
+    return x, out
+
+
+def Model(num_classes=None, *, variant=None, **kw):  # pylint: disable=invalid-name
+  """Factory: `Model(400, variant="B/16", temporal_patch_size=2)`."""
+  return _Model(num_classes, **{**vit.decode_variant(variant), **kw})
+
+
+def _kw(video_cfg: Any) -> Dict[str, Any]:
+  kw = dict(video_cfg or {})
+  kw.pop("kind", None)
+  kw = {**vit.decode_variant(kw.pop("variant", None)), **kw}
+  if "patch_size" in kw:
+    kw["patch_size"] = tuple(kw["patch_size"])
+  return kw
+
+
+def abstract_params(video_cfg: Any, clip_shape: Sequence[int],
+                    num_classes: Optional[int] = None) -> Dict[str, Any]:
+  """ShapeDtypeStructs of `Model(num_classes, **video_cfg)` on clips (T, H, W)."""
+  model = _Model(num_classes, **_kw(video_cfg))
+  x = jax.ShapeDtypeStruct((1, *clip_shape, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
+# --- Inflation ------------------------------------------------------------
+
+
+def inflate_kernel(kernel: Any, t: int, method: str = "central") -> np.ndarray:
+  """2-D patch kernel (h, w, c, D) -> 3-D tubelet kernel (t, h, w, c, D).
+
+  central: the 2-D kernel at time index t // 2 of axis 0, zeros elsewhere
+    (each tubelet initially embeds its central frame exactly like the image
+    model embeds that frame).
+  average: the 2-D kernel on every time index, divided by t (a tubelet of t
+    identical frames is embedded exactly like one frame).
+  """
+  k = np.asarray(kernel)
+  if k.ndim != 4:
+    raise ValueError(f"inflate_kernel: embedding/kernel must be 2-D "
+                     f"(h, w, c, D), got shape {k.shape}.")
+  if method not in INFLATE_METHODS:
+    raise ValueError(f"Unknown inflation method {method!r}: use one of "
+                     f"{INFLATE_METHODS}.")
+  work = np.float64 if k.dtype == np.float64 else np.float32
+  if method == "central":
+    out = np.zeros((t, *k.shape), work)
+    out[t // 2] = k.astype(work)
+  else:
+    out = np.repeat(k.astype(work)[None], t, axis=0) / t
+  return out.astype(k.dtype)
+
+
+def inflate_posemb(posemb: Any, n_t: int, grid: Tuple[int, int], *,
+                   mode: str = "resize_tile",
+                   image_grid: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Image posemb [1, n_img, D] (no cls row) -> video [1, n_t * gh * gw, D].
+
+  resize_tile: bilinear resample to `grid` (porting.resample_posemb), then
+  tile over time (time-major); tile: only tile (the grids must agree).
+  """
+  pe = np.asarray(posemb)
+  if mode not in POSEMB_INIT:
+    raise ValueError(f"Unknown posemb inflation {mode!r}: use one of "
+                     f"{POSEMB_INIT}.")
+  if mode == "resize_tile":
+    pe = porting.resample_posemb(pe, grid, image_grid)
+  elif pe.shape[1] != grid[0] * grid[1]:
+    raise ValueError(f"posemb inflation 'tile': the checkpoint posemb has "
+                     f"{pe.shape[1]} positions but the clip's patch grid "
+                     f"{tuple(grid)} has {grid[0] * grid[1]}; use "
+                     "'resize_tile'.")
+  return np.tile(pe, (1, n_t, 1))
+
+
+def _read(image_params: Any) -> Dict[str, Any]:
+  if isinstance(image_params, collections.abc.Mapping):
+    # Copies the dict structure (never the caller's tree); leaves are shared.
+    return npz_lib.unflatten(npz_lib.flatten(image_params))
+  return npz_lib.load_npz(image_params)
+
+
+def inflate_from_image(image_params: Any, video_cfg: Any,
+                       method: str = "central", *,
+                       clip_shape: Sequence[int],
+                       posemb: str = "resize_tile",
+                       image_grid: Optional[Sequence[int]] = None,
+                       num_classes: Optional[int] = None) -> Dict[str, Any]:
+  """Image ViT params -> params of `vivit.Model(num_classes, **video_cfg)`.
+
+  Everything is copied by name except `embedding/kernel` (inflated with
+  `inflate_kernel`) and `pos_embedding` (`inflate_posemb`); old checkpoint
+  layouts (cls posemb row, pre-linen names, scan vs loop) are fixed first
+  with `porting`. A `head` / `pre_logits` the video model lacks is passed
+  through unchanged, so `porting.load_into_model` can still decide about it.
+  Nothing is materialised for the target: shapes come from `jax.eval_shape`.
+
+  Args:
+    image_params: an image ViT param tree or an npz path (`path.npz[:key]`).
+    video_cfg: `vivit.Model` kwargs (variant, patch_size, pool_type,
+      temporal_patch_size, scan, ...; a `kind` key is ignored).
+    method: "central" or "average" kernel inflation.
+    clip_shape: (num_frames, height, width) of the model's clips.
+    posemb: "resize_tile" or "tile" (see `inflate_posemb`).
+    image_grid: the checkpoint's (h, w) patch grid, needed only if it is
+      not square.
+    num_classes: of the target head, if the target should have one.
+
+  Returns:
+    A nested dict of numpy arrays in the target's dtypes (plus passed-through
+    extras such as the image head).
+
+  Raises:
+    ValueError: naming every param whose name or shape does not fit.
+  """
+  kw = _kw(video_cfg)
+  target = npz_lib.flatten(abstract_params(kw, clip_shape, num_classes))
+  n_t, gh, gw, _ = token_grid(clip_shape, kw.get("patch_size", (16, 16)),
+                              kw.get("temporal_patch_size", 2))
+  tree = _read(image_params)
+  if image_grid is not None:
+    tree = porting.fix_old_checkpoints(
+        tree, expected_posemb_len=int(np.prod(image_grid)))
+  else:
+    tree = porting.fix_old_checkpoints(tree)
+  scan = any(k.startswith("Transformer/encoderblock/") for k in target)
+  depth = kw.get("depth", 12)
+  tree = porting.loop_to_scan(tree) if scan else porting.scan_to_loop(
+      tree, depth)
+  src = npz_lib.flatten(tree)
+
+  out, errors = {}, []
+  for name, spec in target.items():
+    want = tuple(spec.shape)
+    if name not in src:
+      errors.append(f"model param {name} {want} is missing from the image "
+                    "checkpoint")
+      continue
+    value = np.asarray(src[name])
+    have = tuple(value.shape)
+    try:
+      if name == "embedding/kernel" and have != want:
+        if len(have) != 4 or have != want[1:]:
+          raise ValueError(
+              f"embedding/kernel: the image kernel {have} cannot be inflated "
+              f"to the tubelet kernel {want} (patch size, channels and width "
+              "must match: use the checkpoint's variant and patch size)")
+        value = inflate_kernel(value, want[0], method)
+      elif name == "pos_embedding" and have != want:
+        if len(have) != 3 or have[2] != want[2]:
+          raise ValueError(f"pos_embedding: image posemb {have} has another "
+                           f"width than the video posemb {want}")
+        value = inflate_posemb(value, n_t, (gh, gw), mode=posemb,
+                               image_grid=image_grid)
+    except ValueError as e:
+      errors.append(str(e))
+      continue
+    if tuple(value.shape) != want:
+      errors.append(f"checkpoint param {name} has shape {tuple(value.shape)}"
+                    f" but the video model expects {want}")
+      continue
+    out[name] = value.astype(spec.dtype)
+  extras = sorted(set(src) - set(target))
+  passthrough = [k for k in extras if k.startswith(("head/", "pre_logits/"))]
+  unexpected = [k for k in extras if k not in passthrough]
+  if unexpected:
+    errors.append(f"image checkpoint params the video model does not have: "
+                  f"{unexpected}")
+  if errors:
+    raise ValueError("Cannot inflate the image checkpoint into the ViViT "
+                     f"model {kw}:\n  - " + "\n  - ".join(errors) +
+                     "\nUse the image checkpoint's variant, patch size, "
+                     "pool_type and rep_size for the video backbone.")
+  for k in passthrough:
+    out[k] = np.asarray(src[k])
+  return npz_lib.unflatten(out)
+
+
+def inflate_checkpoint(image_ckpt: Any, out_path: str, video_cfg: Any,
+                       method: str = "central", **kw) -> str:
+  """`inflate_from_image` and write the result as a big_vision npz."""
+  params = inflate_from_image(image_ckpt, video_cfg, method, **kw)
+  return npz_lib.save_npz(params, out_path)
+
+
+def main(argv=None):
+  """CLI: image npz -> inflated ViViT npz (see the module docstring)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--image_ckpt", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--variant", default=None)
+  p.add_argument("--patch_size", type=int, nargs="+", default=None)
+  p.add_argument("--pool_type", default="tok")
+  p.add_argument("--temporal_patch_size", type=int, default=2)
+  p.add_argument("--num_frames", type=int, required=True)
+  p.add_argument("--image_size", type=int, nargs="+", required=True)
+  p.add_argument("--method", default="central", choices=INFLATE_METHODS)
+  p.add_argument("--posemb", default="resize_tile", choices=POSEMB_INIT)
+  p.add_argument("--scan", action="store_true")
+  args = p.parse_args(argv)
+  cfg: Dict[str, Union[str, int, bool, Tuple[int, ...]]] = dict(
+      pool_type=args.pool_type, temporal_patch_size=args.temporal_patch_size,
+      scan=args.scan)
+  if args.variant:
+    cfg["variant"] = args.variant
+  if args.patch_size:
+    ps = tuple(args.patch_size)
+    cfg["patch_size"] = ps * 2 if len(ps) == 1 else ps
+  hw = tuple(args.image_size) * (2 if len(args.image_size) == 1 else 1)
+  path = inflate_checkpoint(args.image_ckpt, args.out, cfg, args.method,
+                            clip_shape=(args.num_frames, *hw),
+                            posemb=args.posemb)
+  print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
