@@ -52,7 +52,6 @@ TOP_LEVEL: Dict[str, Any] = dict(
     # or dict(coordinator_address="host:port", num_processes=N, process_id=i,
     # local_device_ids=[...]), dict(auto=True) or dict(auto=False).
     distributed=None,
-    max_nan_retries=0,
     feature_cache=None,
 )
 INPUT_KEYS = ("data", "batch_size", "pp", "shuffle")
