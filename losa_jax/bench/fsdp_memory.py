@@ -1,0 +1,226 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""Per-device memory of a LoSA train step under FSDP, from the compiler.
+
+  python -m losa_jax.bench.fsdp_memory [--variant e/14] [--fsdp 1,4,8] \
+      [--batch_per_device 4] [--depths 56] [--json out.json]
+
+Compiles the real train step (`build.build` + `steps.train_step_fn`) of a
+LoSA model (scanned blocks, bf16 matmuls via `dtype_mm`, frozen backbone
+stored in bf16, side network + head + AdamW state in f32) on abstract
+inputs - nothing is materialised - for meshes [("fsdp", n)] over n of 8
+fake CPU devices, with the default strategy (backbone FSDP over "fsdp",
+everything else replicated) and batches split over the same axis, so each
+device always sees `--batch_per_device` images. XLA's memory analysis of
+an SPMD executable is per device.
+
+Columns: params / opt = bytes of this device's shards of the params and
+optimizer state (from the shardings); args, temp, out = XLA's argument,
+temporary and output bytes; peak = args + out + temp - aliased (the state
+is donated). With several --depths the script fits peak ~ a + b * depth per
+mesh and extrapolates to the variant's full depth, for machines where the
+full model takes too long to compile.
+
+Like losa_jax.bench.suite, compiles run with XLA's while-loop-invariant
+code motion disabled (--licm keeps it): XLA:CPU has no bf16 GEMM, converts
+bf16 weights to f32, and that pass hoists the conversion of the whole
+scanned weight stack out of the layer loop - a copy that GPU/TPU (native
+bf16 dots) never make.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Sequence
+
+MIB, GIB = 2.0**20, 2.0**30
+LICM_OFF = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+NUM_DEVICES = 8
+
+
+def make_config(variant: str, depth: int = 0, num_classes: int = 1000):
+  """LoSA on `variant` at 224 px, scanned, bf16 matmuls; AdamW, rank 8."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from losa_jax import sharding  # pylint: disable=g-import-not-at-top
+  bb = dict(variant=variant, pool_type="tok", scan=True, dtype_mm="bfloat16")
+  if depth:
+    bb["depth"] = depth
+  c = ml_collections.ConfigDict()
+  c.num_classes = num_classes
+  c.image_size = 224
+  c.model = dict(method="losa", backbone=bb, losa=dict(rank=8))
+  c.optax_name = "adamw"
+  c.lr = 1e-3
+  c.wd = 1e-4
+  c.grad_clip_norm = 1.0
+  c.schedule = dict(warmup_steps=0, decay_type="cosine")
+  c.sharding_strategy = sharding.DEFAULT_STRATEGY
+  return c
+
+
+def _bf16_frozen(state_shape, mask):
+  """Abstract state with the frozen float params in bf16 (their storage)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  params = tree_lib.unflatten({
+      n: v if mask[n] or not jnp.issubdtype(v.dtype, jnp.floating)
+      else jax.ShapeDtypeStruct(v.shape, jnp.bfloat16)
+      for n, v in tree_lib.flatten(state_shape["params"]).items()})
+  return {**state_shape, "params": params}
+
+
+def _local_bytes(tree_shape, tree_sharding) -> int:
+  """Bytes one device holds of a tree, from each leaf's shard shape."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  total = 0
+  for x, s in zip(jax.tree.leaves(tree_shape), jax.tree.leaves(tree_sharding)):
+    shard = s.shard_shape(x.shape)
+    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def measure(variant: str, depth: int, fsdp: int,
+            batch_per_device: int) -> Dict[str, Any]:
+  """Compiled per-device memory of one train step on a ("fsdp", n) mesh."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax import sharding  # pylint: disable=g-import-not-at-top
+  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  config = make_config(variant, depth)
+  mesh = sharding.make_mesh([("fsdp", fsdp)], devices=jax.devices()[:fsdp])
+  built = build.build(config, total_steps=1000, mesh=mesh)
+  state_shape = _bf16_frozen(built.state_shape, built.mask)
+  # Shardings from the bf16 shapes (the fsdp size threshold counts bytes).
+  state_sh = sharding.infer_state_sharding(state_shape, mesh,
+                                           config.sharding_strategy)
+  step = steps.train_step_fn(built.model, built.tx, built.mask,
+                             schedule_fns=built.schedule_fns)
+  jitted = steps.jit_train_step(step, mesh, state_sh, donate=True)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      state_shape, state_sh)
+  batch = steps.abstract_batch(batch_per_device * fsdp, built.image_shape)
+  t0 = time.time()
+  c = cost.compiled_cost(jitted, abstract_state, batch)
+  params = state_shape["params"]
+  frozen = {n: not m for n, m in built.mask.items()}
+  return {
+      "variant": variant, "depth": depth or None, "fsdp": fsdp,
+      "global_batch": batch_per_device * fsdp,
+      "total_params": tree_lib.count(params),
+      "trainable_params": built.num_trainable(),
+      "params_bytes": _local_bytes(params, state_sh["params"]),
+      "frozen_bytes_total": sum(
+          int(v.size) * v.dtype.itemsize
+          for n, v in tree_lib.flatten(params).items() if frozen[n]),
+      "opt_bytes": _local_bytes(state_shape["opt"], state_sh["opt"]),
+      "argument_bytes": c["argument_bytes"], "temp_bytes": c["temp_bytes"],
+      "output_bytes": c["output_bytes"], "alias_bytes": c["alias_bytes"],
+      "peak_bytes": c["peak_bytes"], "compile_s": time.time() - t0,
+  }
+
+
+def fit(rows: Sequence[Dict[str, Any]], full_depth: int):
+  """Per fsdp size: least squares peak ~ a + b * depth; predicted full."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = []
+  for n in sorted({r["fsdp"] for r in rows}):
+    rs = sorted((r for r in rows if r["fsdp"] == n), key=lambda r: r["depth"])
+    if len(rs) < 2:
+      continue
+    d = np.array([r["depth"] for r in rs], float)
+    row = {"fsdp": n, "depths": d.tolist()}
+    for key in ("peak_bytes", "params_bytes", "temp_bytes"):
+      y = np.array([r[key] for r in rs], float)
+      b, a = np.polyfit(d, y, 1)
+      resid = float(np.max(np.abs(a + b * d - y)) / max(np.max(y), 1.0))
+      row[key] = {"per_block": float(b), "intercept": float(a),
+                  "max_rel_residual": resid,
+                  "at_full_depth": float(a + b * full_depth)}
+    out.append(row)
+  return out
+
+
+def table(rows: Sequence[Dict[str, Any]]) -> str:
+  base = {r["depth"]: r["peak_bytes"] for r in rows if r["fsdp"] == 1}
+  lines = ["| depth | devices (fsdp) | global batch | params/dev | "
+           "opt/dev | XLA args | XLA temp | XLA out | peak/dev | vs 1 dev |",
+           "|" + "---|" * 10]
+  for r in rows:
+    ratio = (f"{r['peak_bytes'] / base[r['depth']]:.2f}x"
+             if r["depth"] in base else "")
+    lines.append(
+        f"| {r['depth']} | {r['fsdp']} | {r['global_batch']} | "
+        f"{r['params_bytes'] / GIB:.2f} GiB | {r['opt_bytes'] / MIB:.1f} MiB | "
+        f"{r['argument_bytes'] / GIB:.2f} GiB | {r['temp_bytes'] / GIB:.2f} GiB"
+        f" | {r['output_bytes'] / GIB:.2f} GiB | "
+        f"**{r['peak_bytes'] / GIB:.2f} GiB** | {ratio} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--variant", default="e/14")
+  p.add_argument("--fsdp", default="1,4,8",
+                 help=f"comma list of mesh sizes (<= {NUM_DEVICES})")
+  p.add_argument("--depths", default="",
+                 help="comma list of depths; empty = the variant's own")
+  p.add_argument("--batch_per_device", type=int, default=4)
+  p.add_argument("--licm", action="store_true",
+                 help="keep XLA's loop-invariant code motion (see doc)")
+  p.add_argument("--json", default="")
+  a = p.parse_args(argv)
+
+  # Before JAX's backend starts: 8 fake devices and the XLA flags.
+  if not a.licm:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                               LICM_OFF).strip()
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
+  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
+
+  full_depth = vit.decode_variant(a.variant)["depth"]
+  depths = [int(d) for d in a.depths.split(",") if d] or [full_depth]
+  sizes = [int(n) for n in a.fsdp.split(",")]
+  rows: List[Dict[str, Any]] = []
+  for depth in depths:
+    for n in sizes:
+      r = measure(a.variant, depth if depth != full_depth else 0, n,
+                  a.batch_per_device)
+      r["depth"] = depth
+      rows.append(r)
+      print(f"depth {depth} fsdp {n}: peak {r['peak_bytes'] / GIB:.2f} GiB/dev"
+            f" (params {r['params_bytes'] / GIB:.2f} GiB/dev), compiled in "
+            f"{r['compile_s']:.0f} s", file=sys.stderr, flush=True)
+  fits = fit(rows, full_depth) if len(depths) > 1 else []
+  meta = {"date": datetime.date.today().isoformat(),
+          "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                     f"{platform.python_version()}, jax {jax.__version__}",
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "variant": a.variant, "full_depth": full_depth,
+          "batch_per_device": a.batch_per_device}
+  print(f"LoSA {a.variant} (full depth {full_depth}), 224 px, scanned, bf16 "
+        f"matmuls and frozen params, {a.batch_per_device} images/device")
+  print(table(rows))
+  for f in fits:
+    pk = f["peak_bytes"]
+    print(f"fsdp {f['fsdp']}: peak = {pk['intercept'] / GIB:.3f} GiB + "
+          f"{pk['per_block'] / MIB:.1f} MiB x depth (max residual "
+          f"{100 * pk['max_rel_residual']:.2f}%) -> depth {full_depth}: "
+          f"{pk['at_full_depth'] / GIB:.2f} GiB/dev")
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump({"meta": meta, "rows": rows, "fits": fits}, f, indent=1)
+  return rows, fits
+
+
+if __name__ == "__main__":
+  main()
