@@ -75,11 +75,11 @@ def validate(cfg) -> None:
   for key in ("num_processes", "process_id", "initialization_timeout",
               "heartbeat_timeout_seconds"):
     v = d.get(key)
+    low = 0 if key == "process_id" else 1
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or
-                          v < (1 if key != "process_id" else 0)):
-      raise ValueError(f"config.distributed.{key}={v!r} must be a "
-                       f"{'non-negative' if key == 'process_id' else 'positive'}"
-                       " int.")
+                          v < low):
+      raise ValueError(f"config.distributed.{key}={v!r} must be an int "
+                       f">= {low}.")
   n, p = d.get("num_processes"), d.get("process_id")
   if n is not None and p is not None and p >= n:
     raise ValueError(f"config.distributed.process_id={p} must be < "

@@ -163,7 +163,7 @@ def test_config_validation_covers_scale_out_fields(tiny):
       config_lib.validate(bad)
 
 
-# --- 8 fake devices, in a subprocess --------------------------------------------
+# --- 8 fake devices, in a subprocess -----------------------------------------
 
 
 @pytest.fixture(scope="module")
