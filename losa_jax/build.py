@@ -49,8 +49,39 @@ class Built:
     return sum(int(v.size) for n, v in flat.items() if self.mask[n])
 
 
+FROZEN_PARAM_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def frozen_param_dtype(config):
+  """config.model_load.param_dtype (storage dtype of FROZEN params) or None."""
+  name = (config.get("model_load") or {}).get("param_dtype")
+  if name in (None, "", "float32"):
+    return None
+  if name not in FROZEN_PARAM_DTYPES:
+    raise ValueError(f"config.model_load.param_dtype={name!r}: use one of "
+                     f"{FROZEN_PARAM_DTYPES}.")
+  return jnp.dtype(name)
+
+
+def cast_frozen(params, mask: Dict[str, bool], dtype):
+  """Frozen float leaves -> `dtype`; trainable leaves keep their dtype.
+
+  Storing the frozen backbone in bf16 halves its memory (it is never
+  updated, so no precision accumulates); the side net and head stay f32.
+  """
+  if dtype is None:
+    return params
+  return tree_lib.unflatten({
+      n: v if mask[n] or not jnp.issubdtype(v.dtype, jnp.floating)
+      else v.astype(dtype) for n, v in tree_lib.flatten(params).items()})
+
+
 def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
-  """Everything needed to train `config`; nothing is materialised."""
+  """Everything needed to train `config`; nothing is materialised.
+
+  With config.model_load.param_dtype="bfloat16" the frozen params of the
+  state are stored in bf16 (init, state_shape and the steps all see bf16).
+  """
   model = model_from_config(config)
   res = config.get("image_size", 224)
   res = (res, res) if isinstance(res, int) else tuple(res)
@@ -59,9 +90,15 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
       lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
       jax.random.key(0))["params"]
   tx, schedule_fns, mask = optim.make(config, params_shape, total_steps)
-  state_shape = jax.eval_shape(
-      lambda r: steps.init_state(model, tx, r, (1, *image_shape)),
-      jax.random.key(0))
+  param_dtype = frozen_param_dtype(config)
+
+  def init_fn(rng):
+    state = steps.init_state(model, tx, rng, (1, *image_shape))
+    # Cast after tx.init: frozen leaves carry no optimizer state.
+    state["params"] = cast_frozen(state["params"], mask, param_dtype)
+    return state
+
+  state_shape = jax.eval_shape(init_fn, jax.random.key(0))
   if mesh is None:
     mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
   strategy = config.get("sharding_strategy", [(".*", "replicate")])
@@ -73,8 +110,7 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   train_step = steps.jit_train_step(step, mesh, state_sharding, donate=donate)
   eval_step = steps.jit_eval_step(steps.eval_step_fn(model), mesh,
                                   state_sharding["params"])
-  init = jax.jit(lambda r: steps.init_state(model, tx, r, (1, *image_shape)),
-                 out_shardings=state_sharding)
+  init = jax.jit(init_fn, out_shardings=state_sharding)
   return Built(model, tx, mask, schedule_fns, mesh, state_shape,
                state_sharding, image_shape, train_step, eval_step, init)
 
@@ -83,7 +119,8 @@ def backbone_forward(config) -> Tuple[Callable, Any]:
   """The frozen backbone alone, in inference mode: (fn, params_shape).
 
   fn(params, images [B, H, W, 3]) -> pre-logits [B, D]; the baseline that
-  LoSA's train step is compared with.
+  LoSA's train step is compared with. params_shape follows
+  config.model_load.param_dtype (all backbone params are frozen here).
   """
   model = model_from_config(config)
   bb = vit.Model(None, **model.backbone_kwargs())
@@ -92,4 +129,9 @@ def backbone_forward(config) -> Tuple[Callable, Any]:
   shape = jax.eval_shape(
       lambda r: bb.init(r, jnp.zeros((1, *res, 3), jnp.float32)),
       jax.random.key(0))["params"]
+  dtype = frozen_param_dtype(config)
+  if dtype is not None:
+    shape = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, dtype) if jnp.issubdtype(
+            s.dtype, jnp.floating) else s, shape)
   return (lambda p, x: bb.apply({"params": p}, x, train=False)[0]), shape
