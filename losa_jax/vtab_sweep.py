@@ -27,10 +27,13 @@ from absl import logging
 from losa_jax import train
 from losa_jax import vtab
 
-flags.DEFINE_string("config", "configs/vtab.py", "Config file[:args] taking a "
-                    "task=... arg (configs/vtab.py).")
-flags.DEFINE_string("workdir", None, "Sweep folder; one subfolder per task.")
-flags.DEFINE_list("tasks", ["all"], "VTAB task keys, or 'all'.")
+
+def define_flags():
+  """Defined on demand so importing this module claims no flag names."""
+  flags.DEFINE_string("config", "configs/vtab.py", "Config file[:args] taking a "
+                      "task=... arg (configs/vtab.py).")
+  flags.DEFINE_string("workdir", None, "Sweep folder; one subfolder per task.")
+  flags.DEFINE_list("tasks", ["all"], "VTAB task keys, or 'all'.")
 
 
 def load_config(spec: str, task: str):
@@ -139,4 +142,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -2,6 +2,12 @@
 # Licensed under the Apache License, Version 2.0.
 """Shared test fixtures: tiny configs that compile in seconds on a CPU."""
 import os
+import sys
+
+# torch (the timm parity tests) probes for triton on import; triton's bundled
+# LLVM segfaults when loaded into a process that already holds jaxlib's and
+# TensorFlow's. The tests run on CPU and never need triton.
+sys.modules.setdefault("triton", None)
 
 # Tests never download: TFDS must fail fast instead of retrying DNS for minutes.
 os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")

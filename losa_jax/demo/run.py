@@ -31,11 +31,15 @@ from losa_jax import cost  # pylint: disable=g-import-not-at-top,wrong-import-po
 from losa_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from losa_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string("workdir", "/tmp/losa_demo", "One subfolder per method; "
-                    "delete it to retrain from scratch.")
-flags.DEFINE_integer("steps", 600, "Training steps per method.")
-flags.DEFINE_list("methods", ["losa", "linear", "full"], "Methods to compare.")
-flags.DEFINE_string("task", "digits", "Demo task (digits, digits_parity).")
+
+def define_flags():
+  """Defined on demand so importing this module claims no flag names."""
+  flags.DEFINE_string("workdir", "/tmp/losa_demo", "One subfolder per method; "
+                      "delete it to retrain from scratch.")
+  flags.DEFINE_integer("steps", 600, "Training steps per method.")
+  flags.DEFINE_list("methods", ["losa", "linear", "full"], "Methods to compare.")
+  flags.DEFINE_string("task", "digits", "Demo task (digits, digits_parity).")
+
 
 # Full fine-tuning moves every weight: a smaller step is the usual choice.
 LR = {"full": 0.0003}
@@ -87,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
