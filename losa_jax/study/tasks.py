@@ -1,0 +1,196 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Study tasks built offline: real digits from installed wheels + dSprites-style.
+
+Every task returns the demo layout (`losa_jax.demo.data`):
+`{"train": {"image", "label"}, "test": {"image", "label"}, "num_classes"}`
+with uint8 images [N, 28, 28, 1] (the shipped backbone's resolution) and
+int32 labels; `losa_jax.demo.data.to_model_input` turns them into ViT input.
+All are seeded pure numpy, identical on every machine.
+
+How each relates to the shipped backbone (pretrained on 4,500 MNIST-5k
+digits, see losa_jax/assets/README.md):
+
+* `digits`: sklearn's 8x8 digits upsampled to 28x28, 1,000 train / 797 test.
+  Same label space as the pretraining, different source of handwriting:
+  a near-domain task (the "natural"-like group of this study).
+* `mnist_10shot`: 10 labelled digits per class. IN-DOMAIN: same distribution
+  as the pretraining data. Only the 500 digits held out from pretraining are
+  used (100 train / 400 test), so no image of this task was seen in
+  pretraining, but the backbone's features already separate these classes.
+* `dsprites_loc` / `dsprites_ori`: VTAB's "structured" dSprites tasks
+  re-rendered at 28x28 (dSprites itself is 64x64 and needs a download):
+  white shapes on black at random position, scale and orientation, labelled
+  by binned x-position / binned orientation. Far from the pretraining domain,
+  and the label is a geometric property the MNIST classifier was trained to
+  be invariant to (it saw +-2 px shifts as augmentation). VTAB uses 16 bins;
+  we use 8 because at 28 px a 16-way x-bin is under one pixel wide. The
+  orientation task uses only shapes without rotational symmetry (heart and
+  an isosceles "arrow"), so its label is always recoverable from the image;
+  dSprites' square (4-fold) and ellipse (2-fold) would make it ambiguous.
+"""
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+
+from losa_jax.demo import data as demo_data
+
+IMAGE_SIZE = demo_data.IMAGE_SIZE        # 28
+SUPERSAMPLE = 4                          # anti-aliasing of the rendered shapes
+DSPRITES_TRAIN = 1000                    # VTAB-1k-sized training sets
+DSPRITES_TEST = 500
+NUM_BINS = 8
+SHAPES = ("square", "ellipse", "heart", "arrow")
+# Range of the shape centre, in pixels: keeps every shape inside the frame
+# (the largest shape reaches ~1.35 * scale = 6 px from its centre).
+CENTER_RANGE = (6.0, 22.0)
+SCALE_RANGE = (2.5, 4.5)                 # half-size in pixels
+# Orientation needs bigger shapes: at 2.5 px a heart is a blob whose
+# orientation is not recoverable at 28 px.
+ORI_SCALE_RANGE = (4.0, 6.0)
+ORI_CENTER_RANGE = (8.5, 19.5)
+
+
+# --- dSprites-style rendering -------------------------------------------------
+
+
+def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Whether shape-local points (u right, v down, unit half-size) are inside.
+
+  At orientation 0 the heart's lobes and the arrow's point face up.
+  """
+  if shape == "square":
+    return (np.abs(u) <= 1) & (np.abs(v) <= 1)
+  if shape == "ellipse":    # dSprites' ellipse is elongated about 2:1
+    return u**2 + (v / 0.5)**2 <= 1
+  if shape == "heart":      # (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, y up
+    x, y = u * 1.1, -v * 1.1 + 0.1
+    return (x**2 + y**2 - 1)**3 - x**2 * y**3 <= 0
+  if shape == "arrow":      # isosceles triangle, apex up, 2.2 tall
+    return (v <= 0.9) & (v >= -1.3) & (np.abs(u) <= 0.7 * (v + 1.3) / 2.2)
+  raise ValueError(f"Unknown shape {shape!r}; available: {SHAPES}.")
+
+
+def render_shapes(shape_ids: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+                  scale: np.ndarray, angle: np.ndarray,
+                  shapes: Sequence[str] = SHAPES,
+                  size: int = IMAGE_SIZE) -> np.ndarray:
+  """Renders one white shape per image on black, anti-aliased.
+
+  Args:
+    shape_ids: int [N], index into `shapes`.
+    cx, cy: float [N], shape centre in pixels (x right, y down).
+    scale: float [N], half-size in pixels.
+    angle: float [N], orientation in radians (counter-clockwise on screen).
+    shapes: shape names.
+    size: canvas size.
+
+  Returns:
+    uint8 [N, size, size, 1]; a pixel's value is the fraction of its
+    SUPERSAMPLE x SUPERSAMPLE sub-pixel centres inside the shape, times 255.
+  """
+  ss = SUPERSAMPLE
+  grid = (np.arange(size * ss, dtype=np.float64) + 0.5) / ss
+  gy, gx = np.meshgrid(grid, grid, indexing="ij")
+  out = np.zeros((len(shape_ids), size, size, 1), np.uint8)
+  for i in range(len(shape_ids)):
+    dx, dy = gx - cx[i], gy - cy[i]
+    c, s = np.cos(angle[i]), np.sin(angle[i])
+    # Rotate the points by -angle (screen y points down, so counter-clockwise
+    # on screen is a negative angle in these coordinates).
+    u = (c * dx - s * dy) / scale[i]
+    v = (s * dx + c * dy) / scale[i]
+    mask = _inside(shapes[shape_ids[i]], u, v).astype(np.float64)
+    frac = mask.reshape(size, ss, size, ss).mean(axis=(1, 3))
+    out[i, ..., 0] = np.rint(frac * 255).astype(np.uint8)
+  return out
+
+
+def _sample(n: int, rng: np.random.Generator, shapes: Sequence[str],
+            center_range, scale_range):
+  lo, hi = center_range
+  return dict(shape_ids=rng.integers(0, len(shapes), n),
+              cx=rng.uniform(lo, hi, n), cy=rng.uniform(lo, hi, n),
+              scale=rng.uniform(*scale_range, n),
+              angle=rng.uniform(0, 2 * np.pi, n))
+
+
+def _bin(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+  return np.clip(((values - lo) / (hi - lo) * bins).astype(np.int64), 0,
+                 bins - 1).astype(np.int32)
+
+
+def _dsprites(label_of: Callable[[Dict[str, np.ndarray]], np.ndarray],
+              shapes: Sequence[str], seed: int, num_train: int,
+              num_test: int, center_range=CENTER_RANGE,
+              scale_range=SCALE_RANGE) -> dict:
+  rng = np.random.default_rng(seed)
+  factors = _sample(num_train + num_test, rng, shapes, center_range,
+                    scale_range)
+  images = render_shapes(shapes=shapes, **factors)
+  labels = label_of(factors)
+  cut = lambda a, b: {"image": images[a:b], "label": labels[a:b]}
+  return {"train": cut(0, num_train),
+          "test": cut(num_train, num_train + num_test),
+          "num_classes": NUM_BINS, "factors": factors}
+
+
+def dsprites_loc_task(num_train: int = DSPRITES_TRAIN,
+                      num_test: int = DSPRITES_TEST, seed: int = 1) -> dict:
+  """x-position of a square / ellipse / heart, 8 bins (VTAB: dSprites-loc)."""
+  return _dsprites(lambda f: _bin(f["cx"], *CENTER_RANGE, NUM_BINS),
+                   ("square", "ellipse", "heart"), seed, num_train, num_test)
+
+
+def dsprites_ori_task(num_train: int = DSPRITES_TRAIN,
+                      num_test: int = DSPRITES_TEST, seed: int = 2) -> dict:
+  """Orientation of a heart / arrow, 8 bins of 45 degrees (VTAB: dSprites-ori)."""
+  return _dsprites(lambda f: _bin(f["angle"], 0.0, 2 * np.pi, NUM_BINS),
+                   ("heart", "arrow"), seed, num_train, num_test,
+                   ORI_CENTER_RANGE, ORI_SCALE_RANGE)
+
+
+# --- real digits --------------------------------------------------------------
+
+
+def digits_task() -> dict:
+  """sklearn digits at 28x28, 1,000 train / 797 test (the demo's task)."""
+  return demo_data.digits_task()
+
+
+def mnist_10shot_task(per_class: int = 10) -> dict:
+  """10 labelled MNIST digits per class, from the 500 held out of pretraining.
+
+  In-domain for the shipped backbone (see the module docstring); 100 train /
+  400 test, stratified with the demo's fixed split seed.
+  """
+  held_out = demo_data.mnist5k_task()["test"]     # 50 per class, never seen
+  tr, te = demo_data.stratified_split(held_out["label"], 10 * per_class)
+  take = lambda idx: {k: v[idx] for k, v in held_out.items()}
+  return {"train": take(tr), "test": take(te), "num_classes": 10}
+
+
+TASKS: Dict[str, Callable[[], dict]] = {
+    "digits": digits_task,
+    "mnist_10shot": mnist_10shot_task,
+    "dsprites_loc": dsprites_loc_task,
+    "dsprites_ori": dsprites_ori_task,
+}
+
+# One line per task for tables: (domain relative to the backbone, what).
+TASK_INFO = {
+    "digits": ("near-domain", "sklearn digits, 10 classes, 1000 train / 797 "
+               "test"),
+    "mnist_10shot": ("IN-DOMAIN", "MNIST, 10 labels per class, 100 train / "
+                     "400 test (held out from pretraining)"),
+    "dsprites_loc": ("structured", "dSprites-style x-position, 8 bins, "
+                     "1000 train / 500 test"),
+    "dsprites_ori": ("structured", "dSprites-style orientation, 8 bins, "
+                     "1000 train / 500 test"),
+}
+
+
+def get_task(name: str) -> dict:
+  if name not in TASKS:
+    raise KeyError(f"Unknown study task {name!r}; available: {sorted(TASKS)}.")
+  return TASKS[name]()
