@@ -1,0 +1,400 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Writes the benchmark results as Markdown, CSV and PNG plots.
+
+`write_all(out, results, meta)`: `results` maps a section name to its raw
+payload ({"rows": [...], "xla_flags": ...}) as written by `suite`.
+"""
+import csv
+import os
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+MIB = 2.0**20
+GIB = 2.0**30
+FIT_GIB = (16, 40, 80)
+
+
+def _rows(results, section) -> List[Dict[str, Any]]:
+  return list((results.get(section) or {}).get("rows", []))
+
+
+def write_csv(path: str, rows: Sequence[Dict[str, Any]]):
+  keys: List[str] = []
+  for r in rows:
+    keys += [k for k in r if k not in keys and not isinstance(r[k], dict)]
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow(r)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(" --- " for _ in header) + "|"]
+  for r in rows:
+    lines.append("| " + " | ".join(str(x) for x in r) + " |")
+  return "\n".join(lines)
+
+
+def _fmt_int(x) -> str:
+  return f"{int(x):,}"
+
+
+def _num(x, sig: int = 3) -> str:
+  """3 significant digits, thousands separators, no exponent: 1,234 / 0.0123."""
+  x = float(x)
+  if not np.isfinite(x):
+    return str(x)
+  if x == 0:
+    return "0"
+  digits = max(sig - 1 - int(np.floor(np.log10(abs(x)))), 0)
+  return f"{x:,.{digits}f}"
+
+
+def linear_fit(depths: Sequence[float], values: Sequence[float]):
+  """Least-squares (slope, intercept) of values ~ depth."""
+  slope, intercept = np.polyfit(np.asarray(depths, float),
+                                np.asarray(values, float), 1)
+  return float(slope), float(intercept)
+
+
+def linearity(results) -> List[Dict[str, Any]]:
+  """Per config: fit on the reduced depths, predict the full depth."""
+  big = _rows(results, "big")
+  out = []
+  for cfg in sorted({r["config"] for r in big if r["linearity"]}):
+    pts = sorted((r["depth"], r["peak_gib"]) for r in big
+                 if r["linearity"] and r["config"] == cfg)
+    full = [r for r in big if not r["linearity"] and r["config"] == cfg and
+            r["variant"] == next(x["variant"] for x in big if x["linearity"])]
+    if len(pts) < 2:
+      continue
+    slope, icpt = linear_fit(*zip(*pts))
+    resid = max(abs(p - (slope * d + icpt)) for d, p in pts)
+    row = {"config": cfg, "variant": full[0]["variant"] if full else "",
+           "depths": [d for d, _ in pts], "peaks_gib": [p for _, p in pts],
+           "slope_gib_per_block": slope, "intercept_gib": icpt,
+           "max_fit_residual_gib": resid}
+    if full:
+      pred = slope * full[0]["depth"] + icpt
+      row.update(full_depth=full[0]["depth"], predicted_gib=pred,
+                 actual_gib=full[0]["peak_gib"],
+                 prediction_error=(pred - full[0]["peak_gib"]) /
+                 full[0]["peak_gib"])
+    out.append(row)
+  return out
+
+
+# --- plots ------------------------------------------------------------------------
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def grouped_bars(path, groups, series, values, *, ylabel, title, log=False,
+                 hlines=(), fmt="{:.3g}"):
+  """values[s][g]; one bar group per entry of `groups`."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * len(series) / 3
+                                      + 3), 4.2))
+  width = 0.8 / max(len(series), 1)
+  x = np.arange(len(groups))
+  for i, s in enumerate(series):
+    ys = [values[s].get(g, np.nan) for g in groups]
+    bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=s)
+    for b, y in zip(bars, ys):
+      if np.isfinite(y):
+        ax.annotate(fmt.format(y), (b.get_x() + b.get_width() / 2, y),
+                    ha="center", va="bottom", fontsize=6, rotation=90)
+  for y, label in hlines:
+    ax.axhline(y, color="gray", ls="--", lw=0.8)
+    ax.annotate(label, (x[-1] + 0.45, y), fontsize=7, va="bottom", ha="right",
+                color="gray")
+  ax.set_xticks(x)
+  ax.set_xticklabels(groups)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  if log:
+    ax.set_yscale("log")
+  ax.legend(fontsize=7, ncol=min(len(series), 4))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_all(out, results, lin):
+  written = []
+  comp = _rows(results, "compiled")
+  if comp:
+    variants = list(dict.fromkeys(r["variant"] for r in comp))
+    methods = list(dict.fromkeys(r["method"] for r in comp))
+    vals = {m: {r["variant"]: r["peak_bytes"] / MIB for r in comp
+                if r["method"] == m} for m in methods}
+    p = os.path.join(out, "compiled_peak_memory.png")
+    grouped_bars(p, variants, methods, vals, ylabel="compiled peak (MiB)",
+                 title=f"Train-step compiled peak memory, batch "
+                 f"{comp[0]['batch']}, {comp[0]['image_size']} px, f32 "
+                 "(XLA:CPU)", log=True)
+    written.append(p)
+  meas = _rows(results, "measured")
+  if meas:
+    variants = list(dict.fromkeys(r["variant"] for r in meas))
+    methods = [m for m in dict.fromkeys(r["method"] for r in meas)
+               if m != "forward"]
+    vals = {m: {r["variant"]: r["vs_forward"] for r in meas
+                if r["method"] == m} for m in methods}
+    p = os.path.join(out, "step_time_vs_forward.png")
+    grouped_bars(p, variants, methods, vals,
+                 ylabel="median step time / forward time",
+                 title=f"Measured train-step time relative to the backbone "
+                 f"forward (batch {meas[0]['batch']}, interleaved)",
+                 hlines=[(1.0, "forward"), (1.15, "1.15x")])
+    written.append(p)
+  cache = _rows(results, "cache")
+  if cache:
+    r = cache[0]
+    vals = {"uncached epoch": {r["variant"]: r["uncached_epoch_1000_s"]},
+            "cached epoch": {r["variant"]: r["cached_epoch_1000_s"]},
+            "one-time cache build": {r["variant"]: r["build_1000_s"]}}
+    p = os.path.join(out, "cache_epoch.png")
+    grouped_bars(p, [r["variant"]], list(vals), vals,
+                 ylabel="seconds per 1,000-image epoch",
+                 title=f"LoSA epoch with / without the feature cache "
+                 f"(measured on {r['images_measured']} images, scaled)")
+    written.append(p)
+  mb = _rows(results, "maxbatch")
+  if mb:
+    vals = {"max batch": {r["method"]: r["max_batch"] for r in mb}}
+    p = os.path.join(out, "max_batch.png")
+    grouped_bars(p, [r["method"] for r in mb], ["max batch"], vals,
+                 ylabel="largest batch (compiled peak <= budget)",
+                 title=f"{mb[0]['variant']}: largest batch within "
+                 f"{mb[0]['budget_gib']:g} GiB", log=True, fmt="{:.0f}")
+    written.append(p)
+  big = [r for r in _rows(results, "big") if not r["linearity"]]
+  if big:
+    variants = list(dict.fromkeys(r["variant"] for r in big))
+    configs = list(dict.fromkeys(r["config"] for r in big))
+    vals = {c: {r["variant"]: r["peak_gib"] for r in big if r["config"] == c}
+            for c in configs}
+    p = os.path.join(out, "big_models_memory.png")
+    grouped_bars(p, variants, configs, vals, ylabel="compiled peak (GiB)",
+                 title=f"Compiled train-step peak memory, batch "
+                 f"{big[0]['batch']}, bf16 backbone, scanned", log=True,
+                 hlines=[(g, f"{g} GiB") for g in FIT_GIB])
+    written.append(p)
+  if lin:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in lin:
+      d = np.array(row["depths"], float)
+      xs = np.linspace(0, row.get("full_depth", d.max()), 50)
+      line = ax.plot(xs, row["slope_gib_per_block"] * xs +
+                     row["intercept_gib"], lw=0.8)[0]
+      ax.plot(d, row["peaks_gib"], "o", color=line.get_color(),
+              label=f"{row['config']} (compiled, reduced depth)")
+      if "actual_gib" in row:
+        ax.plot([row["full_depth"]], [row["actual_gib"]], "*", ms=11,
+                color=line.get_color(),
+                label=f"{row['config']} full depth (compiled)")
+    ax.set_xlabel("blocks")
+    ax.set_ylabel("compiled peak (GiB)")
+    ax.set_title(f"Memory is linear in depth ({lin[0]['variant']})",
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = os.path.join(out, "depth_linearity.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+  return written
+
+
+# --- markdown ---------------------------------------------------------------------
+
+
+def markdown(results, meta, lin) -> str:
+  parts = ["# losa_jax benchmark results", "",
+           "Generated by `losa_jax.bench.suite`; see docs/benchmarks.md for "
+           "the reading.", "",
+           md_table(["", ""], [
+               ["command", f"`{meta['command']}`"],
+               ["date", meta["date"]], ["machine", meta["machine"]],
+               ["devices", meta["devices"]],
+               ["versions", f"jax {meta['jax']}, flax {meta['flax']}, "
+                            f"python {meta['python']}"],
+               ["load average (1/5/15 min) at start / end",
+                f"{_loads(meta['load_avg_start'])} / "
+                f"{_loads(meta['load_avg_end'])}"],
+               ["wall time", f"{meta['wall_s'] / 60:.1f} min"]]), "",
+           "Each section as produced (sections can be re-run alone; the "
+           "load average is the other jobs sharing this machine's 2 cores):",
+           "",
+           md_table(["section", "command", "finished", "load avg at end",
+                     "XLA_FLAGS"],
+                    [[s, f"`{p.get('command', meta['command'])}`",
+                      p.get("finished", ""),
+                      _loads(p["load_avg_end"]) if "load_avg_end" in p
+                      else "", f"`{p.get('xla_flags') or 'default'}`"]
+                     for s, p in results.items() if p]), ""]
+  comp = _rows(results, "compiled")
+  if comp:
+    parts += [f"## Compiled cost per train step (batch {comp[0]['batch']}, "
+              f"{comp[0]['image_size']} px, f32, unrolled blocks)", "",
+              "XLA:CPU `cost_analysis` / `memory_analysis` of the real jitted "
+              "step, abstract inputs. peak = arguments + outputs + temp - "
+              "aliased (donated) bytes.", ""]
+    rows = []
+    for r in comp:
+      rows.append([r["variant"], r["method"], _fmt_int(r["trainable_params"]),
+                   _num(r['flops'] / 1e9), f"{r['flops_vs_forward']:.2f}",
+                   _num(r['temp_bytes'] / MIB),
+                   _num(r['argument_bytes'] / MIB),
+                   _num(r['peak_bytes'] / MIB),
+                   f"{r['peak_vs_forward']:.2f}",
+                   f"{r['losa_peak_fraction']:.3f}"])
+    parts += [md_table(["variant", "method", "trainable params", "GFLOPs",
+                        "FLOPs / fwd", "temp MiB", "args MiB", "peak MiB",
+                        "peak / fwd", "LoSA peak / this"], rows), ""]
+  dt = _rows(results, "dtype")
+  if dt:
+    parts += [f"## LoSA: bf16 backbone, scanned blocks, donation "
+              f"({dt[0]['variant']}, batch {dt[0]['batch']})", "",
+              md_table(["backbone", "blocks", "donated", "args MiB",
+                        "temp MiB", "aliased MiB", "peak MiB"],
+                       [[r["backbone"], r["blocks"], r["donate"],
+                         _num(r['argument_bytes'] / MIB),
+                         _num(r['temp_bytes'] / MIB),
+                         _num(r['alias_bytes'] / MIB),
+                         _num(r['peak_bytes'] / MIB)] for r in dt]), ""]
+  meas = _rows(results, "measured")
+  if meas:
+    parts += [f"## Measured step time (batch {meas[0]['batch']}, "
+              f"{meas[0]['reps']} interleaved reps after warm-up)", "",
+              "All methods of a variant run round-robin in one process; "
+              "ratios are to the backbone forward measured in the same "
+              "rounds. `losa_cached` = LoSA's step from bf16 features "
+              "already on the device (no backbone).", "",
+              md_table(["variant", "method", "median s/step", "min-max s",
+                        "examples/s", "step / forward"],
+                       [[r["variant"], r["method"], _num(r['median_s']),
+                         f"{_num(r['min_s'])}-{_num(r['max_s'])}",
+                         _num(r['examples_per_s']),
+                         f"{r['vs_forward']:.2f}"] for r in meas]), ""]
+  cache = _rows(results, "cache")
+  if cache:
+    r = cache[0]
+    parts += ["## Feature cache: LoSA epoch time", "",
+              f"{r['variant']}, batch {r['batch']}: uncached and cached steps "
+              f"interleaved over {r['images_measured']} images "
+              f"({r['images_cached']} cached, bf16, memory-mapped from disk), "
+              "then scaled linearly to a 1,000-image epoch. Both include "
+              "fetching the batch (tf.data pp, or the cache gather) and the "
+              "host-to-device copy.", "",
+              md_table(["uncached epoch s", "cached epoch s",
+                        "cached / uncached", "one-time build s",
+                        "break-even epochs", "cache GiB / 1,000 images"],
+                       [[_num(r['uncached_epoch_1000_s']),
+                         _num(r['cached_epoch_1000_s']),
+                         f"{r['cached_vs_uncached']:.3f}",
+                         _num(r['build_1000_s']),
+                         f"{r['break_even_epochs']:.2f}",
+                         _num(r['cache_gib_per_1000'])]]), ""]
+    if "cached_gflop" in r:
+      parts += [f"What bounds it (XLA cost analysis, batch {r['batch']}):", "",
+                md_table(["program", "GFLOP", "GB accessed"],
+                         [[name, _num(r[f"{k}_gflop"]), _num(r[f"{k}_gb"])]
+                          for name, k in (("backbone forward", "forward"),
+                                          ("LoSA step, uncached", "uncached"),
+                                          ("LoSA step, cached", "cached"))]),
+                ""]
+  mb = _rows(results, "maxbatch")
+  if mb:
+    parts += [f"## Largest batch within {mb[0]['budget_gib']:g} GiB "
+              f"({mb[0]['variant']}, {mb[0]['image_size']} px, f32)", "",
+              "Binary search over multiples of the batch step on the compiled "
+              "peak (abstract inputs; one compile per probe).", "",
+              md_table(["method", "max batch", "peak GiB there", "compiles"],
+                       [[r["method"], (f">= {r['max_batch']}" if r["at_cap"]
+                                       else r["max_batch"]),
+                         _num(r['peak_gib_at_max']), r["compiles"]]
+                        for r in mb]), ""]
+  big = [r for r in _rows(results, "big") if not r["linearity"]]
+  if big:
+    parts += [f"## Big backbones: compiled memory (batch {big[0]['batch']}, "
+              f"{big[0]['image_size']} px)", "",
+              "Scanned blocks, bf16 matmuls, frozen params stored in bf16 "
+              "(full fine-tuning keeps f32 params and AdamW state); "
+              "'+remat' recomputes each block in the backward "
+              "(big_vision's `nothing_saveable`). Compile-only, nothing "
+              "materialised; runtime overheads (CUDA context, allocator "
+              "fragmentation) are not included.", "",
+              md_table(["variant", "config", "params", "trainable",
+                        "args GiB", "temp GiB", "peak GiB",
+                        *[f"fits {g} GiB" for g in FIT_GIB]],
+                       [[r["variant"], r["config"],
+                         f"{_num(r['total_params'] / 1e9)} B",
+                         _fmt_int(r["trainable_params"]),
+                         _num(r['argument_gib']), _num(r['temp_gib']),
+                         _num(r['peak_gib']),
+                         *["yes" if r[f"fits_{g}gib"] else "no"
+                           for g in FIT_GIB]] for r in big]), ""]
+    dflt = _rows(results, "big_default")
+    if dflt:
+      parts += ["LoSA under XLA:CPU's default flags (the bf16->f32 weight "
+                "upcast of the whole scanned stack hoisted out of the loop; "
+                "a CPU-only artefact):", "",
+                md_table(["variant", "peak GiB (default flags)",
+                          "temp GiB (default flags)"],
+                         [[r["variant"], _num(r['peak_gib']),
+                           _num(r['temp_gib'])] for r in dflt]), ""]
+  if lin:
+    parts += ["## Linearity in depth", "",
+              md_table(["config", "depths", "peaks GiB", "GiB / block",
+                        "max fit residual GiB", "full depth",
+                        "predicted GiB", "compiled GiB", "error"],
+                       [[r["config"], r["depths"],
+                         ", ".join(_num(p) for p in r["peaks_gib"]),
+                         _num(r["slope_gib_per_block"]),
+                         _num(r["max_fit_residual_gib"]),
+                         r.get("full_depth", ""),
+                         _num(r.get("predicted_gib", float("nan"))),
+                         _num(r.get("actual_gib", float("nan"))),
+                         f"{100 * r.get('prediction_error', float('nan')):+.1f}%"]
+                        for r in lin]), ""]
+  return "\n".join(parts)
+
+
+def _loads(x) -> str:
+  return "/".join(f"{v:.1f}" for v in x)
+
+
+def write_all(out: str, results: Dict[str, Any], meta: Dict[str, Any]
+              ) -> List[str]:
+  """results.md, <section>.csv, linearity.csv and the PNGs; returns paths."""
+  written = []
+  for section, payload in results.items():
+    if payload and payload.get("rows"):
+      p = os.path.join(out, f"{section}.csv")
+      write_csv(p, payload["rows"])
+      written.append(p)
+  lin = linearity(results)
+  if lin:
+    p = os.path.join(out, "linearity.csv")
+    write_csv(p, [{**r, "depths": " ".join(map(str, r["depths"])),
+                   "peaks_gib": " ".join(f"{v:.4f}" for v in r["peaks_gib"])}
+                  for r in lin])
+    written.append(p)
+  written += plot_all(out, results, lin)
+  p = os.path.join(out, "results.md")
+  with open(p, "w") as f:
+    f.write(markdown(results, meta, lin))
+  written.append(p)
+  return written
