@@ -19,7 +19,10 @@ backbone stays random (the trainer warns), which is what tests use.
 Args: method (losa | linear | full | lora | adapter), mixing (space_time |
 time_space | space | time | joint), pool (gap | tok | auto), rank,
 rank_time, steps, lr, batch, seed, inflate (average | central), init (an
-explicit ViViT npz), runlocal (a few steps, for smoke tests).
+explicit ViViT npz), cache (LoSA only: train from the trainer's in-memory
+backbone feature cache, exact up to bf16 storage of the taps; the pp has no
+random op, so every epoch would feed the backbone the same clips),
+runlocal (a few steps, for smoke tests).
 """
 import os
 
@@ -43,7 +46,8 @@ def get_config(arg=None):
   """Moving-digits video config; see the module docstring for the args."""
   arg = common.parse_arg(arg, method="losa", mixing="space_time", pool="gap",
                          rank=8, rank_time=0, steps=300, lr=3e-3, batch=32,
-                         seed=0, inflate="average", init="", runlocal=False)
+                         seed=0, inflate="average", init="", cache=False,
+                         runlocal=False)
   from losa_jax.video import demo  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.seed = arg["seed"]
@@ -82,4 +86,7 @@ def get_config(arg=None):
   c.ckpt_every = 0
   c.keep_ckpts = 1
   c.mesh = [("data", -1)]
+  if arg["cache"] and arg["method"] == "losa":
+    # 1,000 clips x 6 taps x 197 tokens x 96 channels in bf16: 216 MiB.
+    c.feature_cache = dict(enabled=True, storage="memory")
   return c

@@ -27,7 +27,10 @@ estimates: XLA:CPU has no native bf16 GEMM, so the run disables the
 while-loop-invariant code motion pass (which would hoist an f32 upcast of the
 whole scanned weight stack out of the layer loop, a copy a GPU never makes;
 see losa_jax/bench/suite.py). XLA's FLOP counts do not multiply a while
-loop's body by its trip count, so they are not reported for scanned models.
+loop's body by its trip count, so FLOPs are compiled separately on unrolled
+(scan=False, hence no remat) models of 2 and 4 blocks and extrapolated
+linearly to the full depth; remat would add about one more forward to the
+backprop methods.
 """
 import argparse
 import datetime
@@ -112,6 +115,64 @@ def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
   return rows
 
 
+def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
+          depths: Sequence[int] = (2, 4), arg: str = "",
+          log=print) -> List[Dict[str, Any]]:
+  """XLA FLOPs of one train step on unrolled blocks (no scan, no remat).
+
+  XLA counts a scanned body once, so the FLOPs come from unrolled models of
+  `depths` blocks, extrapolated linearly to the full depth (FLOPs are affine
+  in depth: stem + head + depth x block); the rows report the fit.
+  """
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
+  full_depth = vit.decode_variant(variant)["depth"]
+  rows = []
+  for method in ("losa", "linear", "adapter", "full"):
+    per = {}
+    for d in depths:
+      cfg = video_config(variant, method, frames=frames, batch=batch,
+                         depth=d, arg=arg)
+      cfg.model.backbone.scan = False
+      b = build.build(cfg, total_steps=1000)
+      per[d] = cost.compiled_cost(b.train_step, b.state_shape,
+                                  steps.abstract_batch(batch, b.image_shape)
+                                  )["flops"] / 1e9
+    d0, d1 = min(depths), max(depths)
+    slope = (per[d1] - per[d0]) / (d1 - d0)
+    row = {"method": method, "batch": batch,
+           **{f"gflops_depth{d}": v for d, v in per.items()},
+           "gflops_per_block": slope,
+           "full_depth": full_depth,
+           "gflops_full_extrapolated": per[d0] + slope * (full_depth - d0)}
+    log(f"flops {method:8s}: " + ", ".join(
+        f"depth {d} {v:.0f}" for d, v in per.items()) +
+        f" -> depth {full_depth} {row['gflops_full_extrapolated']:.0f} "
+        "GFLOP")
+    rows.append(row)
+  base = rows[0]["gflops_full_extrapolated"]
+  for r in rows:
+    r["vs_losa"] = r["gflops_full_extrapolated"] / base
+  return rows
+
+
+def flops_table(rows: Sequence[Dict[str, Any]]) -> str:
+  depths = sorted(int(k[len("gflops_depth"):]) for k in rows[0]
+                  if k.startswith("gflops_depth"))
+  full = rows[0]["full_depth"]
+  out = ["| method | " + " | ".join(f"GFLOP, depth {d}" for d in depths) +
+         f" | GFLOP per block | GFLOP, depth {full} (extrapolated) | "
+         "vs LoSA |", "|---" * (len(depths) + 4) + "|"]
+  for r in rows:
+    out.append(f"| {r['method']} | " + " | ".join(
+        f"{r[f'gflops_depth{d}']:.0f}" for d in depths) +
+               f" | {r['gflops_per_block']:.0f} | "
+               f"{r['gflops_full_extrapolated']:,.0f} | {r['vs_losa']:.2f} |")
+  return "\n".join(out)
+
+
 def table(rows: Sequence[Dict[str, Any]], *, depth: Optional[int] = None,
           batch: Optional[int] = None) -> str:
   """Markdown table of the rows at one depth and batch (None: any)."""
@@ -152,6 +213,8 @@ def main(argv: Optional[Sequence[str]] = None):
                  help="extra batch sizes for LoSA and adapter+remat")
   p.add_argument("--depth_fracs", default="8,4,2",
                  help="also compile at depth // k for these k")
+  p.add_argument("--flops_depths", default="2,4",
+                 help="blocks of the unrolled models for FLOPs ('': skip)")
   p.add_argument("--arg", default="",
                  help="extra configs/video_kinetics400.py args, e.g. rank=16")
   p.add_argument("--default_flags", action="store_true",
@@ -166,6 +229,8 @@ def main(argv: Optional[Sequence[str]] = None):
   ints = lambda s: [int(x) for x in s.split(",") if x]
   rows = run(a.variant, a.frames, a.batch, ints(a.batches),
              ints(a.depth_fracs), a.arg)
+  frows = (flops(a.variant, a.frames, a.batch, ints(a.flops_depths), a.arg)
+           if a.flops_depths else [])
   prov = provenance(argv)
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(a.variant)["depth"]
@@ -173,10 +238,14 @@ def main(argv: Optional[Sequence[str]] = None):
   print(f"{prov['date']}, {prov['machine']}, XLA:{prov['backend'].upper()} "
         f"estimates, jax {prov['jax']}")
   print(table(rows, depth=full_depth, batch=a.batch))
+  if frows:
+    print()
+    print(flops_table(frows))
   if a.out:
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-      json.dump({"provenance": prov, "rows": rows}, f, indent=2)
+      json.dump({"provenance": prov, "rows": rows, "flops": frows}, f,
+                indent=2)
   return rows
 
 
