@@ -101,7 +101,10 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   state_shape = jax.eval_shape(init_fn, jax.random.key(0))
   if mesh is None:
     mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
-  strategy = config.get("sharding_strategy", [(".*", "replicate")])
+  # Same default as the trainer: the frozen backbone FSDP-sharded over a
+  # "fsdp" axis when the mesh has one, everything else replicated.
+  strategy = (config.get("sharding_strategy")
+              or sharding_lib.DEFAULT_STRATEGY)
   state_sharding = sharding_lib.infer_state_sharding(state_shape, mesh,
                                                      strategy)
   step = steps.train_step_fn(model, tx, mask,
