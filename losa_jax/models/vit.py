@@ -376,7 +376,12 @@ class _Model(nn.Module):
       x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
-    x, out["encoder"] = Encoder(
+    x, out["encoder"] = self.encode(x, train=train)
+    return self.finish(x, out, (h, w))
+
+  def encode(self, x, *, train=False):
+    """The transformer ("Transformer"): [B, N, D] -> ([B, N, D], out)."""
+    return Encoder(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
         dtype_mm=self.dtype_mm, lora_rank=self.lora_rank,
@@ -384,11 +389,20 @@ class _Model(nn.Module):
         lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
         adapter_placement=self.adapter_placement,
         name="Transformer")(x, deterministic=not train)
+
+  def finish(self, x, out, grid):
+    """Pooling, optional pre_logits and head on the encoded tokens.
+
+    x: [B, N, D] encoder output; grid: the patch-token layout, (h, w) for
+    images or (t, h, w) for video, used for the `*_2d` outputs
+    [B, *grid, D'] (named as in big_vision for both).
+    """
+    n = x.shape[0]
     encoded = out["encoded"] = x
     x = out["head_input"] = self.pool(x)
     if self.pool_type == "tok":
       encoded = encoded[:, 1:]
-    x_2d = jnp.reshape(encoded, [n, h, w, -1])
+    x_2d = jnp.reshape(encoded, [n, *grid, -1])
 
     if self.rep_size:
       rep_size = self.width if self.rep_size is True else self.rep_size

@@ -122,35 +122,9 @@ class _Model(vit._Model):  # pylint: disable=protected-access
       x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
-    x, out["encoder"] = vit.Encoder(
-        depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-        dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-        dtype_mm=self.dtype_mm, lora_rank=self.lora_rank,
-        lora_targets=vit.lora_targets(self.lora_targets),
-        lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
-        adapter_placement=self.adapter_placement,
-        name="Transformer")(x, deterministic=not train)
-    encoded = out["encoded"] = x
-    x = out["head_input"] = self.pool(x)
-    if self.pool_type == "tok":
-      encoded = encoded[:, 1:]
-    x_3d = jnp.reshape(encoded, [n, n_t, gh, gw, -1])
-
-    if self.rep_size:
-      rep_size = self.width if self.rep_size is True else self.rep_size
-      hid = nn.Dense(rep_size, name="pre_logits")
-      x_3d = nn.tanh(hid(x_3d))
-      x = nn.tanh(hid(x))
-    # Named like the image model's outputs; here they are [B, n_t, gh, gw, D].
-    out["pre_logits_2d"] = x_3d
-    out["pre_logits"] = x
-
-    if self.num_classes:
-      kw = {"kernel_init": nn.initializers.zeros} if self.head_zeroinit else {}
-      head = nn.Dense(self.num_classes, name="head", **kw)
-      out["logits_2d"] = head(x_3d)
-      x = out["logits"] = head(x)
-    return x, out
+    x, out["encoder"] = self.encode(x, train=train)
+    # The `*_2d` outputs are [B, n_t, gh, gw, D] here.
+    return self.finish(x, out, (n_t, gh, gw))
 
 
 def Model(num_classes=None, *, variant=None, **kw):  # pylint: disable=invalid-name
