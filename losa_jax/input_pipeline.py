@@ -300,6 +300,47 @@ class ArraySource(Source):
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
+def scan_class_folders(root: str, split: str,
+                       class_names: Optional[Sequence[str]],
+                       entries: Callable[[str, str], List[Any]]
+                       ) -> Tuple[List[str], List[Tuple[Any, int]]]:
+  """Walks `root/<split>/<class>/` for a split expression.
+
+  `entries(class_dir, rel_dir)` lists one class folder's examples in order
+  (rel_dir is class_dir relative to root). Examples are ordered by (class,
+  entry) within each split and every split slice (`train[:90%]`) cuts that
+  order. `class_names` defaults to the sorted union of the class folders of
+  every split, so labels agree across splits.
+
+  Returns (class_names, [(entry, label index), ...]).
+  """
+  splits = sorted(d for d in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, d)))
+  if class_names is None:
+    class_names = sorted({c for s in splits
+                          for c in os.listdir(os.path.join(root, s))
+                          if os.path.isdir(os.path.join(root, s, c))})
+  class_names = list(class_names)
+  index = {c: i for i, c in enumerate(class_names)}
+  items = []
+  for s in parse_split(split):
+    if s.name not in splits:
+      raise ValueError(f"Split {s.name!r} (from {split!r}) has no folder "
+                       f"under {root!r}; available: {splits}.")
+    part = []
+    for c in sorted(os.listdir(os.path.join(root, s.name))):
+      cdir = os.path.join(root, s.name, c)
+      if not os.path.isdir(cdir):
+        continue
+      if c not in index:
+        raise ValueError(f"Class folder {c!r} in {cdir!r} is not in "
+                         f"class_names {class_names}.")
+      part += [(e, index[c]) for e in entries(cdir, os.path.join(s.name, c))]
+    b, e = s.resolve(len(part))
+    items += part[b:e]
+  return class_names, items
+
+
 class FolderSource(Source):
   """Images in `root/<split>/<class_name>/*.png|jpg`, one folder per class.
 
@@ -322,33 +363,16 @@ class FolderSource(Source):
     self.root = root
     if not os.path.isdir(root):
       raise FileNotFoundError(f"Image folder root {root!r} does not exist.")
-    splits = sorted(d for d in os.listdir(root)
-                    if os.path.isdir(os.path.join(root, d)))
-    if class_names is None:
-      class_names = sorted({c for s in splits
-                            for c in os.listdir(os.path.join(root, s))
-                            if os.path.isdir(os.path.join(root, s, c))})
-    self.class_names = list(class_names)
-    index = {c: i for i, c in enumerate(self.class_names)}
     ext = tuple(e.lower() for e in extensions)
-    files, labels = [], []
-    for s in parse_split(split):
-      if s.name not in splits:
-        raise ValueError(f"Split {s.name!r} (from {split!r}) has no folder "
-                         f"under {root!r}; available: {splits}.")
-      part = []
-      for c in sorted(os.listdir(os.path.join(root, s.name))):
-        cdir = os.path.join(root, s.name, c)
-        if not os.path.isdir(cdir):
-          continue
-        if c not in index:
-          raise ValueError(f"Class folder {c!r} in {cdir!r} is not in "
-                           f"class_names {self.class_names}.")
-        part += [(os.path.join(s.name, c, f), index[c])
-                 for f in sorted(os.listdir(cdir)) if f.lower().endswith(ext)]
-      b, e = s.resolve(len(part))
-      files += [f for f, _ in part[b:e]]
-      labels += [l for _, l in part[b:e]]
+
+    def images(cdir, rel):
+      return [os.path.join(rel, f) for f in sorted(os.listdir(cdir))
+              if f.lower().endswith(ext)]
+
+    self.class_names, items = scan_class_folders(root, split, class_names,
+                                                 images)
+    files = [f for f, _ in items]
+    labels = [l for _, l in items]
     if not files:
       raise ValueError(f"No {ext} images found for split {split!r} under "
                        f"{root!r} (expected root/<split>/<class>/<image>).")

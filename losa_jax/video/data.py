@@ -545,43 +545,26 @@ class FrameFolderSource(input_pipeline.Source):
           f"Frame folder root {root!r} does not exist; expected "
           "root/<split>/<class>/<video_id>/<frame>.png (prepare the frames "
           "locally, e.g. with ffmpeg; nothing is downloaded).")
-    splits = sorted(d for d in os.listdir(root)
-                    if os.path.isdir(os.path.join(root, d)))
-    if class_names is None:
-      class_names = sorted({c for s in splits
-                            for c in os.listdir(os.path.join(root, s))
-                            if os.path.isdir(os.path.join(root, s, c))})
-    self.class_names = list(class_names)
-    index = {c: i for i, c in enumerate(self.class_names)}
     ext = tuple(e.lower() for e in extensions)
-    frames, labels, ids = [], [], []
-    for s in input_pipeline.parse_split(split):
-      if s.name not in splits:
-        raise ValueError(f"Split {s.name!r} (from {split!r}) has no folder "
-                         f"under {root!r}; available: {splits}.")
-      part = []
-      for c in sorted(os.listdir(os.path.join(root, s.name))):
-        cdir = os.path.join(root, s.name, c)
-        if not os.path.isdir(cdir):
+
+    def videos(cdir, rel):
+      out = []
+      for vid in sorted(os.listdir(cdir)):
+        vdir = os.path.join(cdir, vid)
+        if not os.path.isdir(vdir):
           continue
-        if c not in index:
-          raise ValueError(f"Class folder {c!r} in {cdir!r} is not in "
-                           f"class_names {self.class_names}.")
-        for vid in sorted(os.listdir(cdir)):
-          vdir = os.path.join(cdir, vid)
-          if not os.path.isdir(vdir):
-            continue
-          files = sorted(f for f in os.listdir(vdir)
-                         if f.lower().endswith(ext))
-          if not files:
-            raise ValueError(f"Video folder {vdir!r} has no {ext} frames.")
-          part.append(([os.path.join(s.name, c, vid, f) for f in files],
-                       index[c], f"{c}/{vid}"))
-      b, e = s.resolve(len(part))
-      for f, l, i in part[b:e]:
-        frames.append(np.array(f, dtype=object))
-        labels.append(l)
-        ids.append(i)
+        files = sorted(f for f in os.listdir(vdir) if f.lower().endswith(ext))
+        if not files:
+          raise ValueError(f"Video folder {vdir!r} has no {ext} frames.")
+        out.append(([os.path.join(rel, vid, f) for f in files],
+                    f"{os.path.basename(rel)}/{vid}"))
+      return out
+
+    self.class_names, items = input_pipeline.scan_class_folders(
+        root, split, class_names, videos)
+    frames = [np.array(f, dtype=object) for (f, _), _ in items]
+    labels = [l for _, l in items]
+    ids = [i for (_, i), _ in items]
     if not frames:
       raise ValueError(f"No videos found for split {split!r} under {root!r} "
                        "(expected root/<split>/<class>/<video_id>/*.png).")
