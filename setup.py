@@ -21,14 +21,14 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.6",
     "importlib_resources",
     "tensorboard>=2.16",
-    "clu>=0.0.12",
     "mlxtend>=0.23",
     "scikit-learn>=1.3",
     "pillow>=10",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3", "chex>=0.1.90"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "chex>=0.1.90",
+             "import-linter>=2.1"],
     # timm is the independent numerical reference for checkpoint parity.
     "timm": ["torch>=2.4", "torchvision", "timm>=1.0"],
     "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel",
@@ -45,7 +45,10 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["losa_jax", "losa_jax.*"]),
+    # `configs` ships beside the package so that config files (which import
+    # `configs.common`) load from any working directory.
+    packages=setuptools.find_packages(
+        include=["losa_jax", "losa_jax.*", "configs"]),
     package_data={"losa_jax": ["assets/*.npz", "assets/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

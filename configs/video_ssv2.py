@@ -18,15 +18,15 @@ are spread uniformly over the whole video (TSN-style), and the test views are
 
 Exact commands:
 
-  python -m losa_jax.models.vivit --image_ckpt /ckpts/ViT-L_16.npz \
+  python -m losa_jax.tools.inflate_vivit --image_ckpt /ckpts/ViT-L_16.npz \
       --out /ckpts/vivit_L16_32f.npz --variant L/16 --pool_type tok \
       --num_frames 32 --image_size 224 --method central
   python -m losa_jax.train --workdir /tmp/ssv2_losa_L16 \
       --config configs/video_ssv2.py:variant=L/16,frames_root=/data/ssv2_frames,init=/ckpts/vivit_L16_32f.npz
-  python -c "from losa_jax.video import data as vd; \
+  python -c "from losa_jax import predict; \
   from configs import video_ssv2 as c; \
   a = 'variant=L/16,frames_root=/data/ssv2_frames,init=/ckpts/vivit_L16_32f.npz'; \
-  print(vd.multiview_eval(c.get_config(a), '/tmp/ssv2_losa_L16', \
+  print(predict.multiview_eval(c.get_config(a), '/tmp/ssv2_losa_L16', \
                           pp=c.multiview_pp(a)))"
 
 Args and memory-saving settings: as configs/video_kinetics400.py.

@@ -15,7 +15,7 @@ All 19 tasks and a results table (Markdown + CSV):
   python -m losa_jax.vtab_sweep --workdir /tmp/vtab \
     --config configs/vtab.py:init=/ckpts/ViT-B_16.npz,data_dir=/data/tfds
 
-Args: task (a VTAB key, see losa_jax/vtab.py), method, variant (default
+Args: task (a VTAB key, see losa_jax/datasets/vtab.py), method, variant (default
 B/16), pool (tok for the original i21k ViT-B/16 release, gap for big_vision
 SigLIP-style models), init (npz path; 'path.npz:img' for two-tower files),
 data_dir, protocol ('final': train800val200 -> test; 'tune': train800 ->
@@ -28,7 +28,7 @@ checkpoints).
 import ml_collections
 
 from configs import common
-from losa_jax import vtab
+from losa_jax.datasets import vtab
 
 
 def get_config(arg=None):
@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.seed = arg["seed"]
   c.num_classes = task["num_classes"]
   c.image_size = res
-  data = dict(vtab=task["name"], split=train_split)
+  data = dict(name="vtab", task=task["name"], split=train_split)
   if arg["data_dir"]:
     data["data_dir"] = arg["data_dir"]
   pp = (f"decode(channels=3)|resize({res})|value_range(-1, 1)|"

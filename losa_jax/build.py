@@ -8,17 +8,23 @@ with `jax.eval_shape`, shardings are derived from names, and the real state
 is created directly into its shardings by `jax.jit(..., out_shardings=...)`.
 """
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
+from losa_jax import checkpointing
+from losa_jax import distributed
 from losa_jax import optim
 from losa_jax import sharding as sharding_lib
 from losa_jax import steps
 from losa_jax import tree as tree_lib
 from losa_jax.models import model as model_lib
+from losa_jax.models import porting
 from losa_jax.models import vit
+from losa_jax.models import vivit
 
 
 def model_from_config(config) -> model_lib.Model:
@@ -138,3 +144,45 @@ def backbone_forward(config) -> Tuple[Callable, Any]:
         lambda s: jax.ShapeDtypeStruct(s.shape, dtype) if jnp.issubdtype(
             s.dtype, jnp.floating) else s, shape)
   return (lambda p, x: bb.apply({"params": p}, x, train=False)[0]), shape
+
+
+# --- the frozen backbone ------------------------------------------------------
+
+
+def backbone_record(config) -> Dict[str, Optional[str]]:
+  """{"path", "sha256"} of config.model_init (None, None when it is empty).
+
+  Checkpoints store it, and a resume or a `predict` refuses another file.
+  """
+  path = config.get("model_init") or ""
+  if not path:
+    return {"path": None, "sha256": None}
+  file_path = path.split(":")[0] if ":" in os.path.basename(path) else path
+  if not os.path.exists(file_path):
+    raise FileNotFoundError(f"config.model_init: no checkpoint file at "
+                            f"{file_path!r}.")
+  return {"path": path, "sha256": checkpointing.file_sha256(file_path)}
+
+
+def load_backbone(params, config):
+  """Replaces the initial backbone (and head, if it fits) by model_init's."""
+  if not config.get("model_init"):
+    logging.warning("config.model_init is empty: the backbone is random.")
+    return params
+  backbone = dict(config.model.get("backbone", {}))
+  model_load = dict(config.get("model_load") or {})
+  source = config.model_init
+  if model_load.get("inflate"):
+    # An image checkpoint for a video backbone, inflated in memory at load
+    # time (nothing is written; the checkpoint's sha256 stays the record).
+    if backbone.get("kind") != "vivit":
+      raise ValueError("config.model_load.inflate needs "
+                       "config.model.backbone.kind='vivit' (it inflates an "
+                       "image checkpoint into a video backbone).")
+    source = vivit.inflate_from_image(
+        config.model_init, backbone, model_load["inflate"],
+        clip_shape=tuple(config.image_size))
+  # fetch, not device_get: an FSDP-sharded backbone spans several hosts.
+  return porting.load_into_model(
+      distributed.fetch(params), source, backbone,
+      dont_load=tuple(model_load.get("dont_load", ())))

@@ -14,18 +14,17 @@ group means, the mean over the 19 tasks and the mean of the group means (PETL
 papers differ on which "Mean" they report).
 """
 import csv
-import importlib.util
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from losa_jax import config_lib
 from losa_jax import train
-from losa_jax import vtab
+from losa_jax.datasets import vtab
 
 
 def define_flags():
@@ -39,15 +38,8 @@ def define_flags():
 def load_config(spec: str, task: str):
   """'configs/vtab.py:a=1' + task -> ConfigDict (task appended to the args)."""
   path, _, args = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if repo not in sys.path:   # configs import `configs.common`
-    sys.path.insert(0, repo)
-  module_spec.loader.exec_module(module)
-  return module.get_config(",".join(a for a in (args, f"task={task}") if a))
+  return config_lib.load_config(
+      f"{path}:" + ",".join(a for a in (args, f"task={task}") if a))
 
 
 def eval_accuracy(results: Dict) -> Optional[float]:

@@ -89,7 +89,7 @@ def test_checkpoint_loads_into_bf16_storage(tmp_path):
   c.model_init = path
   b = build.build(c, total_steps=10)
   init = jax.device_get(b.init(jax.random.key(0))["params"])
-  loaded = train.load_backbone(init, c)
+  loaded = build.load_backbone(init, c)
   got = tree_lib.flatten(loaded["backbone"])
   want = tree_lib.flatten(params["backbone"])
   for name, v in got.items():

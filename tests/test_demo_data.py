@@ -1,27 +1,27 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """Tests for the offline demo data, the shipped backbone and its pretraining."""
+import importlib
 import importlib.util
 import json
 import os
+import re
 
+from absl import flags
 import numpy as np
 import pytest
 
+from losa_jax import checkpointing
+from losa_jax import config_lib
 from losa_jax import demo
-from losa_jax.demo import data
+from losa_jax import npz
+from losa_jax.datasets import digits as data
 from losa_jax.demo import pretrain
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG_PATH = os.path.join(_REPO, "configs", "pretrain_mnist.py")
 
 
 def _load_config(arg=None):
-  spec = importlib.util.spec_from_file_location("pretrain_mnist_cfg",
-                                                _CONFIG_PATH)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  path = config_lib.config_path("pretrain_mnist")
+  return config_lib.load_config(f"{path}:{arg}" if arg else path)
 
 
 def _check_split(part, n, num_classes, size=28):
@@ -148,7 +148,7 @@ def _expected_shapes(model_kw, num_classes, image_size):
 def test_shipped_backbone_matches_provenance():
   assert os.path.exists(demo.BACKBONE_NPZ), demo.BACKBONE_NPZ
   info = demo.backbone_info()
-  assert info["sha256"] == pretrain.sha256_file(demo.BACKBONE_NPZ)
+  assert info["sha256"] == checkpointing.file_sha256(demo.BACKBONE_NPZ)
   assert info["npz_bytes"] == os.path.getsize(demo.BACKBONE_NPZ)
   assert os.path.getsize(demo.BACKBONE_NPZ) < 5 * 2**20
   expected = _expected_shapes(info["model"], info["num_classes"],
@@ -169,7 +169,7 @@ def test_shipped_backbone_loads_into_vit():
   import jax  # pylint: disable=g-import-not-at-top
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   info = demo.backbone_info()
-  params = pretrain.load_npz_params(demo.BACKBONE_NPZ)
+  params = npz.load_npz(demo.BACKBONE_NPZ)
   model = vit.Model(info["num_classes"], **demo.backbone_model_kwargs())
   d = data.get_task("mnist5k")["test"]
   x = data.to_model_input(d["image"][:100])
@@ -193,7 +193,7 @@ def test_pretrain_smoke_two_steps(tmp_path):
   assert info["total_steps"] == 2 and len(info["history"]) == 2
   assert os.path.exists(out) and os.path.exists(str(tmp_path / "vit.json"))
   saved = json.load(open(str(tmp_path / "vit.json")))
-  assert saved["sha256"] == pretrain.sha256_file(out)
+  assert saved["sha256"] == checkpointing.file_sha256(out)
   assert "params" not in saved
   with np.load(out) as z:
     got = {k: z[k].shape for k in z.files}
@@ -205,3 +205,42 @@ def test_pretrain_smoke_two_steps(tmp_path):
   for a, b in zip(*(pretrain.jax.tree.leaves(i["params"])
                     for i in (info, again))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_pretrain_step_is_the_trainers():
+  # The pretraining step wraps losa_jax.steps.train_step_fn: it returns the
+  # trainer's metrics and state layout.
+  import jax  # pylint: disable=g-import-not-at-top
+  config = _load_config("smoke")
+  model = pretrain.make_model(config, 10)
+  tx, _ = pretrain.make_optimizer(config, 2)
+  params = pretrain.init_params(config, 10, 0)
+  state = pretrain.steps_lib.init_state(model, tx, jax.random.PRNGKey(0),
+                                        None, params=params)
+  images = np.zeros((4, 28, 28, 1), np.uint8)
+  state, metrics = pretrain.make_train_step(config, model, tx)(
+      state, images, np.arange(4, dtype=np.int32), jax.random.PRNGKey(1))
+  assert set(metrics) >= {"loss", "accuracy", "grad_norm", "param_norm"}
+  assert sorted(state) == ["opt", "params", "rng", "step"]
+  assert int(state["step"]) == 1
+
+
+# Each CLI defines its flags on demand (importing claims no flag names) and
+# its --help lists them: absl's --help prints the main module's flags.
+@pytest.mark.parametrize("module,names", [
+    ("losa_jax.demo.run", ["workdir", "steps", "full_steps", "methods", "task",
+                           "config"]),
+    ("losa_jax.demo.pretrain", ["config", "out"]),
+    ("losa_jax.video.demo", ["steps", "root", "only", "no_cache"]),
+])
+def test_cli_help_lists_flags(module, names):
+  mod = importlib.import_module(module)
+  assert not flags.FLAGS.flags_by_module_dict().get(module), (
+      f"importing {module} defined flags")
+  fv = flags.FlagValues()
+  mod.define_flags(fv)
+  helptext = fv.module_help(module)
+  for name in names:
+    # Booleans read --[no]name.
+    assert re.search(rf"--(\[no\])?{name}:", helptext), (name, helptext)
+    assert fv[name].help, f"--{name} has no help string"

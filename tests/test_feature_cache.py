@@ -21,6 +21,8 @@ from losa_jax import build
 from losa_jax import config_lib
 from losa_jax import feature_cache as fc
 from losa_jax import input_pipeline as ip
+from losa_jax import datasets
+from losa_jax.datasets import arrays as ds_arrays
 from losa_jax import pp as pp_lib
 
 N, BATCH, STEPS = 24, 8, 4
@@ -56,7 +58,7 @@ def _cache(setup, root, *, source=None, pp=PP, params=None, model=None,
         "log": lambda _: None, **kw}
   return fc.FeatureCache.get_or_create(
       model=model or built.model, params=p0 if params is None else params,
-      source=source or ip.ArraySource(_arrays()), pp=pp, root=str(root), **kw)
+      source=source or ds_arrays.ArraySource(_arrays()), pp=pp, root=str(root), **kw)
 
 
 def _train(step, state, batches):
@@ -79,7 +81,7 @@ def _uncached(built, source, steps=STEPS):
 
 def test_cached_training_equals_uncached(setup, cached_step, tmp_path):
   _, built, _ = setup
-  src = ip.ArraySource(_arrays())
+  src = ds_arrays.ArraySource(_arrays())
   cache = _cache(setup, tmp_path, source=src)
   assert cache.built and cache.location and cache.num_examples == N
   raw, ref_state, ref = _uncached(built, src)
@@ -111,7 +113,7 @@ def test_cached_training_equals_uncached(setup, cached_step, tmp_path):
                                                 (False, 4)])
 def test_order_matches_the_input_pipeline(shuffle, start_step):
   """Same example indices per step as input_pipeline.training, resume too."""
-  src = ip.ArraySource(_arrays(n=21))      # 21 % 8 != 0: drop_remainder
+  src = ds_arrays.ArraySource(_arrays(n=21))      # 21 % 8 != 0: drop_remainder
   pp = "keep('index')"
   it, n = ip.training(src, batch_size=BATCH, pp=pp, seed=3, shuffle=shuffle,
                       start_step=start_step)
@@ -130,7 +132,7 @@ def test_reused_and_invalidated_on_every_key_part(setup, tmp_path):
   changed_params = jax.tree.map(lambda x: x, p0)
   kernel = changed_params["backbone"]["embedding"]["kernel"]
   changed_params["backbone"]["embedding"]["kernel"] = kernel + 1e-3
-  other_data = ip.ArraySource(_arrays(seed=1))   # same name, new pixels
+  other_data = ds_arrays.ArraySource(_arrays(seed=1))   # same name, new pixels
   other_model = build.model_from_config(tiny_config("losa", losa=dict(
       tap_every=2)))
   keys = {first.key}
@@ -197,7 +199,7 @@ def test_unknown_random_op_is_caught_by_running_it(setup, tmp_path):
     def _sprinkle():
       def fn(ex):
         ex = dict(ex)
-        seed = pp_lib._next_seed(ex, name)  # pylint: disable=protected-access
+        seed = pp_lib.next_seed(ex, name)
         ex["image"] = ex["image"] + tf.random.stateless_uniform(
             tf.shape(ex["image"]), seed)
         return ex
@@ -206,7 +208,7 @@ def test_unknown_random_op_is_caught_by_running_it(setup, tmp_path):
   assert fc.find_random_ops(pp) == []               # not by its name...
   with pytest.raises(fc.RandomPreprocessingError, match=name):
     _cache(setup, tmp_path, pp=pp)                  # ...but by running it
-  fc.check_deterministic(PP, ip.ArraySource(_arrays()))
+  fc.check_deterministic(PP, ds_arrays.ArraySource(_arrays()))
 
 
 def test_refuses_other_methods_and_bad_options(setup, tmp_path):
@@ -245,7 +247,7 @@ def test_trainer_with_cache_matches_uncached_steps(setup, tmp_path):
   c.feature_cache = dict(enabled=True, dtype="float32", storage="disk")
   out = train.train_and_evaluate(c, str(tmp_path / "work"))
 
-  _, _, ref = _uncached(built, ip.make_source(**source))
+  _, _, ref = _uncached(built, datasets.get_source(source))
   np.testing.assert_allclose(out["results"]["train/loss"], ref[-1],
                              rtol=1e-5)
   cache_root = tmp_path / "work" / "feature_cache"

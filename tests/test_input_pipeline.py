@@ -11,6 +11,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from losa_jax import input_pipeline as ip
+from losa_jax import datasets
+from losa_jax.datasets import arrays as ds_arrays
+from losa_jax.datasets import folder as ds_folder
+from losa_jax.datasets import tfds as ds_tfds
 
 tfds.disable_progress_bar()
 
@@ -53,7 +57,7 @@ def _assert_batches_equal(a, b):
                                       ("validation", None, 200, False)]),
 ])
 def test_parse_split_good(split, expected):
-  got = [(s.name, s.start, s.stop, s.percent) for s in ip.parse_split(split)]
+  got = [(s.name, s.start, s.stop, s.percent) for s in datasets.parse_split(split)]
   assert got == expected
 
 
@@ -62,15 +66,15 @@ def test_parse_split_good(split, expected):
     "train[10:50%]", "train+", "tr ain[x:]", "[:10]"])
 def test_parse_split_bad(split):
   with pytest.raises(ValueError, match="Bad split"):
-    ip.parse_split(split)
+    datasets.parse_split(split)
 
 
 def test_split_resolve():
-  (s,) = ip.parse_split("train[:50%]")
+  (s,) = datasets.parse_split("train[:50%]")
   assert s.resolve(10) == (0, 5)
-  (s,) = ip.parse_split("train[-3:]")
+  (s,) = datasets.parse_split("train[-3:]")
   assert s.resolve(10) == (7, 10)
-  (s,) = ip.parse_split("train[800:1000]")
+  (s,) = datasets.parse_split("train[800:1000]")
   assert s.resolve(900) == (800, 900)
 
 
@@ -79,14 +83,14 @@ def test_split_resolve():
 
 def test_array_source_splits():
   data = {"train": _arrays(10), "test": _arrays(4), "num_classes": 5}
-  src = ip.ArraySource(data, "train[2:5]+test[:50%]")
+  src = ds_arrays.ArraySource(data, "train[2:5]+test[:50%]")
   assert src.num_examples() == 5
   ids = [int(x["id"]) for x in src.as_dataset().as_numpy_iterator()]
   assert ids == [2, 3, 4, 0, 1]
   with pytest.raises(ValueError, match="'val'.*available splits"):
-    ip.ArraySource(data, "val")
+    ds_arrays.ArraySource(data, "val")
   with pytest.raises(ValueError, match="same number of rows"):
-    ip.ArraySource({"image": np.zeros((3, 2)), "label": np.zeros(4)})
+    ds_arrays.ArraySource({"image": np.zeros((3, 2)), "label": np.zeros(4)})
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,7 @@ def folder(tmp_path_factory):
 
 
 def test_folder_source(folder):
-  src = ip.FolderSource(folder, "train")
+  src = ds_folder.FolderSource(folder, "train")
   assert src.class_names == ["ant", "cat", "dog"]  # Union over splits.
   assert src.num_examples() == 5
   exs = list(src.as_dataset().as_numpy_iterator())
@@ -117,11 +121,11 @@ def test_folder_source(folder):
                              "'label')").__iter__())
   assert batch["image"].shape == (8, 5, 7, 3)
   assert batch["_mask"].sum() == 5
-  val = ip.FolderSource(folder, "val+train[:2]")
+  val = ds_folder.FolderSource(folder, "val+train[:2]")
   assert [int(e["label"]) for e in val.as_dataset().as_numpy_iterator()] == [
       0, 2, 1, 1]
   with pytest.raises(ValueError, match="'test'"):
-    ip.FolderSource(folder, "test")
+    ds_folder.FolderSource(folder, "test")
   # Random access (training) reads the same files.
   it, n = ip.training(src, batch_size=5, pp="decode|keep('image', 'label')",
                       seed=0)
@@ -133,7 +137,7 @@ def test_folder_source(folder):
 
 
 def test_training_epochs_are_seeded_permutations():
-  src = ip.ArraySource(_arrays(40))
+  src = ds_arrays.ArraySource(_arrays(40))
   it, n = ip.training(src, batch_size=8, pp="keep('id')", seed=1)
   assert n == 40 and it.steps_per_epoch == 5 and it.random_access
   ids = np.concatenate([b["id"] for b in _take(it, 10)])
@@ -153,7 +157,7 @@ def test_training_epochs_are_seeded_permutations():
 
 
 def test_training_is_deterministic_and_resumable():
-  src = ip.ArraySource(_arrays())  # 37 examples: 4 batches/epoch, 5 dropped.
+  src = ds_arrays.ArraySource(_arrays())  # 37 examples: 4 batches/epoch, 5 dropped.
   kw = dict(batch_size=8, pp=AUG, seed=7)
   it, _ = ip.training(src, **kw)
   ref = _take(it, 10)
@@ -180,7 +184,7 @@ def test_training_is_deterministic_and_resumable():
 
 
 def test_training_without_drop_remainder_straddles_epochs():
-  src = ip.ArraySource(_arrays(10))
+  src = ds_arrays.ArraySource(_arrays(10))
   kw = dict(batch_size=4, pp=AUG, seed=3, drop_remainder=False)
   it, _ = ip.training(src, **kw)
   ref = _take(it, 5)  # 20 examples = exactly 2 epochs.
@@ -197,7 +201,7 @@ def test_training_without_drop_remainder_straddles_epochs():
 
 @pytest.mark.parametrize("count", [2, 4])
 def test_training_process_shards_form_the_global_batch(count):
-  src = ip.ArraySource(_arrays())
+  src = ds_arrays.ArraySource(_arrays())
   kw = dict(batch_size=8, pp=AUG, seed=5, start_step=2)
   ref = _take(ip.training(src, **kw)[0], 3)
   shards = [_take(ip.training(src, process_index=p, process_count=count,
@@ -210,7 +214,7 @@ def test_training_process_shards_form_the_global_batch(count):
 
 
 def test_training_errors():
-  src = ip.ArraySource(_arrays(6))
+  src = ds_arrays.ArraySource(_arrays(6))
   with pytest.raises(ValueError, match="divisible"):
     ip.training(src, batch_size=6, pp=None, seed=0, process_count=4)
   with pytest.raises(ValueError, match="fewer than batch_size"):
@@ -225,7 +229,7 @@ def test_training_errors():
 
 @pytest.mark.parametrize("count", [1, 2, 4])
 def test_evaluation_pads_and_counts_each_example_once(count):
-  src = ip.ArraySource(_arrays())  # 37 = 4 full batches of 8 + 5.
+  src = ds_arrays.ArraySource(_arrays())  # 37 = 4 full batches of 8 + 5.
   seen = []
   lens = set()
   for p in range(count):
@@ -286,13 +290,13 @@ def _ids(src):
 
 
 def test_tfds_local_split_slicing(tfds_dir):
-  full = ip.TfdsSource("losa_tiny_ds", "train", data_dir=tfds_dir)
-  part = ip.TfdsSource("losa_tiny_ds", "train[:10]", data_dir=tfds_dir)
-  both = ip.TfdsSource("losa_tiny_ds", "train[10:12]+test[:50%]",
+  full = ds_tfds.TfdsSource("losa_tiny_ds", "train", data_dir=tfds_dir)
+  part = ds_tfds.TfdsSource("losa_tiny_ds", "train[:10]", data_dir=tfds_dir)
+  both = ds_tfds.TfdsSource("losa_tiny_ds", "train[10:12]+test[:50%]",
                        data_dir=tfds_dir)
   assert full.num_examples() == 20 and part.num_examples() == 10
   assert _ids(part) == _ids(full)[:10]
-  test = ip.TfdsSource("losa_tiny_ds", "test", data_dir=tfds_dir)
+  test = ds_tfds.TfdsSource("losa_tiny_ds", "test", data_dir=tfds_dir)
   assert _ids(both) == _ids(full)[10:12] + _ids(test)[:4]
   assert both.num_examples() == 6
   ex = next(part.as_dataset().as_numpy_iterator())
@@ -304,7 +308,7 @@ def test_tfds_local_split_slicing(tfds_dir):
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_tfds_training_resumable_and_sharded(tfds_dir, in_memory):
-  src = ip.TfdsSource("losa_tiny_ds", "train", data_dir=tfds_dir,
+  src = ds_tfds.TfdsSource("losa_tiny_ds", "train", data_dir=tfds_dir,
                       in_memory=in_memory)
   kw = dict(batch_size=4, pp=AUG, seed=11, shuffle_buffer_size=8)
   it, n = ip.training(src, **kw)
@@ -325,7 +329,7 @@ def test_tfds_mock_data(tmp_path):
                               policy=tfds.testing.MockPolicy.USE_CODE,
                               data_dir=str(tmp_path)):
     # Split slicing is ignored under mock data (12 examples come back).
-    src = ip.TfdsSource("cifar10", "train[:5]", data_dir=str(tmp_path))
+    src = ds_tfds.TfdsSource("cifar10", "train[:5]", data_dir=str(tmp_path))
     it, n = ip.training(src, batch_size=4, pp="decode|value_range(-1, 1)|"
                         "keep('image', 'label')", seed=0)
     assert n == 12
@@ -337,8 +341,8 @@ def test_tfds_mock_data(tmp_path):
 
 
 def test_tfds_missing_data_error(tmp_path):
-  src = ip.TfdsSource("losa_tiny_ds", "train[:10]", data_dir=str(tmp_path))
-  with pytest.raises(ip.DataNotFoundError) as e:
+  src = ds_tfds.TfdsSource("losa_tiny_ds", "train[:10]", data_dir=str(tmp_path))
+  with pytest.raises(datasets.DataNotFoundError) as e:
     ip.training(src, batch_size=2, pp=None, seed=0)
   msg = str(e.value)
   assert "losa_tiny_ds" in msg and "train[:10]" in msg and str(tmp_path) in msg
@@ -347,20 +351,73 @@ def test_tfds_missing_data_error(tmp_path):
 
 def test_tfds_bad_split_and_name(tfds_dir):
   with pytest.raises(ValueError, match="losa_tiny_ds.*validation"):
-    ip.TfdsSource("losa_tiny_ds", "validation",
+    ds_tfds.TfdsSource("losa_tiny_ds", "validation",
                   data_dir=tfds_dir).as_dataset()
   with pytest.raises(ValueError, match="Bad split"):
-    ip.TfdsSource("losa_tiny_ds", "train[:", data_dir=tfds_dir)
+    ds_tfds.TfdsSource("losa_tiny_ds", "train[:", data_dir=tfds_dir)
   with pytest.raises(ValueError, match="no_such_dataset_xyz"):
-    ip.TfdsSource("no_such_dataset_xyz", "train",
+    ds_tfds.TfdsSource("no_such_dataset_xyz", "train",
                   data_dir=tfds_dir).as_dataset()
 
 
-def test_make_source(tfds_dir, folder):
-  assert isinstance(ip.make_source(name="losa_tiny_ds", split="train",
-                                   data_dir=tfds_dir), ip.TfdsSource)
-  assert isinstance(ip.make_source(root=folder, split="train"),
-                    ip.FolderSource)
-  assert isinstance(ip.make_source(arrays=_arrays()), ip.ArraySource)
-  with pytest.raises(ValueError, match="source kind"):
-    ip.make_source(split="train")
+def test_get_source_resolves_names(tfds_dir, folder):
+  assert isinstance(datasets.get_source(
+      dict(name="losa_tiny_ds", split="train", data_dir=tfds_dir)),
+                    ds_tfds.TfdsSource)
+  assert isinstance(datasets.get_source(
+      dict(name="tfds", dataset="losa_tiny_ds", split="train",
+           data_dir=tfds_dir)), ds_tfds.TfdsSource)
+  assert isinstance(datasets.get_source(
+      dict(name="folder", root=folder, split="train")), ds_folder.FolderSource)
+  # The pre-registry form still resolves.
+  assert isinstance(datasets.get_source(dict(root=folder, split="train")),
+                    ds_folder.FolderSource)
+  assert isinstance(datasets.get_source(
+      dict(name="arrays", arrays=_arrays())), ds_arrays.ArraySource)
+  with pytest.raises(ValueError, match="name="):
+    datasets.get_source(dict(split="train"))
+  with pytest.raises(TypeError, match="'folder'.*bad arguments"):
+    datasets.get_source(dict(name="folder", root=folder, split="train",
+                             bogus=1))
+
+
+def _bad_image_folder(root):
+  """train/a: 4 good PNGs, a text file named .png, a truncated PNG."""
+  os.makedirs(root / "train" / "a")
+  for i in range(4):
+    img = np.full((6, 6, 3), 40 * i, np.uint8)
+    tf.io.write_file(str(root / "train" / "a" / f"{i}.png"),
+                     tf.io.encode_png(img))
+  (root / "train" / "a" / "fake.png").write_text("this is not a PNG")
+  good = tf.io.encode_png(np.arange(3 * 64 * 64, dtype=np.uint8).reshape(
+      64, 64, 3)).numpy()
+  (root / "train" / "a" / "truncated.png").write_bytes(good[:len(good) // 2])
+  return str(root)
+
+
+_DECODE_PP = "decode(channels=3)|resize(6)|keep('image', 'label')"
+
+
+def test_bad_images_are_named_not_a_bare_tf_error(tmp_path):
+  root = _bad_image_folder(tmp_path)
+  src = ds_folder.FolderSource(root, "train")
+  it, _ = ip.training(src, batch_size=6, pp=_DECODE_PP, seed=0,
+                      shuffle=False)
+  with pytest.raises(datasets.BadDataError) as e:
+    next(it)
+  msg = str(e.value)
+  assert "fake.png" in msg and "truncated.png" in msg
+  assert "skip_bad_images=True" in msg and "0.png" not in msg
+  with pytest.raises(datasets.BadDataError, match="fake.png"):
+    list(ip.evaluation(src, batch_size=6, pp=_DECODE_PP))
+
+
+def test_skip_bad_images_counts_and_leaves_them_out(tmp_path):
+  root = _bad_image_folder(tmp_path)
+  src = datasets.get_source(dict(name="folder", root=root, split="train",
+                                 skip_bad_images=True))
+  assert src.num_examples() == 4
+  assert sorted(os.path.basename(f) for f, _ in src.skipped) == [
+      "fake.png", "truncated.png"]
+  it, n = ip.training(src, batch_size=4, pp=_DECODE_PP, seed=0)
+  assert n == 4 and next(it)["image"].shape == (4, 6, 6, 3)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from losa_jax.study import tasks
+from losa_jax.datasets import study_tasks as tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def test_location_label_follows_x_and_orientation_rotates():
 
 
 def test_mnist_10shot_uses_only_held_out_digits():
-  from losa_jax.demo import data as demo_data
+  from losa_jax.datasets import digits as demo_data
   t = tasks.mnist_10shot_task()
   assert np.bincount(t["train"]["label"]).tolist() == [10] * 10
   assert len(t["test"]["label"]) == 400

@@ -9,10 +9,13 @@ import pytest
 import tensorflow as tf
 
 from losa_jax import config_lib
+from losa_jax import datasets
 from losa_jax import input_pipeline
 from losa_jax import pp as pp_lib
-from losa_jax.video import data as vdata
-from losa_jax.video import moving_digits
+from losa_jax.datasets import frames as ds_frames
+from losa_jax.datasets import moving_digits
+from losa_jax.evaluators import video as video_eval
+from losa_jax.pp import video as pp_video
 
 
 def _clip(frames=10, h=6, w=8, c=1):
@@ -37,13 +40,13 @@ def _frame_ids(video):
 
 
 def test_central_clip_and_stride():
-  idx = vdata.frame_indices(20, 4, 3, "central").numpy()
+  idx = pp_video.frame_indices(20, 4, 3, "central").numpy()
   # span 10 -> starts 0..10, centre 5.
   np.testing.assert_array_equal(idx, [5, 8, 11, 14])
 
 
 def test_evenly_spaced_clips_cover_first_to_last_start():
-  starts = [int(vdata.frame_indices(20, 4, 2, "clip", num_clips=3,
+  starts = [int(pp_video.frame_indices(20, 4, 2, "clip", num_clips=3,
                                     clip_index=i).numpy()[0])
             for i in range(3)]
   assert starts == [0, 6, 13]      # max start 20 - 7 = 13
@@ -51,12 +54,12 @@ def test_evenly_spaced_clips_cover_first_to_last_start():
 
 def test_uniform_spreads_over_the_whole_video():
   np.testing.assert_array_equal(
-      vdata.frame_indices(16, 4, mode="uniform").numpy(), [2, 6, 10, 14])
+      pp_video.frame_indices(16, 4, mode="uniform").numpy(), [2, 6, 10, 14])
 
 
 def test_short_video_loops():
   np.testing.assert_array_equal(
-      vdata.frame_indices(3, 5, 1, "central").numpy(), [0, 1, 2, 0, 1])
+      pp_video.frame_indices(3, 5, 1, "central").numpy(), [0, 1, 2, 0, 1])
 
 
 def test_random_clip_is_a_pure_function_of_the_seed():
@@ -108,10 +111,10 @@ def test_random_crop_is_the_same_window_on_every_frame():
 
 
 def test_three_crop_positions_landscape_and_portrait():
-  offs = [tuple(int(o) for o in vdata.spatial_crop_offsets(4, 10, 4, i, 3))
+  offs = [tuple(int(o) for o in pp_video.spatial_crop_offsets(4, 10, 4, i, 3))
           for i in range(3)]
   assert offs == [(0, 0), (0, 3), (0, 6)]      # left, centre, right
-  offs = [tuple(int(o) for o in vdata.spatial_crop_offsets(10, 6, 4, i, 3))
+  offs = [tuple(int(o) for o in pp_video.spatial_crop_offsets(10, 6, 4, i, 3))
           for i in range(3)]
   assert offs == [(0, 1), (3, 1), (6, 1)]      # top, centre, bottom
 
@@ -171,9 +174,9 @@ def test_multiview_logits_average_per_example():
   # "model": logits [x, -x] per clip.
   predict = lambda p, x: p * jnp.concatenate(
       [x.reshape(-1, 1), -x.reshape(-1, 1)], axis=1)
-  out = vdata.multiview_logits(predict, 2.0, views)
+  out = video_eval.multiview_logits(predict, 2.0, views)
   np.testing.assert_allclose(out, [[2.0, -2.0], [8.0, -8.0]])
-  probs = vdata.multiview_logits(predict, 2.0, views, average="probs")
+  probs = video_eval.multiview_logits(predict, 2.0, views, average="probs")
   assert probs.shape == (2, 2) and np.all(np.asarray(probs) <= 0)
 
 
@@ -185,7 +188,7 @@ def test_evaluate_multiview_uses_the_mask():
   batches = [{"image": np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 2.0]]
                                 ).reshape(2, 3, 1, 1, 1, 1),
               "label": np.array([1, 1]), "_mask": np.array([1.0, 0.0])}]
-  res = vdata.evaluate_multiview(predict, None, batches, jit=False)
+  res = video_eval.evaluate_multiview(predict, None, batches, jit=False)
   assert res == {"accuracy": 1.0, "count": 1.0}
 
 
@@ -207,7 +210,7 @@ def test_frame_folder_source_through_the_pipeline(tmp_path):
   _write_frames(root, "train", "a", "v2", 7)
   _write_frames(root, "train", "b", "v3", 6)
   _write_frames(root, "val", "b", "v4", 4)
-  src = vdata.make_source(frames_root=root, split="train")
+  src = datasets.get_source(dict(name="frames", root=root, split="train"))
   assert src.num_examples() == 3 and src.class_names == ["a", "b"]
   pp = ("video_sample(4, mode='central')|video_decode|"
         "value_range(0, 1, key='video')|copy('video', 'image')|"
@@ -221,17 +224,17 @@ def test_frame_folder_source_through_the_pipeline(tmp_path):
   np.testing.assert_allclose(batch["image"][0, :, 0, 0, 0] * 255,
                              [0, 20, 40, 60], atol=1e-3)
   val = list(input_pipeline.evaluation(
-      vdata.make_source(frames_root=root, split="val"), batch_size=2, pp=pp))
+      datasets.get_source(dict(frames_root=root, split="val")), batch_size=2, pp=pp))
   assert val[0]["_mask"].tolist() == [1.0, 0.0]
   assert val[0]["label"][0] == 1
 
 
 def test_frame_folder_errors_name_the_layout(tmp_path):
   with pytest.raises(FileNotFoundError, match="<video_id>"):
-    vdata.FrameFolderSource(str(tmp_path / "nope"), "train")
+    ds_frames.FrameFolderSource(str(tmp_path / "nope"), "train")
   os.makedirs(tmp_path / "train" / "a" / "v1")
   with pytest.raises(ValueError, match="has no"):
-    vdata.FrameFolderSource(str(tmp_path), "train")
+    ds_frames.FrameFolderSource(str(tmp_path), "train")
 
 
 def test_tfds_has_no_kinetics_or_ssv2_builder():
@@ -267,8 +270,8 @@ def test_moving_digits_task_is_deterministic_and_uses_held_out_digits():
   np.testing.assert_array_equal(a["train"]["video"], b["train"]["video"])
   assert a["train"]["video"].shape == (20, 8, 28, 28, 1)
   assert a["test"]["label"].shape == (10,) and a["num_classes"] == 4
-  src = vdata.make_source(video_demo="moving_digits", split="test[:5]",
-                          num_train=20, num_test=10)
+  src = datasets.get_source(dict(name="moving_digits", split="test[:5]",
+                                num_train=20, num_test=10))
   assert src.num_examples() == 5
 
 
@@ -299,10 +302,74 @@ def test_ssv2_does_not_flip_and_k400_does():
 
 
 def test_moving_digits_config_validates(tmp_path, monkeypatch):
-  # With the shipped asset present, get_config writes the inflated npz here.
-  monkeypatch.setenv("LOSA_JAX_CACHE", str(tmp_path))
+  # get_config does no I/O: with HOME pointing to an empty folder nothing
+  # appears there (the ViViT is inflated when the trainer loads it).
+  monkeypatch.setenv("HOME", str(tmp_path))
   from configs import video_moving_digits  # pylint: disable=g-import-not-at-top
   for arg in ("", "method=linear", "mixing=space,pool=tok", "runlocal"):
     c = video_moving_digits.get_config(arg)
     config_lib.validate(c)
     assert tuple(c.image_size) == (8, 28, 28)
+  assert not os.listdir(tmp_path)
+
+
+# --- the TFDS video path ----------------------------------------------------------
+
+
+def test_video_ops_resolve_after_importing_only_the_trainer():
+  """Video pp ops are found by name in a fresh process that imported only the
+  trainer (they used to register only when losa_jax.video.data was imported,
+  so a TFDS video config could not find its ops)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import losa_jax.train\n"
+          "from losa_jax import pp\n"
+          "pp.get_preprocess_fn(\"video_decode(channels=3)|video_flip_lr\")\n"
+          "print('ok')\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_tfds_video_dataset_trains_through_its_config_pp(tmp_path):
+  """A TFDS dataset with a `video` feature (built locally: nothing is
+  downloaded) goes through datasets.get_source + the video pp of
+  configs/video_kinetics400.py:tfds=... into training batches."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class TinyVideos(tfds.core.GeneratorBasedBuilder):
+    """6 clips of 5 frames of 8x8 RGB, labels 0..2."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              "video": tfds.features.Video(shape=(None, 8, 8, 3)),
+              "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples(6)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        video = np.full((5, 8, 8, 3), 40 * i, np.uint8)
+        yield i, {"video": video, "label": i % 3}
+
+  data_dir = str(tmp_path / "tfds")
+  TinyVideos(data_dir=data_dir, file_format="tfrecord").download_and_prepare()
+  from configs import video_kinetics400  # pylint: disable=g-import-not-at-top
+  c = video_kinetics400.get_config(
+      "variant=B/16,tfds=tiny_videos,frames=4,res=8,batch=2,data_dir=" +
+      data_dir)
+  config_lib.validate(c)
+  data = dict(c.input.data, split="train")
+  src = datasets.get_source(data)
+  assert src.count() == 6
+  it, n = input_pipeline.training(src, batch_size=2,
+                                  pp=datasets.pp_for(data, c.input.pp),
+                                  seed=0)
+  batch = next(it)
+  assert n == 6 and batch["image"].shape == (2, 4, 8, 8, 3)
+  assert batch["image"].dtype == np.float32
+  assert -1.0 <= batch["image"].min() <= batch["image"].max() <= 1.0

@@ -11,8 +11,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from losa_jax import input_pipeline as ip
+from losa_jax import datasets
 from losa_jax import pp
-from losa_jax import vtab
+from losa_jax.datasets import vtab
 
 # method.md section 4.1.
 CLASSES = {
@@ -41,11 +42,11 @@ def test_every_task_splits_and_label_pp_parse(name):
   assert t["name"] == name
   for key in ("train800", "val200", "train800val200", "test", "train", "val",
               "trainval"):
-    ip.parse_split(t["splits"][key])
+    datasets.parse_split(t["splits"][key])
   assert t["splits"]["train800"] == "train[:800]"
   assert t["splits"]["train800val200"] == (
       t["splits"]["train800"] + "+" + t["splits"]["val200"])
-  (val,) = ip.parse_split(t["splits"]["val200"])
+  (val,) = datasets.parse_split(t["splits"]["val200"])
   assert val.stop - (val.start or 0) == 200
   pp.get_preprocess_fn(vtab.pp_spec(name, MODEL_PP))
 

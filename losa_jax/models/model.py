@@ -14,6 +14,7 @@ through `jax.lax.stop_gradient`; for LoSA the taps are stop-gradient'ed again,
 so no gradient can reach the backbone even if a caller differentiates the
 whole tree. `Model.apply(variables, images) -> (logits [B, C], out)`.
 """
+import numbers
 import re
 from typing import Any, Optional
 
@@ -34,8 +35,8 @@ TRAINABLE_IN_BACKBONE = {
     "losa": None,
     "linear": None,
     "full": r".*",
-    "lora": r".*_lora/.*",
-    "adapter": r".*/adapter_(sa|mlp)/.*",
+    "lora": vit.PEFT_PARAM_PATTERNS["lora"],
+    "adapter": vit.PEFT_PARAM_PATTERNS["adapter"],
 }
 
 LOSA_DEFAULTS = dict(
@@ -62,6 +63,8 @@ LOSA_DEFAULTS = dict(
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
 ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
 TAPS = ("block", "attn", "block_ln")
+# model.losa.pool: "auto" pools like the backbone's head.
+LOSA_POOLS = ("auto", "tok", "gap", "map")
 # model.backbone.kind: "vit" (images [B, H, W, 3]) or "vivit" (clips
 # [B, T, H, W, 3], see losa_jax.models.vivit).
 BACKBONE_KINDS = {"vit": vit._Model, "vivit": vivit._Model}  # pylint: disable=protected-access
@@ -75,6 +78,83 @@ def merged(defaults: dict, given: Optional[dict], what: str) -> dict:
     raise ValueError(f"Unknown {what} option(s) {unknown}; valid: "
                      f"{sorted(defaults)}.")
   return {**defaults, **given}
+
+
+def check_int(value, name: str, *, minimum: int = 1, optional: bool = False,
+              hint: str = "") -> None:
+  """Raises ValueError unless `value` is an int >= minimum (None if optional).
+
+  bools are refused (True would pass as 1); `name` is the full key, e.g.
+  "config.model.losa.rank", and `hint` says what the field means.
+  """
+  if value is None and optional:
+    return
+  is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if not is_int or value < minimum:
+    allowed = ("a positive integer" if minimum == 1 else
+               f"an integer >= {minimum}")
+    raise ValueError(f"{name}={value!r}: must be {allowed}"
+                     f"{' or None' if optional else ''}{hint}.")
+
+
+def _check_choice(value, name: str, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"{name}={value!r}: choose one of {list(choices)}.")
+
+
+def losa_options(given: Optional[dict], what: str = "losa") -> dict:
+  """LOSA_DEFAULTS updated by `given`, every field checked by name.
+
+  what: how the dict is named in errors ("losa" in a Model,
+  "config.model.losa" in a config). Combinations (e.g. state="stream" with
+  head_input) are checked where they are used, in `side.SideNetwork`.
+  """
+  cfg = merged(LOSA_DEFAULTS, given, what)
+  # A zero or negative rank would reach flax as Dense(0) / a negative shape
+  # (ZeroDivisionError or a broadcasting TypeError deep in init).
+  check_int(cfg["rank"], f"{what}.rank",
+            hint=" (the side network's rank r, >= 1)")
+  for key in ("rank_channel", "rank_token", "rank_time"):
+    check_int(cfg[key], f"{what}.{key}", optional=True,
+              hint=" (None uses rank" + (
+                  "_token)" if key == "rank_time" else ")"))
+  check_int(cfg["tap_every"], f"{what}.tap_every",
+            hint=" (tap every n-th block)")
+  check_int(cfg["num_pairs"], f"{what}.num_pairs",
+            hint=" (channel/token mixer pairs per layer)")
+  for key, choices in (("tap", TAPS), ("combine", side_lib.COMBINES),
+                       ("state", side_lib.STATES),
+                       ("mixer_order", side_lib.MIXER_ORDERS),
+                       ("token_mixer", side_lib.TOKEN_MIXERS),
+                       ("norms", side_lib.NORMS),
+                       ("head_input", side_lib.HEAD_INPUTS),
+                       ("out_norm", side_lib.OUT_NORMS),
+                       ("pool", LOSA_POOLS),
+                       ("video_token_mixing", side_lib.VIDEO_TOKEN_MIXING)):
+    _check_choice(cfg[key], f"LoSA option {what}.{key}", choices)
+  return cfg
+
+
+def lora_options(given: Optional[dict], what: str = "lora") -> dict:
+  """LORA_DEFAULTS updated by `given`; rank and alpha checked by name."""
+  cfg = merged(LORA_DEFAULTS, given, what)
+  # LoRA scales its delta by alpha / rank: rank 0 divides by zero.
+  check_int(cfg["rank"], f"{what}.rank", hint=" (the LoRA rank, >= 1)")
+  alpha = cfg["alpha"]
+  if alpha is not None and (isinstance(alpha, bool) or
+                            not isinstance(alpha, numbers.Real) or alpha <= 0):
+    raise ValueError(f"{what}.alpha={alpha!r}: must be a positive number or "
+                     "None (None scales the delta by 1, i.e. alpha = rank).")
+  return cfg
+
+
+def adapter_options(given: Optional[dict], what: str = "adapter") -> dict:
+  """ADAPTER_DEFAULTS updated by `given`; dim and placement checked by name."""
+  cfg = merged(ADAPTER_DEFAULTS, given, what)
+  check_int(cfg["dim"], f"{what}.dim",
+            hint=" (the adapter's bottleneck width, >= 1)")
+  _check_choice(cfg["placement"], f"{what}.placement", ("mlp", "both"))
+  return cfg
 
 
 def _frozen_reader(trainable: Optional[str]):
@@ -123,11 +203,11 @@ class Model(nn.Module):
       raise ValueError("model.backbone must not set num_classes: the head is "
                        "model-level (set num_classes on the config).")
     if self.method == "lora":
-      lo = merged(LORA_DEFAULTS, self.lora, "lora")
+      lo = lora_options(self.lora, "lora")
       kw.update(lora_rank=lo["rank"], lora_targets=lo["targets"],
                 lora_alpha=lo["alpha"])
     elif self.method == "adapter":
-      ad = merged(ADAPTER_DEFAULTS, self.adapter, "adapter")
+      ad = adapter_options(self.adapter, "adapter")
       kw.update(adapter_dim=ad["dim"], adapter_placement=ad["placement"])
     return {**vit.decode_variant(kw.pop("variant", None)), **kw}
 
@@ -180,10 +260,7 @@ class Model(nn.Module):
   # --- LoSA -----------------------------------------------------------------
 
   def _cfg(self):
-    cfg = merged(LOSA_DEFAULTS, self.losa, "losa")
-    if cfg["tap"] not in TAPS:
-      raise ValueError(f"LoSA option tap={cfg['tap']!r}: use one of {TAPS}.")
-    return cfg
+    return losa_options(self.losa, "losa")
 
   def _backbone_params(self):
     # Read from this module's scope so it also works when the backbone was

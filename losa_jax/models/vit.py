@@ -18,6 +18,7 @@ The model returns `(logits_or_prelogits, out)` where `out` carries the residual
 stream after every block (`out["encoder"]["block03"]["+mlp"]`, shape
 [B, N, D]), which is what the LoSA side network taps.
 """
+import dataclasses
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -70,6 +71,15 @@ def decode_variant(variant: Optional[str]) -> dict:
                        "'<name>/<p>' or '<name>/<ph>x<pw>', e.g. 'B/16'.") from None
     kw["patch_size"] = p * 2 if len(p) == 1 else p
   return kw
+
+
+# Names of the params LoRA and adapters add inside the ViT (regexes over
+# `/`-joined names below the ViT root): the trainable part of those methods,
+# and the names a plain big_vision checkpoint does not have.
+PEFT_PARAM_PATTERNS = {
+    "lora": r".*_lora/.*",
+    "adapter": r".*/adapter_(sa|mlp)/.*",
+}
 
 
 def lora_targets(spec: Union[str, Sequence[str]]) -> Tuple[str, ...]:
@@ -149,6 +159,26 @@ class Adapter(nn.Module):
     return x + h
 
 
+@dataclasses.dataclass(frozen=True)
+class Peft:
+  """What LoRA and adapters add inside the blocks (nothing by default).
+
+  One hashable value, so the block and the encoder carry the PEFT switches
+  as a single field instead of repeating them.
+  """
+  lora_rank: int = 0
+  lora_targets: Tuple[str, ...] = ()
+  lora_alpha: Optional[float] = None
+  adapter_dim: int = 0
+  adapter_placement: str = "mlp"
+
+  @property
+  def lora(self) -> dict:
+    """The LoRA kwargs of MultiHeadAttention / MlpBlock."""
+    return dict(lora_rank=self.lora_rank, lora_targets=self.lora_targets,
+                lora_alpha=self.lora_alpha)
+
+
 class MultiHeadAttention(nn.Module):
   """flax's MultiHeadDotProductAttention with the same params, plus LoRA."""
   num_heads: int
@@ -217,17 +247,13 @@ class Encoder1DBlock(nn.Module):
   num_heads: int = 12
   dropout: float = 0.0
   dtype_mm: Any = "float32"
-  lora_rank: int = 0
-  lora_targets: Tuple[str, ...] = ()
-  lora_alpha: Optional[float] = None
-  adapter_dim: int = 0
-  adapter_placement: str = "mlp"
+  peft: Peft = Peft()
 
   @nn.compact
   def __call__(self, x, deterministic=True):
     out = {}
-    lora = dict(lora_rank=self.lora_rank, lora_targets=self.lora_targets,
-                lora_alpha=self.lora_alpha)
+    lora = self.peft.lora
+    adapter_dim = self.peft.adapter_dim
     x = nn.with_logical_constraint(x, _ACT)
     y = nn.LayerNorm(name="LayerNorm_0")(x)
     y = out["sa"] = MultiHeadAttention(
@@ -235,8 +261,8 @@ class Encoder1DBlock(nn.Module):
         name="MultiHeadDotProductAttention_0", **lora)(y, y)
     y = nn.with_logical_constraint(y, _ACT)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    if self.adapter_dim and self.adapter_placement == "both":
-      y = Adapter(self.adapter_dim, name="adapter_sa")(y)
+    if adapter_dim and self.peft.adapter_placement == "both":
+      y = Adapter(adapter_dim, name="adapter_sa")(y)
     x = out["+sa"] = x + y
 
     y = nn.LayerNorm(name="LayerNorm_1")(x)
@@ -245,8 +271,8 @@ class Encoder1DBlock(nn.Module):
                               **lora)(y, deterministic)
     y = nn.with_logical_constraint(y, _ACT)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    if self.adapter_dim:
-      y = Adapter(self.adapter_dim, name="adapter_mlp")(y)
+    if adapter_dim:
+      y = Adapter(adapter_dim, name="adapter_mlp")(y)
     x = out["+mlp"] = x + y
     x = nn.with_logical_constraint(x, _ACT)
     return x, out
@@ -265,20 +291,14 @@ class Encoder(nn.Module):
   scan: bool = False
   remat_policy: Optional[str] = "nothing_saveable"
   dtype_mm: Any = "float32"
-  lora_rank: int = 0
-  lora_targets: Tuple[str, ...] = ()
-  lora_alpha: Optional[float] = None
-  adapter_dim: int = 0
-  adapter_placement: str = "mlp"
+  peft: Peft = Peft()
 
   @nn.compact
   def __call__(self, x, deterministic=True):
     out = {}
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, dtype_mm=self.dtype_mm,
-                    lora_rank=self.lora_rank, lora_targets=self.lora_targets,
-                    lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
-                    adapter_placement=self.adapter_placement)
+                    peft=self.peft)
     if self.scan:
       block = Encoder1DBlock
       if self.remat_policy not in (None, "none"):
@@ -384,10 +404,11 @@ class _Model(nn.Module):
     return Encoder(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-        dtype_mm=self.dtype_mm, lora_rank=self.lora_rank,
-        lora_targets=lora_targets(self.lora_targets),
-        lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
-        adapter_placement=self.adapter_placement,
+        dtype_mm=self.dtype_mm,
+        peft=Peft(lora_rank=self.lora_rank,
+                  lora_targets=lora_targets(self.lora_targets),
+                  lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
+                  adapter_placement=self.adapter_placement),
         name="Transformer")(x, deterministic=not train)
 
   def finish(self, x, out, grid):

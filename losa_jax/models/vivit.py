@@ -29,14 +29,15 @@ params of this model (Scenic's filter inflation, implemented here from its
 description): central-frame or average-frame 3-D kernels, position
 embeddings resampled to the new patch grid and tiled over time.
 
-CLI: write an inflated big_vision-layout npz that the trainer's
-`config.model_init` loads like any ViT checkpoint:
+To write an inflated big_vision-layout npz that the trainer's
+`config.model_init` loads like any ViT checkpoint, use the tool:
 
-  python -m losa_jax.models.vivit --image_ckpt vit.npz --out vivit.npz \
-      --variant B/16 --num_frames 32 --image_size 224 --pool_type tok
+  python -m losa_jax.tools.inflate_vivit --image_ckpt vit.npz \
+      --out vivit.npz --variant B/16 --num_frames 32 --image_size 224 \
+      --pool_type tok
 """
 import collections.abc
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from losa_jax import npz as npz_lib
-from losa_jax.models import porting
+from losa_jax.models import layouts
 from losa_jax.models import vit
 
 INFLATE_METHODS = ("central", "average")
@@ -182,7 +183,7 @@ def inflate_posemb(posemb: Any, n_t: int, grid: Tuple[int, int], *,
                    image_grid: Optional[Sequence[int]] = None) -> np.ndarray:
   """Image posemb [1, n_img, D] (no cls row) -> video [1, n_t * gh * gw, D].
 
-  resize_tile: bilinear resample to `grid` (porting.resample_posemb), then
+  resize_tile: bilinear resample to `grid` (layouts.resample_posemb), then
   tile over time (time-major); tile: only tile (the grids must agree).
   """
   pe = np.asarray(posemb)
@@ -190,7 +191,7 @@ def inflate_posemb(posemb: Any, n_t: int, grid: Tuple[int, int], *,
     raise ValueError(f"Unknown posemb inflation {mode!r}: use one of "
                      f"{POSEMB_INIT}.")
   if mode == "resize_tile":
-    pe = porting.resample_posemb(pe, grid, image_grid)
+    pe = layouts.resample_posemb(pe, grid, image_grid)
   elif pe.shape[1] != grid[0] * grid[1]:
     raise ValueError(f"posemb inflation 'tile': the checkpoint posemb has "
                      f"{pe.shape[1]} positions but the clip's patch grid "
@@ -245,13 +246,13 @@ def inflate_from_image(image_params: Any, video_cfg: Any,
                               kw.get("temporal_patch_size", 2))
   tree = _read(image_params)
   if image_grid is not None:
-    tree = porting.fix_old_checkpoints(
+    tree = layouts.fix_old_checkpoints(
         tree, expected_posemb_len=int(np.prod(image_grid)))
   else:
-    tree = porting.fix_old_checkpoints(tree)
+    tree = layouts.fix_old_checkpoints(tree)
   scan = any(k.startswith("Transformer/encoderblock/") for k in target)
   depth = kw.get("depth", 12)
-  tree = porting.loop_to_scan(tree) if scan else porting.scan_to_loop(
+  tree = layouts.loop_to_scan(tree) if scan else layouts.scan_to_loop(
       tree, depth)
   src = npz_lib.flatten(tree)
 
@@ -308,37 +309,3 @@ def inflate_checkpoint(image_ckpt: Any, out_path: str, video_cfg: Any,
   params = inflate_from_image(image_ckpt, video_cfg, method, **kw)
   return npz_lib.save_npz(params, out_path)
 
-
-def main(argv=None):
-  """CLI: image npz -> inflated ViViT npz (see the module docstring)."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--image_ckpt", required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--variant", default=None)
-  p.add_argument("--patch_size", type=int, nargs="+", default=None)
-  p.add_argument("--pool_type", default="tok")
-  p.add_argument("--temporal_patch_size", type=int, default=2)
-  p.add_argument("--num_frames", type=int, required=True)
-  p.add_argument("--image_size", type=int, nargs="+", required=True)
-  p.add_argument("--method", default="central", choices=INFLATE_METHODS)
-  p.add_argument("--posemb", default="resize_tile", choices=POSEMB_INIT)
-  p.add_argument("--scan", action="store_true")
-  args = p.parse_args(argv)
-  cfg: Dict[str, Union[str, int, bool, Tuple[int, ...]]] = dict(
-      pool_type=args.pool_type, temporal_patch_size=args.temporal_patch_size,
-      scan=args.scan)
-  if args.variant:
-    cfg["variant"] = args.variant
-  if args.patch_size:
-    ps = tuple(args.patch_size)
-    cfg["patch_size"] = ps * 2 if len(ps) == 1 else ps
-  hw = tuple(args.image_size) * (2 if len(args.image_size) == 1 else 1)
-  path = inflate_checkpoint(args.image_ckpt, args.out, cfg, args.method,
-                            clip_shape=(args.num_frames, *hw),
-                            posemb=args.posemb)
-  print(f"Wrote {path}")
-
-
-if __name__ == "__main__":
-  main()

@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0.
 """Study tasks built offline: real digits from installed wheels + dSprites-style.
 
-Every task returns the demo layout (`losa_jax.demo.data`):
+Every task returns the demo layout (`losa_jax.datasets.digits`):
 `{"train": {"image", "label"}, "test": {"image", "label"}, "num_classes"}`
 with uint8 images [N, 28, 28, 1] (the shipped backbone's resolution) and
-int32 labels; `losa_jax.demo.data.to_model_input` turns them into ViT input.
+int32 labels; `losa_jax.datasets.digits.to_model_input` turns them into ViT input.
 All are seeded pure numpy, identical on every machine.
 
 How each relates to the shipped backbone (pretrained on 4,500 MNIST-5k
@@ -33,7 +33,7 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-from losa_jax.demo import data as demo_data
+from losa_jax.datasets import digits as demo_data
 
 IMAGE_SIZE = demo_data.IMAGE_SIZE        # 28
 SUPERSAMPLE = 4                          # anti-aliasing of the rendered shapes
@@ -194,3 +194,12 @@ def get_task(name: str) -> dict:
   if name not in TASKS:
     raise KeyError(f"Unknown study task {name!r}; available: {sorted(TASKS)}.")
   return TASKS[name]()
+
+
+PP_MODULES = ("image",)
+
+
+def make(task: str, split: str = "train", **kw):
+  """dict(name="study", task="dsprites_loc", split="train")."""
+  from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
+  return arrays.ArraySource(get_task(task), split, name=f"study:{task}", **kw)

@@ -1,11 +1,11 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Video data: pp ops on clips, multi-view evaluation and video sources.
+"""Video pp ops on clips (family "video").
 
 pp ops (registered in `losa_jax.pp`, so they compose with the image ops in
 one spec string) act on `example["video"]`: uint8 [F, H, W, C] decoded frames
 (what a TFDS `Video` feature decodes to) or tf.string [F] encoded frames (what
-`FrameFolderSource` yields; `video_decode` decodes them). Random ops draw from
+`datasets.frames` yields; `video_decode` decodes them). Random ops draw from
 the per-example `_seed` exactly like `pp.random_crop` (split, use one half,
 store the other), so a clip's augmentation is a pure function of the seed.
 
@@ -33,37 +33,16 @@ Training spec (Kinetics-style):
     value_range(-1, 1, key='video')|copy('video', 'image')|keep('image', 'label')
 
 Multi-view test (4 clips x 3 crops = 12 views, logits averaged by
-`multiview_logits` / `evaluate_multiview`):
+`losa_jax.evaluators.video`):
 
     video_decode|video_resize_small(224)|video_multiview(32, 2, 4, 224, 3)|
     value_range(-1, 1, key='video')|copy('video', 'image')|keep('image', 'label')
-
-Sources (`make_source`): `dict(frames_root=..., split=...)` for local frame
-folders, `dict(video_demo="moving_digits", split=...)` for the procedural
-demo task, and any TFDS dataset with a `video` feature through the usual
-`dict(name=..., split=..., data_dir=...)` (tfds 4.9.10 knows `ucf101` and
-`moving_mnist`; it has NO Kinetics or Something-Something builder, so those
-are read from frame folders or from a TFDS dataset you build yourself).
 """
-import os
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 import tensorflow as tf
 
-from losa_jax import input_pipeline
 from losa_jax import pp as pp_lib
 
 SAMPLE_MODES = ("random", "central", "clip", "uniform")
-FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# Video builders of tensorflow-datasets 4.9.10 (`tfds.list_builders()`,
-# checked offline). Kinetics-400/600/700 and Something-Something v2 are not
-# among them: use frame folders, or build your own TFDS dataset with a
-# `video` (tfds.features.Video) and a `label` feature.
-TFDS_VIDEO_BUILDERS = ("ucf101", "moving_mnist", "starcraft_video",
-                       "asimov_v2_videos")
 
 
 # ----------------------------------------------------------------------------
@@ -128,7 +107,9 @@ def frame_indices(num_available, num_frames: int, stride: int = 1,
   return tf.math.floormod(start + steps * stride, tf.maximum(f, 1))
 
 
-@pp_lib.register("video_sample")
+
+@pp_lib.register("video_sample",
+                 random=lambda *a, mode="random", **k: mode == "random")
 def _video_sample(num_frames: int, stride: int = 1, mode: str = "random",
                   num_clips: int = 1, clip_index: int = 0,
                   key: str = "video"):
@@ -150,7 +131,7 @@ def _video_sample(num_frames: int, stride: int = 1, mode: str = "random",
 
 def _next_seed(ex):
   # The same seed discipline as pp's random ops (one shared helper).
-  return pp_lib._next_seed(ex, "video")  # pylint: disable=protected-access
+  return pp_lib.next_seed(ex, "video")
 
 
 # ----------------------------------------------------------------------------
@@ -224,7 +205,7 @@ def _short_side(video, smaller_size):
 def _video_resize(size, key: str = "video", method: str = "bilinear",
                   antialias: bool = False):
   """Resizes every frame to `size` (int or (h, w))."""
-  hw = pp_lib._hw(size, "video_resize")  # pylint: disable=protected-access
+  hw = pp_lib.hw(size, "video_resize")
 
   def fn(ex):
     ex[key] = _resize(ex[key], hw, method, antialias)
@@ -247,7 +228,7 @@ def _video_resize_small(smaller_size: int, key: str = "video",
   return fn
 
 
-@pp_lib.register("video_scale_jitter")
+@pp_lib.register("video_scale_jitter", random=True)
 def _video_scale_jitter(smaller_size: int, min_scale: float = 0.9,
                         max_scale: float = 1.33, key: str = "video"):
   """Short side to smaller_size * s, s ~ U[min_scale, max_scale] (seeded).
@@ -285,7 +266,7 @@ def _check_fits(video, h, w, op):
 @pp_lib.register("video_central_crop")
 def _video_central_crop(size, key: str = "video"):
   """The central (h, w) window of every frame."""
-  h, w = pp_lib._hw(size, "video_central_crop")  # pylint: disable=protected-access
+  h, w = pp_lib.hw(size, "video_central_crop")
 
   def fn(ex):
     video = ex[key]
@@ -297,10 +278,10 @@ def _video_central_crop(size, key: str = "video"):
   return fn
 
 
-@pp_lib.register("video_random_crop")
+@pp_lib.register("video_random_crop", random=True)
 def _video_random_crop(size, key: str = "video"):
   """One random (h, w) window (seeded), the same for every frame."""
-  h, w = pp_lib._hw(size, "video_random_crop")  # pylint: disable=protected-access
+  h, w = pp_lib.hw(size, "video_random_crop")
 
   def fn(ex):
     video = ex[key]
@@ -362,7 +343,7 @@ def _video_spatial_crop(size: int, index: int, num_crops: int = 3,
   return fn
 
 
-@pp_lib.register("video_flip_lr")
+@pp_lib.register("video_flip_lr", random=True)
 def _video_flip_lr(key: str = "video"):
   """Flips every frame left-right, or none, with probability 1/2 (seeded)."""
 
@@ -406,208 +387,3 @@ def _video_multiview(num_frames: int, stride: int, num_clips: int,
     return ex
 
   return fn
-
-
-# ----------------------------------------------------------------------------
-# Multi-view evaluation.
-# ----------------------------------------------------------------------------
-
-
-def logits_fn(model) -> Callable:
-  """fn(params, clips [N, T, H, W, 3]) -> logits [N, C] of an adapted model."""
-  return lambda params, x: model.apply({"params": params}, x, train=False)[0]
-
-
-def multiview_logits(predict_fn: Callable, params: Any, views,
-                     average: str = "logits"):
-  """Scores of V views per example, averaged: [B, V, T, H, W, C] -> [B, K].
-
-  Args:
-    predict_fn: fn(params, clips [N, T, H, W, C]) -> logits [N, K].
-    params: passed through to predict_fn.
-    views: [B, V, T, H, W, C] (e.g. from the `video_multiview` pp op).
-    average: "logits" (mean logits, Scenic's test protocol) or "probs" (mean
-      softmax probabilities, returned as their log so argmax still works).
-  """
-  if average not in ("logits", "probs"):
-    raise ValueError(f"multiview average={average!r}: use 'logits' or "
-                     "'probs'.")
-  if views.ndim != 6:
-    raise ValueError(f"multiview_logits expects views [B, V, T, H, W, C], "
-                     f"got shape {views.shape}.")
-  b, v = views.shape[:2]
-  logits = predict_fn(params, views.reshape(b * v, *views.shape[2:]))
-  logits = logits.reshape(b, v, -1).astype(jnp.float32)
-  if average == "logits":
-    return logits.mean(axis=1)
-  return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=1))
-
-
-def evaluate_multiview(predict_fn: Callable, params: Any,
-                       batches: Iterable[Dict[str, Any]], *,
-                       average: str = "logits",
-                       jit: bool = True) -> Dict[str, float]:
-  """Top-1 accuracy of view-averaged predictions over padded eval batches.
-
-  Args:
-    predict_fn, params, average: as in `multiview_logits`.
-    batches: dicts with "image" [B, V, T, H, W, C], "label" [B] and optional
-      "_mask" [B] (e.g. `input_pipeline.evaluation` with a `video_multiview`
-      pp).
-    jit: compile the view-averaging forward once.
-
-  Returns:
-    {"accuracy", "count"}.
-  """
-  fn = lambda p, x: multiview_logits(predict_fn, p, x, average)
-  fn = jax.jit(fn) if jit else fn
-  correct = count = 0.0
-  for batch in batches:
-    pred = np.asarray(jnp.argmax(fn(params, jnp.asarray(batch["image"])), -1))
-    mask = np.asarray(batch.get("_mask", np.ones(len(pred), np.float32)))
-    correct += float(np.sum((pred == np.asarray(batch["label"])) * mask))
-    count += float(np.sum(mask))
-  return {"accuracy": correct / max(count, 1.0), "count": count}
-
-
-def multiview_eval(config, workdir: str, *, pp: str,
-                   data: Optional[Dict[str, Any]] = None,
-                   batch_size: Optional[int] = None,
-                   average: str = "logits") -> Dict[str, float]:
-  """Multi-view accuracy of a finished training workdir.
-
-  Args:
-    config: the config the workdir was trained with.
-    workdir: the training workdir (backbone from config.model_init + the
-      side/head checkpoint, via `losa_jax.predict.Predictor`).
-    pp: a multi-view pp spec (`video_multiview` op), e.g. the config
-      module's `multiview_pp(arg)`.
-    data: source dict; default the config's first eval's data.
-    batch_size: examples per batch (each is V clips); default the eval
-      batch size divided by V, at least 1.
-    average: "logits" or "probs".
-
-  Returns:
-    {"accuracy", "count", "views"}.
-  """
-  from losa_jax import predict  # pylint: disable=g-import-not-at-top
-  from losa_jax import train  # pylint: disable=g-import-not-at-top
-  predictor = predict.Predictor(config, workdir)
-  if data is None:
-    data = dict(next(iter(config.evals.values()))["data"])
-  src = train.make_source(data)
-  probe = pp_lib.get_preprocess_fn(pp)
-  views = None
-  for ex in src.as_dataset().take(1):
-    ex = dict(ex)
-    ex[pp_lib.SEED_KEY] = tf.constant([0, 0], tf.int64)
-    views = int(probe(ex)["image"].shape[0])
-  if batch_size is None:
-    per = next(iter(config.evals.values())).get("batch_size",
-                                                config.input.batch_size)
-    batch_size = max(1, per // max(views or 1, 1))
-  batches = input_pipeline.evaluation(src, batch_size=batch_size, pp=pp)
-  res = evaluate_multiview(logits_fn(predictor.built.model), predictor.params,
-                           batches, average=average)
-  return {**res, "views": views}
-
-
-# ----------------------------------------------------------------------------
-# Sources.
-# ----------------------------------------------------------------------------
-
-
-class FrameFolderSource(input_pipeline.Source):
-  """Videos stored as frame images: `root/<split>/<class>/<video_id>/*.png`.
-
-  Raw examples: {"video": tf.string [F] encoded frames in file-name order,
-  "label": int64 index of the class in `class_names`, "video_id":
-  "<class>/<video_id>"}. Put `video_sample` before `video_decode` in the pp
-  so only the sampled frames are decoded. Random access: only the frame
-  paths are held in memory.
-
-  Args:
-    root: dataset root.
-    split: split expression over the sub-folders of root (TFDS syntax, e.g.
-      "train[:90%]"); videos are ordered by (class, video_id).
-    class_names: the label order; default the sorted union of the class
-      folders of every split, so labels agree across splits.
-    extensions: frame file suffixes (case-insensitive).
-  """
-
-  def __init__(self, root: str, split: str, *,
-               class_names: Optional[Sequence[str]] = None,
-               extensions: Sequence[str] = FRAME_EXTENSIONS):
-    self.name = f"frames:{root}:{split}"
-    self.root = root
-    if not os.path.isdir(root):
-      raise FileNotFoundError(
-          f"Frame folder root {root!r} does not exist; expected "
-          "root/<split>/<class>/<video_id>/<frame>.png (prepare the frames "
-          "locally, e.g. with ffmpeg; nothing is downloaded).")
-    ext = tuple(e.lower() for e in extensions)
-
-    def videos(cdir, rel):
-      out = []
-      for vid in sorted(os.listdir(cdir)):
-        vdir = os.path.join(cdir, vid)
-        if not os.path.isdir(vdir):
-          continue
-        files = sorted(f for f in os.listdir(vdir) if f.lower().endswith(ext))
-        if not files:
-          raise ValueError(f"Video folder {vdir!r} has no {ext} frames.")
-        out.append(([os.path.join(rel, vid, f) for f in files],
-                    f"{os.path.basename(rel)}/{vid}"))
-      return out
-
-    self.class_names, items = input_pipeline.scan_class_folders(
-        root, split, class_names, videos)
-    frames = [np.array(f, dtype=object) for (f, _), _ in items]
-    labels = [l for _, l in items]
-    ids = [i for (_, i), _ in items]
-    if not frames:
-      raise ValueError(f"No videos found for split {split!r} under {root!r} "
-                       "(expected root/<split>/<class>/<video_id>/*.png).")
-    self._frames, self._labels, self._ids = frames, labels, ids
-    self._table = None
-
-  def num_examples(self) -> int:
-    return len(self._labels)
-
-  def _read(self, ex):
-    paths = tf.strings.join([self.root, os.sep, ex["frames"]])
-    video = tf.map_fn(tf.io.read_file, paths)
-    return {"video": video, "label": ex["label"], "video_id": ex["video_id"]}
-
-  def table(self):
-    if self._table is None:
-      self._table = input_pipeline._Table(  # pylint: disable=protected-access
-          {("frames",): self._frames,
-           ("label",): np.array(self._labels, np.int64),
-           ("video_id",): np.array(self._ids, dtype=object)},
-          len(self._labels), finalize=self._read)
-    return self._table
-
-  def as_dataset(self) -> tf.data.Dataset:
-    return tf.data.Dataset.range(self.num_examples()).map(self.table().lookup)
-
-
-def make_source(**data) -> input_pipeline.Source:
-  """Video source forms of the trainer's `config.input.data`.
-
-  dict(frames_root=..., split=..., class_names=None) -> FrameFolderSource;
-  dict(video_demo="moving_digits", split="train"|"test", **task_kwargs) ->
-  the procedural demo task as an ArraySource; anything else goes to
-  `input_pipeline.make_source` (e.g. TFDS `name=...`).
-  """
-  data = dict(data)
-  if "frames_root" in data:
-    return FrameFolderSource(data.pop("frames_root"), data.pop("split"),
-                             **data)
-  if "video_demo" in data:
-    from losa_jax.video import moving_digits  # pylint: disable=g-import-not-at-top
-    name = data.pop("video_demo")
-    split = data.pop("split", "train")
-    task = moving_digits.get_task(name, **data)
-    return input_pipeline.ArraySource(task, split, name=f"video_demo:{name}")
-  return input_pipeline.make_source(**data)

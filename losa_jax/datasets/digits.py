@@ -241,3 +241,12 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
   if x.shape[-1] == 1:
     x = np.repeat(x, 3, axis=-1)
   return x
+
+
+PP_MODULES = ("image",)
+
+
+def make(task: str, split: str = "train", **kw):
+  """dict(name="demo", task="digits", split="train[:800]")."""
+  from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
+  return arrays.ArraySource(get_task(task), split, name=f"demo:{task}", **kw)

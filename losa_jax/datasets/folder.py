@@ -1,0 +1,140 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""`name="folder"`: images in `root/<split>/<class_name>/*.png|jpg`."""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from losa_jax.datasets import core
+
+# How many bad file names a message or a log line lists.
+_LISTED = 10
+
+
+def image_problem(path: str) -> Optional[str]:
+  """Why `path` is not a readable image (None if it decodes).
+
+  Decodes the whole file (a truncated PNG only fails at its end), with PIL
+  so no TensorFlow graph is involved.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.load()
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+class FolderSource(core.Source):
+  """Images in `root/<split>/<class_name>/*.png|jpg`, one folder per class.
+
+  Raw examples: {"image": encoded bytes (tf.string), "label": int64 index of
+  the class in `class_names`, "file_name": path relative to root}. Files are
+  ordered by (class, file name), so `train[:100]` cuts that order.
+
+  Args:
+    root: dataset root.
+    split: split expression over the sub-folders of root.
+    class_names: the label order; default the sorted union of the class
+      folders of every split under root, so labels agree across splits.
+    extensions: accepted file suffixes (case-insensitive).
+    skip_bad_images: decode every file once up front and leave out those
+      that do not decode (non-images, truncated files), logging how many and
+      which; `skipped` lists them. Off by default: a bad file then stops the
+      input pipeline with an error naming it (see `diagnose`).
+  """
+
+  def __init__(self, root: str, split: str, *,
+               class_names: Optional[Sequence[str]] = None,
+               extensions: Sequence[str] = core.IMAGE_EXTENSIONS,
+               skip_bad_images: bool = False):
+    self.name = f"folder:{root}:{split}"
+    self.root = root
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"Image folder root {root!r} does not exist.")
+    ext = tuple(e.lower() for e in extensions)
+
+    def images(cdir, rel):
+      return [os.path.join(rel, f) for f in sorted(os.listdir(cdir))
+              if f.lower().endswith(ext)]
+
+    self.class_names, items = core.scan_class_folders(root, split, class_names,
+                                                 images)
+    files = [f for f, _ in items]
+    labels = [l for _, l in items]
+    if not files:
+      raise ValueError(f"No {ext} images found for split {split!r} under "
+                       f"{root!r} (expected root/<split>/<class>/<image>).")
+    self.skipped: List[Tuple[str, str]] = []
+    if skip_bad_images:
+      keep = []
+      for i, f in enumerate(files):
+        problem = image_problem(os.path.join(root, f))
+        if problem:
+          self.skipped.append((f, problem))
+        else:
+          keep.append(i)
+      if self.skipped:
+        logging.warning(
+            "%s: skipped %d of %d files that do not decode (skip_bad_images):"
+            " %s%s", self.name, len(self.skipped), len(files),
+            ", ".join(f for f, _ in self.skipped[:_LISTED]),
+            " ..." if len(self.skipped) > _LISTED else "")
+      files = [files[i] for i in keep]
+      labels = [labels[i] for i in keep]
+      if not files:
+        raise ValueError(f"{self.name}: none of the files decodes as an "
+                         f"image; e.g. {self.skipped[0][0]}: "
+                         f"{self.skipped[0][1]}")
+    self._files = np.array(files, dtype=object)
+    self._labels = np.array(labels, dtype=np.int64)
+
+  def num_examples(self) -> int:
+    return len(self._files)
+
+  def _read(self, ex):
+    path = tf.strings.join([self.root, ex["file_name"]], separator=os.sep)
+    return {"image": tf.io.read_file(path), "label": ex["label"],
+            "file_name": ex["file_name"]}
+
+  def as_dataset(self) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"file_name": self._files, "label": self._labels})
+    return ds.map(self._read)
+
+  def table(self) -> core.Table:
+    # Only the paths live in memory; images are read when gathered.
+    return core.Table({("file_name",): self._files, ("label",): self._labels},
+                      len(self._files), finalize=self._read)
+
+  def diagnose(self, error: Exception) -> Optional[str]:
+    """After the pipeline failed to decode an image: which files are bad.
+
+    Decodes every file of the split (only on failure, so a healthy run pays
+    nothing) and names the ones that do not decode.
+    """
+    del error
+    bad = []
+    for f in self._files:
+      problem = image_problem(os.path.join(self.root, f))
+      if problem:
+        bad.append(f"{os.path.join(self.root, f)} ({problem})")
+    if not bad:
+      return None
+    return (f"{len(bad)} file(s) of {self.name} do not decode as images: "
+            + "; ".join(bad[:_LISTED]) + (" ..." if len(bad) > _LISTED else "")
+            + ". Remove or replace them, or set skip_bad_images=True in the "
+            "data config to leave them out.")
+
+
+
+
+PP_MODULES = ("image",)
+
+
+def make(root: str, split: str, **kw) -> FolderSource:
+  return FolderSource(root, split, **kw)

@@ -1,0 +1,108 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""`name="frames"`: videos stored as frame images in class folders.
+
+TFDS datasets with a `video` feature need no module of their own: they go
+through `datasets.tfds` like any TFDS name (tfds 4.9.10 knows `ucf101` and
+`moving_mnist`; it has NO Kinetics or Something-Something builder, so those
+are read from frame folders or from a TFDS dataset you build yourself).
+"""
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from losa_jax.datasets import core
+
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Video builders of tensorflow-datasets 4.9.10 (`tfds.list_builders()`,
+# checked offline). Kinetics-400/600/700 and Something-Something v2 are not
+# among them: use frame folders, or build your own TFDS dataset with a
+# `video` (tfds.features.Video) and a `label` feature.
+TFDS_VIDEO_BUILDERS = ("ucf101", "moving_mnist", "starcraft_video",
+                       "asimov_v2_videos")
+
+
+class FrameFolderSource(core.Source):
+  """Videos stored as frame images: `root/<split>/<class>/<video_id>/*.png`.
+
+  Raw examples: {"video": tf.string [F] encoded frames in file-name order,
+  "label": int64 index of the class in `class_names`, "video_id":
+  "<class>/<video_id>"}. Put `video_sample` before `video_decode` in the pp
+  so only the sampled frames are decoded. Random access: only the frame
+  paths are held in memory.
+
+  Args:
+    root: dataset root.
+    split: split expression over the sub-folders of root (TFDS syntax, e.g.
+      "train[:90%]"); videos are ordered by (class, video_id).
+    class_names: the label order; default the sorted union of the class
+      folders of every split, so labels agree across splits.
+    extensions: frame file suffixes (case-insensitive).
+  """
+
+  def __init__(self, root: str, split: str, *,
+               class_names: Optional[Sequence[str]] = None,
+               extensions: Sequence[str] = FRAME_EXTENSIONS):
+    self.name = f"frames:{root}:{split}"
+    self.root = root
+    if not os.path.isdir(root):
+      raise FileNotFoundError(
+          f"Frame folder root {root!r} does not exist; expected "
+          "root/<split>/<class>/<video_id>/<frame>.png (prepare the frames "
+          "locally, e.g. with ffmpeg; nothing is downloaded).")
+    ext = tuple(e.lower() for e in extensions)
+
+    def videos(cdir, rel):
+      out = []
+      for vid in sorted(os.listdir(cdir)):
+        vdir = os.path.join(cdir, vid)
+        if not os.path.isdir(vdir):
+          continue
+        files = sorted(f for f in os.listdir(vdir) if f.lower().endswith(ext))
+        if not files:
+          raise ValueError(f"Video folder {vdir!r} has no {ext} frames.")
+        out.append(([os.path.join(rel, vid, f) for f in files],
+                    f"{os.path.basename(rel)}/{vid}"))
+      return out
+
+    self.class_names, items = core.scan_class_folders(
+        root, split, class_names, videos)
+    frames = [np.array(f, dtype=object) for (f, _), _ in items]
+    labels = [l for _, l in items]
+    ids = [i for (_, i), _ in items]
+    if not frames:
+      raise ValueError(f"No videos found for split {split!r} under {root!r} "
+                       "(expected root/<split>/<class>/<video_id>/*.png).")
+    self._frames, self._labels, self._ids = frames, labels, ids
+    self._table = None
+
+  def num_examples(self) -> int:
+    return len(self._labels)
+
+  def _read(self, ex):
+    paths = tf.strings.join([self.root, os.sep, ex["frames"]])
+    video = tf.map_fn(tf.io.read_file, paths)
+    return {"video": video, "label": ex["label"], "video_id": ex["video_id"]}
+
+  def table(self):
+    if self._table is None:
+      self._table = core.Table(
+          {("frames",): self._frames,
+           ("label",): np.array(self._labels, np.int64),
+           ("video_id",): np.array(self._ids, dtype=object)},
+          len(self._labels), finalize=self._read)
+    return self._table
+
+  def as_dataset(self) -> tf.data.Dataset:
+    return tf.data.Dataset.range(self.num_examples()).map(self.table().lookup)
+
+
+
+PP_MODULES = ("image", "video")
+
+
+def make(root: str, split: str, **kw) -> FrameFolderSource:
+  """dict(name="frames", root=..., split=..., class_names=None)."""
+  return FrameFolderSource(root, split, **kw)

@@ -1,0 +1,85 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Top-1 accuracy and mean cross-entropy over one split."""
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import jax
+import numpy as np
+
+from losa_jax import datasets
+from losa_jax import input_pipeline
+
+
+def eval_batches(data: Dict[str, Any], *, pp, batch_size: int, seed: int = 0,
+                 process_index: Optional[int] = None,
+                 process_count: Optional[int] = None
+                 ) -> input_pipeline.EvalIterable:
+  """One in-order, padded pass over a config data dict (numpy batches).
+
+  Each batch: "image" [b, ...], "label" int [b], "_mask" float32 [b] with
+  b = batch_size // process_count; see `input_pipeline.evaluation`.
+  """
+  return input_pipeline.evaluation(
+      datasets.get_source(data), batch_size=batch_size,
+      pp=datasets.pp_for(data, pp), seed=seed,
+      process_index=(jax.process_index() if process_index is None
+                     else process_index),
+      process_count=(jax.process_count() if process_count is None
+                     else process_count))
+
+
+class Evaluator:
+  """Accuracy and loss of `eval_step` on one split.
+
+  Args:
+    eval_step: fn(params, batch) -> {"loss_sum", "correct", "count"} of one
+      global batch, masked by batch["_mask"] (`steps.make_eval_step`, i.e.
+      `build.Built.eval_step`).
+    mesh: the device mesh the batches are sharded over.
+    data, pp, batch_size: the config entry (`config.evals.<name>`).
+  """
+
+  def __init__(self, eval_step: Callable, mesh, *, data: Dict[str, Any],
+               pp, batch_size: int, seed: int = 0):
+    self._step, self._mesh = eval_step, mesh
+    self.batches = eval_batches(dict(data), pp=pp, batch_size=batch_size,
+                                seed=seed)
+
+  def device_batches(self) -> Iterator[Dict[str, jax.Array]]:
+    return input_pipeline.device_batches(self.batches, self._mesh)
+
+  def run(self, params) -> Dict[str, float]:
+    """{"accuracy", "loss", "count"} over the whole split."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in self.device_batches():
+      sums = self._step(params, batch)
+      for k in totals:
+        totals[k] += float(sums[k])
+    n = max(totals["count"], 1.0)
+    return {"accuracy": totals["correct"] / n,
+            "loss": totals["loss_sum"] / n, "count": totals["count"]}
+
+
+def predictions(predict_fn: Callable, params, batches) -> Iterator[dict]:
+  """Per-example records {"index", "label", "prob", "true"} in split order.
+
+  predict_fn: fn(params, images) -> probabilities [b, C] (numpy-able);
+  batches: numpy batches with "_mask" (e.g. `eval_batches`).
+  """
+  index = 0
+  for batch in batches:
+    probs = np.asarray(predict_fn(params, batch["image"]))
+    mask = batch.get("_mask", np.ones(len(probs)))
+    labels = batch.get("label", [None] * len(probs))
+    for pr, m, y in zip(probs, mask, labels):
+      if m:
+        yield {"index": index, "label": int(np.argmax(pr)),
+               "prob": float(np.max(pr)),
+               "true": None if y is None else int(y)}
+        index += 1
+
+
+def from_built(built, *, data, pp, batch_size, **kw) -> Evaluator:
+  """The trainer's form: uses `built.eval_step` and `built.mesh`."""
+  return Evaluator(built.eval_step, built.mesh, data=data, pp=pp,
+                   batch_size=batch_size, **kw)

@@ -1,0 +1,163 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""What a feature cache depends on: options, pp determinism, fingerprints, keys."""
+import hashlib
+import json
+from typing import Any, Dict, List, Optional
+
+import jax
+import numpy as np
+
+from losa_jax import pp as pp_lib
+from losa_jax import tree as tree_lib
+from losa_jax.datasets import core
+from losa_jax.models import model as model_lib
+
+FORMAT_VERSION = 1
+COMPLETE = "COMPLETE"
+DTYPES = ("bfloat16", "float16", "float32")
+STORAGES = ("auto", "memory", "disk")
+DEFAULTS = dict(enabled=False, dir=None, dtype="bfloat16",
+                memory_budget_mb=2048, storage="auto", batch_size=None)
+
+class RandomPreprocessingError(ValueError):
+  """The training pp is random, so backbone features differ every epoch."""
+
+
+class CacheError(RuntimeError):
+  """A feature cache cannot be built or used (the message says why)."""
+
+
+def options(config) -> Dict[str, Any]:
+  """config.feature_cache merged over DEFAULTS, validated."""
+  given = dict(config.get("feature_cache") or {})
+  opts = model_lib.merged(DEFAULTS, given, "config.feature_cache")
+  if opts["dtype"] not in DTYPES:
+    raise ValueError(f"config.feature_cache.dtype={opts['dtype']!r}: use one "
+                     f"of {DTYPES}.")
+  if opts["storage"] not in STORAGES:
+    raise ValueError(f"config.feature_cache.storage={opts['storage']!r}: use "
+                     f"one of {STORAGES}.")
+  return opts
+
+
+# --- pp determinism -------------------------------------------------------------
+
+
+def _run_pp(fn, example, seed) -> Dict[str, np.ndarray]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ex = dict(example)
+  ex[pp_lib.SEED_KEY] = tf.constant(seed, tf.int64)
+  out = dict(fn(ex))
+  out.pop(pp_lib.SEED_KEY, None)
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _same(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
+  return sorted(a) == sorted(b) and all(
+      a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in a)
+
+
+def find_random_ops(pp, example: Optional[dict] = None) -> List[str]:
+  """The ops of `pp` that make it random (empty list: deterministic).
+
+  By declaration first (`pp.register(..., random=True)`, see
+  `pp.random_ops`); then, if a raw `example` is given, by running growing
+  prefixes of the spec with two different `_seed`s: the first op whose
+  prefix output changes is random (this catches a user op registered
+  without its declaration). A callable pp can only be tested that second
+  way (reported as "<callable pp>").
+  """
+  if callable(pp):
+    if example is None:
+      return []
+    outs = [_run_pp(pp, example, s) for s in ([1, 2], [3, 4])]
+    return [] if _same(*outs) else ["<callable pp>"]
+  ops = pp_lib.split_ops(pp)
+  found = pp_lib.random_ops(ops)
+  if found or example is None:
+    return found
+  for i in range(1, len(ops) + 1):
+    fn = pp_lib.get_preprocess_fn("|".join(ops[:i]))
+    if not _same(_run_pp(fn, example, [1, 2]), _run_pp(fn, example, [3, 4])):
+      return [ops[i - 1]]
+  return []
+
+
+def check_deterministic(pp, source: Optional[core.Source] = None):
+  """Raises RandomPreprocessingError naming the random op of `pp`, if any."""
+  example = None
+  if source is not None:
+    example = next(iter(source.as_dataset().take(1)))
+  random_ops = find_random_ops(pp, example)
+  if random_ops:
+    raise RandomPreprocessingError(
+        f"Cannot cache backbone features: the training pp is random (op "
+        f"{random_ops[0]!r}{' and more' if len(random_ops) > 1 else ''}), so "
+        "the backbone sees different inputs every epoch. Remove the random "
+        "op(s) from config.input.pp (VTAB-1k trains without augmentation), "
+        "or set config.feature_cache.enabled=False.")
+
+
+# --- keys -------------------------------------------------------------------------
+
+
+def params_fingerprint(params) -> str:
+  """sha256 over the names, dtypes, shapes and bytes of a param tree."""
+  h = hashlib.sha256()
+  for name, v in sorted(tree_lib.flatten(jax.device_get(params)).items()):
+    v = np.asarray(v)
+    h.update(f"{name}|{v.dtype}|{v.shape}|".encode())
+    h.update(np.ascontiguousarray(v).view(np.uint8).tobytes())
+  return h.hexdigest()
+
+
+def _raw_bytes(x) -> bytes:
+  x = np.asarray(x)
+  if x.dtype.kind == "O":
+    return b"".join(bytes(e) if isinstance(e, (bytes, bytearray)) else
+                    str(e).encode() for e in x.reshape(-1))
+  return f"{x.dtype}{x.shape}".encode() + np.ascontiguousarray(x).tobytes()
+
+
+def data_fingerprint(source: core.Source) -> Dict[str, Any]:
+  """Identity of a source: name, split, count and a hash of its raw examples.
+
+  The raw examples are read once (encoded images are not decoded), so two
+  sources with the same name but different contents get different keys.
+  """
+  h = hashlib.sha256()
+  n = 0
+  for ex in source.as_dataset().as_numpy_iterator():
+    for path, v in sorted(core.flatten(ex).items()):
+      h.update("/".join(map(str, path)).encode())
+      h.update(_raw_bytes(v))
+    n += 1
+  return {"name": source.name, "split": getattr(source, "split", None),
+          "data_dir": getattr(source, "data_dir", None),
+          "root": getattr(source, "root", None), "num_examples": n,
+          "content_sha256": h.hexdigest()}
+
+
+def tap_config(model: model_lib.Model) -> Dict[str, Any]:
+  """Everything of the model that decides the taps' values."""
+  losa = model_lib.merged(model_lib.LOSA_DEFAULTS, model.losa, "losa")
+  return {"backbone": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in sorted(model.backbone_kwargs().items())},
+          "tap": losa["tap"], "tap_every": losa["tap_every"]}
+
+
+def cache_key(parts: Dict[str, Any]) -> str:
+  """Short hex digest of the JSON of `parts` (sorted keys)."""
+  payload = json.dumps({**parts, "format_version": FORMAT_VERSION},
+                       sort_keys=True, default=str)
+  return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def pp_repr(pp) -> Any:
+  if callable(pp):
+    raise CacheError("A callable pp cannot be keyed; give the pp as a spec "
+                     "string so the cache can tell when it changes.")
+  return pp_lib.split_ops(pp)
+
+
