@@ -19,7 +19,10 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu>=2.16; platform_machine == 'x86_64'",
     "tensorflow>=2.16; platform_machine != 'x86_64'",
     "tensorflow-datasets>=4.9.6",
+    # tfds imports it on its download path but does not declare it.
     "importlib_resources",
+    # tf.summary (the trainer's TensorBoard events) lives in this package,
+    # which tensorflow-cpu does not pull in.
     "tensorboard>=2.16",
     "mlxtend>=0.23",
     "scikit-learn>=1.3",
@@ -27,8 +30,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3", "chex>=0.1.90",
-             "import-linter>=2.1"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "import-linter>=2.1"],
     # timm is the independent numerical reference for checkpoint parity.
     "timm": ["torch>=2.4", "torchvision", "timm>=1.0"],
     "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel",
