@@ -103,6 +103,16 @@ def _options() -> tf.data.Options:
   return opts
 
 
+def _check_processes(batch_size: int, process_index: int,
+                     process_count: int):
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} must be positive and divisible"
+                     f" by process_count {process_count}.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in "
+                     f"[0, {process_count}).")
+
+
 def _own_rows(ds: tf.data.Dataset, batch_size: int, lo: int, hi: int):
   """Keeps elements whose row (position % batch_size) is in [lo, hi).
 
@@ -203,12 +213,7 @@ def training(source: Source, *, batch_size: int, pp: PpSpec, seed: int,
     the pp's keys and leading dim batch_size // process_count; `it.step`
     counts the global batches consumed (start_step included).
   """
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} must be positive and divisible"
-                     f" by process_count {process_count}.")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in "
-                     f"[0, {process_count}).")
+  _check_processes(batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   seed = _check_seed(seed)
@@ -368,12 +373,7 @@ def evaluation(source: Source, *, batch_size: int, pp: PpSpec,
     pp's keys plus "_mask" float32 [batch_size // process_count]. Padding
     rows are zeros with mask 0.
   """
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} must be positive and divisible"
-                     f" by process_count {process_count}.")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in "
-                     f"[0, {process_count}).")
+  _check_processes(batch_size, process_index, process_count)
   return EvalIterable(source, batch_size=batch_size, pp_fn=_make_pp(pp),
                       process_index=process_index,
                       process_count=process_count, seed=_check_seed(seed),
