@@ -9,14 +9,48 @@ never copied: on resume it is re-read from `model_init` and its hash must
 match. Orbax writes each step into a temporary folder and renames it when
 complete, so a killed run never leaves a half-written step that looks valid.
 This module is the only one that imports Orbax (a V1 move is one file).
+
+Integrity. Once Orbax has finalised a step (Orbax saves asynchronously: at
+the next `save`, `wait` or `close`), process 0 writes
+`<step>/losa_manifest.json` (via a temporary file and `os.replace`) with the
+size and sha256 of every other file in the step's folder. `restore` checks
+the manifest before reading any array; a missing, resized or changed file
+raises `DamagedCheckpointError` naming the step's path and the file.
+`restore_newest` (the trainer's resume) then falls back to the previous step
+with a logged warning, so damaged values are never trained on; a writable
+Checkpointer moves each damaged step to `<workdir>/damaged_checkpoints/` (so
+that the rerun can save that step again, and the evidence is kept). When no
+usable step remains it raises `CheckpointError` saying what to do.
+
+Rule for steps without a manifest (written before manifests existed, or
+finalised just before the process was killed, before the manifest was
+written): they are accepted with a warning. Orbax's atomic rename already
+guarantees they are complete; only bit-level damage goes undetected, and an
+Orbax read error on such a step is treated as damage (fallback as above).
+
+Optimizer state layout. The optimizer state is stored as the list of its
+leaves in `jax.tree.leaves` order (meta `layout` = 2), and restored into the
+current run's tree structure. Hyper-parameters that only add or remove
+leafless optax states (`config.wd` 0 <-> non-zero, `config.grad_clip_norm`
+unset <-> set) therefore resume; the saved values are in the metadata
+(`hparams`) and a change is logged. Checkpoints of the older nested layout
+(no `layout` key) are restored as saved.
+
+Diagnostics. `save` also records, per step, the last finite training loss and
+the largest |trainable param| (`max_abs_param`), which `nonfinite_report`
+uses to say whether the newest checkpoint is worth resuming from after the
+loss turned NaN/Inf.
 """
 import hashlib
 import json
+import math
 import os
-from typing import Any, Dict, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from losa_jax import tree as tree_lib
@@ -24,10 +58,27 @@ from losa_jax import tree as tree_lib
 # Config keys whose change makes an old checkpoint meaningless for this run.
 FINGERPRINT_KEYS = ("model", "num_classes", "image_size", "optax_name",
                     "schedule", "seed", "lr_mults")
+# Config keys recorded in each checkpoint whose change a resume accepts (the
+# optimizer state does not depend on their values); a change is logged.
+HPARAM_KEYS = ("lr", "wd", "wd_mults", "grad_clip_norm", "optax")
+MANIFEST = "losa_manifest.json"
+LAYOUT = 2              # meta["layout"]: the opt state is a list of leaves
+# `nonfinite_report` calls a step's params suspect above this max |param|, or
+# when they grew more than GROWTH times since the earliest kept step.
+HUGE_PARAM = 1e4
+GROWTH = 100.0
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be used for this run (the message says why)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A step's files are missing, changed or unreadable (others may be fine)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+  """A read-only Checkpointer was pointed at a folder that does not exist."""
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
@@ -38,72 +89,399 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
   return h.hexdigest()
 
 
+def _plain(config, keys) -> Dict[str, Any]:
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return json.loads(json.dumps({k: d.get(k) for k in keys}, sort_keys=True,
+                               default=str))
+
+
 def config_fingerprint(config) -> Dict[str, Any]:
   """The parts of the config a resume must agree on, as plain JSON."""
-  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return json.loads(json.dumps({k: d.get(k) for k in FINGERPRINT_KEYS},
-                               sort_keys=True, default=str))
+  return _plain(config, FINGERPRINT_KEYS)
+
+
+def config_hparams(config) -> Dict[str, Any]:
+  """The hyper-parameters a resume may change (HPARAM_KEYS), as plain JSON."""
+  return _plain(config, HPARAM_KEYS)
+
+
+@jax.jit
+def _max_abs(leaves):
+  return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32)
+                            for x in leaves]))
+
+
+def max_abs(tree) -> Optional[float]:
+  """max |x| over a tree's (possibly cross-host sharded) arrays; None if empty.
+
+  Every process must call it (it is one jitted reduction); all get the value.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if getattr(x, "size", 0)]
+  if not leaves:
+    return None
+  return float(jax.device_get(_max_abs(leaves)))
+
+
+def _finite_or_none(x) -> Optional[float]:
+  # JSON has no NaN/Inf; None reads as "unknown" in the reports.
+  return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def health_meta(params, loss) -> Dict[str, Optional[float]]:
+  """Metadata for `nonfinite_report`: {"loss", "max_abs_param"}.
+
+  Args:
+    params: the trainable params being saved (arrays, maybe sharded).
+    loss: the last finite training loss (a scalar), or None.
+  """
+  return {"loss": _finite_or_none(loss),
+          "max_abs_param": _finite_or_none(max_abs(params))}
+
+
+def _cause(e: BaseException, limit: int = 300) -> str:
+  """The innermost error's first line: Orbax wraps TensorStore errors in
+  messages with kilobytes of spec dump."""
+  seen = set()
+  while id(e) not in seen and (e.__cause__ or e.__context__) is not None:
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  text = (str(e).strip().splitlines() or [""])[0]
+  text = text if len(text) <= limit else text[:limit] + " ..."
+  return f"{type(e).__name__}: {text}"
+
+
+def _fmt(v: Optional[float]) -> str:
+  return "unknown" if v is None else f"{v:.3g}"
 
 
 class Checkpointer:
-  """Thin wrapper of `ocp.CheckpointManager` for {trainable state, meta}."""
+  """Thin wrapper of `ocp.CheckpointManager` for {trainable state, meta}.
+
+  Args:
+    directory: the checkpoints folder (`<workdir>/checkpoints`).
+    max_to_keep: newest steps kept; older ones are deleted after a save.
+    async_save: save in a background thread (`wait`/`close` to finish).
+    read_only: never write (no folder created, no save, no manifest, damaged
+      steps left in place); the folder must exist.
+  """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointNotFoundError(
+          f"No checkpoint folder {self.directory}: check --workdir (it must "
+          "be the workdir of a training run).")
+    self._pending: List[int] = []     # saved steps still without a manifest
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
-            enable_async_checkpointing=async_save),
+            # Read-only: the values Orbax would otherwise override, warning.
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only, read_only=read_only,
+            enable_async_checkpointing=async_save and not read_only),
         item_names=("state", "meta"))
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
 
-  def all_steps(self):
-    return list(self._mngr.all_steps())
+  def all_steps(self) -> List[int]:
+    return sorted(self._mngr.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # --- saving -----------------------------------------------------------------
 
   def save(self, step: int, state: Dict[str, Any], meta: Dict[str, Any],
            *, force: bool = False) -> bool:
-    """Saves {"params" (trainable only), "opt", "step", "rng"} + meta."""
-    return self._mngr.save(
+    """Saves {"params" (trainable only), "opt", "step", "rng"} + meta.
+
+    Args:
+      step: the step number (the folder name).
+      state: arrays; `state["opt"]` (if any) may be any optax state tree.
+      meta: JSON-able metadata (the trainer adds loss / max_abs_param).
+      force: save even if Orbax's policy would skip this step.
+
+    Returns:
+      Whether a save was started.
+    """
+    if self.read_only:
+      raise CheckpointError(f"Checkpointer({self.directory}) is read-only: "
+                            f"cannot save step {step}.")
+    # Orbax itself waits for the previous save here; meanwhile the finished
+    # steps get their manifests.
+    self._finalize()
+    state = dict(state)
+    if "opt" in state:
+      state["opt"] = jax.tree.leaves(state["opt"])
+    started = self._mngr.save(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta)), force=force)
+            meta=ocp.args.JsonSave({**meta, "layout": LAYOUT})), force=force)
+    if started:
+      self._pending.append(step)
+    return started
+
+  def _finalize(self):
+    """Waits for Orbax, then writes the manifests of the finished steps."""
+    self._mngr.wait_until_finished()
+    pending, self._pending = self._pending, []
+    if jax.process_index() != 0:
+      return
+    for step in pending:
+      if os.path.isdir(self.step_dir(step)):  # else max_to_keep removed it
+        self._write_manifest(step)
+
+  def _write_manifest(self, step: int):
+    root = self.step_dir(step)
+    files = {}
+    for dirpath, _, names in os.walk(root):
+      for name in names:
+        path = os.path.join(dirpath, name)
+        rel = os.path.relpath(path, root)
+        if rel.startswith(MANIFEST):     # itself, or its .tmp
+          continue
+        files[rel] = {"size": os.path.getsize(path),
+                      "sha256": file_sha256(path)}
+    tmp = os.path.join(root, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump({"step": step, "files": files}, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, MANIFEST))
+
+  # --- integrity --------------------------------------------------------------
+
+  def verify(self, step: int) -> bool:
+    """Checks a step's files against its manifest.
+
+    Returns:
+      True if verified, False if the step has no manifest (accepted, with a
+      warning: see the module docstring).
+
+    Raises:
+      DamagedCheckpointError: naming the step's path and the bad file.
+    """
+    root = self.step_dir(step)
+    manifest = os.path.join(root, MANIFEST)
+    if not os.path.exists(manifest):
+      logging.warning(
+          "Checkpoint step %d at %s has no %s (saved by an older version, or "
+          "the run stopped right after saving it); it is used unverified.",
+          step, root, MANIFEST)
+      return False
+    try:
+      with open(manifest) as f:
+        files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+      raise DamagedCheckpointError(
+          f"Checkpoint step {step} at {root} is damaged: its {MANIFEST} is "
+          f"unreadable ({_cause(e)}).") from e
+    for rel, want in sorted(files.items()):
+      path = os.path.join(root, rel)
+      if not os.path.exists(path):
+        why = "is missing"
+      elif os.path.getsize(path) != want["size"]:
+        why = (f"has {os.path.getsize(path)} bytes, {want['size']} when "
+               "saved")
+      elif file_sha256(path) != want["sha256"]:
+        why = "has changed since it was saved (sha256 mismatch)"
+      else:
+        continue
+      raise DamagedCheckpointError(
+          f"Checkpoint step {step} at {root} is damaged: file {rel} {why}.")
+    return True
+
+  # --- reading ----------------------------------------------------------------
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of a step, read without touching the arrays."""
-    path = os.path.join(self.directory, str(step))
+    path = self.step_dir(step)
     try:
       return self._mngr.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
+      raise DamagedCheckpointError(
           f"Cannot read the metadata of checkpoint step {step} at {path}: "
-          f"{type(e).__name__}: {e}. Move {path} out of the way to resume "
-          "from an earlier step.") from e
+          f"{_cause(e)}. Move {path} out of the way to resume from an "
+          "earlier step.") from e
 
-  def restore(self, step: int, abstract_state) -> Tuple[Dict[str, Any], dict]:
-    """Restores into the shapes/shardings of `abstract_state`."""
-    path = os.path.join(self.directory, str(step))
+  def restore(self, step: int, abstract_state,
+              check: Optional[Callable[[dict], None]] = None,
+              ) -> Tuple[Dict[str, Any], dict]:
+    """Restores a step into the shapes/shardings of `abstract_state`.
+
+    Args:
+      step: the step to read.
+      abstract_state: `abstract_trainable_state(...)` of this run.
+      check: called with the step's metadata before any array is read (e.g.
+        `check_meta`); may raise CheckpointError.
+
+    Returns:
+      (state, meta); `state["opt"]` has this run's optimizer tree structure.
+
+    Raises:
+      DamagedCheckpointError: the step's files are damaged or unreadable.
+      CheckpointError: the step is intact but does not fit this run.
+    """
+    path = self.step_dir(step)
+    verified = self.verify(step)
+    meta = self.read_meta(step)
+    if check is not None:
+      check(meta)
+    target = dict(abstract_state)
+    treedef = None
+    if "opt" in target and meta.get("layout") == LAYOUT:
+      treedef = jax.tree.structure(target["opt"])
+      target["opt"] = jax.tree.leaves(target["opt"])
     try:
-      restored = self._mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          meta=ocp.args.JsonRestore()))
+      state = self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))["state"]
     except Exception as e:  # pylint: disable=broad-except
-      others = [s for s in self.all_steps() if s != step]
+      if not verified:
+        raise DamagedCheckpointError(
+            f"Cannot read checkpoint step {step} at {path}: {_cause(e)}. "
+            f"Move {path} out of the way to resume from an earlier step."
+        ) from e
       raise CheckpointError(
-          f"Cannot read checkpoint step {step} at {path}: {type(e).__name__}:"
-          f" {e}. The other checkpoints ({others or 'none'}) are untouched; "
-          f"to resume from an earlier one, move {path} out of the way.") from e
-    return restored["state"], restored["meta"]
+          f"Checkpoint step {step} at {path} is intact but does not fit this "
+          f"run's state: {_cause(e)}. A config change the fingerprint does "
+          "not cover (e.g. config.optax) can cause this: resume with the "
+          "original config or use a new --workdir.") from e
+    if treedef is not None:
+      if len(state["opt"]) != treedef.num_leaves:
+        raise CheckpointError(
+            f"Checkpoint step {step} at {path} holds {len(state['opt'])} "
+            f"optimizer-state arrays, this run's optimizer has "
+            f"{treedef.num_leaves} (config.optax changed?). Resume with the "
+            "original config or use a new --workdir.")
+      state["opt"] = jax.tree.unflatten(treedef, state["opt"])
+    return state, meta
+
+  def restore_newest(self, abstract_state,
+                     check: Optional[Callable[[dict], None]] = None,
+                     agree: Optional[Callable[[int, str], int]] = None,
+                     ) -> Tuple[Optional[int], Optional[Dict[str, Any]],
+                                Optional[dict]]:
+    """Restores the newest undamaged step, falling back over damaged ones.
+
+    Args:
+      abstract_state: as for `restore`.
+      check: as for `restore` (its errors are not damage: they propagate).
+      agree: `distributed.agree`, for several processes: every process then
+        tries the same steps and they all fall back together.
+
+    Returns:
+      (step, state, meta), or (None, None, None) if there is no step at all.
+
+    Raises:
+      CheckpointError: every step is damaged, or one does not fit this run.
+    """
+    agree = agree or (lambda value, what: value)
+    damaged = {}
+    while True:
+      # A read-only Checkpointer leaves damaged steps in place: skip them.
+      steps = [s for s in self.all_steps() if s not in damaged]
+      step = agree(steps[-1] if steps else -1,
+                   f"the newest checkpoint step in {self.directory}")
+      if step < 0:
+        break
+      error = None
+      try:
+        state, meta = self.restore(step, abstract_state, check=check)
+      except DamagedCheckpointError as e:
+        error = e
+      agree(int(error is None), f"whether checkpoint step {step} is readable")
+      if error is None:
+        return step, state, meta
+      damaged[step] = str(error)
+      aside = self._set_aside(step)
+      logging.warning("%s %s Falling back to the previous step.", error,
+                      f"Moved it to {aside}." if aside else "")
+      agree(step, f"the damaged checkpoint step set aside in {self.directory}")
+      self._mngr.reload()
+    if damaged:
+      raise CheckpointError(
+          f"No usable checkpoint in {self.directory}: " +
+          " ".join(damaged.values()) +
+          " Restore the files from a backup, or start afresh with a new "
+          "--workdir.")
+    return None, None, None
+
+  def _set_aside(self, step: int) -> Optional[str]:
+    """Moves a damaged step out of the folder (process 0); returns where."""
+    if self.read_only:
+      return None
+    dest = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints",
+                        f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(self.step_dir(step), dest)
+    return dest
+
+  # --- reports ----------------------------------------------------------------
+
+  def nonfinite_report(self) -> str:
+    """What the kept steps hold, for the message of a NaN/Inf loss.
+
+    Names the newest step with its last finite loss and max |param|; when
+    that is huge (> HUGE_PARAM, or GROWTH times the earliest kept step's),
+    lists the kept steps and suggests the newest sane one or a fresh start.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return (f"No checkpoint is kept in {self.directory}: fix the config "
+              "and start again.")
+    info = {}
+    for s in steps:
+      try:
+        m = self.read_meta(s)
+      except CheckpointError:
+        m = {}
+      info[s] = (m.get("max_abs_param"), m.get("loss"))
+    first = info[steps[0]][0]
+
+    def why_suspect(s) -> Optional[str]:
+      v = info[s][0]
+      if v is None:
+        return None
+      if v > HUGE_PARAM:
+        return f"above {HUGE_PARAM:g}"
+      if first and v > GROWTH * first:
+        return f"{v / first:.3g}x step {steps[0]}'s"
+      return None
+
+    newest = steps[-1]
+    head = (f"The newest checkpoint, step {newest} in {self.directory}, "
+            f"holds max|param| {_fmt(info[newest][0])} (last finite loss "
+            f"{_fmt(info[newest][1])})")
+    why = why_suspect(newest)
+    if why is None:
+      return head + "."
+    kept = ", ".join(f"{s} (max|param| {_fmt(info[s][0])})" for s in steps)
+    sane = [s for s in steps if info[s][0] is not None and not why_suspect(s)]
+    if sane:
+      later = [s for s in steps if s > sane[-1]]
+      advice = (f"Step {sane[-1]} looks sane: move the later steps {later} "
+                f"out of {self.directory} to resume from it, or start afresh "
+                "with a new --workdir.")
+    else:
+      advice = ("No kept step looks sane: start afresh with a new --workdir "
+                "(or move the checkpoints folder away).")
+    return (f"{head}: too large ({why}), so resuming from it would likely "
+            f"diverge again. Kept steps: {kept}. {advice}")
 
   def wait(self):
-    self._mngr.wait_until_finished()
+    if self.read_only:
+      return
+    self._finalize()
 
   def close(self):
-    self._mngr.wait_until_finished()
+    if not self.read_only:
+      self._finalize()
     self._mngr.close()
 
 
@@ -142,8 +520,19 @@ def _dotted(d, prefix=""):
   return out
 
 
+def _diff(old: dict, new: dict) -> str:
+  old, new = _dotted(old), _dotted(new)
+  return "; ".join(f"{k}: was {old.get(k)!r}, now {new.get(k)!r}"
+                   for k in sorted(set(old) | set(new))
+                   if old.get(k) != new.get(k))
+
+
 def check_meta(meta: dict, expected: dict, directory: str):
-  """Refuses a resume with another backbone file or an incompatible config."""
+  """Refuses a resume with another backbone file or an incompatible config.
+
+  Changed `hparams` (HPARAM_KEYS, when both sides record them) are allowed
+  and logged.
+  """
   old_bb, new_bb = meta.get("backbone", {}), expected.get("backbone", {})
   if old_bb.get("sha256") != new_bb.get("sha256"):
     raise CheckpointError(
@@ -152,14 +541,16 @@ def check_meta(meta: dict, expected: dict, directory: str):
         f"but this run loads {new_bb.get('path')!r} (sha256 "
         f"{str(new_bb.get('sha256'))[:12]}). Use the original model_init or a "
         "new --workdir.")
-  old_cfg = _dotted(meta.get("config", {}))
-  new_cfg = _dotted(expected.get("config", {}))
-  diff = sorted(k for k in set(old_cfg) | set(new_cfg)
-                if old_cfg.get(k) != new_cfg.get(k))
-  if diff:
-    detail = "; ".join(f"{k}: was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r}"
-                       for k in diff)
+  detail = _diff(meta.get("config", {}), expected.get("config", {}))
+  if detail:
     raise CheckpointError(
         f"The checkpoints in {directory} come from an incompatible config "
         f"({detail}). Resume with the original config or use a new --workdir.")
+  if "hparams" in meta and "hparams" in expected:
+    detail = _diff({"config": meta["hparams"]},
+                   {"config": expected["hparams"]})
+    if detail:
+      logging.warning("Resuming from step %s in %s with changed "
+                      "hyper-parameters (%s).", meta.get("step"), directory,
+                      detail)
   logging.info("Checkpoint metadata matches this run.")

@@ -19,16 +19,15 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from losa_jax import build
 from losa_jax import checkpointing
 from losa_jax import config_lib
-from losa_jax import input_pipeline
 from losa_jax import pp as pp_lib
 from losa_jax import steps
-from losa_jax import train
+from losa_jax.evaluators import classification
+from losa_jax.evaluators import video as video_eval
 
 
 class Predictor:
@@ -37,26 +36,36 @@ class Predictor:
   def __init__(self, config, workdir: str, step: Optional[int] = None):
     config_lib.validate(config)
     self.config = config = config_lib.with_defaults(config)
-    # The schedule is irrelevant here but must be valid for the config.
-    self.built = built = build.build(
-        config, total_steps=int(config.get("total_steps") or 10**9))
+    # Read-only, and first: a mistyped --workdir fails fast, creating nothing.
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                      async_save=False)
-    step = step if step is not None else ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first "
-                              "(python -m losa_jax.train ...).")
-    state = built.init(jax.random.key(0))
-    state["params"] = train.load_backbone(state["params"], config)
-    state = jax.device_put(state, built.state_sharding)
-    checkpointing.check_meta(ckpt.read_meta(step), {
-        "backbone": train.backbone_record(config),
-        "config": checkpointing.config_fingerprint(config)}, ckpt.directory)
-    abstract = checkpointing.abstract_trainable_state(state, built.mask)
-    restored, _ = ckpt.restore(step, abstract)
+                                      read_only=True)
+    try:
+      steps_kept = ckpt.all_steps()
+      if not steps_kept or (step is not None and step not in steps_kept):
+        raise FileNotFoundError(
+            f"No checkpoint {'' if step is None else f'step {step} '}in "
+            f"{ckpt.directory} (kept steps: {steps_kept}): check --workdir "
+            "and --step, or train first (python -m losa_jax.train ...).")
+      # The schedule is irrelevant here but must be valid for the config.
+      self.built = built = build.build(
+          config, total_steps=int(config.get("total_steps") or 10**9))
+      state = built.init(jax.random.key(0))
+      state["params"] = build.load_backbone(state["params"], config)
+      state = jax.device_put(state, built.state_sharding)
+      expected = {"backbone": build.backbone_record(config),
+                  "config": checkpointing.config_fingerprint(config)}
+      check = lambda meta: checkpointing.check_meta(meta, expected,
+                                                    ckpt.directory)
+      abstract = checkpointing.abstract_trainable_state(state, built.mask)
+      if step is None:
+        # The newest intact step: damaged ones are skipped with a warning.
+        step, restored, _ = ckpt.restore_newest(abstract, check=check)
+      else:
+        restored, _ = ckpt.restore(step, abstract, check=check)
+    finally:
+      ckpt.close()
     self.params = checkpointing.merge_restored(state, restored,
                                                built.mask)["params"]
-    ckpt.close()
     self.step = step
     self._fn = jax.jit(steps.predict_fn(built.model))
 
@@ -91,32 +100,61 @@ def predict_files(predictor: Predictor, paths: Sequence[str]) -> List[Dict]:
 def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
   """Classifies a whole split (config data dict), in order."""
   cfg = predictor.config
-  src = train.make_source(data)
-  records, index = [], 0
-  for batch in input_pipeline.evaluation(
-      src, batch_size=cfg.input.batch_size, pp=train.make_pp(data, cfg.input.pp)):
-    probs = predictor(batch["image"])
-    mask = batch.get("_mask", np.ones(len(probs)))
-    for pr, m, y in zip(probs, mask, batch.get("label", [None] * len(probs))):
-      if m:
-        records.append({"index": index, "label": int(np.argmax(pr)),
-                        "prob": float(np.max(pr)),
-                        "true": None if y is None else int(y)})
-        index += 1
-  return records
+  batches = classification.eval_batches(
+      dict(data), pp=cfg.input.pp, batch_size=cfg.input.batch_size,
+      process_index=0, process_count=1)
+  return list(classification.predictions(lambda _, x: predictor(x), None,
+                                         batches))
 
 
-def define_flags():
-  """Defined on demand so importing this module claims no flag names."""
-  config_flags.DEFINE_config_file("config", None, "The training config.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "A finished training workdir.")
-  flags.DEFINE_multi_string("images", [], "Image files to classify.")
+def multiview_eval(config, workdir: str, *, pp: str,
+                   data: Optional[Dict] = None,
+                   batch_size: Optional[int] = None,
+                   average: str = "logits") -> Dict[str, float]:
+  """Multi-view accuracy of a finished video training workdir.
+
+  Args:
+    config: the config the workdir was trained with.
+    workdir: the training workdir (backbone from config.model_init + the
+      side/head checkpoint).
+    pp: a multi-view pp spec (`video_multiview` op), e.g. the config
+      module's `multiview_pp(arg)`.
+    data: source dict; default the config's first eval's data.
+    batch_size: videos per batch (each is V clips); default the eval batch
+      size divided by V, at least 1.
+    average: "logits" or "probs".
+
+  Returns:
+    {"accuracy", "count", "views"}.
+  """
+  predictor = Predictor(config, workdir)
+  first = next(iter(config.evals.values()))
+  data = dict(data if data is not None else first["data"])
+  if batch_size is None:
+    views = video_eval.num_views(data, pp)
+    batch_size = max(1, first.get("batch_size", config.input.batch_size) //
+                     max(views, 1))
+  ev = video_eval.Evaluator(video_eval.logits_fn(predictor.built.model),
+                            data=data, pp=pp, batch_size=batch_size,
+                            average=average)
+  return ev.run(predictor.params)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
+  """Defined on demand so importing this module claims no flag names.
+
+  --config is checked like train's (config_lib.define_config_flag).
+  """
+  fv = dict(flag_values=flag_values)
+  config_lib.define_config_flag("config", "The training config.", flag_values)
+  flags.DEFINE_string("workdir", None, "A finished training workdir.", **fv)
+  flags.DEFINE_multi_string("images", [], "Image files to classify.", **fv)
   flags.DEFINE_string("split", None, "Split of the config's training data to "
-                      "classify instead of files, e.g. 'test'.")
+                      "classify instead of files, e.g. 'test'.", **fv)
   flags.DEFINE_string("out", None, "CSV file for the predictions (default: "
-                      "print them).")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+                      "print them).", **fv)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).",
+                       **fv)
 
 
 def main(argv):

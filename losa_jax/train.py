@@ -7,30 +7,30 @@ Resumes from the newest checkpoint in the workdir automatically. Writes
 terminal, and `results.json` (final metrics, trainable params, time, memory)
 at the end.
 """
+import itertools
 import json
 import math
 import os
 import resource
 import sys
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from losa_jax import build
 from losa_jax import checkpointing
 from losa_jax import config_lib
+from losa_jax import datasets
 from losa_jax import distributed
+from losa_jax import evaluators
 from losa_jax import input_pipeline
+from losa_jax import pp as pp_lib
 from losa_jax import sharding as sharding_lib
-from losa_jax import tree as tree_lib
-from losa_jax.models import porting
 
 FLAGS = flags.FLAGS
 
@@ -42,40 +42,6 @@ class NonFiniteLossError(FloatingPointError):
 # --- data ---------------------------------------------------------------------
 
 
-def make_source(data: Dict[str, Any]):
-  """config data dict -> input_pipeline.Source.
-
-  Forms: dict(demo="digits", split="train"), dict(vtab="cifar100",
-  split="train800", data_dir=...), dict(name=<tfds>, split=..., data_dir=...,
-  download=False), dict(root=<folder>, split=...), and for video
-  dict(frames_root=<folder>, split=...), dict(video_demo="moving_digits",
-  split=...).
-  """
-  data = dict(data)
-  if "demo" in data:
-    from losa_jax.demo import data as demo_data  # pylint: disable=g-import-not-at-top
-    name = data.pop("demo")
-    task = demo_data.get_task(name)
-    return input_pipeline.ArraySource(task, data.pop("split", "train"),
-                                      name=f"demo:{name}", **data)
-  if "vtab" in data:
-    from losa_jax import vtab  # pylint: disable=g-import-not-at-top
-    return vtab.source(data.pop("vtab"), data.pop("split", "train800val200"),
-                       **data)
-  if "frames_root" in data or "video_demo" in data:
-    # Video frame folders / the procedural video demo (losa_jax.video.data).
-    from losa_jax.video import data as video_data  # pylint: disable=g-import-not-at-top
-    return video_data.make_source(**data)
-  return input_pipeline.make_source(**data)
-
-
-def make_pp(data: Dict[str, Any], pp):
-  if "vtab" in data:
-    from losa_jax import vtab  # pylint: disable=g-import-not-at-top
-    return vtab.pp_spec(data["vtab"], pp)
-  return pp
-
-
 def total_steps_of(config, num_examples: int) -> int:
   if config.get("total_steps"):
     return int(config.total_steps)
@@ -83,44 +49,14 @@ def total_steps_of(config, num_examples: int) -> int:
                        config.input.batch_size))
 
 
-def device_batches(it: Iterator, mesh) -> Iterator:
-  """Per-process numpy batches -> global arrays sharded over the data axes."""
-  sh = sharding_lib.batch_sharding(mesh)
-  for batch in it:
-    batch = {k: v for k, v in batch.items() if k in ("image", "label", "_mask")}
-    if "label" in batch:    # TFDS labels are int64; JAX runs 32-bit
-      batch["label"] = np.asarray(batch["label"], np.int32)
-    yield jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)),
-        batch)
-
-
-# --- evaluation ---------------------------------------------------------------
-
-
-def evaluate(built, params, config, *, step: int) -> Dict[str, float]:
-  """Top-1 and loss on every config.evals split due at `step` (0 = all)."""
+def run_evaluators(evals, params, *, step: int) -> Dict[str, float]:
+  """`{name/metric: value}` of every evaluator due at `step` (0 = all)."""
   results = {}
-  for name, ev in (config.get("evals") or {}).items():
-    every = ev.get("every", config.get("eval_every", 0))
+  for name, (every, ev) in evals.items():
     if step and (not every or step % every):
       continue
-    data = dict(ev["data"])
-    src = make_source(data)
-    batches = input_pipeline.evaluation(
-        src, batch_size=ev.get("batch_size", config.input.batch_size),
-        pp=make_pp(data, ev.get("pp", config.input.pp)),
-        process_index=jax.process_index(),
-        process_count=jax.process_count())
-    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in device_batches(batches, built.mesh):
-      sums = built.eval_step(params, batch)
-      for k in totals:
-        totals[k] += float(sums[k])
-    n = max(totals["count"], 1.0)
-    results[f"{name}/accuracy"] = totals["correct"] / n
-    results[f"{name}/loss"] = totals["loss_sum"] / n
-    results[f"{name}/count"] = totals["count"]
+    for k, v in ev.run(params).items():
+      results[f"{name}/{k}"] = v
   return results
 
 
@@ -164,17 +100,18 @@ class MetricWriter:
     if not self.active:
       return
     now = time.time()
+    speed = ""
     if self._s0 is None:      # the first steps include compilation
       self._s0, self._t0 = step, now
-      rate = float("nan")
-      eta = "?"
-    else:
+    elif step > self._s0:     # a rate is known only after a timed interval
       rate = (step - self._s0) * self.batch_size / max(now - self._t0, 1e-9)
       left = (self.total - step) * self.batch_size / max(rate, 1e-9)
-      eta = time.strftime("%H:%M:%S", time.gmtime(left))
-    print(f"step {step:>6}/{self.total} | loss {metrics['loss']:.4f} | "
-          f"acc {metrics.get('accuracy', float('nan')):.3f} | "
-          f"{rate:8.1f} ex/s | ETA {eta}", flush=True)
+      speed = (f" | {rate:8.1f} ex/s | ETA "
+               f"{time.strftime('%H:%M:%S', time.gmtime(left))}")
+    acc = metrics.get("accuracy")
+    acc = "" if acc is None else f" | acc {float(acc):.3f}"
+    print(f"step {step:>6}/{self.total} | loss {metrics['loss']:.4f}{acc}"
+          f"{speed}", flush=True)
 
   def close(self):
     if self._jsonl:
@@ -194,29 +131,6 @@ def peak_memory() -> Dict[str, float]:
 # --- the loop -----------------------------------------------------------------
 
 
-def backbone_record(config) -> Dict[str, Optional[str]]:
-  path = config.get("model_init") or ""
-  if not path:
-    return {"path": None, "sha256": None}
-  file_path = path.split(":")[0] if ":" in os.path.basename(path) else path
-  if not os.path.exists(file_path):
-    raise FileNotFoundError(f"config.model_init: no checkpoint file at "
-                            f"{file_path!r}.")
-  return {"path": path, "sha256": checkpointing.file_sha256(file_path)}
-
-
-def load_backbone(params, config):
-  """Replaces the initial backbone (and head, if it fits) by model_init's."""
-  if not config.get("model_init"):
-    logging.warning("config.model_init is empty: the backbone is random.")
-    return params
-  backbone = dict(config.model.get("backbone", {}))
-  # fetch, not device_get: an FSDP-sharded backbone spans several hosts.
-  return porting.load_into_model(
-      distributed.fetch(params), config.model_init, backbone,
-      dont_load=tuple((config.get("model_load") or {}).get("dont_load", ())))
-
-
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns results."""
   config_lib.validate(config)
@@ -228,37 +142,41 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
 
+  for module in config.get("pp_modules") or ():
+    pp_lib.import_ops(module)
   data = dict(config.input.data)
-  train_src = make_source(data)
+  train_src = datasets.get_source(data)
+  train_pp = datasets.pp_for(data, config.input.pp)
   num_examples = train_src.num_examples() or train_src.count()
   total = distributed.agree(total_steps_of(config, num_examples),
                            "total_steps (same data on every host?)")
   built = build.build(config, total_steps=total)
   sharding_lib.check_batch_size(config.input.batch_size, built.mesh)
-  expected_meta = {"backbone": backbone_record(config),
+  expected_meta = {"backbone": build.backbone_record(config),
                    "config": checkpointing.config_fingerprint(config)}
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.keep_ckpts)
   writer = MetricWriter(workdir, total, config.input.batch_size)
+  evals = evaluators.from_config(built, config)
   try:
     state = built.init(jax.random.key(config.seed))
-    state["params"] = load_backbone(state["params"], config)
+    state["params"] = build.load_backbone(state["params"], config)
     state = jax.device_put(state, built.state_sharding)
 
     # Every host must resume from the same step, or their collectives would
     # pair up different steps; `agree` raises on all hosts otherwise.
-    start = distributed.agree(
-        -1 if ckpt.latest_step() is None else ckpt.latest_step(),
-        f"the latest checkpoint step in {ckpt.directory}")
-    start = None if start < 0 else start
+    # Damaged steps (named in a warning) are set aside, falling back to the
+    # previous one. The metadata is checked before any array is read: a
+    # changed model would otherwise fail with a less helpful Orbax error.
+    start, restored, _ = ckpt.restore_newest(
+        checkpointing.abstract_trainable_state(state, built.mask),
+        check=lambda meta: checkpointing.check_meta(
+            meta, {**expected_meta,
+                   "hparams": checkpointing.config_hparams(config)},
+            ckpt.directory),
+        agree=distributed.agree)
     if start is not None:
-      # Check the metadata first: a changed model would otherwise fail later
-      # with a less helpful shape error from Orbax.
-      checkpointing.check_meta(ckpt.read_meta(start), expected_meta,
-                               ckpt.directory)
-      abstract = checkpointing.abstract_trainable_state(state, built.mask)
-      restored, _ = ckpt.restore(start, abstract)
       state = checkpointing.merge_restored(state, restored, built.mask)
       if chief:
         print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
@@ -266,20 +184,29 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
     train_step = built.train_step
     if (config.get("feature_cache") or {}).get("enabled"):
+      # The cache runs the pp itself: check one batch of it before building.
+      config_lib.check_batch(next(iter(input_pipeline.evaluation(
+          train_src, batch_size=config.input.batch_size, pp=train_pp))),
+                             config)
       # Backbone taps computed once per example; same order as below.
       from losa_jax import feature_cache  # pylint: disable=g-import-not-at-top
       train_step, batches = feature_cache.for_trainer(
-          config, built, state["params"], train_src,
-          make_pp(data, config.input.pp), workdir, start_step=start,
+          config, built, state["params"], train_src, train_pp, workdir,
+          start_step=start,
           backbone_id=expected_meta["backbone"]["sha256"])
     else:
       it, _ = input_pipeline.training(
-          train_src, batch_size=config.input.batch_size,
-          pp=make_pp(data, config.input.pp), seed=config.seed,
+          train_src, batch_size=config.input.batch_size, pp=train_pp,
+          seed=config.seed,
           shuffle=config.input.get("shuffle", True), start_step=start,
           process_index=jax.process_index(),
           process_count=jax.process_count())
-      batches = device_batches(it, built.mesh)
+      # A batch that does not fit the model fails here, by name, instead of
+      # as a shape error deep inside the first compiled step.
+      first = next(it)
+      config_lib.check_batch(first, config)
+      batches = input_pipeline.device_batches(itertools.chain([first], it),
+                                              built.mesh)
     if chief:
       print(f"Training {config.model.method} for {total} steps "
             f"({built.num_trainable():,} trainable params) from step {start} "
@@ -287,9 +214,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
             f"{dict(built.mesh.shape)}.", flush=True)
 
     def save(step, force=False):
-      ckpt.save(step, checkpointing.trainable_state(state, built.mask),
-                {**expected_meta, "step": step, "data_step": step},
-                force=force)
+      saved = checkpointing.trainable_state(state, built.mask)
+      # The loss and max |param| let a NaN message judge this step.
+      meta = {**expected_meta, "step": step, "data_step": step,
+              "hparams": checkpointing.config_hparams(config),
+              **checkpointing.health_meta(saved["params"],
+                                          metrics.get("loss"))}
+      ckpt.save(step, saved, meta, force=force)
 
     def check_finite(step, loss):
       # `loss` is the replicated global mean, identical on every host, so
@@ -298,9 +229,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       if not np.isfinite(loss):
         ckpt.wait()
         raise NonFiniteLossError(
-            f"Loss is {loss} at step {step}; stopping. The last good "
-            f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is "
-            "kept; lower config.lr or set config.grad_clip_norm.")
+            f"Loss is {loss} at step {step}; stopping. "
+            f"{ckpt.nonfinite_report()} Lower config.lr (now "
+            f"{config.get('lr')}) or set config.grad_clip_norm (now "
+            f"{config.get('grad_clip_norm')}).")
 
     metrics, pending = {}, None
     for step in range(start + 1, total + 1):
@@ -323,7 +255,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       if is_ckpt and step != total:
         save(step)
       if config.eval_every and step % config.eval_every == 0 and step != total:
-        ev = evaluate(built, state["params"], config, step=step)
+        ev = run_evaluators(evals, state["params"], step=step)
         if ev and chief:
           writer.write(step, ev)
           print("  eval " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()),
@@ -335,7 +267,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     # Orbax saves asynchronously: wait for the last save even on errors.
     ckpt.close()
     writer.close()
-  final = evaluate(built, state["params"], config, step=0)
+  final = run_evaluators(evals, state["params"], step=0)
   if chief:
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps({"step": total, **final}) + "\n")
@@ -358,14 +290,19 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   return {"results": results, "state": state, "built": built}
 
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = FLAGS):
   """--config and --workdir; defined on demand so that importing this module
-  (predict, vtab_sweep, tests) does not claim those flag names."""
-  config_flags.DEFINE_config_file(
-      "config", None, "Training config file (configs/*.py[:args]).",
-      lock_config=True)
+  (predict, vtab_sweep, tests) does not claim those flag names.
+
+  --config is ml_collections' config-file flag, except that an override of a
+  key the config lacks (--config.bogus=1) is a flag error naming the full
+  key and the valid ones (config_lib.define_config_flag).
+  """
+  config_lib.define_config_flag(
+      "config", "Training config file (configs/*.py[:args]).", flag_values)
   flags.DEFINE_string("workdir", None, "Where checkpoints and logs go; a run "
-                      "resumes from the newest checkpoint found there.")
+                      "resumes from the newest checkpoint found there.",
+                      flag_values=flag_values)
 
 
 def main(argv):

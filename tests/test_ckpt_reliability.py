@@ -1,0 +1,303 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Checkpoint reliability: integrity manifests and fallback, wrapped Orbax
+errors, hyper-parameter changes on resume, the NaN message, read-only use."""
+import glob
+import json
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from losa_jax import checkpointing
+from losa_jax import predict
+from losa_jax import train
+from test_train import digits_config
+
+
+def tiny_config(**kw):
+  """digits_config without evals, batch 8: the cheapest trainer run."""
+  c = digits_config(**{"steps": 2, "ckpt_every": 1, "log_every": 1, **kw})
+  with c.unlocked():
+    del c["evals"]
+  c.input.batch_size = 8
+  return c
+
+
+BASE_HPARAMS = dict(wd=1e-4, grad_clip_norm=1.0)
+
+
+@pytest.fixture(scope="module")
+def base_workdir(tmp_path_factory):
+  """A finished 2-step run with a checkpoint (and manifest) at steps 1, 2."""
+  wd = str(tmp_path_factory.mktemp("base") / "wd")
+  train.train_and_evaluate(tiny_config(**BASE_HPARAMS), wd)
+  return wd
+
+
+@pytest.fixture
+def workdir(base_workdir, tmp_path):
+  """A private copy of the base run, free to damage."""
+  wd = str(tmp_path / "wd")
+  shutil.copytree(base_workdir, wd)
+  return wd
+
+
+def _largest_data_file(step_dir):
+  """The largest array-data file (a process's OCDBT `d/` folder) of a step."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
+           if os.path.basename(r) == "d" and
+           os.path.basename(os.path.dirname(r)).startswith("ocdbt.process_")]
+  return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(path, n=16):
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    f.seek(0)
+    f.write(data)
+
+
+def _log_text(caplog):
+  return "\n".join(r.getMessage() for r in caplog.records)
+
+
+def _count_leaves(opt):
+  """The optimizer step counters (int leaves) of an optax state."""
+  return sorted({int(x) for x in jax.tree.leaves(opt)
+                 if jnp.issubdtype(x.dtype, jnp.integer) and x.ndim == 0})
+
+
+# --- 1. silent corruption -----------------------------------------------------
+
+
+def test_flipped_bytes_are_detected_and_resume_falls_back(workdir, caplog,
+                                                          capsys):
+  ckdir = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(ckdir)) == ["1", "2"]
+  for step in ("1", "2"):       # written once Orbax finalised each step
+    manifest = json.load(open(os.path.join(ckdir, step,
+                                           checkpointing.MANIFEST)))
+    assert any(f.startswith("state/") for f in manifest["files"])
+  victim = _largest_data_file(os.path.join(ckdir, "2"))
+  size = os.path.getsize(victim)
+  _flip_bytes(victim)
+  assert os.path.getsize(victim) == size
+  rel = os.path.relpath(victim, os.path.join(ckdir, "2"))
+
+  ck = checkpointing.Checkpointer(ckdir, read_only=True)
+  with pytest.raises(checkpointing.DamagedCheckpointError) as e:
+    ck.verify(2)
+  assert os.path.join(ckdir, "2") in str(e.value) and rel in str(e.value)
+  assert ck.verify(1)
+  ck.close()
+
+  caplog.set_level(logging.WARNING)
+  out = train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS),
+                                 workdir)
+  assert "Resumed from step 1 " in capsys.readouterr().out
+  log = _log_text(caplog)
+  assert rel in log and "Falling back to the previous step" in log
+  # The damaged step is kept for inspection, out of the trainer's way.
+  aside = glob.glob(os.path.join(workdir, "damaged_checkpoints", "2.*"))
+  assert len(aside) == 1 and os.path.exists(
+      os.path.join(aside[0], rel))
+  assert sorted(os.listdir(ckdir)) == ["1", "2", "3"]
+  assert int(out["state"]["step"]) == 3
+
+
+def test_no_good_step_left_raises_with_the_way_out(workdir):
+  ckdir = os.path.join(workdir, "checkpoints")
+  for step in ("1", "2"):
+    _flip_bytes(_largest_data_file(os.path.join(ckdir, step)))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match="No usable checkpoint.*new --workdir"):
+    train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS), workdir)
+
+
+# --- 2. Orbax errors wrapped --------------------------------------------------
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_deleted_data_file_is_named_and_resume_falls_back(
+    workdir, with_manifest, caplog, capsys):
+  step_dir = os.path.join(workdir, "checkpoints", "2")
+  victim = _largest_data_file(step_dir)
+  os.remove(victim)
+  if not with_manifest:         # as a run from before manifests: Orbax fails
+    os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+  caplog.set_level(logging.WARNING)
+  train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS), workdir)
+  assert "Resumed from step 1 " in capsys.readouterr().out
+  [msg] = [r.getMessage() for r in caplog.records
+           if "Falling back to the previous step" in r.getMessage()]
+  assert f"step 2 at {step_dir}" in msg, msg
+  assert "TensorStore" not in msg and len(msg) < 1000, msg  # no spec dump
+  if with_manifest:
+    assert f"file {os.path.relpath(victim, step_dir)} is missing" in msg, msg
+  else:
+    assert "Cannot read checkpoint step 2" in msg, msg
+
+
+def test_only_step_damaged_raises_checkpoint_error(tmp_path):
+  """Without a step to fall back to, the Orbax error is a CheckpointError."""
+  ck = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  state = {"params": {"w": jax.random.normal(jax.random.key(0), (4096,))}}
+  ck.save(5, state, {})
+  ck.close()
+  step_dir = str(tmp_path / "5")
+  os.remove(_largest_data_file(step_dir))
+  os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+  ck = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          state)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    ck.restore_newest(abstract)
+  ck.close()
+  msg = str(e.value)
+  assert msg.startswith(f"No usable checkpoint in {tmp_path}: Cannot read "
+                        f"checkpoint step 5 at {step_dir}: "), msg
+  assert "new --workdir" in msg and "TensorStore" not in msg, msg
+  assert os.path.isdir(step_dir)    # read-only: left in place
+
+
+# --- 3. changed hyper-parameters ----------------------------------------------
+
+
+@pytest.mark.parametrize("key,new", [("wd", 0.0), ("grad_clip_norm", None)])
+def test_resume_after_changing_wd_or_grad_clip_keeps_the_optimizer_state(
+    workdir, key, new, caplog, capsys):
+  caplog.set_level(logging.WARNING)
+  out = train.train_and_evaluate(
+      tiny_config(steps=3, **{**BASE_HPARAMS, key: new}), workdir)
+  assert "Resumed from step 2 " in capsys.readouterr().out
+  old = BASE_HPARAMS[key]
+  assert f"config.{key}: was {old!r}, now {new!r}" in _log_text(caplog)
+  # The optimizer state went on (3 updates counted), not restarted (1).
+  assert _count_leaves(out["state"]["opt"]) == [3]
+
+
+# --- 4. the NaN message -------------------------------------------------------
+
+
+def test_nan_message_judges_the_newest_checkpoint(tmp_path):
+  c = tiny_config(steps=8, lr=1e6)
+  with pytest.raises(train.NonFiniteLossError) as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  msg = str(e.value)
+  ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"),
+                                  read_only=True)
+  steps = ck.all_steps()
+  metas = {s: ck.read_meta(s) for s in steps}
+  ck.close()
+  newest = steps[-1]
+  assert metas[newest]["max_abs_param"] > checkpointing.HUGE_PARAM, metas
+  assert all(np.isfinite(m["loss"]) for m in metas.values())
+  assert (f"The newest checkpoint, step {newest} in "
+          f"{tmp_path / 'checkpoints'}, holds max|param| "
+          f"{metas[newest]['max_abs_param']:.3g} (last finite loss "
+          f"{metas[newest]['loss']:.3g})") in msg, msg
+  assert "would likely diverge again" in msg
+  assert "Kept steps: " + ", ".join(
+      f"{s} (max|param| {metas[s]['max_abs_param']:.3g})"
+      for s in steps) in msg, msg
+  assert "start afresh with a new --workdir" in msg
+  assert "Lower config.lr (now 1000000.0)" in msg
+  assert "config.grad_clip_norm (now None)" in msg
+
+
+def test_nonfinite_report_names_the_newest_sane_step(tmp_path):
+  ck = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  state = {"params": {"w": jnp.zeros(3)}}
+  for step, big in ((1, 0.5), (2, 0.7), (3, 90.0)):
+    ck.save(step, state, {"loss": 2.0, "max_abs_param": big})
+  ck.wait()
+  msg = ck.nonfinite_report()
+  assert "step 3" in msg and "too large (180x step 1's)" in msg, msg
+  assert "Step 2 looks sane: move the later steps [3]" in msg, msg
+  ck.save(4, state, {"loss": 2.0, "max_abs_param": 0.6})
+  ck.wait()
+  assert "would likely diverge" not in ck.nonfinite_report()
+  ck.close()
+
+
+# --- 5. read-only commands ----------------------------------------------------
+
+
+def test_predict_on_a_missing_workdir_creates_nothing(tmp_path):
+  missing = tmp_path / "typo"
+  with pytest.raises(FileNotFoundError, match="check --workdir") as e:
+    predict.Predictor(tiny_config(), str(missing))
+  assert isinstance(e.value, checkpointing.CheckpointError)
+  assert str(missing / "checkpoints") in str(e.value)
+  assert not os.path.exists(missing)
+
+
+def _tree_listing(root):
+  return sorted((os.path.relpath(os.path.join(r, f), root),
+                 os.path.getsize(os.path.join(r, f)))
+                for r, _, fs in os.walk(root) for f in fs)
+
+
+def test_predict_reads_a_workdir_without_writing(workdir):
+  ckdir = os.path.join(workdir, "checkpoints")
+  _flip_bytes(_largest_data_file(os.path.join(ckdir, "2")))
+  before = _tree_listing(workdir)
+  p = predict.Predictor(tiny_config(**BASE_HPARAMS), workdir)
+  assert p.step == 1                # the damaged newest step is skipped
+  assert _tree_listing(workdir) == before
+  with pytest.raises(FileNotFoundError, match="step 7"):
+    predict.Predictor(tiny_config(**BASE_HPARAMS), workdir, step=7)
+
+
+# --- the Checkpointer alone (no training) ------------------------------------
+
+
+def _toy_state(wd: float, clip):
+  params = {"a": {"kernel": jnp.arange(6.0).reshape(2, 3)},
+            "b": jnp.ones(4)}
+  parts = ([optax.masked(optax.clip_by_global_norm(clip),
+                         {"a": {"kernel": True}, "b": True})] if clip else [])
+  parts += [optax.scale_by_adam()]
+  if wd:
+    parts.append(optax.add_decayed_weights(wd))
+  parts += [optax.scale_by_schedule(lambda s: 1e-3), optax.scale(-1.0)]
+  tx = optax.chain(*parts)
+  opt = tx.init(params)
+  _, opt = tx.update(params, opt, params)
+  return {"params": params, "opt": opt, "step": jnp.asarray(1)}
+
+
+def test_optimizer_state_is_stored_by_leaves_and_restored_into_any_chain(
+    tmp_path):
+  ck = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  saved = _toy_state(wd=1e-4, clip=1.0)
+  ck.save(1, saved, {})
+  ck.close()
+  ck = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+  for target in (_toy_state(0.0, None), _toy_state(1e-4, None),
+                 _toy_state(0.0, 1.0)):
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            target)
+    state, meta = ck.restore(1, abstract)
+    assert meta["layout"] == checkpointing.LAYOUT
+    assert (jax.tree.structure(state["opt"]) ==
+            jax.tree.structure(target["opt"]))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(state["opt"]),
+                 jax.tree.leaves(saved["opt"]))
+  ck.close()
+
+
+def test_read_only_checkpointer_refuses_to_save(tmp_path):
+  checkpointing.Checkpointer(str(tmp_path), async_save=False).close()
+  ck = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+  with pytest.raises(checkpointing.CheckpointError, match="read-only"):
+    ck.save(1, {"x": jnp.zeros(2)}, {})
+  ck.close()
