@@ -4,6 +4,7 @@ r"""Per-device memory of a LoSA train step under FSDP, from the compiler.
 
   python -m losa_jax.bench.fsdp_memory [--variant e/14] [--fsdp 1,4,8] \
       [--batch_per_device 4] [--depths 56] [--json out.json]
+  python -m losa_jax.bench.fsdp_memory --help     # every flag
 
 Compiles the real train step (`build.build` + `steps.train_step_fn`) of a
 LoSA model (scanned blocks, bf16 matmuls via `dtype_mm`, frozen backbone
@@ -27,18 +28,19 @@ bf16 weights to f32, and that pass hoists the conversion of the whole
 scanned weight stack out of the layer loop - a copy that GPU/TPU (native
 bf16 dots) never make.
 """
-import argparse
-import datetime
-import json
-import os
-import platform
 import sys
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-MIB, GIB = 2.0**20, 2.0**30
-LICM_OFF = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+from absl import app
+from absl import flags
+
+from losa_jax.bench import common
+
+MIB, GIB = common.MIB, common.GIB
+LICM_OFF = common.LICM_OFF
 NUM_DEVICES = 8
+FLAG_NAMES = ("variant", "fsdp", "depths", "batch_per_device", "licm", "json")
 
 
 def make_config(variant: str, depth: int = 0, num_classes: int = 1000):
@@ -165,50 +167,58 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--variant", default="e/14")
-  p.add_argument("--fsdp", default="1,4,8",
-                 help=f"comma list of mesh sizes (<= {NUM_DEVICES})")
-  p.add_argument("--depths", default="",
-                 help="comma list of depths; empty = the variant's own")
-  p.add_argument("--batch_per_device", type=int, default=4)
-  p.add_argument("--licm", action="store_true",
-                 help="keep XLA's loop-invariant code motion (see doc)")
-  p.add_argument("--json", default="")
-  a = p.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """This tool's flags; defined on demand, so importing claims no names."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string("variant", "e/14", "ViT variant of the LoSA backbone.",
+                      **fv)
+  flags.DEFINE_list("fsdp", ["1", "4", "8"], "Mesh sizes (devices on the "
+                    f"'fsdp' axis) to compile for, each <= {NUM_DEVICES}.",
+                    **fv)
+  flags.DEFINE_list("depths", [], "Depths to compile at; empty: the "
+                    "variant's own. Several depths fit peak ~ a + b * depth "
+                    "and extrapolate to the full depth.", **fv)
+  flags.DEFINE_integer("batch_per_device", 4, "Images per device (the global "
+                       "batch is this times the mesh size).", lower_bound=1,
+                       **fv)
+  flags.DEFINE_bool("licm", False, "Keep XLA's while-loop-invariant code "
+                    "motion (see the module docstring).", **fv)
+  flags.DEFINE_string("json", "", "If set, a JSON file for the rows, fits "
+                      "and provenance.", **fv)
 
+
+def run(variant: str, fsdp: Sequence[int], depths: Sequence[int],
+        batch_per_device: int, licm: bool = False, json_path: str = "",
+        command: str = ""):
+  """Compiles every (depth, mesh size), prints the table; returns
+  (rows, fits). Must run before anything starts JAX's backend."""
+  bad = [n for n in fsdp if not 1 <= n <= NUM_DEVICES]
+  if bad:
+    raise ValueError(f"--fsdp sizes {bad} are outside 1..{NUM_DEVICES} (the "
+                     "fake CPU devices); pass smaller mesh sizes.")
   # Before JAX's backend starts: 8 fake devices and the XLA flags.
-  if not a.licm:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
-                               LICM_OFF).strip()
+  if not licm:
+    common.with_xla_flags(LICM_OFF)
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
 
-  full_depth = vit.decode_variant(a.variant)["depth"]
-  depths = [int(d) for d in a.depths.split(",") if d] or [full_depth]
-  sizes = [int(n) for n in a.fsdp.split(",")]
+  full_depth = vit.decode_variant(variant)["depth"]
+  depths = list(depths) or [full_depth]
   rows: List[Dict[str, Any]] = []
   for depth in depths:
-    for n in sizes:
-      r = measure(a.variant, depth if depth != full_depth else 0, n,
-                  a.batch_per_device)
+    for n in fsdp:
+      r = measure(variant, depth if depth != full_depth else 0, n,
+                  batch_per_device)
       r["depth"] = depth
       rows.append(r)
       print(f"depth {depth} fsdp {n}: peak {r['peak_bytes'] / GIB:.2f} GiB/dev"
             f" (params {r['params_bytes'] / GIB:.2f} GiB/dev), compiled in "
             f"{r['compile_s']:.0f} s", file=sys.stderr, flush=True)
   fits = fit(rows, full_depth) if len(depths) > 1 else []
-  meta = {"date": datetime.date.today().isoformat(),
-          "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                     f"{platform.python_version()}, jax {jax.__version__}",
-          "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "variant": a.variant, "full_depth": full_depth,
-          "batch_per_device": a.batch_per_device}
-  print(f"LoSA {a.variant} (full depth {full_depth}), 224 px, scanned, bf16 "
-        f"matmuls and frozen params, {a.batch_per_device} images/device")
+  print(f"LoSA {variant} (full depth {full_depth}), 224 px, scanned, bf16 "
+        f"matmuls and frozen params, {batch_per_device} images/device")
   print(table(rows))
   for f in fits:
     pk = f["peak_bytes"]
@@ -216,11 +226,43 @@ def main(argv=None):
           f"{pk['per_block'] / MIB:.1f} MiB x depth (max residual "
           f"{100 * pk['max_rel_residual']:.2f}%) -> depth {full_depth}: "
           f"{pk['at_full_depth'] / GIB:.2f} GiB/dev")
-  if a.json:
-    with open(a.json, "w") as f:
-      json.dump({"meta": meta, "rows": rows, "fits": fits}, f, indent=1)
+  if json_path:
+    meta = common.provenance(command, variant=variant, full_depth=full_depth,
+                             batch_per_device=batch_per_device)
+    common.write_json(json_path, {"meta": meta, "rows": rows, "fits": fits})
   return rows, fits
 
 
+def _run_flags(fv: flags.FlagValues, argv: Sequence[str]):
+  try:
+    sizes, depths = common.int_list(",".join(fv.fsdp)), common.int_list(
+        ",".join(fv.depths))
+  except ValueError as e:
+    raise app.UsageError(f"--fsdp / --depths: {e}") from None
+  return run(fv.variant, sizes, depths, fv.batch_per_device, fv.licm,
+             fv.json, "python -m losa_jax.bench.fsdp_memory " + " ".join(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None):
+  """Programmatic entry: `argv` = the flags (a private FlagValues parses
+  them); returns (rows, fits)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  fv = flags.FlagValues()
+  define_flags(fv)
+  extra = fv(["losa_jax.bench.fsdp_memory"] + argv)[1:]
+  if extra:
+    raise app.UsageError(f"unexpected arguments {extra}; every option is a "
+                         "--flag (see --help).")
+  return _run_flags(fv, argv)
+
+
+def _app_main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
+                         "option is a --flag (see --help).")
+  _run_flags(flags.FLAGS, sys.argv[1:])
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(_app_main)

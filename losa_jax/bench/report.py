@@ -5,30 +5,20 @@
 `write_all(out, results, meta)`: `results` maps a section name to its raw
 payload ({"rows": [...], "xla_flags": ...}) as written by `suite`.
 """
-import csv
 import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-MIB = 2.0**20
-GIB = 2.0**30
-FIT_GIB = (16, 40, 80)
+from losa_jax.bench import common
+from losa_jax.bench.configs import FIT_GIB
+
+MIB, GIB = common.MIB, common.GIB
+write_csv = common.write_csv
 
 
 def _rows(results, section) -> List[Dict[str, Any]]:
   return list((results.get(section) or {}).get("rows", []))
-
-
-def write_csv(path: str, rows: Sequence[Dict[str, Any]]):
-  keys: List[str] = []
-  for r in rows:
-    keys += [k for k in r if k not in keys and not isinstance(r[k], dict)]
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-      w.writerow(r)
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -127,8 +117,7 @@ def grouped_bars(path, groups, series, values, *, ylabel, title, log=False,
     ax.set_yscale("log")
   ax.legend(fontsize=7, ncol=min(len(series), 4))
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, os.path.dirname(path), os.path.basename(path))
 
 
 def plot_all(out, results, lin):
@@ -212,10 +201,7 @@ def plot_all(out, results, lin):
                  fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    p = os.path.join(out, "depth_linearity.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    written.append(p)
+    written.append(common.save_figure(fig, out, "depth_linearity.png"))
   return written
 
 

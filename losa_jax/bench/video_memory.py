@@ -3,8 +3,10 @@
 r"""Compiled memory of one video train step: LoSA vs adapters vs full, ViT-e.
 
   python -m losa_jax.bench.video_memory --out docs/video_memory.json
+  python -m losa_jax.bench.video_memory --help     # every flag
 
-Compile only: the train step of configs/video_kinetics400.py (the trainer's
+Compile only: the train step of configs/video_kinetics400.py (`--config`
+picks another video config file; the trainer's
 own `build.build`, AdamW, masked gradient clipping) is lowered and compiled
 on abstract inputs (`losa_jax.cost.compiled_cost`); no parameter or
 activation is ever allocated, so a 3.8B-parameter ViViT-e fits on a laptop.
@@ -32,17 +34,20 @@ loop's body by its trip count, so FLOPs are compiled separately on unrolled
 linearly to the full depth; remat would add about one more forward to the
 backprop methods.
 """
-import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-LICM_OFF = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
-GIB = 2.0**30
+from absl import app
+from absl import flags
+
+from losa_jax.bench import common
+
+LICM_OFF = common.LICM_OFF
+GIB = common.GIB
+FLAG_NAMES = ("config", "variant", "frames", "batch", "batches",
+              "depth_fracs", "flops_depths", "arg", "default_flags", "out")
 BUDGET_GIB = 16.0
 # (label, method, backbone remat policy)
 CONFIGS = (
@@ -57,12 +62,23 @@ CONFIGS = (
 
 def video_config(variant: str, method: str, *, frames: int, batch: int,
                  remat_policy: str = "nothing_saveable",
-                 depth: Optional[int] = None, arg: str = ""):
-  """configs/video_kinetics400.py for one bench cell."""
-  from configs import video_kinetics400  # pylint: disable=g-import-not-at-top
-  c = video_kinetics400.get_config(
-      ",".join(a for a in (f"variant={variant}", f"method={method}",
-                           f"frames={frames}", f"batch={batch}", arg) if a))
+                 depth: Optional[int] = None, arg: str = "",
+                 config: str = ""):
+  """The video config file's config for one bench cell.
+
+  Args:
+    variant, method, frames, batch: passed to the config's get_config.
+    remat_policy: backbone remat policy (scanned blocks).
+    depth: overrides the variant's depth.
+    arg: extra comma-separated get_config args, e.g. "rank=16".
+    config: a video config file (path.py); "" is the checkout's
+      configs/video_kinetics400.py.
+  """
+  from losa_jax import config_lib  # pylint: disable=g-import-not-at-top
+  path = config or config_lib.config_path("video_kinetics400")
+  c = config_lib.load_config(path + ":" + ",".join(
+      a for a in (f"variant={variant}", f"method={method}",
+                  f"frames={frames}", f"batch={batch}", arg) if a))
   c.model.backbone.remat_policy = remat_policy
   if depth:
     c.model.backbone.depth = depth
@@ -89,7 +105,7 @@ def step_memory(config, batch: int) -> Dict[str, Any]:
 
 def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
         batches: Sequence[int] = (2, 4), depth_fracs: Sequence[int] = (8, 4, 2),
-        arg: str = "", log=print) -> List[Dict[str, Any]]:
+        arg: str = "", log=print, config: str = "") -> List[Dict[str, Any]]:
   """All rows (see the module docstring)."""
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(variant)["depth"]
@@ -102,7 +118,8 @@ def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
   rows = []
   for label, method, remat, b, depth in cells:
     cfg = video_config(variant, method, frames=frames, batch=b,
-                       remat_policy=remat, depth=depth, arg=arg)
+                       remat_policy=remat, depth=depth, arg=arg,
+                       config=config)
     row = {"config": label, "method": method, "remat_policy": remat,
            "variant": variant, "frames": frames, "batch": b,
            "depth": depth or full_depth,
@@ -117,7 +134,7 @@ def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
 
 def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
           depths: Sequence[int] = (2, 4), arg: str = "",
-          log=print) -> List[Dict[str, Any]]:
+          log=print, config: str = "") -> List[Dict[str, Any]]:
   """XLA FLOPs of one train step on unrolled blocks (no scan, no remat).
 
   XLA counts a scanned body once, so the FLOPs come from unrolled models of
@@ -134,7 +151,7 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
     per = {}
     for d in depths:
       cfg = video_config(variant, method, frames=frames, batch=batch,
-                         depth=d, arg=arg)
+                         depth=d, arg=arg, config=config)
       cfg.model.backbone.scan = False
       b = build.build(cfg, total_steps=1000)
       per[d] = cost.compiled_cost(b.train_step, b.state_shape,
@@ -190,64 +207,87 @@ def table(rows: Sequence[Dict[str, Any]], *, depth: Optional[int] = None,
   return "\n".join(out)
 
 
-def provenance(argv: Sequence[str]) -> Dict[str, Any]:
-  import jax  # pylint: disable=g-import-not-at-top
-  return {"command": "python -m losa_jax.bench.video_memory " +
-                     " ".join(argv),
-          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec="seconds"),
-          "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                     f"{platform.system()} {platform.release()}",
-          "backend": jax.default_backend(),
-          "jax": jax.__version__,
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """This tool's flags; defined on demand, so importing claims no names."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string("config", "", "Video config file (path.py) whose "
+                      "get_config takes variant=, method=, frames=, batch=; "
+                      "empty: configs/video_kinetics400.py.", **fv)
+  flags.DEFINE_string("variant", "e/14", "ViT variant of the ViViT backbone.",
+                      **fv)
+  flags.DEFINE_integer("frames", 16, "Frames per clip.", lower_bound=1, **fv)
+  flags.DEFINE_integer("batch", 1, "Clips per step of the main rows.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_list("batches", ["2", "4"], "Extra batch sizes for LoSA and "
+                    "adapter+remat.", **fv)
+  flags.DEFINE_list("depth_fracs", ["8", "4", "2"], "Also compile at depth "
+                    "// k for these k (memory vs depth).", **fv)
+  flags.DEFINE_list("flops_depths", ["2", "4"], "Blocks of the unrolled "
+                    "models whose FLOPs are extrapolated; empty skips FLOPs.",
+                    **fv)
+  flags.DEFINE_string("arg", "", "Extra get_config args of the config file, "
+                      "e.g. rank=16.", **fv)
+  flags.DEFINE_bool("default_flags", False, "Keep XLA's while-loop-invariant "
+                    "code motion (see the module docstring).", **fv)
+  flags.DEFINE_string("out", None, "If set, a JSON file for the rows, FLOPs "
+                      "and provenance.", **fv)
 
 
-def main(argv: Optional[Sequence[str]] = None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--variant", default="e/14")
-  p.add_argument("--frames", type=int, default=16)
-  p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--batches", default="2,4",
-                 help="extra batch sizes for LoSA and adapter+remat")
-  p.add_argument("--depth_fracs", default="8,4,2",
-                 help="also compile at depth // k for these k")
-  p.add_argument("--flops_depths", default="2,4",
-                 help="blocks of the unrolled models for FLOPs ('': skip)")
-  p.add_argument("--arg", default="",
-                 help="extra configs/video_kinetics400.py args, e.g. rank=16")
-  p.add_argument("--default_flags", action="store_true",
-                 help="keep XLA's while-loop-invariant code motion")
-  p.add_argument("--out", default=None, help="JSON file for the rows")
-  a = p.parse_args(argv)
-  if not a.default_flags and LICM_OFF not in os.environ.get("XLA_FLAGS", ""):
-    if "jax" in sys.modules:
-      print("warning: jax already imported; XLA_FLAGS change may not apply")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
-                               LICM_OFF).strip()
-  ints = lambda s: [int(x) for x in s.split(",") if x]
-  rows = run(a.variant, a.frames, a.batch, ints(a.batches),
-             ints(a.depth_fracs), a.arg)
-  frows = (flops(a.variant, a.frames, a.batch, ints(a.flops_depths), a.arg)
-           if a.flops_depths else [])
-  prov = provenance(argv)
+def _run_flags(fv: flags.FlagValues, argv: Sequence[str]):
+  """Runs everything the flags ask for, prints the tables; returns rows."""
+  try:
+    batches, fracs, fdepths = (common.int_list(",".join(fv[n].value)) for n in
+                               ("batches", "depth_fracs", "flops_depths"))
+  except ValueError as e:
+    raise app.UsageError(f"--batches / --depth_fracs / --flops_depths: {e}"
+                         ) from None
+  if not fv.default_flags:
+    if "jax" in sys.modules and LICM_OFF not in os.environ.get("XLA_FLAGS",
+                                                              ""):
+      common.log("jax is already imported; the XLA_FLAGS change applies only "
+                 "if its backend has not started yet.", tag="video_memory")
+    common.with_xla_flags(LICM_OFF)
+  rows = run(fv.variant, fv.frames, fv.batch, batches, fracs, fv.arg,
+             config=fv.config)
+  frows = (flops(fv.variant, fv.frames, fv.batch, fdepths, fv.arg,
+                 config=fv.config) if fdepths else [])
+  prov = common.provenance(
+      "python -m losa_jax.bench.video_memory " + " ".join(argv))
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
-  full_depth = vit.decode_variant(a.variant)["depth"]
+  full_depth = vit.decode_variant(fv.variant)["depth"]
   print()
   print(f"{prov['date']}, {prov['machine']}, XLA:{prov['backend'].upper()} "
         f"estimates, jax {prov['jax']}")
-  print(table(rows, depth=full_depth, batch=a.batch))
+  print(table(rows, depth=full_depth, batch=fv.batch))
   if frows:
     print()
     print(flops_table(frows))
-  if a.out:
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-      json.dump({"provenance": prov, "rows": rows, "flops": frows}, f,
-                indent=2)
+  if fv.out:
+    common.write_json(fv.out, {"provenance": prov, "rows": rows,
+                               "flops": frows}, indent=2)
   return rows
 
 
+def main(argv: Optional[Sequence[str]] = None):
+  """Programmatic entry: `argv` = the flags (a private FlagValues parses
+  them); returns the memory rows."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  fv = flags.FlagValues()
+  define_flags(fv)
+  extra = fv(["losa_jax.bench.video_memory"] + argv)[1:]
+  if extra:
+    raise app.UsageError(f"unexpected arguments {extra}; every option is a "
+                         "--flag (see --help).")
+  return _run_flags(fv, argv)
+
+
+def _app_main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
+                         "option is a --flag (see --help).")
+  _run_flags(flags.FLAGS, sys.argv[1:])
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(_app_main)

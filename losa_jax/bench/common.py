@@ -1,0 +1,222 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Helpers shared by the benchmarks (losa_jax.bench.*) and the study.
+
+Interleaved wall-time measurement, run provenance, progress lines, XLA flag
+handling and output writers (CSV, JSON, PNG). Everything heavy (jax, flax,
+matplotlib) is imported inside the function that needs it, so importing this
+module is cheap and never starts a JAX backend (XLA_FLAGS must be set before
+that happens).
+"""
+import csv
+import datetime
+import json
+import os
+import platform
+import time
+from typing import (Any, Callable, Dict, List, Mapping, MutableMapping,
+                    Optional, Sequence)
+
+import numpy as np
+
+GIB = 2.0**30
+MIB = 2.0**20
+# XLA:CPU has no native bf16 GEMM and upcasts bf16 weights to f32; this
+# pass hoists the upcast of a whole scanned [L, ...] weight stack out of the
+# layer loop, a full f32 copy of the backbone that GPU/TPU never make.
+LICM_OFF = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+# LLVM -O0: halves XLA:CPU compile time; the HLO passes, hence FLOPs and
+# memory, are unchanged (checked on B/16). Never for timed measurements.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+# --- progress and flag parsing ------------------------------------------------
+
+
+def log(msg: str, *, tag: str = "bench") -> None:
+  """Prints one progress line, `[tag HH:MM:SS] msg`, flushed."""
+  print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def csv_list(s: str) -> List[str]:
+  """"a, b,,c" -> ["a", "b", "c"] (comma list flag values)."""
+  return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def int_list(s: str) -> List[int]:
+  """"1,4,8" -> [1, 4, 8]; raises ValueError naming the bad item."""
+  out = []
+  for x in csv_list(s):
+    try:
+      out.append(int(x))
+    except ValueError:
+      raise ValueError(f"{x!r} in {s!r} is not an integer; pass a comma "
+                       "list of integers such as 1,4,8.") from None
+  return out
+
+
+def with_xla_flags(flags: str, env: Optional[MutableMapping[str, str]] = None
+                   ) -> MutableMapping[str, str]:
+  """Appends `flags` to env["XLA_FLAGS"] (os.environ by default), once.
+
+  Only effective before the JAX backend starts (for os.environ) or for a
+  child process (for a copied env). Returns `env`.
+  """
+  env = os.environ if env is None else env
+  current = env.get("XLA_FLAGS", "")
+  missing = [f for f in flags.split() if f not in current.split()]
+  if missing:
+    env["XLA_FLAGS"] = " ".join([current] + missing).strip()
+  return env
+
+
+# --- timing -------------------------------------------------------------------
+
+
+def interleaved(fns: Dict[str, Callable[[], Any]], *, reps: int, warmup: int
+                ) -> Dict[str, Dict[str, Any]]:
+  """Round-robin wall time: every round runs every fn once, in rotated order.
+
+  Machine noise (other jobs, thermal drift) then hits every fn alike, so
+  ratios between fns measured in one call are meaningful; absolute times
+  are not comparable across calls. The first call of each fn (compilation)
+  and `warmup` further rounds are untimed. Each fn must block until its
+  result is ready (jax.block_until_ready).
+
+  Args:
+    fns: name -> zero-argument callable.
+    reps: timed rounds (>= 1).
+    warmup: untimed rounds after the first (compiling) call.
+
+  Returns:
+    name -> {"median_s", "q25_s", "q75_s", "min_s", "max_s", "mean_s":
+    seconds per call; "reps": timed calls; "times_s": the [reps] list of
+    every timed call, in round order}.
+  """
+  if reps < 1:
+    raise ValueError(f"interleaved needs reps >= 1, got {reps}.")
+  names = list(fns)
+  for _ in range(1 + warmup):
+    for name in names:
+      fns[name]()
+  times: Dict[str, List[float]] = {n: [] for n in names}
+  for r in range(reps):
+    k = r % len(names)
+    for name in names[k:] + names[:k]:
+      t0 = time.perf_counter()
+      fns[name]()
+      times[name].append(time.perf_counter() - t0)
+  return {n: time_stats(ts) for n, ts in times.items()}
+
+
+def time_stats(times: Sequence[float]) -> Dict[str, Any]:
+  """Median / quartiles / range / mean of seconds (see `interleaved`)."""
+  t = np.asarray(times, np.float64)
+  return {"median_s": float(np.median(t)),
+          "q25_s": float(np.percentile(t, 25)),
+          "q75_s": float(np.percentile(t, 75)),
+          "min_s": float(t.min()), "max_s": float(t.max()),
+          "mean_s": float(t.mean()), "reps": int(t.size),
+          "times_s": [float(x) for x in t]}
+
+
+# --- provenance ---------------------------------------------------------------
+
+
+def cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo, or "unknown CPU"."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown CPU"
+
+
+def machine() -> str:
+  """"<cores> x <CPU model>, <OS>": what a result table's reader needs."""
+  return f"{os.cpu_count()} x {cpu_name()}, {platform.system()}"
+
+
+def provenance(command: str, *, t_start: Optional[float] = None,
+               load_start: Optional[Sequence[float]] = None,
+               **extra) -> Dict[str, Any]:
+  """Where, when and with what a result was produced.
+
+  Args:
+    command: the command line that reproduces the result, e.g.
+      "python -m losa_jax.bench.suite --out docs/bench_results".
+    t_start: time.time() at the start of the run; adds wall_s.
+    load_start: os.getloadavg() at the start; adds load_avg_start (the load
+      average says how busy the shared machine was while timing).
+    **extra: run-specific fields (flags, backbone hash, ...), added last.
+
+  Returns:
+    {command, date, machine, devices, backend, jax, flax, python, xla_flags,
+    load_avg_start?, load_avg_end, wall_s?, **extra}. Imports jax, so call it
+    after the run (XLA_FLAGS are fixed by then anyway).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  out: Dict[str, Any] = {
+      "command": command, "date": datetime.date.today().isoformat(),
+      "machine": machine(), "devices": str(jax.devices()),
+      "backend": jax.default_backend(), "jax": jax.__version__,
+      "flax": flax.__version__, "python": platform.python_version(),
+      "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  if load_start is not None:
+    out["load_avg_start"] = tuple(load_start)
+  out["load_avg_end"] = os.getloadavg()
+  if t_start is not None:
+    out["wall_s"] = time.time() - t_start
+  out.update(extra)
+  return out
+
+
+# --- writers ------------------------------------------------------------------
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]], *,
+              float_format: Optional[str] = None) -> None:
+  """Rows -> CSV with the union of their scalar columns, written atomically.
+
+  Columns keep first-seen order; dict / list / tuple values (curves, probe
+  tables) are left out. `float_format` (e.g. ".6g") formats floats; None
+  writes repr. Nothing is written for no rows.
+  """
+  if not rows:
+    return
+  keys: List[str] = []
+  for r in rows:
+    keys += [k for k, v in r.items()
+             if k not in keys and not isinstance(v, (dict, list, tuple))]
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: (format(v, float_format)
+                      if float_format and isinstance(v, float) else v)
+                  for k, v in r.items() if k in keys})
+  os.replace(tmp, path)
+
+
+def write_json(path: str, payload: Any, *, indent: int = 1) -> None:
+  """JSON (non-JSON values via str), written atomically; makes the folder."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=indent, default=str)
+  os.replace(tmp, path)
+
+
+def save_figure(fig, out: str, name: str, *, dpi: int = 110) -> str:
+  """Saves a matplotlib figure as out/name, closes it; returns the path."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, name)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path

@@ -1,0 +1,225 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Timed sections of losa_jax.bench.suite: measured step times and the cache.
+
+Wall times are measured with `common.interleaved` (every method once per
+round, order rotated) in one process, so machine noise hits every method
+alike; only ratios within one run mean anything. These run under XLA's
+default flags (see losa_jax.bench.suite).
+"""
+import json
+import shutil
+import tempfile
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+from losa_jax.bench import common
+from losa_jax.bench.configs import make_config
+
+MIB = common.MIB
+_log = common.log
+
+
+_BUILT: Dict[str, Any] = {}
+
+
+def built_for(config):
+  """build.build memoised by config, so sections share compiled steps."""
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  if key not in _BUILT:
+    _BUILT[key] = build.build(config, total_steps=1000)
+  return _BUILT[key]
+
+
+_CACHED_STEPS: Dict[int, Any] = {}
+
+
+def cached_step_for(config, built):
+  """feature_cache.train_step memoised per Built."""
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  if id(built) not in _CACHED_STEPS:
+    _CACHED_STEPS[id(built)] = fc.train_step(config, built)
+  return _CACHED_STEPS[id(built)]
+
+
+class _Stepper:
+  """Holds a donated train state and runs one blocking step per call."""
+
+  def __init__(self, step, state, batch):
+    self.step, self.state, self.batch = step, state, batch
+
+  def __call__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+
+
+def section_measured(a) -> List[Dict[str, Any]]:
+  """Median step time of every method, the forward and cached LoSA,
+  interleaved, per a.measure_variants at a.measure_batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  rows = []
+  for variant in a.measure_variants:
+    bsz = a.measure_batch
+    config = make_config(variant, "losa")
+    rng = np.random.RandomState(0)
+    s = config.image_size
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (bsz, s, s, 3)),
+                                  jnp.float32),
+             "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
+    fns, trainable = {}, {}
+    losa_built = built_for(config)
+    for method in a.measure_methods:
+      b = built_for(make_config(variant, method))
+      state = b.init(jax.random.key(0))
+      fns[method] = _Stepper(b.train_step, state, batch)
+      trainable[method] = b.num_trainable()
+    # The backbone forward alone, on a copy of LoSA's (random) backbone.
+    fwd_fn, _ = build.backbone_forward(config)
+    fwd = jax.jit(fwd_fn)
+    bb = jax.tree.map(jnp.copy, losa_built.init(
+        jax.random.key(0))["params"]["backbone"])
+    fns["forward"] = lambda: jax.block_until_ready(fwd(bb, batch["image"]))
+    trainable["forward"] = 0
+    # LoSA from cached features: the taps of this batch, bf16, on device.
+    feats = fc.features_fn(
+        losa_built.model, "bfloat16", True)({"backbone": bb}, batch["image"])
+    cached_batch = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+    fns["losa_cached"] = _Stepper(
+        cached_step_for(config, losa_built),
+        losa_built.init(jax.random.key(0)), cached_batch)
+    trainable["losa_cached"] = losa_built.num_trainable()
+    _log(f"measured {variant}: compiling and timing {list(fns)}")
+    times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
+    fwd_med = times["forward"]["median_s"]
+    for name, t in times.items():
+      med = t["median_s"]
+      rows.append({"variant": variant, "method": name, "batch": bsz,
+                   "reps": t["reps"], "median_s": med, "min_s": t["min_s"],
+                   "max_s": t["max_s"], "examples_per_s": bsz / med,
+                   "vs_forward": med / fwd_med,
+                   "trainable_params": trainable[name]})
+      _log(f"  {name}: {med:.3f} s/step ({med / fwd_med:.2f}x forward)")
+    del fns
+  return rows
+
+
+def section_cache(a) -> List[Dict[str, Any]]:
+  """Epoch time with and without the feature cache, steps interleaved."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  from losa_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
+  variant, bsz, n = a.cache_variant, a.measure_batch, a.cache_images
+  config = make_config(variant, "losa")
+  s = config.image_size
+  rng = np.random.RandomState(0)
+  source = arrays.ArraySource({
+      "image": rng.randint(0, 256, (n, s, s, 3)).astype(np.uint8),
+      "label": rng.randint(0, 100, (n,)).astype(np.int64)}, name="bench")
+  pp = "decode|value_range(-1, 1)|keep('image', 'label')"
+  b = built_for(config)
+  params = b.init(jax.random.key(0))["params"]
+  bb = jax.device_get(params["backbone"])
+  costs = _cache_step_costs(config, b, bsz)
+  # Compile the feature fn first: the build time below is the steady-state
+  # cost of hashing, pp, backbone forward and writing, not compilation.
+  feat_fn = fc.features_fn(b.model, "bfloat16", True)
+  jax.block_until_ready(feat_fn({"backbone": bb}, jnp.zeros((bsz, s, s, 3))))
+  root = tempfile.mkdtemp(prefix="losa_bench_cache_")
+  try:
+    t0 = time.perf_counter()
+    cache = fc.FeatureCache.get_or_create(
+        model=b.model, params=params, source=source, pp=pp, root=root,
+        dtype="bfloat16", storage="disk", batch_size=bsz, log=_log)
+    build_s = time.perf_counter() - t0
+    steps_n = n // bsz
+    uncached_it, _ = ip.training(source, batch_size=bsz, pp=pp, seed=0)
+    cached_it = cache.batches(batch_size=bsz, seed=0)
+    step_u, step_c = b.train_step, cached_step_for(config, b)
+    state_u = b.init(jax.random.key(0))
+    state_c = b.init(jax.random.key(0))
+
+    def run_u(state):
+      raw = next(uncached_it)
+      batch = {"image": jnp.asarray(raw["image"]),
+               "label": jnp.asarray(raw["label"], jnp.int32)}
+      state, m = step_u(state, batch)
+      jax.block_until_ready((state, m))
+      return state
+
+    def run_c(state):
+      batch = jax.tree.map(jnp.asarray, next(cached_it))
+      state, m = step_c(state, batch)
+      jax.block_until_ready((state, m))
+      return state
+
+    state_u, state_c = run_u(state_u), run_c(state_c)     # compile + warm-up
+    t_u = t_c = 0.0
+    for _ in range(steps_n):
+      t0 = time.perf_counter()
+      state_u = run_u(state_u)
+      t_u += time.perf_counter() - t0
+      t0 = time.perf_counter()
+      state_c = run_c(state_c)
+      t_c += time.perf_counter() - t0
+    cache_mib = cache.nbytes / MIB
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  measured = steps_n * bsz
+  per_u, per_c, per_b = t_u / measured, t_c / measured, build_s / n
+  row = {"variant": variant, "batch": bsz, "images_measured": measured,
+         "images_cached": n, "cache_dtype": "bfloat16", "storage": "disk",
+         "cache_mib": cache_mib,
+         "cache_gib_per_1000": cache_mib / n * 1000 / 1024,
+         "uncached_epoch_1000_s": per_u * 1000,
+         "cached_epoch_1000_s": per_c * 1000,
+         "build_1000_s": per_b * 1000,
+         "cached_vs_uncached": per_c / per_u,
+         "break_even_epochs": per_b / max(per_u - per_c, 1e-12), **costs}
+  _log(f"cache {variant}: epoch {row['uncached_epoch_1000_s']:.1f}s -> "
+       f"{row['cached_epoch_1000_s']:.1f}s ({row['cached_vs_uncached']:.3f}x)")
+  return [row]
+
+
+def _cache_step_costs(config, built, bsz) -> Dict[str, float]:
+  """XLA FLOPs and bytes accessed of the forward, the uncached and the
+  cached LoSA step at batch `bsz`: what the wall-time ratio is bound by."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import build, cost, steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side as side_lib  # pylint: disable=g-import-not-at-top
+
+  def analyse(jitted, *args):
+    c = cost.compiled_cost(jitted, *args)
+    return c["flops"], c["bytes_accessed"]
+
+  s = config.image_size
+  fwd_fn, bb_shape = build.backbone_forward(config)
+  images = jax.ShapeDtypeStruct((bsz, s, s, 3), jnp.float32)
+  out = {}
+  out["forward_gflop"], out["forward_gb"] = analyse(jax.jit(fwd_fn),
+                                                    bb_shape, images)
+  out["uncached_gflop"], out["uncached_gb"] = analyse(
+      built.train_step, built.state_shape,
+      steps.abstract_batch(bsz, built.image_shape))
+  bb_kw = built.model.backbone_kwargs()
+  losa = model_lib.merged(model_lib.LOSA_DEFAULTS, built.model.losa, "losa")
+  taps = len(side_lib.tap_indices(bb_kw["depth"], losa["tap_every"]))
+  width, patch = bb_kw["width"], bb_kw["patch_size"][0]
+  tokens = (s // patch) ** 2 + 1
+  feats = {"image": {"taps": jax.ShapeDtypeStruct(
+      (bsz, taps, tokens, width), jnp.bfloat16)},
+           "label": jax.ShapeDtypeStruct((bsz,), jnp.int32)}
+  out["cached_gflop"], out["cached_gb"] = analyse(
+      cached_step_for(config, built), built.state_shape, feats)
+  return {k: v / 1e9 for k, v in out.items()}
