@@ -249,3 +249,25 @@ def test_predict_from_workdir(tmp_path):
   assert [r["label"] for r in out] == [r["label"] for r in recs[:2]]
   with pytest.raises(FileNotFoundError, match="nope.png"):
     predict.predict_files(p, [str(tmp_path / "nope.png")])
+
+
+@pytest.mark.parametrize("pp,where,match", [
+    # 32-px images for a 28-px model: the train split, before any step.
+    ("decode(channels=3)|resize(32)|value_range(-1, 1)|keep('image', 'label')",
+     "input", r"\(16, 32, 32, 3\).*\(28, 28, 3\)"),
+    # One channel where the patch embedding wants 3: the eval split.
+    ("decode(channels=1)|value_range(-1, 1)|keep('image', 'label')",
+     "evals", r"channels"),
+])
+def test_data_that_does_not_fit_the_model_is_named(tmp_path, pp, where,
+                                                   match):
+  c = digits_config(steps=2)
+  if where == "input":
+    c.input.pp = pp
+  else:
+    c.evals.test.pp = pp
+  with pytest.raises(ValueError, match=match) as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  assert f"config.{where}" in str(e.value)
+  assert not os.path.isdir(tmp_path / "checkpoints") or not os.listdir(
+      tmp_path / "checkpoints")
