@@ -82,6 +82,13 @@ def cast_frozen(params, mask: Dict[str, bool], dtype):
       else v.astype(dtype) for n, v in tree_lib.flatten(params).items()})
 
 
+def image_shape_of(config) -> Tuple[int, ...]:
+  """One example's input shape: (H, W, 3), or (T, H, W, 3) for video."""
+  res = config.get("image_size", 224)
+  res = (res, res) if isinstance(res, int) else tuple(res)
+  return (*res, 3)
+
+
 def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   """Everything needed to train `config`; nothing is materialised.
 
@@ -89,9 +96,7 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   state are stored in bf16 (init, state_shape and the steps all see bf16).
   """
   model = model_from_config(config)
-  res = config.get("image_size", 224)
-  res = (res, res) if isinstance(res, int) else tuple(res)
-  image_shape = (*res, 3)
+  image_shape = image_shape_of(config)
   params_shape = jax.eval_shape(
       lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
       jax.random.key(0))["params"]

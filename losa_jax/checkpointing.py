@@ -57,7 +57,8 @@ from losa_jax import tree as tree_lib
 
 # Config keys whose change makes an old checkpoint meaningless for this run.
 FINGERPRINT_KEYS = ("model", "num_classes", "image_size", "optax_name",
-                    "schedule", "seed", "lr_mults")
+                    "schedule", "seed", "data_seed", "lr_mults",
+                    "population")
 # Config keys recorded in each checkpoint whose change a resume accepts (the
 # optimizer state does not depend on their values); a change is logged.
 HPARAM_KEYS = ("lr", "wd", "wd_mults", "grad_clip_norm", "optax")

@@ -75,6 +75,11 @@ TOP_LEVEL: Dict[str, Any] = dict(
     # Extra pp op modules to import (family names such as "video" or dotted
     # module paths); the built-in families load on demand anyway.
     pp_modules=None,
+    # The data order's seed (default: seed). A population's members may
+    # differ in init seed yet share the data order, and so the backbone pass.
+    data_seed=None,
+    # Many side networks on one backbone pass: see losa_jax.population.
+    population=None,
 )
 INPUT_KEYS = ("data", "batch_size", "pp", "shuffle")
 EVAL_KEYS = ("data", "pp", "batch_size", "every", "type", "average")
@@ -312,6 +317,20 @@ def input_shape(config) -> Tuple[int, ...]:
                      f"config.model.backbone.num_frames={frames}: make them "
                      "agree.")
   return (*(int(d) for d in dims), 3)
+
+
+def total_steps_of(config, num_examples: int) -> int:
+  """config.total_steps, or total_epochs over `num_examples` examples."""
+  if config.get("total_steps"):
+    return int(config.total_steps)
+  return int(math.ceil(config.total_epochs * num_examples /
+                       config.input.batch_size))
+
+
+def data_seed_of(config) -> int:
+  """The data order's seed: config.data_seed, else config.seed."""
+  ds = config.get("data_seed")
+  return int(config.get("seed", 0) if ds is None else ds)
 
 
 def with_defaults(config) -> ml_collections.ConfigDict:

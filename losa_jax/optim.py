@@ -100,17 +100,28 @@ def _base(name: str, kw: dict) -> optax.GradientTransformation:
   raise ValueError(f"Unknown optax_name {name!r}: use one of {BASE_OPTIMIZERS}.")
 
 
-def make(config, params, total_steps: int):
+def make(config, params, total_steps: int, hparams=None, *,
+         log_rules: bool = True):
   """Builds the optimizer for a param tree (arrays or ShapeDtypeStructs).
 
   Returns (tx, schedule_fns {label: step->lr}, trainable_mask {name: bool}).
   Reads config.{optax_name, optax, lr, wd, wd_mults, lr_mults,
   grad_clip_norm, schedule, model.method}.
+
+  hparams: optional {"lr", "wd", "grad_clip_norm"} values (scalars, possibly
+  traced: a population vmaps one optimizer over members' values) that
+  replace the config's. The config still decides the structure: weight
+  decay exists if config.wd is non-zero, clipping if config.grad_clip_norm
+  is set; a member's wd of 0 or clip norm of inf then changes nothing, to
+  the bit, so the optimizer state has one structure for every member.
   """
+  hparams = dict(hparams or {})
   rules = get_rules(config)
   assignment, matched = tree_lib.match_rules(params, rules, "config.schedule")
   for i, (pattern, sched) in enumerate(rules):
     what = "frozen" if sched is None else f"trained ({sched})"
+    if not log_rules:
+      continue
     if matched[i]:
       logging.info("Rule %r (%s) matched %d params, e.g. %s", pattern, what,
                    len(matched[i]), matched[i][:3])
@@ -141,6 +152,8 @@ def make(config, params, total_steps: int):
   groups, labels, sched_fns = {}, {}, {}
   name = config.get("optax_name", "adamw")
   wd = float(config.get("wd", 0.0))
+  lr = hparams.get("lr", config.lr)
+  wd_value = hparams.get("wd", wd)
   for n, label in label_of.items():
     if label == FROZEN:
       labels[n] = FROZEN
@@ -150,7 +163,7 @@ def make(config, params, total_steps: int):
     labels[n] = key
     if key not in groups:
       sched_kw = dict(rules[assignment[n]][1])
-      fn = create_schedule(config.lr, total_steps, **sched_kw)
+      fn = create_schedule(lr, total_steps, **sched_kw)
       sched_fns[key] = (lambda f, m: (lambda s: f(s) * m))(fn, mult)
       groups[key] = None
 
@@ -158,7 +171,7 @@ def make(config, params, total_steps: int):
   for key in groups:
     parts = [_base(name, config.get("optax", {}) or {})]
     if wd:
-      parts.append(_decay(wd, lambda n: first(n, wd_mults, 0.0)))
+      parts.append(_decay(wd_value, lambda n: first(n, wd_mults, 0.0)))
     parts += [optax.scale_by_schedule(sched_fns[key]), optax.scale(-1.0)]
     transforms[key] = optax.chain(*parts)
 
@@ -166,8 +179,8 @@ def make(config, params, total_steps: int):
   chain = []
   if config.get("grad_clip_norm"):
     mask_tree = tree_lib.unflatten(mask)
-    chain.append(optax.masked(
-        optax.clip_by_global_norm(config.grad_clip_norm), mask_tree))
+    chain.append(optax.masked(optax.clip_by_global_norm(
+        hparams.get("grad_clip_norm", config.grad_clip_norm)), mask_tree))
   chain.append(optax.multi_transform(transforms, label_tree))
   return optax.chain(*chain), sched_fns, mask
 

@@ -24,7 +24,9 @@ def softmax_xent(logits, labels, *, label_smoothing: float = 0.0,
   """Mean cross-entropy. logits [B, C] float, labels [B] int, mask [B] 0/1."""
   num_classes = logits.shape[-1]
   onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  if label_smoothing:
+  # A traced value (a population's per-member array) is always applied; 0
+  # then leaves the one-hot unchanged to the bit.
+  if isinstance(label_smoothing, jax.Array) or label_smoothing:
     onehot = onehot * (1 - label_smoothing) + label_smoothing / num_classes
   per_ex = -jnp.sum(onehot * jax.nn.log_softmax(
       logits.astype(jnp.float32)), axis=-1)

@@ -9,7 +9,6 @@ at the end.
 """
 import itertools
 import json
-import math
 import os
 import resource
 import sys
@@ -29,6 +28,7 @@ from losa_jax import datasets
 from losa_jax import distributed
 from losa_jax import evaluators
 from losa_jax import input_pipeline
+from losa_jax import population_train
 from losa_jax import pp as pp_lib
 from losa_jax import sharding as sharding_lib
 
@@ -42,11 +42,7 @@ class NonFiniteLossError(FloatingPointError):
 # --- data ---------------------------------------------------------------------
 
 
-def total_steps_of(config, num_examples: int) -> int:
-  if config.get("total_steps"):
-    return int(config.total_steps)
-  return int(math.ceil(config.total_epochs * num_examples /
-                       config.input.batch_size))
+total_steps_of = config_lib.total_steps_of
 
 
 def run_evaluators(evals, params, *, step: int) -> Dict[str, float]:
@@ -132,7 +128,15 @@ def peak_memory() -> Dict[str, float]:
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if possible); returns results."""
+  """Trains `config` in `workdir` (resuming if possible); returns results.
+
+  A config with a `population` trains every member
+  (losa_jax.population_train); its result has "results" with the
+  leaderboard.
+  """
+  if config.get("population"):
+    return population_train.train_population(
+        config, workdir, single_run=train_and_evaluate)
   config_lib.validate(config)
   config = config_lib.with_defaults(config)
   # Before any JAX computation: afterwards the backend exists and can no
@@ -197,7 +201,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     else:
       it, _ = input_pipeline.training(
           train_src, batch_size=config.input.batch_size, pp=train_pp,
-          seed=config.seed,
+          seed=config_lib.data_seed_of(config),
           shuffle=config.input.get("shuffle", True), start_step=start,
           process_index=jax.process_index(),
           process_count=jax.process_count())

@@ -6,6 +6,7 @@ from typing import Callable, Optional
 
 import jax.numpy as jnp
 
+from losa_jax import config_lib
 from losa_jax import input_pipeline
 from losa_jax import steps
 from losa_jax.feature_cache import keys
@@ -64,7 +65,8 @@ def for_trainer(config, built, params, source, pp, workdir: str, *,
       memory_budget_mb=opts["memory_budget_mb"],
       batch_size=opts["batch_size"] or config.input.batch_size,
       backbone_id=backbone_id)
-  it = cache.batches(batch_size=config.input.batch_size, seed=config.seed,
+  it = cache.batches(batch_size=config.input.batch_size,
+                     seed=config_lib.data_seed_of(config),
                      shuffle=config.input.get("shuffle", True),
                      start_step=start_step)
   return train_step(config, built), input_pipeline.device_batches(

@@ -171,6 +171,37 @@ def _frozen_reader(trainable: Optional[str]):
   return read
 
 
+def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
+                      encoder_norm=None):
+  """The side network's inputs from one backbone forward's encoder outputs.
+
+  Args:
+    encoder_out: `out["encoder"]` of the backbone (per-block "+sa"/"+mlp"
+      [B, N, D], stacked [L, B, N, D] when scanned, and "pre_ln" [B, N, D]).
+    tap, tap_every: the LoSA options of that name.
+    depth: the backbone's number of blocks.
+    encoder_norm: the frozen `encoder_norm` params (tap="block_ln" only).
+
+  Returns:
+    (taps [L', B, N, D], final [B, N, D]), float32 constants (stop_gradient:
+    the side network only ever sees constants). Populations call this once
+    per tap option on one backbone pass.
+  """
+  idx = side_lib.tap_indices(depth, tap_every)
+  key = "+sa" if tap == "attn" else "+mlp"
+  if "stacked" in encoder_out:     # scanned backbone: already [L, B, N, D]
+    taps = encoder_out["stacked"][key]
+    if len(idx) != depth:
+      taps = taps[jnp.asarray(idx)]
+  else:
+    taps = jnp.stack([encoder_out[f"block{i:02d}"][key] for i in idx])
+  if tap == "block_ln":
+    taps = nn.LayerNorm().apply({"params": encoder_norm}, taps)
+  taps = side_lib.as_float32(jax.lax.stop_gradient(taps))
+  final = side_lib.as_float32(jax.lax.stop_gradient(encoder_out["pre_ln"]))
+  return taps, final
+
+
 class Model(nn.Module):
   """Backbone + method + head. `__call__(images [B, H, W, 3]) -> (logits, out)`.
 
@@ -274,22 +305,13 @@ class Model(nn.Module):
   def _taps(self, out):
     """Backbone outputs -> (taps [L', B, N, D], final [B, N, D]), float32."""
     cfg = self._cfg()
-    depth = self.backbone_kwargs().get("depth", 12)
-    idx = side_lib.tap_indices(depth, cfg["tap_every"])
-    key = "+sa" if cfg["tap"] == "attn" else "+mlp"
-    if "stacked" in out["encoder"]:     # scanned backbone: already [L, B, N, D]
-      taps = out["encoder"]["stacked"][key]
-      if len(idx) != depth:
-        taps = taps[jnp.asarray(idx)]
-    else:
-      taps = jnp.stack([out["encoder"][f"block{i:02d}"][key] for i in idx])
+    enc_norm = None
     if cfg["tap"] == "block_ln":
-      taps = self._frozen_ln()(taps)
-    # Second guard: the side network only ever sees constants.
-    taps = side_lib.as_float32(jax.lax.stop_gradient(taps))
-    final = side_lib.as_float32(jax.lax.stop_gradient(
-        out["encoder"]["pre_ln"]))
-    return taps, final
+      enc_norm = self._backbone_params()["Transformer"]["encoder_norm"]
+    return taps_from_encoder(out["encoder"], tap=cfg["tap"],
+                             tap_every=cfg["tap_every"],
+                             depth=self.backbone_kwargs().get("depth", 12),
+                             encoder_norm=enc_norm)
 
   def _losa(self, out):
     cfg = self._cfg()

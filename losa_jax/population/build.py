@@ -1,0 +1,346 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""A population step: K side networks trained on one frozen backbone pass.
+
+LoSA's backbone never sees the side network, so its forward pass is the
+same for every side network that reads the same batch. The population step
+runs the backbone once per distinct data order (usually once) and feeds its
+taps to every member:
+
+* Members with one structure (rank, LoSA switches, tap_every) form a group:
+  their params, optimizer states and hyper-parameters (lr, wd,
+  label_smoothing, grad_clip_norm) are stacked on a leading member axis and
+  the member's step is vmapped. The hyper-parameters are arrays of the
+  state, so one program serves every value.
+* Groups of different structures are traced into the same jitted step.
+* Each member's step is the trainer's step (`steps.train_step_fn`) on the
+  member's own optimizer (`optim.make` with the member's values), fed the
+  shared taps instead of images: after N steps a member holds the params a
+  single run of its config holds (tested to 1e-5).
+* A member whose loss turns NaN/Inf keeps its last finite state and is
+  marked dead (`alive` False); the others go on.
+
+State (a pytree; sharded like the trainer's: batch over the data axes, the
+backbone by `config.sharding_strategy`, members replicated):
+
+    {"params": {"backbone": ...},        # frozen, shared, never updated
+     "step": int32 [],
+     "groups": [{"params": {side, head} [K_g, ...],
+                 "opt": stacked optimizer state,
+                 "rng": uint32 [K_g, 2]  (key data),
+                 "hp": {"lr", "wd", "label_smoothing", "grad_clip_norm"}
+                       float32 [K_g] each (clip inf = off),
+                 "alive": bool [K_g]}, ...]}
+
+Batches: {"image": [S, B, ...], "label": [S, B]} with one slot per distinct
+data seed (`PopulationBuilt.data_seeds`), S = 1 in the usual case.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from losa_jax import build as build_lib
+from losa_jax import optim
+from losa_jax import sharding as sharding_lib
+from losa_jax import steps
+from losa_jax import tree as tree_lib
+from losa_jax.models import model as model_lib
+from losa_jax.population import members as members_lib
+
+HP_KEYS = ("lr", "wd", "label_smoothing", "grad_clip_norm")
+
+
+@dataclasses.dataclass
+class Group:
+  """Members that share one structure and one data order (one vmap)."""
+  index: int
+  members: List[members_lib.Member]
+  slot: int                       # batch slot (index into data_seeds)
+  config: ml_collections.ConfigDict   # the structure config (see _structure)
+  model: model_lib.Model
+  tap: Tuple[str, int]            # (tap, tap_every)
+  params_shape: Any               # one member's {side, head}
+  num_params: int                 # trainable params of one member
+
+
+@dataclasses.dataclass
+class PopulationBuilt:
+  """What `build` returns; the population analogue of `build.Built`."""
+  members: List[members_lib.Member]
+  groups: List[Group]
+  data_seeds: List[int]
+  mesh: Any
+  image_shape: Tuple[int, ...]
+  state_shape: Any
+  state_sharding: Any
+  init: Callable          # (backbone params) -> state, placed in shardings
+  train_step: Callable    # (state, batch) -> (state, metrics)
+  eval_step: Callable     # (state, batch) -> [group][{loss_sum, correct,
+                          #   count} [K_g]]
+  features: Callable      # (backbone params, images [B, ...]) -> taps dict
+
+  @property
+  def num_members(self) -> int:
+    return len(self.members)
+
+  def member_order(self) -> List[Tuple[int, int]]:
+    """(group index, position in group) of every member, in the order of
+    `members` (sorted by member index)."""
+    where = {}
+    for g in self.groups:
+      for j, m in enumerate(g.members):
+        where[m.index] = (g.index, j)
+    return [where[m.index] for m in self.members]
+
+
+def _structure(group_members: Sequence[members_lib.Member]):
+  """One config whose optimizer *structure* fits every member of a group.
+
+  Weight decay exists if any member decays, clipping if any member clips;
+  members without them get wd 0 / clip norm inf, which change nothing.
+  """
+  c = ml_collections.ConfigDict(group_members[0].config.to_dict())
+  wds = [m.hparams["wd"] for m in group_members]
+  c.wd = max(wds) if any(wds) else 0.0
+  clips = [m.hparams["grad_clip_norm"] for m in group_members
+           if m.hparams["grad_clip_norm"]]
+  c.grad_clip_norm = max(clips) if clips else None
+  c.label_smoothing = max(m.hparams["label_smoothing"] for m in group_members)
+  return c
+
+
+def _hp_arrays(group_members) -> Dict[str, np.ndarray]:
+  return {
+      "lr": np.array([m.hparams["lr"] for m in group_members], np.float32),
+      "wd": np.array([m.hparams["wd"] for m in group_members], np.float32),
+      "label_smoothing": np.array(
+          [m.hparams["label_smoothing"] for m in group_members], np.float32),
+      "grad_clip_norm": np.array(
+          [m.hparams["grad_clip_norm"] or np.inf for m in group_members],
+          np.float32)}
+
+
+class _SharedBackbone:
+  """`Model.apply` look-alike: member params + the shared frozen backbone,
+  fed precomputed taps (so `steps.train_step_fn` runs unchanged)."""
+
+  def __init__(self, model, backbone):
+    self.model, self.backbone = model, backbone
+
+  def apply(self, variables, features, **kw):
+    params = {**variables["params"], "backbone": self.backbone}
+    return self.model.apply({"params": params}, None, precomputed=features,
+                            **kw)
+
+
+def build(config, *, total_steps: int, mesh=None, donate: bool = True,
+          members=None) -> PopulationBuilt:
+  """Compiles the population of `config.population` (LoSA only).
+
+  Args:
+    config: a trainer config with a `population` entry (see
+      losa_jax.population.members).
+    total_steps: the schedules' length (every member trains as long).
+    mesh: default from config.mesh.
+    donate: donate the state to the step.
+    members: a subset of `members.expand(config)` to build (the survivors
+      of a successive-halving rung); default all.
+  """
+  members = sorted(members if members is not None else
+                   members_lib.expand(config), key=lambda m: m.index)
+  methods = {m.config.model.get("method", "losa") for m in members}
+  if methods != {"losa"}:
+    raise ValueError(f"A shared-backbone population needs model.method="
+                     f"'losa' (got {sorted(methods)}): other methods change "
+                     "the backbone, so their members train one after another "
+                     "(losa_jax.population_train does that).")
+  base = members[0].config
+  image_shape = build_lib.image_shape_of(base)
+  data_seeds: List[int] = []
+  groups: List[Group] = []
+  for _, seed, ms in members_lib.group_members(members):
+    if seed not in data_seeds:
+      data_seeds.append(seed)
+    cfg = _structure(ms)
+    model = build_lib.model_from_config(cfg)
+    losa = model_lib.losa_options(dict(cfg.model.get("losa") or {}))
+    groups.append(Group(len(groups), ms, data_seeds.index(seed), cfg, model,
+                        (losa["tap"], losa["tap_every"]), None, 0))
+
+  # The shared backbone: its kwargs are the same for every member (only
+  # LoSA switches differ), so any group's model names it.
+  model0 = groups[0].model
+  bb_module = model0.backbone_module()(**model0.backbone_kwargs())
+  depth = model0.backbone_kwargs().get("depth", 12)
+  full_shape = jax.eval_shape(
+      lambda r: model0.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
+      jax.random.key(0))["params"]
+  param_dtype = build_lib.frozen_param_dtype(base)
+  bb_shape = full_shape["backbone"]
+  if param_dtype is not None:
+    bb_shape = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype)
+        if jnp.issubdtype(s.dtype, jnp.floating) else s, bb_shape)
+
+  def features(backbone, images):
+    """One backbone pass -> {(tap, tap_every): {"taps", "final"}}."""
+    _, out = bb_module.apply({"params": backbone}, images, train=False)
+    enc_norm = backbone["Transformer"]["encoder_norm"]
+    feats = {}
+    for g in groups:
+      if g.tap not in feats:
+        taps, final = model_lib.taps_from_encoder(
+            out["encoder"], tap=g.tap[0], tap_every=g.tap[1], depth=depth,
+            encoder_norm=enc_norm)
+        feats[g.tap] = {"taps": taps, "final": final}
+    return feats
+
+  def tx_of(g: Group, hp, params_shape):
+    return optim.make(g.config, params_shape, total_steps, hparams=hp,
+                      log_rules=False)
+
+  # One member's trainable tree, from the full model's init shapes.
+  for g in groups:
+    shape = jax.eval_shape(
+        lambda r, m=g.model: m.init(r, jnp.zeros((1, *image_shape),
+                                                 jnp.float32)),
+        jax.random.key(0))["params"]
+    g.params_shape = {k: v for k, v in shape.items() if k != "backbone"}
+    g.num_params = tree_lib.count(g.params_shape)
+
+  feat_shape = jax.eval_shape(
+      features, bb_shape, jax.ShapeDtypeStruct((1, *image_shape),
+                                               jnp.float32))
+
+  def init_member(g: Group, seed, hp, backbone):
+    """The trainer's init for one member: same rng splits, same values."""
+    rng = jax.random.key(seed)
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         feat_shape[g.tap])
+    _, variables = g.model.apply(
+        {"params": {"backbone": backbone}}, None, precomputed=dummy,
+        rngs={"params": init_rng}, mutable=["params"])
+    params = {k: v for k, v in variables["params"].items() if k != "backbone"}
+    tx, _, _ = tx_of(g, hp, g.params_shape)
+    return {"params": params, "opt": tx.init(params),
+            "rng": jax.random.key_data(state_rng), "hp": hp,
+            "alive": jnp.ones((), bool)}
+
+  def init_fn(backbone):
+    state = {"params": {"backbone": backbone},
+             "step": jnp.zeros((), jnp.int32), "groups": []}
+    for g in groups:
+      seeds = jnp.asarray([m.hparams["seed"] for m in g.members], jnp.uint32)
+      hp = jax.tree.map(jnp.asarray, _hp_arrays(g.members))
+      state["groups"].append(jax.vmap(
+          lambda s, h, g=g: init_member(g, s, h, backbone))(seeds, hp))
+    return state
+
+  def member_step(g: Group, backbone, mstate, step, feats, labels):
+    hp = mstate["hp"]
+    tx, sched_fns, mask = tx_of(g, hp, g.params_shape)
+    fn = steps.train_step_fn(
+        _SharedBackbone(g.model, backbone), tx, mask,
+        label_smoothing=hp["label_smoothing"], schedule_fns=sched_fns)
+    state = {"params": mstate["params"], "opt": mstate["opt"], "step": step,
+             "rng": jax.random.wrap_key_data(mstate["rng"])}
+    new, metrics = fn(state, {"image": feats, "label": labels})
+    finite = jnp.isfinite(metrics["loss"])
+    keep = jnp.logical_and(mstate["alive"], finite)
+    # A dead member keeps its last finite state; the others go on.
+    pick = lambda a, b: jnp.where(keep, a, b)
+    out = dict(mstate)
+    out["params"] = jax.tree.map(pick, new["params"], mstate["params"])
+    out["opt"] = jax.tree.map(pick, new["opt"], mstate["opt"])
+    out["alive"] = keep
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("lr/")}
+    metrics["lr"] = next(iter(sched_fns.values()))(step)
+    metrics["alive"] = keep.astype(jnp.float32)
+    return out, metrics
+
+  def step_fn(state, batch):
+    backbone = state["params"]["backbone"]
+    feats = [features(backbone, batch["image"][s])
+             for s in range(len(data_seeds))]
+    new_groups, metrics = [], []
+    for g, gstate in zip(groups, state["groups"]):
+      f = feats[g.slot][g.tap]
+      ng, m = jax.vmap(
+          lambda ms, g=g, f=f, s=g.slot: member_step(
+              g, backbone, ms, state["step"], f, batch["label"][s]))(gstate)
+      new_groups.append(ng)
+      metrics.append(m)
+    return {"params": state["params"], "step": state["step"] + 1,
+            "groups": new_groups}, metrics
+
+  def eval_fn(state, batch):
+    backbone = state["params"]["backbone"]
+    out = []
+    for g, gstate in zip(groups, state["groups"]):
+      # Eval batches come from one pass over a split: one slot.
+      f = features(backbone, batch["image"])[g.tap]
+      apply = _SharedBackbone(g.model, backbone)
+      ev = steps.eval_step_fn(apply)
+      out.append(jax.vmap(lambda p, f=f, ev=ev: ev(
+          p, {"image": f, "label": batch["label"],
+              "_mask": batch.get("_mask")}))(gstate["params"]))
+    return out
+
+  state_shape = jax.eval_shape(init_fn, bb_shape)
+  if mesh is None:
+    mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  strategy = (config.get("sharding_strategy")
+              or sharding_lib.DEFAULT_STRATEGY)
+  state_sharding = sharding_lib.infer_state_sharding(state_shape, mesh,
+                                                     strategy)
+  rep = sharding_lib.replicated(mesh)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  slot_sh = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, *batch_sh.spec))
+  train_step = jax.jit(
+      step_fn, in_shardings=(state_sharding, slot_sh),
+      out_shardings=(state_sharding, rep),
+      donate_argnums=(0,) if donate else ())
+  eval_step = jax.jit(eval_fn, in_shardings=(state_sharding, batch_sh),
+                      out_shardings=rep)
+  init = jax.jit(init_fn, in_shardings=(state_sharding["params"]["backbone"],),
+                 out_shardings=state_sharding)
+  return PopulationBuilt(members, groups, data_seeds, mesh, image_shape,
+                         state_shape, state_sharding, init, train_step,
+                         eval_step, features)
+
+
+def member_params(pop: PopulationBuilt, state, index: int):
+  """{side, head} of the member whose `Member.index` is `index` (numpy)."""
+  pos = [m.index for m in pop.members].index(index)
+  gi, j = pop.member_order()[pos]
+  return jax.tree.map(lambda x: np.asarray(x[j]),
+                      jax.device_get(state["groups"][gi]["params"]))
+
+
+def per_member(pop: PopulationBuilt, group_values) -> List[Dict[str, float]]:
+  """[group][{name: [K_g]}] -> [{name: value}] in the order of `members`."""
+  group_values = jax.device_get(group_values)
+  return [{k: float(np.asarray(v)[j]) for k, v in group_values[gi].items()}
+          for gi, j in pop.member_order()]
+
+
+def restack(old: PopulationBuilt, old_state, new: PopulationBuilt):
+  """The state of `new` (a subset of `old`'s members) taken from `old_state`:
+  each surviving member keeps its params, optimizer state, rng and values."""
+  where = {m.index: loc for m, loc in zip(
+      sorted(old.members, key=lambda m: m.index), old.member_order())}
+  groups = []
+  for g in new.groups:
+    rows = [where[m.index] for m in g.members]
+    parts = [jax.tree.map(lambda x, j=j: x[j], old_state["groups"][gi])
+             for gi, j in rows]
+    groups.append(jax.tree.map(lambda *xs: jnp.stack(xs), *parts))
+  state = {"params": old_state["params"], "step": old_state["step"],
+           "groups": groups}
+  return jax.device_put(state, new.state_sharding)

@@ -1,0 +1,237 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""`config.population` -> the member configs of a population.
+
+    config.population = dict(
+        grid=dict(lr=[1e-3, 3e-3, 1e-2], wd=[0, 1e-4]),   # cartesian
+        seeds=[0],                      # init seeds (config.seed per member)
+        losa=dict(rank=[4, 8, 16]),     # structure: a cartesian grid too
+        random=dict(budget=8, seed=0,   # or sampled instead of the grids
+                    lr=("loguniform", 1e-4, 1e-2), rank=("choice", [4, 8])),
+        rungs=dict(steps=[100, 200], keep=0.5, eval="val"),   # optional
+    )
+
+Every member is a complete single-run config: the population trainer gives
+each member the params a single run of that config gives (same seeds). Keys:
+
+* hyper-parameters (`HPARAMS`): lr (the schedule's peak), wd,
+  label_smoothing, grad_clip_norm (None: no clipping), seed (init), and
+  data_seed (the data order; members that share it share a backbone pass);
+* structure (`losa=` and `STRUCTURE_KEYS`): any `config.model.losa` switch
+  (rank, tap_every, token_mixer, ...). Members of one structure are stacked
+  on a member axis and vmapped; different structures form groups of the same
+  jitted step.
+"""
+import dataclasses
+import itertools
+import math
+from typing import Any, Dict, List, Sequence, Tuple
+
+import ml_collections
+import numpy as np
+
+from losa_jax import config_lib
+from losa_jax.models import model as model_lib
+
+# Per-member values: arrays inside one compiled step.
+HPARAMS = ("lr", "wd", "label_smoothing", "grad_clip_norm", "seed",
+           "data_seed")
+POPULATION_KEYS = ("grid", "seeds", "data_seeds", "losa", "random", "rungs",
+                   "name")
+RANDOM_KINDS = ("choice", "uniform", "loguniform")
+RUNG_KEYS = ("steps", "keep", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One configuration of the population.
+
+  index: position in the population (stable; names and checkpoints use it).
+  name: e.g. "m03"; label: the values that differ, e.g. "lr=0.003,rank=8".
+  config: the complete single-run config of this member.
+  hparams: its HPARAMS values (grad_clip_norm None = off).
+  structure: the losa switches that differ between members.
+  """
+  index: int
+  name: str
+  label: str
+  config: ml_collections.ConfigDict
+  hparams: Dict[str, Any]
+  structure: Tuple[Tuple[str, Any], ...]
+
+
+def _as_dict(x) -> dict:
+  if x is None:
+    return {}
+  return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
+
+
+def _values(where: str, v) -> list:
+  if isinstance(v, (list, tuple)) and len(v) > 0:
+    return list(v)
+  raise ValueError(f"{where}={v!r}: expected a non-empty list of values.")
+
+
+def _sample(where: str, spec, rng: np.random.Generator):
+  if not isinstance(spec, (list, tuple)) or not spec or \
+      spec[0] not in RANDOM_KINDS:
+    raise ValueError(f"{where}={spec!r}: expected ('choice', [values]), "
+                     "('uniform', lo, hi) or ('loguniform', lo, hi).")
+  kind = spec[0]
+  if kind == "choice":
+    values = _values(where, spec[1] if len(spec) == 2 else None)
+    return values[int(rng.integers(len(values)))]
+  if len(spec) != 3 or not all(isinstance(b, (int, float)) for b in spec[1:]):
+    raise ValueError(f"{where}={spec!r}: ('{kind}', lo, hi) needs two "
+                     "numbers.")
+  lo, hi = float(spec[1]), float(spec[2])
+  if kind == "loguniform":
+    if lo <= 0 or hi <= 0:
+      raise ValueError(f"{where}: loguniform bounds must be positive.")
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+  return float(rng.uniform(lo, hi))
+
+
+def _fmt(v) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def validate(population, config=None):
+  """Checks the form of config.population; raises ValueError naming keys."""
+  pop = _as_dict(population)
+  bad = sorted(set(pop) - set(POPULATION_KEYS))
+  if bad:
+    raise ValueError(f"Unknown config.population key(s) {bad}; valid: "
+                     f"{list(POPULATION_KEYS)}.")
+  for k in _as_dict(pop.get("grid")):
+    if k not in HPARAMS or k in ("seed", "data_seed"):
+      raise ValueError(
+          f"config.population.grid.{k}: not a per-member hyper-parameter; "
+          f"use one of {[h for h in HPARAMS if 'seed' not in h]} (seeds go "
+          "in population.seeds / data_seeds, structure in population.losa).")
+  for k in _as_dict(pop.get("losa")):
+    if k not in model_lib.LOSA_DEFAULTS:
+      raise ValueError(f"config.population.losa.{k}: not a LoSA switch; "
+                       f"valid: {sorted(model_lib.LOSA_DEFAULTS)}.")
+  rungs = _as_dict(pop.get("rungs"))
+  bad = sorted(set(rungs) - set(RUNG_KEYS))
+  if bad:
+    raise ValueError(f"Unknown config.population.rungs key(s) {bad}; valid: "
+                     f"{list(RUNG_KEYS)}.")
+  if rungs:
+    steps = _values("config.population.rungs.steps", rungs.get("steps"))
+    if any(not isinstance(s, int) or s <= 0 for s in steps) or \
+        steps != sorted(set(steps)):
+      raise ValueError(f"config.population.rungs.steps={steps}: increasing "
+                       "positive step numbers.")
+    keep = rungs.get("keep", 0.5)
+    if not 0 < keep < 1:
+      raise ValueError(f"config.population.rungs.keep={keep}: the fraction "
+                       "of members kept at each rung, in (0, 1).")
+    if config is not None:
+      ev = rungs.get("eval")
+      evals = _as_dict(config.get("evals"))
+      if ev not in evals:
+        raise ValueError(f"config.population.rungs.eval={ev!r}: name the "
+                         f"config.evals entry to rank members by; have "
+                         f"{sorted(evals)}.")
+  if config is not None:
+    expand(config)   # every member must be a valid config
+
+
+def expand(config) -> List[Member]:
+  """The members of `config.population` (in a fixed, reproducible order)."""
+  pop = _as_dict(config.get("population"))
+  base = _as_dict(config)
+  base.pop("population", None)
+  rows: List[Tuple[Dict[str, Any], Dict[str, Any]]] = []   # (hp, losa)
+  rand = _as_dict(pop.get("random"))
+  if rand:
+    budget = rand.pop("budget", None)
+    if not isinstance(budget, int) or budget <= 0:
+      raise ValueError(f"config.population.random.budget={budget!r}: the "
+                       "number of members to sample, a positive int.")
+    rng = np.random.default_rng(rand.pop("seed", 0))
+    for _ in range(budget):
+      hp, losa = {}, {}
+      for k in sorted(rand):
+        v = _sample(f"config.population.random.{k}", rand[k], rng)
+        if k in model_lib.LOSA_DEFAULTS:
+          losa[k] = v
+        elif k in HPARAMS:
+          hp[k] = v
+        else:
+          raise ValueError(f"config.population.random.{k}: not a "
+                           "hyper-parameter or LoSA switch.")
+      rows.append((hp, losa))
+  else:
+    grid = {k: _values(f"config.population.grid.{k}", v)
+            for k, v in sorted(_as_dict(pop.get("grid")).items())}
+    struct = {k: _values(f"config.population.losa.{k}", v)
+              for k, v in sorted(_as_dict(pop.get("losa")).items())}
+    for s_vals in itertools.product(*struct.values()):
+      for h_vals in itertools.product(*grid.values()):
+        rows.append((dict(zip(grid, h_vals)), dict(zip(struct, s_vals))))
+  seeds = _values("config.population.seeds",
+                  pop.get("seeds", [base.get("seed", 0)]))
+  data_seeds = pop.get("data_seeds")
+  data_seeds = (_values("config.population.data_seeds", data_seeds)
+                if data_seeds is not None else [None])
+  base_data_seed = config_lib.data_seed_of(config)
+  members = []
+  varying = {}
+  for hp, losa in rows:
+    for k, v in {**hp, **losa}.items():
+      varying.setdefault(k, set()).add(repr(v))
+  for (hp, losa), seed, data_seed in itertools.product(rows, seeds,
+                                                      data_seeds):
+    c = ml_collections.ConfigDict(base)
+    for k, v in hp.items():
+      c[k] = v
+    c.seed = int(seed)
+    # Init seeds vary per member, the data order stays the population's
+    # (one backbone pass) unless data_seeds asks for several.
+    c.data_seed = int(base_data_seed if data_seed is None else data_seed)
+    if losa:
+      c.model.losa = ml_collections.ConfigDict(
+          {**_as_dict(c.model.get("losa")), **losa})
+    config_lib.validate(c)
+    i = len(members)
+    shown = {k: v for k, v in {**hp, **losa}.items()
+             if len(varying.get(k, ())) > 1}
+    if len(seeds) > 1:
+      shown["seed"] = seed
+    if len(data_seeds) > 1:
+      shown["data_seed"] = data_seed
+    label = ",".join(f"{k}={_fmt(v)}" for k, v in shown.items()) or "base"
+    member_hp = {"lr": float(c.lr), "wd": float(c.get("wd", 0.0)),
+                 "label_smoothing": float(c.get("label_smoothing", 0.0)),
+                 "grad_clip_norm": c.get("grad_clip_norm"),
+                 "seed": int(c.seed),
+                 "data_seed": int(c.data_seed)}
+    members.append(Member(i, f"m{i:02d}", label, c, member_hp,
+                          tuple(sorted((k, repr(v)) for k, v in
+                                       _as_dict(c.model.get("losa")).items()))))
+  if not members:
+    raise ValueError("config.population expands to no member.")
+  return members
+
+
+def structure_key(member: Member) -> Tuple:
+  """Members with equal keys share one compiled, vmapped group."""
+  return member.structure
+
+
+def data_key(member: Member) -> int:
+  """Members with equal data seeds see the same batches (one backbone pass)."""
+  return member.hparams["data_seed"]
+
+
+def group_members(members: Sequence[Member]
+                  ) -> List[Tuple[Tuple, int, List[Member]]]:
+  """[(structure key, data seed, members)] in first-appearance order."""
+  groups: Dict[Tuple, List[Member]] = {}
+  for m in members:
+    groups.setdefault((structure_key(m), data_key(m)), []).append(m)
+  return [(k[0], k[1], v) for k, v in groups.items()]
+
