@@ -123,17 +123,36 @@ def _member_row(m: members_lib.Member, num_params: int) -> Dict[str, Any]:
 
 
 def _stack_slots(its, mesh):
-  """One numpy batch per data seed -> [S, B, ...] global arrays."""
+  """One numpy batch per data seed -> [S, B, ...] global arrays ("image"
+  may be a dict of cached features)."""
   sh = sharding_lib.batch_sharding(mesh)
   slot_sh = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(None, *sh.spec))
   while True:
     parts = [next(it) for it in its]
-    batch = {k: np.stack([np.asarray(p[k]) for p in parts])
-             for k in ("image", "label")}
+    batch = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                         *[{"image": p["image"], "label": p["label"]}
+                           for p in parts])
     batch["label"] = batch["label"].astype(np.int32)
     yield jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(slot_sh, x), batch)
+
+
+def _feature_cache(config, pop, backbone, source, pp, workdir, backbone_id):
+  """The population's feature cache: taps of every block (tap_every=1), so
+  each group subselects its own; one build serves all members."""
+  from losa_jax import feature_cache  # pylint: disable=g-import-not-at-top
+  opts = feature_cache.options(config)
+  g0 = pop.groups[0]
+  losa = dict(g0.config.model.get("losa") or {})
+  cache_model = g0.model.clone(losa={**losa, "tap_every": 1})
+  return feature_cache.FeatureCache.get_or_create(
+      model=cache_model, params={"backbone": backbone}, source=source, pp=pp,
+      root=opts["dir"] or os.path.join(workdir, "feature_cache"),
+      dtype=opts["dtype"], storage=opts["storage"],
+      memory_budget_mb=opts["memory_budget_mb"],
+      batch_size=opts["batch_size"] or config.input.batch_size,
+      backbone_id=backbone_id)
 
 
 def evaluate_members(pop: pop_lib.PopulationBuilt, state, data, *, pp,
@@ -221,10 +240,7 @@ def train_population(config, workdir: str, *,
                        "another: pass single_run=train.train_and_evaluate "
                        "(python -m losa_jax.train does).")
     return {"results": _sequential(config, workdir, members, single_run)}
-  if (config.get("feature_cache") or {}).get("enabled"):
-    raise ValueError("config.feature_cache with a population: train the "
-                     "cached population with losa_jax.population_cache "
-                     "(see docs/population.md), or disable the cache.")
+  cached = bool((config.get("feature_cache") or {}).get("enabled"))
   chief = distributed.is_chief()
   for module in config.get("pp_modules") or ():
     from losa_jax import pp as pp_lib  # pylint: disable=g-import-not-at-top
@@ -251,7 +267,8 @@ def train_population(config, workdir: str, *,
     checkpointing.check_meta(meta, expected_meta, ckpt.directory)
     alive_idx = list(meta.get("members", alive_idx))
   current = [m for m in members if m.index in alive_idx]
-  pop = pop_lib.build(config, total_steps=total, members=current)
+  pop = pop_lib.build(config, total_steps=total, members=current,
+                      cached=cached)
   sharding_lib.check_batch_size(config.input.batch_size, pop.mesh)
   rows = {m.index: _member_row(m, g.num_params)
           for g in pop.groups for m in g.members}
@@ -283,14 +300,25 @@ def train_population(config, workdir: str, *,
                 f"{ckpt.directory}", flush=True)
       start = int(start or 0)
 
-    its = [input_pipeline.training(
-        train_src, batch_size=config.input.batch_size, pp=train_pp,
-        seed=seed, shuffle=config.input.get("shuffle", True),
-        start_step=start, process_index=jax.process_index(),
-        process_count=jax.process_count())[0] for seed in pop.data_seeds]
-    first = next(its[0])
-    config_lib.check_batch(first, config)
-    its[0] = _chain_first(first, its[0])
+    if cached:
+      # The cached taps feed every member: a step runs no backbone at all.
+      config_lib.check_batch(next(iter(input_pipeline.evaluation(
+          train_src, batch_size=config.input.batch_size, pp=train_pp))),
+                             config)
+      cache = _feature_cache(config, pop, bb, train_src, train_pp, workdir,
+                             expected_meta["backbone"]["sha256"])
+      its = [cache.batches(batch_size=config.input.batch_size, seed=seed,
+                           shuffle=config.input.get("shuffle", True),
+                           start_step=start) for seed in pop.data_seeds]
+    else:
+      its = [input_pipeline.training(
+          train_src, batch_size=config.input.batch_size, pp=train_pp,
+          seed=seed, shuffle=config.input.get("shuffle", True),
+          start_step=start, process_index=jax.process_index(),
+          process_count=jax.process_count())[0] for seed in pop.data_seeds]
+      first = next(its[0])
+      config_lib.check_batch(first, config)
+      its[0] = _chain_first(first, its[0])
     batches = _stack_slots(its, pop.mesh)
     if chief:
       print(f"Training a population of {pop.num_members} LoSA members in "

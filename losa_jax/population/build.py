@@ -49,6 +49,7 @@ from losa_jax import sharding as sharding_lib
 from losa_jax import steps
 from losa_jax import tree as tree_lib
 from losa_jax.models import model as model_lib
+from losa_jax.models import side as side_lib
 from losa_jax.population import members as members_lib
 
 HP_KEYS = ("lr", "wd", "label_smoothing", "grad_clip_norm")
@@ -138,7 +139,7 @@ class _SharedBackbone:
 
 
 def build(config, *, total_steps: int, mesh=None, donate: bool = True,
-          members=None) -> PopulationBuilt:
+          members=None, cached: bool = False) -> PopulationBuilt:
   """Compiles the population of `config.population` (LoSA only).
 
   Args:
@@ -149,6 +150,10 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     donate: donate the state to the step.
     members: a subset of `members.expand(config)` to build (the survivors
       of a successive-halving rung); default all.
+    cached: the train step takes backbone features from a feature cache
+      ({"taps": [S, B, L, N, D] of every block (tap_every=1), optional
+      "final": [S, B, N, D], "label": [S, B]}) instead of images: no
+      backbone at all. Every group must use the same `tap` kind.
   """
   members = sorted(members if members is not None else
                    members_lib.expand(config), key=lambda m: m.index)
@@ -263,10 +268,26 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     metrics["alive"] = keep.astype(jnp.float32)
     return out, metrics
 
+  def cached_features(batch, s):
+    """Cached taps of every block -> each group's taps (subselected)."""
+    taps = jnp.swapaxes(batch["image"]["taps"][s], 0, 1)     # [L, B, N, D]
+    final = (batch["image"]["final"][s] if "final" in batch["image"]
+             else taps[-1])
+    feats = {}
+    for g in groups:
+      if g.tap not in feats:
+        idx = side_lib.tap_indices(depth, g.tap[1])
+        t = taps if len(idx) == taps.shape[0] else taps[jnp.asarray(idx)]
+        feats[g.tap] = side_lib.as_float32({"taps": t, "final": final})
+    return feats
+
   def step_fn(state, batch):
     backbone = state["params"]["backbone"]
-    feats = [features(backbone, batch["image"][s])
-             for s in range(len(data_seeds))]
+    if cached:
+      feats = [cached_features(batch, s) for s in range(len(data_seeds))]
+    else:
+      feats = [features(backbone, batch["image"][s])
+               for s in range(len(data_seeds))]
     new_groups, metrics = [], []
     for g, gstate in zip(groups, state["groups"]):
       f = feats[g.slot][g.tap]
@@ -302,6 +323,10 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
   batch_sh = sharding_lib.batch_sharding(mesh)
   slot_sh = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(None, *batch_sh.spec))
+  if cached and len({g.tap[0] for g in groups}) > 1:
+    raise ValueError("A cached population needs one losa.tap kind for every "
+                     f"member (got {sorted({g.tap[0] for g in groups})}): "
+                     "the cache stores one kind of tap.")
   train_step = jax.jit(
       step_fn, in_shardings=(state_sharding, slot_sh),
       out_shardings=(state_sharding, rep),
