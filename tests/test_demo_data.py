@@ -244,3 +244,18 @@ def test_cli_help_lists_flags(module, names):
     # Booleans read --[no]name.
     assert re.search(rf"--(\[no\])?{name}:", helptext), (name, helptext)
     assert fv[name].help, f"--{name} has no help string"
+
+
+def test_demo_step_time_reads_the_last_training_session(tmp_path):
+  from losa_jax.demo import run  # pylint: disable=g-import-not-at-top
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    # A killed session (steps 50, 100), then a resumed one from step 0, then
+    # the final eval line (no time).
+    for step, t in [(50, 0.0), (100, 100.0), (50, 1000.0), (100, 1010.0),
+                    (150, 1020.0)]:
+      f.write(json.dumps({"step": step, "time": t, "loss": 1.0}) + "\n")
+    f.write(json.dumps({"step": 150, "test/accuracy": 0.9}) + "\n")
+  assert run.step_seconds(str(tmp_path)) == pytest.approx(0.2)
+  config = run.demo_config("full", 150)
+  assert (config.total_steps, config.lr, config.ckpt_every) == (150, 3e-4, 0)
+  assert config.evals.test.batch_size == run.EVAL_BATCH

@@ -4,9 +4,12 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
+from absl import app
+from absl import flags
 import numpy as np
 import pytest
 
@@ -96,8 +99,62 @@ def test_quick_study_command(tmp_path):
   assert "resuming: 2 runs kept" in proc.stdout
 
 
-@pytest.mark.parametrize("bad", ["--tasks=nope", "--methods=sgd"])
+def _parse(argv):
+  """The study's flags on a fresh FlagValues, parsed from `argv`."""
+  from losa_jax.study import run  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  run.define_flags(fv)
+  fv(["study"] + list(argv))
+  return fv
+
+
+@pytest.mark.parametrize("bad", ["--tasks=nope", "--methods=sgd",
+                                 "--ranks=8,x"])
 def test_unknown_names_are_refused(bad):
-  from losa_jax.study import run
-  with pytest.raises(SystemExit):
-    run.parse_args(["--out", "/tmp/x", bad])
+  with pytest.raises(flags.IllegalFlagValueError):
+    _parse(["--out", "/tmp/x", bad])
+
+
+def test_flags_and_help():
+  from losa_jax.study import run  # pylint: disable=g-import-not-at-top
+  # Importing claims no flag names (notebooks import the module).
+  assert not flags.FLAGS.flags_by_module_dict().get(run.__name__)
+  fv = _parse(["--out=/tmp/x", "--quick", "--seeds=3"])
+  a = run.args_from_flags(fv, argv=["--out=/tmp/x", "--quick"])
+  assert (a.tasks, a.methods, a.ranks, a.seeds, a.steps) == (
+      ["digits"], ["losa", "linear"], [8], [0], 8)
+  a = run.args_from_flags(_parse(["--out=/tmp/x", "--ranks=2,32"]), argv=[])
+  assert a.ranks == [2, 32] and a.seeds == [0, 1, 2] and not a.quick
+  # --help prints the main module's flags, each with its help string.
+  helptext = fv.module_help(run.__name__)
+  for name in ("out", "tasks", "methods", "ranks", "seeds", "steps", "batch",
+               "timing_reps", "config", "resume", "quick"):
+    assert re.search(rf"--(\[no\])?{name}:", helptext), name
+    assert fv[name].help
+  with pytest.raises(app.UsageError, match="--out"):
+    run.args_from_flags(_parse([]))
+
+
+def test_study_run_is_a_trainer_run(tmp_path):
+  """A study run ends where `losa_jax.train` ends for its config and seed.
+
+  Same model, optimizer and train step (build.build), same initial state,
+  same input pipeline and same evaluator: the params agree bitwise.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from losa_jax import train  # pylint: disable=g-import-not-at-top
+  from losa_jax.study import run  # pylint: disable=g-import-not-at-top
+  task, steps, batch, seed = "mnist_10shot", 4, 16, 1
+  var = run.Variant("losa r=2", "losa", 2, 10, steps, batch, task=task)
+  initial = jax.device_get(var.fresh_state(seed)["params"])
+  r = run.train_run(var, task, seed, steps)
+  config = run.make_config("losa", 2, 10, steps, batch, task=task, seed=seed)
+  out = train.train_and_evaluate(config, str(tmp_path / "trainer"))
+  study, trainer = (jax.device_get(s["params"])
+                    for s in (r["state"], out["state"]))
+  jax.tree.map(np.testing.assert_array_equal, study, trainer)
+  assert r["accuracy"] == out["results"]["test/accuracy"]
+  # Not trivially equal: training moved the params.
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: bool(np.any(a != b)), initial, study))
+  assert any(moved)

@@ -2,9 +2,13 @@
 # Licensed under the Apache License, Version 2.0.
 """A small-scale, offline reproduction of the paper's efficiency claims.
 
-* `tasks`: real and procedural image tasks that need no download (sklearn
-  digits, few-label MNIST, dSprites-style location / orientation).
 * `run`: `python -m losa_jax.study.run --out docs/study_results`, every
   method at equal step budgets on every task with the shipped backbone,
-  several seeds; writes CSVs, plots and a markdown table (docs/study.md).
+  several seeds, through the trainer's own steps, input pipeline and
+  evaluator.
+* `report`: the CSVs, plots and markdown tables (docs/study.md) of a run.
+
+The tasks (sklearn digits, few-label MNIST, dSprites-style location /
+orientation; no download) are `losa_jax.datasets.study_tasks`, reachable
+from any config as `dict(name="study", task=..., split=...)`.
 """
