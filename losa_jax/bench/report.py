@@ -353,7 +353,35 @@ def markdown(results, meta, lin) -> str:
                          _num(r.get("actual_gib", float("nan"))),
                          f"{100 * r.get('prediction_error', float('nan')):+.1f}%"]
                         for r in lin]), ""]
+  parts += population_markdown(_rows(results, "population"))
   return "\n".join(parts)
+
+
+def population_markdown(rows) -> List[str]:
+  """The population section's two tables (compiled K scaling, timings)."""
+  if not rows:
+    return []
+  comp = [r for r in rows if r["kind"] == "compiled"]
+  timed = [r for r in rows if r["kind"] == "timed"]
+  out = [f"## Populations: K side networks on one backbone pass "
+         f"(batch {rows[0]['batch']})", "",
+         "Compiled FLOPs of a K-member population step (K learning rates, "
+         "one vmapped group) in backbone forwards, against the bound "
+         "1 forward + K side networks, and its peak memory against one LoSA "
+         "step's.", ""]
+  out.append(md_table(
+      ["variant", "K", "FLOPs / forward", "bound", "peak MiB",
+       "peak / LoSA step"],
+      [[r["variant"], r["k"], f"{r['flops_per_forward']:.3f}",
+        f"{r['flops_bound']:.3f}", f"{r['peak_mib']:.0f}",
+        f"{r['peak_per_losa_step']:.2f}"] for r in comp]))
+  if timed:
+    out += ["", "Median step times, every row interleaved in one process "
+            "(ratios to one LoSA step).", "",
+            md_table(["variant", "row", "median s", "/ one LoSA step"],
+                     [[r["variant"], r["row"], f"{r['median_s']:.3f}",
+                       f"{r['per_losa_step']:.2f}"] for r in timed])]
+  return out + [""]
 
 
 def _loads(x) -> str:

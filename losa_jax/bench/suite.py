@@ -65,6 +65,7 @@ from absl import flags
 from losa_jax.bench import common
 from losa_jax.bench import sections_compiled
 from losa_jax.bench import sections_measured
+from losa_jax.bench import sections_population
 # Names the efficiency notebook and tests use as `suite.X`.
 # pylint: disable=unused-import,g-multiple-import
 from losa_jax.bench.common import FAST_COMPILE, LICM_OFF, interleaved
@@ -74,15 +75,17 @@ from losa_jax.bench.sections_compiled import largest_batch
 # pylint: enable=unused-import,g-multiple-import
 
 COMPILE_SECTIONS = ("compiled", "dtype", "maxbatch", "big")
-TIMED_SECTIONS = ("measured", "cache")
-SECTIONS = ("compiled", "dtype", "measured", "cache", "maxbatch", "big")
+TIMED_SECTIONS = ("measured", "cache", "population")
+SECTIONS = ("compiled", "dtype", "measured", "cache", "maxbatch", "big",
+            "population")
 SECTION_FNS = {"compiled": sections_compiled.section_compiled,
                "dtype": sections_compiled.section_dtype,
                "measured": sections_measured.section_measured,
                "cache": sections_measured.section_cache,
                "maxbatch": sections_compiled.section_maxbatch,
                "big": sections_compiled.section_big,
-               "big_default": sections_compiled.section_big_default_flags}
+               "big_default": sections_compiled.section_big_default_flags,
+               "population": sections_population.section_population}
 # Comma-list flags (parsed into lists by `options`).
 _LIST_FLAGS = ("sections", "variants", "measure_variants", "big_variants",
                "big_configs", "linearity_configs", "maxbatch_methods",

@@ -1,0 +1,146 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""The `population` section of losa_jax.bench.suite: K side networks on one
+backbone pass, against one LoSA step and K separate ones.
+
+Two parts, per variant of a.measure_variants at batch a.measure_batch:
+
+* compiled FLOPs and peak memory of a population step of K = 1, 2, 4, 8, 16
+  members (K learning rates, one vmapped group), beside one LoSA step and
+  the frozen forward (XLA's figures: deterministic);
+* interleaved wall times (`common.interleaved`, one process, rotated order)
+  of: one LoSA step; a K=8 vmapped population (8 lrs); a K=8 mixed
+  population (rank x token_mixer x tap_every: 8 groups of 1); 8 separate
+  LoSA steps; and the cached variants (one cached LoSA step, a cached K=8
+  population: no backbone at all).
+
+Only ratios within one run mean anything (the machine is shared).
+"""
+import copy
+from typing import Any, Dict, List
+
+import numpy as np
+
+from losa_jax.bench import common
+from losa_jax.bench.configs import forward_cost
+from losa_jax.bench.configs import make_config
+from losa_jax.bench.configs import step_cost
+from losa_jax.bench.sections_measured import built_for
+from losa_jax.bench.sections_measured import cached_step_for
+
+MIB = common.MIB
+_log = common.log
+KS = (1, 2, 4, 8, 16)
+MIXED = dict(rank=[4, 8], token_mixer=["all", "none"], tap_every=[1, 2])
+
+
+def _pop_config(config, *, k: int = 0, mixed: bool = False, cached=False):
+  c = copy.deepcopy(config)
+  # Every member must be a complete trainer config; the data is never read.
+  c.input = dict(data=dict(name="arrays", arrays={}), batch_size=8, pp="")
+  c.total_steps = 1000
+  if mixed:
+    c.population = dict(grid=dict(lr=[float(c.lr)]), losa=MIXED)
+  else:
+    c.population = dict(grid=dict(
+        lr=[float(x) for x in np.geomspace(1e-4, 1e-2, k)]))
+  if cached:
+    c.feature_cache = dict(enabled=True, storage="memory")
+  return c
+
+
+def _abstract(pop, bsz: int, cached_shape=None):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  state = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      pop.state_shape, pop.state_sharding)
+  image = (jax.ShapeDtypeStruct((1, bsz, *pop.image_shape), jnp.float32)
+           if cached_shape is None else cached_shape)
+  return state, {"image": image,
+                 "label": jax.ShapeDtypeStruct((1, bsz), jnp.int32)}
+
+
+def population_cost(config, k: int, bsz: int) -> Dict[str, float]:
+  """Compiled cost of a K-member (K lrs) population train step."""
+  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
+  pop = pop_build.build(_pop_config(config, k=k), total_steps=1000)
+  return cost.compiled_cost(pop.train_step, *_abstract(pop, bsz))
+
+
+def section_population(a) -> List[Dict[str, Any]]:
+  """Compiled K-scaling rows, then interleaved timing rows."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
+  rows = []
+  for variant in a.measure_variants:
+    bsz = a.measure_batch
+    config = make_config(variant, "losa")
+    fwd = forward_cost(config, bsz)
+    one = step_cost(config, bsz)
+    side = one["flops"] - fwd["flops"]
+    for k in KS:
+      c = population_cost(config, k, bsz)
+      rows.append({
+          "kind": "compiled", "variant": variant, "batch": bsz, "k": k,
+          "flops": c["flops"], "peak_mib": c["peak_bytes"] / MIB,
+          "flops_per_forward": c["flops"] / fwd["flops"],
+          "flops_bound": (fwd["flops"] + k * side) / fwd["flops"],
+          "peak_per_losa_step": c["peak_bytes"] / one["peak_bytes"]})
+      _log(f"population {variant} K={k}: {rows[-1]['flops_per_forward']:.3f}"
+           f" forwards (bound {rows[-1]['flops_bound']:.3f}), peak "
+           f"{rows[-1]['peak_mib']:.0f} MiB = "
+           f"{rows[-1]['peak_per_losa_step']:.2f}x one LoSA step")
+
+    # Timing: every row runs on the same batch, interleaved.
+    rng = np.random.RandomState(0)
+    s = config.image_size
+    images = rng.uniform(-1, 1, (bsz, s, s, 3)).astype(np.float32)
+    labels = rng.randint(0, 100, (bsz,)).astype(np.int32)
+    single = built_for(config)
+    state = single.init(jax.random.key(0))
+    backbone = state["params"]["backbone"]
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    fns = {}
+
+    def stepper(step, st, b):
+      holder = {"state": st}
+
+      def run():
+        holder["state"], m = step(holder["state"], b)
+        jax.block_until_ready((holder["state"], m))
+      return run
+
+    fns["losa x1"] = stepper(single.train_step, state, batch)
+    states8 = [single.init(jax.random.key(i)) for i in range(8)]
+    holders = [stepper(single.train_step, st, batch) for st in states8]
+    fns["8 separate losa"] = lambda: [h() for h in holders]
+    slot = {"image": jnp.asarray(images[None]),
+            "label": jnp.asarray(labels[None])}
+    for name, pc in (("pop K=8 (8 lrs)", _pop_config(config, k=8)),
+                     ("pop K=8 mixed", _pop_config(config, mixed=True))):
+      pop = pop_build.build(pc, total_steps=1000)
+      fns[name] = stepper(pop.train_step, pop.init(backbone), slot)
+    # Cached: the taps of this batch, as the feature cache stores them.
+    from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+    feats = fc.features_fn(single.model, "bfloat16", True)(
+        {"backbone": backbone}, batch["image"])
+    fb = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+    fns["losa x1 cached"] = stepper(cached_step_for(config, single),
+                                    single.init(jax.random.key(9)), fb)
+    pop = pop_build.build(_pop_config(config, k=8, cached=True),
+                          total_steps=1000, cached=True)
+    fcs = jax.tree.map(lambda x: x[None], fb)
+    fns["pop K=8 cached"] = stepper(pop.train_step, pop.init(backbone), fcs)
+    times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
+    base = times["losa x1"]["median_s"]
+    for name, t in times.items():
+      rows.append({"kind": "timed", "variant": variant, "batch": bsz,
+                   "row": name, "median_s": t["median_s"],
+                   "q25_s": t["q25_s"], "q75_s": t["q75_s"],
+                   "per_losa_step": t["median_s"] / base})
+      _log(f"population {variant} {name}: {t['median_s']:.3f} s = "
+           f"{t['median_s'] / base:.2f}x one LoSA step")
+  return rows
