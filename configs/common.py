@@ -37,3 +37,36 @@ def parse_arg(arg, lazy=False, **spec):
     else:
       out[key] = value.strip()
   return out
+
+
+# `population=<kind>` of the config files: the search spaces of
+# losa_jax.population (members.py documents the keys).
+POPULATIONS = ("default", "random")
+
+
+def population(kind: str, seed: int = 0, runlocal: bool = False):
+  """The `config.population` of `population=<kind>` ('' or None: none).
+
+  default: a grid of 3 lr x 2 wd x 3 LoSA ranks (18 members, 3 structures).
+  random: 8 members sampled from lr log-uniform in [3e-4, 3e-2], wd and rank
+  from short lists (seeded, so every run draws the same members).
+  Members keep the config's init seed: the search varies only these values.
+  runlocal (smoke tests): 2 lr x 2 ranks, or 3 random members.
+  """
+  if not kind:
+    return None
+  if kind == "default":
+    if runlocal:
+      return dict(grid=dict(lr=[1e-3, 1e-2]), losa=dict(rank=[2, 4]),
+                  seeds=[seed])
+    return dict(grid=dict(lr=[1e-3, 3e-3, 1e-2], wd=[0.0, 1e-4]),
+                losa=dict(rank=[4, 8, 16]), seeds=[seed])
+  if kind == "random":
+    return dict(random=dict(budget=3 if runlocal else 8, seed=0,
+                            lr=("loguniform", 3e-4, 3e-2),
+                            wd=("choice", [0.0, 1e-5, 1e-4, 1e-3]),
+                            rank=("choice", [2, 4] if runlocal else
+                                  [4, 8, 16])),
+                seeds=[seed])
+  raise ValueError(f"population={kind!r}: use one of {list(POPULATIONS)} "
+                   "(or leave it empty for a single run).")

@@ -14,9 +14,22 @@ train / 797 test), a different source of handwriting.
       --workdir /tmp/full_demo
 
 Args: method (losa|linear|full|lora|adapter), task (digits|digits_parity|
-mnist5k), rank, steps, lr, batch, seed, runlocal (a few steps, for smoke
-tests). The README's table (`python -m losa_jax.demo.run`) gives the
+mnist5k), rank, steps, lr, batch, seed, population (''|default|random: train
+a population of LoSA side networks on one backbone pass, see
+docs/population.md), runlocal (a few steps and a 4-member population, for
+smoke tests). The README's table (`python -m losa_jax.demo.run`) gives the
 accuracies this config reaches on a 2-core CPU.
+
+A population, and AutoLoSA (search, select the best, retrain it):
+  python -m losa_jax.train --config configs/default.py:population=default \
+      --workdir /tmp/losa_pop
+  python -m losa_jax.auto --config configs/default.py:population=default \
+      --workdir /tmp/losa_auto
+protocol: 'tune' (the default with a population) trains on the first 80% of
+the training split and evaluates on the last 20% ("val"), so members are
+ranked without seeing test; 'final' (the default otherwise) trains on the
+whole training split and reports test. AutoLoSA searches with the first and
+retrains the chosen member with the second (AUTO_ARGS).
 """
 import ml_collections
 
@@ -24,9 +37,17 @@ from configs import common
 from losa_jax import demo
 
 
+# How losa_jax.auto derives its search and final runs from this file.
+AUTO_ARGS = dict(search="protocol=tune", final="protocol=final")
+
+
 def get_config(arg=None):
   arg = common.parse_arg(arg, method="losa", task="digits", rank=8, steps=600,
-                         lr=0.003, batch=64, seed=0, runlocal=False)
+                         lr=0.003, batch=64, seed=0, population="",
+                         protocol="", runlocal=False)
+  protocol = arg["protocol"] or ("tune" if arg["population"] else "final")
+  if protocol not in ("final", "tune"):
+    raise ValueError(f"protocol={protocol!r}: use 'final' or 'tune'.")
   c = ml_collections.ConfigDict()
   c.seed = arg["seed"]
   c.num_classes = 2 if arg["task"] == "digits_parity" else 10
@@ -34,10 +55,17 @@ def get_config(arg=None):
   c.total_steps = 6 if arg["runlocal"] else arg["steps"]
 
   pp = "decode(channels=3)|value_range(-1, 1)|keep('image', 'label')"
-  c.input = dict(data=dict(name="demo", task=arg["task"], split="train"),
-                 batch_size=arg["batch"], pp=pp)
-  c.evals = dict(test=dict(data=dict(name="demo", task=arg["task"],
-                                     split="test"), pp=pp, batch_size=256))
+  data = dict(name="demo", task=arg["task"])
+  if protocol == "tune":   # 80% trains, 20% ranks: test is never looked at
+    c.input = dict(data=dict(data, split="train[:80%]"),
+                   batch_size=arg["batch"], pp=pp)
+    c.evals = dict(val=dict(data=dict(data, split="train[80%:]"), pp=pp,
+                            batch_size=256))
+  else:
+    c.input = dict(data=dict(data, split="train"), batch_size=arg["batch"],
+                   pp=pp)
+    c.evals = dict(test=dict(data=dict(data, split="test"), pp=pp,
+                             batch_size=256))
 
   c.model_init = demo.BACKBONE_NPZ
   c.model = dict(method=arg["method"],
@@ -59,4 +87,9 @@ def get_config(arg=None):
   c.ckpt_every = 3 if arg["runlocal"] else 200
   c.keep_ckpts = 2
   c.mesh = [("data", -1)]
+  if arg["population"]:
+    c.population = common.population(arg["population"], arg["seed"],
+                                     arg["runlocal"])
+    # The members' accuracy curves (the leaderboard and AutoLoSA show them).
+    c.eval_every = 3 if arg["runlocal"] else 100
   return c

@@ -15,32 +15,52 @@ All 19 tasks and a results table (Markdown + CSV):
   python -m losa_jax.vtab_sweep --workdir /tmp/vtab \
     --config configs/vtab.py:init=/ckpts/ViT-B_16.npz,data_dir=/data/tfds
 
+A population (many LoSA side networks on one backbone pass, tuned on val),
+and AutoLoSA (search on train800 -> val200, pick the best, retrain it on
+train800val200 -> test; docs/population.md):
+  python -m losa_jax.train --workdir /tmp/vtab_pop/dtd \
+    --config configs/vtab.py:task=dtd,population=default,init=...,data_dir=...
+  python -m losa_jax.auto --workdir /tmp/vtab_auto/dtd \
+    --config configs/vtab.py:task=dtd,population=default,init=...,data_dir=...
+  python -m losa_jax.vtab_sweep --auto --workdir /tmp/vtab_auto \
+    --config configs/vtab.py:population=default,init=...,data_dir=...
+
 Args: task (a VTAB key, see losa_jax/datasets/vtab.py), method, variant (default
 B/16), pool (tok for the original i21k ViT-B/16 release, gap for big_vision
 SigLIP-style models), init (npz path; 'path.npz:img' for two-tower files),
 data_dir, protocol ('final': train800val200 -> test; 'tune': train800 ->
-val200), rank, lr, epochs, batch, res, seed, runlocal (tiny, for smoke tests
-on mock data: a random 2-block backbone at 32 px, 2 steps).
+val200, the eval named "val"; default: 'tune' with a population, else
+'final'), population (''|default|random, see configs/common.py), rank, lr,
+epochs, batch, res, seed, runlocal (tiny, for smoke tests on mock data: a
+random 2-block backbone at 32 px, 2 steps, a 4-member population).
 No result is quoted here: none has been produced on real VTAB data with
 this code yet (the machines that built it have neither the data nor the
 checkpoints).
 """
+import math
+
 import ml_collections
 
 from configs import common
 from losa_jax.datasets import vtab
 
+# The args losa_jax.auto adds to the command's for its two phases: the
+# population searches on train800 -> val200, the chosen member is retrained
+# on train800val200 and tested on test (the PETL protocol, docs/method.md).
+AUTO_ARGS = dict(search="protocol=tune", final="protocol=final")
 
 def get_config(arg=None):
   arg = common.parse_arg(
       arg, task="cifar100", method="losa", variant="B/16", pool="tok",
-      init="", data_dir="", protocol="final", rank=8, lr=1e-3, epochs=100,
-      batch=64, res=224, seed=0, runlocal=False)
+      init="", data_dir="", protocol="", population="", rank=8, lr=1e-3,
+      epochs=100, batch=64, res=224, seed=0, runlocal=False)
   task = vtab.task(arg["task"])
-  if arg["protocol"] not in ("final", "tune"):
-    raise ValueError(f"protocol={arg['protocol']!r}: use 'final' or 'tune'.")
+  # A population is a search: it is ranked on val unless told otherwise.
+  protocol = arg["protocol"] or ("tune" if arg["population"] else "final")
+  if protocol not in ("final", "tune"):
+    raise ValueError(f"protocol={protocol!r}: use 'final' or 'tune'.")
   train_split, eval_split, eval_name = (
-      ("train800val200", "test", "test") if arg["protocol"] == "final"
+      ("train800val200", "test", "test") if protocol == "final"
       else ("train800", "val200", "val"))
   res = 32 if arg["runlocal"] else arg["res"]
 
@@ -77,4 +97,12 @@ def get_config(arg=None):
   c.log_every = 1 if arg["runlocal"] else 50
   c.ckpt_every = 0 if arg["runlocal"] else 500
   c.mesh = [("data", -1)]
+  if arg["population"]:
+    c.population = common.population(arg["population"], arg["seed"],
+                                     arg["runlocal"])
+    # About 10 points on every member's val curve.
+    steps = c.get("total_steps") or math.ceil(
+        arg["epochs"] * (800 if protocol == "tune" else 1000) /
+        c.input.batch_size)
+    c.eval_every = max(1, steps // 10)
   return c

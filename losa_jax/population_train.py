@@ -37,6 +37,7 @@ import numpy as np
 from losa_jax import build as build_lib
 from losa_jax import checkpointing
 from losa_jax import config_lib
+from losa_jax import input_check
 from losa_jax import datasets
 from losa_jax import distributed
 from losa_jax import input_pipeline
@@ -302,7 +303,7 @@ def train_population(config, workdir: str, *,
 
     if cached:
       # The cached taps feed every member: a step runs no backbone at all.
-      config_lib.check_batch(next(iter(input_pipeline.evaluation(
+      input_check.check_batch(next(iter(input_pipeline.evaluation(
           train_src, batch_size=config.input.batch_size, pp=train_pp))),
                              config)
       cache = _feature_cache(config, pop, bb, train_src, train_pp, workdir,
@@ -317,7 +318,7 @@ def train_population(config, workdir: str, *,
           start_step=start, process_index=jax.process_index(),
           process_count=jax.process_count())[0] for seed in pop.data_seeds]
       first = next(its[0])
-      config_lib.check_batch(first, config)
+      input_check.check_batch(first, config)
       its[0] = _chain_first(first, its[0])
     batches = _stack_slots(its, pop.mesh)
     if chief:
@@ -330,8 +331,8 @@ def train_population(config, workdir: str, *,
       meta = {**expected_meta, "step": step, "data_step": step,
               "members": [m.index for m in pop.members],
               "rows": {str(k): {kk: vv for kk, vv in v.items()
-                                if kk in ("alive", "died_at", "rung_out")
-                                or "/" in kk}
+                                if kk in ("alive", "died_at", "rung_out",
+                                          "curve") or "/" in kk}
                        for k, v in rows.items()}}
       ckpt.save(step, _savable(state), meta, force=force)
 
@@ -346,12 +347,15 @@ def train_population(config, workdir: str, *,
           row = rows[m.index]
           if row["alive"] and not met["alive"]:
             row["alive"], row["died_at"] = False, step
-            logging.warning("Member %s (%s): loss is %s at step <= %d; it is "
-                            "frozen at its last finite state.", m.name,
-                            m.label, met["loss"], step)
+            # Its loss may still be finite: a NaN/Inf update kills it too.
+            logging.warning("Member %s (%s): loss (%s) or update turned "
+                            "NaN/Inf by step %d; it is frozen at its last "
+                            "finite state.", m.name, m.label, met["loss"],
+                            step)
             if chief:
-              print(f"  {m.name} ({m.label}) diverged (loss {met['loss']}) "
-                    f"by step {step}: frozen, the others go on.", flush=True)
+              print(f"  {m.name} ({m.label}) diverged (loss {met['loss']}, "
+                    f"or a NaN/Inf update) by step {step}: frozen, the "
+                    "others go on.", flush=True)
           if met["alive"]:
             row["train/loss"] = met["loss"]
             row["train/accuracy"] = met["accuracy"]

@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0.
 """Trainer: `python -m losa_jax.train --config configs/X.py:args --workdir W`.
 
-Resumes from the newest checkpoint in the workdir automatically. Writes
-`metrics.jsonl` and TensorBoard events to the workdir, a progress line to the
-terminal, and `results.json` (final metrics, trainable params, time, memory)
-at the end.
+Resumes from the newest checkpoint in the workdir automatically. Writes the
+run's config (`config.json`, see losa_jax.workdir), `metrics.jsonl` and
+TensorBoard events to the workdir, a progress line to the terminal, and
+`results.json` (final metrics, trainable params, time, memory) at the end.
 """
 import itertools
 import json
@@ -24,6 +24,7 @@ import numpy as np
 from losa_jax import build
 from losa_jax import checkpointing
 from losa_jax import config_lib
+from losa_jax import input_check
 from losa_jax import datasets
 from losa_jax import distributed
 from losa_jax import evaluators
@@ -31,6 +32,7 @@ from losa_jax import input_pipeline
 from losa_jax import population_train
 from losa_jax import pp as pp_lib
 from losa_jax import sharding as sharding_lib
+from losa_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -185,11 +187,16 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       if chief:
         print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
     start = int(start or 0)
+    if chief:
+      # After the metadata check, so a refused resume leaves the workdir's
+      # config as it was. The workdir then serves without its config file
+      # (losa_jax.multitask, predict --workdirs, export).
+      workdir_lib.write_config(workdir, config)
 
     train_step = built.train_step
     if (config.get("feature_cache") or {}).get("enabled"):
       # The cache runs the pp itself: check one batch of it before building.
-      config_lib.check_batch(next(iter(input_pipeline.evaluation(
+      input_check.check_batch(next(iter(input_pipeline.evaluation(
           train_src, batch_size=config.input.batch_size, pp=train_pp))),
                              config)
       # Backbone taps computed once per example; same order as below.
@@ -208,7 +215,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       # A batch that does not fit the model fails here, by name, instead of
       # as a shape error deep inside the first compiled step.
       first = next(it)
-      config_lib.check_batch(first, config)
+      input_check.check_batch(first, config)
       batches = input_pipeline.device_batches(itertools.chain([first], it),
                                               built.mesh)
     if chief:

@@ -6,6 +6,14 @@ r"""Trains every VTAB-1k task and writes one results table (Markdown + CSV).
       --config configs/vtab.py:init=/ckpts/ViT-B_16.npz,data_dir=/data/tfds \
       [--tasks cifar100,dtd,...]
 
+With --auto (and a config with a population), each task runs AutoLoSA
+(losa_jax.auto: a population searched on train800 -> val200, the best
+member retrained on train800val200 -> test) and the table gains the chosen
+values (lr, wd, rank, ...) and the search's wall time per task:
+
+  python -m losa_jax.vtab_sweep --auto --workdir /tmp/vtab_auto \
+      --config configs/vtab.py:population=default,init=...,data_dir=...
+
 Each task trains in <workdir>/<task> with the trainer (so an interrupted
 sweep resumes: finished tasks are read back from their results.json, the
 interrupted one resumes from its checkpoint). The table has, per task, the
@@ -16,12 +24,13 @@ papers differ on which "Mean" they report).
 import csv
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from losa_jax import auto as auto_lib
 from losa_jax import config_lib
 from losa_jax import train
 from losa_jax.datasets import vtab
@@ -33,13 +42,21 @@ def define_flags():
                       "task=... arg (configs/vtab.py).")
   flags.DEFINE_string("workdir", None, "Sweep folder; one subfolder per task.")
   flags.DEFINE_list("tasks", ["all"], "VTAB task keys, or 'all'.")
+  flags.DEFINE_bool("auto", False, "Run AutoLoSA per task (search the "
+                    "config's population on val, retrain the best on "
+                    "train800val200 -> test); the config needs a population, "
+                    "e.g. configs/vtab.py:population=default.")
+
+
+def task_spec(spec: str, task: str) -> str:
+  """'configs/vtab.py:a=1' + task -> 'configs/vtab.py:a=1,task=<task>'."""
+  path, _, args = spec.partition(":")
+  return f"{path}:" + ",".join(a for a in (args, f"task={task}") if a)
 
 
 def load_config(spec: str, task: str):
   """'configs/vtab.py:a=1' + task -> ConfigDict (task appended to the args)."""
-  path, _, args = spec.partition(":")
-  return config_lib.load_config(
-      f"{path}:" + ",".join(a for a in (args, f"task={task}") if a))
+  return config_lib.load_config(task_spec(spec, task))
 
 
 def eval_accuracy(results: Dict) -> Optional[float]:
@@ -62,10 +79,24 @@ def summarize(rows: List[Dict]) -> Dict[str, Optional[float]]:
   return out
 
 
-def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str):
-  """results.md and results.csv in workdir, each written atomically."""
-  fields = ["task", "group", "accuracy", "trainable_params", "train_time_s",
-            "host_peak_rss_mib", "device_peak_mib"]
+def _fmt(v) -> str:
+  if v is None:
+    return "-"
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
+                 chosen: Sequence[str] = ()):
+  """results.md and results.csv in workdir, each written atomically.
+
+  chosen: the columns of AutoLoSA's chosen values (e.g. lr, wd, rank); with
+  them the tables also give the search's wall time.
+  """
+  chosen = list(chosen)
+  search = ["search_time_s"] if chosen else []
+  fields = (["task", "group", "accuracy"] + chosen +
+            ["trainable_params", "train_time_s"] + search +
+            ["host_peak_rss_mib", "device_peak_mib"])
   tmp = os.path.join(workdir, "results.csv.tmp")
   with open(tmp, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -77,14 +108,19 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str):
 
   def pct(v):
     return "-" if v is None else f"{100 * v:.1f}"
-  lines = [f"# {title}", "",
-           "| task | group | top-1 (%) | trainable params | train time (s) | "
-           "peak host RSS (MiB) |", "|---|---|---|---|---|---|"]
+  heads = (["task", "group", "top-1 (%)"] + chosen +
+           ["trainable params", "train time (s)"] +
+           ["search time (s)"] * bool(chosen) + ["peak host RSS (MiB)"])
+  lines = [f"# {title}", "", "| " + " | ".join(heads) + " |",
+           "|" + "---|" * len(heads)]
   for r in rows:
-    lines.append(f"| {r['task']} | {r['group']} | {pct(r['accuracy'])} | "
-                 f"{r.get('trainable_params', '-'):,} | "
-                 f"{r.get('train_time_s', 0):.0f} | "
-                 f"{r.get('host_peak_rss_mib', 0):.0f} |")
+    cells = ([r["task"], r["group"], pct(r["accuracy"])] +
+             [_fmt(r.get(k)) for k in chosen] +
+             [f"{r.get('trainable_params') or 0:,}",
+              f"{r.get('train_time_s') or 0:.0f}"] +
+             [f"{r.get('search_time_s') or 0:.0f}"] * bool(chosen) +
+             [f"{r.get('host_peak_rss_mib') or 0:.0f}"])
+    lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "| summary | top-1 (%) |", "|---|---|"]
   lines += [f"| {k} | {pct(v)} |" for k, v in summary.items()]
   tmp = os.path.join(workdir, "results.md.tmp")
@@ -93,33 +129,64 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str):
   os.replace(tmp, os.path.join(workdir, "results.md"))
 
 
-def sweep(config_spec: str, workdir: str, tasks: Sequence[str]) -> Dict:
-  """Runs (or reads back) every task; returns {"rows", "summary"}."""
+def _auto_results(spec: str, task_dir: str) -> Tuple[Dict, List[str]]:
+  """AutoLoSA in task_dir (read back if finished): (the final run's results
+  with the chosen values and the search's wall time, the chosen keys)."""
+  done = os.path.join(task_dir, "selection.json")
+  if os.path.exists(done):
+    logging.info("%s: already finished, reading %s", task_dir, done)
+    with open(done) as f:
+      sel = json.load(f)
+  else:
+    sel = auto_lib.run(spec, task_dir)
+  values = sel["chosen"]["values"]
+  return ({**sel["final"]["results"], **values,
+           "search_time_s": sel["cost"]["search_wall_s"]}, list(values))
+
+
+ROW_KEYS = ("trainable_params", "train_time_s", "host_peak_rss_mib",
+            "device_peak_mib")
+
+
+def sweep(config_spec: str, workdir: str, tasks: Sequence[str], *,
+          auto: bool = False) -> Dict:
+  """Runs (or reads back) every task; returns {"rows", "summary"}.
+
+  auto: run losa_jax.auto per task (the config needs a population); the
+  rows and tables gain the chosen values and the search's wall time.
+  """
   if list(tasks) in (["all"], []):
     tasks = list(vtab.TASKS)
   tasks = [vtab.task(t)["name"] for t in tasks]   # validates every name first
   configs = {t: load_config(config_spec, t) for t in tasks}
+  if auto and not configs[tasks[0]].get("population"):
+    raise ValueError(f"--auto: {config_spec} has no population to search; "
+                     "add population=default (or random) to its args.")
   os.makedirs(workdir, exist_ok=True)
-  rows = []
+  rows, chosen = [], []
   for t in tasks:
     task_dir = os.path.join(workdir, t)
     done = os.path.join(task_dir, "results.json")
-    if os.path.exists(done):
+    if auto:
+      print(f"=== VTAB task {t} (AutoLoSA) ===", flush=True)
+      results, keys = _auto_results(task_spec(config_spec, t), task_dir)
+      chosen += [k for k in keys if k not in chosen]
+    elif os.path.exists(done):
       logging.info("%s: already finished, reading %s", t, done)
       with open(done) as f:
         results = json.load(f)
     else:
       print(f"=== VTAB task {t} ===", flush=True)
       results = train.train_and_evaluate(configs[t], task_dir)["results"]
+    extra = ("search_time_s", *chosen) if auto else ()
     rows.append({"task": t, "group": vtab.task(t)["group"],
-                 "accuracy": eval_accuracy(results), **{
-                     k: results.get(k) for k in (
-                         "trainable_params", "train_time_s",
-                         "host_peak_rss_mib", "device_peak_mib")}})
+                 "accuracy": eval_accuracy(results),
+                 **{k: results.get(k) for k in ROW_KEYS + extra}})
   summary = summarize(rows)
   method = configs[tasks[0]].model.method
   write_tables(rows, summary, workdir,
-               f"VTAB-1k, method {method} ({config_spec})")
+               f"VTAB-1k, method {method}{', AutoLoSA' if auto else ''} "
+               f"({config_spec})", chosen)
   return {"rows": rows, "summary": summary}
 
 
@@ -128,7 +195,8 @@ def main(argv):
   if not flags.FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   logging.set_verbosity(logging.WARNING)
-  out = sweep(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.tasks)
+  out = sweep(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.tasks,
+              auto=flags.FLAGS.auto)
   print(open(os.path.join(flags.FLAGS.workdir, "results.md")).read())
   return 0 if out["rows"] else 1
 

@@ -49,12 +49,15 @@ def test_modules_stay_small():
 
 # Config args that make each config's get_config cover its main branches.
 _CONFIG_ARGS = {
-    "default": ["", "method=full", "task=digits_parity"],
+    "default": ["", "method=full", "task=digits_parity", "population=default",
+                "population=random,runlocal"],
     "pretrain_mnist": [""],
     "video_moving_digits": ["", "method=linear", "init=/x/vivit.npz"],
     "video_kinetics400": ["", "tfds=ucf101"],
     "video_ssv2": [""],
-    "vtab": ["task=cifar100", "task=dtd,protocol=tune", "task=clevr_count"],
+    "vtab": ["task=cifar100", "task=dtd,protocol=tune", "task=clevr_count",
+             "task=dtd,population=default", "task=svhn,population=random",
+             "task=dtd,population=default,protocol=final,runlocal"],
 }
 
 

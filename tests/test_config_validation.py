@@ -19,6 +19,7 @@ import pytest
 
 from conftest import TINY_BACKBONE
 from losa_jax import config_lib
+from losa_jax import input_check
 from losa_jax.models import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,15 +348,15 @@ def _batch(shape=(4, 32, 32, 3), labels=(0, 1, 2, 4), dtype=np.float32,
 
 
 def test_check_batch_accepts_fitting_batches():
-  config_lib.check_batch(_batch(), _config())
-  config_lib.check_batch(_batch((4, 24, 32, 3)), _config(image_size=(24, 32)))
-  config_lib.check_batch(_batch(dtype=jax.numpy.bfloat16), _config())
-  config_lib.check_batch(_batch((2, 8, 32, 32, 3), labels=(0, 4)),
+  input_check.check_batch(_batch(), _config())
+  input_check.check_batch(_batch((4, 24, 32, 3)), _config(image_size=(24, 32)))
+  input_check.check_batch(_batch(dtype=jax.numpy.bfloat16), _config())
+  input_check.check_batch(_batch((2, 8, 32, 32, 3), labels=(0, 4)),
                          _config(_video_base()))
   # Padded eval examples (mask 0) may carry any label.
-  config_lib.check_batch(_batch(labels=(0, 1, -1, 99),
+  input_check.check_batch(_batch(labels=(0, 1, -1, 99),
                                 _mask=np.array([1, 1, 0, 0])), _config())
-  config_lib.check_batch(_batch((2, 3, 8, 32, 32, 3), labels=(0, 1)),
+  input_check.check_batch(_batch((2, 3, 8, 32, 32, 3), labels=(0, 1)),
                          _config(_video_base()), where="config.evals.test",
                          multiview=True)
 
@@ -363,7 +364,7 @@ def test_check_batch_accepts_fitting_batches():
 def test_check_batch_wrong_image_size_names_shapes_and_fixes():
   c = _config(image_size=28)
   with pytest.raises(ValueError) as err:
-    config_lib.check_batch(_batch(), c)
+    input_check.check_batch(_batch(), c)
   msg = str(err.value)
   for part in ("(4, 32, 32, 3)", "(28, 28, 3)", "config.image_size=28",
                "config.input.pp", "resize(28)", "config.image_size=32"):
@@ -373,13 +374,13 @@ def test_check_batch_wrong_image_size_names_shapes_and_fixes():
 def test_check_batch_wrong_channels():
   with pytest.raises(ValueError, match=r"has 1 channel\(s\).*"
                      r"config.input.pp, e.g. decode\(channels=3\)"):
-    config_lib.check_batch(_batch((4, 32, 32, 1)), _config())
+    input_check.check_batch(_batch((4, 32, 32, 1)), _config())
 
 
 def test_check_batch_names_the_eval_entry():
   with pytest.raises(ValueError, match=r"config.evals.test: .*"
                      r"config.evals.test.pp"):
-    config_lib.check_batch(_batch((4, 28, 28, 3)), _config(),
+    input_check.check_batch(_batch((4, 28, 28, 3)), _config(),
                            where="config.evals.test")
 
 
@@ -390,7 +391,7 @@ def test_check_batch_names_the_eval_entry():
 ])
 def test_check_batch_wrong_rank_for_images(shape, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.check_batch(_batch(shape, labels=(0,) * shape[0]), _config())
+    input_check.check_batch(_batch(shape, labels=(0,) * shape[0]), _config())
 
 
 @pytest.mark.parametrize("shape,match", [
@@ -402,7 +403,7 @@ def test_check_batch_wrong_rank_for_images(shape, match):
 ])
 def test_check_batch_video(shape, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.check_batch(_batch(shape, labels=(0, 1)),
+    input_check.check_batch(_batch(shape, labels=(0, 1)),
                            _config(_video_base()))
 
 
@@ -411,13 +412,13 @@ def test_check_batch_label_equal_to_num_classes():
   with pytest.raises(ValueError, match=r"labels in \[0, 10\] but "
                      r"config.num_classes=10 allows 0..9: set "
                      r"config.num_classes .*at least 11"):
-    config_lib.check_batch(_batch(labels=(0, 3, 10, 2)), c)
+    input_check.check_batch(_batch(labels=(0, 3, 10, 2)), c)
 
 
 def test_check_batch_negative_label():
   with pytest.raises(ValueError, match=r"labels in \[-1, 2\].*map the labels "
                      r"to 0..4 in config.input.pp"):
-    config_lib.check_batch(_batch(labels=(0, -1, 2, 2)), _config())
+    input_check.check_batch(_batch(labels=(0, -1, 2, 2)), _config())
 
 
 @pytest.mark.parametrize("batch,match", [
@@ -432,4 +433,4 @@ def test_check_batch_negative_label():
 ])
 def test_check_batch_other_mismatches(batch, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.check_batch(batch, _config())
+    input_check.check_batch(batch, _config())

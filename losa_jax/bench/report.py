@@ -370,9 +370,10 @@ def population_markdown(rows) -> List[str]:
          "1 forward + K side networks, and its peak memory against one LoSA "
          "step's.", ""]
   out.append(md_table(
-      ["variant", "K", "FLOPs / forward", "bound", "peak MiB",
+      ["variant", "K", "members run", "FLOPs / forward", "bound", "peak MiB",
        "peak / LoSA step"],
-      [[r["variant"], r["k"], f"{r['flops_per_forward']:.3f}",
+      [[r["variant"], r["k"], r.get("loop", "vmap"),
+        f"{r['flops_per_forward']:.3f}",
         f"{r['flops_bound']:.3f}", f"{r['peak_mib']:.0f}",
         f"{r['peak_per_losa_step']:.2f}"] for r in comp]))
   if timed:

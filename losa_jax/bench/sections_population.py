@@ -34,7 +34,8 @@ KS = (1, 2, 4, 8, 16)
 MIXED = dict(rank=[4, 8], token_mixer=["all", "none"], tap_every=[1, 2])
 
 
-def _pop_config(config, *, k: int = 0, mixed: bool = False, cached=False):
+def _pop_config(config, *, k: int = 0, mixed: bool = False, cached=False,
+                loop: str = "vmap"):
   c = copy.deepcopy(config)
   # Every member must be a complete trainer config; the data is never read.
   c.input = dict(data=dict(name="arrays", arrays={}), batch_size=8, pp="")
@@ -46,6 +47,7 @@ def _pop_config(config, *, k: int = 0, mixed: bool = False, cached=False):
         lr=[float(x) for x in np.geomspace(1e-4, 1e-2, k)]))
   if cached:
     c.feature_cache = dict(enabled=True, storage="memory")
+  c.population.loop = loop
   return c
 
 
@@ -61,11 +63,13 @@ def _abstract(pop, bsz: int, cached_shape=None):
                  "label": jax.ShapeDtypeStruct((1, bsz), jnp.int32)}
 
 
-def population_cost(config, k: int, bsz: int) -> Dict[str, float]:
+def population_cost(config, k: int, bsz: int,
+                    loop: str = "vmap") -> Dict[str, float]:
   """Compiled cost of a K-member (K lrs) population train step."""
   from losa_jax import cost  # pylint: disable=g-import-not-at-top
   from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
-  pop = pop_build.build(_pop_config(config, k=k), total_steps=1000)
+  pop = pop_build.build(_pop_config(config, k=k, loop=loop),
+                        total_steps=1000)
   return cost.compiled_cost(pop.train_step, *_abstract(pop, bsz))
 
 
@@ -81,15 +85,20 @@ def section_population(a) -> List[Dict[str, Any]]:
     fwd = forward_cost(config, bsz)
     one = step_cost(config, bsz)
     side = one["flops"] - fwd["flops"]
-    for k in KS:
-      c = population_cost(config, k, bsz)
+    for k, loop in [(k, "vmap") for k in KS] + [(8, "map"), (16, "map")]:
+      c = population_cost(config, k, bsz, loop)
+      # XLA's cost analysis counts a while loop's body once: "map" FLOPs
+      # are not comparable (its work is the vmap's, one member at a time).
+      flops = c["flops"] if loop == "vmap" else float("nan")
       rows.append({
           "kind": "compiled", "variant": variant, "batch": bsz, "k": k,
-          "flops": c["flops"], "peak_mib": c["peak_bytes"] / MIB,
-          "flops_per_forward": c["flops"] / fwd["flops"],
+          "loop": loop,
+          "flops": flops, "peak_mib": c["peak_bytes"] / MIB,
+          "flops_per_forward": flops / fwd["flops"],
           "flops_bound": (fwd["flops"] + k * side) / fwd["flops"],
           "peak_per_losa_step": c["peak_bytes"] / one["peak_bytes"]})
-      _log(f"population {variant} K={k}: {rows[-1]['flops_per_forward']:.3f}"
+      _log(f"population {variant} K={k} ({loop}): "
+           f"{rows[-1]['flops_per_forward']:.3f}"
            f" forwards (bound {rows[-1]['flops_bound']:.3f}), peak "
            f"{rows[-1]['peak_mib']:.0f} MiB = "
            f"{rows[-1]['peak_per_losa_step']:.2f}x one LoSA step")

@@ -14,7 +14,7 @@ evaluate through here.
 """
 import importlib
 
-from losa_jax import config_lib
+from losa_jax import input_check
 
 _MODULES = {
     "classification": "losa_jax.evaluators.classification",
@@ -59,7 +59,7 @@ def from_config(built, config):
     except TypeError as e:
       raise ValueError(f"config.evals.{name}: {e}") from None
     # Fail before training, by name, if this split does not fit the model.
-    config_lib.check_batch(next(iter(evaluator.batches)), config,
+    input_check.check_batch(next(iter(evaluator.batches)), config,
                            where=f"config.evals.{name}",
                            multiview=kind == "video_multiview")
     out[name] = (every, evaluator)

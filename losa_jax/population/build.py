@@ -17,8 +17,8 @@ taps to every member:
   member's own optimizer (`optim.make` with the member's values), fed the
   shared taps instead of images: after N steps a member holds the params a
   single run of its config holds (tested to 1e-5).
-* A member whose loss turns NaN/Inf keeps its last finite state and is
-  marked dead (`alive` False); the others go on.
+* A member whose loss or update turns NaN/Inf keeps its last finite
+  state and is marked dead (`alive` False); the others go on.
 
 State (a pytree; sharded like the trainer's: batch over the data axes, the
 backbone by `config.sharding_strategy`, members replicated):
@@ -157,6 +157,10 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
   """
   members = sorted(members if members is not None else
                    members_lib.expand(config), key=lambda m: m.index)
+  loop = dict(config.get("population") or {}).get("loop", "vmap")
+  if loop not in members_lib.LOOPS:
+    raise ValueError(f"config.population.loop={loop!r}: use one of "
+                     f"{members_lib.LOOPS}.")
   methods = {m.config.model.get("method", "losa") for m in members}
   if methods != {"losa"}:
     raise ValueError(f"A shared-backbone population needs model.method="
@@ -255,7 +259,13 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     state = {"params": mstate["params"], "opt": mstate["opt"], "step": step,
              "rng": jax.random.wrap_key_data(mstate["rng"])}
     new, metrics = fn(state, {"image": feats, "label": labels})
+    # The loss is that of the params *before* this update, so it cannot see
+    # an update that is itself NaN/Inf (a NaN lr, an overflowing step): the
+    # new params must be finite too, or the member would be frozen at
+    # non-finite params.
     finite = jnp.isfinite(metrics["loss"])
+    for leaf in jax.tree.leaves(new["params"]):
+      finite = jnp.logical_and(finite, jnp.all(jnp.isfinite(leaf)))
     keep = jnp.logical_and(mstate["alive"], finite)
     # A dead member keeps its last finite state; the others go on.
     pick = lambda a, b: jnp.where(keep, a, b)
@@ -291,9 +301,13 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     new_groups, metrics = [], []
     for g, gstate in zip(groups, state["groups"]):
       f = feats[g.slot][g.tap]
-      ng, m = jax.vmap(
-          lambda ms, g=g, f=f, s=g.slot: member_step(
-              g, backbone, ms, state["step"], f, batch["label"][s]))(gstate)
+      fn = (lambda ms, g=g, f=f, s=g.slot: member_step(
+          g, backbone, ms, state["step"], f, batch["label"][s]))
+      # "vmap": members in parallel (fastest); "map": one member at a time
+      # (peak memory of one member's backward; the backbone pass is still
+      # shared).
+      ng, m = jax.vmap(fn)(gstate) if loop == "vmap" else jax.lax.map(
+          fn, gstate)
       new_groups.append(ng)
       metrics.append(m)
     return {"params": state["params"], "step": state["step"] + 1,

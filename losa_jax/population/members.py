@@ -9,6 +9,7 @@
         random=dict(budget=8, seed=0,   # or sampled instead of the grids
                     lr=("loguniform", 1e-4, 1e-2), rank=("choice", [4, 8])),
         rungs=dict(steps=[100, 200], keep=0.5, eval="val"),   # optional
+        loop="vmap",                    # or "map": less memory, see LOOPS
     )
 
 Every member is a complete single-run config: the population trainer gives
@@ -37,7 +38,10 @@ from losa_jax.models import model as model_lib
 HPARAMS = ("lr", "wd", "label_smoothing", "grad_clip_norm", "seed",
            "data_seed")
 POPULATION_KEYS = ("grid", "seeds", "data_seeds", "losa", "random", "rungs",
-                   "name")
+                   "name", "loop")
+# How a group's members run in the step: "vmap" (in parallel, fastest) or
+# "map" (one after another: the peak memory of one member's backward).
+LOOPS = ("vmap", "map")
 RANDOM_KINDS = ("choice", "uniform", "loguniform")
 RUNG_KEYS = ("steps", "keep", "eval")
 

@@ -1,0 +1,512 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""AutoLoSA: search a population, select the best member, retrain it.
+
+    python -m losa_jax.auto --workdir /tmp/auto/dtd \
+        --config configs/vtab.py:task=dtd,population=default,init=...,data_dir=...
+
+One command, three phases, each resumable:
+
+1. search (<workdir>/search): the config's population
+   (losa_jax.population_train, one backbone pass per batch for LoSA) on the
+   tuning split. A config file declares its protocols in a module-level
+   `AUTO_ARGS = dict(search="...", final="...")`, args appended to the
+   command's (configs/vtab.py: `protocol=tune`, train800 -> val200, then
+   `protocol=final`, train800val200 -> test). A config without them searches
+   on its own train split and is ranked on its eval named "val", else on its
+   first eval; its final run keeps that data (configs/default.py: the demo
+   has no validation split, so it selects on test; a demo of the mechanics).
+   The search evaluates only that eval (it never looks at a test split).
+2. selection: the best member by `<eval>/accuracy`, ties to fewer trainable
+   params, then to the lower member index (population_train.leaderboard);
+   members that diverged or stopped at a successive-halving rung are ranked
+   after those that finished.
+3. final (<workdir>/final): the single-run trainer on `final_config`, the
+   config file's get_config with the final args and without the population,
+   given the chosen member's values (every per-member hyper-parameter and
+   its LoSA switches). It leaves a standard checkpoint for losa_jax.predict.
+
+Rerunning the command resumes: a finished search is read back from
+search/results.json, an interrupted one (or final run) resumes from its
+checkpoints. <workdir>/selection.json and selection.md hold every member's
+values and val curve, the choice, the final results and the cost (wall time
+of each phase, members, backbone passes per step, trainable params).
+`--config.<key>=value` overrides apply to both phases (`population.*` only
+to the search).
+"""
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+
+from losa_jax import config_lib
+from losa_jax import distributed
+from losa_jax import population_train
+from losa_jax import train
+from losa_jax.models import model as model_lib
+from losa_jax.population import members as members_lib
+
+FLAGS = flags.FLAGS
+STATE = "auto_state.json"
+
+
+# --- configs ------------------------------------------------------------------
+
+
+def split_spec(spec: str) -> Tuple[str, str]:
+  """"configs/vtab.py:task=dtd" -> ("configs/vtab.py", "task=dtd")."""
+  path, _, args = spec.partition(".py:")
+  return (path if path.endswith(".py") else path + ".py"), args
+
+
+def _module(path: str):
+  """The config file as a module (loaded by path, like config_lib)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Config file not found: {path!r}.")
+  name = "losa_auto_config_" + hashlib.sha1(path.encode()).hexdigest()[:8]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} has no get_config(arg=None) function.")
+  return module
+
+
+def _join(*parts: str) -> str:
+  return ",".join(p for p in parts if p)
+
+
+def _without_population(args: str) -> str:
+  """The config args without `population=...` (the final run is single)."""
+  return ",".join(a for a in args.split(",")
+                  if a.strip() and a.partition("=")[0].strip() != "population")
+
+
+def _apply(config, overrides: Mapping[str, Any], *, population: bool):
+  """Sets dotted `overrides` ({"lr": 0.01, "model.losa.rank": 4}) in place."""
+  for path, value in (overrides or {}).items():
+    if not population and path.split(".")[0] == "population":
+      continue
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+
+
+def selection_eval(config, where: str = "config") -> str:
+  """The eval that ranks the members: "val" if the config has it, else its
+  first eval."""
+  evals = list(config.get("evals") or {})
+  if not evals:
+    raise ValueError(f"{where}: config.evals is empty, but AutoLoSA selects "
+                     "members by an eval's accuracy; add a validation eval.")
+  return "val" if "val" in evals else evals[0]
+
+
+def search_config(spec: str, overrides: Optional[Mapping[str, Any]] = None
+                  ) -> Tuple[ml_collections.ConfigDict, str]:
+  """The population config of the search and the name of its eval.
+
+  The config file's get_config(<args>,<AUTO_ARGS["search"]>), with only the
+  selection eval kept: the search must never look at a test split.
+  """
+  path, args = split_spec(spec)
+  module = _module(path)
+  args = _join(args, getattr(module, "AUTO_ARGS", {}).get("search", ""))
+  config = module.get_config(args) if args else module.get_config()
+  _apply(config, overrides, population=True)
+  if not config.get("population"):
+    raise ValueError(
+        f"{spec}: the config has no population to search; add "
+        "population=default (or random) to its args, or set "
+        "config.population (docs/population.md).")
+  name = selection_eval(config, spec)
+  rung_eval = (config.population.get("rungs") or {}).get("eval")
+  if rung_eval not in (None, name):
+    raise ValueError(f"{spec}: config.population.rungs.eval={rung_eval!r}, "
+                     f"but AutoLoSA ranks the members on {name!r}; make them "
+                     "agree.")
+  config.evals = {name: config.evals[name]}
+  config_lib.validate(config)
+  members_lib.validate(config.population, config)
+  return config, name
+
+
+def searched_keys(population) -> List[str]:
+  """The values a population varies, e.g. ["lr", "wd", "rank"]."""
+  pop = dict(population or {})
+  keys = list(dict(pop.get("grid") or {}))
+  keys += [k for k in dict(pop.get("random") or {})
+           if k not in ("budget", "seed")]
+  keys += list(dict(pop.get("losa") or {}))
+  for k, name in (("seeds", "seed"), ("data_seeds", "data_seed")):
+    if len(pop.get(k) or ()) > 1:
+      keys.append(name)
+  return list(dict.fromkeys(keys))
+
+
+def member_values(member: members_lib.Member, keys) -> Dict[str, Any]:
+  """{key: value} of `member` for the searched `keys` (plain JSON types)."""
+  losa = dict(member.config.model.get("losa") or {})
+  return {k: (losa.get(k) if k in model_lib.LOSA_DEFAULTS
+              else member.config.get(k)) for k in keys}
+
+
+def final_config(spec: str, member: members_lib.Member,
+                 overrides: Optional[Mapping[str, Any]] = None
+                 ) -> ml_collections.ConfigDict:
+  """The single-run config of the final run of `member`.
+
+  The config file's get_config with the command's args minus `population`
+  plus its AUTO_ARGS["final"] (VTAB: protocol=final, train800val200 ->
+  test), the overrides (but population.*), then the member's per-member
+  hyper-parameters (members.HPARAMS) and LoSA switches. For a config
+  without AUTO_ARGS this is the member's own config without the population.
+  """
+  path, args = split_spec(spec)
+  module = _module(path)
+  args = _join(_without_population(args),
+               getattr(module, "AUTO_ARGS", {}).get("final", ""))
+  config = module.get_config(args) if args else module.get_config()
+  _apply(config, overrides, population=False)
+  if "population" in config:
+    del config["population"]
+  for k in members_lib.HPARAMS:
+    if k in member.config:
+      config[k] = member.config[k]
+  config.model.losa = ml_collections.ConfigDict(
+      dict(member.config.model.get("losa") or {}))
+  config_lib.validate(config)
+  return config
+
+
+# --- selection ----------------------------------------------------------------
+
+
+def _finished(row) -> bool:
+  return row.get("alive", True) and "rung_out" not in row
+
+
+def select(rows: List[Dict[str, Any]], metric: str) -> List[Dict[str, Any]]:
+  """The rows best first: finished members by `metric` (ties to fewer
+  trainable params, then lower index), then the diverged or rung-stopped
+  ones; rows[0] is the choice."""
+  done = [r for r in rows if _finished(r)]
+  rest = [r for r in rows if not _finished(r)]
+  return (population_train.leaderboard(done, metric) +
+          population_train.leaderboard(rest, metric))
+
+
+def _curves(search_dir: str, rows, metric: str) -> Dict[str, List]:
+  """Every member's [[step, accuracy]] of `metric`, from metrics.jsonl.
+
+  The log survives resumes (results.json's curves start at the resume);
+  a step logged twice (re-run after a resume) keeps its last value.
+  """
+  curves = {r["name"]: {} for r in rows}
+  for path, member in ([(os.path.join(search_dir, "metrics.jsonl"), None)] +
+                       [(os.path.join(search_dir, r["name"], "metrics.jsonl"),
+                         r["name"]) for r in rows]):
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        name = rec.get("member", member)
+        for key in (metric, f"rung/{metric}"):
+          if name in curves and key in rec:
+            curves[name][int(rec["step"])] = float(rec[key])
+  out = {}
+  for r in rows:
+    got = sorted(curves[r["name"]].items())
+    out[r["name"]] = ([list(p) for p in got] or
+                      list((r.get("curve") or {}).get(metric.split("/")[0],
+                                                      [])))
+  return out
+
+
+# --- phases -------------------------------------------------------------------
+
+
+def _read_json(path: str) -> Optional[Dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def _plain(x) -> Dict[str, Any]:
+  return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
+
+
+def _timed(workdir: str, phase: str, fn):
+  """Runs fn(), adding its wall time to <workdir>/auto_state.json (also
+  when it is interrupted, so a resumed phase reports its whole cost)."""
+  t0 = time.time()
+  try:
+    return fn()
+  finally:
+    if distributed.is_chief():
+      path = os.path.join(workdir, STATE)
+      state = _read_json(path) or {}
+      state[f"{phase}_wall_s"] = (state.get(f"{phase}_wall_s") or 0.0) + (
+          time.time() - t0)
+      _write_json(path, state)
+
+
+def _as_json(config) -> Dict[str, Any]:
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def _claim(workdir: str, phase: str, config):
+  """Records `config` as the one the phase trains in <workdir>/auto_state.json;
+  refuses, by name, a phase already trained with another config."""
+  path = os.path.join(workdir, STATE)
+  state = _read_json(path) or {}
+  want, had = _as_json(config), state.get(f"{phase}_config")
+  if had not in (None, want):
+    changed = sorted(k for k in set(want) | set(had)
+                     if want.get(k) != had.get(k))
+    raise ValueError(f"{os.path.join(workdir, phase)} was trained with "
+                     f"another {phase} config (changed: {changed}): use a new "
+                     "--workdir, or delete that folder.")
+  if had is None and distributed.is_chief():
+    _write_json(path, {**state, f"{phase}_config": want})
+
+
+def _search(config, workdir: str, members) -> Dict[str, Any]:
+  """The search's results.json, trained (or resumed) unless finished."""
+  search_dir = os.path.join(workdir, "search")
+  done = os.path.join(search_dir, "results.json")
+  _claim(workdir, "search", config)
+  results = _read_json(done)
+  if results is None:
+    results = _timed(workdir, "search", lambda: train.train_and_evaluate(
+        config, search_dir)["results"])
+  else:
+    print(f"AutoLoSA: the search is finished, reading {done}", flush=True)
+  # A search trained by `python -m losa_jax.train` has no recorded config:
+  # its members must at least be this population's.
+  got = [(r["name"], r["label"]) for r in sorted(results["members"],
+                                                 key=lambda r: r["index"])]
+  want = [(m.name, m.label) for m in members]
+  if got != want:
+    raise ValueError(f"{done} holds another population ({got[:3]}...) than "
+                     f"this config's ({want[:3]}...): use a new --workdir or "
+                     "delete that search.")
+  return results
+
+
+def _final(config, workdir: str) -> Dict[str, Any]:
+  """The final run's results.json, trained (or resumed) unless finished."""
+  final_dir = os.path.join(workdir, "final")
+  done = os.path.join(final_dir, "results.json")
+  _claim(workdir, "final", config)
+  if os.path.exists(done):
+    print(f"AutoLoSA: the final run is finished, reading {done}", flush=True)
+    return _read_json(done)
+  return _timed(workdir, "final", lambda: train.train_and_evaluate(
+      config, final_dir)["results"])
+
+
+def run(spec: str, workdir: str, *,
+        overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """Search, select, retrain; returns what <workdir>/selection.json holds.
+
+  Args:
+    spec: the config, "path/to/config.py[:args]" (with a population).
+    workdir: search/, final/, selection.json and selection.md go here.
+    overrides: {dotted key: value}, applied to both phases' configs
+      (population.* only to the search's); the CLI's --config.<key>=value.
+  """
+  search_cfg, ev = search_config(spec, overrides)
+  # Before any JAX call (the chief checks below make one): a multi-process
+  # run joins the others now, and the trainer finds the runtime up.
+  distributed.initialize(search_cfg.get("distributed"))
+  os.makedirs(workdir, exist_ok=True)
+  metric = f"{ev}/accuracy"
+  members = members_lib.expand(search_cfg)
+  keys = searched_keys(search_cfg.population)
+  print(f"AutoLoSA: searching {len(members)} members ({', '.join(keys)}) on "
+        f"{search_cfg.input.data.get('split')} -> {ev} in "
+        f"{os.path.join(workdir, 'search')}", flush=True)
+  results = _search(search_cfg, workdir, members)
+
+  board = select(results["members"], metric)
+  chosen = members[board[0]["index"]]
+  final_cfg = final_config(spec, chosen, overrides)
+  print(f"AutoLoSA: chose {chosen.name} ({chosen.label}), {metric} "
+        f"{board[0].get(metric, math.nan):.4f}; retraining it on "
+        f"{final_cfg.input.data.get('split')} -> "
+        f"{', '.join(final_cfg.get('evals') or {})}", flush=True)
+  final = _final(final_cfg, workdir)
+
+  state = _read_json(os.path.join(workdir, STATE)) or {}
+  curves = _curves(os.path.join(workdir, "search"), results["members"],
+                   metric)
+  position = {r["name"]: i + 1 for i, r in enumerate(board)}
+  rows = []
+  for r in sorted(results["members"], key=lambda r: r["index"]):
+    rows.append({
+        "name": r["name"], "label": r["label"], "position": position[r["name"]],
+        "values": member_values(members[r["index"]], keys),
+        "hparams": r["hparams"], "trainable_params": r["trainable_params"],
+        metric: r.get(metric), "train/loss": r.get("train/loss"),
+        "finished": _finished(r), "curve": curves[r["name"]],
+        **{k: r[k] for k in ("died_at", "rung_out") if k in r}})
+  shared = results.get("shared_backbone", False)
+  params = [r["trainable_params"] for r in rows]
+  selection = {
+      "config": spec, "workdir": workdir, "metric": metric,
+      "searched": keys,
+      "search": {"workdir": os.path.join(workdir, "search"),
+                 "train": _plain(search_cfg.input.data),
+                 "eval": {ev: _plain(search_cfg.evals[ev].data)}},
+      "members": rows,
+      "leaderboard": [r["name"] for r in board],
+      "chosen": {"name": chosen.name, "label": chosen.label,
+                 "values": member_values(chosen, keys),
+                 "hparams": chosen.hparams, metric: board[0].get(metric),
+                 "trainable_params": board[0]["trainable_params"]},
+      "final": {"workdir": os.path.join(workdir, "final"),
+                "train": _plain(final_cfg.input.data),
+                "evals": {k: _plain(v.data) for k, v in
+                          (final_cfg.get("evals") or {}).items()},
+                "config": final_cfg.to_dict(), "results": final},
+      "cost": {
+          "search_wall_s": state.get("search_wall_s"),
+          "final_wall_s": state.get("final_wall_s"),
+          "members": len(rows),
+          # LoSA members share the backbone pass of their data order; other
+          # methods train one after another, a pass each.
+          "backbone_passes_per_step": (
+              len({m.hparams["data_seed"] for m in members}) if shared
+              else len(members)),
+          "shared_backbone": shared,
+          "trainable_params_chosen": board[0]["trainable_params"],
+          "trainable_params_population": sum(params),
+          "trainable_params_final": final.get("trainable_params")},
+  }
+  if distributed.is_chief():
+    _write_json(os.path.join(workdir, "selection.json"), selection)
+    tmp = os.path.join(workdir, "selection.md.tmp")
+    with open(tmp, "w") as f:
+      f.write(markdown(selection))
+    os.replace(tmp, os.path.join(workdir, "selection.md"))
+  return selection
+
+
+# --- report -------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+  """Searched values: 0.003, 16; counts with thousands separators."""
+  if v is None:
+    return "-"
+  if isinstance(v, int) and not isinstance(v, bool):
+    return f"{v:,}" if abs(v) >= 10000 else str(v)
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _acc(v) -> str:
+  return "-" if v is None else f"{v:.4f}"
+
+
+def _secs(v) -> str:
+  return "-" if v is None else f"{v:.0f} s"
+
+
+def markdown(sel: Dict[str, Any]) -> str:
+  """selection.md: the search, the choice, the final run and the cost."""
+  metric, keys, cost = sel["metric"], sel["searched"], sel["cost"]
+  ch, final = sel["chosen"], sel["final"]
+  (ev, ev_data), = sel["search"]["eval"].items()
+  lines = [
+      f"# AutoLoSA: `{sel['config']}`", "",
+      f"Search: {cost['members']} members on "
+      f"`{sel['search']['train'].get('split')}`, ranked by `{metric}` "
+      f"(`{ev_data.get('split')}`); ties go to fewer trainable params.", "",
+      f"Chosen: **{ch['name']}** ({ch['label']}), {metric} "
+      f"{_acc(ch[metric])}, {ch['trainable_params']:,} trainable params.", "",
+      f"Final run: trained on `{final['train'].get('split')}`, evaluated on " +
+      ", ".join(f"`{k}` (`{v.get('split')}`)" for k, v in
+                final["evals"].items()) + ": " +
+      ", ".join(f"{k} {_acc(v)}" for k, v in final["results"].items()
+                if k.split("/")[0] in final["evals"] and
+                k.endswith(("accuracy", "loss"))) + ".", "",
+      "## Members (best first)", "",
+      "| # | member | " + " | ".join(keys) + f" | {metric} | params | "
+      f"{ev} curve (step:acc) |",
+      "|---|---|" + "---|" * len(keys) + "---|---|---|"]
+  for r in sorted(sel["members"], key=lambda r: r["position"]):
+    curve = " ".join(f"{s}:{a:.3f}" for s, a in r["curve"][-10:])
+    note = "" if r["finished"] else (
+        " (diverged)" if "died_at" in r else " (stopped at a rung)")
+    lines.append(
+        f"| {r['position']} | {r['name']}{note} | " +
+        " | ".join(_fmt(r["values"].get(k)) for k in keys) +
+        f" | {_acc(r[metric])} | {r['trainable_params']:,} | {curve} |")
+  lines += [
+      "", "## Cost", "",
+      "| search wall time | final wall time | members | backbone passes "
+      "per step | trainable params (chosen / all members / final run) |",
+      "|---|---|---|---|---|",
+      f"| {_secs(cost['search_wall_s'])} | {_secs(cost['final_wall_s'])} | "
+      f"{cost['members']} | {cost['backbone_passes_per_step']}"
+      f"{'' if cost['shared_backbone'] else ' (members in turn)'} | "
+      f"{cost['trainable_params_chosen']:,} / "
+      f"{cost['trainable_params_population']:,} / "
+      f"{_fmt(cost['trainable_params_final'])} |", ""]
+  return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS):
+  """--config and --workdir, defined on demand (importing claims no flags)."""
+  config_lib.define_config_flag(
+      "config", "Config file with a population (configs/*.py[:args], e.g. "
+      "configs/vtab.py:task=dtd,population=default); --config.<key>=value "
+      "overrides apply to the search and the final run.", flag_values)
+  flags.DEFINE_string("workdir", None, "AutoLoSA folder: search/, final/, "
+                      "selection.json and selection.md; rerunning resumes.",
+                      flag_values=flag_values)
+
+
+def main(argv):
+  del argv
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("--config and --workdir are required.")
+  run(FLAGS["config"].config_filename, FLAGS.workdir,
+      overrides=FLAGS["config"].override_values)
+  print(open(os.path.join(FLAGS.workdir, "selection.md")).read())
+
+
+def cli():
+  """Console-script entry point."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  sys.exit(cli())

@@ -1,0 +1,225 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""AutoLoSA (losa_jax.auto): search, select, retrain, end to end offline."""
+import csv
+import json
+import math
+import os
+import sys
+
+from absl import flags
+import pytest
+
+from losa_jax import auto
+from losa_jax import config_lib
+from losa_jax import population_train
+from losa_jax import vtab_sweep
+from losa_jax.population import members as members_lib
+from test_vtab_sweep import mock_all_tasks  # pylint: disable=g-bad-import-order
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "configs", "default.py")
+VTAB = os.path.join(REPO, "configs", "vtab.py")
+
+
+def _row(index, acc, params, **kw):
+  return {"index": index, "name": f"m{index:02d}", "val/accuracy": acc,
+          "trainable_params": params, "alive": True, **kw}
+
+
+def _best(rows, metric):
+  """The choice, spelled out: the finished members' best metric, ties to
+  the fewest trainable params, then to the lowest index."""
+  done = [r for r in rows if r.get("alive", True) and "rung_out" not in r]
+  top = max(r[metric] for r in done)
+  tied = [r for r in done if r[metric] == top]
+  fewest = min(r["trainable_params"] for r in tied)
+  return min(r["index"] for r in tied if r["trainable_params"] == fewest)
+
+
+def test_select_ties_go_to_fewer_params():
+  rows = [_row(0, 0.8, 300), _row(1, 0.9, 500), _row(2, 0.9, 200),
+          _row(3, 0.9, 200), _row(4, 0.7, 100)]
+  board = auto.select(rows, "val/accuracy")
+  assert [r["index"] for r in board] == [2, 3, 1, 0, 4]
+  assert board[0]["index"] == _best(rows, "val/accuracy")
+  # Higher accuracy beats fewer params; a missing or NaN value ranks last.
+  rows = [_row(0, 0.5, 10), _row(1, 0.6, 1000), _row(2, None, 1),
+          _row(3, math.nan, 1)]
+  assert [r["index"] for r in auto.select(rows, "val/accuracy")] == [
+      1, 0, 2, 3]
+
+
+def test_select_ranks_unfinished_members_last():
+  rows = [_row(0, 0.99, 10, alive=False, died_at=5),
+          _row(1, 0.95, 10, rung_out=100), _row(2, 0.5, 10),
+          _row(3, 0.6, 20)]
+  board = auto.select(rows, "val/accuracy")
+  assert [r["index"] for r in board] == [3, 2, 0, 1]
+  assert board[0]["index"] == _best(rows, "val/accuracy")
+
+
+def test_vtab_configs_search_on_val_and_retrain_on_final_split():
+  spec = f"{VTAB}:task=dtd,population=default"
+  # `python -m losa_jax.train` takes this config as it is.
+  config = config_lib.load_config(spec)
+  config_lib.validate(config)
+  members_lib.validate(config.population, config)
+  assert config.input.data.split == "train800" and list(config.evals) == [
+      "val"]
+  assert len(members_lib.expand(config)) == 18
+  random = config_lib.load_config(f"{VTAB}:task=dtd,population=random")
+  assert len(members_lib.expand(random)) == 8
+  # protocol=final as given is overridden by the search's protocol=tune.
+  search, ev = auto.search_config(spec + ",protocol=final",
+                                  {"population.grid.lr": [0.01, 0.02]})
+  assert ev == "val" and list(search.evals) == ["val"]
+  assert search.input.data.split == "train800"
+  assert search.evals.val.data.split == "val200"
+  assert auto.searched_keys(search.population) == ["lr", "wd", "rank"]
+  members = members_lib.expand(search)
+  chosen = next(m for m in members if m.label == "lr=0.02,wd=0,rank=16")
+  final = auto.final_config(spec, chosen, {"population.grid.lr": [1.0],
+                                           "total_epochs": 3})
+  assert "population" not in final
+  assert final.input.data.split == "train800val200"
+  assert {k: v.data.split for k, v in final.evals.items()} == {"test": "test"}
+  assert (final.lr, final.wd, final.model.losa.rank) == (0.02, 0.0, 16)
+  assert final.total_epochs == 3 and final.get("eval_every", 0) == 0
+  assert auto.member_values(chosen, ["lr", "wd", "rank"]) == {
+      "lr": 0.02, "wd": 0.0, "rank": 16}
+
+
+def test_demo_final_config_is_the_member_without_population():
+  search, ev = auto.search_config(f"{DEMO}:runlocal,population=default")
+  assert ev == "test"      # the demo has no val split (documented)
+  m = members_lib.expand(search)[3]
+  final = auto.final_config(f"{DEMO}:runlocal,population=default", m)
+  want = m.config.to_dict()        # members carry no population
+  want["eval_every"] = 0   # the population's curve points only
+  assert final.to_dict() == want
+
+
+def test_config_without_population_fails_by_name():
+  with pytest.raises(ValueError, match="no population.*population=default"):
+    auto.search_config(f"{DEMO}:runlocal")
+  with pytest.raises(ValueError, match="population='grid'"):
+    config_lib.load_config(f"{DEMO}:population=grid")
+
+
+def test_flags_give_spec_and_overrides(monkeypatch):
+  spec = f"{DEMO}:runlocal,population=default"
+  argv = ["auto", f"--config={spec}", "--workdir=/tmp/x", "--config.lr=0.5"]
+  # ml_collections reads the overrides from sys.argv (also when defining).
+  monkeypatch.setattr(sys, "argv", argv)
+  fv = flags.FlagValues()
+  auto.define_flags(fv)
+  fv(argv)
+  assert fv["config"].config_filename == spec
+  assert fv["config"].override_values == {"lr": 0.5}
+  assert fv.workdir == "/tmp/x"
+
+
+def _check_selection(sel, workdir, metric):
+  """selection.json against the search's own results.json."""
+  with open(os.path.join(workdir, "selection.json")) as f:
+    assert json.load(f)["chosen"] == json.loads(json.dumps(sel["chosen"]))
+  with open(os.path.join(workdir, "search", "results.json")) as f:
+    results = json.load(f)
+  rows = results["members"]
+  assert sel["metric"] == metric
+  assert sel["chosen"]["name"] == f"m{_best(rows, metric):02d}"
+  assert sel["leaderboard"][0] == sel["chosen"]["name"]
+  assert len(sel["members"]) == len(rows) == sel["cost"]["members"] == 4
+  assert {tuple(r["values"]) for r in sel["members"]} == {("lr", "rank")}
+  for r in sel["members"]:
+    assert r["curve"] and r["curve"][-1][1] == pytest.approx(r[metric])
+  cost = sel["cost"]
+  assert cost["backbone_passes_per_step"] == 1 and cost["shared_backbone"]
+  assert cost["search_wall_s"] > 0 and cost["final_wall_s"] > 0
+  assert cost["trainable_params_final"] == cost["trainable_params_chosen"]
+  md = open(os.path.join(workdir, "selection.md")).read()
+  assert sel["chosen"]["name"] in md and "backbone passes" in md
+
+
+def test_auto_demo_end_to_end_and_resume(tmp_path, monkeypatch):
+  spec = f"{DEMO}:runlocal,population=default"
+  workdir = str(tmp_path / "auto")
+  sel = auto.run(spec, workdir)
+  _check_selection(sel, workdir, "test/accuracy")
+  # The demo keeps its data: the final run is the chosen member's single run
+  # (the population reproduces single runs, so their accuracies agree).
+  assert sel["final"]["train"]["split"] == "train"
+  chosen = next(r for r in sel["members"]
+                if r["name"] == sel["chosen"]["name"])
+  assert sel["final"]["results"]["test/accuracy"] == pytest.approx(
+      chosen["test/accuracy"], abs=2 / 797)
+  assert sel["final"]["config"]["lr"] == chosen["values"]["lr"]
+  assert sel["final"]["config"]["model"]["losa"]["rank"] == (
+      chosen["values"]["rank"])
+
+  # Resume: the finished search is read back (never retrained), the final
+  # run resumes from its last checkpoint.
+  for name in ("selection.json", "selection.md", "final/results.json"):
+    os.remove(os.path.join(workdir, name))
+
+  def no_search(*a, **k):
+    raise AssertionError("the finished search was trained again")
+  monkeypatch.setattr(population_train, "train_population", no_search)
+  again = auto.run(spec, workdir)
+  assert again["chosen"] == sel["chosen"]
+  assert again["final"]["results"]["test/accuracy"] == pytest.approx(
+      sel["final"]["results"]["test/accuracy"])
+  assert again["cost"]["search_wall_s"] == sel["cost"]["search_wall_s"]
+  # Another search in the same workdir is refused by name, before training.
+  with pytest.raises(ValueError, match=r"another search config \(changed: "
+                     r"\['population'\]\)"):
+    auto.run(f"{DEMO}:runlocal,population=random", workdir)
+  # So is a finished search of another population that AutoLoSA did not
+  # record (e.g. trained by `python -m losa_jax.train`).
+  os.remove(os.path.join(workdir, auto.STATE))
+  with pytest.raises(ValueError, match="holds another population"):
+    auto.run(f"{DEMO}:runlocal,population=random", workdir)
+
+
+def test_vtab_sweep_auto_on_mock_data(tmp_path, monkeypatch):
+  data = str(tmp_path / "data")
+  spec = f"{VTAB}:runlocal,population=default,data_dir={data}"
+  workdir = str(tmp_path / "sweep")
+  with mock_all_tasks(data):
+    out = vtab_sweep.sweep(spec, workdir, ["dtd"], auto=True)
+  task_dir = os.path.join(workdir, "dtd")
+  with open(os.path.join(task_dir, "selection.json")) as f:
+    sel = json.load(f)
+  _check_selection(sel, task_dir, "val/accuracy")
+  # Searched on train800 -> val200, retrained on train800val200 -> test.
+  assert sel["search"]["train"]["split"] == "train800"
+  assert sel["search"]["eval"]["val"]["split"] == "val200"
+  assert sel["final"]["train"]["split"] == "train800val200"
+  assert {k: v["split"] for k, v in sel["final"]["evals"].items()} == {
+      "test": "test"}
+  with open(os.path.join(task_dir, "final", "results.json")) as f:
+    final = json.load(f)
+  assert "test/accuracy" in final and "val/accuracy" not in final
+  assert sel["final"]["results"]["test/accuracy"] == final["test/accuracy"]
+
+  # The table has the chosen values.
+  (row,) = out["rows"]
+  values = sel["chosen"]["values"]
+  assert {k: row[k] for k in values} == values
+  assert row["accuracy"] == final["test/accuracy"]
+  with open(os.path.join(workdir, "results.csv")) as f:
+    csv_rows = list(csv.DictReader(f))
+  assert float(csv_rows[0]["lr"]) == values["lr"]
+  assert int(csv_rows[0]["rank"]) == values["rank"]
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "| top-1 (%) | lr | rank |" in md and "search time (s)" in md
+
+  # A finished task is read back, not searched again.
+  def no_auto(*a, **k):
+    raise AssertionError("a finished AutoLoSA task ran again")
+  monkeypatch.setattr(auto, "run", no_auto)
+  again = vtab_sweep.sweep(spec, workdir, ["dtd"], auto=True)
+  assert again["rows"] == out["rows"]
+  with pytest.raises(ValueError, match="--auto.*no population"):
+    vtab_sweep.sweep(f"{VTAB}:runlocal", workdir, ["dtd"], auto=True)
