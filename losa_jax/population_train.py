@@ -52,10 +52,12 @@ class PopulationDiedError(FloatingPointError):
 
 
 def _rank_key(row: Dict[str, Any], metric: str):
-  """Best first: higher metric, then fewer params, then member index."""
+  """Best first: live members before diverged ones, then higher metric, then
+  fewer params, then member index."""
   value = row.get(metric)
   value = -math.inf if value is None or not np.isfinite(value) else value
-  return (-value, row.get("trainable_params", 0), row["index"])
+  return (not row.get("alive", True), -value, row.get("trainable_params", 0),
+          row["index"])
 
 
 def leaderboard(rows: List[Dict[str, Any]], metric: str) -> List[Dict]:
