@@ -34,8 +34,6 @@ of each phase, members, backbone passes per step, trainable params).
 `--config.<key>=value` overrides apply to both phases (`population.*` only
 to the search).
 """
-import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -66,19 +64,6 @@ def split_spec(spec: str) -> Tuple[str, str]:
   """"configs/vtab.py:task=dtd" -> ("configs/vtab.py", "task=dtd")."""
   path, _, args = spec.partition(".py:")
   return (path if path.endswith(".py") else path + ".py"), args
-
-
-def _module(path: str):
-  """The config file as a module (loaded by path, like config_lib)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Config file not found: {path!r}.")
-  name = "losa_auto_config_" + hashlib.sha1(path.encode()).hexdigest()[:8]
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"{path} has no get_config(arg=None) function.")
-  return module
 
 
 def _join(*parts: str) -> str:
@@ -121,7 +106,7 @@ def search_config(spec: str, overrides: Optional[Mapping[str, Any]] = None
   selection eval kept: the search must never look at a test split.
   """
   path, args = split_spec(spec)
-  module = _module(path)
+  module = config_lib.load_config_module(path)
   args = _join(args, getattr(module, "AUTO_ARGS", {}).get("search", ""))
   config = module.get_config(args) if args else module.get_config()
   _apply(config, overrides, population=True)
@@ -174,7 +159,7 @@ def final_config(spec: str, member: members_lib.Member,
   without AUTO_ARGS this is the member's own config without the population.
   """
   path, args = split_spec(spec)
-  module = _module(path)
+  module = config_lib.load_config_module(path)
   args = _join(_without_population(args),
                getattr(module, "AUTO_ARGS", {}).get("final", ""))
   config = module.get_config(args) if args else module.get_config()

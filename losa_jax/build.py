@@ -82,6 +82,19 @@ def cast_frozen(params, mask: Dict[str, bool], dtype):
       else v.astype(dtype) for n, v in tree_lib.flatten(params).items()})
 
 
+def mesh_and_state_sharding(config, state_shape, mesh=None):
+  """(mesh, state shardings): config.mesh, and config.sharding_strategy.
+
+  The default strategy FSDP-shards the frozen backbone over a "fsdp" axis
+  when the mesh has one and replicates everything else.
+  """
+  if mesh is None:
+    mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  strategy = (config.get("sharding_strategy")
+              or sharding_lib.DEFAULT_STRATEGY)
+  return mesh, sharding_lib.infer_state_sharding(state_shape, mesh, strategy)
+
+
 def image_shape_of(config) -> Tuple[int, ...]:
   """One example's input shape: (H, W, 3), or (T, H, W, 3) for video."""
   res = config.get("image_size", 224)
@@ -110,14 +123,7 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
     return state
 
   state_shape = jax.eval_shape(init_fn, jax.random.key(0))
-  if mesh is None:
-    mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
-  # Same default as the trainer: the frozen backbone FSDP-sharded over a
-  # "fsdp" axis when the mesh has one, everything else replicated.
-  strategy = (config.get("sharding_strategy")
-              or sharding_lib.DEFAULT_STRATEGY)
-  state_sharding = sharding_lib.infer_state_sharding(state_shape, mesh,
-                                                     strategy)
+  mesh, state_sharding = mesh_and_state_sharding(config, state_shape, mesh)
   step = steps.train_step_fn(model, tx, mask,
                              label_smoothing=config.get("label_smoothing", 0.0),
                              schedule_fns=schedule_fns)

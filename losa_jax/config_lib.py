@@ -369,16 +369,22 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   """
   path, _, arg = spec.partition(".py:")
   path = path if path.endswith(".py") else path + ".py"
+  module = load_config_module(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def load_config_module(path: str):
+  """A config file as a module, loaded by path (its get_config and any
+  constants it declares, e.g. AUTO_ARGS)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Config file not found: {path!r} (from "
-                            f"{spec!r}).")
+    raise FileNotFoundError(f"Config file not found: {path!r}.")
   name = "losa_config_" + hashlib.sha1(path.encode()).hexdigest()[:8]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} has no get_config(arg=None) function.")
-  return module.get_config(arg) if arg else module.get_config()
+  return module
 
 
 # --- command-line overrides ---------------------------------------------------

@@ -245,12 +245,7 @@ def train_population(config, workdir: str, *,
     return {"results": _sequential(config, workdir, members, single_run)}
   cached = bool((config.get("feature_cache") or {}).get("enabled"))
   chief = distributed.is_chief()
-  for module in config.get("pp_modules") or ():
-    from losa_jax import pp as pp_lib  # pylint: disable=g-import-not-at-top
-    pp_lib.import_ops(module)
-  data = dict(config.input.data)
-  train_src = datasets.get_source(data)
-  train_pp = datasets.pp_for(data, config.input.pp)
+  train_src, train_pp = datasets.training_source(config)
   num_examples = train_src.num_examples() or train_src.count()
   total = distributed.agree(config_lib.total_steps_of(config, num_examples),
                             "total_steps")

@@ -30,7 +30,6 @@ from losa_jax import distributed
 from losa_jax import evaluators
 from losa_jax import input_pipeline
 from losa_jax import population_train
-from losa_jax import pp as pp_lib
 from losa_jax import sharding as sharding_lib
 from losa_jax import workdir as workdir_lib
 
@@ -148,11 +147,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
 
-  for module in config.get("pp_modules") or ():
-    pp_lib.import_ops(module)
-  data = dict(config.input.data)
-  train_src = datasets.get_source(data)
-  train_pp = datasets.pp_for(data, config.input.pp)
+  train_src, train_pp = datasets.training_source(config)
   num_examples = train_src.num_examples() or train_src.count()
   total = distributed.agree(total_steps_of(config, num_examples),
                            "total_steps (same data on every host?)")

@@ -220,3 +220,41 @@ def save_figure(fig, out: str, name: str, *, dpi: int = 110) -> str:
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
+
+
+# --- command lines ---------------------------------------------------------------
+
+
+def parse_private_flags(prog: str, define_flags: Callable, argv=None):
+  """Parses `argv` (default: sys.argv[1:]) into a fresh FlagValues that
+  `define_flags(fv)` fills: programmatic entries (tests call them
+  in-process) neither need nor touch the global absl FLAGS.
+
+  Returns (flag values, argv).
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = list(sys.argv[1:] if argv is None else argv)
+  fv = flags.FlagValues()
+  define_flags(fv)
+  extra = fv([prog] + argv)[1:]
+  if extra:
+    raise app.UsageError(f"unexpected arguments {extra}; every option is a "
+                         "--flag (see --help).")
+  return fv, argv
+
+
+def absl_main(run_flags: Callable) -> Callable:
+  """The `app.run` main of a CLI whose work is `run_flags(FLAGS, argv)`."""
+
+  def main(argv) -> None:
+    import sys  # pylint: disable=g-import-not-at-top
+    from absl import app  # pylint: disable=g-import-not-at-top
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
+                           "option is a --flag (see --help).")
+    run_flags(flags.FLAGS, sys.argv[1:])
+
+  return main

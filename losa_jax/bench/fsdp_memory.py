@@ -246,23 +246,10 @@ def _run_flags(fv: flags.FlagValues, argv: Sequence[str]):
 def main(argv: Optional[Sequence[str]] = None):
   """Programmatic entry: `argv` = the flags (a private FlagValues parses
   them); returns (rows, fits)."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  fv = flags.FlagValues()
-  define_flags(fv)
-  extra = fv(["losa_jax.bench.fsdp_memory"] + argv)[1:]
-  if extra:
-    raise app.UsageError(f"unexpected arguments {extra}; every option is a "
-                         "--flag (see --help).")
-  return _run_flags(fv, argv)
-
-
-def _app_main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
-                         "option is a --flag (see --help).")
-  _run_flags(flags.FLAGS, sys.argv[1:])
+  return _run_flags(*common.parse_private_flags(
+      "losa_jax.bench.fsdp_memory", define_flags, argv))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(_app_main)
+  app.run(common.absl_main(_run_flags))

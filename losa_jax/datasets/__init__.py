@@ -119,3 +119,11 @@ def pp_for(data: Mapping[str, Any], pp):
     return pp
   _, kw = canonical(data)
   return fn(kw, pp)
+
+
+def training_source(config) -> Tuple[core.Source, Any]:
+  """(source, pp) of config.input.data, after importing config.pp_modules."""
+  for module in config.get("pp_modules") or ():
+    pp_lib.import_ops(module)
+  data = dict(config.input.data)
+  return get_source(data), pp_for(data, config.input.pp)

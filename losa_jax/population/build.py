@@ -327,12 +327,8 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     return out
 
   state_shape = jax.eval_shape(init_fn, bb_shape)
-  if mesh is None:
-    mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
-  strategy = (config.get("sharding_strategy")
-              or sharding_lib.DEFAULT_STRATEGY)
-  state_sharding = sharding_lib.infer_state_sharding(state_shape, mesh,
-                                                     strategy)
+  mesh, state_sharding = build_lib.mesh_and_state_sharding(
+      config, state_shape, mesh)
   rep = sharding_lib.replicated(mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
   slot_sh = jax.sharding.NamedSharding(

@@ -12,12 +12,12 @@ checkpoint: the stem becomes a 3-D tubelet kernel (central-frame or
 average-frame inflation) and the position embedding is resampled to the new
 patch grid and tiled over time (losa_jax.models.vivit.inflate_from_image).
 """
-import sys
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 from absl import app
 from absl import flags
 
+from losa_jax.bench import common
 from losa_jax.models import vit
 from losa_jax.models import vivit
 
@@ -90,25 +90,17 @@ def inflate(fv: flags.FlagValues) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> str:
   """Programmatic entry: `argv` = the flags (a private FlagValues parses
   them); returns the path written."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  fv = flags.FlagValues()
-  define_flags(fv)
-  extra = fv(["losa_jax.tools.inflate_vivit"] + argv)[1:]
-  if extra:
-    raise app.UsageError(f"unexpected arguments {extra}; every option is a "
-                         "--flag (see --help).")
+  return _inflate_and_report(*common.parse_private_flags(
+      "losa_jax.tools.inflate_vivit", define_flags, argv))
+
+
+def _inflate_and_report(fv, argv=None) -> str:
+  del argv
   path = inflate(fv)
   print(f"Wrote {path}")
   return path
 
 
-def _app_main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
-                         "option is a --flag (see --help).")
-  print(f"Wrote {inflate(flags.FLAGS)}")
-
-
 if __name__ == "__main__":
   define_flags()
-  app.run(_app_main)
+  app.run(common.absl_main(_inflate_and_report))
