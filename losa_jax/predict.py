@@ -1,14 +1,19 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-r"""Inference from a finished workdir: backbone file + side checkpoint.
+r"""Inference from finished workdirs: backbone file + side checkpoints.
 
   python -m losa_jax.predict --workdir /tmp/losa_demo \
       --config configs/default.py --images a.png b.png
   python -m losa_jax.predict --workdir /tmp/losa_demo \
       --config configs/default.py --split test --out preds.csv
+  # Several tasks on one backbone pass (losa_jax.multitask): one CSV with a
+  # column group <task>/label, <task>/prob per task.
+  python -m losa_jax.predict --workdirs /tmp/digits,/tmp/parity \
+      --split test --out preds.csv
 
 The config must be the one the workdir was trained with (the checkpoint's
-metadata is checked against it, as on resume).
+metadata is checked against it, as on resume); without --config it is read
+from `<workdir>/config.json`, which the trainer writes.
 """
 import csv
 import os
@@ -24,8 +29,10 @@ import numpy as np
 from losa_jax import build
 from losa_jax import checkpointing
 from losa_jax import config_lib
+from losa_jax import multitask
 from losa_jax import pp as pp_lib
 from losa_jax import steps
+from losa_jax import workdir as workdir_lib
 from losa_jax.evaluators import classification
 from losa_jax.evaluators import video as video_eval
 
@@ -74,25 +81,35 @@ class Predictor:
 
   def preprocess(self, examples: Iterable[Dict]) -> np.ndarray:
     """Applies the config's eval pp to raw examples ({"image": ...})."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    fn = pp_lib.get_preprocess_fn(self.config.input.pp)
-    out = []
-    for ex in examples:
-      ex = {"label": tf.constant(0, tf.int64),
-            **{k: tf.constant(v) for k, v in ex.items()}}
-      out.append(np.asarray(fn(ex)["image"]))
-    return np.stack(out)
+    return preprocess(self.config.input.pp, examples)
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str]) -> List[Dict]:
-  """Classifies image files (png/jpg); returns one record per file."""
-  images = []
+def preprocess(pp, examples: Iterable[Dict]) -> np.ndarray:
+  """Applies a pp spec to raw examples ({"image": bytes or array}) ->
+  stacked model input [N, ...]."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  fn = pp_lib.get_preprocess_fn(pp)
+  out = []
+  for ex in examples:
+    ex = {"label": tf.constant(0, tf.int64),
+          **{k: tf.constant(v) for k, v in ex.items()}}
+    out.append(np.asarray(fn(ex)["image"]))
+  return np.stack(out)
+
+
+def _read_files(paths: Sequence[str]) -> List[Dict]:
+  examples = []
   for p in paths:
     if not os.path.exists(p):
       raise FileNotFoundError(f"Image file not found: {p}")
     with open(p, "rb") as f:
-      images.append({"image": f.read()})
-  probs = predictor(predictor.preprocess(images))
+      examples.append({"image": f.read()})
+  return examples
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str]) -> List[Dict]:
+  """Classifies image files (png/jpg); returns one record per file."""
+  probs = predictor(predictor.preprocess(_read_files(paths)))
   return [{"file": p, "label": int(np.argmax(pr)), "prob": float(np.max(pr))}
           for p, pr in zip(paths, probs)]
 
@@ -105,6 +122,42 @@ def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
       process_index=0, process_count=1)
   return list(classification.predictions(lambda _, x: predictor(x), None,
                                          batches))
+
+
+def _task_columns(probs: Dict[str, np.ndarray], i: int) -> Dict:
+  out = {}
+  for name, pr in probs.items():
+    out[f"{name}/label"] = int(np.argmax(pr[i]))
+    out[f"{name}/prob"] = float(np.max(pr[i]))
+  return out
+
+
+def multi_predict_files(mt: multitask.MultiTask, paths: Sequence[str]
+                        ) -> List[Dict]:
+  """Every task on image files: {"file", "<task>/label", "<task>/prob"}."""
+  probs = mt.probs(preprocess(mt.pp, _read_files(paths)))
+  return [{"file": p, **_task_columns(probs, i)} for i, p in enumerate(paths)]
+
+
+def multi_predict_split(mt: multitask.MultiTask, data: Dict, *,
+                        batch_size: int = 256) -> List[Dict]:
+  """Every task on one split, in order (one backbone pass per batch).
+
+  Records: {"index", "true" (the split's label), "<task>/label",
+  "<task>/prob" for every task}.
+  """
+  batches = classification.eval_batches(
+      dict(data), pp=mt.pp, batch_size=batch_size, process_index=0,
+      process_count=1)
+  records, index = [], 0
+  for batch in batches:
+    probs = mt.probs(batch["image"])
+    for i, m in enumerate(batch["_mask"]):
+      if m:
+        records.append({"index": index, "true": int(batch["label"][i]),
+                        **_task_columns(probs, i)})
+        index += 1
+  return records
 
 
 def multiview_eval(config, workdir: str, *, pp: str,
@@ -146,41 +199,86 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   --config is checked like train's (config_lib.define_config_flag).
   """
   fv = dict(flag_values=flag_values)
-  config_lib.define_config_flag("config", "The training config.", flag_values)
+  config_lib.define_config_flag("config", "The training config (default: "
+                                "<workdir>/config.json).", flag_values)
   flags.DEFINE_string("workdir", None, "A finished training workdir.", **fv)
+  flags.DEFINE_list("workdirs", None, "Several finished workdirs served on "
+                    "one backbone pass (configs from <workdir>/config.json); "
+                    "the CSV gets a column group per task.", **fv)
+  flags.DEFINE_list("names", None, "With --workdirs: the task names "
+                    "(default: each workdir's base name).", **fv)
+  flags.DEFINE_string("data_task", None, "With --workdirs --split: whose "
+                      "config.input.data to read (default: the first task).",
+                      **fv)
   flags.DEFINE_multi_string("images", [], "Image files to classify.", **fv)
   flags.DEFINE_string("split", None, "Split of the config's training data to "
                       "classify instead of files, e.g. 'test'.", **fv)
+  flags.DEFINE_integer("batch_size", 256, "With --workdirs: images per "
+                       "batch.", **fv)
   flags.DEFINE_string("out", None, "CSV file for the predictions (default: "
                       "print them).", **fv)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).",
                        **fv)
 
 
-def main(argv):
-  del argv
-  cfg = flags.FLAGS
-  if cfg.config is None or cfg.workdir is None:
-    raise app.UsageError("--config and --workdir are required.")
-  predictor = Predictor(cfg.config, cfg.workdir, cfg.step)
-  if cfg.images:
-    records = predict_files(predictor, cfg.images)
-  elif cfg.split:
-    data = dict(cfg.config.input.data, split=cfg.split)
-    records = predict_split(predictor, data)
-  else:
-    raise app.UsageError("Give --images FILE... or --split NAME.")
-  if cfg.out:
-    tmp = cfg.out + ".tmp"
+def _write(records: List[Dict], out: Optional[str]):
+  if out:
+    tmp = out + ".tmp"
     with open(tmp, "w", newline="") as f:
       w = csv.DictWriter(f, fieldnames=list(records[0]))
       w.writeheader()
       w.writerows(records)
-    os.replace(tmp, cfg.out)
-    print(f"Wrote {len(records)} predictions to {cfg.out}")
+    os.replace(tmp, out)
+    print(f"Wrote {len(records)} predictions to {out}")
   else:
     for r in records:
       print(r)
+
+
+def _main_multi(cfg):
+  if cfg.workdir or cfg.config is not None:
+    raise app.UsageError("--workdirs reads each config from "
+                         "<workdir>/config.json: drop --workdir / --config.")
+  mt = multitask.load(cfg.workdirs, cfg.names)
+  print(f"Serving {mt.names} with {mt.num_backbone_passes} backbone "
+        f"pass(es) per batch.")
+  if cfg.images:
+    records = multi_predict_files(mt, cfg.images)
+  elif cfg.split:
+    by_name = {t.name: t for t in mt.tasks}
+    task = by_name.get(cfg.data_task or mt.names[0])
+    if task is None:
+      raise app.UsageError(f"--data_task={cfg.data_task!r}: use one of "
+                           f"{mt.names}.")
+    data = dict(task.config.input.data, split=cfg.split)
+    records = multi_predict_split(mt, data, batch_size=cfg.batch_size)
+  else:
+    raise app.UsageError("Give --images FILE... or --split NAME.")
+  _write(records, cfg.out)
+  if "true" in records[0]:
+    acc = np.mean([r[f"{task.name}/label"] == r["true"] for r in records])
+    print(f"{task.name} accuracy {acc:.4f} over {len(records)} examples")
+
+
+def main(argv):
+  del argv
+  cfg = flags.FLAGS
+  if cfg.workdirs:
+    return _main_multi(cfg)
+  if cfg.workdir is None:
+    raise app.UsageError("--workdir (or --workdirs a,b,...) is required.")
+  config = cfg.config
+  if config is None:
+    config = workdir_lib.read_config(cfg.workdir)
+  predictor = Predictor(config, cfg.workdir, cfg.step)
+  if cfg.images:
+    records = predict_files(predictor, cfg.images)
+  elif cfg.split:
+    data = dict(config.input.data, split=cfg.split)
+    records = predict_split(predictor, data)
+  else:
+    raise app.UsageError("Give --images FILE... or --split NAME.")
+  _write(records, cfg.out)
   if "true" in records[0] and records[0]["true"] is not None:
     acc = np.mean([r["label"] == r["true"] for r in records])
     print(f"accuracy {acc:.4f} over {len(records)} examples")

@@ -73,6 +73,7 @@ def test_committed_notebooks_are_valid_and_executed():
     assert "RUNLOCAL = True" not in "".join(c.source for c in code), name
 
 
+@pytest.mark.slow
 def test_quickstart(tmp_path):
   nb = run_notebook("quickstart", RUNLOCAL=True, WORKDIR=str(tmp_path))
   text = outputs_text(nb)
@@ -84,6 +85,7 @@ def test_quickstart(tmp_path):
   assert (tmp_path / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_efficiency():
   nb = run_notebook("efficiency", RUNLOCAL=True)
   text = outputs_text(nb)
@@ -93,6 +95,7 @@ def test_efficiency():
   assert num_images(nb) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(os.path.join(COLABS, "video.ipynb")),
                     reason="no video notebook")
 def test_video():
@@ -100,3 +103,14 @@ def test_video():
   text = outputs_text(nb)
   assert "| run | test accuracy |" in text
   assert num_images(nb) >= 3
+
+
+@pytest.mark.slow
+def test_serving(tmp_path):
+  nb = run_notebook("serving", RUNLOCAL=True, WORKDIR=str(tmp_path))
+  text = outputs_text(nb)
+  assert "backbone passes per batch: 1" in text
+  assert "jax.export, batch 5: max |diff|" in text
+  assert "| N | LoSA images/s |" in text
+  assert num_images(nb) >= 2      # throughput and FLOPs vs N
+  assert (tmp_path / "export" / "serving.json").exists()

@@ -145,6 +145,43 @@ class LoRA(nn.Module):
     return y * ((self.alpha or self.rank) / self.rank)
 
 
+def merge_lora(params, *, rank: int, alpha: Optional[float] = None):
+  """LoRA folded into the weights: W + alpha / rank * down @ up, per target.
+
+  Serving a LoRA model merged costs exactly a plain ViT's forward (no extra
+  low-rank matmuls), at the price of one full copy of the weights per task.
+
+  Args:
+    params: a LoRA ViT's params (the tree under `backbone/`), with
+      `<name>_lora/{down [*in, r], up [r, *out]}` beside `<name>/kernel
+      [*in, *out]`; scanned stacks carry a leading [L] on all three.
+    rank, alpha: the model's lora_rank and lora_alpha (None: alpha = rank).
+
+  Returns:
+    The plain ViT's params (no `*_lora` leaves; each kernel keeps its dtype):
+    a model with lora_rank=0 gives the LoRA model's outputs to float
+    rounding (tests/test_multitask.py checks 1e-5).
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat = dict(traverse_util.flatten_dict(params, sep="/"))
+  scale = (alpha or rank) / rank
+  for name in [n for n in flat if n.endswith("_lora/down")]:
+    prefix = name[:-len("_lora/down")]
+    down, up = flat.pop(name), flat.pop(f"{prefix}_lora/up")
+    if f"{prefix}/kernel" not in flat:
+      raise ValueError(f"merge_lora: {prefix}_lora has no {prefix}/kernel to "
+                       "merge into; is this a LoRA ViT's backbone tree?")
+    w = flat[f"{prefix}/kernel"]
+    lead = down.ndim + up.ndim - 2 - w.ndim      # 1 when scanned, else 0
+    d = jnp.reshape(jnp.asarray(down, jnp.float32),
+                    (*down.shape[:lead], -1, down.shape[-1]))
+    u = jnp.reshape(jnp.asarray(up, jnp.float32), (*up.shape[:lead + 1], -1))
+    delta = jnp.reshape(jnp.matmul(d, u), w.shape)
+    flat[f"{prefix}/kernel"] = (jnp.asarray(w, jnp.float32) +
+                                scale * delta).astype(w.dtype)
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
 class Adapter(nn.Module):
   """Bottleneck adapter x + up(gelu(down(x))), zero-initialised up: [.., D] -> [.., D]."""
   dim: int

@@ -1,0 +1,373 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""Serving N tasks: one backbone pass + N side networks vs N models.
+
+  python -m losa_jax.bench.inference [--variants B/16,S/16] [--batches 1,64]
+      [--tasks 1,4,16] [--reps 3] [--out DIR] [--quick]
+
+For each ViT variant (224 px, random weights: only shapes matter) and
+batch size, these systems serve N tasks (100 classes each), every cell
+compiled once and timed with `common.interleaved` in one process:
+
+  losa          one backbone pass + N LoSA side networks and heads
+                (`losa_jax.multitask`, the way trained workdirs are served)
+  lora_merged   N LoRA models merged into their weights (W + alpha/r A B,
+                `vit.merge_lora`): N plain-ViT passes, N weight copies
+  full          N fully fine-tuned models: the same program as lora_merged
+                (a merged LoRA model is a full-size ViT + head), on the
+                same weight buffers: a second timing of that program
+  backbone      the frozen backbone alone, once (N does not apply)
+
+Per cell: images/s (batch / median call), latency (median seconds of one
+call, all N tasks), XLA's compiled FLOPs and peak memory
+(`losa_jax.cost`), params resident for the N-task service and bytes on
+disk per task (LoSA: a params-only npz of side network + head, written and
+measured; LoRA: its factors + head; merged LoRA / full: the whole model).
+
+An N-copy cell (lora_merged, full) whose N x batch exceeds --max_copy_images
+is not run: its time is N times its N=1 time (the copies run one after the
+other in one program), marked "scaled" in the `timed` column. Ratios
+printed at the end: LoSA N=16 vs 16 merged LoRA models (throughput), LoSA's
+marginal cost per extra task as a fraction of a backbone forward, per-task
+storage, and single-task LoSA vs merged LoRA. docs/serving.md has a
+measured table.
+"""
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+from losa_jax.bench import common
+
+SYSTEMS = ("losa", "lora_merged", "full", "backbone")
+COPY_SYSTEMS = ("lora_merged", "full")
+_log = common.log
+
+
+_MAKERS: Dict[Any, Any] = {}
+
+
+def _random_like(shape_tree, seed: int):
+  """Random normal * 0.02 arrays of `shape_tree`'s shapes, made on device
+  (one compile per tree structure, not per call)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(shape_tree)
+  key = (treedef, tuple((s.shape, str(s.dtype)) for s in leaves))
+  if key not in _MAKERS:
+
+    @jax.jit
+    def make(rng):
+      keys = jax.random.split(rng, len(leaves))
+      return jax.tree.unflatten(treedef, [
+          (0.02 * jax.random.normal(k, s.shape, jnp.float32)).astype(s.dtype)
+          for k, s in zip(keys, leaves)])
+
+    _MAKERS[key] = make
+  return _MAKERS[key](jax.random.key(seed))
+
+
+def _nbytes(tree) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def _npz_bytes(tree) -> int:
+  """Size of a params-only npz of `tree`, written to a temporary folder."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from losa_jax import npz as npz_lib  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as d:
+    path = npz_lib.save_npz(jax.device_get(tree), os.path.join(d, "t.npz"))
+    return os.path.getsize(path)
+
+
+class _Variant:
+  """Models and random params of one variant, shared by its cells."""
+
+  def __init__(self, variant: str, *, rank: int, num_classes: int,
+               max_tasks: int, systems: Sequence[str]):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from losa_jax import build  # pylint: disable=g-import-not-at-top
+    from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
+    from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+    self.variant = variant
+    cfg = configs.make_config(variant, "losa", rank=rank,
+                              num_classes=num_classes)
+    self.image_shape = build.image_shape_of(cfg)
+    self.losa = build.model_from_config(cfg)
+    self.plain = model_lib.Model(num_classes, method="full",
+                                 backbone=dict(cfg.model.backbone))
+    x = jnp.zeros((1, *self.image_shape), jnp.float32)
+    shape = jax.eval_shape(lambda r: self.losa.init(r, x),
+                           jax.random.key(0))["params"]
+    self.backbone = _random_like(shape["backbone"], 0)
+    self.sides = [_random_like({k: v for k, v in shape.items()
+                                if k != "backbone"}, 1 + i)
+                  for i in range(max_tasks)]
+    self.bb_fn, _ = build.backbone_forward(cfg)
+    self.bb_jit = jax.jit(self.bb_fn)
+    # N distinct weight copies, as N deployed models hold (the N=1 and N=4
+    # cells use the first ones). `full` runs the same program on
+    # same-shaped weights, so it shares lora_merged's buffers (16 B/16
+    # copies are 5.5 GB already): its rows are a second, independent timing
+    # of that program.
+    copies = None
+    if any(s in systems for s in COPY_SYSTEMS):
+      plain_shape = jax.eval_shape(lambda r: self.plain.init(r, x),
+                                   jax.random.key(0))["params"]
+      copies = [_random_like(plain_shape, 100 + i) for i in range(max_tasks)]
+    self.copies = {s: copies for s in COPY_SYSTEMS}
+    lora_cfg = configs.make_config(variant, "lora", rank=rank,
+                                   num_classes=num_classes)
+    lora_shape = jax.eval_shape(
+        lambda r: build.model_from_config(lora_cfg).init(r, x),
+        jax.random.key(0))["params"]
+    self.lora_factor_params = sum(
+        int(v.size) for n, v in _flat(lora_shape).items()
+        if "_lora/" in n or n.startswith("head/"))
+    self.side_npz_bytes = _npz_bytes(self.sides[0])
+
+  def multitask(self, system: str, n: int):
+    """A MultiTask serving n tasks of `system`."""
+    from losa_jax import multitask  # pylint: disable=g-import-not-at-top
+    if system == "losa":
+      tasks = [multitask.Task(f"t{i}", self.losa, "backbone0")
+               for i in range(n)]
+      params = {"backbones": {"backbone0": self.backbone},
+                "tasks": {f"t{i}": self.sides[i] for i in range(n)}}
+    else:
+      tasks = [multitask.Task(f"t{i}", self.plain, None,
+                              method="lora" if system == "lora_merged"
+                              else "full") for i in range(n)]
+      params = {"backbones": {},
+                "tasks": {f"t{i}": self.copies[system][i] for i in range(n)}}
+    return multitask.MultiTask(tasks, params, image_shape=self.image_shape)
+
+  def storage_per_task(self, system: str) -> int:
+    """Bytes on disk one more task costs (params-only files)."""
+    if system == "losa":
+      return self.side_npz_bytes
+    if system in COPY_SYSTEMS:      # the whole model, once merged
+      return _nbytes(self.copies[system][0])
+    return 0
+
+
+def _flat(tree):
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  return tree_lib.flatten(tree)
+
+
+def measure(variants: Sequence[str], *, batches: Sequence[int],
+            tasks: Sequence[int], systems: Sequence[str] = SYSTEMS,
+            rank: int = 8, num_classes: int = 100, reps: int = 3,
+            warmup: int = 1, max_copy_images: Optional[int] = None
+            ) -> List[Dict[str, Any]]:
+  """One row per (variant, batch, system, N); see the module doc."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  bad = sorted(set(systems) - set(SYSTEMS))
+  if bad:
+    raise ValueError(f"Unknown system(s) {bad}: choose from {SYSTEMS}.")
+  rows = []
+  for variant in variants:
+    _log(f"{variant}: random params for up to {max(tasks)} tasks of "
+         f"{[s for s in systems if s != 'backbone']}", tag="inference")
+    v = _Variant(variant, rank=rank, num_classes=num_classes,
+                 max_tasks=max(tasks), systems=systems)
+    for batch in batches:
+      x = jnp.asarray(np.random.RandomState(0).uniform(
+          -1, 1, (batch, *v.image_shape)), jnp.float32)
+      cells, fns = {}, {}
+      for system in systems:
+        for n in ([1] if system == "backbone" else tasks):
+          key = f"{system}@{n}"
+          if system == "backbone":
+            compiled = v.bb_jit.lower(v.backbone, x).compile()
+            fn = (lambda c=compiled: jax.block_until_ready(
+                c(v.backbone, x)))
+            resident = _count(v.backbone)
+            passes = 1
+          else:
+            mt = v.multitask(system, n)
+            compiled = mt.fn.lower(mt.params, x).compile()
+            fn = (lambda c=compiled, p=mt.params: jax.block_until_ready(
+                c(p, x)))
+            resident = mt.param_counts()["resident"]
+            passes = mt.num_backbone_passes
+          c = cost.cost_of_compiled(compiled)
+          row = {"variant": variant, "batch": batch, "system": system,
+                 "tasks": n, "backbone_passes": passes,
+                 "flops": c["flops"], "peak_bytes": c["peak_bytes"],
+                 "params_resident": resident,
+                 "bytes_per_task": v.storage_per_task(system)}
+          if system == "lora_merged":
+            row["lora_factor_bytes_per_task"] = 4 * v.lora_factor_params
+          cells[key] = row
+          scaled = (system in COPY_SYSTEMS and n > 1 and max_copy_images
+                    and n * batch > max_copy_images)
+          if not scaled:
+            fns[key] = fn
+      _log(f"{variant} batch {batch}: timing {list(fns)} ({reps} rounds)",
+           tag="inference")
+      times = common.interleaved(fns, reps=reps, warmup=warmup)
+      for key, row in cells.items():
+        if key in times:
+          t = times[key]
+          row.update(median_s=t["median_s"], q25_s=t["q25_s"],
+                     q75_s=t["q75_s"], reps=t["reps"], timed="measured")
+        else:
+          one = times[f"{row['system']}@1"]["median_s"]
+          row.update(median_s=row["tasks"] * one, reps=0,
+                     timed="scaled from N=1")
+        row["images_per_s"] = batch / row["median_s"]
+        row["latency_ms"] = 1e3 * row["median_s"]
+        rows.append(row)
+        _log(f"  {key}: {row['latency_ms']:.1f} ms/call "
+             f"({row['images_per_s']:.1f} images/s, {row['timed']})",
+             tag="inference")
+      del fns, cells
+    del v
+  return rows
+
+
+def _count(tree) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """The issue's ratios per (variant, batch), from the largest N measured.
+
+  losa_vs_merged_lora: throughput of LoSA with N tasks over N merged-LoRA
+  models; marginal_task_time / _flops: (cost(N) - cost(1)) / (N - 1) of
+  LoSA as a fraction of one backbone forward; single_task_overhead:
+  LoSA N=1 time over merged LoRA N=1 time, minus 1; bytes_per_task: LoSA's.
+  """
+  out = []
+  keys = sorted({(r["variant"], r["batch"]) for r in rows},
+                key=lambda k: (k[0], k[1]))
+  for variant, batch in keys:
+    cell = {(r["system"], r["tasks"]): r for r in rows
+            if r["variant"] == variant and r["batch"] == batch}
+    n = max(t for s, t in cell if s == "losa") if any(
+        s == "losa" for s, _ in cell) else None
+    s = {"variant": variant, "batch": batch, "tasks": n}
+    losa_n, losa_1 = cell.get(("losa", n)), cell.get(("losa", 1))
+    bb = cell.get(("backbone", 1))
+    lora_n, lora_1 = cell.get(("lora_merged", n)), cell.get(("lora_merged", 1))
+    if losa_n and lora_n:
+      s["losa_vs_merged_lora"] = lora_n["median_s"] / losa_n["median_s"]
+      s["losa_vs_merged_lora_timed"] = lora_n["timed"]
+    if losa_n and losa_1 and bb and n and n > 1:
+      s["marginal_task_time"] = ((losa_n["median_s"] - losa_1["median_s"]) /
+                                 (n - 1) / bb["median_s"])
+      s["marginal_task_flops"] = ((losa_n["flops"] - losa_1["flops"]) /
+                                  (n - 1) / bb["flops"])
+    if losa_1 and lora_1:
+      s["single_task_overhead"] = (losa_1["median_s"] /
+                                   lora_1["median_s"] - 1)
+      s["single_task_flops_overhead"] = losa_1["flops"] / lora_1["flops"] - 1
+    if losa_1:
+      s["bytes_per_task"] = losa_1["bytes_per_task"]
+    out.append(s)
+  return out
+
+
+def markdown(rows, summary) -> str:
+  """The rows and ratios as markdown tables (docs/serving.md's format)."""
+  lines = ["| variant | batch | system | N | backbone passes | images/s | "
+           "latency (ms) | GFLOPs | peak memory (MiB) | params resident | "
+           "bytes / task | timed |", "|" + "---|" * 12]
+  for r in rows:
+    lines.append(
+        f"| {r['variant']} | {r['batch']} | {r['system']} | {r['tasks']} | "
+        f"{r['backbone_passes']} | {r['images_per_s']:.2f} | "
+        f"{r['latency_ms']:.1f} | {r['flops'] / 1e9:.3g} | "
+        f"{r['peak_bytes'] / common.MIB:,.1f} | {r['params_resident']:,} | "
+        f"{r['bytes_per_task']:,} | {r['timed']} |")
+  lines += ["", "| variant | batch | N | LoSA vs N merged LoRA (throughput) "
+            "| marginal task / backbone (time) | (FLOPs) | single-task "
+            "overhead vs merged LoRA (time) | (FLOPs) | LoSA bytes / task |",
+            "|" + "---|" * 9]
+  fmt = lambda s, k, f: format(s[k], f) if k in s else "n/a"
+  for s in summary:
+    lines.append(
+        f"| {s['variant']} | {s['batch']} | {s['tasks']} | "
+        f"{fmt(s, 'losa_vs_merged_lora', '.2f')}x | "
+        f"{fmt(s, 'marginal_task_time', '.3f')} | "
+        f"{fmt(s, 'marginal_task_flops', '.3f')} | "
+        f"{fmt(s, 'single_task_overhead', '+.1%')} | "
+        f"{fmt(s, 'single_task_flops_overhead', '+.1%')} | "
+        f"{fmt(s, 'bytes_per_task', ',')} |")
+  return "\n".join(lines)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defined on demand so importing this module claims no flag names."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_list("variants", ["B/16", "S/16"], "ViT variants (224 px).",
+                    **fv)
+  flags.DEFINE_list("batches", ["1", "64"], "Batch sizes.", **fv)
+  flags.DEFINE_list("tasks", ["1", "4", "16"], "Numbers of tasks N.", **fv)
+  flags.DEFINE_list("systems", list(SYSTEMS), f"Systems, from {SYSTEMS}.",
+                    **fv)
+  flags.DEFINE_integer("rank", 8, "LoSA / LoRA rank.", **fv)
+  flags.DEFINE_integer("num_classes", 100, "Classes per task.", **fv)
+  flags.DEFINE_integer("reps", 3, "Timed interleaved rounds.", **fv)
+  flags.DEFINE_integer("warmup", 1, "Untimed rounds after compiling.", **fv)
+  flags.DEFINE_integer("max_copy_images", 0, "N-copy cells with N x batch "
+                       "above this are scaled from N=1, not run (0: run "
+                       "all).", **fv)
+  flags.DEFINE_string("out", None, "Folder for inference.csv / .json / .md "
+                      "(default: print only).", **fv)
+  flags.DEFINE_bool("quick", False, "Tiny 32-px ViT, N=1,2, batches 1,4, "
+                    "2 rounds: a smoke test.", **fv)
+
+
+def _run_flags(fv, argv: Sequence[str]) -> Dict[str, Any]:
+  t0, load0 = time.time(), os.getloadavg()
+  try:
+    batches = common.int_list(",".join(fv.batches))
+    tasks = common.int_list(",".join(fv.tasks))
+  except ValueError as e:
+    raise app.UsageError(f"--batches / --tasks: {e}") from None
+  variants, reps, warmup = list(fv.variants), fv.reps, fv.warmup
+  if fv.quick:
+    variants, batches, tasks, reps, warmup = ["tiny"], [1, 4], [1, 2], 2, 0
+  rows = measure(variants, batches=batches, tasks=tasks,
+                 systems=list(fv.systems), rank=fv.rank,
+                 num_classes=fv.num_classes, reps=reps, warmup=warmup,
+                 max_copy_images=fv.max_copy_images or None)
+  summary = summarize(rows)
+  table = markdown(rows, summary)
+  print(table, flush=True)
+  prov = common.provenance("python -m losa_jax.bench.inference " +
+                           " ".join(argv), t_start=t0, load_start=load0)
+  if fv.out:
+    os.makedirs(fv.out, exist_ok=True)
+    common.write_csv(os.path.join(fv.out, "inference.csv"), rows,
+                     float_format=".6g")
+    common.write_json(os.path.join(fv.out, "inference.json"),
+                      {"rows": rows, "summary": summary, "provenance": prov})
+    with open(os.path.join(fv.out, "inference.md"), "w") as f:
+      f.write(table + "\n")
+  return {"rows": rows, "summary": summary, "provenance": prov}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  """Programmatic entry: `argv` = the flags (a private FlagValues parses
+  them); returns {"rows", "summary", "provenance"}."""
+  return _run_flags(*common.parse_private_flags(
+      "losa_jax.bench.inference", define_flags, argv))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(common.absl_main(_run_flags))

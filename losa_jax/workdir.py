@@ -1,0 +1,79 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""What a training workdir says about itself: its config, as JSON.
+
+The trainer writes the run's complete config (`config_lib.with_defaults`)
+to `<workdir>/config.json` before training, atomically, so that a finished
+workdir can be served (`losa_jax.multitask`, `python -m losa_jax.predict
+--workdirs ...`, `python -m losa_jax.export`) without the config file and
+args it was trained with. The checkpoint's metadata still fingerprints the
+config: a config.json edited by hand is refused at restore like a changed
+`--config`.
+"""
+import json
+import os
+from typing import Any, Optional
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+
+
+def config_file(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG_FILE)
+
+
+def _json_config(config) -> str:
+  try:
+    return config.to_json(indent=1, sort_keys=True)
+  except (TypeError, ValueError):
+    # A value JSON cannot hold (a callable, a dtype object): kept as its
+    # repr, which the reader cannot turn back into the object; such a
+    # workdir is served by passing its config explicitly.
+    return config.to_json_best_effort(indent=1, sort_keys=True)
+
+
+def write_config(workdir: str, config) -> str:
+  """Writes `config` (a ConfigDict) to `<workdir>/config.json`, atomically.
+
+  Returns the path. A resume overwrites it with the resuming run's config
+  (which the checkpoint metadata has accepted as compatible).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = config_file(workdir)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(_json_config(config) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def _tuples(x: Any) -> Any:
+  """JSON lists -> tuples (configs write tuples: patch_size, mesh, ...)."""
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  return x
+
+
+def read_config(workdir: str, *, required: bool = True
+                ) -> Optional[ml_collections.ConfigDict]:
+  """The config the trainer stored in `workdir`, or None (required=False).
+
+  Raises:
+    FileNotFoundError: no `<workdir>/config.json` (the workdir does not
+      exist, or predates the trainer storing its config), naming the path
+      and saying to pass the training config instead.
+  """
+  path = config_file(workdir)
+  if not os.path.exists(path):
+    if not required:
+      return None
+    where = ("the workdir does not exist" if not os.path.isdir(workdir) else
+             "the workdir was trained before the trainer stored its config")
+    raise FileNotFoundError(
+        f"No {path} ({where}): pass the config the workdir was trained "
+        "with (--config / --configs, or configs=[...]), or check the path.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
