@@ -76,16 +76,17 @@ def make_config(args) -> ml_collections.ConfigDict:
   c.log_every = 1
   c.ckpt_every = args.ckpt_every
   c.keep_ckpts = 10
-  c.input = dict(data=dict(arrays=arrays(NUM_TRAIN, 0)), batch_size=BATCH,
-                 pp=PP)
+  c.input = dict(data=dict(name="arrays", arrays=arrays(NUM_TRAIN, 0)),
+                 batch_size=BATCH, pp=PP)
   if args.nan_at_step:
     # Unshuffled, so global batch k holds examples [(k-1)B, kB); the last
     # row of the batch belongs to the last process only.
-    c.input.data = dict(arrays=arrays(
+    c.input.data = dict(name="arrays", arrays=arrays(
         NUM_TRAIN, 0, nan_example=args.nan_at_step * BATCH - 1))
     c.input.shuffle = False
-  c.evals = dict(test=dict(data=dict(arrays=arrays(NUM_TEST, 1)), pp=PP,
-                           batch_size=BATCH))
+  c.evals = dict(test=dict(
+      data=dict(name="arrays", arrays=arrays(NUM_TEST, 1)), pp=PP,
+      batch_size=BATCH))
   c.mesh = [("data", 2), ("fsdp", -1)]
   c.sharding_strategy = STRATEGY
   if args.num_processes > 1 and not args.via_env:

@@ -43,6 +43,7 @@ def _raw(out, name):
     return json.load(f)["rows"]
 
 
+@pytest.mark.slow
 def test_every_output_is_written(quick):
   for name in ("results.md", "compiled.csv", "dtype.csv", "measured.csv",
                "cache.csv", "maxbatch.csv", "big.csv", "linearity.csv",
@@ -58,6 +59,7 @@ def test_every_output_is_written(quick):
     assert title in md, title
 
 
+@pytest.mark.slow
 def test_compiled_ratios(quick):
   rows = {r["method"]: r for r in _raw(quick, "compiled")}
   assert set(rows) == {"forward", *suite.METHODS}
@@ -74,6 +76,7 @@ def test_compiled_ratios(quick):
     assert rows[m]["alias_bytes"] > 0, m
 
 
+@pytest.mark.slow
 def test_dtype_and_donation(quick):
   rows = _raw(quick, "dtype")
   by = {(r["backbone"], r["blocks"], r["donate"]): r for r in rows}
@@ -82,6 +85,7 @@ def test_dtype_and_donation(quick):
   assert f32["alias_bytes"] > 0 and bf16["alias_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_measured_and_cache_rows(quick):
   rows = {r["method"]: r for r in _raw(quick, "measured")}
   assert set(rows) == {"forward", "losa_cached", "losa", "full"}
@@ -94,6 +98,7 @@ def test_measured_and_cache_rows(quick):
   assert c["cached_vs_uncached"] > 0 and c["build_1000_s"] > 0
 
 
+@pytest.mark.slow
 def test_max_batch_and_big_models(quick):
   mb = {r["method"]: r for r in _raw(quick, "maxbatch")}
   assert mb["losa"]["max_batch"] > 0

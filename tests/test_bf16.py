@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from conftest import xla_flags
 from losa_jax import build
 from losa_jax import steps
 from losa_jax import tree as tree_lib
@@ -141,7 +142,8 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def compiled_costs():
-  env = dict(os.environ, XLA_FLAGS=f"{suite.LICM_OFF} {suite.FAST_COMPILE}",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(suite.LICM_OFF,
+                                             suite.FAST_COMPILE),
              PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=REPO,
                        capture_output=True, text=True, check=True).stdout

@@ -19,14 +19,14 @@ import time
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from losa_jax import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multihost_worker.py")
 TIMEOUT_S = 150   # one launch; the cold one compiles on a shared 2-core CPU
 # Test-only: cheaper LLVM codegen (the losses agree with the default -O2).
-FAST_XLA = ("--xla_backend_optimization_level=0 "
-            "--xla_llvm_disable_expensive_passes=true")
+FAST_XLA = xla_flags("--xla_llvm_disable_expensive_passes=true")
 
 
 def _free_port() -> int:
@@ -145,6 +145,7 @@ def _metric_steps(workdir):
             if "loss" in json.loads(line)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_match_one_process(tmp_path,
                                                           cache_dir):
   n = 2
@@ -181,6 +182,7 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path,
     assert line not in log1, f"process 1 printed {line!r}"
 
 
+@pytest.mark.slow
 def test_nan_stops_every_process_at_the_same_step(tmp_path, cache_dir):
   # The NaN example is a row of process 1's share of step 3; process 0's own
   # rows are finite, yet it must stop too (the loss is the global mean).

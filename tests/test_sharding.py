@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from conftest import xla_flags
 from losa_jax import config_lib
 from losa_jax import sharding
 
@@ -170,9 +171,8 @@ def test_config_validation_covers_scale_out_fields(tiny):
 def eight(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("eight")
   out = tmp / "out.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_backend_optimization_level=0 "
-             "--xla_llvm_disable_expensive_passes=true")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(
+      "--xla_llvm_disable_expensive_passes=true"))
   proc = subprocess.run(
       [sys.executable, os.path.join(HERE, "sharding_worker.py"), str(out),
        str(tmp / "ckpt")], env=env, capture_output=True, text=True,
@@ -184,6 +184,7 @@ def eight(tmp_path_factory):
 MESHES = ("8x1", "4x2", "2x4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES)
 def test_one_step_matches_one_device(eight, mesh):
   res, ref = eight[mesh], eight["1"]
@@ -193,6 +194,7 @@ def test_one_step_matches_one_device(eight, mesh):
   assert res["batch_spec"] == str(P(("data", "fsdp")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES)
 def test_state_is_created_in_its_shardings(eight, mesh):
   res = eight[mesh]
@@ -204,6 +206,7 @@ def test_state_is_created_in_its_shardings(eight, mesh):
   assert res["backbone_bytes_per_device"] * fsdp == res["backbone_bytes_total"]
 
 
+@pytest.mark.slow
 def test_param_and_optimizer_specs_follow_the_rules(eight):
   kernel = "backbone/Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"
   side = "side/layers/mixer/token_1/mlp/down/kernel"   # (2, 17, 4)
@@ -222,6 +225,7 @@ def test_param_and_optimizer_specs_follow_the_rules(eight):
   assert set(eight["8x1"]["specs"].values()) == {str(P())}
 
 
+@pytest.mark.slow
 def test_checkpoint_from_4x2_restores_on_1x8_and_one_device(eight):
   for name in ("1x8", "1"):
     r = eight["restore"][name]

@@ -63,7 +63,25 @@ def mock_all_tasks(data_dir):
       tfds.core.DatasetBuilder.as_dataset = default
 
 
-def test_sweep_writes_complete_table(tmp_path):
+def _one_block_one_step(monkeypatch):
+  """runlocal, cheaper still: a 1-block backbone, 1 step per task.
+
+  Each of the 19 tasks compiles its own programs (the head width differs),
+  and the table does not depend on the model's size.
+  """
+  load = vtab_sweep.load_config
+
+  def small(spec, task):
+    c = load(spec, task)
+    c.model.backbone.depth = 1
+    c.total_steps = 1
+    return c
+  monkeypatch.setattr(vtab_sweep, "load_config", small)
+
+
+@pytest.mark.slow
+def test_sweep_writes_complete_table(tmp_path, monkeypatch):
+  _one_block_one_step(monkeypatch)
   cfg = os.path.join(REPO, "configs", "vtab.py") + (
       f":runlocal,data_dir={tmp_path / 'data'}")
   workdir = str(tmp_path / "sweep")
