@@ -7,6 +7,12 @@
   several seeds, through the trainer's own steps, input pipeline and
   evaluator.
 * `report`: the CSVs, plots and markdown tables (docs/study.md) of a run.
+* `budget`: `python -m losa_jax.study.budget --out
+  docs/study_results/budget`, the study at equal tuning budgets: every
+  method searches the same lr x wd grid size, selected on a minival split
+  carved from train; LoSA's search is one population (one backbone pass per
+  step), the others K separate runs; plus the ablation of LoSA's switches
+  (`ablation`). `search` has the drivers, `budget_report` the outputs.
 
 The tasks (sklearn digits, few-label MNIST, dSprites-style location /
 orientation; no download) are `losa_jax.datasets.study_tasks`, reachable

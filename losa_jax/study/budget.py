@@ -1,0 +1,392 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""The study at equal tuning budgets: every method searches K configs.
+
+  python -m losa_jax.study.budget --out docs/study_results/budget
+  python -m losa_jax.study.budget --out /tmp/budget --quick     # smoke test
+
+Every method (LoSA, linear probe, LoRA, adapters, full fine-tuning; rank /
+bottleneck fixed at 8) gets the same search: |lr grid| x |wd grid| configs
+(3 x 2 = 6 by default; the lr grid is centred on the method's study lr,
+3e-3, or 3e-4 for full fine-tuning), trained on train[:80%] of each study
+task and selected by minival (train[80%:]) accuracy, ties to fewer params
+(`population_train.leaderboard`). The selected member's test accuracy is
+reported as it is (no retraining), for every method alike.
+
+LoSA's K configs train as ONE population (`population.build`: one backbone
+pass per batch for all K side networks); every other method trains its K
+configs as K separate runs, one after another (they change the backbone
+and cannot share its pass). Both are compiled once per class count (see
+`study.search`). Per method the study records the cost of the search:
+compiled FLOPs and peak memory of one search step (the population step,
+or K single steps), the wall time of each search (methods back to back in
+one process, order rotated per task, load average before and after), and
+an interleaved timing of every executable side by side.
+
+Then LoSA's structural switches are ablated, one population per task
+(`study.ablation`).
+
+Writes into --out: results.md (the tables of docs/study.md), searches.csv,
+members.csv, cost.csv, task_mean.csv, ablation_members.csv,
+ablation_effects.csv, meta.json (command, date, machine, load, wall time)
+and accuracy_vs_tuning_cost.png, ablation.png.
+"""
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from losa_jax import build
+from losa_jax import demo
+from losa_jax.bench import common
+from losa_jax.datasets import study_tasks
+from losa_jax.population import members as members_lib
+from losa_jax.study import ablation
+from losa_jax.study import budget_report
+from losa_jax.study import search
+
+FLAGS = flags.FLAGS
+
+METHODS = ("losa", "linear", "lora", "adapter", "full")
+TASKS = ("digits", "dsprites_loc")
+LRS = (3e-3, 1e-2, 3e-2)
+FULL_LRS = (3e-4, 1e-3, 3e-3)     # full fine-tuning moves every weight
+WDS = (1e-4, 0.1)
+# --quick: what tests/test_study_budget.py runs (K = 2, a few steps).
+QUICK = dict(tasks=["digits"], methods=["losa", "linear"], lrs=[3e-3, 1e-2],
+             full_lrs=[3e-4, 1e-3], wds=[1e-4], steps=3, batch=8, seeds=[0],
+             timing_reps=1, ablation_seeds=[0],
+             switches=ablation.QUICK_SWITCHES, losa_separate=False)
+
+
+def _log(msg: str):
+  common.log(msg, tag="budget")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS):
+  """The study's flags; defined on demand, so importing claims no names."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output folder (required).", **fv)
+  flags.DEFINE_list("tasks", list(TASKS), "Study tasks "
+                    "(losa_jax.datasets.study_tasks.TASKS).", **fv)
+  flags.DEFINE_list("methods", list(METHODS),
+                    f"Methods, among {list(METHODS)}.", **fv)
+  flags.DEFINE_list("lrs", [f"{x:g}" for x in LRS], "Learning rates every "
+                    "method but full fine-tuning searches.", **fv)
+  flags.DEFINE_list("full_lrs", [f"{x:g}" for x in FULL_LRS], "Learning "
+                    "rates of full fine-tuning (as many as --lrs).", **fv)
+  flags.DEFINE_list("wds", [f"{x:g}" for x in WDS], "Weight decays every "
+                    "method searches (decoupled, scaled by the lr).", **fv)
+  flags.DEFINE_list("seeds", ["0"], "Seeds of the searches (init and data "
+                    "order); each seed is a search of its own.", **fv)
+  flags.DEFINE_integer("steps", 100, "Training steps of every config.", **fv)
+  flags.DEFINE_integer("batch", 32, "Batch size of every config.", **fv)
+  flags.DEFINE_integer("val_percent", 20, "Percent of each task's train split"
+                       " held out as minival (the end of the split).", **fv)
+  flags.DEFINE_integer("timing_reps", 10, "Rounds of the interleaved step "
+                       "timing.", **fv)
+  flags.DEFINE_bool("searches", True, "Run the equal-budget searches (off: "
+                    "only the ablation).", **fv)
+  flags.DEFINE_bool("ablation", True, "Also ablate LoSA's switches.", **fv)
+  flags.DEFINE_list("ablation_seeds", ["0", "1"], "Seeds of the ablation "
+                    "(init and data order, in one population).", **fv)
+  flags.DEFINE_float("ablation_lr", 1e-2, "Learning rate of the ablation's "
+                     "members (without --ablation_lrs).", **fv)
+  flags.DEFINE_list("ablation_switches", [
+      f"{k}={v}" for k, vs in ablation.SWITCHES.items() for v in vs],
+                    "The alternatives to ablate, as switch=value (each "
+                    "changed alone from LOSA_DEFAULTS).", **fv)
+  flags.DEFINE_list("ablation_lrs", [], "If set, every ablated structure "
+                    "tries each of these lrs (in the same population) and "
+                    "keeps its best by minival accuracy.", **fv)
+  flags.DEFINE_string("config", None, "Config file (default "
+                      "configs/default.py); see study.run --config.", **fv)
+  flags.DEFINE_bool("quick", False, "Smoke size: digits, LoSA and linear, "
+                    "K = 2, 3 steps at batch 8, one switch (tests).", **fv)
+  flags.register_validator(
+      "tasks", lambda v: not set(v) - set(study_tasks.TASKS),
+      message=f"unknown task; use some of {sorted(study_tasks.TASKS)}.", **fv)
+  flags.register_validator(
+      "methods", lambda v: not set(v) - set(METHODS),
+      message=f"unknown method; use some of {list(METHODS)}.", **fv)
+
+
+@dataclasses.dataclass
+class Args:
+  """The study's settings, from the flags (see `define_flags`)."""
+  out: str
+  tasks: List[str] = dataclasses.field(default_factory=lambda: list(TASKS))
+  methods: List[str] = dataclasses.field(
+      default_factory=lambda: list(METHODS))
+  lrs: List[float] = dataclasses.field(default_factory=lambda: list(LRS))
+  full_lrs: List[float] = dataclasses.field(
+      default_factory=lambda: list(FULL_LRS))
+  wds: List[float] = dataclasses.field(default_factory=lambda: list(WDS))
+  seeds: List[int] = dataclasses.field(default_factory=lambda: [0])
+  steps: int = 100
+  batch: int = 32
+  val_percent: int = 20
+  timing_reps: int = 10
+  searches: bool = True
+  ablation: bool = True
+  ablation_seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1])
+  ablation_lr: float = 1e-2
+  ablation_lrs: List[float] = dataclasses.field(default_factory=list)
+  switches: Dict[str, Any] = dataclasses.field(
+      default_factory=lambda: dict(ablation.SWITCHES))
+  losa_separate: bool = True   # also time / cost LoSA as K separate runs
+  config: Optional[str] = None
+  quick: bool = False
+  argv: List[str] = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    if self.quick:
+      for k, v in QUICK.items():
+        setattr(self, k, v)
+    if len(self.full_lrs) != len(self.lrs):
+      raise app.UsageError(f"--full_lrs {self.full_lrs} must have as many "
+                           f"values as --lrs {self.lrs}: equal budgets.")
+
+  def grid(self, method: str) -> Dict[str, List[float]]:
+    return {"lr": list(self.full_lrs if method == "full" else self.lrs),
+            "wd": list(self.wds)}
+
+
+def args_from_flags(flag_values: flags.FlagValues = FLAGS,
+                    argv: Optional[Sequence[str]] = None) -> Args:
+  """Parsed flags -> Args (--quick applied); raises app.UsageError."""
+  f = flag_values
+  if not f.out:
+    raise app.UsageError("--out is required (the folder the results go to).")
+
+  def fl(xs):
+    return [float(x) for x in xs]
+  try:
+    return Args(out=f.out, tasks=list(f.tasks), methods=list(f.methods),
+                lrs=fl(f.lrs), full_lrs=fl(f.full_lrs), wds=fl(f.wds),
+                seeds=[int(s) for s in f.seeds], steps=f.steps,
+                batch=f.batch, val_percent=f.val_percent,
+                timing_reps=f.timing_reps, searches=f.searches,
+                ablation=f.ablation,
+                ablation_seeds=[int(s) for s in f.ablation_seeds],
+                ablation_lr=f.ablation_lr, ablation_lrs=fl(f.ablation_lrs),
+                switches=ablation.parse_switches(f.ablation_switches),
+                config=f.config, quick=f.quick,
+                argv=list(sys.argv[1:] if argv is None else argv))
+  except ValueError as e:
+    raise app.UsageError(f"Bad flag value: {e}") from None
+
+
+# --- the searches -------------------------------------------------------------
+
+
+def _summary(task, seed, method, res, compile_s, loads, default_lr, wds
+             ) -> Dict[str, Any]:
+  """One search's record: its selection, accuracy and cost."""
+  board = search.select(res["rows"])
+  best = board[0]
+  done = [r for r in res["rows"] if not r["diverged"]]
+  default = [r for r in res["rows"] if r["lr"] == default_lr and
+             r["wd"] == min(wds)]
+  return {
+      "task": task, "seed": seed, "method": method,
+      "configs": len(res["rows"]), "runs": res["runs"],
+      "backbone_passes_per_step": res["backbone_passes_per_step"],
+      "selected": best["name"], "selected_label": best["label"],
+      "selected_lr": best["lr"], "selected_wd": best["wd"],
+      "minival": best.get(search.SELECT, float("nan")),
+      "test": best.get("test/accuracy", float("nan")),
+      "default_test": (default[0].get("test/accuracy", float("nan"))
+                       if default else float("nan")),
+      "oracle_test": max((r["test/accuracy"] for r in done),
+                         default=float("nan")),
+      "diverged": len(res["rows"]) - len(done),
+      "leaderboard": [r["name"] for r in board],
+      "trainable_params": best["trainable_params"],
+      "compile_s": compile_s, "train_s": res["train_s"],
+      "eval_s": res["eval_s"], "test_eval_s": res["test_eval_s"],
+      "search_s": compile_s + res["train_s"] + res["eval_s"],
+      "load_before": loads[0], "load_after": loads[1]}
+
+
+def _cost_rows(singles, pops, timing, k: int) -> List[Dict[str, Any]]:
+  """Per method: one config's step and the search step (K of them, or the
+  population's), compiled and interleaved."""
+  rows = []
+  for label, ex in list(singles.items()) + list(pops.items()):
+    is_pop = label == "losa"
+    t = timing.get("losa population" if is_pop else label, {})
+    step_ms = 1e3 * t.get("median_s", float("nan"))
+    rows.append({
+        "label": label, "kind": "population" if is_pop else "separate runs",
+        "runs": 1 if is_pop else k,
+        "backbone_passes": ex.backbone_passes if is_pop else k,
+        "trainable_params": ex.trainable,
+        "gflop_step": ex.cost["flops"] / (k if is_pop else 1) / 1e9,
+        "gflop_search_step": ex.cost["flops"] * (1 if is_pop else k) / 1e9,
+        "peak_mib_search": ex.cost["peak_bytes"] / common.MIB,
+        "temp_mib_search": ex.cost["temp_bytes"] / common.MIB,
+        "step_ms": step_ms / (k if is_pop else 1),
+        "search_step_ms": step_ms * (1 if is_pop else k),
+        "step_q25_ms": 1e3 * t.get("q25_s", float("nan")),
+        "step_q75_ms": 1e3 * t.get("q75_s", float("nan")),
+        "compile_s": ex.compile_s})
+  order = {m: i for i, m in enumerate(("losa",) + METHODS +
+                                      ("losa (K separate runs)",))}
+  return sorted(rows, key=lambda r: order.get(r["label"], 99))
+
+
+class _Pop:
+  """A compiled LoSA population and what the cost table needs of it."""
+
+  def __init__(self, config, steps):
+    self.p = search.Population(config, steps)
+    self.compile_s, self.cost = self.p.compile_s, self.p.cost
+    self.backbone_passes = self.p.backbone_passes_per_step
+    self.trainable = self.p.pop.groups[0].num_params
+
+
+def run_budget(a: Args) -> Dict[str, Any]:
+  """Every search, the ablation, the timing; writes the outputs."""
+  if not os.path.exists(demo.BACKBONE_NPZ):
+    raise FileNotFoundError(f"The shipped backbone {demo.BACKBONE_NPZ} is "
+                            "missing (see losa_jax/assets/README.md).")
+  os.makedirs(a.out, exist_ok=True)
+  t_start, load_start = time.time(), os.getloadavg()
+  k = len(a.lrs) * len(a.wds)
+  singles: Dict[Any, search.Single] = {}   # (method, classes) -> executable
+  pops: Dict[Any, _Pop] = {}               # (classes, seed) -> population
+  searches, members_out, abl_rows, abl_runs = [], [], [], []
+  first = {}                                # the first task's executables
+  timing_data = None
+  for ti, task in enumerate(a.tasks):
+    nc = study_tasks.get_task(task)["num_classes"]
+    # Rotated per task, so that drifting load does not always hit the same
+    # method first or last.
+    order = a.methods[ti % len(a.methods):] + a.methods[:ti % len(a.methods)]
+    for seed in a.seeds:
+      cfg = {m: search.search_config(search.base_config(
+          m, task, num_classes=nc, steps=a.steps, batch=a.batch, seed=seed,
+          val_percent=a.val_percent, config_file=a.config), **a.grid(m))
+             for m in a.methods}
+      data_seeds = sorted({seed, *(a.ablation_seeds if a.ablation else [])})
+      data = search.TaskData(cfg[a.methods[0]], a.steps, data_seeds)
+      timing_data = timing_data or data
+      _log(f"task {task} seed {seed}: {data.num_train} train examples, "
+           f"{nc} classes" + (f", K = {k}; order {order}" if a.searches
+                              else ""))
+      for method in order if a.searches else ():
+        members = members_lib.expand(cfg[method])
+        loads = [os.getloadavg()[0]]
+        if method == "losa":
+          key = (nc, seed)
+          fresh = key not in pops
+          if fresh:
+            pops[key] = _Pop(cfg[method], a.steps)
+          ex = pops[key]
+          res = ex.p.search(data)
+          first.setdefault("losa", ex)
+        else:
+          key = (method, nc)
+          fresh = key not in singles
+          if fresh:
+            singles[key] = search.Single(cfg[method], a.steps)
+          ex = singles[key]
+          res = ex.search(members, data)
+          first.setdefault(method, ex)
+        loads.append(os.getloadavg()[0])
+        s = _summary(task, seed, method, res, ex.compile_s, loads,
+                     float(cfg[method].lr), a.wds)
+        searches.append(s)
+        for r in res["rows"]:
+          members_out.append({"task": task, "method": method,
+                              "selected": r["name"] == s["selected"],
+                              **{kk: v for kk, v in r.items()
+                                 if kk != "structure"}})
+        _log(f"  {method}: selected {s['selected_label']} (minival "
+             f"{100 * s['minival']:.1f}%), test {100 * s['test']:.1f}%; "
+             f"{s['runs']} run(s), {s['search_s']:.0f}s (compile "
+             f"{ex.compile_s:.0f}s{'' if fresh else ', shared'}), load "
+             f"{loads[0]:.1f}->{loads[1]:.1f}")
+      if a.ablation:
+        abl = ablation.run_task(
+            search.base_config("losa", task, num_classes=nc, steps=a.steps,
+                               batch=a.batch, seed=seed,
+                               val_percent=a.val_percent,
+                               config_file=a.config, lr=a.ablation_lr),
+            a.switches, a.ablation_seeds, a.steps, data, a.ablation_lrs)
+        for r in abl["rows"]:
+          abl_rows.append({"task": task, **{kk: v for kk, v in r.items()
+                                            if kk != "structure"}})
+        abl_runs.append({"task": task, **{kk: abl[kk] for kk in (
+            "members", "groups", "backbone_passes_per_step", "compile_s",
+            "train_s", "eval_s")}, "gflop_step": abl["cost"]["flops"] / 1e9,
+                         "peak_mib": abl["cost"]["peak_bytes"] / common.MIB})
+        _log(f"  ablation: {abl['members']} members in {abl['groups']} "
+             f"groups, one population, {abl['train_s']:.0f}s train")
+
+  # Side by side: every method's step and LoSA's population step.
+  timed = {m: ex for m, ex in first.items() if m != "losa"}
+  if a.losa_separate and "losa" in first:
+    # The reference: LoSA's K configs as K separate runs.
+    c = cfg_of_first_task(a, "losa")
+    timed["losa (K separate runs)"] = search.Single(c, a.steps)
+  timing = {}
+  if "losa" in first:
+    _log(f"interleaved timing of {len(timed) + 1} executables, "
+         f"{a.timing_reps} rounds")
+    member = first["losa"].p.members[0]
+    timing = search.timed_steps(timed, first["losa"].p, member, timing_data,
+                                a.timing_reps)
+  costs = _cost_rows(timed, {"losa": first["losa"]} if "losa" in first
+                     else {}, timing, k)
+  effects = ablation.effects(abl_rows) if abl_rows else []
+  per_task = ablation.per_task(abl_rows, a.tasks) if abl_rows else []
+  meta = common.provenance(
+      "python -m losa_jax.study.budget " + " ".join(a.argv), t_start=t_start,
+      load_start=load_start,
+      backbone=os.path.relpath(demo.BACKBONE_NPZ, os.getcwd()),
+      backbone_sha256=build.backbone_record(cfg_of_first_task(a, "losa"))[
+          "sha256"],
+      tasks=a.tasks, methods=a.methods, seeds=a.seeds, steps=a.steps,
+      batch=a.batch, val_percent=a.val_percent, configs_per_method=k,
+      grids={m: a.grid(m) for m in a.methods}, rank=search.RANK,
+      timing_reps=a.timing_reps, searches=a.searches,
+      ablation_lr=a.ablation_lr, ablation_lrs=a.ablation_lrs,
+      ablation_seeds=a.ablation_seeds if a.ablation else [],
+      ablation_switches={s: list(v) for s, v in a.switches.items()},
+      ablation_runs=abl_runs, timing=timing, quick=a.quick)
+  out = budget_report.write_all(a.out, searches, members_out, costs, a.tasks,
+                                abl_rows, effects, per_task, meta)
+  print("\n" + out["markdown"], flush=True)
+  _log(f"wrote {a.out} in {(time.time() - t_start) / 60:.1f} min")
+  return {"searches": searches, "members": members_out, "costs": costs,
+          "ablation_rows": abl_rows, "effects": effects, "meta": meta, **out}
+
+
+def cfg_of_first_task(a: Args, method: str):
+  """The search config of `method` on the first task and seed."""
+  task = a.tasks[0]
+  return search.search_config(search.base_config(
+      method, task, num_classes=study_tasks.get_task(task)["num_classes"],
+      steps=a.steps, batch=a.batch, seed=a.seeds[0],
+      val_percent=a.val_percent, config_file=a.config), **a.grid(method))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
+                         "a --flag (see --help).")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  run_budget(args_from_flags())
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

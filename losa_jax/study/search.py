@@ -1,0 +1,377 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Equal-budget searches: every method tries the same K configs of lr x wd.
+
+The building blocks of `losa_jax.study.budget` (and `study.ablation`):
+
+* `TaskData`: one task's train[:80%] batches (the trainer's input pipeline,
+  one data order) and its minival (train[80%:]) and test batches, made once
+  and put on the device once, so every method and member reads the very
+  same arrays and no method pays for data.
+* `Single`: one non-shared method (or LoSA alone) compiled ONCE with lr and
+  wd as runtime values (`optim.make(hparams=...)`, as the population does),
+  then run K times one after another: K separate runs, each with the params
+  a trainer run of that member's config reaches (to float rounding: the lr is
+  an f32 array, not a Python constant). The trainer itself would compile
+  each of the K configs again (`python -m losa_jax.train` on a population of
+  a non-LoSA method); the study compiles once so that compile time does not
+  decide the comparison, and reports the compile time separately.
+* `Population`: LoSA's K members as ONE population (`population.build`):
+  one backbone pass per batch feeds every member's side network.
+* `select`: the same rule for every method: best minival accuracy, ties to
+  fewer params then to the lower member index (`population_train.
+  leaderboard`); members that diverged are ranked after those that finished.
+"""
+import ast
+import copy
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from losa_jax import build
+from losa_jax import cost
+from losa_jax import datasets
+from losa_jax import input_pipeline
+from losa_jax import optim
+from losa_jax import population_train
+from losa_jax import sharding as sharding_lib
+from losa_jax import steps as steps_lib
+from losa_jax.evaluators import classification
+from losa_jax.population import build as pop_lib
+from losa_jax.population import members as members_lib
+from losa_jax.study import run
+
+RANK = run.BASELINE_RANK       # LoSA rank, LoRA rank, adapter bottleneck: 8
+SELECT = "minival/accuracy"    # the selection metric of every method
+EVALS = ("minival", "test")
+CHECK_EVERY = 10               # steps between divergence checks
+
+
+def splits(val_percent: int) -> Dict[str, str]:
+  """The split of each role: train[:80%] trains, train[80%:] selects."""
+  return {"train": f"train[:{100 - val_percent}%]",
+          "minival": f"train[{100 - val_percent}%:]", "test": "test"}
+
+
+def base_config(method: str, task: str, *, num_classes: int, steps: int,
+                batch: int, seed: int, val_percent: int,
+                config_file: Optional[str] = None, **overrides):
+  """The trainer config of one method on one task: the study's config
+  (configs/default.py, rank 8) trained on train[:80%] with minival and test
+  evals; `overrides` set top-level fields (lr, wd, ...)."""
+  c = run.make_config(method, RANK, num_classes, steps, batch, task=task,
+                      seed=seed, config_file=config_file)
+  sp = splits(val_percent)
+  c.input.data = run.task_data(task, sp["train"])
+  # "minival" (big_vision's name for a split held out of train) sorts before
+  # "test", so a population's own leaderboard also ranks by it.
+  c.evals = {name: dict(data=run.task_data(task, sp[name]), pp=c.input.pp,
+                        batch_size=run.EVAL_BATCH) for name in EVALS}
+  c.eval_every = 0
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def search_config(config, lr: Sequence[float], wd: Sequence[float]):
+  """`config` with the search as its population: lr x wd, the config's seed.
+
+  The base wd is the grid's largest, so the optimizer has the decay term
+  that members with wd 0 leave at zero (the population does the same).
+  """
+  c = copy.deepcopy(config)
+  c.population = dict(grid=dict(lr=[float(x) for x in lr],
+                                wd=[float(x) for x in wd]),
+                      seeds=[int(config.seed)])
+  c.wd = float(max(wd))
+  return c
+
+
+# --- data ---------------------------------------------------------------------
+
+
+class TaskData:
+  """A task's batches, made once: `steps` training batches per data seed
+  (the trainer's pipeline), minival and test eval batches, on the device."""
+
+  def __init__(self, config, steps: int, data_seeds: Sequence[int]):
+    t0 = time.perf_counter()
+    data = dict(config.input.data)
+    source = datasets.get_source(data)
+    pp = datasets.pp_for(data, config.input.pp)
+    mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+    self.num_train = source.num_examples()
+    self.train = {}
+    for seed in data_seeds:
+      it, _ = input_pipeline.training(
+          source, batch_size=config.input.batch_size, pp=pp, seed=seed,
+          shuffle=config.input.get("shuffle", True))
+      dev = input_pipeline.device_batches(it, mesh)
+      self.train[seed] = [next(dev) for _ in range(steps)]
+    self.evals = {}
+    for name in EVALS:
+      ev = dict(config.evals[name])
+      batches = classification.eval_batches(dict(ev["data"]), pp=ev["pp"],
+                                            batch_size=ev["batch_size"])
+      self.evals[name] = list(input_pipeline.device_batches(batches, mesh))
+    self._stacked = {}
+    self.build_s = time.perf_counter() - t0
+
+  def stacked(self, seeds: Sequence[int]) -> List[Dict[str, jax.Array]]:
+    """Population batches: [S, B, ...] with one slot per data seed (made
+    once, outside any timed loop)."""
+    key = tuple(seeds)
+    if key not in self._stacked:
+      self._stacked[key] = [
+          jax.tree.map(lambda *xs: jnp.stack(xs),
+                       *[self.train[s][i] for s in seeds])
+          for i in range(len(self.train[seeds[0]]))]
+    return self._stacked[key]
+
+
+def _abstract_eval_batch(image_shape):
+  return steps_lib.abstract_batch(run.EVAL_BATCH, image_shape,
+                                  with_mask=True)
+
+
+def _eval_sums(eval_step, params, batches) -> Dict[str, float]:
+  tot = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  for b in batches:
+    sums = eval_step(params, b)
+    for k in tot:
+      tot[k] += float(sums[k])
+  return tot
+
+
+def _row(m: members_lib.Member, params: int) -> Dict[str, Any]:
+  return {"index": m.index, "name": m.name, "label": m.label,
+          "lr": m.hparams["lr"], "wd": m.hparams["wd"],
+          "seed": m.hparams["seed"], "data_seed": m.hparams["data_seed"],
+          "structure": {k: ast.literal_eval(v) for k, v in m.structure},
+          "trainable_params": params, "diverged": False}
+
+
+# --- K separate runs ----------------------------------------------------------
+
+
+class Single:
+  """One method's train step, compiled once; lr and wd are arguments."""
+
+  def __init__(self, config, total_steps: int):
+    config = copy.deepcopy(config)
+    if "population" in config:
+      del config["population"]
+    self.config, self.method = config, config.model.method
+    self.built = build.build(config, total_steps=total_steps)
+    params_shape = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+        self.built.state_shape["params"])
+    model, ls = self.built.model, config.get("label_smoothing", 0.0)
+
+    def step(state, batch, hp):
+      # The trainer's step on the trainer's optimizer, with this member's
+      # values as traced scalars instead of constants.
+      tx, sched, mask = optim.make(config, params_shape, total_steps,
+                                   hparams=hp, log_rules=False)
+      return steps_lib.train_step_fn(model, tx, mask, label_smoothing=ls,
+                                     schedule_fns=sched)(state, batch)
+
+    mesh, sh = self.built.mesh, self.built.state_sharding
+    rep = sharding_lib.replicated(mesh)
+    jitted = jax.jit(step, in_shardings=(
+        sh, sharding_lib.batch_sharding(mesh), rep), out_shardings=(sh, rep),
+                     donate_argnums=(0,))
+    hp = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in ("lr", "wd")}
+    state = cost.abstract(self.built.state_shape)
+    t0 = time.perf_counter()
+    self.step = jitted.lower(state, steps_lib.abstract_batch(
+        config.input.batch_size, self.built.image_shape), hp).compile()
+    self.cost = cost.cost_of_compiled(self.step)
+    # Compile time: train and eval steps and the init (warmed once), so that
+    # no search's train or eval time hides a compile.
+    self.eval_step = self.built.eval_step.lower(
+        state["params"], _abstract_eval_batch(self.built.image_shape)
+    ).compile()
+    self.fresh_state(0)
+    self.compile_s = time.perf_counter() - t0
+    self.trainable = self.built.num_trainable()
+
+  def fresh_state(self, seed: int):
+    """The trainer's initial state: init(seed), then the shipped backbone."""
+    state = self.built.init(jax.random.key(seed))
+    state["params"] = build.load_backbone(state["params"], self.config)
+    return jax.device_put(state, self.built.state_sharding)
+
+  @staticmethod
+  def hp(member: members_lib.Member) -> Dict[str, jax.Array]:
+    return {k: jnp.float32(member.hparams[k]) for k in ("lr", "wd")}
+
+  def search(self, members: Sequence[members_lib.Member], data: TaskData
+             ) -> Dict[str, Any]:
+    """Trains the members one after another; evaluates each on minival and
+    test. Returns {"rows", "train_s", "eval_s" (minival: the search's),
+    "test_eval_s" (reporting only), "backbone_passes_per_step", "runs"}.
+    """
+    rows, train_s, eval_s = [], 0.0, {name: 0.0 for name in EVALS}
+    for m in members:
+      row = _row(m, self.trainable)
+      t0 = time.perf_counter()
+      # Every run loads the backbone again, as a separate trainer run does.
+      state, hp = self.fresh_state(m.hparams["seed"]), self.hp(m)
+      batches = data.train[m.hparams["data_seed"]]
+      for i, batch in enumerate(batches, 1):
+        state, met = self.step(state, batch, hp)
+        if i % CHECK_EVERY == 0 or i == len(batches):
+          loss = float(met["loss"])
+          if not np.isfinite(loss):
+            # The trainer stops a run whose loss is NaN; so does the search.
+            row.update(diverged=True, died_at=i)
+            break
+          row["final_loss"] = loss
+      jax.block_until_ready(state)
+      train_s += time.perf_counter() - t0
+      for name in EVALS if not row["diverged"] else ():
+        t0 = time.perf_counter()
+        tot = _eval_sums(self.eval_step, state["params"], data.evals[name])
+        row[f"{name}/accuracy"] = tot["correct"] / max(tot["count"], 1.0)
+        eval_s[name] += time.perf_counter() - t0
+      rows.append(row)
+    return {"rows": rows, "train_s": train_s, "eval_s": eval_s["minival"],
+            "test_eval_s": eval_s["test"],
+            "backbone_passes_per_step": len(members), "runs": len(members)}
+
+
+# --- one population -----------------------------------------------------------
+
+
+def backbone_loader(config, pop: pop_lib.PopulationBuilt):
+  """() -> the frozen backbone, loaded like the trainer's (population_train:
+  init from the config's seed, then model_init), jitted once."""
+  model = pop.groups[0].model
+  init = jax.jit(lambda r: model.init(
+      r, jnp.zeros((1, *pop.image_shape), jnp.float32))["params"])
+
+  def load():
+    init_rng, _ = jax.random.split(jax.random.key(config.seed))
+    params = build.load_backbone(init(init_rng), config)
+    return jax.device_put(params["backbone"],
+                          pop.state_sharding["params"]["backbone"])
+  return load
+
+
+class Population:
+  """LoSA members (a config's population, or a subset) as one compiled
+  population step: one backbone pass per batch and data order."""
+
+  def __init__(self, config, total_steps: int,
+               members: Optional[Sequence[members_lib.Member]] = None):
+    self.config = config
+    self.pop = pop_lib.build(config, total_steps=total_steps,
+                             members=members)
+    state = cost.abstract(jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        self.pop.state_shape, self.pop.state_sharding))
+    b, shape = config.input.batch_size, self.pop.image_shape
+    s = len(self.pop.data_seeds)
+    batch = {"image": jax.ShapeDtypeStruct((s, b, *shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct((s, b), jnp.int32)}
+    t0 = time.perf_counter()
+    self.step = self.pop.train_step.lower(state, batch).compile()
+    self.cost = cost.cost_of_compiled(self.step)
+    # As for `Single`: eval step and init compiled here, not in a search.
+    self.eval_step = self.pop.eval_step.lower(
+        state, _abstract_eval_batch(shape)).compile()
+    self._load_backbone = backbone_loader(config, self.pop)
+    self.fresh_state()
+    self.compile_s = time.perf_counter() - t0
+
+  @property
+  def members(self) -> List[members_lib.Member]:
+    return self.pop.members
+
+  @property
+  def backbone_passes_per_step(self) -> int:
+    return len(self.pop.data_seeds)
+
+  def fresh_state(self):
+    # Loaded anew each time: the step donates the state, backbone included.
+    return self.pop.init(self._load_backbone())
+
+  def search(self, data: TaskData) -> Dict[str, Any]:
+    """Trains every member at once; evaluates all on minival and test."""
+    params = {m.index: g.num_params for g in self.pop.groups
+              for m in g.members}
+    rows = [_row(m, params[m.index]) for m in self.members]
+    batches = data.stacked(self.pop.data_seeds)
+    t0 = time.perf_counter()
+    state = self.fresh_state()
+    for i, batch in enumerate(batches, 1):
+      state, gm = self.step(state, batch)
+      if i % CHECK_EVERY == 0 or i == len(batches):
+        for row, met in zip(rows, pop_lib.per_member(self.pop, gm)):
+          if met["alive"] and not row["diverged"]:
+            row["final_loss"] = met["loss"]
+          elif not row["diverged"]:
+            # Frozen at its last finite state by the population; ranked
+            # after the members that finished, like a stopped single run.
+            row.update(diverged=True, died_at=i)
+    jax.block_until_ready(state)
+    train_s = time.perf_counter() - t0
+    eval_s = {}
+    for name in EVALS:
+      t0 = time.perf_counter()
+      tot = None
+      for batch in data.evals[name]:
+        sums = pop_lib.per_member(self.pop, self.eval_step(state, batch))
+        tot = sums if tot is None else [
+            {k: a[k] + b[k] for k in a} for a, b in zip(tot, sums)]
+      for row, t in zip(rows, tot):
+        if not row["diverged"]:
+          row[f"{name}/accuracy"] = t["correct"] / max(t["count"], 1.0)
+      eval_s[name] = time.perf_counter() - t0
+    return {"rows": rows, "train_s": train_s, "eval_s": eval_s["minival"],
+            "test_eval_s": eval_s["test"],
+            "backbone_passes_per_step": self.backbone_passes_per_step,
+            "runs": 1}
+
+
+# --- selection ----------------------------------------------------------------
+
+
+def select(rows: Sequence[Dict[str, Any]], metric: str = SELECT
+           ) -> List[Dict[str, Any]]:
+  """The leaderboard of a search, best first: finished members by `metric`
+  (ties to fewer params, then lower index), then the diverged ones."""
+  done = [r for r in rows if not r["diverged"]]
+  dead = [r for r in rows if r["diverged"]]
+  return (population_train.leaderboard(done, metric) +
+          population_train.leaderboard(dead, metric))
+
+
+def timed_steps(singles: Dict[str, Single], pop: Population, member,
+                data: TaskData, reps: int) -> Dict[str, Dict[str, Any]]:
+  """One train step of every method and one population step, timed side by
+  side (`bench.common.interleaved`: rotated order, same batch)."""
+  from losa_jax.bench import common  # pylint: disable=g-import-not-at-top
+  seed = member.hparams["data_seed"]
+  batch = data.train[seed][0]
+  fns = {}
+  for name, single in singles.items():
+    holder = {"state": single.fresh_state(0)}
+    hp = single.hp(member)
+
+    def fn(single=single, holder=holder, hp=hp):
+      holder["state"], m = single.step(holder["state"], batch, hp)
+      jax.block_until_ready((holder["state"], m))
+    fns[name] = fn
+  pop_holder = {"state": pop.fresh_state()}
+  pop_batch = data.stacked(pop.pop.data_seeds)[0]
+
+  def pop_fn():
+    pop_holder["state"], m = pop.step(pop_holder["state"], pop_batch)
+    jax.block_until_ready((pop_holder["state"], m))
+  fns["losa population"] = pop_fn
+  return common.interleaved(fns, reps=reps, warmup=1)

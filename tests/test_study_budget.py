@@ -1,0 +1,92 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""The equal-budget study (`losa_jax.study.budget`) in --quick mode."""
+import csv
+import os
+
+import jax
+import numpy as np
+
+from losa_jax import build
+from losa_jax import population_train
+from losa_jax.population import members as members_lib
+from losa_jax.study import ablation
+from losa_jax.study import budget
+from losa_jax.study import search
+
+
+def test_quick_budget_study(tmp_path):
+  out = budget.run_budget(budget.Args(out=str(tmp_path), quick=True))
+  k = len(budget.QUICK["lrs"]) * len(budget.QUICK["wds"])
+  by = {s["method"]: s for s in out["searches"]}
+  assert sorted(by) == sorted(budget.QUICK["methods"])
+  # Equal budgets: every method searched the same number of configs.
+  assert {s["configs"] for s in out["searches"]} == {k}
+  # LoSA's search is one population run on one backbone pass per step; the
+  # others are K separate runs, K passes.
+  assert by["losa"]["runs"] == 1 and by["losa"]["backbone_passes_per_step"] == 1
+  assert by["linear"]["runs"] == k
+  assert by["linear"]["backbone_passes_per_step"] == k
+  # The selected member is the leaderboard's best by minival accuracy.
+  for s in out["searches"]:
+    rows = [r for r in out["members"]
+            if (r["task"], r["method"]) == (s["task"], s["method"])]
+    assert len(rows) == k and sum(r["selected"] for r in rows) == 1
+    best = population_train.leaderboard(
+        [r for r in rows if not r["diverged"]], search.SELECT)[0]
+    assert s["selected"] == best["name"] == s["leaderboard"][0]
+    assert 0.0 <= s["test"] <= 1.0
+  # XLA's FLOPs: K side networks on one backbone pass cost less than K
+  # linear probes, each with its own backbone pass.
+  cost = {c["label"]: c for c in out["costs"]}
+  assert cost["losa"]["gflop_search_step"] < cost["linear"][
+      "gflop_search_step"]
+  # The ablation: one population per task, the reference and one changed
+  # structure, compared on the same seed.
+  assert {r["switch"] for r in out["ablation_rows"]} == {"reference",
+                                                         "token_mixer"}
+  assert [e["pairs"] for e in out["effects"]] == [1]
+  for name in ("results.md", "searches.csv", "members.csv", "cost.csv",
+               "meta.json", "accuracy_vs_tuning_cost.png", "ablation.png"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  with open(tmp_path / "searches.csv") as f:
+    assert len(list(csv.DictReader(f))) == len(budget.QUICK["methods"])
+
+
+def test_single_runs_match_the_trainer_step():
+  # `Single` compiles once with lr and wd as arguments; a member must train
+  # as the trainer's step compiled with that member's constants does.
+  c = search.search_config(search.base_config(
+      "linear", "digits", num_classes=10, steps=2, batch=8, seed=0,
+      val_percent=20), lr=[3e-3, 3e-2], wd=[0.0, 0.1])
+  single = search.Single(c, 2)
+  member = members_lib.expand(c)[3]              # lr 3e-2, wd 0.1
+  data = search.TaskData(c, 2, [0])
+  ref_cfg = search.base_config("linear", "digits", num_classes=10, steps=2,
+                               batch=8, seed=0, val_percent=20,
+                               lr=member.hparams["lr"],
+                               wd=member.hparams["wd"])
+  ref = build.build(ref_cfg, total_steps=2)
+  ref_state = single.fresh_state(0)
+  state = single.fresh_state(0)
+  for batch in data.train[0]:
+    state, _ = single.step(state, batch, single.hp(member))
+    ref_state, _ = ref.train_step(ref_state, batch)
+  got, want = jax.device_get((state["params"]["head"],
+                              ref_state["params"]["head"]))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(np.abs(want["kernel"]).max()) > 0    # it did train
+
+
+def test_ablation_members_change_one_switch_at_a_time():
+  c = ablation.ablation_config(
+      search.base_config("losa", "digits", num_classes=10, steps=2, batch=8,
+                         seed=0, val_percent=20), ablation.SWITCHES, [0, 1])
+  ms = ablation.one_at_a_time(c, ablation.SWITCHES)
+  # The reference and one structure per alternative, at each paired seed.
+  n = 1 + sum(len(v) for v in ablation.SWITCHES.values())
+  assert len(ms) == 2 * n
+  assert all(m.hparams["seed"] == m.hparams["data_seed"] for m in ms)
+  assert sum(ablation.changed(m, ablation.SWITCHES) == ("reference", None)
+             for m in ms) == 2
