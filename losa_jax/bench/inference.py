@@ -190,8 +190,8 @@ def measure(variants: Sequence[str], *, batches: Sequence[int],
           key = f"{system}@{n}"
           if system == "backbone":
             compiled = v.bb_jit.lower(v.backbone, x).compile()
-            fn = (lambda c=compiled: jax.block_until_ready(
-                c(v.backbone, x)))
+            fn = (lambda c=compiled, bb=v.backbone, x=x: jax.block_until_ready(
+                c(bb, x)))
             resident = _count(v.backbone)
             passes = 1
           else:
