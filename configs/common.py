@@ -39,6 +39,38 @@ def parse_arg(arg, lazy=False, **spec):
   return out
 
 
+def model(method: str, backbone: dict, rank: int, **losa) -> dict:
+  """`config.model`: `method` on `backbone`, with `rank` sizing every method
+  alike (LoSA and LoRA rank, adapter bottleneck), so that method= alone
+  switches between them; `losa` adds LoSA's other options."""
+  return dict(method=method, backbone=backbone, losa=dict(rank=rank, **losa),
+              lora=dict(rank=rank), adapter=dict(dim=rank))
+
+
+def adamw_cosine(c, *, lr: float, warmup: dict, log_every: int,
+                 ckpt_every: int, wd: float = 1e-4, grad_clip_norm=None,
+                 eval_every=None, keep_ckpts=None) -> None:
+  """Sets the training fields the config files share on ConfigDict `c`.
+
+  AdamW at `lr` with decoupled weight decay `wd`, a cosine schedule after
+  `warmup` (dict(warmup_steps=n) or dict(warmup_percent=p)), the logging and
+  checkpoint cadence, and a data-parallel mesh over every device.
+  grad_clip_norm, eval_every, keep_ckpts: set when given; None leaves the
+  trainer's default (losa_jax.config_lib.TOP_LEVEL).
+  """
+  c.optax_name = "adamw"
+  c.lr = lr
+  c.wd = wd
+  c.schedule = dict(warmup, decay_type="cosine")
+  c.log_every = log_every
+  c.ckpt_every = ckpt_every
+  c.mesh = [("data", -1)]
+  for key, value in (("grad_clip_norm", grad_clip_norm),
+                     ("eval_every", eval_every), ("keep_ckpts", keep_ckpts)):
+    if value is not None:
+      c[key] = value
+
+
 # `population=<kind>` of the config files: the search spaces of
 # losa_jax.population (members.py documents the keys).
 POPULATIONS = ("default", "random")

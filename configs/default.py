@@ -68,25 +68,16 @@ def get_config(arg=None):
                              batch_size=256))
 
   c.model_init = demo.BACKBONE_NPZ
-  c.model = dict(method=arg["method"],
-                 backbone=dict(demo.BACKBONE_MODEL),
-                 losa=dict(rank=arg["rank"]), lora=dict(rank=arg["rank"]),
-                 adapter=dict(dim=arg["rank"]))
+  c.model = common.model(arg["method"], dict(demo.BACKBONE_MODEL),
+                         arg["rank"])
   # The shipped checkpoint's 10-class MNIST head has the right shape for the
   # digit tasks; a fresh zero-init head keeps the comparison about adaptation.
   c.model_load = dict(dont_load=["head/.*"])
 
-  c.optax_name = "adamw"
-  c.lr = arg["lr"]
-  c.wd = 1e-4
-  c.schedule = dict(warmup_steps=min(50, c.total_steps // 10),
-                    decay_type="cosine")
-  c.grad_clip_norm = 1.0
-  c.log_every = 2 if arg["runlocal"] else 50
-  c.eval_every = 0
-  c.ckpt_every = 3 if arg["runlocal"] else 200
-  c.keep_ckpts = 2
-  c.mesh = [("data", -1)]
+  common.adamw_cosine(
+      c, lr=arg["lr"], warmup=dict(warmup_steps=min(50, c.total_steps // 10)),
+      grad_clip_norm=1.0, log_every=2 if arg["runlocal"] else 50,
+      eval_every=0, ckpt_every=3 if arg["runlocal"] else 200, keep_ckpts=2)
   if arg["population"]:
     c.population = common.population(arg["population"], arg["seed"],
                                      arg["runlocal"])

@@ -121,29 +121,22 @@ def make_config(arg, *, dataset: str, num_classes: int, train_split: str,
 
   c.model_init = arg["init"]
   c.model_load = dict(dont_load=["head/.*"], param_dtype="bfloat16")
-  c.model = dict(
-      method=arg["method"],
-      backbone=dict(kind="vivit", variant=arg["variant"],
-                    temporal_patch_size=arg["tubelet"], num_frames=frames,
-                    pool_type=arg["pool_type"] or pool0, scan=True,
-                    remat_policy="nothing_saveable", dtype_mm="bfloat16"),
+  c.model = common.model(
+      arg["method"],
+      dict(kind="vivit", variant=arg["variant"],
+           temporal_patch_size=arg["tubelet"], num_frames=frames,
+           pool_type=arg["pool_type"] or pool0, scan=True,
+           remat_policy="nothing_saveable", dtype_mm="bfloat16"),
       # CLS is left out of factorised token mixing (docs/method.md 2.4), so
       # the side network pools the refined patch tokens (gap), not CLS.
-      losa=dict(rank=arg["rank"], rank_time=arg["rank_time"] or None,
-                video_token_mixing=arg["mixing"], pool="gap", remat=True),
-      lora=dict(rank=arg["rank"]), adapter=dict(dim=arg["rank"]))
+      arg["rank"], rank_time=arg["rank_time"] or None,
+      video_token_mixing=arg["mixing"], pool="gap", remat=True)
 
-  c.optax_name = "adamw"
-  c.lr = arg["lr"] if arg["method"] != "full" else arg["lr"] / 10
-  c.wd = 1e-4
-  c.schedule = dict(warmup_percent=0.05, decay_type="cosine")
-  c.grad_clip_norm = 1.0
+  common.adamw_cosine(
+      c, lr=arg["lr"] if arg["method"] != "full" else arg["lr"] / 10,
+      warmup=dict(warmup_percent=0.05), grad_clip_norm=1.0, log_every=50,
+      eval_every=0, ckpt_every=1000, keep_ckpts=2)
   c.label_smoothing = 0.1
-  c.log_every = 50
-  c.eval_every = 0
-  c.ckpt_every = 1000
-  c.keep_ckpts = 2
-  c.mesh = [("data", -1)]
   if arg["runlocal"]:
     c.total_epochs = None
     c.total_steps = 4

@@ -58,25 +58,17 @@ def get_config(arg=None):
   c.model_load = dict(dont_load=["head/.*"])
   if not arg["init"]:
     c.model_load.inflate = arg["inflate"]
-  c.model = dict(
-      method=arg["method"],
-      backbone=dict(kind="vivit", temporal_patch_size=TEMPORAL_PATCH,
-                    num_frames=CLIP_SHAPE[0], **demo.BACKBONE_MODEL),
-      losa=dict(rank=arg["rank"], rank_time=arg["rank_time"] or None,
-                video_token_mixing=arg["mixing"], pool=arg["pool"]),
-      lora=dict(rank=arg["rank"]), adapter=dict(dim=arg["rank"]))
+  c.model = common.model(
+      arg["method"],
+      dict(kind="vivit", temporal_patch_size=TEMPORAL_PATCH,
+           num_frames=CLIP_SHAPE[0], **demo.BACKBONE_MODEL),
+      arg["rank"], rank_time=arg["rank_time"] or None,
+      video_token_mixing=arg["mixing"], pool=arg["pool"])
 
-  c.optax_name = "adamw"
-  c.lr = arg["lr"]
-  c.wd = 1e-4
-  c.schedule = dict(warmup_steps=min(30, c.total_steps // 10),
-                    decay_type="cosine")
-  c.grad_clip_norm = 1.0
-  c.log_every = 1 if arg["runlocal"] else 50
-  c.eval_every = 0
-  c.ckpt_every = 0
-  c.keep_ckpts = 1
-  c.mesh = [("data", -1)]
+  common.adamw_cosine(
+      c, lr=arg["lr"], warmup=dict(warmup_steps=min(30, c.total_steps // 10)),
+      grad_clip_norm=1.0, log_every=1 if arg["runlocal"] else 50,
+      eval_every=0, ckpt_every=0, keep_ckpts=1)
   if arg["cache"] and arg["method"] == "losa":
     # 1,000 clips x 6 taps x 197 tokens x 96 channels in bf16: 216 MiB.
     c.feature_cache = dict(enabled=True, storage="memory")

@@ -85,18 +85,12 @@ def get_config(arg=None):
     c.total_epochs = arg["epochs"]
     backbone = dict(variant=arg["variant"], pool_type=arg["pool"])
   c.model_init = arg["init"]
-  c.model = dict(method=arg["method"], backbone=backbone,
-                 losa=dict(rank=arg["rank"]), lora=dict(rank=arg["rank"]),
-                 adapter=dict(dim=arg["rank"]))
+  c.model = common.model(arg["method"], backbone, arg["rank"])
   # Checkpoints carry their pretraining head (e.g. i21k's 21,843 classes).
   c.model_load = dict(dont_load=["head/.*"])
-  c.optax_name = "adamw"
-  c.lr = arg["lr"]
-  c.wd = 1e-4
-  c.schedule = dict(warmup_percent=0.1, decay_type="cosine")
-  c.log_every = 1 if arg["runlocal"] else 50
-  c.ckpt_every = 0 if arg["runlocal"] else 500
-  c.mesh = [("data", -1)]
+  common.adamw_cosine(c, lr=arg["lr"], warmup=dict(warmup_percent=0.1),
+                      log_every=1 if arg["runlocal"] else 50,
+                      ckpt_every=0 if arg["runlocal"] else 500)
   if arg["population"]:
     c.population = common.population(arg["population"], arg["seed"],
                                      arg["runlocal"])

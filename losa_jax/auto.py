@@ -43,7 +43,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 
 from losa_jax import config_lib
@@ -467,21 +466,17 @@ def markdown(sel: Dict[str, Any]) -> str:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """--config and --workdir, defined on demand (importing claims no flags)."""
-  config_lib.define_config_flag(
-      "config", "Config file with a population (configs/*.py[:args], e.g. "
-      "configs/vtab.py:task=dtd,population=default); --config.<key>=value "
-      "overrides apply to the search and the final run.", flag_values)
-  flags.DEFINE_string("workdir", None, "AutoLoSA folder: search/, final/, "
-                      "selection.json and selection.md; rerunning resumes.",
-                      flag_values=flag_values)
+  train.define_config_and_workdir_flags(
+      flag_values, config_help="Config file with a population "
+      "(configs/*.py[:args], e.g. configs/vtab.py:task=dtd,"
+      "population=default); --config.<key>=value overrides apply to the "
+      "search and the final run.", workdir_help="AutoLoSA folder: search/, "
+      "final/, selection.json and selection.md; rerunning resumes.")
 
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required.")
+  train.start_config_and_workdir_main()
   run(FLAGS["config"].config_filename, FLAGS.workdir,
       overrides=FLAGS["config"].override_values)
   print(open(os.path.join(FLAGS.workdir, "selection.md")).read())

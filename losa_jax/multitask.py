@@ -275,10 +275,19 @@ def _refuse_mix(ref, other, what: str, a, b, advice: str):
       f"{what} {b}. {advice}")
 
 
-def _restore(config, workdir: str, step: Optional[int]):
-  """Restores a workdir's trainable params read-only, checked like predict.
+def restore_checked(config, workdir: str, step: Optional[int],
+                    abstract_of: Callable[[Any], Any], *, advice: str):
+  """Restores `workdir`'s trainable state read-only, checked against `config`
+  (its backbone record and config fingerprint).
 
-  Returns (built, trainable params, step).
+  step: the checkpoint step; None: the newest intact one (damaged ones are
+  skipped with a warning). The kept steps are looked at first, so a mistyped
+  workdir fails fast, creating nothing; `advice` ends that error. Then
+  `built = build.build(config)` (the schedule is irrelevant here but must be
+  valid for the config) and `abstract_of(built)` gives the abstract
+  trainable state to restore into.
+
+  Returns (built, restored trainable state, step).
   """
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     read_only=True)
@@ -287,15 +296,10 @@ def _restore(config, workdir: str, step: Optional[int]):
     if not kept or (step is not None and step not in kept):
       raise FileNotFoundError(
           f"No checkpoint {'' if step is None else f'step {step} '}in "
-          f"{ckpt.directory} (kept steps: {kept}): train it first or pick "
-          "another step.")
+          f"{ckpt.directory} (kept steps: {kept}): {advice}")
     built = build.build(config, total_steps=int(
         config.get("total_steps") or 10**9))
-    rep = sharding_lib.replicated(built.mesh)
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-        jax.eval_shape(lambda s: checkpointing.trainable_state(s, built.mask),
-                       built.state_shape))
+    abstract = abstract_of(built)
     expected = {"backbone": build.backbone_record(config),
                 "config": checkpointing.config_fingerprint(config)}
     check = lambda meta: checkpointing.check_meta(meta, expected,
@@ -306,6 +310,26 @@ def _restore(config, workdir: str, step: Optional[int]):
       restored, _ = ckpt.restore(step, abstract, check=check)
   finally:
     ckpt.close()
+  return built, restored, step
+
+
+def _restore(config, workdir: str, step: Optional[int]):
+  """Restores a workdir's trainable params read-only, checked like predict.
+
+  Returns (built, trainable params, step).
+  """
+
+  def abstract_of(built):
+    # Replicated, from shapes alone: nothing is initialised to be replaced.
+    rep = sharding_lib.replicated(built.mesh)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+        jax.eval_shape(lambda s: checkpointing.trainable_state(s, built.mask),
+                       built.state_shape))
+
+  built, restored, step = restore_checked(
+      config, workdir, step, abstract_of,
+      advice="train it first or pick another step.")
   return built, restored["params"], step
 
 

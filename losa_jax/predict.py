@@ -43,37 +43,24 @@ class Predictor:
   def __init__(self, config, workdir: str, step: Optional[int] = None):
     config_lib.validate(config)
     self.config = config = config_lib.with_defaults(config)
-    # Read-only, and first: a mistyped --workdir fails fast, creating nothing.
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                      read_only=True)
-    try:
-      steps_kept = ckpt.all_steps()
-      if not steps_kept or (step is not None and step not in steps_kept):
-        raise FileNotFoundError(
-            f"No checkpoint {'' if step is None else f'step {step} '}in "
-            f"{ckpt.directory} (kept steps: {steps_kept}): check --workdir "
-            "and --step, or train first (python -m losa_jax.train ...).")
-      # The schedule is irrelevant here but must be valid for the config.
-      self.built = built = build.build(
-          config, total_steps=int(config.get("total_steps") or 10**9))
+    state = None
+
+    def abstract_of(built):
+      # The full state (frozen backbone loaded) that the restored trainable
+      # leaves are merged into.
+      nonlocal state
       state = built.init(jax.random.key(0))
       state["params"] = build.load_backbone(state["params"], config)
       state = jax.device_put(state, built.state_sharding)
-      expected = {"backbone": build.backbone_record(config),
-                  "config": checkpointing.config_fingerprint(config)}
-      check = lambda meta: checkpointing.check_meta(meta, expected,
-                                                    ckpt.directory)
-      abstract = checkpointing.abstract_trainable_state(state, built.mask)
-      if step is None:
-        # The newest intact step: damaged ones are skipped with a warning.
-        step, restored, _ = ckpt.restore_newest(abstract, check=check)
-      else:
-        restored, _ = ckpt.restore(step, abstract, check=check)
-    finally:
-      ckpt.close()
+      return checkpointing.abstract_trainable_state(state, built.mask)
+
+    # Read-only, and first: a mistyped --workdir fails fast, creating nothing.
+    built, restored, self.step = multitask.restore_checked(
+        config, workdir, step, abstract_of, advice="check --workdir and "
+        "--step, or train first (python -m losa_jax.train ...).")
+    self.built = built
     self.params = checkpointing.merge_restored(state, restored,
                                                built.mask)["params"]
-    self.step = step
     self._fn = jax.jit(steps.predict_fn(built.model))
 
   def __call__(self, images) -> np.ndarray:

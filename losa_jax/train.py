@@ -304,20 +304,33 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
   key the config lacks (--config.bogus=1) is a flag error naming the full
   key and the valid ones (config_lib.define_config_flag).
   """
-  config_lib.define_config_flag(
-      "config", "Training config file (configs/*.py[:args]).", flag_values)
-  flags.DEFINE_string("workdir", None, "Where checkpoints and logs go; a run "
-                      "resumes from the newest checkpoint found there.",
-                      flag_values=flag_values)
+  define_config_and_workdir_flags(
+      flag_values, config_help="Training config file (configs/*.py[:args]).",
+      workdir_help="Where checkpoints and logs go; a run resumes from the "
+      "newest checkpoint found there.")
+
+
+def define_config_and_workdir_flags(flag_values: flags.FlagValues, *,
+                                    config_help: str, workdir_help: str):
+  """--config (a config file, `config_lib.define_config_flag`) and
+  --workdir, the two flags of the commands that train (train, auto)."""
+  config_lib.define_config_flag("config", config_help, flag_values)
+  flags.DEFINE_string("workdir", None, workdir_help, flag_values=flag_values)
+
+
+def start_config_and_workdir_main():
+  """The first lines of the main of a --config / --workdir command: unless
+  --verbosity was given keeps the terminal to progress lines (Orbax logs
+  every write at INFO), and requires both flags."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("--config and --workdir are required.")
 
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:
-    # Keep the terminal to progress lines; Orbax logs every write at INFO.
-    logging.set_verbosity(logging.WARNING)
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required.")
+  start_config_and_workdir_main()
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -73,44 +73,43 @@ def test_committed_notebooks_are_valid_and_executed():
     assert "RUNLOCAL = True" not in "".join(c.source for c in code), name
 
 
-@pytest.mark.slow
-def test_quickstart(tmp_path):
-  nb = run_notebook("quickstart", RUNLOCAL=True, WORKDIR=str(tmp_path))
-  text = outputs_text(nb)
-  assert "max |p_restored - p_in_memory|" in text
-  assert "restored model on the test split" in text
-  assert num_images(nb) >= 3      # curves, predictions, confusion matrix
-  # The trainer wrote its logs and the side network's checkpoint there.
-  assert (tmp_path / "metrics.jsonl").exists()
-  assert (tmp_path / "checkpoints").is_dir()
+# Per notebook: whether it takes a WORKDIR (then run in tmp_path), the texts
+# its outputs must show, how many plots at least, and the files it must leave
+# in WORKDIR (a trailing "/": a folder).
+NOTEBOOK_RUNS = [
+    pytest.param("quickstart", True, [
+        "max |p_restored - p_in_memory|",
+        "restored model on the test split"],
+                 3,   # curves, predictions, confusion matrix
+                 # The trainer's logs and the side network's checkpoint.
+                 ["metrics.jsonl", "checkpoints/"], id="quickstart"),
+    pytest.param("efficiency", False, [
+        "losa r=8", "linear", "full", "lora r=8", "adapter d=8",
+        "x the frozen forward"], 3, [], id="efficiency"),
+    pytest.param("video", False, ["| run | test accuracy |"], 3, [],
+                 id="video", marks=pytest.mark.skipif(
+                     not os.path.exists(os.path.join(COLABS, "video.ipynb")),
+                     reason="no video notebook")),
+    pytest.param("serving", True, [
+        "backbone passes per batch: 1", "jax.export, batch 5: max |diff|",
+        "| N | LoSA images/s |"],
+                 2,   # throughput and FLOPs vs N
+                 ["export/serving.json"], id="serving"),
+]
 
 
 @pytest.mark.slow
-def test_efficiency():
-  nb = run_notebook("efficiency", RUNLOCAL=True)
+@pytest.mark.parametrize("name,takes_workdir,texts,min_images,written",
+                         NOTEBOOK_RUNS)
+def test_notebook_runs(name, takes_workdir, texts, min_images, written,
+                       tmp_path):
+  params = dict(WORKDIR=str(tmp_path)) if takes_workdir else {}
+  nb = run_notebook(name, RUNLOCAL=True, **params)
   text = outputs_text(nb)
-  for label in ("losa r=8", "linear", "full", "lora r=8", "adapter d=8"):
-    assert label in text
-  assert "x the frozen forward" in text
-  assert num_images(nb) >= 3
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(os.path.join(COLABS, "video.ipynb")),
-                    reason="no video notebook")
-def test_video():
-  nb = run_notebook("video", RUNLOCAL=True)
-  text = outputs_text(nb)
-  assert "| run | test accuracy |" in text
-  assert num_images(nb) >= 3
-
-
-@pytest.mark.slow
-def test_serving(tmp_path):
-  nb = run_notebook("serving", RUNLOCAL=True, WORKDIR=str(tmp_path))
-  text = outputs_text(nb)
-  assert "backbone passes per batch: 1" in text
-  assert "jax.export, batch 5: max |diff|" in text
-  assert "| N | LoSA images/s |" in text
-  assert num_images(nb) >= 2      # throughput and FLOPs vs N
-  assert (tmp_path / "export" / "serving.json").exists()
+  for t in texts:
+    assert t in text
+  assert num_images(nb) >= min_images
+  for path in written:
+    found = (os.path.isdir if path.endswith("/") else os.path.exists)(
+        tmp_path / path.rstrip("/"))
+    assert found, path

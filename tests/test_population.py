@@ -13,13 +13,12 @@ halving keeps the best; other methods train their members one after another.
 Runs use the shipped MNIST-pretrained backbone on the demo digits for a few
 steps; the expensive runs are module-scoped fixtures shared by the tests.
 """
+import functools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
+import helpers_train
 from losa_jax import build as build_lib
 from losa_jax import checkpointing
 from losa_jax import cost
@@ -262,27 +262,9 @@ def test_diverged_member_is_frozen_finite_and_reported(sgd_pop):
 # --- resume after kill -9 ----------------------------------------------------
 
 
-def _run_train(cfg, workdir, *, kill_after_ckpt=None):
-  """`python -m losa_jax.train` in a subprocess; SIGKILLed once checkpoint
-  `kill_after_ckpt` exists (as tests/test_train.py does)."""
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "losa_jax.train", f"--config={cfg}",
-       f"--workdir={workdir}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
-  if kill_after_ckpt is None:
-    out, _ = proc.communicate(timeout=600)
-    return proc.returncode, out
-  ckdir = os.path.join(workdir, "checkpoints", str(kill_after_ckpt))
-  deadline = time.time() + 600
-  while not os.path.isdir(ckdir) and proc.poll() is None:
-    if time.time() > deadline:
-      proc.kill()
-      raise TimeoutError("the population never reached its first checkpoint")
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)      # no clean shutdown at all
-  out, _ = proc.communicate(timeout=60)
-  return proc.returncode, out
+# The trainer in a subprocess; a population compiles more, so it waits longer.
+_run_population = functools.partial(helpers_train.run_train, timeout_s=600,
+                                    what="the population")
 
 
 @pytest.mark.slow
@@ -298,13 +280,13 @@ def test_killed_population_resumes_to_the_same_state(adam_pop, tmp_path):
       "def get_config(arg=None):\n"
       "  return pop_config(ADAM_POPULATION, ckpt_every=1, keep_ckpts=10)\n")
   workdir = str(tmp_path / "killed")
-  rc, out = _run_train(str(cfg), workdir, kill_after_ckpt=1)
+  rc, out = _run_population(str(cfg), workdir, kill_after_ckpt=1)
   assert rc != 0, out                    # it really was killed mid-run
   done = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                          "checkpoints"))
                 if s.isdigit())
   assert done and max(done) < STEPS, done
-  rc, out = _run_train(str(cfg), workdir)
+  rc, out = _run_population(str(cfg), workdir)
   assert rc == 0, out
   assert "Resumed the population from step" in out, out
   # The checkpointed part of the state (the backbone is never saved).

@@ -4,10 +4,6 @@
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import ml_collections
@@ -15,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import helpers_train
 from losa_jax import checkpointing
 from losa_jax import config_lib
 from losa_jax import predict
@@ -127,27 +124,6 @@ def _config_file(tmp_path, **kw):
   return str(path)
 
 
-def _run_train(cfg, workdir, *, kill_after_ckpt=None, extra=()):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "losa_jax.train", f"--config={cfg}",
-         f"--workdir={workdir}", *extra]
-  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  if kill_after_ckpt is None:
-    out, _ = proc.communicate(timeout=300)
-    return proc.returncode, out
-  ckdir = os.path.join(workdir, "checkpoints", str(kill_after_ckpt))
-  deadline = time.time() + 300
-  while not os.path.isdir(ckdir) and proc.poll() is None:
-    if time.time() > deadline:
-      proc.kill()
-      raise TimeoutError("training never reached its first checkpoint")
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)      # no clean shutdown at all
-  out, _ = proc.communicate(timeout=60)
-  return proc.returncode, out
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_params(tmp_path):
   # The uninterrupted reference runs in this process (one interpreter start
@@ -156,12 +132,13 @@ def test_killed_run_resumes_to_the_same_params(tmp_path):
   train.train_and_evaluate(digits_config(steps=24, ckpt_every=4),
                            str(tmp_path / "ref"))
   cfg = _config_file(tmp_path, steps=24, ckpt_every=4)
-  rc, out = _run_train(cfg, str(tmp_path / "killed"), kill_after_ckpt=8)
+  rc, out = helpers_train.run_train(cfg, str(tmp_path / "killed"),
+                                     kill_after_ckpt=8)
   assert rc != 0                         # it really was killed mid-run
   ckpts = sorted(int(s) for s in os.listdir(tmp_path / "killed" / "checkpoints")
                  if s.isdigit())
   assert ckpts and max(ckpts) < 24, ckpts
-  rc, out = _run_train(cfg, str(tmp_path / "killed"))
+  rc, out = helpers_train.run_train(cfg, str(tmp_path / "killed"))
   assert rc == 0, out
   assert "Resumed from step" in out
   s1, _, p1 = _final_params(str(tmp_path / "ref"), None)

@@ -94,23 +94,21 @@ TIME_PERM = np.array([2, 0, 1])
 SPACE_PERM = np.array([4, 2, 0, 3, 1])
 
 
-def test_spatial_mixer_commutes_with_frame_permutations():
-  f, _ = _mixer_fn("space")
-  np.testing.assert_allclose(f(_grid_perm(Z, time_perm=TIME_PERM)),
-                             _grid_perm(f(Z), time_perm=TIME_PERM),
+# The spatial mixer's weights are per position and shared across frames, the
+# temporal mixer's the other way round: each commutes with permuting the axis
+# it does not mix, and not with the one it mixes.
+@pytest.mark.parametrize("mixing,commutes_with,not_with", [
+    ("space", dict(time_perm=TIME_PERM), dict(space_perm=SPACE_PERM)),
+    ("time", dict(space_perm=SPACE_PERM), dict(time_perm=TIME_PERM)),
+])
+def test_factorised_mixer_commutes_with_the_other_axis(mixing, commutes_with,
+                                                        not_with):
+  f, _ = _mixer_fn(mixing)
+  np.testing.assert_allclose(f(_grid_perm(Z, **commutes_with)),
+                             _grid_perm(f(Z), **commutes_with),
                              rtol=1e-5, atol=1e-6)
-  # ...but not with spatial ones (its weights are per position).
-  assert not np.allclose(f(_grid_perm(Z, space_perm=SPACE_PERM)),
-                         _grid_perm(f(Z), space_perm=SPACE_PERM), atol=1e-4)
-
-
-def test_temporal_mixer_commutes_with_spatial_permutations():
-  f, _ = _mixer_fn("time")
-  np.testing.assert_allclose(f(_grid_perm(Z, space_perm=SPACE_PERM)),
-                             _grid_perm(f(Z), space_perm=SPACE_PERM),
-                             rtol=1e-5, atol=1e-6)
-  assert not np.allclose(f(_grid_perm(Z, time_perm=TIME_PERM)),
-                         _grid_perm(f(Z), time_perm=TIME_PERM), atol=1e-4)
+  assert not np.allclose(f(_grid_perm(Z, **not_with)),
+                         _grid_perm(f(Z), **not_with), atol=1e-4)
 
 
 def test_joint_mixer_commutes_with_neither():

@@ -85,22 +85,31 @@ def _png(value):
   return tf.io.encode_png(np.full((10, 12, 3), value, np.uint8)).numpy()
 
 
+def _fake_objects(file_key: str, int_key: str, coords_key: str, objects):
+  """Detection-shaped examples, one per (ints [N], coords [N, 3]) in `objects`:
+  a PNG, a file name under `file_key`, and "objects" with int64 [N] `int_key`
+  and float32 [N, 3] `coords_key`."""
+  examples = [{"image": _png(i), file_key: f"{i}.png",
+               "objects": {int_key: np.asarray(ints, np.int64),
+                           coords_key: np.asarray(coords, np.float32)}}
+              for i, (ints, coords) in enumerate(objects)]
+  return _fake_dataset(examples, {
+      "image": tf.TensorSpec([], tf.string),
+      file_key: tf.TensorSpec([], tf.string),
+      "objects": {int_key: tf.TensorSpec([None], tf.int64),
+                  coords_key: tf.TensorSpec([None, 3], tf.float32)}})
+
+
 def _fake_clevr():
   """CLEVR-shaped examples: 3..8 objects, closest depth in each class."""
   rng = np.random.RandomState(0)
-  examples = []
+  objects = []
   for i, near in enumerate([7.5, 8.1, 8.6, 9.1, 9.6, 10.2]):
     coords = rng.uniform(0.0, 1.0, (3 + i, 3)).astype(np.float32)
     coords[:, 2] = near + rng.uniform(0.0, 2.0, 3 + i)
     coords[-1, 2] = near
-    examples.append({"image": _png(i), "file_name": f"{i}.png",
-                     "objects": {"size": np.zeros(3 + i, np.int64),
-                                 "pixel_coords": coords}})
-  return _fake_dataset(examples, {
-      "image": tf.TensorSpec([], tf.string),
-      "file_name": tf.TensorSpec([], tf.string),
-      "objects": {"size": tf.TensorSpec([None], tf.int64),
-                  "pixel_coords": tf.TensorSpec([None, 3], tf.float32)}})
+    objects.append((np.zeros(3 + i, np.int64), coords))
+  return _fake_objects("file_name", "size", "pixel_coords", objects)
 
 
 def _fake_kitti():
@@ -108,17 +117,11 @@ def _fake_kitti():
   objects = [([], []), ([3], [2.0]), ([0, 3], [5.0, 1.0]),
              ([1, 2], [30.0, 12.0]), ([2, 6], [25.0, 3.0]), ([0], [8.0])]
   examples = []
-  for i, (types, depths) in enumerate(objects):
+  for types, depths in objects:
     loc = np.ones((len(depths), 3), np.float32)
     loc[:, 2] = depths
-    examples.append({"image": _png(i), "image/file_name": f"{i}.png",
-                     "objects": {"type": np.array(types, np.int64),
-                                 "location": loc}})
-  return _fake_dataset(examples, {
-      "image": tf.TensorSpec([], tf.string),
-      "image/file_name": tf.TensorSpec([], tf.string),
-      "objects": {"type": tf.TensorSpec([None], tf.int64),
-                  "location": tf.TensorSpec([None, 3], tf.float32)}})
+    examples.append((types, loc))
+  return _fake_objects("image/file_name", "type", "location", examples)
 
 
 @pytest.fixture

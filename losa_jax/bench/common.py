@@ -213,6 +213,20 @@ def write_json(path: str, payload: Any, *, indent: int = 1) -> None:
   os.replace(tmp, path)
 
 
+def write_results(out: str, tables: Mapping[str, Sequence[Mapping[str, Any]]],
+                  meta: Any, markdown: str, *,
+                  float_format: Optional[str] = ".6g") -> None:
+  """A run's outputs into folder `out` (made if missing): every
+  `tables[name]` (rows) as the CSV out/name, `meta` as out/meta.json and
+  `markdown` as out/results.md."""
+  os.makedirs(out, exist_ok=True)
+  for name, rows in tables.items():
+    write_csv(os.path.join(out, name), rows, float_format=float_format)
+  write_json(os.path.join(out, "meta.json"), meta)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(markdown)
+
+
 def save_figure(fig, out: str, name: str, *, dpi: int = 110) -> str:
   """Saves a matplotlib figure as out/name, closes it; returns the path."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -243,6 +257,21 @@ def parse_private_flags(prog: str, define_flags: Callable, argv=None):
     raise app.UsageError(f"unexpected arguments {extra}; every option is a "
                          "--flag (see --help).")
   return fv, argv
+
+
+def start_flags_only_main(argv: Sequence[str]) -> None:
+  """The first lines of an `app.run` main whose settings are all --flags:
+  refuses positional arguments (argv[1:]), and unless --verbosity was given
+  keeps the terminal to progress lines (Orbax, porting and optim log at
+  INFO)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
+                         "a --flag (see --help).")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def absl_main(run_flags: Callable) -> Callable:

@@ -29,6 +29,19 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
+def _section(title: str, text: str, header: Sequence[str],
+             rows: Sequence[Sequence[Any]]) -> List[str]:
+  """The markdown lines of one report section: "## title", the reading
+  `text` (none if empty) and the table of `rows` under `header`."""
+  return [f"## {title}", "", *([text, ""] if text else []),
+          md_table(header, rows), ""]
+
+
+def _mibs(row: Dict[str, Any], *keys: str) -> List[str]:
+  """row[key] bytes in MiB, 3 significant digits, for each key."""
+  return [_num(row[k] / MIB) for k in keys]
+
+
 def _fmt_int(x) -> str:
   return f"{int(x):,}"
 
@@ -230,48 +243,45 @@ def markdown(results, meta, lin) -> str:
                      for s, p in results.items() if p]), ""]
   comp = _rows(results, "compiled")
   if comp:
-    parts += [f"## Compiled cost per train step (batch {comp[0]['batch']}, "
-              f"{comp[0]['image_size']} px, f32, unrolled blocks)", "",
-              "XLA:CPU `cost_analysis` / `memory_analysis` of the real jitted "
-              "step, abstract inputs. peak = arguments + outputs + temp - "
-              "aliased (donated) bytes.", ""]
-    rows = []
-    for r in comp:
-      rows.append([r["variant"], r["method"], _fmt_int(r["trainable_params"]),
-                   _num(r['flops'] / 1e9), f"{r['flops_vs_forward']:.2f}",
-                   _num(r['temp_bytes'] / MIB),
-                   _num(r['argument_bytes'] / MIB),
-                   _num(r['peak_bytes'] / MIB),
-                   f"{r['peak_vs_forward']:.2f}",
-                   f"{r['losa_peak_fraction']:.3f}"])
-    parts += [md_table(["variant", "method", "trainable params", "GFLOPs",
-                        "FLOPs / fwd", "temp MiB", "args MiB", "peak MiB",
-                        "peak / fwd", "LoSA peak / this"], rows), ""]
+    parts += _section(
+        f"Compiled cost per train step (batch {comp[0]['batch']}, "
+        f"{comp[0]['image_size']} px, f32, unrolled blocks)",
+        "XLA:CPU `cost_analysis` / `memory_analysis` of the real jitted "
+        "step, abstract inputs. peak = arguments + outputs + temp - "
+        "aliased (donated) bytes.",
+        ["variant", "method", "trainable params", "GFLOPs", "FLOPs / fwd",
+         "temp MiB", "args MiB", "peak MiB", "peak / fwd",
+         "LoSA peak / this"],
+        [[r["variant"], r["method"], _fmt_int(r["trainable_params"]),
+          _num(r['flops'] / 1e9), f"{r['flops_vs_forward']:.2f}",
+          *_mibs(r, "temp_bytes", "argument_bytes", "peak_bytes"),
+          f"{r['peak_vs_forward']:.2f}", f"{r['losa_peak_fraction']:.3f}"]
+         for r in comp])
   dt = _rows(results, "dtype")
   if dt:
-    parts += [f"## LoSA: bf16 backbone, scanned blocks, donation "
-              f"({dt[0]['variant']}, batch {dt[0]['batch']})", "",
-              md_table(["backbone", "blocks", "donated", "args MiB",
-                        "temp MiB", "aliased MiB", "peak MiB"],
-                       [[r["backbone"], r["blocks"], r["donate"],
-                         _num(r['argument_bytes'] / MIB),
-                         _num(r['temp_bytes'] / MIB),
-                         _num(r['alias_bytes'] / MIB),
-                         _num(r['peak_bytes'] / MIB)] for r in dt]), ""]
+    parts += _section(
+        f"LoSA: bf16 backbone, scanned blocks, donation "
+        f"({dt[0]['variant']}, batch {dt[0]['batch']})", "",
+        ["backbone", "blocks", "donated", "args MiB", "temp MiB",
+         "aliased MiB", "peak MiB"],
+        [[r["backbone"], r["blocks"], r["donate"],
+          *_mibs(r, "argument_bytes", "temp_bytes", "alias_bytes",
+                 "peak_bytes")] for r in dt])
   meas = _rows(results, "measured")
   if meas:
-    parts += [f"## Measured step time (batch {meas[0]['batch']}, "
-              f"{meas[0]['reps']} interleaved reps after warm-up)", "",
-              "All methods of a variant run round-robin in one process; "
-              "ratios are to the backbone forward measured in the same "
-              "rounds. `losa_cached` = LoSA's step from bf16 features "
-              "already on the device (no backbone).", "",
-              md_table(["variant", "method", "median s/step", "min-max s",
-                        "examples/s", "step / forward"],
-                       [[r["variant"], r["method"], _num(r['median_s']),
-                         f"{_num(r['min_s'])}-{_num(r['max_s'])}",
-                         _num(r['examples_per_s']),
-                         f"{r['vs_forward']:.2f}"] for r in meas]), ""]
+    parts += _section(
+        f"Measured step time (batch {meas[0]['batch']}, "
+        f"{meas[0]['reps']} interleaved reps after warm-up)",
+        "All methods of a variant run round-robin in one process; "
+        "ratios are to the backbone forward measured in the same "
+        "rounds. `losa_cached` = LoSA's step from bf16 features "
+        "already on the device (no backbone).",
+        ["variant", "method", "median s/step", "min-max s", "examples/s",
+         "step / forward"],
+        [[r["variant"], r["method"], _num(r['median_s']),
+          f"{_num(r['min_s'])}-{_num(r['max_s'])}",
+          _num(r['examples_per_s']), f"{r['vs_forward']:.2f}"]
+         for r in meas])
   cache = _rows(results, "cache")
   if cache:
     r = cache[0]

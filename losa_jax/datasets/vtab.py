@@ -81,6 +81,17 @@ def _task(display, tfds_name, group, num_classes, splits, label_pp=_KEEP,
               note=note)
 
 
+def _smallnorb(display: str, num_classes: int, label_key: str):
+  """The sNORB task predicting `label_key` (azimuth or elevation); both
+  split test alike: val is its first half, test its second."""
+  return _task(
+      display, "smallnorb", "structured", num_classes,
+      dict(_official_val("test[:50%]"), val200="test[:200]",
+           train800val200="train[:800]+test[:200]", test="test[50%:]"),
+      label_pp=f"copy('{label_key}', 'label')|{_KEEP}",
+      note="val = first half of test, test = second half")
+
+
 def _dsprites(attribute: str, num_original: int) -> str:
   return (f"decode(channels=3)|dsprites_label('{attribute}', 16, "
           f"{num_original})|{_KEEP}")
@@ -132,18 +143,8 @@ TASKS: Dict[str, Dict[str, Any]] = {
                           _train_only(737_280, 80, 10),
                           label_pp=_dsprites("label_orientation", 40),
                           note="train 737280"),
-    "smallnorb_azi": _task(
-        "sNORB-Azim", "smallnorb", "structured", 18,
-        dict(_official_val("test[:50%]"), val200="test[:200]",
-             train800val200="train[:800]+test[:200]", test="test[50%:]"),
-        label_pp=f"copy('label_azimuth', 'label')|{_KEEP}",
-        note="val = first half of test, test = second half"),
-    "smallnorb_ele": _task(
-        "sNORB-Elev", "smallnorb", "structured", 9,
-        dict(_official_val("test[:50%]"), val200="test[:200]",
-             train800val200="train[:800]+test[:200]", test="test[50%:]"),
-        label_pp=f"copy('label_elevation', 'label')|{_KEEP}",
-        note="val = first half of test, test = second half"),
+    "smallnorb_azi": _smallnorb("sNORB-Azim", 18, "label_azimuth"),
+    "smallnorb_ele": _smallnorb("sNORB-Elev", 9, "label_elevation"),
 }
 
 # Short names used by NOAH/VPT-style code bases.

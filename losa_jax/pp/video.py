@@ -263,19 +263,29 @@ def _check_fits(video, h, w, op):
       "first (e.g. video_resize_small).")
 
 
+def _window_op(op: str, h: int, w: int, key: str, offsets):
+  """The fn of crop op `op`: ex[key] [T, H, W, C] -> [T, h, w, C], the same
+  window of every frame, at (top, left) = offsets(ex, H, W) (scalar tensors).
+  Frames smaller than (h, w) fail with the op's name."""
+
+  def fn(ex):
+    video = ex[key]
+    _check_fits(video, h, w, op)
+    shape = tf.shape(video)
+    top, left = offsets(ex, shape[1], shape[2])
+    ex[key] = _crop(video, top, left, h, w)
+    return ex
+
+  return fn
+
+
 @pp_lib.register("video_central_crop")
 def _video_central_crop(size, key: str = "video"):
   """The central (h, w) window of every frame."""
   h, w = pp_lib.hw(size, "video_central_crop")
-
-  def fn(ex):
-    video = ex[key]
-    _check_fits(video, h, w, "video_central_crop")
-    shape = tf.shape(video)
-    ex[key] = _crop(video, (shape[1] - h) // 2, (shape[2] - w) // 2, h, w)
-    return ex
-
-  return fn
+  return _window_op("video_central_crop", h, w, key,
+                    lambda ex, height, width: ((height - h) // 2,
+                                               (width - w) // 2))
 
 
 @pp_lib.register("video_random_crop", random=True)
@@ -283,19 +293,12 @@ def _video_random_crop(size, key: str = "video"):
   """One random (h, w) window (seeded), the same for every frame."""
   h, w = pp_lib.hw(size, "video_random_crop")
 
-  def fn(ex):
-    video = ex[key]
-    _check_fits(video, h, w, "video_random_crop")
-    shape = tf.shape(video)
-    seed = _next_seed(ex)
+  def offsets(ex, height, width):
     off = tf.random.stateless_uniform(
-        [2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
-    top = off[0] % (shape[1] - h + 1)
-    left = off[1] % (shape[2] - w + 1)
-    ex[key] = _crop(video, top, left, h, w)
-    return ex
+        [2], _next_seed(ex), minval=0, maxval=tf.int32.max, dtype=tf.int32)
+    return off[0] % (height - h + 1), off[1] % (width - w + 1)
 
-  return fn
+  return _window_op("video_random_crop", h, w, key, offsets)
 
 
 def spatial_crop_offsets(height, width, size: int, index: int,
@@ -330,17 +333,10 @@ def _video_spatial_crop(size: int, index: int, num_crops: int = 3,
   _positive_int(size, "video_spatial_crop: size")
   _positive_int(num_crops, "video_spatial_crop: num_crops")
   spatial_crop_offsets(size, size, size, index, num_crops)   # checks index
-
-  def fn(ex):
-    video = ex[key]
-    _check_fits(video, size, size, "video_spatial_crop")
-    shape = tf.shape(video)
-    top, left = spatial_crop_offsets(shape[1], shape[2], size, index,
-                                     num_crops)
-    ex[key] = _crop(video, top, left, size, size)
-    return ex
-
-  return fn
+  return _window_op(
+      "video_spatial_crop", size, size, key,
+      lambda ex, height, width: spatial_crop_offsets(height, width, size,
+                                                     index, num_crops))
 
 
 @pp_lib.register("video_flip_lr", random=True)

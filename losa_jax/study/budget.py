@@ -39,7 +39,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from losa_jax import build
 from losa_jax import demo
@@ -48,6 +47,7 @@ from losa_jax.datasets import study_tasks
 from losa_jax.population import members as members_lib
 from losa_jax.study import ablation
 from losa_jax.study import budget_report
+from losa_jax.study import run as study_run
 from losa_jax.study import search
 
 FLAGS = flags.FLAGS
@@ -70,12 +70,9 @@ def _log(msg: str):
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """The study's flags; defined on demand, so importing claims no names."""
+  study_run.define_out_task_method_flags(flag_values, tasks=TASKS,
+                                        methods=METHODS)
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_string("out", None, "Output folder (required).", **fv)
-  flags.DEFINE_list("tasks", list(TASKS), "Study tasks "
-                    "(losa_jax.datasets.study_tasks.TASKS).", **fv)
-  flags.DEFINE_list("methods", list(METHODS),
-                    f"Methods, among {list(METHODS)}.", **fv)
   flags.DEFINE_list("lrs", [f"{x:g}" for x in LRS], "Learning rates every "
                     "method but full fine-tuning searches.", **fv)
   flags.DEFINE_list("full_lrs", [f"{x:g}" for x in FULL_LRS], "Learning "
@@ -108,12 +105,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
                       "configs/default.py); see study.run --config.", **fv)
   flags.DEFINE_bool("quick", False, "Smoke size: digits, LoSA and linear, "
                     "K = 2, 3 steps at batch 8, one switch (tests).", **fv)
-  flags.register_validator(
-      "tasks", lambda v: not set(v) - set(study_tasks.TASKS),
-      message=f"unknown task; use some of {sorted(study_tasks.TASKS)}.", **fv)
-  flags.register_validator(
-      "methods", lambda v: not set(v) - set(METHODS),
-      message=f"unknown method; use some of {list(METHODS)}.", **fv)
 
 
 @dataclasses.dataclass
@@ -379,11 +370,7 @@ def cfg_of_first_task(a: Args, method: str):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
-                         "a --flag (see --help).")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  common.start_flags_only_main(argv)
   run_budget(args_from_flags())
 
 

@@ -7,7 +7,6 @@ K members, selection, cost), a *member* (one config of a search), *costs*
 (per method: compiled step, search step, interleaved times) and the
 ablation's member rows and effects (`study.ablation`).
 """
-import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -216,25 +215,16 @@ def write_all(out: str, searches, members, costs, tasks, ablation_rows,
               ablation_effects, ablation_tasks, meta) -> Dict[str, Any]:
   """searches.csv, members.csv, cost.csv, task_mean.csv, ablation*.csv,
   meta.json, results.md and the plots into `out`."""
-  os.makedirs(out, exist_ok=True)
   methods = [c["label"] for c in costs if c["label"] in
              {s["method"] for s in searches}]
   means = task_means(searches, methods, tasks)
-  fmt = dict(float_format=".6g")
-  common.write_csv(os.path.join(out, "searches.csv"), searches, **fmt)
-  common.write_csv(os.path.join(out, "members.csv"), members, **fmt)
-  common.write_csv(os.path.join(out, "cost.csv"), costs, **fmt)
-  common.write_csv(os.path.join(out, "task_mean.csv"),
-                   [{"method": k, **v} for k, v in means.items()], **fmt)
-  common.write_csv(os.path.join(out, "ablation_members.csv"), ablation_rows,
-                   **fmt)
-  common.write_csv(os.path.join(out, "ablation_effects.csv"),
-                   ablation_effects, **fmt)
-  common.write_json(os.path.join(out, "meta.json"), meta)
   md = markdown(searches, costs, means, tasks, ablation_effects,
                 ablation_tasks, meta)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(md)
+  common.write_results(out, {
+      "searches.csv": searches, "members.csv": members, "cost.csv": costs,
+      "task_mean.csv": [{"method": k, **v} for k, v in means.items()],
+      "ablation_members.csv": ablation_rows,
+      "ablation_effects.csv": ablation_effects}, meta, md)
   plots = plot(out, costs, means, tasks, ablation_effects)
   return {"means": means, "markdown": md, "plots": plots}
 

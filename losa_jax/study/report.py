@@ -7,7 +7,6 @@ steps, batch, num_classes, trainable_params, the compiled cost of the step
 (`cost.cost_of_compiled` fields), compile_s, accuracy, final_loss,
 step_s_median, train_s and curve [(step, loss, batch accuracy)].
 """
-import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -247,16 +246,11 @@ def write_all(out: str, runs: List[Dict], variants: Sequence[Dict],
   summary = summarize(runs, timing)
   costs = cost_rows(variants, timing)
   avg = task_average(runs, [c["label"] for c in costs], tasks)
-  fmt = dict(float_format=".6g")
-  common.write_csv(os.path.join(out, "runs.csv"), runs, **fmt)
-  common.write_csv(os.path.join(out, "summary.csv"), summary, **fmt)
-  common.write_csv(os.path.join(out, "cost.csv"), costs, **fmt)
-  common.write_csv(os.path.join(out, "task_mean.csv"),
-                   [{"label": k, **v} for k, v in avg.items()], **fmt)
-  common.write_json(os.path.join(out, "meta.json"), meta)
   md = markdown(summary, costs, avg, tasks, meta)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(md)
+  common.write_results(out, {
+      "runs.csv": runs, "summary.csv": summary, "cost.csv": costs,
+      "task_mean.csv": [{"label": k, **v} for k, v in avg.items()]},
+      meta, md)
   plots = plot_all(out, summary, costs, avg, runs, tasks)
   return {"summary": summary, "costs": costs, "avg": avg, "markdown": md,
           "plots": plots}

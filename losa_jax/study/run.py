@@ -47,7 +47,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
 
@@ -85,14 +84,32 @@ def _log(msg: str):
 # --- command line -------------------------------------------------------------
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS):
-  """The study's flags; defined on demand, so importing claims no names."""
+def define_out_task_method_flags(flag_values: flags.FlagValues, *,
+                                 tasks: Sequence[str],
+                                 methods: Sequence[str]):
+  """--out, --tasks (default `tasks`, any of study_tasks.TASKS) and --methods
+  (default and choices: `methods`), each value checked; the studies' shared
+  flags (this one and study.budget)."""
   fv = dict(flag_values=flag_values)
   flags.DEFINE_string("out", None, "Output folder (required).", **fv)
-  flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Study tasks "
+  flags.DEFINE_list("tasks", list(tasks), "Study tasks "
                     "(losa_jax.datasets.study_tasks.TASKS).", **fv)
-  flags.DEFINE_list("methods", list(DEFAULT_METHODS),
-                    f"Methods, among {list(DEFAULT_METHODS)}.", **fv)
+  flags.DEFINE_list("methods", list(methods),
+                    f"Methods, among {list(methods)}.", **fv)
+  flags.register_validator(
+      "tasks", lambda v: not set(v) - set(study_tasks.TASKS),
+      message=f"unknown task; use some of {sorted(study_tasks.TASKS)}.",
+      **fv)
+  flags.register_validator(
+      "methods", lambda v: not set(v) - set(methods),
+      message=f"unknown method; use some of {list(methods)}.", **fv)
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS):
+  """The study's flags; defined on demand, so importing claims no names."""
+  define_out_task_method_flags(flag_values, tasks=DEFAULT_TASKS,
+                               methods=DEFAULT_METHODS)
+  fv = dict(flag_values=flag_values)
   flags.DEFINE_list("ranks", [str(r) for r in DEFAULT_RANKS],
                     "LoSA ranks (one row per rank).", **fv)
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (init and data order).",
@@ -109,13 +126,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
                     "the missing ones.", **fv)
   flags.DEFINE_bool("quick", False, "Smoke size: 1 task, LoSA and linear, 1 "
                     "seed, 8 steps at batch 16 (tests).", **fv)
-  flags.register_validator(
-      "tasks", lambda v: not set(v) - set(study_tasks.TASKS),
-      message=f"unknown task; use some of {sorted(study_tasks.TASKS)}.",
-      **fv)
-  flags.register_validator(
-      "methods", lambda v: not set(v) - set(DEFAULT_METHODS),
-      message=f"unknown method; use some of {list(DEFAULT_METHODS)}.", **fv)
   for name in ("ranks", "seeds"):
     flags.register_validator(
         name, lambda v: all(x.strip().isdigit() for x in v),
@@ -429,12 +439,7 @@ def run_study(a: Args) -> Dict[str, Any]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
-                         "a --flag (see --help).")
-  if not FLAGS["verbosity"].present:
-    # Keep the terminal to progress lines (porting and optim log at INFO).
-    logging.set_verbosity(logging.WARNING)
+  common.start_flags_only_main(argv)
   run_study(args_from_flags())
 
 

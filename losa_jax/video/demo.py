@@ -42,7 +42,8 @@ from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from losa_jax.bench import common
 
 FLAGS = flags.FLAGS
 
@@ -108,12 +109,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
-                         "a --flag (see --help).")
-  if not FLAGS["verbosity"].present:
-    # Keep the terminal to progress lines; Orbax logs every write at INFO.
-    logging.set_verbosity(logging.WARNING)
+  common.start_flags_only_main(argv)
   runs = [RUNS[int(i)] for i in FLAGS.only] if FLAGS.only else RUNS
   rows = run(FLAGS.steps, runs, FLAGS.root,
              extra_arg="" if FLAGS.no_cache else "cache")
