@@ -16,6 +16,11 @@ variables (both routes of `losa_jax.distributed.initialize`).
 an npz with "final/<param>" (the trainable params after the run),
 "ckpt<step>/<param>" for every checkpoint in the workdir, and "results"
 (the results dict as JSON).
+
+--nan_workdir W --then_nan_at_step K: after the run (and its dump), the same
+processes train the same config again in W with the loss made NaN at step K,
+so one launch serves two checks (each process start costs ~10 s of CPU);
+that second run is expected to end the process with NonFiniteLossError.
 """
 import argparse
 import json
@@ -113,6 +118,10 @@ def main():
   p.add_argument("--nan_at_step", type=int, default=0,
                  help="make the loss NaN at this step (on one process's rows)")
   p.add_argument("--dump", default="")
+  p.add_argument("--nan_workdir", default="",
+                 help="after the run, train again here with a NaN loss")
+  p.add_argument("--then_nan_at_step", type=int, default=3,
+                 help="the step of --nan_workdir's run whose loss is NaN")
   p.add_argument("--cache_dir", default="",
                  help="JAX persistent compilation cache (reruns skip XLA)")
   p.add_argument("--stack_dump_s", type=float, default=0,
@@ -162,6 +171,11 @@ def main():
     os.replace(args.dump + ".tmp.npz", args.dump)
   distributed.sync("worker_done")
   print(f"process {jax.process_index()} done", flush=True)
+
+  if args.nan_workdir:
+    nan_args = argparse.Namespace(**{**vars(args),
+                                     "nan_at_step": args.then_nan_at_step})
+    train.train_and_evaluate(make_config(nan_args), args.nan_workdir)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ each, joined by `jax.distributed` (gloo collectives), running the trainer.
 
 The processes are started with `tests/multihost_worker.py`; every launch has
 a timeout and kills its process groups on failure. A persistent compilation
-cache shared by the launches keeps the reruns cheap.
+cache shared by the launches keeps the reruns cheap. The two tests share
+their launches (a module fixture): each process start costs ~10 s of CPU.
 """
 import argparse
 import json
@@ -35,19 +36,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  """Shared by the launches of this file (on CPU only process 0 reads it
-  back: the cache key of the other processes differs)."""
-  return tmp_path_factory.mktemp("jax_cache")
-
-
 def _launch(workdir, steps, *, tmp_path, cache_dir, num_processes=2,
-            ckpt_every=0, dump=None, nan_at_step=0, expect_ok=True):
+            ckpt_every=0, dump=None, nan_workdir=None, nan_at_step=0,
+            expect_ok=True, timeout_s=TIMEOUT_S):
   """Starts the processes, waits for all; returns [(returncode, log text)].
 
   Process 1 connects through the LOSA_* environment variables, process 0
-  through config.distributed: both routes of distributed.initialize.
+  through config.distributed: both routes of distributed.initialize. With
+  nan_workdir, the processes train again there after the run, with the loss
+  NaN at nan_at_step (multihost_worker.py --nan_workdir).
   """
   t0 = time.time()
   port = _free_port()
@@ -61,8 +58,10 @@ def _launch(workdir, steps, *, tmp_path, cache_dir, num_processes=2,
              "--steps", str(steps), "--ckpt_every", str(ckpt_every),
              "--local_devices", "2", "--num_processes", str(num_processes),
              "--process_id", str(i), "--port", str(port),
-             "--cache_dir", str(cache_dir),
-             "--nan_at_step", str(nan_at_step)]
+             "--cache_dir", str(cache_dir)]
+      if nan_workdir:
+        cmd += ["--nan_workdir", str(nan_workdir),
+                "--then_nan_at_step", str(nan_at_step)]
       if dump and i == 0:
         cmd += ["--dump", str(dump)]
       if i == 1:
@@ -73,10 +72,10 @@ def _launch(workdir, steps, *, tmp_path, cache_dir, num_processes=2,
       procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, cwd=os.path.dirname(HERE),
                                     start_new_session=True))
-    deadline = time.time() + TIMEOUT_S
+    deadline = time.time() + timeout_s
     while any(p.poll() is None for p in procs):
       if time.time() > deadline:
-        raise TimeoutError(f"workers still running after {TIMEOUT_S} s")
+        raise TimeoutError(f"workers still running after {timeout_s} s")
       if expect_ok and any(p.poll() not in (None, 0) for p in procs):
         time.sleep(2)   # let the others print their view, then stop them
         break
@@ -145,29 +144,46 @@ def _metric_steps(workdir):
             if "loss" in json.loads(line)]
 
 
-@pytest.mark.slow
-def test_two_processes_train_resume_and_match_one_process(tmp_path,
-                                                          cache_dir):
-  n = 2
-  t0 = time.time()
-  ref, ref_results = _reference(tmp_path, steps=2 * n, ckpt_every=n)
-  print(f"single-process reference: {time.time() - t0:.1f} s", flush=True)
+N = 2   # steps of the first launch; the rerun goes to 2N
 
-  # N steps on two processes, exit, rerun to 2N: resumes from the checkpoint.
-  workdir = tmp_path / "two"
-  _launch(workdir, n, tmp_path=tmp_path, cache_dir=cache_dir, ckpt_every=n,
-          dump=tmp_path / "a.npz")
-  out = _launch(workdir, 2 * n, tmp_path=tmp_path, cache_dir=cache_dir,
-                ckpt_every=n, dump=tmp_path / "b.npz")
-  a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The single-process reference, then two launches of two processes: N
+  steps; a rerun to 2N in the same workdir (it resumes from the checkpoint)
+  whose processes then train again in another workdir with a NaN loss at
+  step 3 (a row of process 1's share). Returns paths and logs; the tests
+  below assert."""
+  tmp = tmp_path_factory.mktemp("multihost")
+  cache_dir = tmp / "jax_cache"
+  t0 = time.time()
+  ref = _reference(tmp, steps=2 * N, ckpt_every=N)
+  print(f"single-process reference: {time.time() - t0:.1f} s", flush=True)
+  workdir = tmp / "two"
+  _launch(workdir, N, tmp_path=tmp, cache_dir=cache_dir, ckpt_every=N,
+          dump=tmp / "a.npz")
+  # No early stop on a failing process: the NaN run must fail on each.
+  second = _launch(workdir, 2 * N, tmp_path=tmp, cache_dir=cache_dir,
+                   ckpt_every=N, dump=tmp / "b.npz", nan_workdir=tmp / "nan",
+                   nan_at_step=3, expect_ok=False, timeout_s=2 * TIMEOUT_S)
+  return dict(tmp=tmp, workdir=workdir, ref=ref, second=second)
+
+
+@pytest.mark.slow
+def test_two_processes_train_resume_and_match_one_process(runs):
+  tmp, workdir, (ref, ref_results) = runs["tmp"], runs["workdir"], runs["ref"]
+  # The rerun's own training ended on every process (the NaN run follows).
+  for i, (_, text) in enumerate(runs["second"]):
+    assert f"process {i} done" in text, f"process {i}:\n{text[-4000:]}"
+  a, b = np.load(tmp / "a.npz"), np.load(tmp / "b.npz")
   assert json.loads(str(a["mesh"])) == {"data": 2, "fsdp": 2}
 
   # Same params as the single-process run, after N and after 2N steps.
-  _assert_close(_params(a, "final"), ref[f"ckpt{n}"], "2 processes, step N")
+  _assert_close(_params(a, "final"), ref[f"ckpt{N}"], "2 processes, step N")
   _assert_close(_params(b, "final"), ref["final"], "2 processes, resumed 2N")
-  _assert_close(_params(b, f"ckpt{2 * n}"), _params(b, "final"),
+  _assert_close(_params(b, f"ckpt{2 * N}"), _params(b, "final"),
                 "checkpoint 2N written across the 2 processes")
-  assert int(b[f"ckpt{2 * n}/_step"]) == 2 * n
+  assert int(b[f"ckpt{2 * N}/_step"]) == 2 * N
   results = json.loads(str(b["results"]))
   for k in ("train/loss", "test/loss", "test/accuracy"):
     np.testing.assert_allclose(results[k], ref_results[k], rtol=1e-4,
@@ -175,21 +191,22 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path,
   assert results["test/count"] == 20.0   # padding rows of each host dropped
 
   # Only process 0 logs: each step once; the resume is announced once.
-  assert _metric_steps(workdir) == list(range(1, 2 * n + 1))
-  (_, log0), (_, log1) = out
-  assert f"Resumed from step {n}" in log0
+  assert _metric_steps(workdir) == list(range(1, 2 * N + 1))
+  (_, log0), (_, log1) = runs["second"]
+  log0 = log0.split("process 0 done")[0]    # the resumed run's part
+  log1 = log1.split("process 1 done")[0]
+  assert f"Resumed from step {N}" in log0
   for line in ("Resumed", "Training losa", "| loss", "Final:"):
     assert line not in log1, f"process 1 printed {line!r}"
 
 
 @pytest.mark.slow
-def test_nan_stops_every_process_at_the_same_step(tmp_path, cache_dir):
+def test_nan_stops_every_process_at_the_same_step(runs):
   # The NaN example is a row of process 1's share of step 3; process 0's own
   # rows are finite, yet it must stop too (the loss is the global mean).
-  out = _launch(tmp_path / "nan", 4, tmp_path=tmp_path, cache_dir=cache_dir,
-                ckpt_every=2, nan_at_step=3, expect_ok=False)
-  for i, (rc, text) in enumerate(out):
+  for i, (rc, text) in enumerate(runs["second"]):
     assert rc != 0, f"process {i} did not fail:\n{text[-3000:]}"
+    text = text.split(f"process {i} done")[-1]    # the NaN run's part
     assert "NonFiniteLossError" in text and "at step 3" in text, (
         f"process {i}:\n{text[-3000:]}")
 
