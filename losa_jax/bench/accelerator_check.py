@@ -1,0 +1,279 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Correctness on the device, the cost guard and the largest-batch search
+of losa_jax.bench.accelerator (run inside its job processes).
+
+* compare_step: one tiny LoSA train step on the accelerator and on jax's CPU
+  backend, same process, same initial state and batch; loss and the update
+  of every trainable param compared within f32 / bf16 tolerance.
+* cost_guard: XLA FLOPs of the compiled LoSA train step over those of the
+  frozen backbone's forward (`.lower().compile().cost_analysis()`); LoSA
+  never runs the backbone's backward, so the ratio stays near 1.
+* max_batch: the largest batch whose real step runs, found by catching
+  XLA's out-of-memory error, starting from an affine fit of the compiled
+  memory of the batches already measured, within a time budget.
+"""
+import contextlib
+import gc
+import time
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from losa_jax.bench import accelerator_model as am
+
+GIB = am.GIB
+# (loss, update) relative tolerances. f32 runs at "highest" matmul precision
+# (GPUs otherwise use TF32 for f32 dots); bf16 backbone matmuls round their
+# outputs to 8 bits of mantissa, differently summed on each backend.
+TOLERANCE = {"float32": (1e-4, 1e-3), "bfloat16": (2e-2, 5e-2)}
+
+
+@contextlib.contextmanager
+def _precision(dtype: str):
+  """f32: matmuls at "highest" precision (on GPUs the default lets f32 dots
+  run in TF32 or bf16 passes); bf16: the default, as the benchmark runs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if dtype != "float32":
+    yield
+    return
+  scope = getattr(jax, "default_matmul_precision", None)
+  if scope is not None:
+    with scope("highest"):
+      yield
+    return
+  old = jax.config.jax_default_matmul_precision
+  jax.config.update("jax_default_matmul_precision", "highest")
+  try:
+    yield
+  finally:
+    jax.config.update("jax_default_matmul_precision", old)
+
+
+def _state_on(built, params_np, seed: int = 0):
+  """A fresh train state on `built`'s mesh from host params (new buffers,
+  so donating one backend's state never deletes the other's)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sh = built.state_sharding
+  params = jax.device_put(params_np, sh["params"])
+  return {"params": params,
+          "opt": jax.jit(built.tx.init, out_shardings=sh["opt"])(params),
+          "step": jax.device_put(jnp.zeros((), jnp.int32), sh["step"]),
+          "rng": jax.device_put(jax.random.key(seed), sh["rng"])}
+
+
+def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
+  """One LoSA step (SGD: an update linear in the gradient, so update
+  differences are gradient differences; Adam's first step is lr * sign(g),
+  where an ulp in a near-zero gradient flips a sign) on both backends.
+
+  Returns {dtype, backends, loss_accel, loss_cpu, loss_rel_diff,
+  grad_norm_rel_diff, update_rel_diff (L2 over all trainable leaves),
+  update_max_abs_diff, frozen_changed, tolerances, pass}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
+  cfg = configs.make_config(spec["check_variant"], "losa",
+                            bf16=dtype == "bfloat16",
+                            depth=spec.get("depth") or None)
+  cfg.optax_name, cfg.wd = "sgd", 0.0
+  accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
+  built = {"cpu": build.build(cfg, total_steps=10, mesh=sharding_lib.make_mesh(
+      [("data", 1)], [cpu]))}
+  # Without an accelerator the "two" backends are one: run one program twice.
+  built["accel"] = built["cpu"] if accel == cpu else build.build(
+      cfg, total_steps=10,
+      mesh=sharding_lib.make_mesh([("data", 1)], [accel]))
+  p0 = jax.device_get(am.random_tree(built["cpu"].state_shape["params"]))
+  rng = np.random.RandomState(0)
+  n, s = spec["check_batch"], cfg.image_size
+  batch = {"image": rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32),
+           "label": rng.randint(0, cfg.num_classes, (n,)).astype(np.int32)}
+  new, metrics = {}, {}
+  with _precision(dtype):
+    for name in ("accel", "cpu"):
+      b = built[name]
+      state, m = b.train_step(_state_on(b, p0), batch)
+      new[name] = tree_lib.flatten(jax.device_get(state["params"]))
+      metrics[name] = {k: float(v) for k, v in jax.device_get(m).items()}
+  flat0, mask = tree_lib.flatten(p0), built["cpu"].mask
+  trainable = [k for k in flat0 if mask[k]]
+  upd = {name: np.concatenate([
+      (np.asarray(new[name][k], np.float64) - np.asarray(flat0[k], np.float64)
+       ).ravel() for k in trainable]) for name in new}
+  frozen_changed = any(
+      not np.array_equal(np.asarray(new[name][k]), np.asarray(flat0[k]))
+      for name in new for k in flat0 if not mask[k])
+
+  def rel(a, b):
+    return float(abs(a - b) / max(abs(b), 1e-12))
+
+  tol_loss, tol_upd = TOLERANCE[dtype]
+  row = {"dtype": dtype, "variant": spec["check_variant"], "batch": n,
+         "backends": f"{accel.platform} vs {cpu.platform}",
+         "loss_accel": metrics["accel"]["loss"],
+         "loss_cpu": metrics["cpu"]["loss"],
+         "loss_rel_diff": rel(metrics["accel"]["loss"], metrics["cpu"]["loss"]),
+         "grad_norm_rel_diff": rel(metrics["accel"]["grad_norm"],
+                                   metrics["cpu"]["grad_norm"]),
+         "update_rel_diff": float(np.linalg.norm(upd["accel"] - upd["cpu"]) /
+                                  max(np.linalg.norm(upd["cpu"]), 1e-30)),
+         "update_max_abs_diff": float(np.abs(upd["accel"] - upd["cpu"]).max()),
+         "update_norm": float(np.linalg.norm(upd["cpu"])),
+         "frozen_changed": frozen_changed,
+         "tolerance_loss": tol_loss, "tolerance_update": tol_upd}
+  row["pass"] = bool(row["loss_rel_diff"] <= tol_loss and
+                     row["update_rel_diff"] <= tol_upd and not frozen_changed
+                     and row["update_norm"] > 0)
+  return row
+
+
+def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
+               ) -> Dict[str, Any]:
+  """Compiled FLOPs of the LoSA train step / the backbone forward, bf16 as
+  the timing section but with unrolled blocks: XLA's cost analysis counts a
+  while loop's body once, so a scanned backbone would show one block's
+  FLOPs. Pass if ratio <= spec["guard_max_ratio"]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  cfg = am.make_config(variant, "losa", spec, scan=False)
+  b = build.build(cfg, total_steps=1000)
+  step = cost.compiled_cost(b.train_step, b.state_shape,
+                            steps.abstract_batch(bsz, b.image_shape))
+  fn, shape = build.backbone_forward(cfg)
+  s = cfg.image_size
+  fwd = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(
+      (bsz, s, s, 3), jnp.float32))
+  ratio = step["flops"] / fwd["flops"] if fwd["flops"] else float("nan")
+  return {"variant": variant, "batch": bsz, "step_gflop": step["flops"] / 1e9,
+          "forward_gflop": fwd["flops"] / 1e9, "ratio": ratio,
+          "max_ratio": spec["guard_max_ratio"],
+          "pass": bool(ratio <= spec["guard_max_ratio"])}
+
+
+# --- the largest batch ------------------------------------------------------------
+
+
+def _guess(peaks: Sequence[Tuple[int, float]], budget: float) -> float:
+  """Batch at which the affine fit of (batch, compiled peak) hits budget."""
+  if not peaks:
+    return 0.0
+  (b1, p1), (b2, p2) = peaks[0], peaks[-1]
+  if b2 > b1 and p2 > p1:
+    slope = (p2 - p1) / (b2 - b1)
+    return (budget - (p1 - slope * b1)) / slope
+  return b1 * budget / max(p1, 1.0)
+
+
+def search(fits, *, lo: int, hi, guess: float, cap: int, mult: int,
+           resolution: float, deadline: float) -> Dict[str, Any]:
+  """Largest multiple of `mult` in (lo, cap] for which fits(b) is True.
+
+  lo: a batch known to fit (0: none); hi: one known not to (None: none).
+  Tries the guess first, then grows by 1.1x, 1.2x, 1.4x, ... until a
+  failure, then bisects (its first step just below the failure, where an
+  accurate guess puts the answer) until hi - lo <= max(mult, resolution *
+  lo), the cap is reached, or time.time() passes `deadline`.
+
+  Returns {max_batch: lo, first_oom: hi, tries: [[b, ok, s], ...],
+  exact, at_cap, stopped_by_budget}.
+  """
+  def snap(x):
+    return int(max(mult, min(cap, (int(x) // mult) * mult)))
+
+  def next_after_fit():
+    if hi is None:   # grow: 1.1x, 1.2x, 1.4x, ... but at least one step
+      return max(snap(lo * (1 + grow)), lo + mult)
+    return snap((lo + hi) // 2)
+
+  tries: List[List[Any]] = []
+  b, grow, stopped = snap(guess), 0.1, False
+  while True:
+    if lo >= cap or (hi is not None and hi - lo <= max(mult, resolution * lo)):
+      break
+    if time.time() > deadline:
+      stopped = True
+      break
+    if b <= lo or (hi is not None and b >= hi):
+      b = next_after_fit()
+      if b <= lo or b > cap or (hi is not None and b >= hi):
+        break   # nothing left between lo and hi at this granularity
+    t0 = time.perf_counter()
+    ok = bool(fits(b))
+    tries.append([b, ok, round(time.perf_counter() - t0, 2)])
+    if ok:
+      lo = b
+      b = next_after_fit()
+      grow *= 2
+    else:
+      first_fail = hi is None
+      hi = b
+      # An accurate guess that just failed: the answer is a little below.
+      b = snap(max((lo + hi) // 2, hi * 0.92) if first_fail
+               else (lo + hi) // 2)
+  return {"max_batch": lo, "first_oom": hi, "tries": tries,
+          "exact": hi is not None and hi - lo <= max(mult, resolution * lo),
+          "at_cap": lo >= cap, "stopped_by_budget": stopped}
+
+
+def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
+              ran: bool, failed: Sequence[int] = ()) -> Dict[str, Any]:
+  """The largest batch of method `m` (an accelerator_model.Method) that runs.
+
+  peaks: [batch, compiled peak bytes] pairs, for the first guess (an affine
+  fit); ran: whether those batches' real steps ran (the memory section's),
+  so the largest is known to fit; failed: batches that ran out of memory.
+  Real mode (the backend reports memory_stats and no --mem_cap_gib): a
+  batch fits if its real step runs without XLA's out-of-memory error.
+  Simulated mode (XLA:CPU, or a cap given): if its compiled peak is at most
+  the cap, so the search logic runs where nothing ever runs out of memory.
+  """
+  limit = am.mem_stats().get("bytes_limit")
+  cap_bytes = float(spec.get("mem_cap_gib") or 0) * GIB
+  simulated = not limit or cap_bytes > 0
+  budget = cap_bytes if simulated else float(limit)
+  if simulated and not budget:
+    budget = 16 * GIB
+  peaks = sorted((int(b), float(p)) for b, p in peaks)
+  known_ok = [b for b, p in peaks if (ran or simulated) and
+              (not simulated or p <= budget)]
+  bad = [b for b, p in peaks if simulated and p > budget] + list(failed)
+
+  def fits(b):
+    batch = compiled = None
+    try:
+      batch = m.batch(b)
+      compiled, c = m.compile(batch)
+      if simulated and c["peak_bytes"] > budget:
+        return False
+      m.runner(compiled, batch)()
+      return True
+    except Exception as e:  # pylint: disable=broad-except
+      if not am.is_oom(e):
+        raise
+      if m.state_deleted():
+        m.reset_state()
+      return False
+    finally:
+      del batch, compiled
+      gc.collect()
+
+  t0 = time.perf_counter()
+  # Fragmentation and the runtime's own buffers: aim a little below.
+  res = search(fits, lo=max(known_ok, default=0),
+               hi=min(bad, default=None), guess=_guess(peaks, 0.97 * budget),
+               cap=spec["maxbatch_cap"], mult=spec["maxbatch_multiple"],
+               resolution=spec["maxbatch_resolution"],
+               deadline=spec["maxbatch_deadline"])
+  return {"variant": m.variant, "method": m.method, "kind": "max_batch",
+          "mode": ("simulated: compiled peak <= cap" if simulated
+                   else "real: XLA out-of-memory caught"),
+          "limit_gib": budget / GIB, "cap": spec["maxbatch_cap"],
+          "search_s": time.perf_counter() - t0, **res}

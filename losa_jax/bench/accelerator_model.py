@@ -1,0 +1,251 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""What losa_jax.bench.accelerator measures with: random states made in
+place, random batches, one (variant, method) compiled per batch, memory
+stats and the out-of-memory test.
+
+Only jax, flax, optax, numpy, ml_collections and absl are imported (through
+losa_jax.build and losa_jax.bench.configs): this runs on a GPU image without
+TensorFlow.
+"""
+import gc
+import sys
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from losa_jax.bench import common
+
+GIB = common.GIB
+_log = common.log
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def is_oom(err: BaseException) -> bool:
+  """Whether an exception is XLA's out-of-memory (any backend, any jax)."""
+  s = str(err).lower()
+  return any(k in s for k in ("resource_exhausted", "out of memory",
+                              "out_of_memory", "failed to allocate"))
+
+
+def mem_stats(device=None) -> Dict[str, int]:
+  """device.memory_stats() (default: the first device), {} where the
+  backend keeps none (XLA:CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    return dict((device or jax.devices()[0]).memory_stats() or {})
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
+def tf_loaded() -> bool:
+  """True if TensorFlow or TFDS got imported into this process."""
+  return any(m in sys.modules for m in ("tensorflow", "tensorflow_datasets"))
+
+
+def make_config(variant: str, method: str, spec: Dict[str, Any], *,
+                scan: Optional[bool] = None, remat: Optional[bool] = None):
+  """losa_jax.bench.configs.make_config with the spec's dtype, scan, remat
+  and depth (0: the variant's own)."""
+  from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
+  return configs.make_config(
+      variant, method, bf16=spec["bf16"],
+      scan=spec["scan"] if scan is None else scan,
+      remat=spec["remat"] if remat is None else remat,
+      depth=spec.get("depth") or None)
+
+
+_MAKERS: Dict[Any, Callable] = {}
+_GROUP = 2**26   # elements per generating program (256 MiB of f32)
+
+
+def _maker(key, build: Callable) -> Callable:
+  """Jitted makers cached by what they make (shapes, dtypes), so the same
+  tree made twice, or the equal blocks of a ViT, compile once."""
+  if key not in _MAKERS:
+    _MAKERS[key] = build()
+  return _MAKERS[key]
+
+
+def _noise(n: int, offset):
+  """[n] f32 uniform-looking in [-0.035, 0.035] (std 0.02): a sine hash of
+  the element index + offset. XLA:CPU compiles threefry's normal for a tree
+  of 100 leaves in seconds; this in a fraction, and values do not matter
+  for time or memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  u = jnp.sin((jax.lax.iota(jnp.float32, n) + offset) * 12.9898) * 43758.5453
+  return 0.035 * (2.0 * (u - jnp.floor(u)) - 1.0)
+
+
+def _group_fn(sig) -> Callable:
+  """fn(offset) -> arrays of shapes/dtypes `sig`, from one flat noise."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sizes = [int(np.prod(shape)) for shape, _ in sig]
+
+  def make(offset):
+    flat, out, at = _noise(max(sum(sizes), 1), offset), [], 0
+    for (shape, dtype), n in zip(sig, sizes):
+      x = flat[at:at + n].reshape(shape)
+      out.append(x.astype(dtype) if jnp.issubdtype(dtype, jnp.floating)
+                 else jnp.zeros(shape, dtype))
+      at += n
+    return out
+
+  return jax.jit(make)
+
+
+def _row_fill_fn(shape, dtype) -> Callable:
+  """fn(buf [n, ...], r, offset) -> buf with row r filled (buf donated)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  row = int(np.prod(shape[1:]))
+  return jax.jit(lambda buf, r, off: buf.at[r].set(
+      _noise(row, off).reshape(shape[1:]).astype(dtype)), donate_argnums=0)
+
+
+def random_tree(shape_tree, shardings=None, seed: int = 0):
+  """Random-looking arrays (see _noise) of `shape_tree`'s shapes and dtypes,
+  made on the device; non-float leaves are zeros.
+
+  Leaves are made in groups of up to 2**26 elements, one program each; a
+  bigger leaf (a scanned [L, ...] stack) row by row into a donated buffer.
+  Making a tree thus needs little more memory than the tree: building a
+  ViT-e/14 state must not set the peak its step is measured by.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(shape_tree)
+  shs = (jax.tree.leaves(shardings, is_leaf=lambda x: x is None)
+         if shardings is not None else [None] * len(leaves))
+  sig = [(tuple(s.shape), jnp.dtype(s.dtype)) for s in leaves]
+  out: Dict[int, Any] = {}
+  group: list = []
+
+  def flush():
+    if group:
+      g = tuple(sig[i] for i in group)
+      made = _maker(("group", g), lambda: _group_fn(g))(
+          float(seed * 7919 + group[0]))
+      out.update(zip(group, made))
+      group.clear()
+
+  for i, (shape, dtype) in enumerate(sig):
+    n = int(np.prod(shape))
+    if n > _GROUP and len(shape) >= 2 and shape[0] > 1:
+      x = _maker(("zeros",) + sig[i], lambda: jax.jit(
+          lambda: jnp.zeros(shape, dtype)))()   # pylint: disable=cell-var-from-loop
+      fill = _maker(("row",) + sig[i], lambda: _row_fill_fn(shape, dtype))  # pylint: disable=cell-var-from-loop
+      for r in range(shape[0]):
+        x = fill(x, r, float(seed * 7919 + i * 131 + r))
+      out[i] = x
+      continue
+    if group and sum(int(np.prod(sig[j][0])) for j in group) + n > _GROUP:
+      flush()
+    group.append(i)
+  flush()
+  return jax.tree.unflatten(treedef, [
+      out[i] if shs[i] is None else jax.device_put(out[i], shs[i])
+      for i in range(len(leaves))])
+
+
+def random_state(built, seed: int = 0):
+  """A train state like built.init's, with random params made by groups
+  in their final dtype (build.init makes f32 params, then casts the frozen
+  ones: a transient 1.5x the state that would mask a small step's peak)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sh = built.state_sharding
+  params = random_tree(built.state_shape["params"], sh["params"], seed)
+  state = {"params": params,
+           "opt": jax.jit(built.tx.init, out_shardings=sh["opt"])(params),
+           "step": jax.device_put(jnp.zeros((), jnp.int32), sh["step"]),
+           "rng": jax.device_put(jax.random.key(seed), sh["rng"])}
+  same = jax.tree.structure(state) == jax.tree.structure(built.state_shape)
+  if not same:  # an optimizer whose state depends on the init path
+    del state
+    return built.init(jax.random.key(seed))
+  return state
+
+
+def make_batch(built, bsz: int, num_classes: int, seed: int = 0):
+  """A random {"image": [bsz, H, W, 3] f32 in [-1, 1], "label": [bsz]
+  int32} made on the device in the train step's batch sharding."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  sh = sharding_lib.batch_sharding(built.mesh)
+  shape = (bsz, *built.image_shape)
+  make = jax.jit(lambda k: {
+      "image": jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0),
+      "label": jax.random.randint(k, (bsz,), 0, num_classes, jnp.int32)},
+                 out_shardings=sh)
+  return make(jax.random.key(seed))
+
+
+class Method:
+  """One (variant, method): its config, state and compiled calls per batch.
+
+  method "forward" is the frozen backbone's inference forward
+  (build.backbone_forward, on LoSA's config); every other method is the real
+  train step of build.build, its state donated from call to call.
+  """
+
+  def __init__(self, variant: str, method: str, spec: Dict[str, Any], *,
+               scan: Optional[bool] = None, remat: Optional[bool] = None):
+    import jax  # pylint: disable=g-import-not-at-top
+    from losa_jax import build  # pylint: disable=g-import-not-at-top
+    self.variant, self.method = variant, method
+    self.remat = spec["remat"] if remat is None else remat
+    self.config = make_config(variant, "losa" if method == "forward"
+                              else method, spec, scan=scan, remat=remat)
+    self.built = build.build(self.config, total_steps=1000)
+    if method == "forward":
+      fn, shape = build.backbone_forward(self.config)
+      self.jitted = jax.jit(fn)
+      self.shape = shape
+      self.trainable = 0
+    else:
+      self.jitted = self.built.train_step
+      self.trainable = self.built.num_trainable()
+    self.state = None
+    self.reset_state()
+
+  def reset_state(self):
+    """(Re)makes the params / train state (a failed donated call may have
+    deleted it)."""
+    self.state = None
+    gc.collect()
+    if self.method == "forward":
+      self.state = random_tree(self.shape)
+    else:
+      self.state = random_state(self.built)
+
+  def state_deleted(self) -> bool:
+    import jax  # pylint: disable=g-import-not-at-top
+    return any(x.is_deleted() for x in jax.tree.leaves(self.state))
+
+  def batch(self, bsz: int):
+    b = make_batch(self.built, bsz, self.config.num_classes)
+    return b["image"] if self.method == "forward" else b
+
+  def compile(self, batch):
+    """(compiled executable, losa_jax.cost fields of it) for this batch."""
+    from losa_jax import cost  # pylint: disable=g-import-not-at-top
+    compiled = self.jitted.lower(self.state, batch).compile()
+    return compiled, cost.cost_of_compiled(compiled)
+
+  def runner(self, compiled, batch) -> Callable[[], None]:
+    """A zero-argument call that runs one blocking step / forward."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    def run():
+      if self.method == "forward":
+        jax.block_until_ready(compiled(self.state, batch))
+      else:
+        self.state, metrics = compiled(self.state, batch)
+        jax.block_until_ready((self.state, metrics))
+
+    return run
