@@ -49,10 +49,40 @@ class Built:
   train_step: Callable       # jitted (state, batch) -> (state, metrics)
   eval_step: Callable        # jitted (params, batch) -> sums
   init: Callable             # jitted rng -> state, in its shardings
+  # jitted (rng, {flat param name: array}) -> init(rng) with those params
+  # replaced; the random values it replaces are dead code to XLA.
+  init_with: Optional[Callable] = None
 
   def num_trainable(self) -> int:
     flat = tree_lib.flatten(self.state_shape["params"])
     return sum(int(v.size) for n, v in flat.items() if self.mask[n])
+
+  def init_loaded(self, rng, config):
+    """The trainer's initial state: init(rng), backbone from config.model_init.
+
+    Equal, bit for bit and in its shardings, to
+      state = init(rng)
+      state["params"] = load_backbone(state["params"], config)
+      state = jax.device_put(state, state_sharding)
+    but the checkpoint is merged into the params' shapes first, and only the
+    params it does not replace (side network, new head, LoRA / adapter
+    leaves, dont_load'ed ones) are initialised: the random init of a
+    backbone is compiled and run for nothing, and its values were copied to
+    the host and back. Without a model_init it is init(rng).
+    """
+    params_shape = self.state_shape["params"]
+    loaded = tree_lib.flatten(load_backbone(params_shape, config))
+    # load_backbone keeps the init leaves it does not replace: here, the
+    # ShapeDtypeStructs of the leaves init_with must still initialise.
+    overrides = {n: v for n, v in loaded.items()
+                 if not isinstance(v, jax.ShapeDtypeStruct)}
+    if not overrides:
+      return self.init(rng)
+    shardings = tree_lib.flatten(self.state_sharding["params"])
+    # device_put, as the trainer places a loaded state: on several hosts each
+    # one holds the same host copy and keeps its shards.
+    overrides = jax.device_put(overrides, {n: shardings[n] for n in overrides})
+    return self.init_with(rng, overrides)
 
 
 FROZEN_PARAM_DTYPES = ("float32", "bfloat16", "float16")
@@ -131,8 +161,21 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   eval_step = steps.jit_eval_step(steps.eval_step_fn(model), mesh,
                                   state_sharding["params"])
   init = jax.jit(init_fn, out_shardings=state_sharding)
+
+  def init_with_fn(rng, overrides):
+    # The same program as init_fn, then params replaced; tx.init still sees
+    # the random values as in `init` (Adam's zeros do not read them, so XLA
+    # drops their computation).
+    state = init_fn(rng)
+    flat = tree_lib.flatten(state["params"])
+    flat.update(overrides)
+    state["params"] = tree_lib.unflatten(flat)
+    return state
+
+  init_with = jax.jit(init_with_fn, out_shardings=state_sharding)
   return Built(model, tx, mask, schedule_fns, mesh, state_shape,
-               state_sharding, image_shape, train_step, eval_step, init)
+               state_sharding, image_shape, train_step, eval_step, init,
+               init_with)
 
 
 def backbone_forward(config) -> Tuple[Callable, Any]:

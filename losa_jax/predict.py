@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import build
 from losa_jax import checkpointing
 from losa_jax import config_lib
 from losa_jax import multitask
@@ -49,9 +48,7 @@ class Predictor:
       # The full state (frozen backbone loaded) that the restored trainable
       # leaves are merged into.
       nonlocal state
-      state = built.init(jax.random.key(0))
-      state["params"] = build.load_backbone(state["params"], config)
-      state = jax.device_put(state, built.state_sharding)
+      state = built.init_loaded(jax.random.key(0), config)
       return checkpointing.abstract_trainable_state(state, built.mask)
 
     # Read-only, and first: a mistyped --workdir fails fast, creating nothing.

@@ -161,9 +161,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   writer = MetricWriter(workdir, total, config.input.batch_size)
   evals = evaluators.from_config(built, config)
   try:
-    state = built.init(jax.random.key(config.seed))
-    state["params"] = build.load_backbone(state["params"], config)
-    state = jax.device_put(state, built.state_sharding)
+    # init + load_backbone, without computing the random backbone.
+    state = built.init_loaded(jax.random.key(config.seed), config)
 
     # Every host must resume from the same step, or their collectives would
     # pair up different steps; `agree` raises on all hosts otherwise.

@@ -22,6 +22,24 @@ DEMO = os.path.join(REPO, "configs", "default.py")
 VTAB = os.path.join(REPO, "configs", "vtab.py")
 
 
+@pytest.fixture(scope="module")
+def two_blocks(tmp_path_factory):
+  """Overrides: the demo config on a random 2-block version of the shipped
+  backbone (a third of its compile time; the search, selection and resume
+  logic under test do not depend on the backbone)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from losa_jax import demo  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import porting  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
+  backbone = {**demo.BACKBONE_MODEL, "depth": 2}
+  params = vit.Model(10, **backbone).init(
+      jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32))["params"]
+  path = str(tmp_path_factory.mktemp("backbone") / "vit_2block.npz")
+  porting.save_vit(params, path)
+  return {"model_init": path, "model.backbone.depth": 2}
+
+
 def _row(index, acc, params, **kw):
   return {"index": index, "name": f"m{index:02d}", "val/accuracy": acc,
           "trainable_params": params, "alive": True, **kw}
@@ -149,10 +167,10 @@ def _check_selection(sel, workdir, metric):
   assert sel["chosen"]["name"] in md and "backbone passes" in md
 
 
-def test_auto_demo_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_auto_demo_end_to_end_and_resume(tmp_path, monkeypatch, two_blocks):
   spec = f"{DEMO}:runlocal,population=default"
   workdir = str(tmp_path / "auto")
-  sel = auto.run(spec, workdir)
+  sel = auto.run(spec, workdir, overrides=two_blocks)
   _check_selection(sel, workdir, "val/accuracy")
   # The search ranked on train[80%:]; the final run retrains the chosen
   # member's values on all of train and reports test.
@@ -173,7 +191,7 @@ def test_auto_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   def no_search(*a, **k):
     raise AssertionError("the finished search was trained again")
   monkeypatch.setattr(population_train, "train_population", no_search)
-  again = auto.run(spec, workdir)
+  again = auto.run(spec, workdir, overrides=two_blocks)
   assert again["chosen"] == sel["chosen"]
   assert again["final"]["results"]["test/accuracy"] == pytest.approx(
       sel["final"]["results"]["test/accuracy"])
@@ -181,12 +199,14 @@ def test_auto_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   # Another search in the same workdir is refused by name, before training.
   with pytest.raises(ValueError, match=r"another search config \(changed: "
                      r"\['population'\]\)"):
-    auto.run(f"{DEMO}:runlocal,population=random", workdir)
+    auto.run(f"{DEMO}:runlocal,population=random", workdir,
+             overrides=two_blocks)
   # So is a finished search of another population that AutoLoSA did not
   # record (e.g. trained by `python -m losa_jax.train`).
   os.remove(os.path.join(workdir, auto.STATE))
   with pytest.raises(ValueError, match="holds another population"):
-    auto.run(f"{DEMO}:runlocal,population=random", workdir)
+    auto.run(f"{DEMO}:runlocal,population=random", workdir,
+             overrides=two_blocks)
 
 
 def test_vtab_sweep_auto_on_mock_data(tmp_path, monkeypatch):

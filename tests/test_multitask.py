@@ -2,9 +2,12 @@
 # Licensed under the Apache License, Version 2.0.
 """Serving many tasks on one backbone pass: multitask, predict, export, bench.
 
-Four tiny tasks are trained once (module fixture) on the shipped backbone:
-two LoSA side networks with different tap options, a linear probe and a
-LoRA model, on the digits and digits-parity demo tasks.
+Four tiny tasks are trained once (module fixture) on a 2-block version of
+the shipped backbone (random weights, saved as a checkpoint): two LoSA side
+networks with different tap options, a linear probe and a LoRA model, on the
+digits and digits-parity demo tasks. Two blocks instead of six compile about
+3x faster; the width is the shipped one's, so a side network stays a small
+fraction of a backbone as the size checks below assert.
 """
 import csv
 import os
@@ -39,11 +42,31 @@ TASKS = {
     "probe": ("linear", "digits", {}),
     "lora": ("lora", "digits_parity", {}),
 }
+# The shipped backbone's architecture with 2 of its 6 blocks.
+BACKBONE = {**demo.BACKBONE_MODEL, "depth": 2}
+BACKBONE_FILE = "vit_2block.npz"
+_backbone_npz = {}     # "path": the module's checkpoint (fixture below)
+
+
+def _save_backbone(path, seed):
+  """A random BACKBONE ViT with a 10-class head, saved as a checkpoint."""
+  bb = vit.Model(10, **BACKBONE)
+  params = bb.init(jax.random.key(seed), np.zeros((1, 28, 28, 3), np.float32))
+  porting.save_vit(params["params"], path)
+  return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backbone_npz(tmp_path_factory):
+  _backbone_npz["path"] = _save_backbone(
+      str(tmp_path_factory.mktemp("backbone") / BACKBONE_FILE), 0)
+  yield _backbone_npz["path"]
+  _backbone_npz.clear()
 
 
 def demo_config(method="losa", task="digits", *, steps=3, image_size=28,
-                pp=PP, model_init=demo.BACKBONE_NPZ, losa=None):
-  """A few steps on the shipped MNIST backbone, evaluated on 32 digits."""
+                pp=PP, model_init=None, losa=None):
+  """A few steps on the module's backbone (default), evaluated on 32 digits."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_classes = 2 if task == "digits_parity" else 10
@@ -54,8 +77,8 @@ def demo_config(method="losa", task="digits", *, steps=3, image_size=28,
   c.evals = dict(test=dict(data=dict(name="demo", task=task,
                                      split="test[:32]"), pp=pp,
                            batch_size=32))
-  c.model_init = model_init
-  c.model = dict(method=method, backbone=dict(demo.BACKBONE_MODEL),
+  c.model_init = model_init or _backbone_npz["path"]
+  c.model = dict(method=method, backbone=dict(BACKBONE),
                  losa=dict(losa or dict(rank=4)), lora=dict(rank=2, alpha=4.0))
   c.model_load = dict(dont_load=["head/.*"])
   c.optax_name = "adam"
@@ -142,10 +165,8 @@ def test_merge_lora_on_a_random_scanned_lora_vit():
 
 
 def _other_backbone(path):
-  bb = vit.Model(None, **demo.BACKBONE_MODEL)
-  params = bb.init(jax.random.key(7), np.zeros((1, 28, 28, 3), np.float32))
-  porting.save_vit(params["params"], path)
-  return path
+  """Same architecture, other weights: only the sha256 tells them apart."""
+  return _save_backbone(path, 7)
 
 
 def _config_only_workdir(path, config):
@@ -160,7 +181,7 @@ def test_refuses_another_backbone_image_size_or_pp(workdirs, tmp_path):
   w_bb = _config_only_workdir(str(tmp_path / "other_bb"),
                               demo_config(model_init=other))
   with pytest.raises(ValueError, match=r"(?s)was trained on backbone.*"
-                     r"vit_mnist5k_tiny.npz \(sha256 [0-9a-f]{64}\).*"
+                     r"vit_2block.npz \(sha256 [0-9a-f]{64}\).*"
                      r"other.npz \(sha256 [0-9a-f]{64}\)"):
     multitask.load([workdirs["digits"], w_bb])
   w_size = _config_only_workdir(str(tmp_path / "size32"), demo_config(
@@ -249,6 +270,23 @@ def _run(*args):
   return r.stdout
 
 
+def test_export_single_task_without_saved_model(workdirs, tmp_path):
+  # What `python -m losa_jax.export --nosaved_model` writes (its CLI run is
+  # test_export_cli_single_task, slow).
+  out = str(tmp_path / "one")
+  mt = multitask.load([workdirs["parity"]])
+  export.export(mt, out, saved_model=False)
+  assert sorted(os.listdir(out)) == ["model.jax_export", "serving.json",
+                                     "tasks"]
+  x = np.random.RandomState(3).uniform(-1, 1, (2, 28, 28, 3)).astype(
+      np.float32)
+  got = export.load_jax(os.path.join(out, export.JAX_FILE)).call(x)
+  np.testing.assert_allclose(np.asarray(got["parity"]), mt(x)["parity"],
+                             atol=1e-5)
+
+
+@pytest.mark.slow(reason="CLI end to end in a subprocess; the export itself "
+                  "is test_export_single_task_without_saved_model's")
 def test_export_cli_single_task(workdirs, tmp_path):
   out = str(tmp_path / "one")
   text = _run("losa_jax.export", "--workdirs", workdirs["parity"], "--out",
@@ -264,6 +302,38 @@ def test_export_cli_single_task(workdirs, tmp_path):
                              atol=1e-5)
 
 
+def test_predict_one_csv_for_many_tasks(workdirs, tmp_path, capsys):
+  # The --workdirs CLI's code path in-process, on its own parsed flags (the
+  # subprocess run is test_predict_cli_one_csv_for_many_tasks, slow).
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "preds.csv")
+  names = ["digits", "parity", "probe"]
+  fv = flags.FlagValues()
+  predict.define_flags(fv)
+  fv(["predict", "--workdirs", ",".join(workdirs[n] for n in names),
+      "--split", "test[:20]", "--out", out])
+  predict._main_multi(fv)  # pylint: disable=protected-access
+  text = capsys.readouterr().out
+  assert "1 backbone pass(es)" in text and "digits accuracy" in text
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 20
+  assert list(rows[0]) == ["index", "true"] + [
+      f"{n}/{k}" for n in names for k in ("label", "prob")]
+  # Same predictions as the task's own Predictor on the same split, its
+  # config read from config.json (the single-workdir path).
+  config = workdir_lib.read_config(workdirs["digits"])
+  single = predict.predict_split(
+      predict.Predictor(config, workdirs["digits"]),
+      dict(config.input.data, split="test[:20]"))
+  assert [str(r["label"]) for r in single] == [r["digits/label"]
+                                              for r in rows]
+  assert [str(r["true"]) for r in single] == [r["true"] for r in rows]
+
+
+@pytest.mark.slow(reason="CLI end to end in two subprocesses; the same "
+                  "checks run in-process in test_predict_one_csv_for_many_"
+                  "tasks")
 def test_predict_cli_one_csv_for_many_tasks(workdirs, tmp_path):
   out = str(tmp_path / "preds.csv")
   names = ["digits", "parity", "probe"]

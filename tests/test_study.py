@@ -63,12 +63,8 @@ def test_mnist_10shot_uses_only_held_out_digits():
     assert not any(row.tobytes() in seen for row in imgs)
 
 
-def test_quick_study_command(tmp_path):
-  out = tmp_path / "study"
-  proc = subprocess.run(
-      [sys.executable, "-m", "losa_jax.study.run", "--out", str(out),
-       "--quick"], cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def _check_quick_outputs(out):
+  """The files a --quick study writes, and what they must hold."""
   with open(out / "runs.csv") as f:
     runs = list(csv.DictReader(f))
   assert [(r["task"], r["label"]) for r in runs] == [
@@ -90,6 +86,33 @@ def test_quick_study_command(tmp_path):
   for png in ("accuracy_vs_cost.png", "accuracy_per_task.png",
               "loss_curves.png"):
     assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_study(tmp_path, capsys):
+  # The command's code path in-process, from its own parsed flags (the
+  # subprocess run is test_quick_study_command, slow).
+  from losa_jax.study import run  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "study"
+  argv = ["--out", str(out), "--quick"]
+  run.run_study(run.args_from_flags(_parse(argv), argv=argv))
+  _check_quick_outputs(out)
+  # --resume keeps finished runs instead of training them again.
+  capsys.readouterr()
+  argv += ["--resume"]
+  again = run.run_study(run.args_from_flags(_parse(argv), argv=argv))
+  assert "resuming: 2 runs kept" in "".join(capsys.readouterr())
+  assert len(again["runs"]) == 2
+
+
+@pytest.mark.slow(reason="the CLI end to end in two subprocesses; the same "
+                  "checks run in-process in test_quick_study")
+def test_quick_study_command(tmp_path):
+  out = tmp_path / "study"
+  proc = subprocess.run(
+      [sys.executable, "-m", "losa_jax.study.run", "--out", str(out),
+       "--quick"], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  _check_quick_outputs(out)
   # --resume keeps finished runs instead of training them again.
   proc = subprocess.run(
       [sys.executable, "-m", "losa_jax.study.run", "--out", str(out),

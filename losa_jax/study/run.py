@@ -241,9 +241,7 @@ class Variant:
 
   def fresh_state(self, seed: int):
     """The trainer's initial state: init(seed), then the shipped backbone."""
-    state = self.built.init(jax.random.key(seed))
-    state["params"] = build.load_backbone(state["params"], self.config)
-    return jax.device_put(state, self.built.state_sharding)
+    return self.built.init_loaded(jax.random.key(seed), self.config)
 
   def put(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
     """A numpy batch -> global arrays on the mesh, as the trainer feeds them."""

@@ -201,9 +201,7 @@ class Single:
 
   def fresh_state(self, seed: int):
     """The trainer's initial state: init(seed), then the shipped backbone."""
-    state = self.built.init(jax.random.key(seed))
-    state["params"] = build.load_backbone(state["params"], self.config)
-    return jax.device_put(state, self.built.state_sharding)
+    return self.built.init_loaded(jax.random.key(seed), self.config)
 
   @staticmethod
   def hp(member: members_lib.Member) -> Dict[str, jax.Array]:
