@@ -152,7 +152,8 @@ def test_first_step_updates_only_the_head():
 
 
 def test_mixer_shapes():
-  mixer = side_lib.Mixer(rank_channel=3, rank_token=5)
+  # The branch modules' own shapes (the fused path calls no submodule).
+  mixer = side_lib.Mixer(rank_channel=3, rank_token=5, fused=False)
   z = jax.random.normal(jax.random.key(0), (2, 17, 32))
   variables = mixer.init(jax.random.key(1), z)
   delta, inter = mixer.apply(variables, z, capture_intermediates=True)

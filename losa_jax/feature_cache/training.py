@@ -4,7 +4,6 @@
 import os
 from typing import Callable, Optional
 
-import jax.numpy as jnp
 
 from losa_jax import config_lib
 from losa_jax import input_pipeline
@@ -22,8 +21,9 @@ class FeatureModel:
 
   `apply(variables, {"taps": [B, L', N, D], ("final": [B, N, D])}, **kw)`
   -> the LoSA model's (logits, out) with `precomputed=` (no backbone). The
-  features are cast to float32 inside the step, so a bf16 cache crosses
-  host->device at half the size. Used with `steps.train_step_fn`, so the
+  taps stay in the cache's dtype (a bf16 cache crosses host->device at half
+  the size) until the side network casts them to its own `dtype`: with
+  model.losa.dtype="bfloat16" no float32 copy of [L', B, N, D] exists. Used with `steps.train_step_fn`, so the
   cached step is the same code as the uncached one.
   """
 
@@ -31,9 +31,10 @@ class FeatureModel:
     self.model = model
 
   def apply(self, variables, features, **kw):
-    taps = jnp.swapaxes(features["taps"], 0, 1)            # [L', B, N, D]
-    final = features["final"] if "final" in features else taps[-1]
-    pre = side_lib.as_float32({"taps": taps, "final": final})
+    taps = features["taps"]                                # [B, L', N, D]
+    final = features["final"] if "final" in features else taps[:, -1]
+    pre = {"taps": taps, "layer_axis": 1,
+           "final": side_lib.as_float32(final)}
     return self.model.apply(variables, None, precomputed=pre, **kw)
 
 

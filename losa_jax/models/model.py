@@ -59,6 +59,8 @@ LOSA_DEFAULTS = dict(
     pool="auto",            # auto (match backbone) | tok | gap
     video_token_mixing="space_time",
     remat=True,             # recompute each mixer in backward: far less memory
+    dtype="float32",        # taps + side stream storage: float32 | bfloat16
+    fused=True,             # hand-written backward of the default mixer
 )
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
 ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
@@ -130,7 +132,8 @@ def losa_options(given: Optional[dict], what: str = "losa") -> dict:
                        ("head_input", side_lib.HEAD_INPUTS),
                        ("out_norm", side_lib.OUT_NORMS),
                        ("pool", LOSA_POOLS),
-                       ("video_token_mixing", side_lib.VIDEO_TOKEN_MIXING)):
+                       ("video_token_mixing", side_lib.VIDEO_TOKEN_MIXING),
+                       ("dtype", side_lib.DTYPES)):
     _check_choice(cfg[key], f"LoSA option {what}.{key}", choices)
   return cfg
 
@@ -172,7 +175,7 @@ def _frozen_reader(trainable: Optional[str]):
 
 
 def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
-                      encoder_norm=None):
+                      encoder_norm=None, dtype="float32"):
   """The side network's inputs from one backbone forward's encoder outputs.
 
   Args:
@@ -181,11 +184,13 @@ def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
     tap, tap_every: the LoSA options of that name.
     depth: the backbone's number of blocks.
     encoder_norm: the frozen `encoder_norm` params (tap="block_ln" only).
+    dtype: of the stacked taps (the LoSA option `dtype`): with "bfloat16" no
+      float32 copy of [L', B, N, D] is made.
 
   Returns:
-    (taps [L', B, N, D], final [B, N, D]), float32 constants (stop_gradient:
-    the side network only ever sees constants). Populations call this once
-    per tap option on one backbone pass.
+    (taps [L', B, N, D] in `dtype`, final [B, N, D] float32), constants
+    (stop_gradient: the side network only ever sees constants). Populations
+    call this once per tap option on one backbone pass.
   """
   idx = side_lib.tap_indices(depth, tap_every)
   key = "+sa" if tap == "attn" else "+mlp"
@@ -197,7 +202,7 @@ def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
     taps = jnp.stack([encoder_out[f"block{i:02d}"][key] for i in idx])
   if tap == "block_ln":
     taps = nn.LayerNorm().apply({"params": encoder_norm}, taps)
-  taps = side_lib.as_float32(jax.lax.stop_gradient(taps))
+  taps = jax.lax.stop_gradient(taps).astype(jnp.dtype(dtype))
   final = side_lib.as_float32(jax.lax.stop_gradient(encoder_out["pre_ln"]))
   return taps, final
 
@@ -248,8 +253,10 @@ class Model(nn.Module):
     """images [B, H, W, 3] -> (logits [B, C], out).
 
     precomputed: LoSA only; {"taps": [L', B, N, D], "final": [B, N, D]} as
-      returned with `taps_only=True` (e.g. from a feature cache). The
-      backbone is then not run at all; `images` is ignored.
+      returned with `taps_only=True`, or with "layer_axis": 1 and taps
+      [B, L', N, D] as a feature cache stores them (read in place, no
+      transposed copy). The backbone is then not run at all; `images` is
+      ignored.
     taps_only: LoSA only; return those backbone features instead of logits.
     """
     if self.method not in METHODS:
@@ -259,7 +266,7 @@ class Model(nn.Module):
                        "methods change the backbone's features.")
     bb_kw = self.backbone_kwargs()
     if precomputed is not None:
-      out = {"taps": precomputed["taps"], "final": precomputed["final"]}
+      out = dict(precomputed)
       return self._head(self._losa(out), out)
 
     trainable = TRAINABLE_IN_BACKBONE[self.method]
@@ -311,7 +318,7 @@ class Model(nn.Module):
     return taps_from_encoder(out["encoder"], tap=cfg["tap"],
                              tap_every=cfg["tap_every"],
                              depth=self.backbone_kwargs().get("depth", 12),
-                             encoder_norm=enc_norm)
+                             encoder_norm=enc_norm, dtype=cfg["dtype"])
 
   def _losa(self, out):
     cfg = self._cfg()
@@ -328,14 +335,16 @@ class Model(nn.Module):
         zero_init=cfg["zero_init"],
         num_prefix=1 if pool_type == "tok" else 0,
         grid=self._token_grid(out),
-        video_token_mixing=cfg["video_token_mixing"])
+        video_token_mixing=cfg["video_token_mixing"], fused=cfg["fused"])
     side = side_lib.SideNetwork(
         mixer=mixer, combine=cfg["combine"], state=cfg["state"],
         share_weights=cfg["share_weights"], head_input=cfg["head_input"],
-        out_norm=cfg["out_norm"], remat=cfg["remat"], name="side")
+        out_norm=cfg["out_norm"], remat=cfg["remat"], dtype=cfg["dtype"],
+        name="side")
     f, out["side_state"] = side(
         jax.lax.stop_gradient(out["taps"]),
-        jax.lax.stop_gradient(out["final"]), frozen_ln)
+        jax.lax.stop_gradient(out["final"]), frozen_ln,
+        layer_axis=out.get("layer_axis", 0))
     return self._pool(cfg["pool"], pool_type, f, bb_kw,
                       self._backbone_params())
 

@@ -13,12 +13,21 @@ Shapes: taps b_i are [B, N, D]; the channel MLP's hidden state is [B, N, r_c]
 and the token MLP's [B, D, r_t] (for video, [B, T, D, r_s] spatial and
 [B, S, D, r_t] temporal). With `zero_init` every mixer output projection
 starts at zero, so a_i = 0 at step 0 and the model is a linear probe.
+
+`dtype` is the storage dtype of the taps and of every [B, N, D] tensor of the
+side stream (a_i, z_i, branch outputs). With "bfloat16" the side network moves
+half the bytes; params stay float32, LayerNorm statistics are computed in
+float32 and matmuls accumulate in float32 (XLA's bf16 dots do on CPU, GPU and
+TPU), so only what is stored between ops is rounded. The head's input
+LN_out(sg(b_L) + a_L) is float32 in both cases.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from losa_jax.models import side_fused
 
 COMBINES = ("add", "gated", "concat")
 STATES = ("delta", "stream")
@@ -29,6 +38,7 @@ NORMS = ("pre", "none", "post")
 VIDEO_TOKEN_MIXING = ("space_time", "time_space", "joint", "space", "time")
 HEAD_INPUTS = ("sum", "side", "concat")
 OUT_NORMS = ("new", "backbone")
+DTYPES = ("float32", "bfloat16")
 
 
 def _check(name, value, choices):
@@ -46,17 +56,20 @@ class LowRankMLP(nn.Module):
   features: int
   rank: Optional[int]
   zero_init: bool = True
+  dtype: Any = jnp.float32   # of the activations; params are float32
 
   @nn.compact
   def __call__(self, x):
     out_init = (nn.initializers.zeros if self.zero_init
                 else nn.initializers.normal(stddev=1e-3))
     if self.rank is None:
-      return nn.Dense(self.features, kernel_init=out_init, name="up")(x)
+      return nn.Dense(self.features, kernel_init=out_init, dtype=self.dtype,
+                      name="up")(x)
     h = nn.Dense(self.rank, kernel_init=nn.initializers.lecun_normal(),
-                 name="down")(x)
+                 dtype=self.dtype, name="down")(x)
     h = nn.gelu(h)
-    return nn.Dense(self.features, kernel_init=out_init, name="up")(h)
+    return nn.Dense(self.features, kernel_init=out_init, dtype=self.dtype,
+                    name="up")(h)
 
 
 class _Branch(nn.Module):
@@ -71,13 +84,22 @@ class _Branch(nn.Module):
   zero_init: bool
   num_prefix: int            # leading tokens (CLS) left out of token mixing
   grid: Optional[Tuple[int, int]] = None   # (n_t, n_s) for video tokens
+  dtype: Any = jnp.float32
+
+  def _mlp(self, features):
+    return LowRankMLP(features, self.rank, self.zero_init, dtype=self.dtype,
+                      name="mlp")
+
+  def _norm(self):
+    # Statistics in float32 whatever the dtype (flax promotes reductions).
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm")
 
   @nn.compact
   def __call__(self, z):
     pre = self.norms == "pre"
-    y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm")(z) if pre else z
+    y = self._norm()(z) if pre else z
     if self.kind == "channel":
-      out = LowRankMLP(z.shape[-1], self.rank, self.zero_init, name="mlp")(y)
+      out = self._mlp(z.shape[-1])(y)
     else:
       prefix, tokens = y[:, :self.num_prefix], y[:, self.num_prefix:]
       out = self._mix_tokens(tokens)
@@ -85,14 +107,13 @@ class _Branch(nn.Module):
         # Prefix tokens (CLS) get no token-mixing update, only channel mixing.
         out = jnp.concatenate([jnp.zeros_like(prefix), out], axis=1)
     if self.norms == "post":
-      out = nn.LayerNorm(epsilon=1e-6, name="LayerNorm")(out)
+      out = self._norm()(out)
     return out
 
   def _mix_tokens(self, tokens):
     b, n, d = tokens.shape
     if self.kind == "token":
-      mixed = LowRankMLP(n, self.rank, self.zero_init, name="mlp")(
-          tokens.transpose(0, 2, 1))                       # [B, D, N]
+      mixed = self._mlp(n)(tokens.transpose(0, 2, 1))     # [B, D, N]
       return mixed.transpose(0, 2, 1)
     n_t, n_s = self.grid
     if n_t * n_s != n:
@@ -101,11 +122,11 @@ class _Branch(nn.Module):
     x = tokens.reshape(b, n_t, n_s, d)
     if self.kind == "space":      # over n_s, same weights for every frame
       x = x.transpose(0, 1, 3, 2)                         # [B, T, D, S]
-      x = LowRankMLP(n_s, self.rank, self.zero_init, name="mlp")(x)
+      x = self._mlp(n_s)(x)
       x = x.transpose(0, 1, 3, 2)
     elif self.kind == "time":     # over n_t, same weights for every position
       x = x.transpose(0, 2, 3, 1)                         # [B, S, D, T]
-      x = LowRankMLP(n_t, self.rank, self.zero_init, name="mlp")(x)
+      x = self._mlp(n_t)(x)
       x = x.transpose(0, 3, 1, 2)
     else:
       raise ValueError(f"Unknown mixing branch {self.kind!r}.")
@@ -130,6 +151,15 @@ class Mixer(nn.Module):
   num_prefix: int = 0
   grid: Optional[Tuple[int, int]] = None
   video_token_mixing: str = "space_time"
+  dtype: Any = jnp.float32
+  fused: bool = True
+
+  def uses_fused_vjp(self) -> bool:
+    """Whether this mixer runs `side_fused.mixer` (same params, same
+    function, hand-written backward) instead of autodiff of the branches."""
+    return self.fused and side_fused.applies(
+        dict(norms=self.norms, token_mixer=self.token_mixer, grid=self.grid,
+             dtype=self.dtype), self.branches())
 
   def branches(self) -> Sequence[Tuple[str, Optional[int]]]:
     """The (kind, rank) sequence of one layer's sub-blocks."""
@@ -152,6 +182,11 @@ class Mixer(nn.Module):
   def __call__(self, z):
     # CLS is mixed with the patches only when asked, and never in the
     # factorised video mixers (its position fits no frame).
+    made = self.variables.get("params", {})
+    if self.uses_fused_vjp() and "channel_0" in made and "token_1" in made:
+      # The branches' params as init made them (init, or apply with mutable
+      # params, runs the branch modules below); no submodule is called.
+      return side_fused.mixer(jax.tree.map(lambda v: v, dict(made)), z)
     exclude_cls = self.token_mixer == "exclude_cls" or (
         self.grid is not None and self.video_token_mixing != "joint")
     delta = jnp.zeros_like(z)
@@ -160,30 +195,40 @@ class Mixer(nn.Module):
       y = _Branch(kind, rank, self.norms, self.zero_init,
                   num_prefix=self.num_prefix if (
                       kind != "channel" and exclude_cls) else 0,
-                  grid=self.grid, name=f"{kind}_{j}")(cur)
+                  grid=self.grid, dtype=self.dtype, name=f"{kind}_{j}")(cur)
       cur = cur + y
       delta = delta + y
     return delta
 
 
 class SideLayer(nn.Module):
-  """One refinement step: (carry a_{i-1} [B, N, D], tap b_i) -> (a_i, None)."""
+  """One refinement step: (carry a_{i-1} [B, N, D], i, taps) -> (a_i, None).
+
+  b_i is read from the whole tap stack inside the step (`layer_axis` is its
+  layer axis), so neither a transposed nor a converted copy of the stack is
+  ever made: a feature-cache batch [B, L', N, D] in bf16 is used as it is.
+  """
   mixer: dict
   combine: str = "add"
   state: str = "delta"
+  layer_axis: int = 0
 
   @nn.compact
-  def __call__(self, carry, b):
+  def __call__(self, carry, i, taps):
+    b = jax.lax.dynamic_index_in_dim(taps, i, self.layer_axis,
+                                     keepdims=False).astype(carry.dtype)
     if self.combine == "add":
       z = b + carry
     elif self.combine == "gated":
-      z = b + self.param("gate", nn.initializers.ones, (), jnp.float32) * carry
+      gate = self.param("gate", nn.initializers.ones, (), jnp.float32)
+      z = b + (gate * carry).astype(carry.dtype)
     else:
       d = b.shape[-1]
       # [I; I] init: at step 0 the projection is exactly b + carry.
       eye = jnp.eye(d, dtype=jnp.float32)
       z = nn.Dense(d, kernel_init=lambda *_: jnp.concatenate([eye, eye]),
-                   name="combine")(jnp.concatenate([b, carry], axis=-1))
+                   dtype=carry.dtype, name="combine")(
+                       jnp.concatenate([b, carry], axis=-1))
     y = Mixer(**self.mixer, name="mixer")(z)
     return (carry + y if self.state == "delta" else z + y), None
 
@@ -191,18 +236,26 @@ class SideLayer(nn.Module):
 class SideNetwork(nn.Module):
   """Runs the mixers over the taps and returns the head's token features.
 
-  Inputs: `taps` [L', B, N, D], stop-gradient'ed backbone features of the
-  tapped blocks; `final`, the backbone's last residual-stream output sg(b_L)
-  [B, N, D] (the taps may skip layers); `frozen_ln`, the backbone's own
-  encoder_norm. Returns (f, a): f = LN_out(sg(b_L) + a_L) [B, N, D] by
-  default ([B, N, 2D] for head_input="concat") and a = a_L [B, N, D].
+  Inputs: `taps` [L', B, N, D] (or [B, L', N, D] with `layer_axis=1`, as a
+  feature cache stores them), stop-gradient'ed backbone features of the
+  tapped blocks, in any float dtype (each b_i is cast to `dtype` when read);
+  `final`, the backbone's last residual-stream output sg(b_L) [B, N, D] (the
+  taps may skip layers); `frozen_ln`, the backbone's own encoder_norm.
+  Returns (f, a): f = LN_out(sg(b_L) + a_L) [B, N, D] by default ([B, N, 2D]
+  for head_input="concat") and a = a_L [B, N, D].
 
-  The layers are one `nn.scan` (params stacked on a leading L' axis under
-  side/layers/, like big_vision's scanned encoder), each layer rematerialised
-  when `remat`: the backward pass then keeps only each layer's input carry
-  [B, N, D] instead of every LayerNorm output and transpose (measured 5x less
-  side-network memory for ViT-S/16; unrolled loops let XLA:CPU hoist the
-  recomputation and lose the saving).
+  The params are those of one `nn.scan` over `SideLayer` (stacked on a
+  leading L' axis under side/layers/, like big_vision's scanned encoder),
+  and init always runs that scan. Applying runs one of two implementations
+  of the same function:
+  * the default structure (`side_fused.scan_applies`, `fused=True` in the
+    mixer options): `side_fused.side_scan`, one hand-written backward for
+    the whole side network, keeping one [L', B, N, D] stack of z_i (written
+    over the taps) and low-rank activations, with no forward replayed;
+  * every other structure: the scan with autodiff, each layer
+    rematerialised when `remat` (the backward keeps each layer's input
+    carry [B, N, D] instead of every LayerNorm output and transpose;
+    unrolled loops let XLA:CPU hoist the recomputation and lose the saving).
   """
   mixer: dict
   combine: str = "add"
@@ -211,31 +264,67 @@ class SideNetwork(nn.Module):
   head_input: str = "sum"
   out_norm: str = "new"
   remat: bool = True
+  dtype: str = "float32"     # of the taps and the side stream (DTYPES)
 
   @nn.compact
-  def __call__(self, taps, final, frozen_ln):
+  def __call__(self, taps, final, frozen_ln, *, layer_axis: int = 0):
     _check("combine", self.combine, COMBINES)
     _check("state", self.state, STATES)
     _check("head_input", self.head_input, HEAD_INPUTS)
     _check("out_norm", self.out_norm, OUT_NORMS)
+    _check("dtype", self.dtype, DTYPES)
+    dtype = jnp.dtype(self.dtype)
     if self.state == "stream" and self.head_input != "sum":
       raise ValueError("LoSA option state='stream' needs head_input='sum' "
                        "(the stream already carries the backbone features).")
-    mixer_kw = dict(self.mixer)
+    mixer_kw = dict(self.mixer, dtype=dtype)
     _check("mixer_order", mixer_kw.get("mixer_order", "channel_token"),
            MIXER_ORDERS)
     _check("token_mixer", mixer_kw.get("token_mixer", "all"), TOKEN_MIXERS)
     _check("norms", mixer_kw.get("norms", "pre"), NORMS)
     _check("video_token_mixing", mixer_kw.get("video_token_mixing",
                                               "space_time"), VIDEO_TOKEN_MIXING)
-    layer = nn.remat(SideLayer, prevent_cse=False) if self.remat else SideLayer
+    layer = SideLayer
+    if self.remat:
+      # The fused mixer keeps only z and low-rank activations for its
+      # backward, what remat would keep (the carry), so nothing is replayed
+      # ("everything_saveable"); still nn.remat, which splits the init RNGs
+      # as it always did, so the params do not depend on the path.
+      fused = Mixer(**mixer_kw, parent=None).uses_fused_vjp()
+      policy = jax.checkpoint_policies.everything_saveable if fused else None
+      layer = nn.remat(SideLayer, prevent_cse=False, policy=policy)
     if self.share_weights:
       scan_kw = dict(variable_broadcast="params", split_rngs={"params": False})
     else:
       scan_kw = dict(variable_axes={"params": 0}, split_rngs={"params": True})
-    carry, _ = nn.scan(layer, in_axes=0, length=taps.shape[0], **scan_kw)(
-        mixer=mixer_kw, combine=self.combine, state=self.state,
-        name="layers")(jnp.zeros_like(taps[0]), taps)
+    made = self.variables.get("params", {}).get("layers", {}).get("mixer")
+    if made is not None and side_fused.scan_applies(
+        mixer_kw, Mixer(**mixer_kw, parent=None).branches(),
+        combine=self.combine, state=self.state,
+        share_weights=self.share_weights) and mixer_kw.get("fused", True):
+      # Params exist (not init): the whole side network with one
+      # hand-written backward; the same params and function as below.
+      carry = side_fused.side_scan(jax.tree.map(lambda v: v, dict(made)),
+                                   taps, layer_axis, dtype)
+    else:
+      carry = self._layers(layer, scan_kw, mixer_kw, taps, final, dtype,
+                           layer_axis)
+    return self._out(final, carry, frozen_ln)
+
+  def _layers(self, layer, scan_kw, mixer_kw, taps, final, dtype,
+              layer_axis):
+    """The layers as one nn.scan (init, and every other structure)."""
+    n_layers = taps.shape[layer_axis]
+    start = jnp.zeros(final.shape, dtype)
+    carry, _ = nn.scan(layer, in_axes=(0, nn.broadcast), length=n_layers,
+                       **scan_kw)(
+                           mixer=mixer_kw, combine=self.combine,
+                           state=self.state, layer_axis=layer_axis,
+                           name="layers")(
+                               start, jnp.arange(n_layers), taps)
+    return carry
+
+  def _out(self, final, carry, frozen_ln):
     refined = final + carry if self.state == "delta" else carry
 
     norm = (nn.LayerNorm(epsilon=1e-6, name="LN_out")
