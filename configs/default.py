@@ -16,8 +16,9 @@ train / 797 test), a different source of handwriting.
 Args: method (losa|linear|full|lora|adapter), task (digits|digits_parity|
 mnist5k), rank, steps, lr, batch, seed, population (''|default|random: train
 a population of LoSA side networks on one backbone pass, see
-docs/population.md), runlocal (a few steps and a 4-member population, for
-smoke tests). The README's table (`python -m losa_jax.demo.run`) gives the
+docs/population.md), side_dtype (float32|bfloat16: the storage dtype of
+LoSA's taps and side stream, docs/method.md), runlocal (a few steps and a
+4-member population, for smoke tests). The README's table (`python -m losa_jax.demo.run`) gives the
 accuracies this config reaches on a 2-core CPU.
 
 A population, and AutoLoSA (search, select the best, retrain it):
@@ -44,7 +45,7 @@ AUTO_ARGS = dict(search="protocol=tune", final="protocol=final")
 def get_config(arg=None):
   arg = common.parse_arg(arg, method="losa", task="digits", rank=8, steps=600,
                          lr=0.003, batch=64, seed=0, population="",
-                         protocol="", runlocal=False)
+                         protocol="", side_dtype="float32", runlocal=False)
   protocol = arg["protocol"] or ("tune" if arg["population"] else "final")
   if protocol not in ("final", "tune"):
     raise ValueError(f"protocol={protocol!r}: use 'final' or 'tune'.")
@@ -68,8 +69,10 @@ def get_config(arg=None):
                              batch_size=256))
 
   c.model_init = demo.BACKBONE_NPZ
+  side = {} if arg["side_dtype"] == "float32" else dict(
+      dtype=arg["side_dtype"])
   c.model = common.model(arg["method"], dict(demo.BACKBONE_MODEL),
-                         arg["rank"])
+                         arg["rank"], **side)
   # The shipped checkpoint's 10-class MNIST head has the right shape for the
   # digit tasks; a fresh zero-init head keeps the comparison about adaptation.
   c.model_load = dict(dont_load=["head/.*"])

@@ -364,7 +364,37 @@ def markdown(results, meta, lin) -> str:
                          f"{100 * r.get('prediction_error', float('nan')):+.1f}%"]
                         for r in lin]), ""]
   parts += population_markdown(_rows(results, "population"))
+  parts += side_markdown(_rows(results, "side"))
   return "\n".join(parts)
+
+
+def side_markdown(rows) -> List[str]:
+  """The side section: traffic per implementation and interleaved times."""
+  if not rows:
+    return []
+  return _section(
+      f"The side network's memory traffic and step time (batch "
+      f"{rows[0]['batch']})",
+      "Traffic from `cost.hlo_traffic` (loop trips counted; XLA's own "
+      "bytes-accessed figure counts a scanned body once), in GB per step "
+      "and, for the side network, in float32 [B, N, D] reads or writes per "
+      "layer. Times: median of one interleaved run.",
+      ["variant", "step", "median s", "/ forward", "cached / uncached",
+       "traffic GB", "XLA bytes GB", "side passes / layer",
+       "fwd / replay / bwd", "temp MiB"],
+      [[r["variant"], r["step"], f"{r['median_s']:.3f}",
+        f"{r['vs_forward']:.2f}",
+        f"{r['cached_vs_uncached']:.3f}" if "cached_vs_uncached" in r
+        else "",
+        _num(r["traffic_gb"]) if "traffic_gb" in r else "",
+        _num(r["xla_bytes_accessed_gb"]) if "traffic_gb" in r else "",
+        f"{r['side_passes_per_layer']:.1f}" if "traffic_gb" in r else "",
+        (f"{r['forward_passes_per_layer']:.0f} / "
+         f"{r['replay_passes_per_layer']:.0f} / "
+         f"{r['backward_passes_per_layer']:.0f}") if "traffic_gb" in r
+        else "",
+        _mibs(r, "temp_bytes")[0] if "traffic_gb" in r else ""]
+       for r in rows])
 
 
 def population_markdown(rows) -> List[str]:

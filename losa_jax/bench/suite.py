@@ -66,6 +66,7 @@ from losa_jax.bench import common
 from losa_jax.bench import sections_compiled
 from losa_jax.bench import sections_measured
 from losa_jax.bench import sections_population
+from losa_jax.bench import sections_side
 # Names the efficiency notebook and tests use as `suite.X`.
 # pylint: disable=unused-import,g-multiple-import
 from losa_jax.bench.common import FAST_COMPILE, LICM_OFF, interleaved
@@ -75,9 +76,9 @@ from losa_jax.bench.sections_compiled import largest_batch
 # pylint: enable=unused-import,g-multiple-import
 
 COMPILE_SECTIONS = ("compiled", "dtype", "maxbatch", "big")
-TIMED_SECTIONS = ("measured", "cache", "population")
+TIMED_SECTIONS = ("measured", "cache", "population", "side")
 SECTIONS = ("compiled", "dtype", "measured", "cache", "maxbatch", "big",
-            "population")
+            "population", "side")
 SECTION_FNS = {"compiled": sections_compiled.section_compiled,
                "dtype": sections_compiled.section_dtype,
                "measured": sections_measured.section_measured,
@@ -85,7 +86,8 @@ SECTION_FNS = {"compiled": sections_compiled.section_compiled,
                "maxbatch": sections_compiled.section_maxbatch,
                "big": sections_compiled.section_big,
                "big_default": sections_compiled.section_big_default_flags,
-               "population": sections_population.section_population}
+               "population": sections_population.section_population,
+               "side": sections_side.section_side}
 # Comma-list flags (parsed into lists by `options`).
 _LIST_FLAGS = ("sections", "variants", "measure_variants", "big_variants",
                "big_configs", "linearity_configs", "maxbatch_methods",

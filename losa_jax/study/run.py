@@ -119,8 +119,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
   flags.DEFINE_integer("timing_reps", 20, "Rounds of the interleaved step "
                        "timing.", **fv)
   flags.DEFINE_string("config", None, "Config file the runs use (default: the"
-                      " repo's configs/default.py); the study appends "
-                      ":method=...,rank=...,steps=...,batch=... to it.", **fv)
+                      " repo's configs/default.py), optionally with args of "
+                      "its own (configs/default.py:side_dtype=bfloat16); the "
+                      "study appends method=...,rank=...,steps=...,batch=... "
+                      "to them.", **fv)
   flags.DEFINE_bool("resume", False, "Keep the runs already in "
                     "--out/runs.jsonl (same steps and batch) and train only "
                     "the missing ones.", **fv)
@@ -201,13 +203,15 @@ def make_config(method: str, rank: int, num_classes: int, steps: int,
     steps, batch: the run's length and batch size.
     task: a `losa_jax.datasets.study_tasks` task (its train and test splits).
     seed: init and data-order seed (`config.seed`).
-    config_file: another config file taking the same args.
+    config_file: another config file taking the same args, optionally with
+      args of its own ("configs/default.py:side_dtype=bfloat16"); the run's
+      args are appended.
   """
   arg = f"method={method},rank={rank},steps={steps},batch={batch},seed={seed}"
   if method in LR:
     arg += f",lr={LR[method]}"
-  c = config_lib.load_config(
-      (config_file or config_lib.config_path("default")) + ":" + arg)
+  path = config_file or config_lib.config_path("default")
+  c = config_lib.load_config(path + ("," if ":" in path else ":") + arg)
   c.num_classes = num_classes
   c.input.data = task_data(task, "train")
   c.evals = dict(test=dict(data=task_data(task, "test"), pp=c.input.pp,

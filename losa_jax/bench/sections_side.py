@@ -1,0 +1,133 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""The `side` section of losa_jax.bench.suite: what the side network moves.
+
+Per variant of a.measure_variants at batch a.measure_batch, for three
+implementations of the same side network (same params, same function):
+
+* "autodiff": autodiff of the branch modules, each layer rematerialised
+  (`model.losa.fused=False`; the only implementation before 2026-12-02);
+* "fused": the default, `models/side_fused.py` (hand-written backward, no
+  replay, z_i written over the tap stack);
+* "fused bf16": the same with the taps and the side stream stored in bf16
+  (`model.losa.dtype="bfloat16"`, opt-in).
+
+Compiled (deterministic): memory traffic of the uncached and the cached
+(feature-cache) train step from `cost.hlo_traffic` (loop trips counted;
+XLA's own "bytes accessed" counts a scanned body once and is printed
+beside it), split by phase, in GB and in full float32 [B, N, D] passes per
+side layer; XLA's temporaries and peak. Timed: one interleaved run
+(`common.interleaved`) of the frozen forward and every step above, so the
+targets (LoSA step / forward, cached / uncached) are ratios measured side
+by side. Only ratios within one run mean anything (the machine is shared).
+"""
+from typing import Any, Dict, List
+
+import numpy as np
+
+from losa_jax.bench import common
+from losa_jax.bench.configs import make_config
+from losa_jax.bench.sections_measured import built_for
+from losa_jax.bench.sections_measured import cached_step_for
+
+_log = common.log
+IMPLEMENTATIONS = {"autodiff": dict(fused=False), "fused": {},
+                   "fused bf16": dict(dtype="bfloat16")}
+
+
+class _Stepper:
+  """Holds a donated train state and runs one blocking step per call."""
+
+  def __init__(self, step, state, batch):
+    self.step, self.state, self.batch = step, state, batch
+
+  def __call__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+
+
+def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:
+  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  rows = cost.hlo_traffic(compiled)
+  total = sum(r["bytes"] for r in rows)
+  rows = [r for r in rows if "/side/" in r["name"]]
+  by_phase = cost.traffic_by(rows, cost.phase)
+  side = sum(r["bytes"] for r in rows)
+  c = cost.cost_of_compiled(compiled)
+  out = {"traffic_gb": total / 1e9,
+         "side_gb": side / 1e9,
+         "side_passes_per_layer": side / full_bytes / layers,
+         "xla_bytes_accessed_gb": c["bytes_accessed"] / 1e9,
+         "temp_bytes": c["temp_bytes"], "peak_bytes": c["peak_bytes"]}
+  for p in ("forward", "replay", "backward"):   # of the side network
+    out[f"{p}_passes_per_layer"] = by_phase.get(p, 0.0) / full_bytes / layers
+  return out
+
+
+def section_side(a) -> List[Dict[str, Any]]:
+  """Compiled traffic and interleaved step times of the three side-network
+  implementations (module docstring), per a.measure_variants."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  rows = []
+  for variant in a.measure_variants:
+    bsz = a.measure_batch
+    rng = np.random.RandomState(0)
+    fns, info = {}, {}
+    for impl, losa in IMPLEMENTATIONS.items():
+      config = make_config(variant, "losa")
+      config.model.losa.update(losa)
+      b = built_for(config)
+      s = config.image_size
+      kw = b.model.backbone_kwargs()
+      layers, width = kw["depth"], kw["width"]
+      tokens = (s // kw["patch_size"][0]) ** 2 + 1
+      full = float(bsz * tokens * width * 4)
+      batch = {"image": jnp.asarray(rng.uniform(-1, 1, (bsz, s, s, 3)),
+                                    jnp.float32),
+               "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
+      state = b.init(jax.random.key(0))
+      bb = jax.tree.map(jnp.copy, state["params"]["backbone"])
+      feats = fc.features_fn(b.model, "bfloat16", True)({"backbone": bb},
+                                                         batch["image"])
+      cached_batch = {"image": {"taps": feats["taps"]},
+                      "label": batch["label"]}
+      uncached = b.train_step.lower(
+          b.state_shape, steps.abstract_batch(bsz, b.image_shape)).compile()
+      cached_step = cached_step_for(config, b)
+      cached = cached_step.lower(
+          b.state_shape, jax.tree.map(
+              lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+              cached_batch)).compile()
+      info[impl] = _traffic(uncached, full, layers)
+      info[f"{impl}, cached"] = _traffic(cached, full, layers)
+      fns[impl] = _Stepper(b.train_step, state, batch)
+      fns[f"{impl}, cached"] = _Stepper(
+          cached_step, b.init(jax.random.key(0)), cached_batch)
+      if "forward" not in fns:
+        fwd_fn, _ = build.backbone_forward(config)
+        fwd = jax.jit(fwd_fn)
+        image = batch["image"]
+        fns["forward"] = (lambda f=fwd, p=bb, x=image:
+                          jax.block_until_ready(f(p, x)))
+    _log(f"side {variant}: timing {list(fns)}")
+    times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
+    fwd_med = times["forward"]["median_s"]
+    for name, t in times.items():
+      impl = name.split(", ")[0]
+      row = {"variant": variant, "step": name, "batch": bsz,
+             "median_s": t["median_s"], "min_s": t["min_s"],
+             "max_s": t["max_s"], "reps": t["reps"],
+             "vs_forward": t["median_s"] / fwd_med, **info.get(name, {})}
+      if name.endswith(", cached"):
+        row["cached_vs_uncached"] = (t["median_s"] /
+                                     times[impl]["median_s"])
+      rows.append(row)
+      _log(f"  {name}: {t['median_s']:.3f} s ({row['vs_forward']:.2f}x "
+           f"forward)" + (f", side {row['side_passes_per_layer']:.1f} "
+                          f"passes/layer" if name in info else ""))
+  return rows
