@@ -45,7 +45,7 @@ def cached_step_for(config, built):
   return _CACHED_STEPS[id(built)]
 
 
-class _Stepper:
+class Stepper:
   """Holds a donated train state and runs one blocking step per call."""
 
   def __init__(self, step, state, batch):
@@ -78,7 +78,7 @@ def section_measured(a) -> List[Dict[str, Any]]:
     for method in a.measure_methods:
       b = built_for(make_config(variant, method))
       state = b.init(jax.random.key(0))
-      fns[method] = _Stepper(b.train_step, state, batch)
+      fns[method] = Stepper(b.train_step, state, batch)
       trainable[method] = b.num_trainable()
     # The backbone forward alone, on a copy of LoSA's (random) backbone.
     fwd_fn, _ = build.backbone_forward(config)
@@ -91,7 +91,7 @@ def section_measured(a) -> List[Dict[str, Any]]:
     feats = fc.features_fn(
         losa_built.model, "bfloat16", True)({"backbone": bb}, batch["image"])
     cached_batch = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
-    fns["losa_cached"] = _Stepper(
+    fns["losa_cached"] = Stepper(
         cached_step_for(config, losa_built),
         losa_built.init(jax.random.key(0)), cached_batch)
     trainable["losa_cached"] = losa_built.num_trainable()
@@ -114,7 +114,6 @@ def section_cache(a) -> List[Dict[str, Any]]:
   """Epoch time with and without the feature cache, steps interleaved."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   from losa_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top

@@ -27,24 +27,13 @@ import numpy as np
 
 from losa_jax.bench import common
 from losa_jax.bench.configs import make_config
+from losa_jax.bench.sections_measured import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
 
 _log = common.log
 IMPLEMENTATIONS = {"autodiff": dict(fused=False), "fused": {},
                    "fused bf16": dict(dtype="bfloat16")}
-
-
-class _Stepper:
-  """Holds a donated train state and runs one blocking step per call."""
-
-  def __init__(self, step, state, batch):
-    self.step, self.state, self.batch = step, state, batch
-
-  def __call__(self):
-    import jax  # pylint: disable=g-import-not-at-top
-    self.state, metrics = self.step(self.state, self.batch)
-    jax.block_until_ready((self.state, metrics))
 
 
 def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:
@@ -105,8 +94,8 @@ def section_side(a) -> List[Dict[str, Any]]:
               cached_batch)).compile()
       info[impl] = _traffic(uncached, full, layers)
       info[f"{impl}, cached"] = _traffic(cached, full, layers)
-      fns[impl] = _Stepper(b.train_step, state, batch)
-      fns[f"{impl}, cached"] = _Stepper(
+      fns[impl] = Stepper(b.train_step, state, batch)
+      fns[f"{impl}, cached"] = Stepper(
           cached_step, b.init(jax.random.key(0)), cached_batch)
       if "forward" not in fns:
         fwd_fn, _ = build.backbone_forward(config)
