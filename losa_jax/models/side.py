@@ -23,6 +23,7 @@ LN_out(sg(b_L) + a_L) is float32 in both cases.
 """
 from typing import Any, Optional, Sequence, Tuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -186,7 +187,7 @@ class Mixer(nn.Module):
     if self.uses_fused_vjp() and "channel_0" in made and "token_1" in made:
       # The branches' params as init made them (init, or apply with mutable
       # params, runs the branch modules below); no submodule is called.
-      return side_fused.mixer(jax.tree.map(lambda v: v, dict(made)), z)
+      return side_fused.mixer(flax.core.unfreeze(made), z)
     exclude_cls = self.token_mixer == "exclude_cls" or (
         self.grid is not None and self.video_token_mixing != "joint")
     delta = jnp.zeros_like(z)
@@ -304,7 +305,7 @@ class SideNetwork(nn.Module):
         share_weights=self.share_weights) and mixer_kw.get("fused", True):
       # Params exist (not init): the whole side network with one
       # hand-written backward; the same params and function as below.
-      carry = side_fused.side_scan(jax.tree.map(lambda v: v, dict(made)),
+      carry = side_fused.side_scan(flax.core.unfreeze(made),
                                    taps, layer_axis, dtype)
     else:
       carry = self._layers(layer, scan_kw, mixer_kw, taps, final, dtype,
