@@ -57,8 +57,18 @@ def _row_stats(x):
   return mean, lax.rsqrt(var + EPSILON)
 
 
+def _bmm(w, x):
+  """w [M, K] times every x[b] [K, D] -> [B, M, D].
+
+  Token mixing is written this way round (weights on the left, tokens as the
+  rows of x) so that every dot is a plain batched GEMM over x's layout: no
+  [B, D, N] transpose of a [B, N, D] tensor is ever materialised.
+  """
+  return jnp.matmul(jnp.broadcast_to(w, (x.shape[0],) + w.shape), x)
+
+
 def _forward(p, z):
-  """z [B, N, D] -> (delta [B, N, D], small residuals)."""
+  """z [B, N, D] -> (delta [B, N, D], small residuals; h2 is [B, r, D])."""
   ch, tk = p["channel_0"], p["token_1"]
   m1, i1 = _row_stats(z)
   y1 = (z - m1) * (i1 * ch["LayerNorm"]["scale"]) + ch["LayerNorm"]["bias"]
@@ -67,10 +77,10 @@ def _forward(p, z):
   u = z + c
   m2, i2 = _row_stats(u)
   y2 = (u - m2) * (i2 * tk["LayerNorm"]["scale"]) + tk["LayerNorm"]["bias"]
-  h2 = (jnp.einsum("bnd,nr->bdr", y2, tk["mlp"]["down"]["kernel"])
-        + tk["mlp"]["down"]["bias"])
-  t = (jnp.einsum("bdr,rn->bnd", jax.nn.gelu(h2), tk["mlp"]["up"]["kernel"])
-       + tk["mlp"]["up"]["bias"][:, None])
+  h2 = (_bmm(tk["mlp"]["down"]["kernel"].T, y2)
+        + tk["mlp"]["down"]["bias"][:, None])              # [B, r, D]
+  t = (_bmm(tk["mlp"]["up"]["kernel"].T, jax.nn.gelu(h2))
+       + tk["mlp"]["up"]["bias"][:, None])                # [B, N, D]
   return c + t, (m1, i1, h1, m2, i2, h2)
 
 
@@ -119,12 +129,16 @@ def _mixer_bwd(saved, dd) -> Tuple[Any, Any]:
   xhat2 = (z + c - m2) * i2
   y2 = xhat2 * tk["LayerNorm"]["scale"] + tk["LayerNorm"]["bias"]
 
-  # Token branch: t = einsum(gelu(h2), U2) + b; dt = dd.
-  d_tu = _dense_grads(jnp.einsum("bdr,bnd->rn", g2, dd), jnp.sum(dd, (0, 2)))
-  dh2, = gelu2_vjp(jnp.einsum("bnd,rn->bdr", dd, tk["mlp"]["up"]["kernel"]))
-  d_td = _dense_grads(jnp.einsum("bnd,bdr->nr", y2, dh2),
-                      jnp.sum(dh2, (0, 1)))
-  dy2 = jnp.einsum("bdr,nr->bnd", dh2, tk["mlp"]["down"]["kernel"])
+  # Token branch: t[b] = U2^T gelu(h2[b]) + b, h2[b] = D2^T y2[b] + b'
+  # ([B, r, D] layout); dt = dd. Weight gradients as batched GEMMs with the
+  # small operand transposed, then summed over b.
+  up_t = jnp.sum(jnp.matmul(dd, jnp.swapaxes(g2, 1, 2)), 0)       # [N, r]
+  d_tu = _dense_grads(up_t.T, jnp.sum(dd, (0, 2)))
+  dh2, = gelu2_vjp(_bmm(tk["mlp"]["up"]["kernel"], dd))           # [B, r, D]
+  d_td = _dense_grads(
+      jnp.sum(jnp.matmul(y2, jnp.swapaxes(dh2, 1, 2)), 0),       # [N, r]
+      jnp.sum(dh2, (0, 2)))
+  dy2 = _bmm(tk["mlp"]["down"]["kernel"], dh2)                    # [B, N, D]
   du, ds2, db2 = _layer_norm_bwd(xhat2, i2, tk["LayerNorm"]["scale"], dy2)
 
   # Channel branch: c feeds delta and u.
