@@ -314,12 +314,7 @@ def test_predict_one_csv_for_many_tasks(workdirs, tmp_path, capsys):
       "--split", "test[:20]", "--out", out])
   predict._main_multi(fv)  # pylint: disable=protected-access
   text = capsys.readouterr().out
-  assert "1 backbone pass(es)" in text and "digits accuracy" in text
-  with open(out) as f:
-    rows = list(csv.DictReader(f))
-  assert len(rows) == 20
-  assert list(rows[0]) == ["index", "true"] + [
-      f"{n}/{k}" for n in names for k in ("label", "prob")]
+  rows = _multi_task_csv(text, out, names)
   # Same predictions as the task's own Predictor on the same split, its
   # config read from config.json (the single-workdir path).
   config = workdir_lib.read_config(workdirs["digits"])
@@ -331,6 +326,18 @@ def test_predict_one_csv_for_many_tasks(workdirs, tmp_path, capsys):
   assert [str(r["true"]) for r in single] == [r["true"] for r in rows]
 
 
+def _multi_task_csv(text, out, names):
+  """Checks predict --workdirs' log and CSV (20 rows, a label and a prob
+  column per task); returns the rows."""
+  assert "1 backbone pass(es)" in text and "digits accuracy" in text
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 20
+  assert list(rows[0]) == ["index", "true"] + [
+      f"{n}/{k}" for n in names for k in ("label", "prob")]
+  return rows
+
+
 @pytest.mark.slow(reason="CLI end to end in two subprocesses; the same "
                   "checks run in-process in test_predict_one_csv_for_many_"
                   "tasks")
@@ -340,12 +347,7 @@ def test_predict_cli_one_csv_for_many_tasks(workdirs, tmp_path):
   text = _run("losa_jax.predict", "--workdirs",
               ",".join(workdirs[n] for n in names), "--split", "test[:20]",
               "--out", out)
-  assert "1 backbone pass(es)" in text and "digits accuracy" in text
-  with open(out) as f:
-    rows = list(csv.DictReader(f))
-  assert len(rows) == 20
-  assert list(rows[0]) == ["index", "true"] + [
-      f"{n}/{k}" for n in names for k in ("label", "prob")]
+  rows = _multi_task_csv(text, out, names)
   # The single-workdir CLI still works, its config read from config.json.
   one = str(tmp_path / "one.csv")
   text = _run("losa_jax.predict", "--workdir", workdirs["digits"], "--split",
