@@ -4,7 +4,6 @@
 import os
 from typing import Callable, Optional
 
-
 from losa_jax import config_lib
 from losa_jax import input_pipeline
 from losa_jax import steps
@@ -22,9 +21,10 @@ class FeatureModel:
   `apply(variables, {"taps": [B, L', N, D], ("final": [B, N, D])}, **kw)`
   -> the LoSA model's (logits, out) with `precomputed=` (no backbone). The
   taps stay in the cache's dtype (a bf16 cache crosses host->device at half
-  the size) until the side network casts them to its own `dtype`: with
-  model.losa.dtype="bfloat16" no float32 copy of [L', B, N, D] exists. Used with `steps.train_step_fn`, so the
-  cached step is the same code as the uncached one.
+  the size) until the side network casts each layer's to its own `dtype`
+  as it reads it (layer_axis=1: no transposed or converted copy of the
+  [B, L', N, D] batch). Used with `steps.train_step_fn`, so the cached step
+  is the same code as the uncached one.
   """
 
   def __init__(self, model: model_lib.Model):

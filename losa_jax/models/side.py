@@ -285,24 +285,24 @@ class SideNetwork(nn.Module):
     _check("norms", mixer_kw.get("norms", "pre"), NORMS)
     _check("video_token_mixing", mixer_kw.get("video_token_mixing",
                                               "space_time"), VIDEO_TOKEN_MIXING)
+    mixer = Mixer(**mixer_kw, parent=None)   # unbound: for its structure
     layer = SideLayer
     if self.remat:
       # The fused mixer keeps only z and low-rank activations for its
       # backward, what remat would keep (the carry), so nothing is replayed
       # ("everything_saveable"); still nn.remat, which splits the init RNGs
       # as it always did, so the params do not depend on the path.
-      fused = Mixer(**mixer_kw, parent=None).uses_fused_vjp()
-      policy = jax.checkpoint_policies.everything_saveable if fused else None
+      policy = (jax.checkpoint_policies.everything_saveable
+                if mixer.uses_fused_vjp() else None)
       layer = nn.remat(SideLayer, prevent_cse=False, policy=policy)
     if self.share_weights:
       scan_kw = dict(variable_broadcast="params", split_rngs={"params": False})
     else:
       scan_kw = dict(variable_axes={"params": 0}, split_rngs={"params": True})
     made = self.variables.get("params", {}).get("layers", {}).get("mixer")
-    if made is not None and side_fused.scan_applies(
-        mixer_kw, Mixer(**mixer_kw, parent=None).branches(),
-        combine=self.combine, state=self.state,
-        share_weights=self.share_weights) and mixer_kw.get("fused", True):
+    if made is not None and mixer.fused and side_fused.scan_applies(
+        mixer_kw, mixer.branches(), combine=self.combine, state=self.state,
+        share_weights=self.share_weights):
       # Params exist (not init): the whole side network with one
       # hand-written backward; the same params and function as below.
       carry = side_fused.side_scan(flax.core.unfreeze(made),

@@ -4,21 +4,22 @@
 
 Same params and same function as `side.Mixer` in its default structure
 (one channel-token pair, pre-LayerNorms, token mixing over all tokens,
-images, float32):
+images; `mixer` float32, `side_scan` float32 or bf16 storage):
 
     y1 = LN1(z);  c = U1 gelu(D1 y1)                 (channel, over D)
     u = z + c;    y2 = LN2(u);  t = (U2 gelu(D2 y2^T))^T   (token, over N)
     delta = c + t
 
 Autodiff of that, rematerialised per layer, runs the forward twice and
-builds its backward from many small ops that XLA:CPU does not fuse: 101
-full [B, N, D] float32 reads or writes per layer at ViT-B/16 (counted with
-`losa_jax.cost.hlo_traffic`). The closed-form backward below reads z once
-more, recomputes c and the LayerNorm outputs from the saved low-rank
-activations, computes each LayerNorm's two row sums in one variadic reduce,
-and never replays the forward; residuals are z [B, N, D] (what remat kept
-anyway, as the carry) and the small h1 [B, N, r], h2 [B, D, r] and row
-statistics [B, N, 1]. Gradients equal autodiff's within float32 rounding
+builds its backward from many small ops that XLA:CPU does not fuse: 99
+full [B, N, D] float32 reads or writes per layer for a cached ViT-B/16 step
+(counted with `losa_jax.cost.hlo_traffic`; 69 here). The closed-form
+backward below reads z once more, recomputes c and the LayerNorm outputs
+from the saved low-rank activations, computes each LayerNorm's two row sums
+in one variadic reduce, writes token mixing as batched GEMMs with no
+transpose, and never replays the forward; residuals are z [B, N, D] (what
+remat kept anyway, as the carry) and the small h1 [B, N, r], h2 [B, r, D]
+and row statistics [B, N, 1]. Gradients equal autodiff's within float32 rounding
 (tests/test_side_fused.py).
 """
 import functools
