@@ -234,6 +234,21 @@ def test_members_equal_single_runs_in_every_leaf_with_sgd(sgd_pop):
         single["results"]["val/accuracy"])
 
 
+def test_cached_population_equals_uncached(sgd_pop, tmp_path):
+  """A float32 feature cache feeds the members the taps the backbone pass
+  would (read batch-major, in place): every live member ends where the
+  uncached population does, in every leaf."""
+  out = train.train_and_evaluate(
+      pop_config(SGD_POPULATION, optax_name="sgd", lr=0.5,
+                 feature_cache=dict(enabled=True, dtype="float32",
+                                    storage="memory")), str(tmp_path))
+  for i in SGD_LIVE:
+    got, want = _member(out, i), _member(sgd_pop, i)
+    diffs = _max_diff(got, want, got)
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= TOL, (i, worst, diffs[worst])
+
+
 # --- diverging members -------------------------------------------------------
 
 

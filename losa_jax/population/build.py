@@ -127,15 +127,22 @@ def _hp_arrays(group_members) -> Dict[str, np.ndarray]:
 
 class _SharedBackbone:
   """`Model.apply` look-alike: member params + the shared frozen backbone,
-  fed precomputed taps (so `steps.train_step_fn` runs unchanged)."""
+  fed precomputed taps (so `steps.train_step_fn` runs unchanged).
 
-  def __init__(self, model, backbone):
+  layer_axis: of the taps, 0 for a backbone pass's [L', B, N, D], 1 for a
+  feature cache's [B, L', N, D] (read in place); static, so it is given
+  here rather than in the traced features.
+  """
+
+  def __init__(self, model, backbone, layer_axis: int = 0):
     self.model, self.backbone = model, backbone
+    self.layer_axis = layer_axis
 
   def apply(self, variables, features, **kw):
     params = {**variables["params"], "backbone": self.backbone}
-    return self.model.apply({"params": params}, None, precomputed=features,
-                            **kw)
+    return self.model.apply(
+        {"params": params}, None,
+        precomputed={**features, "layer_axis": self.layer_axis}, **kw)
 
 
 def build(config, *, total_steps: int, mesh=None, donate: bool = True,
@@ -254,7 +261,8 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     hp = mstate["hp"]
     tx, sched_fns, mask = tx_of(g, hp, g.params_shape)
     fn = steps.train_step_fn(
-        _SharedBackbone(g.model, backbone), tx, mask,
+        _SharedBackbone(g.model, backbone, layer_axis=1 if cached else 0),
+        tx, mask,
         label_smoothing=hp["label_smoothing"], schedule_fns=sched_fns)
     state = {"params": mstate["params"], "opt": mstate["opt"], "step": step,
              "rng": jax.random.wrap_key_data(mstate["rng"])}
@@ -279,16 +287,18 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     return out, metrics
 
   def cached_features(batch, s):
-    """Cached taps of every block -> each group's taps (subselected)."""
-    taps = jnp.swapaxes(batch["image"]["taps"][s], 0, 1)     # [L, B, N, D]
+    """Cached taps of every block -> each group's taps (subselected), kept
+    batch-major [B, L', N, D] in the cache's dtype: the side network reads
+    them in place, as the trainer's cached step does."""
+    taps = batch["image"]["taps"][s]                          # [B, L, N, D]
     final = (batch["image"]["final"][s] if "final" in batch["image"]
-             else taps[-1])
+             else taps[:, -1])
     feats = {}
     for g in groups:
       if g.tap not in feats:
         idx = side_lib.tap_indices(depth, g.tap[1])
-        t = taps if len(idx) == taps.shape[0] else taps[jnp.asarray(idx)]
-        feats[g.tap] = side_lib.as_float32({"taps": t, "final": final})
+        t = taps if len(idx) == taps.shape[1] else taps[:, jnp.asarray(idx)]
+        feats[g.tap] = {"taps": t, "final": side_lib.as_float32(final)}
     return feats
 
   def step_fn(state, batch):
