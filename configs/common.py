@@ -47,6 +47,12 @@ def model(method: str, backbone: dict, rank: int, **losa) -> dict:
               lora=dict(rank=rank), adapter=dict(dim=rank))
 
 
+def side_dtype(name: str) -> dict:
+  """LoSA's `dtype` option from a config arg: {} (the library default,
+  docs/method.md) for an empty string, else {"dtype": name}."""
+  return {"dtype": name} if name else {}
+
+
 def adamw_cosine(c, *, lr: float, warmup: dict, log_every: int,
                  ckpt_every: int, wd: float = 1e-4, grad_clip_norm=None,
                  eval_every=None, keep_ckpts=None) -> None:

@@ -45,7 +45,7 @@ AUTO_ARGS = dict(search="protocol=tune", final="protocol=final")
 def get_config(arg=None):
   arg = common.parse_arg(arg, method="losa", task="digits", rank=8, steps=600,
                          lr=0.003, batch=64, seed=0, population="",
-                         protocol="", side_dtype="float32", runlocal=False)
+                         protocol="", side_dtype="", runlocal=False)
   protocol = arg["protocol"] or ("tune" if arg["population"] else "final")
   if protocol not in ("final", "tune"):
     raise ValueError(f"protocol={protocol!r}: use 'final' or 'tune'.")
@@ -69,10 +69,8 @@ def get_config(arg=None):
                              batch_size=256))
 
   c.model_init = demo.BACKBONE_NPZ
-  side = {} if arg["side_dtype"] == "float32" else dict(
-      dtype=arg["side_dtype"])
   c.model = common.model(arg["method"], dict(demo.BACKBONE_MODEL),
-                         arg["rank"], **side)
+                         arg["rank"], **common.side_dtype(arg["side_dtype"]))
   # The shipped checkpoint's 10-class MNIST head has the right shape for the
   # digit tasks; a fresh zero-init head keeps the comparison about adaptation.
   c.model_load = dict(dont_load=["head/.*"])

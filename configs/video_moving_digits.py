@@ -21,7 +21,8 @@ rank_time, steps, lr, batch, seed, inflate (average | central), init (an
 explicit ViViT npz), cache (LoSA only: train from the trainer's in-memory
 backbone feature cache, exact up to bf16 storage of the taps; the pp has no
 random op, so every epoch would feed the backbone the same clips),
-runlocal (a few steps, for smoke tests).
+side_dtype (float32 | bfloat16: model.losa.dtype; empty: the library's
+default), runlocal (a few steps, for smoke tests).
 """
 import ml_collections
 
@@ -39,7 +40,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, method="losa", mixing="space_time", pool="gap",
                          rank=8, rank_time=0, steps=300, lr=3e-3, batch=32,
                          seed=0, inflate="average", init="", cache=False,
-                         runlocal=False)
+                         side_dtype="", runlocal=False)
   c = ml_collections.ConfigDict()
   c.seed = arg["seed"]
   c.num_classes = 4
@@ -63,7 +64,8 @@ def get_config(arg=None):
       dict(kind="vivit", temporal_patch_size=TEMPORAL_PATCH,
            num_frames=CLIP_SHAPE[0], **demo.BACKBONE_MODEL),
       arg["rank"], rank_time=arg["rank_time"] or None,
-      video_token_mixing=arg["mixing"], pool=arg["pool"])
+      video_token_mixing=arg["mixing"], pool=arg["pool"],
+      **common.side_dtype(arg["side_dtype"]))
 
   common.adamw_cosine(
       c, lr=arg["lr"], warmup=dict(warmup_steps=min(30, c.total_steps // 10)),

@@ -14,14 +14,14 @@ and the token MLP's [B, D, r_t] (for video, [B, T, D, r_s] spatial and
 [B, S, D, r_t] temporal). With `zero_init` every mixer output projection
 starts at zero, so a_i = 0 at step 0 and the model is a linear probe.
 
-`dtype` is the storage dtype of the taps and of every [B, N, D] tensor of the
-side stream (a_i, z_i, branch outputs). With "bfloat16" the side network moves
-half the bytes; params stay float32, LayerNorm statistics are computed in
-float32 and matmuls accumulate in float32 (XLA's bf16 dots do on CPU, GPU and
-TPU), so only what is stored between ops is rounded. The head's input
+`dtype` is the storage dtype of the taps and of the side stream kept
+between layers (a_i, and z_i where the backward keeps it). With "bfloat16"
+those stores take half the bytes; everything inside a mixer is float32 math
+on float32 params (each z_i read is converted, each a_i rounded once when
+stored), in the fused path and in autodiff alike. The head's input
 LN_out(sg(b_L) + a_L) is float32 in both cases.
 """
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -57,20 +57,17 @@ class LowRankMLP(nn.Module):
   features: int
   rank: Optional[int]
   zero_init: bool = True
-  dtype: Any = jnp.float32   # of the activations; params are float32
 
   @nn.compact
   def __call__(self, x):
     out_init = (nn.initializers.zeros if self.zero_init
                 else nn.initializers.normal(stddev=1e-3))
     if self.rank is None:
-      return nn.Dense(self.features, kernel_init=out_init, dtype=self.dtype,
-                      name="up")(x)
+      return nn.Dense(self.features, kernel_init=out_init, name="up")(x)
     h = nn.Dense(self.rank, kernel_init=nn.initializers.lecun_normal(),
-                 dtype=self.dtype, name="down")(x)
+                 name="down")(x)
     h = nn.gelu(h)
-    return nn.Dense(self.features, kernel_init=out_init, dtype=self.dtype,
-                    name="up")(h)
+    return nn.Dense(self.features, kernel_init=out_init, name="up")(h)
 
 
 class _Branch(nn.Module):
@@ -85,15 +82,12 @@ class _Branch(nn.Module):
   zero_init: bool
   num_prefix: int            # leading tokens (CLS) left out of token mixing
   grid: Optional[Tuple[int, int]] = None   # (n_t, n_s) for video tokens
-  dtype: Any = jnp.float32
 
   def _mlp(self, features):
-    return LowRankMLP(features, self.rank, self.zero_init, dtype=self.dtype,
-                      name="mlp")
+    return LowRankMLP(features, self.rank, self.zero_init, name="mlp")
 
   def _norm(self):
-    # Statistics in float32 whatever the dtype (flax promotes reductions).
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm")
+    return nn.LayerNorm(epsilon=1e-6, name="LayerNorm")
 
   @nn.compact
   def __call__(self, z):
@@ -139,7 +133,8 @@ class Mixer(nn.Module):
 
   Branches run sequentially with residuals (u = z + c; t = Token(u)); the
   returned delta is c + t, accumulated branch by branch so that zero branches
-  give an exact zero.
+  give an exact zero. z may be stored in any float dtype; the math and the
+  returned delta are float32.
   """
   rank_channel: int = 8
   rank_token: int = 8
@@ -152,15 +147,14 @@ class Mixer(nn.Module):
   num_prefix: int = 0
   grid: Optional[Tuple[int, int]] = None
   video_token_mixing: str = "space_time"
-  dtype: Any = jnp.float32
   fused: bool = True
 
   def uses_fused_vjp(self) -> bool:
     """Whether this mixer runs `side_fused.mixer` (same params, same
     function, hand-written backward) instead of autodiff of the branches."""
     return self.fused and side_fused.applies(
-        dict(norms=self.norms, token_mixer=self.token_mixer, grid=self.grid,
-             dtype=self.dtype), self.branches())
+        dict(norms=self.norms, token_mixer=self.token_mixer, grid=self.grid),
+        self.branches())
 
   def branches(self) -> Sequence[Tuple[str, Optional[int]]]:
     """The (kind, rank) sequence of one layer's sub-blocks."""
@@ -181,13 +175,16 @@ class Mixer(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    # CLS is mixed with the patches only when asked, and never in the
-    # factorised video mixers (its position fits no frame).
+    # Whatever z's storage dtype, the mixer computes in float32 and returns
+    # a float32 delta: the caller rounds once, when it stores a_i.
+    z = z.astype(jnp.float32)
     made = self.variables.get("params", {})
     if self.uses_fused_vjp() and "channel_0" in made and "token_1" in made:
       # The branches' params as init made them (init, or apply with mutable
       # params, runs the branch modules below); no submodule is called.
       return side_fused.mixer(flax.core.unfreeze(made), z)
+    # CLS is mixed with the patches only when asked, and never in the
+    # factorised video mixers (its position fits no frame).
     exclude_cls = self.token_mixer == "exclude_cls" or (
         self.grid is not None and self.video_token_mixing != "joint")
     delta = jnp.zeros_like(z)
@@ -196,7 +193,7 @@ class Mixer(nn.Module):
       y = _Branch(kind, rank, self.norms, self.zero_init,
                   num_prefix=self.num_prefix if (
                       kind != "channel" and exclude_cls) else 0,
-                  grid=self.grid, dtype=self.dtype, name=f"{kind}_{j}")(cur)
+                  grid=self.grid, name=f"{kind}_{j}")(cur)
       cur = cur + y
       delta = delta + y
     return delta
@@ -228,10 +225,12 @@ class SideLayer(nn.Module):
       # [I; I] init: at step 0 the projection is exactly b + carry.
       eye = jnp.eye(d, dtype=jnp.float32)
       z = nn.Dense(d, kernel_init=lambda *_: jnp.concatenate([eye, eye]),
-                   dtype=carry.dtype, name="combine")(
-                       jnp.concatenate([b, carry], axis=-1))
-    y = Mixer(**self.mixer, name="mixer")(z)
-    return (carry + y if self.state == "delta" else z + y), None
+                   name="combine")(jnp.concatenate(
+                       [b, carry], axis=-1).astype(jnp.float32)).astype(
+                           carry.dtype)
+    y = Mixer(**self.mixer, name="mixer")(z)               # float32
+    new = carry + y if self.state == "delta" else z + y
+    return new.astype(carry.dtype), None
 
 
 class SideNetwork(nn.Module):
@@ -278,7 +277,7 @@ class SideNetwork(nn.Module):
     if self.state == "stream" and self.head_input != "sum":
       raise ValueError("LoSA option state='stream' needs head_input='sum' "
                        "(the stream already carries the backbone features).")
-    mixer_kw = dict(self.mixer, dtype=dtype)
+    mixer_kw = dict(self.mixer)
     _check("mixer_order", mixer_kw.get("mixer_order", "channel_token"),
            MIXER_ORDERS)
     _check("token_mixer", mixer_kw.get("token_mixer", "all"), TOKEN_MIXERS)

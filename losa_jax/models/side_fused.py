@@ -4,23 +4,40 @@
 
 Same params and same function as `side.Mixer` in its default structure
 (one channel-token pair, pre-LayerNorms, token mixing over all tokens,
-images; `mixer` float32, `side_scan` float32 or bf16 storage):
+images), with z [B, N, D] and the params
 
-    y1 = LN1(z);  c = U1 gelu(D1 y1)                 (channel, over D)
-    u = z + c;    y2 = LN2(u);  t = (U2 gelu(D2 y2^T))^T   (token, over N)
-    delta = c + t
+    channel: s1, b1 (LN1), Wd1 [D, r1], bd1, Wu1 [r1, D], bu1
+    token:   s2, b2 (LN2), Wd2 [N, r2], bd2, Wu2 [r2, N], bu2
 
-Autodiff of that, rematerialised per layer, runs the forward twice and
-builds its backward from many small ops that XLA:CPU does not fuse: 99
-full [B, N, D] float32 reads or writes per layer for a cached ViT-B/16 step
-(counted with `losa_jax.cost.hlo_traffic`; 69 here). The closed-form
-backward below reads z once more, recomputes c and the LayerNorm outputs
-from the saved low-rank activations, computes each LayerNorm's two row sums
-in one variadic reduce, writes token mixing as batched GEMMs with no
-transpose, and never replays the forward; residuals are z [B, N, D] (what
-remat kept anyway, as the carry) and the small h1 [B, N, r], h2 [B, r, D]
-and row statistics [B, N, 1]. Gradients equal autodiff's within float32 rounding
-(tests/test_side_fused.py).
+    y1 = LN1(z);  h1 = y1 Wd1 + bd1;  c = gelu(h1) Wu1 + bu1     (over D)
+    u = z + c;    y2 = LN2(u);  h2[b] = Wd2^T y2[b] + bd2         (over N)
+    t[b] = Wu2^T gelu(h2[b]) + bu2;  delta = c + t
+
+Autodiff of that, rematerialised per layer, moves 99 full [B, N, D]
+float32 passes per layer for a cached ViT-B/16 step (counted with
+`losa_jax.cost.hlo_traffic`), because XLA:CPU runs every LayerNorm, its
+backward, each transpose and each weight gradient as its own pass. Here
+every full-size tensor is touched only by a rank-r product or one
+elementwise pass, ~30 passes per layer:
+
+* LayerNorms are folded into the low-rank products, never formed:
+  LN1(z) Wd1 = i1 (z A1 - m1 1^T A1) + b1 Wd1 with A1 = diag(s1) Wd1, and
+  Wd2^T diag(i2) (u - m2) with u = z + c and c of rank r1, so neither y1,
+  y2, u nor c is materialised; u's row statistics follow from z's and the
+  low-rank terms (|u|^2 = |z|^2 + 2 z.c + |c|^2).
+* delta = [Wu2^T | g1 | bu2 | 1] @ [gelu(h2); Wu1; 1; bu1], one GEMM.
+* The backward is folded the same way: each LayerNorm backward needs the
+  row sums of g = dy * scale and g * xhat, and g has rank r, so both are
+  low-rank products; d/dz is one GEMM plus one elementwise pass.
+* Token mixing is always a batched GEMM with the weight on the left and z
+  in its own [B, N, D] layout: no [B, D, N] transpose is made.
+
+The products whose row means are subtracted afterwards run at HIGHEST
+precision (no TF32 on GPUs). Gradients equal autodiff's within float32
+rounding, and off-centre rows (mean 40-400) lose no more accuracy than
+flax's LayerNorm does (tests/test_side_fused.py). Residuals: z (kept by
+`side_scan` as one stack) and the small m1, i1, z [A1 | Wu1^T | bu1]
+[B, N, 2 r1 + 1], m2, i2 and Wd2^T xhat2 [B, r2, D].
 """
 import functools
 from typing import Any, Dict, Tuple
@@ -39,50 +56,102 @@ def applies(mixer: Dict[str, Any], branches) -> bool:
           and all(rank is not None for _, rank in branches)
           and mixer.get("norms", "pre") == "pre"
           and mixer.get("token_mixer", "all") == "all"
-          and mixer.get("grid") is None
-          and jnp.dtype(mixer.get("dtype", jnp.float32)) == jnp.float32)
+          and mixer.get("grid") is None)
 
 
-def _row_stats(x):
-  """(mean, 1 / sqrt(var + eps)) over the last axis, [..., 1] each.
-
-  One variadic reduce gives both sums (one read of x); the variance is
-  E[x^2] - E[x]^2 clipped at 0, as flax's LayerNorm computes it.
-  """
-  d = x.shape[-1]
+def _row_sums(x):
+  """(sum x, sum x^2) over the last axis, [..., 1] each: one variadic
+  reduce, one read of x."""
   s1, s2 = lax.reduce((x, x * x), (jnp.float32(0), jnp.float32(0)),
                       lambda a, b: (a[0] + b[0], a[1] + b[1]),
                       (x.ndim - 1,))
-  mean = s1[..., None] / d
-  var = jnp.maximum(0.0, s2[..., None] / d - mean * mean)
-  return mean, lax.rsqrt(var + EPSILON)
+  return s1[..., None], s2[..., None]
 
 
-def _bmm(w, x):
-  """w [M, K] times every x[b] [K, D] -> [B, M, D].
+def _stats(s1, s2, d):
+  """(mean, 1 / sqrt(var + eps)) from the row sums; the variance is
+  E[x^2] - E[x]^2 clipped at 0, as flax's LayerNorm computes it."""
+  mean = s1 / d
+  return mean, lax.rsqrt(jnp.maximum(0.0, s2 / d - mean * mean) + EPSILON)
 
-  Token mixing is written this way round (weights on the left, tokens as the
-  rows of x) so that every dot is a plain batched GEMM over x's layout: no
-  [B, D, N] transpose of a [B, N, D] tensor is ever materialised.
+
+def _hi(x, y):
+  """x @ y in full float32.
+
+  The folded LayerNorms subtract the row means after the product
+  (z W - m 1^T W, not (z - m) W), so these products must not be rounded to
+  TF32 or bf16 passes, as float32 dots on GPUs and TPUs are by default.
   """
-  return jnp.matmul(jnp.broadcast_to(w, (x.shape[0],) + w.shape), x)
+  return jnp.matmul(x, y, precision=lax.Precision.HIGHEST)
+
+
+def _bcast(x, lead):
+  return jnp.broadcast_to(x, (lead,) + x.shape)
+
+
+def _unpack(p):
+  """`side.Mixer`'s tree as the 12 arrays of the module docstring."""
+  out = []
+  for branch in (p["channel_0"], p["token_1"]):
+    out += [branch["LayerNorm"]["scale"], branch["LayerNorm"]["bias"]]
+    for dense in ("down", "up"):
+      out += [branch["mlp"][dense]["kernel"], branch["mlp"][dense]["bias"]]
+  return out
+
+
+def _h1(p, zp, m1, i1):
+  """h1 = LN1(z) Wd1 + bd1 [B, N, r1] from zp = z [A1 | ...], without LN1(z):
+  LN1(z) Wd1 = i1 (z A1 - m1 1^T A1) + b1 Wd1, A1 = diag(s1) Wd1."""
+  s1, b1, wd1, bd1 = _unpack(p)[:4]
+  a1 = s1[:, None] * wd1
+  xa1 = i1 * (zp[..., :wd1.shape[1]] - m1 * jnp.sum(a1, 0))   # LN1(z)-b1, @Wd1
+  return xa1 + (b1 @ wd1 + bd1), xa1, a1
+
+
+def _h2(p, x2):
+  """h2 = Wd2^T LN2(u) + bd2 [B, r2, D] from x2 = Wd2^T xhat2 [B, r2, D]."""
+  s2, b2, wd2, bd2 = _unpack(p)[6:10]
+  return s2 * x2 + jnp.sum(wd2, 0)[:, None] * b2 + bd2[:, None]
 
 
 def _forward(p, z):
-  """z [B, N, D] -> (delta [B, N, D], small residuals; h2 is [B, r, D])."""
-  ch, tk = p["channel_0"], p["token_1"]
-  m1, i1 = _row_stats(z)
-  y1 = (z - m1) * (i1 * ch["LayerNorm"]["scale"]) + ch["LayerNorm"]["bias"]
-  h1 = y1 @ ch["mlp"]["down"]["kernel"] + ch["mlp"]["down"]["bias"]
-  c = jax.nn.gelu(h1) @ ch["mlp"]["up"]["kernel"] + ch["mlp"]["up"]["bias"]
-  u = z + c
-  m2, i2 = _row_stats(u)
-  y2 = (u - m2) * (i2 * tk["LayerNorm"]["scale"]) + tk["LayerNorm"]["bias"]
-  h2 = (_bmm(tk["mlp"]["down"]["kernel"].T, y2)
-        + tk["mlp"]["down"]["bias"][:, None])              # [B, r, D]
-  t = (_bmm(tk["mlp"]["up"]["kernel"].T, jax.nn.gelu(h2))
-       + tk["mlp"]["up"]["bias"][:, None])                # [B, N, D]
-  return c + t, (m1, i1, h1, m2, i2, h2)
+  """z [B, N, D] -> (delta [B, N, D], small residuals).
+
+  Full-size work: one row-sum reduce of z, z @ [A1 | Wu1^T | bu1]
+  ([B, N, 2 r1 + 1]), the token projection Wd2^T diag(i2) z ([B, r2, D]),
+  and one batched GEMM that writes delta. Neither LN(z), u = z + c nor c is
+  ever materialised: u's row statistics follow from z's and from the
+  low-rank c = g1 Wu1 + bu1 (|u|^2 = |z|^2 + 2 z.c + |c|^2).
+  """
+  _, _, wd1, _, wu1, bu1, _, _, wd2, _, wu2, bu2 = _unpack(p)
+  bsz, n, d = z.shape
+  r1 = wd1.shape[1]
+  sz1, sz2 = _row_sums(z)
+  m1, i1 = _stats(sz1, sz2, d)
+  a1 = _unpack(p)[0][:, None] * wd1
+  # Batched like every other product of z, so that all of them read one
+  # [B, N, D] operand (one float32 copy of a bf16 z, not one per shape).
+  zp = _hi(z, _bcast(jnp.concatenate([a1, wu1.T, bu1[:, None]], 1), bsz))
+  h1, _, _ = _h1(p, zp, m1, i1)
+  g1 = jax.nn.gelu(h1)
+  # Row sums of u = z + c, c = g1 Wu1 + bu1, from z's and low-rank terms.
+  su1 = sz1 + (g1 @ jnp.sum(wu1, 1))[..., None] + jnp.sum(bu1)
+  zc = jnp.sum(g1 * zp[..., r1:2 * r1], -1, keepdims=True) + zp[..., -1:]
+  cc = (jnp.sum((g1 @ (wu1 @ wu1.T)) * g1, -1, keepdims=True)
+        + 2.0 * (g1 @ (wu1 @ bu1))[..., None] + jnp.sum(bu1 * bu1))
+  m2, i2 = _stats(su1, sz2 + 2.0 * zc + cc, d)
+  # x2 = Wd2^T xhat2 = V u - V m2 with V = Wd2^T diag(i2) [B, r2, N]
+  # (weights on the left: a plain batched GEMM over z's layout).
+  v = wd2.T * jnp.swapaxes(i2, 1, 2)
+  x2 = (_hi(v, z) + _hi(v, g1) @ wu1 + jnp.sum(v, -1, keepdims=True) * bu1
+        - _hi(v, m2))
+  g2 = jax.nn.gelu(_h2(p, x2))
+  # delta = t + c = [Wu2^T | g1 | bu2 | 1] @ [g2; Wu1; 1; bu1]: one GEMM.
+  one_n, one_d = jnp.ones((bsz, n, 1), z.dtype), jnp.ones((bsz, 1, d), z.dtype)
+  left = jnp.concatenate([_bcast(wu2.T, bsz), g1, bu2[:, None] * one_n,
+                          one_n], -1)
+  right = jnp.concatenate([g2, _bcast(wu1, bsz), one_d, bu1 * one_d], 1)
+  return jnp.matmul(left, right), (m1, i1, zp, m2, i2, x2)
 
 
 @jax.custom_vjp
@@ -100,18 +169,6 @@ def _mixer_fwd(params, z):
   return delta, (params, z, res)
 
 
-def _layer_norm_bwd(xhat, inv, scale, dy):
-  """(dx, dscale, dbias) of y = xhat * scale + bias, xhat = (x - m) * inv."""
-  d = xhat.shape[-1]
-  g = dy * scale
-  sg, sgx = lax.reduce((g, g * xhat), (jnp.float32(0), jnp.float32(0)),
-                       lambda a, b: (a[0] + b[0], a[1] + b[1]),
-                       (xhat.ndim - 1,))
-  dx = inv * (g - sg[..., None] / d - xhat * (sgx[..., None] / d))
-  axes = tuple(range(xhat.ndim - 1))
-  return dx, jnp.sum(dy * xhat, axes), jnp.sum(dy, axes)
-
-
 def _ln_grads(dscale, dbias):
   return {"scale": dscale, "bias": dbias}
 
@@ -120,45 +177,102 @@ def _dense_grads(dkernel, dbias):
   return {"kernel": dkernel, "bias": dbias}
 
 
-def _mixer_bwd(saved, dd) -> Tuple[Any, Any]:
-  params, z, (m1, i1, h1, m2, i2, h2) = saved
-  ch, tk = params["channel_0"], params["token_1"]
+def _backward(params, z, res, dd, carry=None):
+  """(param grads, carry + d/dz) of delta = M(z) for the cotangent dd.
+
+  Full-size work: two GEMMs that read dd (contracting tokens, then
+  channels), two that read z, one that writes the low-rank part of d/dz,
+  and one elementwise pass carry + that - beta z. Every LayerNorm backward
+  is folded the same way as the forward: its row sums sum_d g and
+  sum_d g xhat are low-rank products (g = dy * scale has rank r).
+  """
+  s1, b1, wd1, _, wu1, bu1, s2, b2, wd2, _, wu2, _ = _unpack(params)
+  m1, i1, zp, m2, i2, x2 = res
+  bsz, n, d = z.shape
+  r1, r2 = wd1.shape[1], wd2.shape[1]
+  h1, xa1, a1 = _h1(params, zp, m1, i1)
   g1, gelu1_vjp = jax.vjp(jax.nn.gelu, h1)
-  g2, gelu2_vjp = jax.vjp(jax.nn.gelu, h2)
-  # Recomputed from the low-rank h1: nothing [B, N, D] of the forward kept.
-  c = g1 @ ch["mlp"]["up"]["kernel"] + ch["mlp"]["up"]["bias"]
-  xhat2 = (z + c - m2) * i2
-  y2 = xhat2 * tk["LayerNorm"]["scale"] + tk["LayerNorm"]["bias"]
+  g2, gelu2_vjp = jax.vjp(jax.nn.gelu, _h2(params, x2))
+  one_n, one_d = jnp.ones((bsz, 1, n), z.dtype), jnp.ones((bsz, d, 1), z.dtype)
 
-  # Token branch: t[b] = U2^T gelu(h2[b]) + b, h2[b] = D2^T y2[b] + b'
-  # ([B, r, D] layout); dt = dd. Weight gradients as batched GEMMs with the
-  # small operand transposed, then summed over b.
-  up_t = jnp.sum(jnp.matmul(dd, jnp.swapaxes(g2, 1, 2)), 0)       # [N, r]
-  d_tu = _dense_grads(up_t.T, jnp.sum(dd, (0, 2)))
-  dh2, = gelu2_vjp(_bmm(tk["mlp"]["up"]["kernel"], dd))           # [B, r, D]
+  # dd contracted over tokens: [Wu2; 1; g1^T] @ dd[b]  -> [B, r2 + 1 + r1, D].
+  oa = jnp.matmul(jnp.concatenate(
+      [_bcast(wu2, bsz), one_n, jnp.swapaxes(g1, 1, 2)], 1), dd)
+  dg2, dd_cols, g1t_dd = oa[:, :r2], oa[:, r2], oa[:, r2 + 1:]
+  # dd contracted over channels: dd[b] @ [Wu1^T | g2^T | 1] -> [B, N, r1+r2+1].
+  ob = jnp.matmul(dd, jnp.concatenate(
+      [_bcast(wu1.T, bsz), jnp.swapaxes(g2, 1, 2), one_d], 2))
+  dd_u1, dd_g2, dd_rows = ob[..., :r1], ob[..., r1:r1 + r2], ob[..., -1]
+
+  # Token MLP: t[b] = Wu2^T g2[b] + bu2, h2[b] = Wd2^T y2[b] + bd2.
+  d_tu = _dense_grads(jnp.sum(dd_g2, 0).T, jnp.sum(dd_rows, 0))
+  dh2, = gelu2_vjp(dg2)                                          # [B, r2, D]
+  e = dh2 * s2                                                   # dy2 s2 = Wd2 e
+  et = jnp.swapaxes(e, 1, 2)
+  # u e^T = z e^T + g1 (Wu1 e^T) + bu1 e^T                     [B, N, r2]
+  ue = _hi(z, et) + g1 @ (wu1 @ et) + jnp.matmul(e, bu1)[:, None, :]
+  e_sum = jnp.sum(e, -1)                                         # [B, r2]
   d_td = _dense_grads(
-      jnp.sum(jnp.matmul(y2, jnp.swapaxes(dh2, 1, 2)), 0),       # [N, r]
+      jnp.sum(i2 * (ue - m2 * e_sum[:, None, :])
+              + jnp.matmul(dh2, b2)[:, None, :], 0),
       jnp.sum(dh2, (0, 2)))
-  dy2 = _bmm(tk["mlp"]["down"]["kernel"], dh2)                    # [B, N, D]
-  du, ds2, db2 = _layer_norm_bwd(xhat2, i2, tk["LayerNorm"]["scale"], dy2)
+  ds2, db2 = jnp.sum(dh2 * x2, (0, 1)), jnp.sum(wd2, 0) @ jnp.sum(dh2, 0)
+  # LN2 backward, du = i2 g - beta2 u + gamma2 with g = Wd2 e (rank r2).
+  sg2 = (e_sum @ wd2.T)[..., None]                               # sum_d g
+  sgx2 = i2 * (jnp.sum(ue * wd2, -1, keepdims=True) - m2 * sg2)  # sum_d g xhat2
+  beta2 = i2 * i2 * sgx2 / d
+  gamma2 = m2 * beta2 - i2 * sg2 / d
 
-  # Channel branch: c feeds delta and u.
-  dc = dd + du
-  d_cu = _dense_grads(jnp.einsum("bnr,bnd->rd", g1, dc), jnp.sum(dc, (0, 1)))
-  dh1, = gelu1_vjp(dc @ ch["mlp"]["up"]["kernel"].T)
-  xhat1 = (z - m1) * i1
-  y1 = xhat1 * ch["LayerNorm"]["scale"] + ch["LayerNorm"]["bias"]
-  d_cd = _dense_grads(jnp.einsum("bnd,bnr->dr", y1, dh1),
-                      jnp.sum(dh1, (0, 1)))
-  dy1 = dh1 @ ch["mlp"]["down"]["kernel"].T
-  dz1, ds1, db1 = _layer_norm_bwd(xhat1, i1, ch["LayerNorm"]["scale"], dy1)
+  # Channel MLP: c feeds delta and u, so dc = dd + du.
+  du_u1 = (i2 * (wd2 @ (e @ wu1.T))
+           - beta2 * (zp[..., r1:2 * r1] + g1 @ (wu1 @ wu1.T) + wu1 @ bu1)
+           + gamma2 * jnp.sum(wu1, 1))                           # du Wu1^T
+  dh1, = gelu1_vjp(dd_u1 + du_u1)                                # [B, N, r1]
+  # Batched, then summed over b: z enters every dot as [B, N, D], so one
+  # slice of the stack serves them all.
+  kd = jnp.sum(_hi(jnp.swapaxes(jnp.concatenate(
+      [i1 * dh1, beta2 * g1, beta2], -1), 1, 2), z), 0)          # [2r1+1, D]
+  i2wd2 = jnp.einsum("bn,nr->br", i2[..., 0], wd2)
+  bg1 = jnp.sum(beta2 * g1, (0, 1))
+  d_cu = _dense_grads(
+      jnp.sum(g1t_dd, 0)
+      + jnp.sum(jnp.einsum("bnr,ns->brs", i2 * g1, wd2) @ e, 0)
+      - kd[r1:2 * r1]
+      - jnp.einsum("bnr,bns->rs", beta2 * g1, g1) @ wu1
+      - bg1[:, None] * bu1 + jnp.sum(gamma2 * g1, (0, 1))[:, None],
+      jnp.sum(dd_cols, 0) + jnp.einsum("br,brd->d", i2wd2, e) - kd[-1]
+      - bg1 @ wu1 - jnp.sum(beta2) * bu1 + jnp.sum(gamma2))
+  sdh1 = jnp.sum(dh1, (0, 1))
+  # xhat1^T dh1 = z^T (i1 dh1) - 1 (m1 i1 dh1)                 [D, r1]
+  xd = kd[:r1].T - jnp.sum(m1 * i1 * dh1, (0, 1))
+  d_cd = _dense_grads(s1[:, None] * xd + b1[:, None] * sdh1, sdh1)
+  ds1, db1 = jnp.sum(wd1 * xd, 1), wd1 @ sdh1
+  # LN1 backward, dz1 = i1 dh1 A1^T - beta1 z + gamma1.
+  sg1 = dh1 @ jnp.sum(a1, 0)[:, None]
+  beta1 = i1 * i1 * jnp.sum(dh1 * xa1, -1, keepdims=True) / d
+  gamma1 = m1 * beta1 - i1 * sg1 / d
 
+  # d/dz = du + dz1 = [i2 Wd2 | i1 dh1 | -beta2 g1 | -beta2 | gamma] @
+  #        [e; A1^T; Wu1; bu1; 1] - (beta1 + beta2) z.
+  left = jnp.concatenate([i2 * wd2, i1 * dh1, -beta2 * g1, -beta2,
+                          gamma1 + gamma2], -1)
+  right = jnp.concatenate([e, _bcast(a1.T, bsz), _bcast(wu1, bsz),
+                           _bcast(bu1[None], bsz),
+                           jnp.ones((bsz, 1, d), z.dtype)], 1)
+  dz = jnp.matmul(left, right) - (beta1 + beta2) * z
+  if carry is not None:
+    dz = carry + dz
   grads = {
       "channel_0": {"LayerNorm": _ln_grads(ds1, db1),
                     "mlp": {"down": d_cd, "up": d_cu}},
       "token_1": {"LayerNorm": _ln_grads(ds2, db2),
                   "mlp": {"down": d_td, "up": d_tu}}}
-  return grads, du + dz1
+  return grads, dz
+
+
+def _mixer_bwd(saved, dd) -> Tuple[Any, Any]:
+  params, z, res = saved
+  return _backward(params, z, res, dd)
 
 
 mixer.defvjp(_mixer_fwd, _mixer_bwd)
@@ -171,7 +285,7 @@ def scan_applies(mixer: Dict[str, Any], branches, *, combine: str,
                  state: str, share_weights: bool) -> bool:
   """Whether `side.SideNetwork` runs `side_scan` for these options."""
   return (combine == "add" and state == "delta" and not share_weights
-          and applies({**mixer, "dtype": jnp.float32}, branches))
+          and applies(mixer, branches))
 
 
 def _layer(tree, i):
@@ -179,19 +293,25 @@ def _layer(tree, i):
                       tree)
 
 
-def _read(stack, i, axis):
-  """stack[i] along `axis`, as float32.
+def _words(x):
+  """A bf16 array as its raw 16-bit words (a bitcast; other dtypes as is)."""
+  return lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 \
+      else x
 
-  A bf16 stack is sliced as raw 16-bit words and converted after the slice:
-  otherwise XLA:CPU rewrites convert(slice(x)) as slice(convert(x)) and
-  hoists the convert out of the loop, a float32 copy of the whole stack.
+
+def _read(stack, i, axis):
+  """stack[i] along `axis`, as float32; a uint16 stack holds bf16 words.
+
+  bf16 stacks are sliced and updated as raw 16-bit words: on bf16 arrays
+  XLA:CPU moves the converts across the slice (slice(convert(x)), hoisted
+  out of the loop: a float32 copy of the whole stack) and across the
+  update (convert(update(convert(x)))): the whole stack converted twice in
+  every iteration.
   """
-  if stack.dtype == jnp.bfloat16:
-    words = lax.dynamic_index_in_dim(
-        lax.bitcast_convert_type(stack, jnp.uint16), i, axis, keepdims=False)
-    return lax.bitcast_convert_type(words, jnp.bfloat16).astype(jnp.float32)
-  return lax.dynamic_index_in_dim(stack, i, axis, keepdims=False).astype(
-      jnp.float32)
+  words = lax.dynamic_index_in_dim(_words(stack), i, axis, keepdims=False)
+  if words.dtype == jnp.uint16:
+    words = lax.bitcast_convert_type(words, jnp.bfloat16)
+  return words.astype(jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -212,45 +332,59 @@ def side_scan(params, taps, layer_axis: int, dtype):
   The forward overwrites b_i with z_i in the tap stack itself when the
   dtypes agree: the backward needs z_i, never b_i, so the side network holds
   one [L', B, N, D] stack for its backward, not two (the taps and remat's
-  carries).
+  carries). Otherwise (bf16 cached taps, float32 side) the z_i are stacked
+  as scan outputs, [L', B, N, D]. z_i is rounded to `dtype` before the mixer
+  reads it, so forward and backward see the same stored z_i.
   """
   return _scan_fwd(params, taps, layer_axis, dtype)[0]
+
+
+def _stack_axis(taps_dtype, dtype, layer_axis):
+  """The layer axis of the saved z stack: the taps' own when z_i is written
+  over them, else 0 (a stack of scan outputs)."""
+  return layer_axis if jnp.dtype(taps_dtype) == jnp.dtype(dtype) else 0
 
 
 def _scan_fwd(params, taps, layer_axis, dtype):
   dtype = jnp.dtype(dtype)
   in_place = taps.dtype == dtype
-  zs = taps if in_place else jnp.zeros(taps.shape, dtype)   # taps' layout
 
   def body(carry, i):
     a, zs = carry
-    z = _read(zs if in_place else taps, i, layer_axis) + a.astype(
-        jnp.float32)
-    delta, small = _forward(_layer(params, i), z)
-    zs = lax.dynamic_update_index_in_dim(zs, z.astype(dtype), i, layer_axis)
-    return ((a.astype(jnp.float32) + delta).astype(dtype), zs), small
+    # z_i as stored: the backward and the forward see the same z_i.
+    z = (_read(zs, i, layer_axis) + a.astype(jnp.float32)).astype(dtype)
+    delta, small = _forward(_layer(params, i), z.astype(jnp.float32))
+    a = (a.astype(jnp.float32) + delta).astype(dtype)
+    if in_place:
+      zs = lax.dynamic_update_index_in_dim(zs, _words(z), i, layer_axis)
+      return (a, zs), small
+    return (a, zs), (small, _words(z))
 
   shape = list(taps.shape)
   n_layers = shape.pop(layer_axis)
-  (a, zs), smalls = lax.scan(body, (jnp.zeros(shape, dtype), zs),
-                             jnp.arange(n_layers))
+  (a, zs), out = lax.scan(body, (jnp.zeros(shape, dtype), _words(taps)),
+                          jnp.arange(n_layers))
+  smalls, zs = out if not in_place else (out, zs)
   # A scalar of the taps' dtype: residuals must be arrays.
   return a, (params, zs, smalls, jnp.zeros((), taps.dtype))
 
 
 def _scan_bwd(layer_axis, dtype, saved, da):
-  del dtype
   params, zs, smalls, taps_dtype = saved
+  axis = _stack_axis(taps_dtype.dtype, dtype, layer_axis)
 
   def body(da, i):
-    dp, dz = _mixer_bwd((_layer(params, i), _read(zs, i, layer_axis),
-                         _layer(smalls, i)), da)
-    return da + dz, dp            # a_{i-1} feeds a_i and z_i
+    # a_{i-1} feeds a_i and z_i: da_{i-1} = da_i + d/dz_i.
+    dp, da = _backward(_layer(params, i), _read(zs, i, axis),
+                       _layer(smalls, i), da, carry=da)
+    return da, dp
 
   _, dparams = lax.scan(body, da.astype(jnp.float32),
-                        jnp.arange(zs.shape[layer_axis]), reverse=True)
+                        jnp.arange(zs.shape[axis]), reverse=True)
   dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
-  return dparams, jnp.zeros(zs.shape, taps_dtype.dtype)
+  shape = list(zs.shape)
+  shape.insert(layer_axis, shape.pop(axis))          # the taps' shape
+  return dparams, jnp.zeros(shape, taps_dtype.dtype)
 
 
 side_scan.defvjp(_scan_fwd, _scan_bwd)

@@ -4,6 +4,8 @@ r"""Video LoSA demo, offline: does the side network's temporal mixing matter?
 
   python -m losa_jax.video.demo                 # the table in docs/video.md
   python -m losa_jax.video.demo --steps 20      # a quick smoke run
+  python -m losa_jax.video.demo --only 0 --seeds 0,1,2 \
+      --extra side_dtype=float32                # one row, three seeds
 
 Task: `losa_jax.datasets.moving_digits` (8 frames of 28x28; the label is the
 direction a real MNIST digit moves in: right / left / down / up; 1,000
@@ -103,6 +105,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
                     f"default: all {len(RUNS)}.", **fv)
   flags.DEFINE_bool("no_cache", False, "Run the backbone at every LoSA step "
                     "(no feature cache).", **fv)
+  flags.DEFINE_string("extra", "", "Config args added to every row, e.g. "
+                      "side_dtype=float32.", **fv)
+  flags.DEFINE_list("seeds", [], "Run every row once per seed (config arg "
+                    "seed=); default: the config's seed only.", **fv)
   flags.register_validator(
       "only", lambda v: all(x.isdigit() and int(x) < len(RUNS) for x in v),
       message=f"--only takes row numbers 0..{len(RUNS) - 1}.", **fv)
@@ -111,8 +117,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 def main(argv):
   common.start_flags_only_main(argv)
   runs = [RUNS[int(i)] for i in FLAGS.only] if FLAGS.only else RUNS
+  if FLAGS.seeds:
+    runs = [(f"{name}, seed {s}", f"{arg},seed={int(s)}")
+            for name, arg in runs for s in FLAGS.seeds]
+  extra = [] if FLAGS.no_cache else ["cache"]
   rows = run(FLAGS.steps, runs, FLAGS.root,
-             extra_arg="" if FLAGS.no_cache else "cache")
+             extra_arg=",".join(extra + ([FLAGS.extra] if FLAGS.extra else [])))
   print()
   print(table(rows))
 
