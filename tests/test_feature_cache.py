@@ -114,6 +114,19 @@ def test_cached_training_equals_uncached(setup, cached_step, tmp_path):
   np.testing.assert_allclose(got16, ref, rtol=2e-2)
 
 
+@pytest.mark.parametrize("side_dtype", ["float32", "bfloat16"])
+def test_builds_for_either_side_storage_dtype(setup, side_dtype):
+  """The last tap stands in for the final features in the cache; with a
+  bf16 side stream the taps are bf16, so that guard compares them with the
+  final features rounded alike (it refused every bf16-side build before)."""
+  model = build.model_from_config(tiny_config("losa", losa=dict(
+      dtype=side_dtype)))
+  cache = _cache(setup, None, model=model, dtype="bfloat16", storage="memory")
+  assert cache.built and cache.num_examples == N
+  taps = cache.gather(np.arange(N))["image"]["taps"]
+  assert taps.shape[:2] == (N, 2) and taps.dtype == jnp.bfloat16
+
+
 @pytest.mark.parametrize("shuffle,start_step", [(True, 0), (True, 5),
                                                 (False, 4)])
 def test_order_matches_the_input_pipeline(shuffle, start_step):

@@ -338,7 +338,9 @@ def features_fn(model, dtype: str, final_is_last_tap: bool) -> Callable:
       if final_is_last_tap:
         # Guard for the storage saving: the last tap IS the final residual
         # stream; checked on every batch, it costs nothing.
-        feats["same"] = jnp.array_equal(out["taps"][-1], out["final"])
+        # (taps in the side network's storage dtype: final rounded alike)
+        feats["same"] = jnp.array_equal(
+            out["taps"][-1], out["final"].astype(out["taps"].dtype))
       else:
         feats["final"] = out["final"].astype(jdtype)
       return feats
