@@ -17,7 +17,8 @@ Args: method (losa|linear|full|lora|adapter), task (digits|digits_parity|
 mnist5k), rank, steps, lr, batch, seed, population (''|default|random: train
 a population of LoSA side networks on one backbone pass, see
 docs/population.md), side_dtype (float32|bfloat16: the storage dtype of
-LoSA's taps and side stream, docs/method.md), runlocal (a few steps and a
+LoSA's taps and side stream, docs/method.md; empty: the library default,
+bfloat16 since 2026-12-02; float32 reproduces earlier figures), runlocal (a few steps and a
 4-member population, for smoke tests). The README's table (`python -m losa_jax.demo.run`) gives the
 accuracies this config reaches on a 2-core CPU.
 

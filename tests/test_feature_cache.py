@@ -43,7 +43,9 @@ def _arrays(seed=0, n=N):
 
 @pytest.fixture(scope="module")
 def setup():
-  config = tiny_config("losa", **OPT)
+  # A float32 side stream, so that the cached and the uncached step agree to
+  # float32 rounding (a bf16 store rounds their f32 differences up to bf16).
+  config = tiny_config("losa", losa=dict(dtype="float32"), **OPT)
   built = build.build(config, total_steps=100)
   params = built.init(jax.random.key(0))["params"]
   return config, built, jax.device_get(params)
@@ -260,6 +262,7 @@ def test_trainer_with_cache_matches_uncached_steps(setup, tmp_path):
                      tf.io.encode_png(data["image"][i]))
   source = dict(root=str(root), split="train")
   c = tiny_config("losa", total_steps=STEPS, log_every=2, ckpt_every=0, **OPT,
+                  losa=dict(dtype="float32"),
                   input=ml_collections.ConfigDict(dict(
                       data=source, batch_size=BATCH, pp=PP)))
   c.feature_cache = dict(enabled=True, dtype="float32", storage="disk")

@@ -120,7 +120,10 @@ def test_each_task_equals_its_own_predictor(workdirs):
   for name, w in workdirs.items():
     ref = predict.Predictor(workdir_lib.read_config(w), w)(images)
     assert probs[name].shape == ref.shape
-    np.testing.assert_allclose(probs[name], ref, atol=1e-6, err_msg=name)
+    # The shared pass and the predictor's own are two XLA programs: their
+    # f32 taps may differ by an ulp, which the bf16 side stream (the LoSA
+    # default) can round up to one bf16 ulp: ~1e-4 in a probability.
+    np.testing.assert_allclose(probs[name], ref, atol=1e-3, err_msg=name)
     assert logits[name].shape == (5, 2 if "parity" in name or name == "lora"
                                   else 10)
   # The jitted function takes any batch size (one compile per size).

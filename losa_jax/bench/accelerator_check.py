@@ -81,6 +81,9 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
                             bf16=dtype == "bfloat16",
                             depth=spec.get("depth") or None)
   cfg.optax_name, cfg.wd = "sgd", 0.0
+  # The side stream stored in the same dtype: the float32 row checks to
+  # float32 tolerance (a bf16 store would round backend ulps up to bf16).
+  cfg.model.losa.dtype = dtype
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
   built = {"cpu": build.build(cfg, total_steps=10, mesh=sharding_lib.make_mesh(
       [("data", 1)], [cpu]))}

@@ -14,7 +14,7 @@ METHODS = ("losa", "linear", "full", "lora", "adapter")
 # A 4-block width-32 ViT at 32 px, for --quick.
 TINY = dict(width=32, depth=4, mlp_dim=64, num_heads=2, patch_size=(8, 8))
 BIG_CONFIGS = (  # (label, method, remat of the scanned backbone)
-    ("losa", "losa", True), ("losa bf16", "losa", True),
+    ("losa", "losa", True), ("losa f32", "losa", True),
     ("linear", "linear", True),
     ("lora+remat", "lora", True), ("lora", "lora", False),
     ("adapter+remat", "adapter", True), ("adapter", "adapter", False),

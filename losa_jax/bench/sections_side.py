@@ -5,12 +5,13 @@
 Per variant of a.measure_variants at batch a.measure_batch, for three
 implementations of the same side network (same params, same function):
 
-* "autodiff": autodiff of the branch modules, each layer rematerialised
-  (`model.losa.fused=False`; the only implementation before 2026-12-02);
-* "fused": the default, `models/side_fused.py` (hand-written backward, no
-  replay, z_i written over the tap stack);
-* "fused bf16": the same with the taps and the side stream stored in bf16
-  (`model.losa.dtype="bfloat16"`, opt-in).
+* "autodiff": autodiff of the branch modules, each layer rematerialised,
+  float32 side stream (`model.losa.fused=False, dtype="float32"`: every
+  step before 2026-12-02);
+* "fused f32": `models/side_fused.py` (hand-written backward with folded
+  LayerNorms, no replay, z_i written over the tap stack), float32 stores;
+* "fused": the default, the same with the taps and the side stream stored
+  in bf16 (`model.losa.dtype="bfloat16"`, the default since 2026-12-02).
 
 Compiled (deterministic): memory traffic of the uncached and the cached
 (feature-cache) train step from `cost.hlo_traffic` (loop trips counted;
@@ -32,8 +33,8 @@ from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
 
 _log = common.log
-IMPLEMENTATIONS = {"autodiff": dict(fused=False), "fused": {},
-                   "fused bf16": dict(dtype="bfloat16")}
+IMPLEMENTATIONS = {"autodiff": dict(fused=False, dtype="float32"),
+                   "fused f32": dict(dtype="float32"), "fused": {}}
 
 
 def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:

@@ -59,7 +59,7 @@ LOSA_DEFAULTS = dict(
     pool="auto",            # auto (match backbone) | tok | gap
     video_token_mixing="space_time",
     remat=True,             # recompute each mixer in backward: far less memory
-    dtype="float32",        # taps + side stream storage: float32 | bfloat16
+    dtype="bfloat16",       # taps + side stream storage: bfloat16 | float32
     fused=True,             # hand-written backward of the default mixer
 )
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
