@@ -104,7 +104,8 @@ def _h1(p, zp, m1, i1):
   LN1(z) Wd1 = i1 (z A1 - m1 1^T A1) + b1 Wd1, A1 = diag(s1) Wd1."""
   s1, b1, wd1, bd1 = _unpack(p)[:4]
   a1 = s1[:, None] * wd1
-  xa1 = i1 * (zp[..., :wd1.shape[1]] - m1 * jnp.sum(a1, 0))   # LN1(z)-b1, @Wd1
+  # (LN1(z) - b1) Wd1 = xhat1 A1 [B, N, r1]
+  xa1 = i1 * (zp[..., :wd1.shape[1]] - m1 * jnp.sum(a1, 0))
   return xa1 + (b1 @ wd1 + bd1), xa1, a1
 
 
