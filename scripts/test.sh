@@ -10,10 +10,10 @@
 # Other arguments go to pytest (a later -m replaces the default one), e.g.
 #   bash scripts/test.sh -k bf16     or one file, without this script:
 #   .venv/bin/python -m pytest -q tests/test_losa.py
-# Measured 2026-12-02 (`/usr/bin/time -v`, 2-core x86_64 CPU, Python 3.11,
-# jax 0.10.2, load average 1.1): the fast set, from an empty JAX compilation
-# cache, 586 tests in 6 min 35 s wall and 11.3 CPU-min; then `-m slow` (cache
-# warm), 29 tests in 5 min 53 s wall and 10.2 CPU-min. Before the speed-ups
+# Measured 2026-12-02 14:09 UTC (`/usr/bin/time -v`, 2-core x86_64 CPU,
+# Python 3.11, jax 0.10.2, load average 1.0-2.3): the fast set, from an empty
+# JAX compilation cache, 591 tests in 6 min 41 s wall and 11.9 CPU-min; then
+# `-m slow` (cache warm), 29 tests in 7 min 27 s wall and 13.7 CPU-min. Before the speed-ups
 # of issue #10 everything ran here: 36 min wall, 30 CPU-min.
 #
 # The slow integration tests (subprocess kill/resume, multi-process and
