@@ -77,6 +77,23 @@ def test_same_function_within_bf16_rounding(losa):
   assert not np.allclose(l16, l32, atol=0, rtol=0)   # it is not f32 in disguise
 
 
+def test_bf16_taps_are_the_rounded_float32_taps():
+  """Unrolled blocks' outputs are written straight into a bf16 stack (no
+  float32 stack): bit for bit the float32 stack rounded to bf16."""
+  from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  keys = iter(jax.random.split(jax.random.key(3), 8))
+  enc = {f"block{i:02d}": {"+mlp": 50 * jax.random.normal(next(keys),
+                                                           (2, 5, 8))}
+         for i in range(3)}
+  enc["pre_ln"] = enc["block02"]["+mlp"]
+  kw = dict(tap="block", tap_every=1, depth=3)
+  t16, _ = jax.jit(lambda e: model_lib.taps_from_encoder(
+      e, dtype="bfloat16", **kw))(enc)
+  t32, final = model_lib.taps_from_encoder(enc, dtype="float32", **kw)
+  assert t16.dtype == jnp.bfloat16 and final.dtype == jnp.float32
+  np.testing.assert_array_equal(t16, t32.astype(jnp.bfloat16))
+
+
 def test_trains_like_float32_and_backbone_stays_frozen():
   runs = {}
   for dtype in ("float32", "bfloat16"):

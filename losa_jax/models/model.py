@@ -174,6 +174,17 @@ def _frozen_reader(trainable: Optional[str]):
   return read
 
 
+def _stack_bf16(xs):
+  """jnp.stack(xs).astype(bf16) without a float32 stack: each [B, N, D] is
+  converted as it is written into the bf16 stack (as 16-bit words, which
+  XLA:CPU does not move converts across; see side_fused._read)."""
+  words = jnp.zeros((len(xs),) + xs[0].shape, jnp.uint16)
+  for i, x in enumerate(xs):
+    words = words.at[i].set(jax.lax.bitcast_convert_type(
+        x.astype(jnp.bfloat16), jnp.uint16))
+  return jax.lax.bitcast_convert_type(words, jnp.bfloat16)
+
+
 def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
                       encoder_norm=None, dtype="float32"):
   """The side network's inputs from one backbone forward's encoder outputs.
@@ -198,6 +209,9 @@ def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
     taps = encoder_out["stacked"][key]
     if len(idx) != depth:
       taps = taps[jnp.asarray(idx)]
+  elif tap != "block_ln" and jnp.dtype(dtype) == jnp.bfloat16:
+    taps = _stack_bf16([jax.lax.stop_gradient(encoder_out[f"block{i:02d}"][key])
+                        for i in idx])
   else:
     taps = jnp.stack([encoder_out[f"block{i:02d}"][key] for i in idx])
   if tap == "block_ln":
