@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from losa_jax.models import side as side_lib
+from losa_jax.models import side_fused
 from losa_jax.models import vit
 from losa_jax.models import vivit
 
@@ -180,9 +181,8 @@ def _stack_bf16(xs):
   XLA:CPU does not move converts across; see side_fused._read)."""
   words = jnp.zeros((len(xs),) + xs[0].shape, jnp.uint16)
   for i, x in enumerate(xs):
-    words = words.at[i].set(jax.lax.bitcast_convert_type(
-        x.astype(jnp.bfloat16), jnp.uint16))
-  return jax.lax.bitcast_convert_type(words, jnp.bfloat16)
+    words = words.at[i].set(side_fused.to_words(x.astype(jnp.bfloat16)))
+  return side_fused.from_words(words)
 
 
 def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,

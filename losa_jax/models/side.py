@@ -299,8 +299,8 @@ class SideNetwork(nn.Module):
     else:
       scan_kw = dict(variable_axes={"params": 0}, split_rngs={"params": True})
     made = self.variables.get("params", {}).get("layers", {}).get("mixer")
-    if made is not None and mixer.fused and side_fused.scan_applies(
-        mixer_kw, mixer.branches(), combine=self.combine, state=self.state,
+    if made is not None and side_fused.scan_applies(
+        mixer.uses_fused_vjp(), combine=self.combine, state=self.state,
         share_weights=self.share_weights):
       # Params exist (not init): the whole side network with one
       # hand-written backward; the same params and function as below.

@@ -99,11 +99,20 @@ def _unpack(p):
   return out
 
 
+def _a1(p):
+  """A1 = diag(s1) Wd1 [D, r1]: LN1's scale folded into the channel down."""
+  s1, _, wd1 = _unpack(p)[:3]
+  return s1[:, None] * wd1
+
+
 def _h1(p, zp, m1, i1):
   """h1 = LN1(z) Wd1 + bd1 [B, N, r1] from zp = z [A1 | ...], without LN1(z):
-  LN1(z) Wd1 = i1 (z A1 - m1 1^T A1) + b1 Wd1, A1 = diag(s1) Wd1."""
-  s1, b1, wd1, bd1 = _unpack(p)[:4]
-  a1 = s1[:, None] * wd1
+  LN1(z) Wd1 = i1 (z A1 - m1 1^T A1) + b1 Wd1.
+
+  Returns (h1, xhat1 A1, A1).
+  """
+  _, b1, wd1, bd1 = _unpack(p)[:4]
+  a1 = _a1(p)
   # (LN1(z) - b1) Wd1 = xhat1 A1 [B, N, r1]
   xa1 = i1 * (zp[..., :wd1.shape[1]] - m1 * jnp.sum(a1, 0))
   return xa1 + (b1 @ wd1 + bd1), xa1, a1
@@ -129,7 +138,7 @@ def _forward(p, z):
   r1 = wd1.shape[1]
   sz1, sz2 = _row_sums(z)
   m1, i1 = _stats(sz1, sz2, d)
-  a1 = _unpack(p)[0][:, None] * wd1
+  a1 = _a1(p)
   # Batched like every other product of z, so that all of them read one
   # [B, N, D] operand (one float32 copy of a bf16 z, not one per shape).
   zp = _hi(z, _bcast(jnp.concatenate([a1, wu1.T, bu1[:, None]], 1), bsz))
@@ -282,11 +291,12 @@ mixer.defvjp(_mixer_fwd, _mixer_bwd)
 # --- the whole side network ----------------------------------------------------
 
 
-def scan_applies(mixer: Dict[str, Any], branches, *, combine: str,
-                 state: str, share_weights: bool) -> bool:
-  """Whether `side.SideNetwork` runs `side_scan` for these options."""
-  return (combine == "add" and state == "delta" and not share_weights
-          and applies(mixer, branches))
+def scan_applies(mixer_fused: bool, *, combine: str, state: str,
+                 share_weights: bool) -> bool:
+  """Whether `side.SideNetwork` runs `side_scan`: its mixer runs `mixer`
+  (`side.Mixer.uses_fused_vjp()`) and the network has the default wiring."""
+  return (mixer_fused and combine == "add" and state == "delta"
+          and not share_weights)
 
 
 def _layer(tree, i):
@@ -294,9 +304,15 @@ def _layer(tree, i):
                       tree)
 
 
-def _words(x):
+def to_words(x):
   """A bf16 array as its raw 16-bit words (a bitcast; other dtypes as is)."""
   return lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 \
+      else x
+
+
+def from_words(x):
+  """The inverse of `to_words` (a bitcast; other dtypes as is)."""
+  return lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 \
       else x
 
 
@@ -309,10 +325,8 @@ def _read(stack, i, axis):
   update (convert(update(convert(x)))): the whole stack converted twice in
   every iteration.
   """
-  words = lax.dynamic_index_in_dim(_words(stack), i, axis, keepdims=False)
-  if words.dtype == jnp.uint16:
-    words = lax.bitcast_convert_type(words, jnp.bfloat16)
-  return words.astype(jnp.float32)
+  words = lax.dynamic_index_in_dim(to_words(stack), i, axis, keepdims=False)
+  return from_words(words).astype(jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -340,15 +354,15 @@ def side_scan(params, taps, layer_axis: int, dtype):
   return _scan_fwd(params, taps, layer_axis, dtype)[0]
 
 
-def _stack_axis(taps_dtype, dtype, layer_axis):
-  """The layer axis of the saved z stack: the taps' own when z_i is written
-  over them, else 0 (a stack of scan outputs)."""
-  return layer_axis if jnp.dtype(taps_dtype) == jnp.dtype(dtype) else 0
+def _in_place(taps_dtype, dtype) -> bool:
+  """Whether z_i is written over the taps (same dtype), else stacked as
+  scan outputs along axis 0."""
+  return jnp.dtype(taps_dtype) == jnp.dtype(dtype)
 
 
 def _scan_fwd(params, taps, layer_axis, dtype):
   dtype = jnp.dtype(dtype)
-  in_place = taps.dtype == dtype
+  in_place = _in_place(taps.dtype, dtype)
 
   def body(carry, i):
     a, zs = carry
@@ -357,13 +371,13 @@ def _scan_fwd(params, taps, layer_axis, dtype):
     delta, small = _forward(_layer(params, i), z.astype(jnp.float32))
     a = (a.astype(jnp.float32) + delta).astype(dtype)
     if in_place:
-      zs = lax.dynamic_update_index_in_dim(zs, _words(z), i, layer_axis)
+      zs = lax.dynamic_update_index_in_dim(zs, to_words(z), i, layer_axis)
       return (a, zs), small
-    return (a, zs), (small, _words(z))
+    return (a, zs), (small, to_words(z))
 
   shape = list(taps.shape)
   n_layers = shape.pop(layer_axis)
-  (a, zs), out = lax.scan(body, (jnp.zeros(shape, dtype), _words(taps)),
+  (a, zs), out = lax.scan(body, (jnp.zeros(shape, dtype), to_words(taps)),
                           jnp.arange(n_layers))
   smalls, zs = out if not in_place else (out, zs)
   # A scalar of the taps' dtype: residuals must be arrays.
@@ -372,7 +386,7 @@ def _scan_fwd(params, taps, layer_axis, dtype):
 
 def _scan_bwd(layer_axis, dtype, saved, da):
   params, zs, smalls, taps_dtype = saved
-  axis = _stack_axis(taps_dtype.dtype, dtype, layer_axis)
+  axis = layer_axis if _in_place(taps_dtype.dtype, dtype) else 0
 
   def body(da, i):
     # a_{i-1} feeds a_i and z_i: da_{i-1} = da_i + d/dz_i.
