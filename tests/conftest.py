@@ -1,8 +1,11 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """Shared test fixtures: tiny configs that compile in seconds on a CPU."""
+import importlib.metadata
 import os
+import subprocess
 import sys
+from typing import Sequence, Tuple
 
 # torch (the timm parity tests) probes for triton on import; triton's bundled
 # LLVM segfaults when loaded into a process that already holds jaxlib's and
@@ -19,10 +22,53 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # the CPU time of tests/test_losa.py). The HLO passes, and so the compiled
 # FLOP and memory figures the cost guard and benchmarks assert, are the same
 # (checked on ViT-S/16). Tests that start subprocesses with their own
-# XLA_FLAGS append to these (`xla_flags`). Flags an XLA build does not know
-# abort it at start-up: drop one here if jaxlib ever removes it.
-TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0",
-                  "--xla_cpu_use_fusion_emitters=false")
+# XLA_FLAGS append to these (`xla_flags`). An XLA build aborts at start-up on
+# a flag it does not know, and releases drop flags: `probe_xla_flags` keeps
+# only those the installed XLA accepts.
+WANTED_XLA_FLAGS = ("--xla_backend_optimization_level=0",
+                    "--xla_cpu_use_fusion_emitters=false")
+# The probe's answer, "<jaxlib version>|<kept flags>|<dropped flags>", shared
+# with xdist workers and subprocesses through the environment: one probe per
+# test run and jaxlib.
+PROBE_ENV = "LOSA_TEST_XLA_FLAGS_PROBED"
+_PROBE = "import jax; jax.devices('cpu')"
+
+
+def _xla_accepts(flags: Sequence[str]) -> bool:
+  """Whether a fresh process starts jax's CPU backend with these XLA_FLAGS."""
+  env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-c", _PROBE], env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        timeout=300, check=False).returncode == 0
+
+
+def probe_xla_flags(flags: Sequence[str], cache: bool = True
+                    ) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+  """Splits `flags` into (kept, dropped) by what the installed XLA accepts.
+
+  One subprocess starts jax with all of them; only if that fails, one per
+  flag. With `cache`, the answer is read from / written to $PROBE_ENV.
+  """
+  version = importlib.metadata.version("jaxlib")
+  cached = os.environ.get(PROBE_ENV, "").split("|")
+  if (cache and len(cached) == 3 and cached[0] == version
+      and sorted(" ".join(cached[1:]).split()) == sorted(flags)):
+    return tuple(cached[1].split()), tuple(cached[2].split())
+  if _xla_accepts(flags):
+    kept = tuple(flags)
+  else:
+    kept = tuple(f for f in flags if _xla_accepts([f]))
+  dropped = tuple(f for f in flags if f not in kept)
+  for flag in dropped:
+    print(f"conftest: jaxlib {version} does not know XLA flag {flag}: "
+          "dropped from the test flags", file=sys.stderr)
+  if cache:
+    os.environ[PROBE_ENV] = "|".join(
+        (version, " ".join(kept), " ".join(dropped)))
+  return kept, dropped
+
+
+TEST_XLA_FLAGS, DROPPED_XLA_FLAGS = probe_xla_flags(WANTED_XLA_FLAGS)
 
 
 def xla_flags(*extra: str, base=None) -> str:
@@ -75,3 +121,11 @@ def tiny_config(method="losa", *, num_classes=5, image_size=32, losa=None,
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def pytest_report_header():
+  if DROPPED_XLA_FLAGS:
+    return (f"XLA flags unknown to jaxlib "
+            f"{importlib.metadata.version('jaxlib')}, dropped: "
+            + " ".join(DROPPED_XLA_FLAGS))
+  return None
