@@ -103,11 +103,16 @@ def _operands(rest: str):
   return re.findall(r"%([\w.\-]+)", rest.split("),")[0].split("calls=")[0])
 
 
+def _params(body) -> Dict[int, str]:
+  """A fused computation's parameters: {operand index: name}."""
+  return {int(re.match(r"(\d+)", x["rest"]).group(1)): x["name"]
+          for x in body if x["op"] == "parameter"}
+
+
 def _fusion_reads(body, operand_bytes):
   """Bytes a fusion reads of each operand: a parameter that is only sliced
   inside the fusion (a scan reading one layer of a stack) costs the slices."""
-  params = {int(re.match(r"(\d+)", x["rest"]).group(1)): x["name"]
-            for x in body if x["op"] == "parameter"}
+  params = _params(body)
   reads = list(operand_bytes)
   for k, pname in params.items():
     pat = re.compile(r"%" + re.escape(pname) + r"\b")
@@ -118,6 +123,26 @@ def _fusion_reads(body, operand_bytes):
         for u in users):
       reads[k] = sum(_shape_bytes(u["shape"]) for u in users)
   return reads
+
+
+def _in_place_update(body, reads, written):
+  """(written, reads) of a fusion whose root is a dynamic-update-slice.
+
+  Where the updated buffer is an operand of the fusion (a scan writing one
+  layer of a stack), XLA updates it in place: the buffer is neither read nor
+  rewritten, and only the update (its shape in the fused body) is written.
+  The other operands (what the update is computed from, the indices) are
+  read as usual. A buffer made inside the fusion is written whole.
+  """
+  by_name = {x["name"]: x for x in body}
+  buffer, update = _operands(body[-1]["rest"])[:2]
+  while by_name[buffer]["op"] == "bitcast":
+    buffer = _operands(by_name[buffer]["rest"])[0]
+  index = {name: k for k, name in _params(body).items()}.get(buffer)
+  if index is None:
+    return written, reads
+  return (_shape_bytes(by_name[update]["shape"]),
+          [r for k, r in enumerate(reads) if k != index])
 
 
 def hlo_traffic(compiled) -> List[Dict[str, Any]]:
@@ -168,9 +193,8 @@ def hlo_traffic(compiled) -> List[Dict[str, Any]]:
         root = body[-1]["op"] if body else ""
         kind = f"fusion:{root}"
         reads = _fusion_reads(body, reads)
-        if root == "dynamic-update-slice" and reads:
-          reads.remove(max(reads))        # the buffer updated in place
-          written = sum(reads)
+        if root == "dynamic-update-slice":
+          written, reads = _in_place_update(body, reads, written)
       elif op == "dynamic-update-slice":
         written, reads = (reads[1], reads[1:]) if len(reads) > 1 else (
             written, reads)
