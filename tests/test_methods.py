@@ -9,6 +9,7 @@ from conftest import tiny_config
 from losa_jax import build
 from losa_jax import tree as tree_lib
 from losa_jax.models import model as model_lib
+from losa_jax.models import vit
 
 X = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
 Y = jax.numpy.arange(8) % 5
@@ -33,9 +34,19 @@ def test_loss_decreases(method):
     ("lora", ("head/", "_lora/")), ("adapter", ("head/", "adapter_"))])
 def test_trainable_sets(method, trained):
   b = build.build(tiny_config(method), total_steps=1)
+  names = tree_lib.names(b.state_shape["params"])
+  assert sorted(b.mask) == names
   for name, is_trained in b.mask.items():
-    assert is_trained == any(t in name for t in trained) or (
-        method == "full"), name
+    assert is_trained == any(t in name for t in trained), (name, is_trained)
+  for t in trained:
+    assert any(t in name for name in names), f"no {t} leaf"
+  # Only LoSA has a side network; every method keeps the whole ViT (full
+  # trains all of it, so a missing leaf would go untrained unnoticed).
+  assert any(n.startswith("side/") for n in names) == (method == "losa")
+  vit_names = tree_lib.names(jax.eval_shape(
+      vit.Model(None, **b.model.backbone_kwargs()).init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, 32, 32, 3), jax.numpy.float32))["params"])
+  assert {f"backbone/{n}" for n in vit_names} <= set(names)
 
 
 def test_eval_step_counts_masked_examples():
