@@ -50,13 +50,49 @@ def test_variants(variant, width, depth, mlp, heads, patch):
       width=width, depth=depth, mlp_dim=mlp, num_heads=heads, patch_size=patch)
 
 
-def test_variant_param_counts_match_big_vision():
-  # Backbone params, pool_type="tok", no head, 224 px (big_vision's table).
-  for variant, expected in (("Ti/16", 5.5e6), ("B/16", 85.8e6)):
-    shape = jax.eval_shape(
-        vit.Model(None, variant=variant, pool_type="tok").init,
-        jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
-    assert abs(tree_lib.count(shape) - expected) < 0.05e6
+def _big_vision_count(width, depth, mlp_dim, patch=16, res=224):
+  """Params of big_vision's ViT, pool_type="tok", learned posemb, no head.
+
+  By hand from big_vision/models/vit.py: a patch-embedding conv with bias;
+  a cls token; a position embedding over the patches only (no cls slot);
+  per block two LayerNorms (scale, bias), query/key/value/out projections
+  each with a bias, and an MLP with biases; a final LayerNorm.
+  """
+  d, m, tokens = width, mlp_dim, (res // patch) ** 2
+  embedding = patch * patch * 3 * d + d
+  attention = 4 * d * d + 4 * d             # q, k, v, out: kernel + bias
+  block = 2 * 2 * d + attention + (d * m + m) + (m * d + d)
+  return embedding + d + tokens * d + depth * block + 2 * d
+
+
+# timm's published counts with its 1000-class head (timm.create_model(...)
+# .num_params, e.g. vit_base_patch16_224 = 86,567,656): timm's position
+# embedding has one more slot (for cls) than big_vision's, and its head is
+# Dense(width -> 1000) with bias.
+TIMM_1000 = {"Ti/16": 5_717_416, "S/16": 22_050_664, "B/16": 86_567_656,
+             "L/16": 304_326_632}
+
+
+def _count(variant, num_classes=None):
+  shape = jax.eval_shape(
+      vit.Model(num_classes, variant=variant, pool_type="tok").init,
+      jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  return tree_lib.count(shape)
+
+
+@pytest.mark.parametrize("variant,width,depth,mlp,expected", [
+    ("Ti/16", 192, 12, 768, 5_524_224), ("S/16", 384, 12, 1536, 21_665_280),
+    ("B/16", 768, 12, 3072, 85_797_888),
+    ("L/16", 1024, 24, 4096, 303_300_608)])
+def test_variant_param_counts_match_big_vision(variant, width, depth, mlp,
+                                               expected):
+  # The hand count, checked against timm's published numbers.
+  assert _big_vision_count(width, depth, mlp) == expected
+  assert expected + width + (width * 1000 + 1000) == TIMM_1000[variant]
+  # Exact: a model without its attention biases (4 * width * depth, 36,864
+  # at B/16) or any other leaf is off by at least one width.
+  assert _count(variant) == expected
+  assert _count(variant, 1000) == TIMM_1000[variant] - width
 
 
 def test_unknown_variant_lists_choices():
