@@ -24,6 +24,7 @@ pass for every LoSA / linear task) are written to --out as
 
 docs/serving.md says how to put the SavedModel behind TF Serving.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -100,6 +101,59 @@ def serving_image_fn(pp, image_shape, pp_modules: Sequence[str] = ()):
   return one
 
 
+def _version(v: str):
+  return tuple(int(p) for p in v.split("."))
+
+
+@contextlib.contextmanager
+def stablehlo_for_tf():
+  """Within it, jax serializes StableHLO that the installed TensorFlow reads.
+
+  jax writes the StableHLO version of about 4 weeks before its release, and
+  TensorFlow's XlaCallModule reads versions up to its own (jax 0.12.1 writes
+  1.22.0; TensorFlow 2.21 reads up to 1.13.7). jax 0.12 has no public knob
+  for the version, so its serializer (`_export._module_to_bytecode`) is
+  replaced, inside the block, by one that targets the older of the two.
+  Yields that version. Raises RuntimeError naming both versions if the model
+  cannot be written for the TensorFlow's version.
+  """
+  from jax._src.export import _export  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir.dialects import hlo  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_hlo  # pylint: disable=g-import-not-at-top
+  jax_v = hlo.get_version_from_compatibility_requirement(
+      hlo.StablehloCompatibilityRequirement.WEEK_4)
+  tf_v = tf_hlo.get_current_version()
+  target = min(jax_v, tf_v, key=_version)
+  versions = (f"jax {jax.__version__} writes StableHLO {jax_v}, TensorFlow "
+              f"{tf.__version__} reads up to {tf_v}")
+  serialize = getattr(_export, "_module_to_bytecode", None)
+  if target == jax_v:
+    yield target
+    return
+  if serialize is None:
+    raise RuntimeError(f"No SavedModel that TensorFlow can read: {versions}, "
+                       "and this jax has no _module_to_bytecode to target "
+                       f"{tf_v}. Install a TensorFlow that reads {jax_v}, or "
+                       "export with saved_model=False (--nosaved_model).")
+
+  def to_bytecode(module):
+    try:
+      return _export._jax.mlir.serialize_portable_artifact(  # pylint: disable=protected-access
+          module, target, _export.xb.get_backend().serialize_with_sdy)
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(
+          f"The model cannot be written as StableHLO {target}: {versions}. "
+          f"Install a TensorFlow that reads {jax_v}, or export with "
+          f"saved_model=False (--nosaved_model). ({e})") from e
+
+  _export._module_to_bytecode = to_bytecode  # pylint: disable=protected-access
+  try:
+    yield target
+  finally:
+    _export._module_to_bytecode = serialize  # pylint: disable=protected-access
+
+
 def save_tf(mt: multitask.MultiTask, path: str, *,
             platforms: Optional[Sequence[str]] = None,
             image_bytes: bool = True) -> str:
@@ -146,7 +200,8 @@ def save_tf(mt: multitask.MultiTask, path: str, *,
     signatures["serve_image_bytes"] = serve_bytes
   tmp = path.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
-  tf.saved_model.save(module, tmp, signatures=signatures)
+  with stablehlo_for_tf():   # traced (and serialized) here
+    tf.saved_model.save(module, tmp, signatures=signatures)
   shutil.rmtree(path, ignore_errors=True)
   os.replace(tmp, path)
   return path
