@@ -14,6 +14,7 @@ variables (both routes of `losa_jax.distributed.initialize`).
 
 --dump (process 0 writes it; every process takes part in the collectives):
 an npz with "final/<param>" (the trainable params after the run),
+"init/<param>" (the trainable params the trainer starts from),
 "ckpt<step>/<param>" for every checkpoint in the workdir, and "results"
 (the results dict as JSON).
 
@@ -147,12 +148,18 @@ def main():
   from losa_jax import train  # pylint: disable=g-import-not-at-top
   from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
 
-  out = train.train_and_evaluate(make_config(args), args.workdir)
+  config = make_config(args)
+  out = train.train_and_evaluate(config, args.workdir)
   assert jax.process_count() == args.num_processes, jax.process_count()
   state, built = out["state"], out["built"]
   trainable, _ = tree_lib.partition(state["params"], built.mask)
   dump = {f"final/{k}": v for k, v in
           tree_lib.flatten(distributed.fetch(trainable)).items()}
+  # The trainer's initial state, to show the params moved from it.
+  init = built.init_loaded(jax.random.key(config.seed), config)
+  init, _ = tree_lib.partition(init["params"], built.mask)
+  dump.update({f"init/{k}": v for k, v in
+               tree_lib.flatten(distributed.fetch(init)).items()})
 
   ckpt = checkpointing.Checkpointer(os.path.join(args.workdir, "checkpoints"))
   abstract = checkpointing.abstract_trainable_state(state, built.mask)
