@@ -19,7 +19,8 @@ sweep resumes: finished tasks are read back from their results.json, the
 interrupted one resumes from its checkpoint). The table has, per task, the
 top-1 accuracy, trainable params, train time and peak memory; then the three
 group means, the mean over the 19 tasks and the mean of the group means (PETL
-papers differ on which "Mean" they report).
+papers differ on which "Mean" they report). Each row names the TFDS dataset
+version read (pinned in losa_jax/datasets/vtab.py).
 """
 import csv
 import json
@@ -94,7 +95,7 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
   """
   chosen = list(chosen)
   search = ["search_time_s"] if chosen else []
-  fields = (["task", "group", "accuracy"] + chosen +
+  fields = (["task", "group", "tfds", "accuracy"] + chosen +
             ["trainable_params", "train_time_s"] + search +
             ["host_peak_rss_mib", "device_peak_mib"])
   tmp = os.path.join(workdir, "results.csv.tmp")
@@ -108,13 +109,13 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
 
   def pct(v):
     return "-" if v is None else f"{100 * v:.1f}"
-  heads = (["task", "group", "top-1 (%)"] + chosen +
+  heads = (["task", "group", "TFDS", "top-1 (%)"] + chosen +
            ["trainable params", "train time (s)"] +
            ["search time (s)"] * bool(chosen) + ["peak host RSS (MiB)"])
   lines = [f"# {title}", "", "| " + " | ".join(heads) + " |",
            "|" + "---|" * len(heads)]
   for r in rows:
-    cells = ([r["task"], r["group"], pct(r["accuracy"])] +
+    cells = ([r["task"], r["group"], r["tfds"], pct(r["accuracy"])] +
              [_fmt(r.get(k)) for k in chosen] +
              [f"{r.get('trainable_params') or 0:,}",
               f"{r.get('train_time_s') or 0:.0f}"] +
@@ -167,8 +168,9 @@ def sweep(config_spec: str, workdir: str, tasks: Sequence[str], *,
   for t in tasks:
     task_dir = os.path.join(workdir, t)
     done = os.path.join(task_dir, "results.json")
+    tfds_version = vtab.resolved_tfds(t, configs[t].input.data.get("data_dir"))
     if auto:
-      print(f"=== VTAB task {t} (AutoLoSA) ===", flush=True)
+      print(f"=== VTAB task {t} ({tfds_version}, AutoLoSA) ===", flush=True)
       results, keys = _auto_results(task_spec(config_spec, t), task_dir)
       chosen += [k for k in keys if k not in chosen]
     elif os.path.exists(done):
@@ -176,10 +178,11 @@ def sweep(config_spec: str, workdir: str, tasks: Sequence[str], *,
       with open(done) as f:
         results = json.load(f)
     else:
-      print(f"=== VTAB task {t} ===", flush=True)
+      print(f"=== VTAB task {t} ({tfds_version}) ===", flush=True)
       results = train.train_and_evaluate(configs[t], task_dir)["results"]
     extra = ("search_time_s", *chosen) if auto else ()
     rows.append({"task": t, "group": vtab.task(t)["group"],
+                 "tfds": tfds_version,
                  "accuracy": eval_accuracy(results),
                  **{k: results.get(k) for k in ROW_KEYS + extra}})
   summary = summarize(rows)

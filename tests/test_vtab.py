@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 """Tests for losa_jax.vtab: the task table and its label ops on mock data."""
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,6 +35,47 @@ def test_table():
   assert vtab.task("eurosat")["tfds_name"] == "eurosat/rgb"
   assert vtab.task("diabetic_retinopathy")["tfds_name"] == (
       "diabetic_retinopathy_detection/btgraham-300")
+
+
+# What google-research/task_adaptation asks TFDS for, per task.
+REFERENCE_VERSIONS = {
+    "cifar100": "3.*.*", "caltech101": "3.*.*", "dtd": "3.*.*",
+    "oxford_flowers102": "2.*.*", "oxford_iiit_pet": "3.*.*",
+    "svhn": "3.*.*", "sun397": "4.*.*", "patch_camelyon": "2.*.*",
+    "eurosat": "2.*.*", "resisc45": "3.*.*", "diabetic_retinopathy": "3.*.*",
+    "clevr_count": "3.*.*", "clevr_dist": "3.*.*", "dmlab": "2.0.1",
+    "kitti_dist": "3.1.0", "dsprites_loc": "2.*.*", "dsprites_ori": "2.*.*",
+    "smallnorb_azi": "2.*.*", "smallnorb_ele": "2.*.*"}
+
+
+def _matches(version, pattern):
+  return all(p in ("*", v) for v, p in zip(version.split("."),
+                                           pattern.split(".")))
+
+
+@pytest.mark.parametrize("name", list(vtab.TASKS))
+def test_every_task_pins_a_version_tfds_resolves(name, tmp_path):
+  t = vtab.task(name)
+  version = t["tfds_version"]
+  assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+  assert vtab.tfds_spec(name) == f"{t['tfds_name']}:{version}"
+  assert vtab.source(name, "test").name == vtab.tfds_spec(name)
+  # An empty data_dir: TFDS resolves the pin from its code, offline.
+  assert vtab.resolved_tfds(name, str(tmp_path)) == vtab.tfds_spec(name)
+  # A pin that differs from the reference's request says why.
+  differs = not _matches(version, REFERENCE_VERSIONS[name])
+  assert bool(t["version_note"]) == differs, t["version_note"]
+  assert differs == (name in ("oxford_iiit_pet", "kitti_dist"))
+
+
+def test_a_version_tfds_cannot_load_is_refused_naming_the_task(
+    tmp_path, monkeypatch):
+  # task_adaptation's Pets request: TFDS 4.9.10 builds only 4.0.0.
+  monkeypatch.setitem(vtab.TASKS["oxford_iiit_pet"], "tfds_version", "3.*.*")
+  with pytest.raises(ValueError, match=(
+      r"VTAB task 'oxford_iiit_pet': TFDS .* cannot load "
+      r"oxford_iiit_pet:3\.\*\.\*")):
+    vtab.resolved_tfds("pets", str(tmp_path))
 
 
 @pytest.mark.parametrize("name", list(vtab.TASKS))

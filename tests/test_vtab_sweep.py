@@ -79,12 +79,17 @@ def _one_block_one_step(monkeypatch):
   monkeypatch.setattr(vtab_sweep, "load_config", small)
 
 
-@pytest.mark.slow
-def test_sweep_writes_complete_table(tmp_path, monkeypatch):
+def _mock_sweep_setup(tmp_path, monkeypatch):
+  """(config spec, sweep workdir) of a cheap sweep on mock_all_tasks data."""
   _one_block_one_step(monkeypatch)
   cfg = os.path.join(REPO, "configs", "vtab.py") + (
       f":runlocal,data_dir={tmp_path / 'data'}")
-  workdir = str(tmp_path / "sweep")
+  return cfg, str(tmp_path / "sweep")
+
+
+@pytest.mark.slow
+def test_sweep_writes_complete_table(tmp_path, monkeypatch):
+  cfg, workdir = _mock_sweep_setup(tmp_path, monkeypatch)
   with mock_all_tasks(str(tmp_path / "data")):
     out = vtab_sweep.sweep(cfg, workdir, ["all"])
   assert [r["task"] for r in out["rows"]] == list(vtab.TASKS)
@@ -94,6 +99,8 @@ def test_sweep_writes_complete_table(tmp_path, monkeypatch):
   with open(os.path.join(workdir, "results.csv")) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 19 + 5
+  assert [r["tfds"] for r in rows[:19]] == [vtab.tfds_spec(t)
+                                           for t in vtab.TASKS]
   md = open(os.path.join(workdir, "results.md")).read()
   for t in vtab.TASKS:
     assert f"| {t} |" in md
@@ -102,6 +109,20 @@ def test_sweep_writes_complete_table(tmp_path, monkeypatch):
     again = vtab_sweep.sweep(cfg, workdir, ["cifar100", "dtd"])
   assert [r["accuracy"] for r in again["rows"]] == [
       r["accuracy"] for r in out["rows"][:2]]
+
+
+def test_results_name_the_tfds_version_read(tmp_path, monkeypatch,
+                                            capsys):
+  cfg, workdir = _mock_sweep_setup(tmp_path, monkeypatch)
+  with mock_all_tasks(str(tmp_path / "data")):
+    out = vtab_sweep.sweep(cfg, workdir, ["kitti_dist"])
+  assert out["rows"][0]["tfds"] == "kitti:3.3.0"
+  assert "=== VTAB task kitti_dist (kitti:3.3.0) ===" in capsys.readouterr().out
+  with open(os.path.join(workdir, "results.csv")) as f:
+    assert next(csv.DictReader(f))["tfds"] == "kitti:3.3.0"
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "| task | group | TFDS | top-1 (%) |" in md
+  assert "| kitti_dist | structured | kitti:3.3.0 |" in md
 
 
 def test_unknown_task_fails_before_training(tmp_path):

@@ -5,6 +5,9 @@
 `task(name)` returns a dict with
 
 * `tfds_name`: TFDS name/config, e.g. "eurosat/rgb".
+* `tfds_version`: the TFDS version read, pinned (`source` asks for
+  "<tfds_name>:<tfds_version>"); `version_note`: why it differs from
+  google-research/task_adaptation's, where it does.
 * `splits`: split expressions keyed "train800", "val200", "train800val200",
   "test" (the VTAB-1k protocol), plus "train", "val", "trainval" (the full
   task_adaptation splits, for full-data runs).
@@ -72,11 +75,29 @@ def _train_only(train_size: int, train_pct: int, val_pct: int):
               trainval=f"train[:{v}]", test=f"train[{v}:]")
 
 
+# TFDS versions. task_adaptation asks for "<name>:<major>.*.*" (dmlab 2.0.1,
+# kitti 3.1.0); the pins are what those resolve to in TFDS 4.9.10, except
+# where a `version_note` says why not.
+_PETS_VERSION_NOTE = (
+    "task_adaptation asks for 3.*.*, which TFDS 4.9.10 cannot load: it only "
+    "builds 4.0.0, from the same VGG trainval/test lists and 37 classes, "
+    "with head boxes added and 12 corrupt JPEGs re-encoded (alpha "
+    "dropped)")
+_KITTI_VERSION_NOTE = (
+    "task_adaptation pins 3.1.0. TFDS 4.9.10 builds 3.1.0 and 3.3.0 with the "
+    "same code from the same devkit, so its 3.1.0 is 3.3.0 by another name; "
+    "3.3.0 adds the `occluded` labels (not read here), 3.2.0 updated the "
+    "devkit whose mapping files define train/validation/test, so a 3.1.0 "
+    "prepared by an older TFDS may split differently (not checked: no KITTI "
+    "data offline)")
+
+
 def _task(display, tfds_name, group, num_classes, splits, label_pp=_KEEP,
-          note=""):
+          note="", *, version, version_note=""):
   splits = dict(splits)
   splits.setdefault("test", "test")
-  return dict(display=display, tfds_name=tfds_name, group=group,
+  return dict(display=display, tfds_name=tfds_name, tfds_version=version,
+              version_note=version_note, group=group,
               num_classes=num_classes, splits=splits, label_pp=label_pp,
               note=note)
 
@@ -89,7 +110,7 @@ def _smallnorb(display: str, num_classes: int, label_key: str):
       dict(_official_val("test[:50%]"), val200="test[:200]",
            train800val200="train[:800]+test[:200]", test="test[50%:]"),
       label_pp=f"copy('{label_key}', 'label')|{_KEEP}",
-      note="val = first half of test, test = second half")
+      note="val = first half of test, test = second half", version="2.0.0")
 
 
 def _dsprites(attribute: str, num_original: int) -> str:
@@ -101,48 +122,61 @@ def _dsprites(attribute: str, num_original: int) -> str:
 TASKS: Dict[str, Dict[str, Any]] = {
     # Natural.
     "cifar100": _task("CIFAR-100", "cifar100", "natural", 100,
-                      _carved_val(50_000, 90), note="train 50000"),
+                      _carved_val(50_000, 90), note="train 50000",
+                      version="3.0.2"),
     "caltech101": _task("Caltech101", "caltech101", "natural", 102,
-                        _carved_val(3_060, 90), note="train 3060"),
-    "dtd": _task("DTD", "dtd", "natural", 47, _official_val()),
+                        _carved_val(3_060, 90), note="train 3060",
+                        version="3.0.2"),
+    "dtd": _task("DTD", "dtd", "natural", 47, _official_val(),
+                 version="3.0.1"),
     "oxford_flowers102": _task("Flowers102", "oxford_flowers102", "natural",
-                               102, _official_val()),
+                               102, _official_val(), version="2.1.1"),
     "oxford_iiit_pet": _task("Pets", "oxford_iiit_pet", "natural", 37,
-                             _carved_val(3_680, 80), note="train 3680"),
+                             _carved_val(3_680, 80), note="train 3680",
+                             version="4.0.0",
+                             version_note=_PETS_VERSION_NOTE),
     "svhn": _task("SVHN", "svhn_cropped", "natural", 10,
-                  _carved_val(73_257, 90), note="train 73257"),
-    "sun397": _task("Sun397", "sun397/tfds", "natural", 397, _official_val()),
+                  _carved_val(73_257, 90), note="train 73257",
+                  version="3.1.0"),
+    "sun397": _task("Sun397", "sun397/tfds", "natural", 397, _official_val(),
+                    version="4.0.0"),
     # Specialized.
     "patch_camelyon": _task("Camelyon", "patch_camelyon", "specialized", 2,
-                            _official_val()),
+                            _official_val(), version="2.0.0"),
     "eurosat": _task("EuroSAT", "eurosat/rgb", "specialized", 10,
-                     _train_only(27_000, 60, 20), note="train 27000"),
+                     _train_only(27_000, 60, 20), note="train 27000",
+                     version="2.0.0"),
     "resisc45": _task("Resisc45", "resisc45", "specialized", 45,
-                      _train_only(31_500, 60, 20), note="train 31500"),
+                      _train_only(31_500, 60, 20), note="train 31500",
+                      version="3.0.0"),
     "diabetic_retinopathy": _task(
         "Retinopathy", "diabetic_retinopathy_detection/btgraham-300",
-        "specialized", 5, _official_val()),
+        "specialized", 5, _official_val(), version="3.0.0"),
     # Structured.
     "clevr_count": _task("Clevr-Count", "clevr", "structured", 8,
                          dict(_carved_val(70_000, 90), test="validation"),
                          label_pp=f"clevr_count_all|{_KEEP}",
-                         note="train 70000; test has no labels"),
+                         note="train 70000; test has no labels",
+                         version="3.1.0"),
     "clevr_dist": _task("Clevr-Dist", "clevr", "structured", 6,
                         dict(_carved_val(70_000, 90), test="validation"),
                         label_pp=f"clevr_closest_distance|{_KEEP}",
-                        note="train 70000; test has no labels"),
-    "dmlab": _task("DMLab", "dmlab", "structured", 6, _official_val()),
+                        note="train 70000; test has no labels",
+                        version="3.1.0"),
+    "dmlab": _task("DMLab", "dmlab", "structured", 6, _official_val(),
+                   version="2.0.1"),
     "kitti_dist": _task("KITTI-Dist", "kitti", "structured", 4,
                         _official_val(),
-                        label_pp=f"kitti_closest_vehicle_distance|{_KEEP}"),
+                        label_pp=f"kitti_closest_vehicle_distance|{_KEEP}",
+                        version="3.3.0", version_note=_KITTI_VERSION_NOTE),
     "dsprites_loc": _task("dSprites-Loc", "dsprites", "structured", 16,
                           _train_only(737_280, 80, 10),
                           label_pp=_dsprites("label_x_position", 32),
-                          note="train 737280"),
+                          note="train 737280", version="2.0.0"),
     "dsprites_ori": _task("dSprites-Ori", "dsprites", "structured", 16,
                           _train_only(737_280, 80, 10),
                           label_pp=_dsprites("label_orientation", 40),
-                          note="train 737280"),
+                          note="train 737280", version="2.0.0"),
     "smallnorb_azi": _smallnorb("sNORB-Azim", 18, "label_azimuth"),
     "smallnorb_ele": _smallnorb("sNORB-Elev", 9, "label_elevation"),
 }
@@ -179,8 +213,28 @@ def source(name: str, split: str = "train800val200", **kw):
   Extra kwargs (data_dir, download, in_memory, ...) go to TfdsSource.
   """
   t = task(name)
-  return tfds_lib.TfdsSource(t["tfds_name"], t["splits"].get(split, split),
+  return tfds_lib.TfdsSource(tfds_spec(name), t["splits"].get(split, split),
                              **kw)
+
+
+def tfds_spec(name: str) -> str:
+  """"<tfds name>:<pinned version>" of a task, e.g. "kitti:3.3.0"."""
+  t = task(name)
+  return f"{t['tfds_name']}:{t['tfds_version']}"
+
+
+def resolved_tfds(name: str, data_dir=None) -> str:
+  """"<tfds name>:<version>" that TFDS resolves the task's pin to in
+  `data_dir`; raises with the task named if TFDS cannot load that version."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  spec = tfds_spec(name)
+  try:
+    builder = tfds.builder(spec, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"VTAB task {task(name)['name']!r}: TFDS "
+                     f"{tfds.__version__} cannot load {spec} ({e}); the pin "
+                     "lives in losa_jax/datasets/vtab.py.") from e
+  return f"{task(name)['tfds_name']}:{builder.version}"
 
 
 def pp_spec(name, pp) -> List[str]:
