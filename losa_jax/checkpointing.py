@@ -10,31 +10,42 @@ match. Orbax writes each step into a temporary folder and renames it when
 complete, so a killed run never leaves a half-written step that looks valid.
 This module is the only one that imports Orbax (a V1 move is one file).
 
-Integrity. Once Orbax has finalised a step (Orbax saves asynchronously: at
-the next `save`, `wait` or `close`), process 0 writes
-`<step>/losa_manifest.json` (via a temporary file and `os.replace`) with the
-size and sha256 of every other file in the step's folder. `restore` checks
-the manifest before reading any array; a missing, resized or changed file
-raises `DamagedCheckpointError` naming the step's path and the file.
-`restore_newest` (the trainer's resume) then falls back to the previous step
-with a logged warning, so damaged values are never trained on; a writable
-Checkpointer moves each damaged step to `<workdir>/damaged_checkpoints/` (so
-that the rerun can save that step again, and the evidence is kept). When no
-usable step remains it raises `CheckpointError` saying what to do.
+Integrity. A step is final once Orbax has written and renamed it (Orbax
+saves asynchronously), and checked once its caller says its loss is finite
+(`save(..., checked=False)`, then `confirm` or `discard`: a step's loss is
+known only at the next training step). As soon as a step is both, a
+background thread of process 0 writes `<step>/losa_manifest.json` (via a
+temporary file and `os.replace`) with the size and sha256 of every other
+file in the step's folder, so a kill leaves at most the step being written
+or checked without one. `restore` checks the manifest before reading any
+array; a missing, resized or changed file raises `DamagedCheckpointError`
+naming the step's path and the file. `restore_newest` (the trainer's
+resume) then falls back to the previous step with a logged warning, so
+damaged values are never trained on; a writable Checkpointer moves each
+damaged step to `<workdir>/damaged_checkpoints/` (so that the rerun can save
+that step again, and the evidence is kept). When no usable step remains it
+raises `CheckpointError` saying what to do.
 
-Rule for steps without a manifest (written before manifests existed, or
-finalised just before the process was killed, before the manifest was
-written): they are accepted with a warning. Orbax's atomic rename already
-guarantees they are complete; only bit-level damage goes undetected, and an
+Rule for steps without a manifest (a kill before the step was final and
+checked, an older version, or a deleted manifest): they are accepted with a
+warning that names them. Orbax's atomic rename already guarantees they are
+complete; bit-level damage and a non-finite loss go undetected, and an
 Orbax read error on such a step is treated as damage (fallback as above).
+
+Kept steps. A discarded step (its loss was not finite) is deleted. Old
+steps are deleted beyond `max_to_keep` checked ones, at the next save and
+at `close`: a step whose check is still due never pushes out an older one.
 
 Optimizer state layout. The optimizer state is stored as the list of its
 leaves in `jax.tree.leaves` order (meta `layout` = 2), and restored into the
 current run's tree structure. Hyper-parameters that only add or remove
 leafless optax states (`config.wd` 0 <-> non-zero, `config.grad_clip_norm`
 unset <-> set) therefore resume; the saved values are in the metadata
-(`hparams`) and a change is logged. Checkpoints of the older nested layout
-(no `layout` key) are restored as saved.
+(`hparams`) and a change is logged. The metadata also describes every leaf
+(`opt_layout`: path without chain positions, dtype, shape); a change the
+stored state cannot hold (e.g. `config.optax`) is refused by name before any
+array is read. Checkpoints of the older nested layout (no `layout` key) are
+restored as saved.
 
 Diagnostics. `save` also records, per step, the last finite training loss and
 the largest |trainable param| (`max_abs_param`), which `nonfinite_report`
@@ -45,6 +56,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -63,6 +75,7 @@ FINGERPRINT_KEYS = ("model", "num_classes", "image_size", "optax_name",
 # optimizer state does not depend on their values); a change is logged.
 HPARAM_KEYS = ("lr", "wd", "wd_mults", "grad_clip_norm", "optax")
 MANIFEST = "losa_manifest.json"
+WATCH_S = 0.05          # how often the manifest thread asks Orbax
 LAYOUT = 2              # meta["layout"]: the opt state is a list of leaves
 # `nonfinite_report` calls a step's params suspect above this max |param|, or
 # when they grew more than GROWTH times since the earliest kept step.
@@ -174,12 +187,17 @@ class Checkpointer:
       raise CheckpointNotFoundError(
           f"No checkpoint folder {self.directory}: check --workdir (it must "
           "be the workdir of a training run).")
-    self._pending: List[int] = []     # saved steps still without a manifest
+    self.max_to_keep = max_to_keep
+    self._pending: List[int] = []   # saved steps still without a manifest
+    self._unchecked = set()         # saved steps awaiting confirm / discard
+    self._lock = threading.Lock()   # _pending, with the manifest thread
+    self._watcher: Optional[threading.Thread] = None
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            # Read-only: the values Orbax would otherwise override, warning.
-            max_to_keep=None if read_only else max_to_keep,
+            # Old steps are deleted here (_prune), not by Orbax: a step whose
+            # loss is not yet checked must not push out the last good one.
+            max_to_keep=None,
             save_interval_steps=0 if read_only else 1,
             create=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save and not read_only),
@@ -197,7 +215,7 @@ class Checkpointer:
   # --- saving -----------------------------------------------------------------
 
   def save(self, step: int, state: Dict[str, Any], meta: Dict[str, Any],
-           *, force: bool = False) -> bool:
+           *, force: bool = False, checked: bool = True) -> bool:
     """Saves {"params" (trainable only), "opt", "step", "rng"} + meta.
 
     Args:
@@ -205,6 +223,9 @@ class Checkpointer:
       state: arrays; `state["opt"]` (if any) may be any optax state tree.
       meta: JSON-able metadata (the trainer adds loss / max_abs_param).
       force: save even if Orbax's policy would skip this step.
+      checked: whether the step's loss is known to be finite. If not, the
+        step gets no manifest and pushes out no older step until
+        `confirm(step)`; `discard(step)` deletes it.
 
     Returns:
       Whether a save was started.
@@ -213,28 +234,97 @@ class Checkpointer:
       raise CheckpointError(f"Checkpointer({self.directory}) is read-only: "
                             f"cannot save step {step}.")
     # Orbax itself waits for the previous save here; meanwhile the finished
-    # steps get their manifests.
+    # steps get their manifests and old steps go.
     self._finalize()
+    self._prune()
     state = dict(state)
     if "opt" in state:
+      meta = {"opt_layout": opt_layout(state["opt"]), **meta}
       state["opt"] = jax.tree.leaves(state["opt"])
     started = self._mngr.save(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave({**meta, "layout": LAYOUT})), force=force)
     if started:
-      self._pending.append(step)
+      with self._lock:
+        self._pending.append(step)
+      if not checked:
+        self._unchecked.add(step)
+      self._watch()
     return started
 
-  def _finalize(self):
-    """Waits for Orbax, then writes the manifests of the finished steps."""
+  def confirm(self, step: int):
+    """The loss of saved step `step` is finite: it gets its manifest as soon
+    as Orbax has finished writing it."""
+    self._unchecked.discard(step)
+    self._watch()
+
+  def discard(self, step: int):
+    """Deletes saved step `step`, whose loss turned out not to be finite.
+
+    Every process calls it at the same step (the loss is replicated).
+    """
     self._mngr.wait_until_finished()
-    pending, self._pending = self._pending, []
-    if jax.process_index() != 0:
+    self._unchecked.discard(step)
+    with self._lock:
+      self._pending = [s for s in self._pending if s != step]
+    if step in self.all_steps():
+      self._mngr.delete(step)
+
+  def _ready(self) -> List[int]:
+    """Saved steps without a manifest whose loss is checked (under _lock)."""
+    return [s for s in self._pending if s not in self._unchecked]
+
+  def _watch(self):
+    """Starts the manifest thread (process 0) if a checked step awaits its
+    manifest: it polls Orbax, which needs no collective, and writes the
+    manifests once no save is in progress (the step is then final)."""
+    if jax.process_index() != 0 or self.read_only:
       return
-    for step in pending:
-      if os.path.isdir(self.step_dir(step)):  # else max_to_keep removed it
-        self._write_manifest(step)
+    with self._lock:
+      if not self._ready() or (self._watcher is not None and
+                               self._watcher.is_alive()):
+        return
+      self._watcher = threading.Thread(target=self._watch_loop, daemon=True,
+                                       name="losa_manifests")
+      self._watcher.start()
+
+  def _watch_loop(self):
+    while True:
+      with self._lock:
+        if not self._ready():
+          return
+      if self._mngr.is_saving_in_progress():
+        time.sleep(WATCH_S)
+        continue
+      self._write_ready_manifests()
+
+  def _write_ready_manifests(self):
+    """Writes the manifests of the checked steps; Orbax must have finished
+    every save (is_saving_in_progress() False, or after its wait)."""
+    with self._lock:
+      ready = self._ready()
+      self._pending = [s for s in self._pending if s not in ready]
+      if jax.process_index() != 0:
+        return
+      for step in ready:
+        if os.path.isdir(self.step_dir(step)):   # else deleted meanwhile
+          self._write_manifest(step)
+
+  def _finalize(self):
+    """Waits for Orbax, then writes the manifests of the checked steps."""
+    self._mngr.wait_until_finished()
+    self._write_ready_manifests()
+
+  def _prune(self):
+    """Deletes the oldest checked steps beyond max_to_keep. Called by every
+    process at the same point (Orbax's delete syncs them), with no save in
+    flight (its finalisation syncs too)."""
+    if self.max_to_keep is None or self.read_only:
+      return
+    checked = [s for s in self.all_steps() if s not in self._unchecked]
+    for step in checked[:max(len(checked) - self.max_to_keep, 0)]:
+      self._mngr.delete(step)
 
   def _write_manifest(self, step: int):
     root = self.step_dir(step)
@@ -270,9 +360,11 @@ class Checkpointer:
     manifest = os.path.join(root, MANIFEST)
     if not os.path.exists(manifest):
       logging.warning(
-          "Checkpoint step %d at %s has no %s (saved by an older version, or "
-          "the run stopped right after saving it); it is used unverified.",
-          step, root, MANIFEST)
+          "Checkpoint step %d at %s has no %s: its files cannot be checked "
+          "and nothing records that its loss was finite; it is used "
+          "unverified. (A run writes the manifest once a step is on disk "
+          "and its loss is checked: a kill before that, an older version or "
+          "a deleted manifest leaves none.)", step, root, MANIFEST)
       return False
     try:
       with open(manifest) as f:
@@ -317,7 +409,10 @@ class Checkpointer:
 
     Args:
       step: the step to read.
-      abstract_state: `abstract_trainable_state(...)` of this run.
+      abstract_state: `abstract_trainable_state(...)` of this run, or a
+        function of the step's (verified) metadata that returns it (a
+        population's state depends on the members the step holds); it may
+        raise CheckpointError.
       check: called with the step's metadata before any array is read (e.g.
         `check_meta`); may raise CheckpointError.
 
@@ -333,7 +428,8 @@ class Checkpointer:
     meta = self.read_meta(step)
     if check is not None:
       check(meta)
-    target = dict(abstract_state)
+    target = dict(abstract_state(meta) if callable(abstract_state)
+                  else abstract_state)
     treedef = None
     if "opt" in target and meta.get("layout") == LAYOUT:
       treedef = jax.tree.structure(target["opt"])
@@ -479,10 +575,14 @@ class Checkpointer:
     if self.read_only:
       return
     self._finalize()
+    self._prune()
 
   def close(self):
     if not self.read_only:
       self._finalize()
+      self._prune()
+    if self._watcher is not None:
+      self._watcher.join()
     self._mngr.close()
 
 
@@ -528,11 +628,64 @@ def _diff(old: dict, new: dict) -> str:
                    if old.get(k) != new.get(k))
 
 
+def opt_layout(opt) -> List[str]:
+  """Every array of an optimizer state, "path: dtype[shape]", in leaf order.
+
+  The path leaves out sequence positions (`optax.chain`'s), so transforms
+  without state (weight decay, clipping) do not change the layout; a change
+  of what the state holds (another optimizer, `config.optax`'s `mu_dtype`,
+  momentum on or off) does.
+  """
+  out = []
+  for path, x in jax.tree_util.tree_flatten_with_path(opt)[0]:
+    keys = tuple(k for k in path
+                 if not isinstance(k, jax.tree_util.SequenceKey))
+    shape = ",".join(str(d) for d in x.shape)
+    out.append(f"{jax.tree_util.keystr(keys)}: {jnp.dtype(x.dtype).name}"
+               f"[{shape}]")
+  return out
+
+
+# The config keys that decide the optimizer state's structure.
+OPTIMIZER_KEYS = ("optax_name", "optax", "schedule", "lr_mults", "wd",
+                  "grad_clip_norm")
+
+
+def check_opt_layout(meta: dict, layout: List[str], hparams: dict,
+                     directory: str):
+  """Refuses, by name, an optimizer change the stored state cannot hold.
+
+  Args:
+    meta: a step's metadata (its `opt_layout`, if recorded, and `hparams`).
+    layout: `opt_layout` of this run's optimizer state.
+    hparams: `config_hparams` of this run, to name what changed.
+    directory: the checkpoints folder, for the message.
+  """
+  old = meta.get("opt_layout")
+  if old is None or old == layout:
+    return
+  i = next((i for i, (a, b) in enumerate(zip(old, layout)) if a != b),
+           min(len(old), len(layout)))
+  first = (f"array {i}: saved {old[i] if i < len(old) else 'none'}, now "
+           f"{layout[i] if i < len(layout) else 'none'}")
+  pick = lambda d: {k: v for k, v in (d or {}).items()
+                    if k in OPTIMIZER_KEYS}
+  changed = _diff({"config": pick(meta.get("hparams"))},
+                  {"config": pick(hparams)}) if "hparams" in meta else ""
+  keys = ", ".join(f"config.{k}" for k in OPTIMIZER_KEYS)
+  raise CheckpointError(
+      f"The checkpoints in {directory} hold an optimizer state this run's "
+      f"optimizer cannot take ({len(old)} arrays saved, {len(layout)} now; "
+      f"{first}). Changed: {changed or 'one of ' + keys}. Resume with the "
+      "original optimizer config or use a new --workdir.")
+
+
 def check_meta(meta: dict, expected: dict, directory: str):
   """Refuses a resume with another backbone file or an incompatible config.
 
-  Changed `hparams` (HPARAM_KEYS, when both sides record them) are allowed
-  and logged.
+  With `expected["opt_layout"]`, also an optimizer state the stored one
+  cannot fill (`check_opt_layout`). Other changed `hparams` (HPARAM_KEYS,
+  when both sides record them) are allowed and logged.
   """
   old_bb, new_bb = meta.get("backbone", {}), expected.get("backbone", {})
   if old_bb.get("sha256") != new_bb.get("sha256"):
@@ -547,6 +700,9 @@ def check_meta(meta: dict, expected: dict, directory: str):
     raise CheckpointError(
         f"The checkpoints in {directory} come from an incompatible config "
         f"({detail}). Resume with the original config or use a new --workdir.")
+  if "opt_layout" in expected:
+    check_opt_layout(meta, expected["opt_layout"],
+                     expected.get("hparams") or {}, directory)
   if "hparams" in meta and "hparams" in expected:
     detail = _diff({"config": meta["hparams"]},
                    {"config": expected["hparams"]})

@@ -173,7 +173,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         checkpointing.abstract_trainable_state(state, built.mask),
         check=lambda meta: checkpointing.check_meta(
             meta, {**expected_meta,
-                   "hparams": checkpointing.config_hparams(config)},
+                   "hparams": checkpointing.config_hparams(config),
+                   "opt_layout": checkpointing.opt_layout(state["opt"])},
             ckpt.directory),
         agree=distributed.agree)
     if start is not None:
@@ -218,28 +219,42 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
             f"on {jax.process_count()} process(es), mesh "
             f"{dict(built.mesh.shape)}.", flush=True)
 
-    def save(step, force=False):
+    def save(step, *, final=False):
       saved = checkpointing.trainable_state(state, built.mask)
       # The loss and max |param| let a NaN message judge this step.
+      health = checkpointing.health_meta(saved["params"], metrics.get("loss"))
+      if final and health["max_abs_param"] is None:
+        # The last step's loss is never computed: its params must be finite.
+        raise NonFiniteLossError(
+            f"The params are not finite after the last step {step}; not "
+            f"saved. {ckpt.nonfinite_report()} {advice()}")
       meta = {**expected_meta, "step": step, "data_step": step,
-              "hparams": checkpointing.config_hparams(config),
-              **checkpointing.health_meta(saved["params"],
-                                          metrics.get("loss"))}
-      ckpt.save(step, saved, meta, force=force)
+              "hparams": checkpointing.config_hparams(config), **health}
+      # Kept only once the next step has shown its loss to be finite.
+      ckpt.save(step, saved, meta, force=final, checked=final)
+
+    def advice():
+      return (f"Lower config.lr (now {config.get('lr')}) or set "
+              f"config.grad_clip_norm (now {config.get('grad_clip_norm')}).")
 
     def check_finite(step, loss):
       # `loss` is the replicated global mean, identical on every host, so
       # all processes raise at the same step and none hangs in a collective.
       loss = float(loss)
-      if not np.isfinite(loss):
-        ckpt.wait()
-        raise NonFiniteLossError(
-            f"Loss is {loss} at step {step}; stopping. "
-            f"{ckpt.nonfinite_report()} Lower config.lr (now "
-            f"{config.get('lr')}) or set config.grad_clip_norm (now "
-            f"{config.get('grad_clip_norm')}).")
+      if np.isfinite(loss):
+        return
+      dropped = ""
+      if unchecked and unchecked[0] == step - 1:
+        # That step's params gave this loss: resuming would repeat it.
+        ckpt.discard(unchecked.pop())
+        dropped = (f"Checkpoint step {step - 1}, whose params gave this "
+                   "loss, was deleted. ")
+      ckpt.wait()
+      raise NonFiniteLossError(
+          f"Loss is {loss} at step {step}; stopping. {dropped}"
+          f"{ckpt.nonfinite_report()} {advice()}")
 
-    metrics, pending = {}, None
+    metrics, pending, unchecked = {}, None, []
     for step in range(start + 1, total + 1):
       state, metrics = train_step(state, next(batches))
       # The previous step's loss is ready by now: checking it every step
@@ -249,16 +264,19 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       pending = (step, metrics["loss"])
       is_log = step % config.log_every == 0 or step == total
       is_ckpt = config.ckpt_every and step % config.ckpt_every == 0
-      if is_log or is_ckpt or step == total:
-        # A checkpoint never holds the params of a step whose loss was bad.
+      # This step's loss is that of the params saved at the previous step.
+      if is_log or is_ckpt or step == total or unchecked:
         metrics = jax.device_get(metrics)
         check_finite(step, metrics["loss"])
         pending = None
+      if unchecked:
+        ckpt.confirm(unchecked.pop())
       if is_log:
         writer.write(step, metrics)
         writer.progress(step, metrics)
       if is_ckpt and step != total:
         save(step)
+        unchecked.append(step)
       if config.eval_every and step % config.eval_every == 0 and step != total:
         ev = run_evaluators(evals, state["params"], step=step)
         if ev and chief:
@@ -267,7 +285,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                 flush=True)
 
     if start < total:
-      save(total, force=True)
+      save(total, final=True)
   finally:
     # Orbax saves asynchronously: wait for the last save even on errors.
     ckpt.close()

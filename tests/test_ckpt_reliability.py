@@ -6,7 +6,9 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +127,50 @@ def test_no_good_step_left_raises_with_the_way_out(workdir):
     train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS), workdir)
 
 
+def test_manifest_is_written_once_the_step_is_final_and_checked(
+    tmp_path, monkeypatch):
+  """Step 4's manifest exists while the run is still at step 7 (its loss was
+  checked at step 5), long before the next save at step 8: a kill there
+  leaves no step unverified. The trainer is held before step 7's batch
+  until the manifest appears (or 120 s pass, then the test fails)."""
+  from losa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  manifest = tmp_path / "checkpoints" / "4" / checkpointing.MANIFEST
+  seen = {}
+  real = input_pipeline.device_batches
+
+  def held(it, mesh):
+    for i, batch in enumerate(real(it, mesh), start=1):
+      if i == 7:
+        deadline = time.monotonic() + 120
+        while not manifest.exists() and time.monotonic() < deadline:
+          time.sleep(0.02)
+        seen["manifest"] = manifest.exists()
+        seen["steps"] = sorted(os.listdir(tmp_path / "checkpoints"))
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "device_batches", held)
+  train.train_and_evaluate(tiny_config(steps=8, ckpt_every=4), str(tmp_path))
+  assert seen == {"manifest": True, "steps": ["4"]}, seen
+  assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"),
+                                    read_only=True).verify(4)
+
+
+def test_step_without_manifest_is_used_with_a_warning_naming_it(
+    workdir, caplog, capsys):
+  """The warning names the step and says only what is known: no reason for
+  the missing manifest is asserted."""
+  step_dir = os.path.join(workdir, "checkpoints", "2")
+  os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+  caplog.set_level(logging.WARNING)
+  train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS), workdir)
+  assert "Resumed from step 2 " in capsys.readouterr().out
+  [msg] = [r.getMessage() for r in caplog.records
+           if checkpointing.MANIFEST in r.getMessage()]
+  assert msg.startswith(f"Checkpoint step 2 at {step_dir} has no "
+                        f"{checkpointing.MANIFEST}"), msg
+  assert "used unverified" in msg and "right after saving" not in msg, msg
+
+
 # --- 2. Orbax errors wrapped --------------------------------------------------
 
 
@@ -191,7 +237,61 @@ def test_resume_after_changing_wd_or_grad_clip_keeps_the_optimizer_state(
   assert _count_leaves(out["state"]["opt"]) == [3]
 
 
+def test_resume_after_an_optimizer_change_the_state_cannot_hold_is_refused(
+    workdir):
+  """Adam's first moment in bf16 (config.optax.mu_dtype): as many arrays as
+  before, so a restore by position would cast them; refused by name, before
+  any array is read, like a changed rank."""
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    train.train_and_evaluate(
+        tiny_config(steps=3, optax={"mu_dtype": "bfloat16"}, **BASE_HPARAMS),
+        workdir)
+  msg = str(e.value)
+  assert "optimizer state this run's optimizer cannot take" in msg, msg
+  assert "config.optax.mu_dtype: was None, now 'bfloat16'" in msg, msg
+  assert re.search(r"saved \S*mu\S*: float32\[", msg), msg
+  assert "Resume with the original optimizer config or use a new --workdir" \
+      in msg
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "1", "2"]
+
+
 # --- 4. the NaN message -------------------------------------------------------
+
+
+def test_a_step_whose_loss_is_not_finite_is_not_kept(tmp_path):
+  """A checkpoint every step and a NaN at step t: step t-1's params gave
+  that loss, so it is deleted; the newest kept step is t-2, whose loss (at
+  step t-1) was finite, and a resume from it with a sane lr goes on."""
+  c = tiny_config(steps=8, lr=1e6)
+  with pytest.raises(train.NonFiniteLossError) as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  msg = str(e.value)
+  bad = int(re.search(r"Loss is \S+ at step (\d+)", msg).group(1))
+  assert bad >= 3, msg                 # a step was saved and checked before
+  ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"),
+                                  read_only=True)
+  steps = ck.all_steps()
+  ck.close()
+  assert steps and max(steps) == bad - 2, (steps, msg)
+  assert (f"Checkpoint step {bad - 1}, whose params gave this loss, was "
+          f"deleted. The newest checkpoint, step {bad - 2} ") in msg, msg
+  out = train.train_and_evaluate(tiny_config(steps=bad, lr=1e-3),
+                                 str(tmp_path))
+  assert int(out["state"]["step"]) == bad
+  assert np.isfinite(out["results"]["train/loss"])
+
+
+def test_the_last_step_is_saved_only_with_finite_params(tmp_path):
+  """The last step's loss is never computed: a NaN update there (lr NaN: the
+  loss before it is finite) is caught by its params, and it is not kept."""
+  with pytest.raises(train.NonFiniteLossError,
+                     match="not finite after the last step 1; not saved"):
+    train.train_and_evaluate(
+        tiny_config(steps=1, lr=float("nan"),
+                    schedule=dict(warmup_steps=0, decay_type="constant")),
+        str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
 
 
 def test_nan_message_judges_the_newest_checkpoint(tmp_path):
