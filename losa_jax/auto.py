@@ -38,6 +38,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -54,6 +55,9 @@ from losa_jax.population import members as members_lib
 
 FLAGS = flags.FLAGS
 STATE = "auto_state.json"
+# How often a phase's wall time so far is written to STATE: a kill loses at
+# most this much of it.
+HEARTBEAT_S = 10.0
 
 
 # --- configs ------------------------------------------------------------------
@@ -241,18 +245,34 @@ def _plain(x) -> Dict[str, Any]:
 
 
 def _timed(workdir: str, phase: str, fn):
-  """Runs fn(), adding its wall time to <workdir>/auto_state.json (also
-  when it is interrupted, so a resumed phase reports its whole cost)."""
+  """Runs fn(), adding its wall time to <workdir>/auto_state.json as it goes
+  (every HEARTBEAT_S seconds, and at the end, also when fn raises), so that
+  a killed phase's time up to its last beat counts in the whole cost."""
+  path, key = os.path.join(workdir, STATE), f"{phase}_wall_s"
+  if not distributed.is_chief():
+    return fn()
+  before = (_read_json(path) or {}).get(key) or 0.0
   t0 = time.time()
+
+  def record():
+    state = _read_json(path) or {}
+    state[key] = before + (time.time() - t0)
+    _write_json(path, state)
+
+  stop = threading.Event()
+
+  def beat():
+    while not stop.wait(HEARTBEAT_S):
+      record()
+
+  beater = threading.Thread(target=beat, daemon=True, name="auto_time")
+  beater.start()
   try:
     return fn()
   finally:
-    if distributed.is_chief():
-      path = os.path.join(workdir, STATE)
-      state = _read_json(path) or {}
-      state[f"{phase}_wall_s"] = (state.get(f"{phase}_wall_s") or 0.0) + (
-          time.time() - t0)
-      _write_json(path, state)
+    stop.set()
+    beater.join()
+    record()
 
 
 def _as_json(config) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import time
 
 from absl import flags
 import pytest
@@ -143,6 +144,34 @@ def test_flags_give_spec_and_overrides(monkeypatch):
   assert fv["config"].config_filename == spec
   assert fv["config"].override_values == {"lr": 0.5}
   assert fv.workdir == "/tmp/x"
+
+
+def test_phase_time_is_recorded_while_the_phase_runs(tmp_path, monkeypatch):
+  """auto_state.json gets the phase's wall time while it runs, on top of
+  what earlier invocations recorded, so a kill -9 (which runs no `finally`)
+  loses at most one beat of it. The phase waits (at most 60 s) for a beat."""
+  monkeypatch.setattr(auto, "HEARTBEAT_S", 0.05, raising=False)
+  path = os.path.join(str(tmp_path), auto.STATE)
+  with open(path, "w") as f:
+    json.dump({"search_wall_s": 100.0, "search_config": {"lr": 1}}, f)
+  seen = []
+
+  def phase():
+    deadline = time.monotonic() + 60
+    while not seen and time.monotonic() < deadline:
+      with open(path) as f:
+        state = json.load(f)
+      if state["search_wall_s"] > 100.0:
+        seen.append(state)
+      time.sleep(0.01)
+    return "trained"
+
+  assert auto._timed(str(tmp_path), "search", phase) == "trained"  # pylint: disable=protected-access
+  assert seen and seen[0]["search_config"] == {"lr": 1}, seen
+  with open(path) as f:
+    final = json.load(f)
+  assert final["search_wall_s"] >= seen[0]["search_wall_s"] > 100.0
+  assert final["search_config"] == {"lr": 1} and "final_wall_s" not in final
 
 
 def _check_selection(sel, workdir, metric):
