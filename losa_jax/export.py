@@ -6,7 +6,8 @@ r"""Exports served tasks: a StableHLO artifact and a TF SavedModel.
   python -m losa_jax.export --workdirs /tmp/digits --out /tmp/srv_one
 
 One or several finished workdirs (`losa_jax.multitask.load`: one backbone
-pass for every LoSA / linear task) are written to --out as
+pass for every LoSA / linear task) are written to --out, a new or empty
+folder (--overwrite: one that holds a previous export and nothing else), as
 
   model.jax_export   `jax.export` serialized StableHLO of
                      images [b, H, W, 3] float32 -> {task: logits [b, C]},
@@ -20,7 +21,12 @@ pass for every LoSA / linear task) are written to --out as
   tasks/<task>.npz   each task's own params (side network + head; the
                      whole model for LoRA / adapters / full), params only.
   serving.json       tasks, classes, input shape, pp, backbone sha256,
-                     source workdirs and steps, platforms, versions.
+                     source workdirs and steps, platforms, versions, and
+                     the files written.
+
+Everything is written into a temporary sibling folder that then takes the
+place of --out, so --out never holds half an export, and nothing export
+did not write is deleted.
 
 docs/serving.md says how to put the SavedModel behind TF Serving.
 """
@@ -30,10 +36,12 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+import uuid
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +49,7 @@ import numpy as np
 from losa_jax import multitask
 from losa_jax import npz as npz_lib
 from losa_jax import pp as pp_lib
+from losa_jax import workdir as workdir_lib
 
 JAX_FILE = "model.jax_export"
 SAVED_MODEL = "saved_model"
@@ -101,6 +110,25 @@ def serving_image_fn(pp, image_shape, pp_modules: Sequence[str] = ()):
   return one
 
 
+def checked_images(images, image_shape, pp):
+  """TF: `images` once its shape is [b, *image_shape], else an
+  InvalidArgumentError naming both shapes in one line (the XLA call would
+  fail with a dump of its whole program)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  dims = ", ".join(map(str, image_shape))
+  got = tf.strings.reduce_join(tf.strings.as_string(tf.shape(images)),
+                               separator=", ")
+  ok = tf.equal(got, tf.strings.join(
+      [tf.strings.as_string(tf.shape(images)[0]), dims], separator=", "))
+  message = tf.strings.join([
+      "images have shape [", got, f"]; this model takes [b, {dims}] "
+      f"float32 images, preprocessed by {pp!r} (signature "
+      "serve_image_bytes takes encoded images)."])
+  with tf.control_dependencies([tf.debugging.Assert(ok, [message],
+                                                    name="image_shape")]):
+    return tf.identity(images)
+
+
 def _version(v: str):
   return tuple(int(p) for p in v.split("."))
 
@@ -157,11 +185,13 @@ def stablehlo_for_tf():
 def save_tf(mt: multitask.MultiTask, path: str, *,
             platforms: Optional[Sequence[str]] = None,
             image_bytes: bool = True) -> str:
-  """Writes a TF SavedModel of `mt` (see the module doc); returns `path`.
+  """Writes a TF SavedModel of `mt` (see the module doc) to `path`, a new or
+  empty folder; returns `path`.
 
   The params are tf.Variables (saved under variables/, not inlined in the
   graph, so there is no 2 GiB GraphDef limit); the computation is the
-  jax2tf-serialized StableHLO, polymorphic in the batch.
+  jax2tf-serialized StableHLO, polymorphic in the batch, called once the
+  images' shape is checked (`checked_images`).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
@@ -180,7 +210,7 @@ def save_tf(mt: multitask.MultiTask, path: str, *,
   @tf.function(autograph=False, input_signature=[tf.TensorSpec(
       (None, *mt.image_shape), tf.float32, name="images")])
   def serve(images):
-    return tf_apply(variables, images)
+    return tf_apply(variables, checked_images(images, mt.image_shape, mt.pp))
 
   signatures = {"serving_default": serve}
   module.serve = serve
@@ -198,12 +228,11 @@ def save_tf(mt: multitask.MultiTask, path: str, *,
 
     module.serve_bytes = serve_bytes
     signatures["serve_image_bytes"] = serve_bytes
-  tmp = path.rstrip("/") + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
+  if _files(path):
+    raise FileExistsError(f"{path} holds files: save_tf writes a new or "
+                          "empty folder (export() swaps a whole folder in).")
   with stablehlo_for_tf():   # traced (and serialized) here
-    tf.saved_model.save(module, tmp, signatures=signatures)
-  shutil.rmtree(path, ignore_errors=True)
-  os.replace(tmp, path)
+    tf.saved_model.save(module, path, signatures=signatures)
   return path
 
 
@@ -218,18 +247,99 @@ def save_task_params(mt: multitask.MultiTask, folder: str) -> Dict[str, int]:
 
 
 def _write_bytes(path: str, data: bytes):
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with open(path, "wb") as f:
     f.write(data)
-  os.replace(tmp, path)
+
+
+def _files(folder: str) -> List[str]:
+  """What `folder` holds, relative and sorted: files, and folders with a
+  trailing "/" ([] for a missing folder)."""
+  out = []
+  for root, dirs, names in os.walk(folder):
+    rel = lambda n, r=root: os.path.relpath(os.path.join(r, n), folder)
+    out += [rel(d) + "/" for d in dirs] + [rel(n) for n in names]
+  return sorted(out)
+
+
+def _few(paths: Sequence[str]) -> str:
+  return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more"
+                                 if len(paths) > 5 else "")
+
+
+def _written_by_export(out: str) -> List[str]:
+  """What a previous export lists in its serving.json ([] if none)."""
+  try:
+    with open(os.path.join(out, MANIFEST)) as f:
+      return list(json.load(f).get("files") or [])
+  except (OSError, ValueError, AttributeError):
+    return []
+
+
+def check_out(out: str, overwrite: bool = False):
+  """Refuses an `out` that holds anything unless `overwrite`, and even then
+  anything that a previous export there did not write (serving.json's
+  "files"): export deletes nothing else."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise FileExistsError(f"--out {out} is a file: give a folder.")
+  held = _files(out)
+  if held and not overwrite:
+    raise FileExistsError(
+        f"--out {out} is not empty ({_few(held)}): give a new or empty "
+        "folder, or --overwrite to replace the export there.")
+  foreign = sorted(set(held) - set(_written_by_export(out)))
+  if foreign:
+    raise FileExistsError(
+        f"--out {out} holds what no export wrote there ({_few(foreign)}): "
+        f"--overwrite replaces only the files its {MANIFEST} lists and "
+        "deletes nothing else. Move them away or give another --out.")
+
+
+def _sibling(out: str, what: str) -> str:
+  return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}."
+                      f"{what}-{uuid.uuid4().hex[:8]}")
+
+
+def _swap_in(tmp: str, out: str):
+  """Puts the folder `tmp` in the place of `out` (missing, empty, or a
+  previous export that `check_out` accepted)."""
+  if not _files(out):
+    os.replace(tmp, out)    # atomic; replaces an empty folder
+    return
+  old = _sibling(out, "old")
+  os.rename(out, old)
+  os.rename(tmp, out)
+  shutil.rmtree(old)        # a previous export's files only (check_out)
 
 
 def export(mt: multitask.MultiTask, out: str, *,
            platforms: Optional[Sequence[str]] = None,
-           saved_model: bool = True, image_bytes: bool = True
-           ) -> Dict[str, Any]:
-  """Writes every artifact of the module doc to `out`; returns the manifest."""
-  os.makedirs(out, exist_ok=True)
+           saved_model: bool = True, image_bytes: bool = True,
+           overwrite: bool = False) -> Dict[str, Any]:
+  """Writes every artifact of the module doc to `out`; returns the manifest.
+
+  `out` must be new or empty, or (overwrite) hold a previous export and
+  nothing else (`check_out`). The artifacts are written into a temporary
+  sibling folder that then takes `out`'s place; on an error it is removed
+  and `out` is left as it was.
+  """
+  out = os.path.normpath(out)
+  check_out(out, overwrite)
+  tmp = _sibling(out, "tmp")
+  os.makedirs(tmp)
+  try:
+    manifest = _write_all(mt, tmp, platforms=platforms,
+                          saved_model=saved_model, image_bytes=image_bytes)
+    check_out(out, overwrite)   # what --out holds now, just before the swap
+    _swap_in(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return manifest
+
+
+def _write_all(mt: multitask.MultiTask, out: str, *, platforms,
+               saved_model: bool, image_bytes: bool) -> Dict[str, Any]:
+  """Writes the artifacts into the new folder `out`; returns the manifest."""
   data = export_jax(mt, platforms)
   _write_bytes(os.path.join(out, JAX_FILE), data)
   sizes = save_task_params(mt, os.path.join(out, "tasks"))
@@ -257,10 +367,10 @@ def export(mt: multitask.MultiTask, out: str, *,
         "dir": SAVED_MODEL, "tensorflow": tf.__version__,
         "signatures": ["serving_default"] +
                       (["serve_image_bytes"] if image_bytes else [])}
-  tmp = os.path.join(out, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
+  # What a later --overwrite may replace (and nothing else).
+  manifest["files"] = sorted(_files(out) + [MANIFEST])
+  with open(os.path.join(out, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
-  os.replace(tmp, os.path.join(out, MANIFEST))
   return manifest
 
 
@@ -271,7 +381,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
                     "from <workdir>/config.json); one is fine.", **fv)
   flags.DEFINE_list("names", None, "Task names (default: each workdir's "
                     "base name).", **fv)
-  flags.DEFINE_string("out", None, "Output folder.", **fv)
+  flags.DEFINE_multi_string(
+      "configs", [], "The training config of each workdir, in order (repeat "
+      "the flag; '' reads that workdir's config.json). Default: every "
+      "<workdir>/config.json.", **fv)
+  flags.DEFINE_string("out", None, "Output folder: new or empty, or see "
+                      "--overwrite.", **fv)
+  flags.DEFINE_bool("overwrite", False, "Replace the export in --out (only "
+                    "the files its serving.json lists; anything else there "
+                    "is refused, never deleted).", **fv)
   flags.DEFINE_list("platforms", None, "Lowering platforms of the artifacts "
                     "(cpu, cuda, rocm, tpu); default: this machine's.", **fv)
   flags.DEFINE_bool("merge_lora", True, "Serve LoRA tasks merged into the "
@@ -281,13 +399,26 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
 
 
 def main(argv):
-  del argv
-  cfg = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
+                         "a --flag (several workdirs: --workdirs a,b).")
+  run_main(flags.FLAGS)
+
+
+def run_main(cfg: flags.FlagValues):
+  """The CLI on parsed flags `cfg` (`define_flags`)."""
+  if not flags.FLAGS["verbosity"].present:
+    # Like train's terminal: Orbax logs every restore at INFO.
+    logging.set_verbosity(logging.WARNING)
   if not cfg.workdirs or not cfg.out:
     raise app.UsageError("--workdirs and --out are required.")
-  mt = multitask.load(cfg.workdirs, cfg.names, merge_lora=cfg.merge_lora)
+  # Before the workdirs are read: a full --out fails in a second.
+  check_out(os.path.normpath(cfg.out), cfg.overwrite)
+  mt = multitask.load(cfg.workdirs, cfg.names, merge_lora=cfg.merge_lora,
+                      configs=workdir_lib.config_specs(cfg.workdirs,
+                                                       cfg.configs))
   manifest = export(mt, cfg.out, platforms=cfg.platforms,
-                    saved_model=cfg.saved_model)
+                    saved_model=cfg.saved_model, overwrite=cfg.overwrite)
   print(f"Exported {mt.names} ({mt.num_backbone_passes} backbone pass(es) "
         f"per batch) to {cfg.out}: {JAX_FILE} "
         f"({manifest['jax_export']['bytes'] / 2**20:.1f} MiB)"

@@ -3,7 +3,7 @@
 r"""Inference from finished workdirs: backbone file + side checkpoints.
 
   python -m losa_jax.predict --workdir /tmp/losa_demo \
-      --config configs/default.py --images a.png b.png
+      --config configs/default.py --images a.png b.png   # or a.png,b.png
   python -m losa_jax.predict --workdir /tmp/losa_demo \
       --config configs/default.py --split test --out preds.csv
   # Several tasks on one backbone pass (losa_jax.multitask): one CSV with a
@@ -12,8 +12,11 @@ r"""Inference from finished workdirs: backbone file + side checkpoints.
       --split test --out preds.csv
 
 The config must be the one the workdir was trained with (the checkpoint's
-metadata is checked against it, as on resume); without --config it is read
-from `<workdir>/config.json`, which the trainer writes.
+metadata is checked against it, as on resume); without --config (--configs
+with --workdirs) it is read from `<workdir>/config.json`, which the trainer
+writes. Images go through the eval pp (`multitask.serving_pp`: the first
+eval's pp, else input.pp), as in `losa_jax.export`'s artifacts; a line
+names it.
 """
 import csv
 import os
@@ -22,6 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +41,11 @@ from losa_jax.evaluators import video as video_eval
 
 
 class Predictor:
-  """Loads a workdir once; `__call__(images [B, H, W, 3] float) -> probs [B, C]`."""
+  """Loads a workdir once; `__call__(images [B, H, W, 3] float) -> probs [B, C]`.
+
+  `pp` is the eval pp that `preprocess` and `predict_split` apply
+  (`multitask.serving_pp`): the training pp may hold random ops.
+  """
 
   def __init__(self, config, workdir: str, step: Optional[int] = None):
     config_lib.validate(config)
@@ -59,13 +67,14 @@ class Predictor:
     self.params = checkpointing.merge_restored(state, restored,
                                                built.mask)["params"]
     self._fn = jax.jit(steps.predict_fn(built.model))
+    self.pp = multitask.serving_pp(config)
 
   def __call__(self, images) -> np.ndarray:
     return np.asarray(self._fn(self.params, jnp.asarray(images, jnp.float32)))
 
   def preprocess(self, examples: Iterable[Dict]) -> np.ndarray:
-    """Applies the config's eval pp to raw examples ({"image": ...})."""
-    return preprocess(self.config.input.pp, examples)
+    """Applies the eval pp (`self.pp`) to raw examples ({"image": ...})."""
+    return preprocess(self.pp, examples)
 
 
 def preprocess(pp, examples: Iterable[Dict]) -> np.ndarray:
@@ -100,9 +109,9 @@ def predict_files(predictor: Predictor, paths: Sequence[str]) -> List[Dict]:
 
 def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
   """Classifies a whole split (config data dict), in order."""
-  cfg = predictor.config
   batches = classification.eval_batches(
-      dict(data), pp=cfg.input.pp, batch_size=cfg.input.batch_size,
+      dict(data), pp=predictor.pp,
+      batch_size=predictor.config.input.batch_size,
       process_index=0, process_count=1)
   return list(classification.predictions(lambda _, x: predictor(x), None,
                                          batches))
@@ -191,10 +200,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
                     "the CSV gets a column group per task.", **fv)
   flags.DEFINE_list("names", None, "With --workdirs: the task names "
                     "(default: each workdir's base name).", **fv)
+  flags.DEFINE_multi_string(
+      "configs", [], "With --workdirs: the training config of each workdir, "
+      "in order (repeat the flag; '' reads that workdir's config.json). "
+      "Default: every <workdir>/config.json.", **fv)
   flags.DEFINE_string("data_task", None, "With --workdirs --split: whose "
                       "config.input.data to read (default: the first task).",
                       **fv)
-  flags.DEFINE_multi_string("images", [], "Image files to classify.", **fv)
+  flags.DEFINE_multi_string("images", [], "Image files to classify: "
+                            "--images a.png b.png (the files after it), a "
+                            "comma list, or the flag repeated.", **fv)
   flags.DEFINE_string("split", None, "Split of the config's training data to "
                       "classify instead of files, e.g. 'test'.", **fv)
   flags.DEFINE_integer("batch_size", 256, "With --workdirs: images per "
@@ -219,15 +234,31 @@ def _write(records: List[Dict], out: Optional[str]):
       print(r)
 
 
-def _main_multi(cfg):
+def image_paths(images: Sequence[str], extra: Sequence[str]) -> List[str]:
+  """Every image file given: --images values (comma lists split) and the
+  positional arguments after them (`--images a.png b.png`).
+
+  Raises:
+    app.UsageError: positional arguments without --images, named.
+  """
+  paths = [p for v in images for p in v.split(",") if p]
+  if extra and not paths:
+    raise app.UsageError(f"Unexpected arguments {list(extra)}: image files "
+                         "go after --images (--images a.png b.png).")
+  return paths + list(extra)
+
+
+def _main_multi(cfg, images: Sequence[str]):
   if cfg.workdir or cfg.config is not None:
     raise app.UsageError("--workdirs reads each config from "
-                         "<workdir>/config.json: drop --workdir / --config.")
-  mt = multitask.load(cfg.workdirs, cfg.names)
+                         "<workdir>/config.json or --configs: drop --workdir "
+                         "/ --config.")
+  mt = multitask.load(cfg.workdirs, cfg.names, configs=workdir_lib.
+                      config_specs(cfg.workdirs, cfg.configs))
   print(f"Serving {mt.names} with {mt.num_backbone_passes} backbone "
-        f"pass(es) per batch.")
-  if cfg.images:
-    records = multi_predict_files(mt, cfg.images)
+        f"pass(es) per batch; eval pp {mt.pp!r}.")
+  if images:
+    records = multi_predict_files(mt, images)
   elif cfg.split:
     by_name = {t.name: t for t in mt.tasks}
     task = by_name.get(cfg.data_task or mt.names[0])
@@ -244,19 +275,27 @@ def _main_multi(cfg):
     print(f"{task.name} accuracy {acc:.4f} over {len(records)} examples")
 
 
-def main(argv):
-  del argv
-  cfg = flags.FLAGS
+def run_main(cfg: flags.FlagValues, argv: Sequence[str]):
+  """The CLI on parsed flags `cfg` (`define_flags`); argv[1:] are the
+  positional arguments (image files after --images)."""
+  if not flags.FLAGS["verbosity"].present:
+    # Like train's terminal: Orbax logs every restore at INFO.
+    logging.set_verbosity(logging.WARNING)
+  images = image_paths(cfg.images, argv[1:])
   if cfg.workdirs:
-    return _main_multi(cfg)
+    return _main_multi(cfg, images)
   if cfg.workdir is None:
     raise app.UsageError("--workdir (or --workdirs a,b,...) is required.")
+  if cfg.configs:
+    raise app.UsageError("--configs goes with --workdirs; with --workdir "
+                         "give --config.")
   config = cfg.config
   if config is None:
     config = workdir_lib.read_config(cfg.workdir)
   predictor = Predictor(config, cfg.workdir, cfg.step)
-  if cfg.images:
-    records = predict_files(predictor, cfg.images)
+  print(f"Step {predictor.step} of {cfg.workdir}; eval pp {predictor.pp!r}.")
+  if images:
+    records = predict_files(predictor, images)
   elif cfg.split:
     data = dict(config.input.data, split=cfg.split)
     records = predict_split(predictor, data)
@@ -266,6 +305,10 @@ def main(argv):
   if "true" in records[0] and records[0]["true"] is not None:
     acc = np.mean([r["label"] == r["true"] for r in records])
     print(f"accuracy {acc:.4f} over {len(records)} examples")
+
+
+def main(argv):
+  run_main(flags.FLAGS, argv)
 
 
 def run():

@@ -12,7 +12,7 @@ config: a config.json edited by hand is refused at restore like a changed
 """
 import json
 import os
-from typing import Any, Optional
+from typing import Any, List, Optional, Sequence
 
 import ml_collections
 
@@ -57,23 +57,51 @@ def _tuples(x: Any) -> Any:
   return x
 
 
+# What each caller can pass instead of a missing or damaged config.json.
+ADVICE = ("Pass the config the workdir was trained with (predict --workdir: "
+          "--config FILE; predict --workdirs and export: --configs FILE, one "
+          "per workdir; Python: configs=[...]), or check the path.")
+
+
 def read_config(workdir: str, *, required: bool = True
                 ) -> Optional[ml_collections.ConfigDict]:
   """The config the trainer stored in `workdir`, or None (required=False).
 
   Raises:
-    FileNotFoundError: no `<workdir>/config.json` (the workdir does not
-      exist, or predates the trainer storing its config), naming the path
-      and saying to pass the training config instead.
+    FileNotFoundError: no `<workdir>/config.json`, naming the path, saying
+      whether the workdir itself exists, and what to pass instead (ADVICE).
+    ValueError: a config.json that is not a JSON object (cut short, edited),
+      naming the path and the parse error.
   """
   path = config_file(workdir)
   if not os.path.exists(path):
     if not required:
       return None
-    where = ("the workdir does not exist" if not os.path.isdir(workdir) else
-             "the workdir was trained before the trainer stored its config")
-    raise FileNotFoundError(
-        f"No {path} ({where}): pass the config the workdir was trained "
-        "with (--config / --configs, or configs=[...]), or check the path.")
+    where = (f"there is no folder {workdir}" if not os.path.isdir(workdir)
+             else f"{workdir} exists but holds no {CONFIG_FILE}")
+    raise FileNotFoundError(f"No {path}: {where}. {ADVICE}")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    text = f.read()
+  try:
+    data = json.loads(text)
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}; {len(text)} bytes, cut "
+                     f"short or edited?). {ADVICE}") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{path} holds a JSON {type(data).__name__}, not the "
+                     f"config object the trainer writes. {ADVICE}")
+  return ml_collections.ConfigDict(_tuples(data))
+
+
+def config_specs(workdirs: Sequence[str], specs: Optional[Sequence[str]]
+                 ) -> Optional[List[Optional[str]]]:
+  """--configs (a config file per workdir, "" for its config.json) ->
+  `multitask.load`'s `configs` (None: every workdir's config.json)."""
+  if not specs:
+    return None
+  if len(specs) != len(workdirs):
+    raise ValueError(f"{len(specs)} --configs {list(specs)} for "
+                     f"{len(workdirs)} workdirs {list(workdirs)}: give one "
+                     "per workdir, in order ('' reads that workdir's "
+                     f"{CONFIG_FILE}).")
+  return [s or None for s in specs]
