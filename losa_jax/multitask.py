@@ -5,7 +5,7 @@
 LoSA's side network and the linear probe read the frozen backbone and never
 change it, so N such tasks trained on one backbone file need ONE backbone
 forward per batch: its encoder outputs feed every side network (taps
-computed once per distinct `(tap, tap_every)`, as in a population) and its
+computed once per distinct `Model.tap_key()`, as in a population) and its
 pre-logits feed every linear head. LoRA, adapters and full fine-tuning
 change the backbone's features, so each of those tasks runs its own model
 (a backbone pass per task); they are served here for comparison, LoRA
@@ -119,7 +119,7 @@ def make_apply(tasks: Sequence[Task]) -> Callable:
       pre_logits, enc = _backbone_module(model0).apply(
           {"params": bb}, images, train=False)
       feats = {}
-      depth = model0.backbone_kwargs().get("depth", 12)
+      depth = model0.depth()
       for t in members:
         p = params["tasks"][t.name]
         if t.method == "linear":
@@ -127,13 +127,12 @@ def make_apply(tasks: Sequence[Task]) -> Callable:
           out[t.name] = nn.Dense(t.num_classes).apply(
               {"params": p["head"]}, pre_logits)
           continue
-        cfg = model_lib.losa_options(t.model.losa)
-        tap = (cfg["tap"], cfg["tap_every"])
+        # The task's own taps (`Model.tap_key`), as its `predict` computes
+        # them: computed once per distinct key.
+        tap = t.model.tap_key()
         if tap not in feats:
-          taps, final = model_lib.taps_from_encoder(
-              enc["encoder"], tap=tap[0], tap_every=tap[1], depth=depth,
-              encoder_norm=bb["Transformer"]["encoder_norm"])
-          feats[tap] = {"taps": taps, "final": final}
+          feats[tap] = model_lib.backbone_features(
+              enc["encoder"], tap, depth=depth, backbone_params=bb)
         out[t.name], _ = t.model.apply({"params": {**p, "backbone": bb}},
                                        None, precomputed=feats[tap])
     for t in tasks:

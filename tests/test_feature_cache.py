@@ -105,15 +105,52 @@ def test_cached_training_equals_uncached(setup, cached_step, tmp_path):
                jax.device_get(state["params"]["side"]),
                jax.device_get(ref_state["params"]["side"]))
 
-  # bf16 in memory (the default dtype): half the bytes, losses close.
+  # bf16 in memory (the default dtype): the taps in half the bytes, the
+  # final features (the head's input) in float32, losses close.
   bf16 = _cache(setup, None, source=src, dtype="bfloat16", storage="memory")
   assert bf16.location is None and bf16.built
-  assert bf16.nbytes < 0.6 * cache.nbytes
+  spec, spec16 = cache.meta["arrays"], bf16.meta["arrays"]
+  assert "final" not in spec and spec16["final"]["dtype"] == "float32"
+  assert spec16["taps"] == {**spec["taps"], "dtype": "bfloat16"}
+  taps_bytes = 4 * np.prod(spec["taps"]["shape"])
+  assert bf16.nbytes == (cache.nbytes - taps_bytes // 2
+                         + 4 * np.prod(spec16["final"]["shape"]))
   feats16 = [next(bf16.batches(batch_size=BATCH, seed=0, start_step=s))
              for s in range(STEPS)]
   assert feats16[0]["image"]["taps"].dtype == jnp.bfloat16
   _, got16 = _train(cached_step, built.init(jax.random.key(0)), feats16)
   np.testing.assert_allclose(got16, ref, rtol=2e-2)
+
+
+def test_cached_training_equals_uncached_at_the_library_defaults():
+  """bf16 side stream and bf16 cache (both defaults): the cache holds the
+  taps the model stores and the final features in float32, so a cached run
+  ends where the uncached one does, in every trainable leaf, to 1e-5."""
+  config = tiny_config("losa", **OPT)
+  assert "dtype" not in config.model.losa      # the library default
+  built = build.build(config, total_steps=100)
+  params = jax.device_get(built.init(jax.random.key(0))["params"])
+  src = ds_arrays.ArraySource(_arrays())
+  cache = _cache((config, built, params), None, source=src,
+                 dtype=fc.DEFAULTS["dtype"], storage="memory")
+  assert cache.meta["dtype"] == "bfloat16"
+  _, ref_state, ref = _uncached(built, src)
+  state, got = _train(fc.train_step(config, built),
+                      built.init(jax.random.key(0)),
+                      [next(cache.batches(batch_size=BATCH, seed=0,
+                                          start_step=s))
+                       for s in range(STEPS)])
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+  want = jax.device_get({k: v for k, v in ref_state["params"].items()
+                         if k != "backbone"})
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), want,
+                       jax.device_get({k: v for k, v in params.items()
+                                       if k != "backbone"}))
+  assert max(jax.tree.leaves(moved)) > 1e-2     # training moved them
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5,
+                                                       rtol=0),
+               jax.device_get({k: v for k, v in state["params"].items()
+                               if k != "backbone"}), want)
 
 
 @pytest.mark.parametrize("side_dtype", ["float32", "bfloat16"])

@@ -67,11 +67,9 @@ def pop_config(population=None, *, steps=STEPS, **kw):
   c.evals = dict(val=dict(data=dict(EVAL_DATA), pp=PP, batch_size=64))
   c.model_init = demo.BACKBONE_NPZ
   c.model_load = dict(dont_load=["head/.*"])
-  # A float32 side stream: members equal single runs to float32 rounding;
-  # with bf16 stores (the default) a vmapped and a single program round an
-  # f32 ulp of difference up to a bf16 ulp now and then.
+  # The library's default side stream (bf16 storage, fused backward).
   c.model = dict(method="losa", backbone=dict(demo.BACKBONE_MODEL),
-                 losa=dict(rank=4, dtype="float32"))
+                 losa=dict(rank=4))
   c.optax_name = "adamw"
   c.lr = 3e-3
   c.wd = 0.0
@@ -238,13 +236,13 @@ def test_members_equal_single_runs_in_every_leaf_with_sgd(sgd_pop):
 
 
 def test_cached_population_equals_uncached(sgd_pop, tmp_path):
-  """A float32 feature cache feeds the members the taps the backbone pass
-  would (read batch-major, in place): every live member ends where the
-  uncached population does, in every leaf."""
+  """A feature cache in the side stream's dtype (bf16, both defaults) feeds
+  the members the taps the backbone pass would (read batch-major, in place):
+  every live member ends where the uncached population does, in every leaf."""
   out = train.train_and_evaluate(
       pop_config(SGD_POPULATION, optax_name="sgd", lr=0.5,
-                 feature_cache=dict(enabled=True, dtype="float32",
-                                    storage="memory")), str(tmp_path))
+                 feature_cache=dict(enabled=True, storage="memory")),
+      str(tmp_path))
   for i in SGD_LIVE:
     got, want = _member(out, i), _member(sgd_pop, i)
     diffs = _max_diff(got, want, got)

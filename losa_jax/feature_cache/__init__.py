@@ -12,8 +12,10 @@ What is stored, per example i (the index in the source's fixed order):
 
     taps[i]    [L', N, D]  backbone taps (`Model(..., taps_only=True)`),
                            in `dtype` (bfloat16 by default)
-    final[i]   [N, D]      the last block's residual stream; only stored
-                           when it is not the last tap (tap != "block")
+    final[i]   [N, D]      the last block's residual stream, float32 (what
+                           the head reads); only stored when the last tap
+                           does not hold it exactly (tap != "block", or a
+                           cache dtype other than float32)
     labels[i]  []          int32, the pp's "label"
 
 Where: in host memory when the whole cache fits `memory_budget_mb`

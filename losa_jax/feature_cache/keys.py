@@ -13,7 +13,9 @@ from losa_jax import tree as tree_lib
 from losa_jax.datasets import core
 from losa_jax.models import model as model_lib
 
-FORMAT_VERSION = 1
+# 2: the final features are stored in float32 unless the last float32 tap
+# holds them.
+FORMAT_VERSION = 2
 COMPLETE = "COMPLETE"
 DTYPES = ("bfloat16", "float16", "float32")
 STORAGES = ("auto", "memory", "disk")

@@ -25,6 +25,11 @@ def _np_dtype(name: str):
   return np.dtype(jnp.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
+# Arrays whose dtype is not the cache's: the labels, and the final features,
+# which the head reads in float32 whatever the taps' storage.
+_ARRAY_DTYPES = {"labels": "int32", "final": "float32"}
+
+
 def _on_disk_dtype(name: str):
   # .npy has no bfloat16: store its bits as uint16 and view them back.
   return np.dtype(np.uint16) if name == "bfloat16" else np.dtype(name)
@@ -79,7 +84,8 @@ class FeatureCache:
 
   def gather(self, indices: np.ndarray) -> Dict[str, Any]:
     """Examples `indices` [B] -> {"image": {"taps": [B, L', N, D] (and
-    "final": [B, N, D])}, "label": [B] int32}, numpy in the cache dtype.
+    "final": [B, N, D] float32)}, "label": [B] int32}, numpy, the taps in
+    the cache dtype.
 
     Batch-major, so the batch sharding of `steps.jit_train_step` applies to
     every leaf; the step transposes the taps to [L', B, N, D].
@@ -205,9 +211,11 @@ class FeatureCache:
   def _build(cls, *, model, params, source, pp, root, key, parts, dtype,
              storage, budget, batch_size, log) -> "FeatureCache":
     t0 = time.time()
-    np_dtype = _np_dtype(dtype)
     cfg = model_lib.merged(model_lib.LOSA_DEFAULTS, model.losa, "losa")
-    final_is_last_tap = cfg["tap"] == "block"
+    # The final features feed the head in float32 (`model.backbone_features`);
+    # the last tap holds them exactly only when taps and cache are float32.
+    final_is_last_tap = (cfg["tap"] == "block" and dtype == "float32"
+                         and cfg["dtype"] == "float32")
     features = features_fn(model, dtype, final_is_last_tap)
     data = input_pipeline.evaluation(source, batch_size=batch_size, pp=pp)
     n = data.num_examples
@@ -226,8 +234,8 @@ class FeatureCache:
         if arrays is None:
           shapes = {k: (n, *v.shape[1:]) for k, v in out.items()}
           shapes["labels"] = (n,)
-          total = sum(int(np.prod(s)) * (4 if k == "labels" else
-                                        np_dtype.itemsize)
+          dtypes = {k: _ARRAY_DTYPES.get(k, dtype) for k in shapes}
+          total = sum(int(np.prod(s)) * _np_dtype(dtypes[k]).itemsize
                       for k, s in shapes.items())
           to_disk = storage == "disk" or (storage == "auto" and total > budget)
           log(f"Feature cache: computing {n} examples x {shapes['taps'][1:]} "
@@ -240,17 +248,16 @@ class FeatureCache:
             os.makedirs(tmp)
             arrays = {}
             for k, s in shapes.items():
-              dt = np.dtype(np.int32) if k == "labels" else _on_disk_dtype(
-                  dtype)
               arrays[k] = np.lib.format.open_memmap(
-                  os.path.join(tmp, f"{k}.npy"), mode="w+", dtype=dt, shape=s)
+                  os.path.join(tmp, f"{k}.npy"), mode="w+",
+                  dtype=_on_disk_dtype(dtypes[k]), shape=s)
           else:
-            arrays = {k: np.empty(s, np.int32 if k == "labels" else np_dtype)
+            arrays = {k: np.empty(s, _np_dtype(dtypes[k]))
                       for k, s in shapes.items()}
         sl = slice(written, written + real)
         for k, v in out.items():
           v = np.asarray(v[:real])
-          if tmp is not None and dtype == "bfloat16":
+          if tmp is not None and dtypes[k] == "bfloat16":
             v = v.view(np.uint16)
           arrays[k][sl] = v
         arrays["labels"][sl] = np.asarray(batch["label"][:real], np.int32)
@@ -261,8 +268,7 @@ class FeatureCache:
       meta = {
           "key": key, "parts": parts, "num_examples": n, "dtype": dtype,
           "final_is_last_tap": final_is_last_tap,
-          "arrays": {k: {"shape": list(a.shape),
-                         "dtype": "int32" if k == "labels" else dtype}
+          "arrays": {k: {"shape": list(a.shape), "dtype": dtypes[k]}
                      for k, a in arrays.items()},
           "build_seconds": time.time() - t0, "created": time.time(),
       }
@@ -338,11 +344,10 @@ def features_fn(model, dtype: str, final_is_last_tap: bool) -> Callable:
       if final_is_last_tap:
         # Guard for the storage saving: the last tap IS the final residual
         # stream; checked on every batch, it costs nothing.
-        # (taps in the side network's storage dtype: final rounded alike)
         feats["same"] = jnp.array_equal(
-            out["taps"][-1], out["final"].astype(out["taps"].dtype))
+            out["taps"][-1].astype(jnp.float32), out["final"])
       else:
-        feats["final"] = out["final"].astype(jdtype)
+        feats["final"] = out["final"].astype(jnp.float32)
       return feats
 
     _FEATURE_FNS[memo] = features

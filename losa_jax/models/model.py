@@ -16,7 +16,7 @@ whole tree. `Model.apply(variables, images) -> (logits [B, C], out)`.
 """
 import numbers
 import re
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -187,7 +187,8 @@ def _stack_bf16(xs):
 
 def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
                       encoder_norm=None, dtype="float32"):
-  """The side network's inputs from one backbone forward's encoder outputs.
+  """The side network's inputs from one backbone forward's encoder outputs
+  (the arrays of `backbone_features`, which callers use).
 
   Args:
     encoder_out: `out["encoder"]` of the backbone (per-block "+sa"/"+mlp"
@@ -201,7 +202,7 @@ def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
   Returns:
     (taps [L', B, N, D] in `dtype`, final [B, N, D] float32), constants
     (stop_gradient: the side network only ever sees constants). Populations
-    call this once per tap option on one backbone pass.
+    call it, through `backbone_features`, once per `tap_key`.
   """
   idx = side_lib.tap_indices(depth, tap_every)
   key = "+sa" if tap == "attn" else "+mlp"
@@ -219,6 +220,50 @@ def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
   taps = jax.lax.stop_gradient(taps).astype(jnp.dtype(dtype))
   final = side_lib.as_float32(jax.lax.stop_gradient(encoder_out["pre_ln"]))
   return taps, final
+
+
+TapKey = Tuple[str, int, str]
+
+
+def tap_key(losa: Optional[dict]) -> TapKey:
+  """`(tap, tap_every, dtype)` of LoSA options: which backbone features a
+  side network reads, and how they are stored.
+
+  Two LoSA models with the same key read the same taps, to the bit, from one
+  backbone pass: populations and multi-task serving compute them once per
+  key, with `backbone_features`, as `Model` itself does.
+  """
+  cfg = losa_options(losa)
+  return (cfg["tap"], cfg["tap_every"], cfg["dtype"])
+
+
+def backbone_features(encoder_out, key: TapKey, *, depth: int,
+                      backbone_params) -> Dict[str, Any]:
+  """The side network's inputs from one backbone forward: the one function
+  that `Model`, populations, multi-task serving, export and the feature cache
+  use, so that every path stores the same taps in the same dtype.
+
+  Args:
+    encoder_out: `out["encoder"]` of the backbone (per-block "+sa"/"+mlp"
+      [B, N, D], stacked [L, B, N, D] when scanned, and "pre_ln" [B, N, D]).
+    key: `tap_key(losa options)`.
+    depth: the backbone's number of blocks.
+    backbone_params: the frozen backbone params (its `encoder_norm` is read
+      for tap="block_ln").
+
+  Returns:
+    {"taps": [L', B, N, D] in the key's dtype, "final": [B, N, D] float32},
+    constants (stop_gradient'ed).
+  """
+  tap, tap_every, dtype = key
+  enc_norm = None
+  if tap == "block_ln":
+    enc_norm = jax.lax.stop_gradient(
+        backbone_params["Transformer"]["encoder_norm"])
+  taps, final = taps_from_encoder(encoder_out, tap=tap, tap_every=tap_every,
+                                  depth=depth, encoder_norm=enc_norm,
+                                  dtype=dtype)
+  return {"taps": taps, "final": final}
 
 
 class Model(nn.Module):
@@ -323,16 +368,21 @@ class Model(nn.Module):
     enc_norm = self._backbone_params()["Transformer"]["encoder_norm"]
     return lambda x: nn.LayerNorm().apply({"params": enc_norm}, x)
 
+  def tap_key(self) -> TapKey:
+    """(tap, tap_every, dtype) of this LoSA model (see `tap_key`)."""
+    return tap_key(self.losa)
+
+  def depth(self) -> int:
+    """The backbone's number of blocks."""
+    return self.backbone_kwargs().get("depth", 12)
+
   def _taps(self, out):
-    """Backbone outputs -> (taps [L', B, N, D], final [B, N, D]), float32."""
-    cfg = self._cfg()
-    enc_norm = None
-    if cfg["tap"] == "block_ln":
-      enc_norm = self._backbone_params()["Transformer"]["encoder_norm"]
-    return taps_from_encoder(out["encoder"], tap=cfg["tap"],
-                             tap_every=cfg["tap_every"],
-                             depth=self.backbone_kwargs().get("depth", 12),
-                             encoder_norm=enc_norm, dtype=cfg["dtype"])
+    """Backbone outputs -> (taps [L', B, N, D] in the LoSA dtype,
+    final [B, N, D] float32)."""
+    feats = backbone_features(out["encoder"], self.tap_key(),
+                              depth=self.depth(),
+                              backbone_params=self._backbone_params())
+    return feats["taps"], feats["final"]
 
   def _losa(self, out):
     cfg = self._cfg()

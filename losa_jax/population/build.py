@@ -63,7 +63,7 @@ class Group:
   slot: int                       # batch slot (index into data_seeds)
   config: ml_collections.ConfigDict   # the structure config (see _structure)
   model: model_lib.Model
-  tap: Tuple[str, int]            # (tap, tap_every)
+  tap: model_lib.TapKey           # (tap, tap_every, dtype): its taps
   params_shape: Any               # one member's {side, head}
   num_params: int                 # trainable params of one member
 
@@ -183,15 +183,14 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
       data_seeds.append(seed)
     cfg = _structure(ms)
     model = build_lib.model_from_config(cfg)
-    losa = model_lib.losa_options(dict(cfg.model.get("losa") or {}))
     groups.append(Group(len(groups), ms, data_seeds.index(seed), cfg, model,
-                        (losa["tap"], losa["tap_every"]), None, 0))
+                        model.tap_key(), None, 0))
 
   # The shared backbone: its kwargs are the same for every member (only
   # LoSA switches differ), so any group's model names it.
   model0 = groups[0].model
   bb_module = model0.backbone_module()(**model0.backbone_kwargs())
-  depth = model0.backbone_kwargs().get("depth", 12)
+  depth = model0.depth()
   full_shape = jax.eval_shape(
       lambda r: model0.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
       jax.random.key(0))["params"]
@@ -203,16 +202,14 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
         if jnp.issubdtype(s.dtype, jnp.floating) else s, bb_shape)
 
   def features(backbone, images):
-    """One backbone pass -> {(tap, tap_every): {"taps", "final"}}."""
+    """One backbone pass -> {tap key: {"taps", "final"}}: the taps each
+    group's single run computes, to the bit (`model.backbone_features`)."""
     _, out = bb_module.apply({"params": backbone}, images, train=False)
-    enc_norm = backbone["Transformer"]["encoder_norm"]
     feats = {}
     for g in groups:
       if g.tap not in feats:
-        taps, final = model_lib.taps_from_encoder(
-            out["encoder"], tap=g.tap[0], tap_every=g.tap[1], depth=depth,
-            encoder_norm=enc_norm)
-        feats[g.tap] = {"taps": taps, "final": final}
+        feats[g.tap] = model_lib.backbone_features(
+            out["encoder"], g.tap, depth=depth, backbone_params=backbone)
     return feats
 
   def tx_of(g: Group, hp, params_shape):
