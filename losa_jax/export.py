@@ -285,7 +285,8 @@ def check_out(out: str, overwrite: bool = False):
   if held and not overwrite:
     raise FileExistsError(
         f"--out {out} is not empty ({_few(held)}): give a new or empty "
-        "folder, or --overwrite to replace the export there.")
+        "folder, or --overwrite (overwrite=True) to replace the export "
+        "there.")
   foreign = sorted(set(held) - set(_written_by_export(out)))
   if foreign:
     raise FileExistsError(
