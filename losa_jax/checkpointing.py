@@ -246,17 +246,20 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave({**meta, "layout": LAYOUT})), force=force)
     if started:
+      # After Orbax's save has begun: the manifest thread then never takes
+      # this step for a finished one (see _watch_loop).
       with self._lock:
+        if not checked:
+          self._unchecked.add(step)
         self._pending.append(step)
-      if not checked:
-        self._unchecked.add(step)
       self._watch()
     return started
 
   def confirm(self, step: int):
     """The loss of saved step `step` is finite: it gets its manifest as soon
     as Orbax has finished writing it."""
-    self._unchecked.discard(step)
+    with self._lock:
+      self._unchecked.discard(step)
     self._watch()
 
   def discard(self, step: int):
@@ -265,8 +268,8 @@ class Checkpointer:
     Every process calls it at the same step (the loss is replicated).
     """
     self._mngr.wait_until_finished()
-    self._unchecked.discard(step)
     with self._lock:
+      self._unchecked.discard(step)
       self._pending = [s for s in self._pending if s != step]
     if step in self.all_steps():
       self._mngr.delete(step)
@@ -277,44 +280,46 @@ class Checkpointer:
 
   def _watch(self):
     """Starts the manifest thread (process 0) if a checked step awaits its
-    manifest: it polls Orbax, which needs no collective, and writes the
-    manifests once no save is in progress (the step is then final)."""
+    manifest."""
     if jax.process_index() != 0 or self.read_only:
       return
     with self._lock:
-      if not self._ready() or (self._watcher is not None and
-                               self._watcher.is_alive()):
+      if not self._ready() or self._watcher is not None:
         return
       self._watcher = threading.Thread(target=self._watch_loop, daemon=True,
                                        name="losa_manifests")
       self._watcher.start()
 
   def _watch_loop(self):
+    """Writes the ready manifests once no save is in progress. A step joins
+    _pending (under the lock) only after its save has begun, so with no save
+    in progress every pending step is final. Asking Orbax needs no
+    collective, so this thread never meets the main thread's."""
     while True:
       with self._lock:
+        if self._ready() and not self._mngr.is_saving_in_progress():
+          self._write_ready_locked()
         if not self._ready():
+          self._watcher = None      # _watch starts another when needed
           return
-      if self._mngr.is_saving_in_progress():
-        time.sleep(WATCH_S)
-        continue
-      self._write_ready_manifests()
+      time.sleep(WATCH_S)
 
-  def _write_ready_manifests(self):
-    """Writes the manifests of the checked steps; Orbax must have finished
-    every save (is_saving_in_progress() False, or after its wait)."""
-    with self._lock:
-      ready = self._ready()
-      self._pending = [s for s in self._pending if s not in ready]
-      if jax.process_index() != 0:
-        return
-      for step in ready:
-        if os.path.isdir(self.step_dir(step)):   # else deleted meanwhile
-          self._write_manifest(step)
+  def _write_ready_locked(self):
+    """Writes the manifests of the checked steps (holding _lock, with every
+    save finished)."""
+    ready = self._ready()
+    self._pending = [s for s in self._pending if s not in ready]
+    if jax.process_index() != 0:
+      return
+    for step in ready:
+      if os.path.isdir(self.step_dir(step)):     # else deleted meanwhile
+        self._write_manifest(step)
 
   def _finalize(self):
     """Waits for Orbax, then writes the manifests of the checked steps."""
     self._mngr.wait_until_finished()
-    self._write_ready_manifests()
+    with self._lock:
+      self._write_ready_locked()
 
   def _prune(self):
     """Deletes the oldest checked steps beyond max_to_keep. Called by every
@@ -581,8 +586,10 @@ class Checkpointer:
     if not self.read_only:
       self._finalize()
       self._prune()
-    if self._watcher is not None:
-      self._watcher.join()
+    with self._lock:
+      watcher = self._watcher
+    if watcher is not None:
+      watcher.join()
     self._mngr.close()
 
 
