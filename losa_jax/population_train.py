@@ -256,47 +256,30 @@ def train_population(config, workdir: str, *,
                                     max_to_keep=config.keep_ckpts)
   expected_meta = {"backbone": build_lib.backbone_record(config),
                    "config": checkpointing.config_fingerprint(config)}
-  # Which members are still in the race: rung results are part of the run,
-  # so a resumed run must pick up the same survivors.
-  alive_idx = [m.index for m in members]
-  latest = ckpt.latest_step()
-  if latest is not None:
-    meta = ckpt.read_meta(latest)
-    checkpointing.check_meta(meta, expected_meta, ckpt.directory)
-    alive_idx = list(meta.get("members", alive_idx))
-  current = [m for m in members if m.index in alive_idx]
-  pop = pop_lib.build(config, total_steps=total, members=current,
-                      cached=cached)
-  sharding_lib.check_batch_size(config.input.batch_size, pop.mesh)
-  rows = {m.index: _member_row(m, g.num_params)
-          for g in pop.groups for m in g.members}
   writer = _Writer(workdir)
   state = None
   try:
+    # Which members are still in the race (rung results are part of the
+    # run) is read from the step restored, once it is verified.
+    pop, start, restored, meta = _restore(config, ckpt, members,
+                                          expected_meta, total=total,
+                                          cached=cached)
+    sharding_lib.check_batch_size(config.input.batch_size, pop.mesh)
+    rows = _rows(config, pop, members, total=total, cached=cached)
     bb = _load_backbone(config, pop)
     state = pop.init(bb)
-    start = 0
-    if latest is not None:
-      abstract = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                         sharding=x.sharding),
-          _savable(state))
-      start, restored, meta = ckpt.restore_newest(
-          abstract, agree=distributed.agree,
-          check=lambda meta: checkpointing.check_meta(
-              meta, expected_meta, ckpt.directory))
-      if start is not None:
-        treedef = jax.tree.structure(state["groups"])
-        state = jax.device_put(
-            {"params": state["params"], "step": restored["step"],
-             "groups": jax.tree.unflatten(treedef, restored["groups"])},
-            pop.state_sharding)
-        for name, r in (meta.get("rows") or {}).items():
-          rows[int(name)].update(r)
-        if chief:
-          print(f"Resumed the population from step {start} in "
-                f"{ckpt.directory}", flush=True)
-      start = int(start or 0)
+    if start is not None:
+      treedef = jax.tree.structure(state["groups"])
+      state = jax.device_put(
+          {"params": state["params"], "step": restored["step"],
+           "groups": jax.tree.unflatten(treedef, restored["groups"])},
+          pop.state_sharding)
+      for name, r in (meta.get("rows") or {}).items():
+        rows[int(name)].update(r)
+      if chief:
+        print(f"Resumed the population from step {start} in "
+              f"{ckpt.directory}", flush=True)
+    start = int(start or 0)
 
     if cached:
       # The cached taps feed every member: a step runs no backbone at all.
@@ -324,21 +307,27 @@ def train_population(config, workdir: str, *,
             f"pass(es) per step, {total} steps, from step {start}.",
             flush=True)
 
-    def save(step, force=False):
+    def save(step, final=False):
       meta = {**expected_meta, "step": step, "data_step": step,
               "members": [m.index for m in pop.members],
+              "hparams": checkpointing.config_hparams(config),
+              "opt_layout": _opt_layout(state),
               "rows": {str(k): {kk: vv for kk, vv in v.items()
                                 if kk in ("alive", "died_at", "rung_out",
                                           "curve") or "/" in kk}
                        for k, v in rows.items()}}
-      ckpt.save(step, _savable(state), meta, force=force)
+      # Kept once the next step shows a member alive (the last step's
+      # alive flags already cover its params).
+      ckpt.save(step, _savable(state), meta, force=final, checked=final)
 
     metric = _selection_metric(config)
+    unchecked = []
     for step in range(start + 1, total + 1):
       state, gm = pop.train_step(state, next(batches))
       is_log = step % config.log_every == 0 or step == total
       is_ckpt = config.ckpt_every and step % config.ckpt_every == 0
-      if is_log or is_ckpt or step == total or step in rung_steps:
+      if (is_log or is_ckpt or step == total or step in rung_steps or
+          unchecked):
         per = pop_lib.per_member(pop, gm)
         for m, met in zip(pop.members, per):
           row = rows[m.index]
@@ -359,9 +348,17 @@ def train_population(config, workdir: str, *,
           if is_log:
             writer.write(step, m.name, met)
         if not any(rows[m.index]["alive"] for m in pop.members):
+          dropped = ""
+          if unchecked:
+            # Resuming from it would only repeat the deaths.
+            ckpt.discard(unchecked.pop())
+            dropped = (f" Checkpoint step {step - 1}, from which every "
+                       "member died, was deleted.")
           raise PopulationDiedError(
-              f"Every member's loss is NaN/Inf by step {step}; stopping. "
-              "Lower the learning rates in config.population.")
+              f"Every member's loss is NaN/Inf by step {step}; stopping."
+              f"{dropped} Lower the learning rates in config.population.")
+        if unchecked:
+          ckpt.confirm(unchecked.pop())
         if is_log and chief:
           live_rows = [rows[m.index] for m in pop.members]
           shown = metric if any(metric in r for r in live_rows) else None
@@ -371,11 +368,12 @@ def train_population(config, workdir: str, *,
         _evaluate_all(config, pop, state, rows, writer, step)
       if step in rung_steps:
         pop, state = _rung(config, pop, state, rows, rungs, writer, step,
-                           total)
+                           total, cached)
       if is_ckpt and step != total:
         save(step)
+        unchecked.append(step)
     if start < total:
-      save(total, force=True)
+      save(total, final=True)
   finally:
     ckpt.close()
     writer.close()
@@ -394,6 +392,52 @@ def train_population(config, workdir: str, *,
 def _chain_first(first, it):
   yield first
   yield from it
+
+
+def _restore(config, ckpt, members, expected_meta, *, total: int,
+             cached: bool):
+  """(pop, step, restored, meta) of the newest usable checkpoint step, the
+  population built for the members that step holds; (pop of every member,
+  None, None, None) without one. Damaged steps fall back as a single run's
+  do (`Checkpointer.restore_newest`)."""
+  built = {}
+
+  def target(meta):
+    alive = set(meta.get("members", [m.index for m in members]))
+    pop = pop_lib.build(config, total_steps=total, cached=cached,
+                        members=[m for m in members if m.index in alive])
+    checkpointing.check_opt_layout(
+        meta, _opt_layout(pop.state_shape),
+        checkpointing.config_hparams(config), ckpt.directory)
+    built["pop"] = pop
+    return _savable(jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        pop.state_shape, pop.state_sharding))
+
+  step, restored, meta = ckpt.restore_newest(
+      target, agree=distributed.agree,
+      check=lambda meta: checkpointing.check_meta(meta, expected_meta,
+                                                  ckpt.directory))
+  if step is None:
+    built["pop"] = pop_lib.build(config, total_steps=total, members=members,
+                                 cached=cached)
+  return built["pop"], step, restored, meta
+
+
+def _rows(config, pop, members, *, total: int, cached: bool):
+  """{member index: row} of every member, also those a rung stopped (not in
+  `pop`): results.json reports them all."""
+  counts = {m.index: g.num_params for g in pop.groups for m in g.members}
+  if len(counts) < len(members):
+    full = pop_lib.build(config, total_steps=total, members=members,
+                         cached=cached)
+    counts = {m.index: g.num_params for g in full.groups for m in g.members}
+  return {m.index: _member_row(m, counts[m.index]) for m in members}
+
+
+def _opt_layout(state):
+  """`checkpointing.opt_layout` of every group's stacked optimizer state."""
+  return checkpointing.opt_layout([g["opt"] for g in state["groups"]])
 
 
 def _savable(state):
@@ -438,7 +482,7 @@ def _evaluate_all(config, pop, state, rows, writer, step: int):
         writer.write(step, m.name, {f"{name}/{k}": v for k, v in r.items()})
 
 
-def _rung(config, pop, state, rows, rungs, writer, step, total):
+def _rung(config, pop, state, rows, rungs, writer, step, total, cached):
   """Successive halving: keep the best fraction of the live members."""
   name = rungs["eval"]
   ev = dict(config.evals[name])
@@ -466,5 +510,5 @@ def _rung(config, pop, state, rows, rungs, writer, step, total):
           f"{len(pop.members)} members by {name}/accuracy", flush=True)
   new = pop_lib.build(config, total_steps=total,
                       members=[m for m in pop.members
-                               if m.index in survivors])
+                               if m.index in survivors], cached=cached)
   return new, pop_lib.restack(pop, state, new)
