@@ -7,7 +7,11 @@ branch modules (`fused=False`), gradients included, within float32
 rounding; the same training run; every other structure falls back to
 autodiff; and the compiled step moves fewer bytes and replays nothing.
 """
+import collections
+
+import flax
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,6 +22,8 @@ from losa_jax import cost
 from losa_jax import tree as tree_lib
 from losa_jax.feature_cache import training as cache_training
 from losa_jax.models import side as side_lib
+from losa_jax.models import side_fused
+from losa_jax.models import side_precision
 
 Z = jax.random.normal(jax.random.key(0), (3, 17, 32))
 
@@ -93,6 +99,80 @@ def test_folded_layer_norms_are_as_accurate_as_autodiff_off_centre(offset):
                   _max_rel_err({"z": g[1]}, {"z": ref[1]}))
   for k in range(2):
     assert errs["fused"][k] <= 3 * errs["autodiff"][k] + 1e-6, errs
+
+
+@pytest.fixture(scope="module", params=[40.0, 400.0])
+def off_centre(request):
+  """An off-centre mixer case, its float64 gradients and their first-order
+  sensitivity to the operands of the default-precision products."""
+  kw, params, z = side_precision.off_centre_case(request.param)
+  ref, sens = side_precision.mixer_reference(
+      kw, params, z, side_precision.cos_loss, side_precision.emulation_units)
+  return params, z, ref, sens
+
+
+def _fused_grads(params, z):
+  gp, gz = jax.grad(lambda p, x: side_precision.cos_loss(
+      side_fused.mixer(p, x)), argnums=(0, 1))(params, z)
+  return {"params": gp, "z": gz}
+
+
+@pytest.mark.parametrize("mode", ["tf32", "bf16"])
+def test_emulated_accelerator_precision_stays_within_the_bound(off_centre,
+                                                               mode):
+  """GPUs round the operands of float32 dots to TF32 by default, TPUs to
+  one bf16 pass. With those roundings emulated (`emulated_precision`), the
+  fused mixer's gradients on rows at mean 40 and 400 stay within
+  side_precision.emulation_bound of the float64 reference: the same code's
+  error with exact float32 dots plus 2 u sum_s |dg/de_s| over the operands
+  of the default-precision products (docs/method.md, "Precision"). A
+  product whose row mean is subtracted afterwards left at default
+  precision (sg2, or LN's gamma as a GEMM column) breaks it at mean 400:
+  worst ratio 1.5-1.7 (tf32) and 1.2-1.3 (bf16), against 0.34 and 0.46."""
+  params, z, ref, sens = off_centre
+  g32 = jax.jit(_fused_grads)(params, z)
+  err32 = jax.tree.map(lambda g, r: np.asarray(g, np.float64) - r, g32, ref)
+  with side_fused.emulated_precision(mode):
+    got = jax.jit(lambda p, x: _fused_grads(p, x))(params, z)
+  assert any(not np.array_equal(v, tree_lib.flatten(g32)[k])   # it rounded
+             for k, v in tree_lib.flatten(got).items())
+  ratio, where = side_precision.worst_ratio(
+      got, ref, side_precision.emulation_bound(err32, sens, mode))
+  assert ratio <= 1.0, (mode, where, ratio)
+
+
+def test_emulation_off_is_the_plain_program():
+  """The switch costs nothing when off: no operand is rounded. On, the same
+  products run, each default-precision one with its two operands rounded,
+  the HIGHEST ones (the cancelling products) untouched."""
+  params = flax.core.unfreeze(_noisy(side_lib.Mixer(
+      rank_channel=4, rank_token=4, fused=False).init(jax.random.key(1),
+                                                       Z)["params"]))
+
+  def counts(mode):
+    with side_fused.emulated_precision(mode):
+      return _count(jax.make_jaxpr(_fused_grads)(params, Z).jaxpr)
+  off, tf32 = counts(None), counts("tf32")
+  assert off["reduce_precision"] == 0 and off["highest"] >= 7
+  assert off["dot_general"] == tf32["dot_general"]
+  assert tf32["reduce_precision"] == 2 * (off["dot_general"] - off["highest"])
+  with pytest.raises(ValueError, match="tf32"):
+    with side_fused.emulated_precision("fp8"):
+      pass
+
+
+def _count(jaxpr, counts=None):
+  """Primitive counts of a jaxpr and the jaxprs inside it; "highest": the
+  dot_generals run at Precision.HIGHEST before any emulation."""
+  counts = collections.Counter() if counts is None else counts
+  for eqn in jaxpr.eqns:
+    counts[eqn.primitive.name] += 1
+    if eqn.primitive.name == "dot_general" and "HIGHEST" in str(
+        eqn.params.get("precision")):
+      counts["highest"] += 1
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      _count(sub, counts)
+  return counts
 
 
 def test_bf16_storage_uses_the_fused_path():

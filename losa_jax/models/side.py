@@ -176,8 +176,9 @@ class Mixer(nn.Module):
   @nn.compact
   def __call__(self, z):
     # Whatever z's storage dtype, the mixer computes in float32 and returns
-    # a float32 delta: the caller rounds once, when it stores a_i.
-    z = z.astype(jnp.float32)
+    # a float32 delta: the caller rounds once, when it stores a_i. A float64
+    # z (the tests' reference, under jax_enable_x64) stays float64.
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
     made = self.variables.get("params", {})
     if self.uses_fused_vjp() and "channel_0" in made and "token_1" in made:
       # The branches' params as init made them (init, or apply with mutable

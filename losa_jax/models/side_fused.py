@@ -32,15 +32,21 @@ elementwise pass, ~30 passes per layer:
 * Token mixing is always a batched GEMM with the weight on the left and z
   in its own [B, N, D] layout: no [B, D, N] transpose is made.
 
-The products whose row means are subtracted afterwards run at HIGHEST
-precision (no TF32 on GPUs). Gradients equal autodiff's within float32
+The products whose row means are subtracted afterwards (z [A1 | ...],
+Wd2^T diag(i2) z and its m2 term, z e^T, the row sums sum_d g of LN2's
+backward, z^T [i1 dh1 | beta2 g1 | beta2]) run at HIGHEST precision (no
+TF32 on GPUs), and the backward adds LN's gamma 1^T elementwise, not as a
+GEMM column; every other product goes through `_dot`, at the backend's
+default precision, which `emulated_precision` rounds as a GPU or TPU
+does (bounds: docs/method.md, "Precision"). Gradients equal autodiff's within float32
 rounding, and off-centre rows (mean 40-400) lose no more accuracy than
 flax's LayerNorm does (tests/test_side_fused.py). Residuals: z (kept by
 `side_scan` as one stack) and the small m1, i1, z [A1 | Wu1^T | bu1]
 [B, N, 2 r1 + 1], m2, i2 and Wd2^T xhat2 [B, r2, D].
 """
+import contextlib
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 from jax import lax
@@ -81,8 +87,58 @@ def _hi(x, y):
   The folded LayerNorms subtract the row means after the product
   (z W - m 1^T W, not (z - m) W), so these products must not be rounded to
   TF32 or bf16 passes, as float32 dots on GPUs and TPUs are by default.
+  `emulated_precision` leaves them alone.
   """
   return jnp.matmul(x, y, precision=lax.Precision.HIGHEST)
+
+
+# Significand bits kept by a default-precision float32 dot's operands:
+# TF32 (GPUs' default) and one bf16 pass (TPUs' default).
+EMULATED_MANTISSA_BITS = {"tf32": 10, "bf16": 7}
+_JAX_PRECISION = {"tf32": "tensorfloat32", "bf16": "bfloat16"}
+_emulated = None      # a key of EMULATED_MANTISSA_BITS, or None
+
+
+@contextlib.contextmanager
+def emulated_precision(mode: Optional[str]):
+  """Within it, every default-precision product of the fused side network
+  (`_dot`, forward and backward) rounds its operands to `mode`'s significand
+  ("tf32": 10 bits, "bf16": 7 bits), then multiplies exactly: the float32
+  dots of a GPU or TPU, emulated on a CPU (tests and the device check).
+  None: the plain product, the same traced program as outside.
+
+  Read when tracing: jit what it should change inside the context. It
+  also sets jax.default_matmul_precision to the mode's name, which keys
+  JAX's trace caches (a function traced outside is traced again inside)
+  and leaves a CPU's float32 dots as they are.
+  """
+  global _emulated
+  if mode is not None and mode not in EMULATED_MANTISSA_BITS:
+    raise ValueError(f"emulated_precision({mode!r}): use one of "
+                     f"{sorted(EMULATED_MANTISSA_BITS)} or None.")
+  old, _emulated = _emulated, mode
+  try:
+    if mode is None:
+      yield
+    else:
+      with jax.default_matmul_precision(_JAX_PRECISION[mode]):
+        yield
+  finally:
+    _emulated = old
+
+
+def _dot(x, y, spec: Optional[str] = None):
+  """x @ y, or einsum(spec, x, y), at the backend's default precision: the
+  products that no row mean is subtracted from (see `_hi`)."""
+  prec = None
+  if _emulated is not None:
+    bits = EMULATED_MANTISSA_BITS[_emulated]
+    x, y = (lax.reduce_precision(v, exponent_bits=8, mantissa_bits=bits)
+            for v in (x, y))
+    prec = lax.Precision.HIGHEST
+  if spec is None:
+    return jnp.matmul(x, y, precision=prec)
+  return jnp.einsum(spec, x, y, precision=prec)
 
 
 def _bcast(x, lead):
@@ -115,7 +171,7 @@ def _h1(p, zp, m1, i1):
   a1 = _a1(p)
   # (LN1(z) - b1) Wd1 = xhat1 A1 [B, N, r1]
   xa1 = i1 * (zp[..., :wd1.shape[1]] - m1 * jnp.sum(a1, 0))
-  return xa1 + (b1 @ wd1 + bd1), xa1, a1
+  return xa1 + (_dot(b1, wd1) + bd1), xa1, a1
 
 
 def _h2(p, x2):
@@ -145,15 +201,16 @@ def _forward(p, z):
   h1, _, _ = _h1(p, zp, m1, i1)
   g1 = jax.nn.gelu(h1)
   # Row sums of u = z + c, c = g1 Wu1 + bu1, from z's and low-rank terms.
-  su1 = sz1 + (g1 @ jnp.sum(wu1, 1))[..., None] + jnp.sum(bu1)
+  su1 = sz1 + _dot(g1, jnp.sum(wu1, 1))[..., None] + jnp.sum(bu1)
   zc = jnp.sum(g1 * zp[..., r1:2 * r1], -1, keepdims=True) + zp[..., -1:]
-  cc = (jnp.sum((g1 @ (wu1 @ wu1.T)) * g1, -1, keepdims=True)
-        + 2.0 * (g1 @ (wu1 @ bu1))[..., None] + jnp.sum(bu1 * bu1))
+  cc = (jnp.sum(_dot(g1, _dot(wu1, wu1.T)) * g1, -1, keepdims=True)
+        + 2.0 * _dot(g1, _dot(wu1, bu1))[..., None] + jnp.sum(bu1 * bu1))
   m2, i2 = _stats(su1, sz2 + 2.0 * zc + cc, d)
   # x2 = Wd2^T xhat2 = V u - V m2 with V = Wd2^T diag(i2) [B, r2, N]
   # (weights on the left: a plain batched GEMM over z's layout).
   v = wd2.T * jnp.swapaxes(i2, 1, 2)
-  x2 = (_hi(v, z) + _hi(v, g1) @ wu1 + jnp.sum(v, -1, keepdims=True) * bu1
+  x2 = (_hi(v, z) + _dot(_hi(v, g1), wu1)
+        + jnp.sum(v, -1, keepdims=True) * bu1
         - _hi(v, m2))
   g2 = jax.nn.gelu(_h2(p, x2))
   # delta = t + c = [Wu2^T | g1 | bu2 | 1] @ [g2; Wu1; 1; bu1]: one GEMM.
@@ -161,7 +218,7 @@ def _forward(p, z):
   left = jnp.concatenate([_bcast(wu2.T, bsz), g1, bu2[:, None] * one_n,
                           one_n], -1)
   right = jnp.concatenate([g2, _bcast(wu1, bsz), one_d, bu1 * one_d], 1)
-  return jnp.matmul(left, right), (m1, i1, zp, m2, i2, x2)
+  return _dot(left, right), (m1, i1, zp, m2, i2, x2)
 
 
 @jax.custom_vjp
@@ -206,11 +263,11 @@ def _backward(params, z, res, dd, carry=None):
   one_n, one_d = jnp.ones((bsz, 1, n), z.dtype), jnp.ones((bsz, d, 1), z.dtype)
 
   # dd contracted over tokens: [Wu2; 1; g1^T] @ dd[b]  -> [B, r2 + 1 + r1, D].
-  oa = jnp.matmul(jnp.concatenate(
+  oa = _dot(jnp.concatenate(
       [_bcast(wu2, bsz), one_n, jnp.swapaxes(g1, 1, 2)], 1), dd)
   dg2, dd_cols, g1t_dd = oa[:, :r2], oa[:, r2], oa[:, r2 + 1:]
   # dd contracted over channels: dd[b] @ [Wu1^T | g2^T | 1] -> [B, N, r1+r2+1].
-  ob = jnp.matmul(dd, jnp.concatenate(
+  ob = _dot(dd, jnp.concatenate(
       [_bcast(wu1.T, bsz), jnp.swapaxes(g2, 1, 2), one_d], 2))
   dd_u1, dd_g2, dd_rows = ob[..., :r1], ob[..., r1:r1 + r2], ob[..., -1]
 
@@ -220,56 +277,59 @@ def _backward(params, z, res, dd, carry=None):
   e = dh2 * s2                                                   # dy2 s2 = Wd2 e
   et = jnp.swapaxes(e, 1, 2)
   # u e^T = z e^T + g1 (Wu1 e^T) + bu1 e^T                     [B, N, r2]
-  ue = _hi(z, et) + g1 @ (wu1 @ et) + jnp.matmul(e, bu1)[:, None, :]
+  ue = _hi(z, et) + _dot(g1, _dot(wu1, et)) + _dot(e, bu1)[:, None, :]
   e_sum = jnp.sum(e, -1)                                         # [B, r2]
   d_td = _dense_grads(
       jnp.sum(i2 * (ue - m2 * e_sum[:, None, :])
-              + jnp.matmul(dh2, b2)[:, None, :], 0),
+              + _dot(dh2, b2)[:, None, :], 0),
       jnp.sum(dh2, (0, 2)))
-  ds2, db2 = jnp.sum(dh2 * x2, (0, 1)), jnp.sum(wd2, 0) @ jnp.sum(dh2, 0)
+  ds2, db2 = jnp.sum(dh2 * x2, (0, 1)), _dot(jnp.sum(wd2, 0), jnp.sum(dh2, 0))
   # LN2 backward, du = i2 g - beta2 u + gamma2 with g = Wd2 e (rank r2).
-  sg2 = (e_sum @ wd2.T)[..., None]                               # sum_d g
+  # sum_d g; HIGHEST: m2 sg2 cancels against sum_d g u just below.
+  sg2 = _hi(e_sum, wd2.T)[..., None]
   sgx2 = i2 * (jnp.sum(ue * wd2, -1, keepdims=True) - m2 * sg2)  # sum_d g xhat2
   beta2 = i2 * i2 * sgx2 / d
   gamma2 = m2 * beta2 - i2 * sg2 / d
 
   # Channel MLP: c feeds delta and u, so dc = dd + du.
-  du_u1 = (i2 * (wd2 @ (e @ wu1.T))
-           - beta2 * (zp[..., r1:2 * r1] + g1 @ (wu1 @ wu1.T) + wu1 @ bu1)
+  du_u1 = (i2 * _dot(wd2, _dot(e, wu1.T))
+           - beta2 * (zp[..., r1:2 * r1] + _dot(g1, _dot(wu1, wu1.T))
+                      + _dot(wu1, bu1))
            + gamma2 * jnp.sum(wu1, 1))                           # du Wu1^T
   dh1, = gelu1_vjp(dd_u1 + du_u1)                                # [B, N, r1]
   # Batched, then summed over b: z enters every dot as [B, N, D], so one
   # slice of the stack serves them all.
   kd = jnp.sum(_hi(jnp.swapaxes(jnp.concatenate(
       [i1 * dh1, beta2 * g1, beta2], -1), 1, 2), z), 0)          # [2r1+1, D]
-  i2wd2 = jnp.einsum("bn,nr->br", i2[..., 0], wd2)
+  i2wd2 = _dot(i2[..., 0], wd2, "bn,nr->br")
   bg1 = jnp.sum(beta2 * g1, (0, 1))
   d_cu = _dense_grads(
       jnp.sum(g1t_dd, 0)
-      + jnp.sum(jnp.einsum("bnr,ns->brs", i2 * g1, wd2) @ e, 0)
+      + jnp.sum(_dot(_dot(i2 * g1, wd2, "bnr,ns->brs"), e), 0)
       - kd[r1:2 * r1]
-      - jnp.einsum("bnr,bns->rs", beta2 * g1, g1) @ wu1
+      - _dot(_dot(beta2 * g1, g1, "bnr,bns->rs"), wu1)
       - bg1[:, None] * bu1 + jnp.sum(gamma2 * g1, (0, 1))[:, None],
-      jnp.sum(dd_cols, 0) + jnp.einsum("br,brd->d", i2wd2, e) - kd[-1]
-      - bg1 @ wu1 - jnp.sum(beta2) * bu1 + jnp.sum(gamma2))
+      jnp.sum(dd_cols, 0) + _dot(i2wd2, e, "br,brd->d") - kd[-1]
+      - _dot(bg1, wu1) - jnp.sum(beta2) * bu1 + jnp.sum(gamma2))
   sdh1 = jnp.sum(dh1, (0, 1))
   # xhat1^T dh1 = z^T (i1 dh1) - 1 (m1 i1 dh1)                 [D, r1]
   xd = kd[:r1].T - jnp.sum(m1 * i1 * dh1, (0, 1))
   d_cd = _dense_grads(s1[:, None] * xd + b1[:, None] * sdh1, sdh1)
-  ds1, db1 = jnp.sum(wd1 * xd, 1), wd1 @ sdh1
+  ds1, db1 = jnp.sum(wd1 * xd, 1), _dot(wd1, sdh1)
   # LN1 backward, dz1 = i1 dh1 A1^T - beta1 z + gamma1.
-  sg1 = dh1 @ jnp.sum(a1, 0)[:, None]
+  sg1 = _dot(dh1, jnp.sum(a1, 0)[:, None])
   beta1 = i1 * i1 * jnp.sum(dh1 * xa1, -1, keepdims=True) / d
   gamma1 = m1 * beta1 - i1 * sg1 / d
 
-  # d/dz = du + dz1 = [i2 Wd2 | i1 dh1 | -beta2 g1 | -beta2 | gamma] @
-  #        [e; A1^T; Wu1; bu1; 1] - (beta1 + beta2) z.
-  left = jnp.concatenate([i2 * wd2, i1 * dh1, -beta2 * g1, -beta2,
-                          gamma1 + gamma2], -1)
+  # d/dz = du + dz1 = [i2 Wd2 | i1 dh1 | -beta2 g1 | -beta2] @
+  #        [e; A1^T; Wu1; bu1] + gamma - (beta1 + beta2) z.
+  # gamma = m beta - ... cancels against beta z (rows far from zero mean):
+  # it is added in float32 in the same elementwise pass, not as a GEMM
+  # column that a GPU would round to TF32.
+  left = jnp.concatenate([i2 * wd2, i1 * dh1, -beta2 * g1, -beta2], -1)
   right = jnp.concatenate([e, _bcast(a1.T, bsz), _bcast(wu1, bsz),
-                           _bcast(bu1[None], bsz),
-                           jnp.ones((bsz, 1, d), z.dtype)], 1)
-  dz = jnp.matmul(left, right) - (beta1 + beta2) * z
+                           _bcast(bu1[None], bsz)], 1)
+  dz = _dot(left, right) + ((gamma1 + gamma2) - (beta1 + beta2) * z)
   if carry is not None:
     dz = carry + dz
   grads = {

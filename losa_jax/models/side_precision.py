@@ -1,0 +1,238 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Float64 references of the side network and first-order rounding bounds.
+
+Used by tests/test_side_grads.py and the device check
+(`losa_jax.bench.accelerator_check.compare_precision`), so that both hold
+the library to one bound.
+
+The reference is autodiff of the autodiff path (`side.Mixer(fused=False)`)
+in float64. Rounding is modelled at "sites": values x that the float32
+library rounds, x -> x (1 + d), |d| <= u (u: the unit roundoff, half an
+ulp). A site perturbs the reference's forward value, x (1 + e_f), and the
+cotangent that the backward carries through x, ct (1 + e_b). To first
+order the gradient g moves by sum_s e_s dg/de_s, so a library that rounds
+at the sites is within
+
+    bound = SLACK * sum_s u_s |dg/de_s|          (per gradient entry)
+
+of the reference. |dg/de_s| is computed exactly, in float64, by reverse
+mode through the reference's own backward. The sites: every Dense's input
+and output and every param of each mixer (a dot's operands and the results
+it writes), each mixer's input z_i and output delta, the side state a_i,
+and the head's input. SLACK = 2 leaves room for the terms of second order
+and for products whose operands are not exactly a site (the fused path's
+concatenated GEMMs mix several sites' values in one product).
+"""
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
+import numpy as np
+
+from losa_jax import tree as tree_lib
+from losa_jax.models import side as side_lib
+
+# Unit roundoff 2^-(p) of a significand of p bits (with the implicit one):
+# float32 24, bf16 storage 8 (2^-9: half an ulp of 2^-8), and the operands
+# of a default-precision float32 dot on a GPU (TF32: 11) or a TPU (one bf16
+# pass: 8).
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -9,
+                 "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
+SLACK = 2.0
+
+
+def gamma(n: int) -> float:
+  """gamma_n = n u / (1 - n u), float32: the relative error bound of a
+  float32 sum of n products (Higham, Accuracy and Stability, 3.1)."""
+  nu = n * UNIT_ROUNDOFF["float32"]
+  return nu / (1.0 - nu)
+
+
+def _site(x, e):
+  """x (1 + e_f) forward; the cotangent through x scaled by (1 + e_b)."""
+  ef, eb = e
+  return x * (1 + eb) - jax.lax.stop_gradient(x) * (eb - ef)
+
+
+class Sites:
+  """The perturbations of one reference evaluation, by site name.
+
+  `Sites(None)` records each site's shape (`shapes`) and perturbs nothing;
+  `Sites(e)` applies e[name] = (e_f, e_b) arrays of that shape.
+  """
+
+  def __init__(self, e: Optional[Dict[str, Tuple[Any, Any]]]):
+    self.e = e
+    self.shapes: Dict[str, Tuple[int, ...]] = {}
+
+  def __call__(self, name: str, x):
+    if self.e is None:
+      self.shapes[name] = x.shape
+      return x
+    return _site(x, self.e[name])
+
+  def dense_interceptor(self, prefix: str):
+    """nn.intercept_methods hook: a site at every Dense's input and output."""
+    def icpt(next_fun, args, kwargs, context):
+      if context.method_name != "__call__" or not isinstance(
+          context.module, nn.Dense):
+        return next_fun(*args, **kwargs)
+      key = prefix + "/".join(context.module.path)
+      out = next_fun(self(key + ":in", args[0]), **kwargs)
+      return self(key + ":out", out)
+    return icpt
+
+
+def mixer(mixer_kw: Dict[str, Any], params, z, sites: Sites, prefix=""):
+  """delta [B, N, D] of `side.Mixer(**mixer_kw, fused=False)` (autodiff:
+  flax's LayerNorms and Dense layers), float64 for float64 inputs, with
+  sites at z, delta, every param and every Dense's input and output."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  params = flax.traverse_util.unflatten_dict(
+      {k: sites(f"{prefix}param:{k}", v) for k, v in flat.items()}, sep="/")
+  z = sites(prefix + "z", z)
+  with nn.intercept_methods(sites.dense_interceptor(prefix)):
+    delta = side_lib.Mixer(**{**mixer_kw, "fused": False}).apply(
+        {"params": params}, z)
+  return sites(prefix + "delta", delta)
+
+
+def side_network(mixer_kw, layers, taps, sites: Sites):
+  """a_L [B, N, D] of the default wiring: z_i = b_i + a_{i-1},
+  a_i = a_{i-1} + M_i(z_i), with `layers` the stacked mixer params
+  (side/layers/mixer) and taps [L, B, N, D]; a site at every z_i and a_i
+  besides each mixer's own."""
+  a = jnp.zeros(taps.shape[1:], taps.dtype)
+  for i in range(taps.shape[0]):
+    p = jax.tree.map(lambda v, i=i: v[i], layers)
+    z = taps[i] + a
+    a = sites(f"L{i}/a", a + mixer(mixer_kw, p, z, sites, prefix=f"L{i}/"))
+  return a
+
+
+def zeros_like_sites(shapes: Dict[str, Tuple[int, ...]], dtype=jnp.float64):
+  return {k: (jnp.zeros(s, dtype), jnp.zeros(s, dtype))
+          for k, s in shapes.items()}
+
+
+def sensitivity(grads_of_sites: Callable, e0, units, *,
+                batch_size: Optional[int] = None):
+  """sum_s units_s |dg_k/de_s| for every entry k of g = grads_of_sites(e).
+
+  Args:
+    grads_of_sites: e (a dict like `e0`) -> a pytree of gradients.
+    e0: the zero perturbations, {name: (e_f, e_b)}.
+    units: {name: (u_f, u_b)} unit roundoffs (scalars) of each site.
+    batch_size: Jacobian rows computed at once (None: all).
+
+  Returns:
+    the bound's pytree, like grads_of_sites(e0), float64 numpy.
+  """
+  flat_e, unravel = ravel_pytree(e0)
+  flat_u, _ = ravel_pytree(
+      {k: tuple(jnp.full_like(x, u) for x, u in zip(e0[k], units[k]))
+       for k in e0})
+  _, unravel_g = ravel_pytree(jax.tree.map(
+      lambda a: np.zeros(a.shape, a.dtype),
+      jax.eval_shape(grads_of_sites, e0)))
+
+  def flat_g(fe):
+    return ravel_pytree(grads_of_sites(unravel(fe)))[0]
+
+  @jax.jit
+  def run(fe):
+    # The Jacobian's rows [site elements], by reverse mode; `batch_size`
+    # rows at a time, or all at once.
+    g, vjp = jax.vjp(flat_g, fe)
+    eye = jnp.eye(g.size, dtype=g.dtype)
+    row = lambda ct: jnp.abs(vjp(ct)[0]) @ flat_u
+    if batch_size is None:
+      return jax.vmap(row)(eye)
+    return jax.lax.map(row, eye, batch_size=batch_size)
+  return jax.tree.map(np.asarray, unravel_g(run(flat_e)))
+
+
+def units_for(shapes, rule: Callable[[str], Tuple[float, float]]):
+  """{name: rule(name)} for every recorded site."""
+  return {k: rule(k) for k in shapes}
+
+
+def worst_ratio(got, ref, bound, floor: float = 0.0) -> Tuple[float, str]:
+  """max over entries of |got - ref| / bound, and the leaf where it is."""
+  fg, fr, fb = (tree_lib.flatten(t) for t in (got, ref, bound))
+  worst, where = 0.0, ""
+  for name, b in fb.items():
+    err = np.abs(np.asarray(fg[name], np.float64) - fr[name])
+    b = np.maximum(b, floor)
+    # 0 / 0 is 0 (an entry exact in both); err / 0 is inf.
+    ratio = np.divide(err, b, out=np.where(err > 0, np.inf, 0.0),
+                      where=b > 0)
+    r = float(np.max(ratio)) if err.size else 0.0
+    if r > worst:
+      worst, where = r, name
+  return worst, where
+
+
+
+def as_float64(tree):
+  """Every leaf as a float64 jax array (call under jax.enable_x64)."""
+  return jax.tree.map(lambda v: jnp.asarray(np.asarray(v, np.float64)), tree)
+
+
+def mixer_reference(mixer_kw, params, z, loss: Callable,
+                    rule: Callable[[str], Tuple[float, float]]):
+  """Float64 {"params", "z"} gradients of loss(delta) of the autodiff mixer
+  at (params, z), and their `sensitivity` with the site units of `rule`."""
+  with jax.enable_x64(True):
+    p64, z64 = as_float64((params, z))
+    rec = Sites(None)
+    mixer(mixer_kw, p64, z64, rec)
+    e0 = zeros_like_sites(rec.shapes)
+
+    def grads(e):
+      gp, gz = jax.grad(lambda p, x: loss(mixer(mixer_kw, p, x, Sites(e))),
+                        argnums=(0, 1))(p64, z64)
+      return {"params": gp, "z": gz}
+    ref = jax.tree.map(np.asarray, jax.jit(grads)(e0))
+    return ref, sensitivity(grads, e0, units_for(rec.shapes, rule))
+
+
+def emulation_units(name: str) -> Tuple[float, float]:
+  """Sites a default-precision dot of the fused mixer reads or writes (unit
+  1: scale by the mode's unit roundoff): all but the input z, which only
+  the HIGHEST products read."""
+  return (0.0, 0.0) if name == "z" else (1.0, 1.0)
+
+
+def off_centre_case(offset: float, *, shape=(2, 9, 16), ranks=(4, 5),
+                    seed: int = 0):
+  """(mixer_kw, params, z) of the precision checks: rows of z at mean
+  `offset` with std ~3 (as a ViT's residual stream), and every param moved
+  off its init by 0.3 N(0, 1), so no branch is zero or identity."""
+  kw = dict(rank_channel=ranks[0], rank_token=ranks[1])
+  base = jax.random.normal(jax.random.key(seed), shape)
+  z = offset + 3.0 * base + jnp.linspace(-5.0, 5.0, shape[-1])
+  params = side_lib.Mixer(**kw, fused=False).init(jax.random.key(1), z)
+  keys = iter(jax.random.split(jax.random.key(5), 100))
+  params = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(
+      next(keys), v.shape), flax.core.unfreeze(params["params"]))
+  return kw, params, z
+
+
+def cos_loss(delta):
+  """A loss whose cotangent -sin(delta) is dense and of either sign."""
+  return jnp.sum(jnp.cos(delta))
+
+
+def emulation_bound(err_float32, sens_unit, mode: str):
+  """The bound on |g - g_ref| of a run whose default-precision dots round
+  their operands to `mode` ("tf32", "bf16"): the same program's error with
+  exact float32 dots (err_float32), plus SLACK u_mode S (sens_unit: S at
+  unit roundoff 1, `emulation_units`)."""
+  u = UNIT_ROUNDOFF[mode]
+  return jax.tree.map(lambda e, s: np.abs(e) + SLACK * u * s, err_float32,
+                      sens_unit)

@@ -1,0 +1,160 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Gradients of the default side network against float64 autodiff.
+
+The library's default path (fused backward, `side_fused.side_scan`; side
+stream stored in bf16, and in float32) is compared, for every side and
+head param, with float64 autodiff of the same function: the autodiff
+mixers (`side.Mixer(fused=False)`), the same wiring, LN_out, pooling and
+head (`losa_jax.models.side_precision`), on the very taps the library
+read: from an unrolled and a scanned backbone ([L, B, N, D]) and as a
+feature cache hands them over ([B, L, N, D], `layer_axis: 1`, and
+[L, B, N, D]).
+
+The reference does not round. The bound is derived from where the library
+rounds (side_precision's first-order model, per gradient entry):
+
+    |g - g_ref| <= 2 sum_s u_s |dg_ref/de_s|
+
+over the sites s of the reference (each mixer's z_i, delta, params and
+every Dense's input and output; each a_i; LN_out's input; the head's
+input and output), where a relative perturbation e_s of a site moves the
+reference's gradient by dg_ref/de_s (forward and backward separately,
+computed exactly in float64) and u_s is the site's unit roundoff:
+* gamma_n = n u32 / (1 - n u32), u32 = 2^-24, at every site, forward and
+  backward: the library's float32 arithmetic, whose dots and sums have at
+  most n = B max(N, D) terms (the weight gradients sum over the batch and
+  tokens or channels);
+* plus u_store at z_i and a_i forward (the library stores them in
+  model.losa.dtype: bf16 has an 8-bit significand, u = 2^-9; float32
+  u = 2^-24) and at a_L backward (the cotangent of the stored a_L has its
+  dtype, so a bf16 a_L's cotangent is rounded to bf16 too).
+The 2 covers the second-order terms and the fused path's products whose
+operands are not exactly a reference site. The tolerance was fixed before
+the test first ran.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import tiny_config
+from losa_jax import build
+from losa_jax import tree as tree_lib
+from losa_jax.models import side_precision
+
+B = 2
+LABELS = jnp.array([1, 3])
+
+
+def _model(dtype, scan):
+  config = tiny_config(losa=dict(dtype=dtype, zero_init=False),
+                       backbone=dict(scan=scan))
+  model = build.model_from_config(config)
+  x = jax.random.normal(jax.random.key(1), (B, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)["params"]
+  # Every side and head leaf off its init: no branch is zero or identity.
+  keys = iter(jax.random.split(jax.random.key(7), 200))
+  params = tree_lib.map_with_names(
+      lambda n, v: v + 0.3 * jax.random.normal(next(keys), v.shape)
+      if n.startswith(("side/", "head/")) else v, params)
+  return config, model, params, x
+
+
+def _ce(logits):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits, LABELS).mean()
+
+
+def _library_grads(model, params, x, precomputed):
+  """d loss / d {side, head} of the library's default path, and the taps
+  [L, B, N, D] and final [B, N, D] it read."""
+  def loss(trainable):
+    logits, out = model.apply({"params": {**params, **trainable}}, x,
+                              precomputed=precomputed)
+    return _ce(logits), out
+  trainable = {k: params[k] for k in ("side", "head")}
+  grads, out = jax.jit(jax.grad(loss, has_aux=True))(trainable)
+  taps = out["taps"]
+  if out.get("layer_axis", 0) == 1:
+    taps = jnp.swapaxes(taps, 0, 1)
+  return grads, taps, out["final"]
+
+
+def _reference_loss(mixer_kw, trainable, taps, final, sites):
+  """The same function in float64 (the backbone's pool_type is "tok")."""
+  side, head = trainable["side"], trainable["head"]
+  a = side_precision.side_network(mixer_kw, side["layers"]["mixer"], taps,
+                                  sites)
+  refined = sites("refined", final + a)
+  f = nn.LayerNorm(epsilon=1e-6).apply({"params": side["LN_out"]}, refined)
+  with nn.intercept_methods(sites.dense_interceptor("head/")):
+    logits = nn.Dense(head["bias"].shape[0]).apply({"params": head},
+                                                   f[:, 0])
+  return _ce(logits)
+
+
+def _storage_units(u_store, n, last):
+  """(forward, backward) unit roundoffs of a site: see the docstring."""
+  g = side_precision.gamma(n)
+  stored = re.compile(r"L\d+/(z|a)")
+
+  def rule(name):
+    return (g + (u_store if stored.fullmatch(name) else 0.0),
+            g + (u_store if name == f"L{last}/a" else 0.0))
+  return rule
+
+
+def _reference(config, trainable, taps, final):
+  """(float64 gradients, bound) of the reference at these taps."""
+  rank = config.model.losa.rank
+  mixer_kw = dict(rank_channel=rank, rank_token=rank)
+  with jax.enable_x64(True):
+    t64, b64, f64 = side_precision.as_float64((trainable, taps, final))
+    rec = side_precision.Sites(None)
+    _reference_loss(mixer_kw, t64, b64, f64, rec)
+    e0 = side_precision.zeros_like_sites(rec.shapes)
+
+    def grads(e):
+      return jax.grad(lambda t: _reference_loss(
+          mixer_kw, t, b64, f64, side_precision.Sites(e)))(t64)
+    ref = jax.tree.map(np.asarray, jax.jit(grads)(e0))
+    _, b, n, d = taps.shape
+    units = _storage_units(
+        side_precision.UNIT_ROUNDOFF[config.model.losa.dtype], b * max(n, d),
+        last=taps.shape[0] - 1)
+    sens = side_precision.sensitivity(
+        grads, e0, side_precision.units_for(rec.shapes, units),
+        batch_size=128)
+  bound = jax.tree.map(lambda s: side_precision.SLACK * s, sens)
+  return ref, bound
+
+
+@pytest.mark.parametrize("dtype,taps_from", [
+    ("bfloat16", "unrolled"), ("bfloat16", "scanned"), ("bfloat16", "cache"),
+    pytest.param("bfloat16", "cache_layer_major", marks=pytest.mark.slow),
+    ("float32", "unrolled"),
+    pytest.param("float32", "scanned", marks=pytest.mark.slow),
+    ("float32", "cache")])
+def test_fused_gradients_within_the_rounding_bound(dtype, taps_from):
+  config, model, params, x = _model(dtype, scan=taps_from == "scanned")
+  precomputed = None
+  if taps_from.startswith("cache"):
+    feats = model.apply({"params": params}, x, taps_only=True)
+    # A feature cache hands over bf16 taps [B, L, N, D]; a float32 side
+    # stream then stacks its z_i apart from them (not in place).
+    taps = feats["taps"].astype(jnp.bfloat16)
+    precomputed = {"taps": taps, "final": feats["final"]}
+    if taps_from == "cache":
+      precomputed.update(taps=jnp.swapaxes(taps, 0, 1), layer_axis=1)
+  got, taps, final = _library_grads(model, params, x, precomputed)
+  assert taps.dtype == (jnp.float32 if dtype == "float32" and
+                        precomputed is None else jnp.bfloat16)
+  ref, bound = _reference(config, {k: params[k] for k in ("side", "head")},
+                          taps, final)
+  ratio, where = side_precision.worst_ratio(got, ref, bound)
+  assert ratio <= 1.0, (where, ratio)
