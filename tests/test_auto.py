@@ -5,6 +5,8 @@ import csv
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -172,6 +174,39 @@ def test_phase_time_is_recorded_while_the_phase_runs(tmp_path, monkeypatch):
     final = json.load(f)
   assert final["search_wall_s"] >= seen[0]["search_wall_s"] > 100.0
   assert final["search_config"] == {"lr": 1} and "final_wall_s" not in final
+
+
+@pytest.mark.slow
+def test_killed_search_counts_in_the_cost(tmp_path, two_blocks):
+  """`python -m losa_jax.auto` killed (-9) once the search has its first
+  checkpoint: auto_state.json already holds the search's time, and the
+  rerun's selection adds its own to it."""
+  spec = f"{DEMO}:runlocal,population=default"
+  workdir = str(tmp_path / "auto")
+  code = ("import sys; from losa_jax import auto; auto.HEARTBEAT_S = 0.2; "
+          "auto.cli()")
+  cmd = [sys.executable, "-c", code, f"--config={spec}",
+         f"--workdir={workdir}",
+         *(f"--config.{k}={v}" for k, v in two_blocks.items())]
+  proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=REPO,
+                                        JAX_PLATFORMS="cpu"),
+                          cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  first = os.path.join(workdir, "search", "checkpoints", "3")
+  deadline = time.monotonic() + 600
+  while not os.path.isdir(first) and proc.poll() is None:
+    assert time.monotonic() < deadline, "the search never saved step 3"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, out[-3000:]
+  with open(os.path.join(workdir, auto.STATE)) as f:
+    killed = json.load(f).get("search_wall_s")
+  assert killed and killed > 0, out[-3000:]
+  sel = auto.run(spec, workdir, overrides=two_blocks)
+  assert sel["cost"]["search_wall_s"] > killed
+  assert f"| {sel['cost']['search_wall_s']:.0f} s |" in open(
+      os.path.join(workdir, "selection.md")).read()
 
 
 def _check_selection(sel, workdir, metric):
