@@ -250,6 +250,82 @@ def test_cached_population_equals_uncached(sgd_pop, tmp_path):
     assert diffs[worst] <= TOL, (i, worst, diffs[worst])
 
 
+# --- every per-member value is seen ------------------------------------------
+
+# Each per-member value at two settings, chosen so that each one moves its
+# member by far more than TOL: plain SGD (Adam would divide away a clip's
+# scale), a clip norm below the gradients' norm, weight decay strong enough
+# to show in 5 steps. A full grid, so every member has a neighbour that
+# differs in exactly one value.
+SENSITIVE = dict(lr=[0.2, 0.4], wd=[0.0, 0.5], label_smoothing=[0.0, 0.5],
+                 grad_clip_norm=[None, 1.0])
+SENSITIVE_SEEDS = dict(seeds=[0, 1], data_seeds=[0, 1])
+
+
+def _value_of(member, key):
+  if key == "seed":
+    return member.config.seed
+  if key == "data_seed":
+    return member.config.data_seed
+  return member.hparams[key]
+
+
+@pytest.fixture(scope="module")
+def sensitive_pop(tmp_path_factory):
+  """64 members (2 values of each of 6 per-member keys) and the single runs
+  of the all-first and the all-second member, at the library default."""
+  config = pop_config(dict(grid=SENSITIVE, **SENSITIVE_SEEDS),
+                      optax_name="sgd", lr=0.2, wd=0.0, grad_clip_norm=None)
+  out = train.train_and_evaluate(
+      config, str(tmp_path_factory.mktemp("sensitive_pop")))
+  members = out["population"].members
+  keys = list(SENSITIVE) + ["seed", "data_seed"]
+  first = {k: (SENSITIVE.get(k) or SENSITIVE_SEEDS[k + "s"])[0] for k in keys}
+  ends = [m for want in (True, False) for m in members
+          if all((_value_of(m, k) == first[k]) == want for k in keys)]
+  assert len(ends) == 2
+  out["keys"] = keys
+  out["singles"] = {
+      m.index: train.train_and_evaluate(
+          m.config, str(tmp_path_factory.mktemp(f"sensitive_{m.name}")))
+      for m in ends}
+  return out
+
+
+def test_every_per_member_value_moves_its_member(sensitive_pop):
+  """For each per-member value (lr, wd, label smoothing, clip norm, init and
+  data seeds), every pair of members that differ in it alone ends more than
+  100x TOL apart: a population that ignored a value fails here, and the
+  equality with single runs below cannot be met by members that all train
+  alike."""
+  pop, keys = sensitive_pop["population"], sensitive_pop["keys"]
+  assert pop.num_members == 64 and len(pop.data_seeds) == 2
+  params = {m.index: _member(sensitive_pop, m.index) for m in pop.members}
+  for key in keys:
+    closest = np.inf
+    for a in pop.members:
+      for b in pop.members:
+        if a.index < b.index and [k for k in keys if _value_of(a, k) !=
+                                  _value_of(b, k)] == [key]:
+          closest = min(closest, max(_max_diff(
+              params[a.index], params[b.index], params[a.index]).values()))
+    assert closest > 100 * TOL, (key, closest)
+
+
+def test_members_with_every_value_changed_equal_their_single_runs(
+    sensitive_pop):
+  """The all-first and the all-second member (every per-member value at its
+  other setting) equal single runs of their configs in every leaf, at the
+  library's default dtype."""
+  for i, single in sensitive_pop["singles"].items():
+    got = _member(sensitive_pop, i)
+    want = _trainable(single["state"]["params"])
+    assert set(got) == set(want)
+    diffs = _max_diff(got, want, got)
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= TOL, (i, worst, diffs[worst])
+
+
 # --- diverging members -------------------------------------------------------
 
 
