@@ -168,7 +168,8 @@ def test_phase_time_is_recorded_while_the_phase_runs(tmp_path, monkeypatch):
       time.sleep(0.01)
     return "trained"
 
-  assert auto._timed(str(tmp_path), "search", phase) == "trained"  # pylint: disable=protected-access
+  timed = auto._timed  # pylint: disable=protected-access
+  assert timed(str(tmp_path), "search", phase) == "trained"
   assert seen and seen[0]["search_config"] == {"lr": 1}, seen
   with open(path) as f:
     final = json.load(f)
