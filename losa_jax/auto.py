@@ -12,11 +12,11 @@ One command, three phases, each resumable:
    tuning split. A config file declares its protocols in a module-level
    `AUTO_ARGS = dict(search="...", final="...")`, args appended to the
    command's (configs/vtab.py: `protocol=tune`, train800 -> val200, then
-   `protocol=final`, train800val200 -> test). A config without them searches
-   on its own train split and is ranked on its eval named "val", else on its
-   first eval; its final run keeps that data (configs/default.py: the demo
-   has no validation split, so it selects on test; a demo of the mechanics).
-   The search evaluates only that eval (it never looks at a test split).
+   `protocol=final`, train800val200 -> test; configs/default.py: train[:80%]
+   -> train[80%:], then train -> test). A config without them searches on
+   its own train split and is ranked on its eval named "val", else on its
+   first eval; its final run keeps that data. The search evaluates only that
+   eval (it never looks at a test split).
 2. selection: the best member by `<eval>/accuracy`, ties to fewer trainable
    params, then to the lower member index (population_train.leaderboard);
    members that diverged or stopped at a successive-halving rung are ranked
