@@ -113,6 +113,33 @@ def test_zero_init_with_backbone_norm_gives_backbone_prelogits():
   np.testing.assert_array_equal(out_losa["features"], out_lin["features"])
 
 
+def test_concat_head_input_keeps_the_backbones_pre_logits():
+  """head_input="concat" on a backbone with pre-logits (rep_size): each
+  half of [LN(b_L), LN_out(a_L)] goes through the frozen pre-logits, so the
+  first half of the head's input is a linear probe's features, exactly."""
+  config = tiny_config(losa=dict(head_input="concat"),
+                       backbone=dict(rep_size=24))
+  losa = build.model_from_config(config)
+  config.model.method = "linear"
+  linear = build.model_from_config(config)
+  params = _randomize(_init(losa), "backbone/pre_logits/")
+  params = _randomize(params, "side/LN_out/", seed=5)
+  _, out = losa.apply({"params": params}, X)
+  head = params["head"]
+  probe = {"backbone": params["backbone"],
+           "head": {"kernel": head["kernel"][:24], "bias": head["bias"]}}
+  _, out_lin = linear.apply({"params": probe}, X)
+  assert out_lin["features"].shape == (len(X), 24)
+  assert out["features"].shape == (len(X), 48)
+  np.testing.assert_allclose(out["features"][:, :24], out_lin["features"],
+                             rtol=0, atol=1e-6)
+  # The side half at init: a_L = 0, so LN_out(a_L) is LN_out's bias.
+  p = params["backbone"]["pre_logits"]
+  side = jnp.tanh(params["side"]["LN_out"]["bias"] @ p["kernel"] + p["bias"])
+  np.testing.assert_allclose(out["features"][:, 24:],
+                             np.broadcast_to(side, (len(X), 24)), atol=1e-6)
+
+
 def _count(params, prefixes):
   return sum(int(np.prod(v.shape)) for n, v in tree_lib.flatten(params).items()
              if n.split("/")[0] in prefixes)

@@ -449,7 +449,12 @@ class Model(nn.Module):
     else:
       raise ValueError(f"LoSA option pool={pool!r}: use 'auto', 'tok', 'gap'"
                        " or 'map'.")
-    if "pre_logits" in bb_params and x.shape[-1] == bb_kw["width"]:
-      p = bb_params["pre_logits"]
-      x = jnp.tanh(x @ p["kernel"] + p["bias"])
+    if "pre_logits" in bb_params:
+      # The backbone's frozen pre-logits, on each width-D part of the pooled
+      # features: head_input="concat" pools [LN(b_L), LN_out(a_L)], and its
+      # first half then is exactly a linear probe's input.
+      p, width = bb_params["pre_logits"], bb_kw["width"]
+      parts = jnp.split(x, x.shape[-1] // width, axis=-1)
+      x = jnp.concatenate([jnp.tanh(h @ p["kernel"] + p["bias"])
+                           for h in parts], axis=-1)
     return x
