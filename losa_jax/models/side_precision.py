@@ -20,10 +20,15 @@ of the reference. |dg/de_s| is computed exactly, in float64, by reverse
 mode through the reference's own backward. The sites: every Dense's input
 and output and every param of each mixer (a dot's operands and the results
 it writes), each mixer's input z_i and output delta, the side state a_i,
-and the head's input. SLACK = 2 leaves room for the terms of second order
-and for products whose operands are not exactly a site (the fused path's
-concatenated GEMMs mix several sites' values in one product).
+and the head's input and output. SLACK = 2 leaves room for the terms of
+second order and for products whose operands are not exactly a site (the
+fused path's concatenated GEMMs mix several sites' values in one product).
+Roundings that are many and independent (the bf16 stores of z_i and a_i)
+may instead be bounded in probability, LAMBDA sqrt(sum_s (u_s dg/de_s)^2)
+(`storage_bound`). Derivations and measured ratios: docs/method.md,
+"Precision of the default path".
 """
+import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -36,13 +41,19 @@ import numpy as np
 from losa_jax import tree as tree_lib
 from losa_jax.models import side as side_lib
 
-# Unit roundoff 2^-(p) of a significand of p bits (with the implicit one):
-# float32 24, bf16 storage 8 (2^-9: half an ulp of 2^-8), and the operands
-# of a default-precision float32 dot on a GPU (TF32: 11) or a TPU (one bf16
-# pass: 8).
-UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -9,
+# Unit roundoff u = 2^-p (half the spacing 2^(1-p) just above 1) of a
+# significand of p bits, the implicit leading one included: float32 24;
+# bfloat16 8 (7 stored), the side stream's storage and a TPU's one-pass
+# float32 dot ("bf16"); TF32 11 (10 stored), a GPU's float32 dot.
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8,
                  "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
 SLACK = 2.0
+# Roundings to nearest of independent values, modelled as independent
+# mean-zero errors |d_s| <= u_s (Higham and Mary, SIAM J. Sci. Comput.
+# 2019): by Hoeffding's inequality |sum_s d_s J_s| exceeds
+# LAMBDA sqrt(sum_s (u_s J_s)^2) with probability at most
+# 2 exp(-LAMBDA^2 / 2) = 3e-8 per gradient entry.
+LAMBDA = 6.0
 
 
 def gamma(n: int) -> float:
@@ -119,23 +130,31 @@ def zeros_like_sites(shapes: Dict[str, Tuple[int, ...]], dtype=jnp.float64):
           for k, s in shapes.items()}
 
 
-def sensitivity(grads_of_sites: Callable, e0, units, *,
+def sensitivity(grads_of_sites: Callable, e0, units, *, independent=None,
                 batch_size: Optional[int] = None):
-  """sum_s units_s |dg_k/de_s| for every entry k of g = grads_of_sites(e).
+  """sum_s units_s |dg_k/de_s| for every entry k of g = grads_of_sites(e);
+  with `independent`, also sqrt(sum_s (independent_s dg_k/de_s)^2).
 
   Args:
     grads_of_sites: e (a dict like `e0`) -> a pytree of gradients.
     e0: the zero perturbations, {name: (e_f, e_b)}.
-    units: {name: (u_f, u_b)} unit roundoffs (scalars) of each site.
+    units: {name: (u_f, u_b)} unit roundoffs (scalars) of each site, for
+      the worst case over the signs of the roundings.
+    independent: the same for roundings taken as independent (see
+      `LAMBDA`), or None.
     batch_size: Jacobian rows computed at once (None: all).
 
   Returns:
-    the bound's pytree, like grads_of_sites(e0), float64 numpy.
+    the worst-case pytree, like grads_of_sites(e0), float64 numpy; with
+    `independent`, (worst case, root sum of squares).
   """
   flat_e, unravel = ravel_pytree(e0)
-  flat_u, _ = ravel_pytree(
-      {k: tuple(jnp.full_like(x, u) for x, u in zip(e0[k], units[k]))
-       for k in e0})
+
+  def per_element(u):
+    return ravel_pytree({k: tuple(jnp.full_like(x, v) for x, v in
+                                  zip(e0[k], u[k])) for k in e0})[0]
+  flat_u = per_element(units)
+  flat_i = per_element(independent or units)
   _, unravel_g = ravel_pytree(jax.tree.map(
       lambda a: np.zeros(a.shape, a.dtype),
       jax.eval_shape(grads_of_sites, e0)))
@@ -149,11 +168,38 @@ def sensitivity(grads_of_sites: Callable, e0, units, *,
     # rows at a time, or all at once.
     g, vjp = jax.vjp(flat_g, fe)
     eye = jnp.eye(g.size, dtype=g.dtype)
-    row = lambda ct: jnp.abs(vjp(ct)[0]) @ flat_u
+
+    def row(ct):
+      j = vjp(ct)[0]
+      return jnp.abs(j) @ flat_u, jnp.sqrt(jnp.sum((j * flat_i) ** 2))
     if batch_size is None:
       return jax.vmap(row)(eye)
     return jax.lax.map(row, eye, batch_size=batch_size)
-  return jax.tree.map(np.asarray, unravel_g(run(flat_e)))
+  worst, rss = (jax.tree.map(np.asarray, unravel_g(r)) for r in run(flat_e))
+  return worst if independent is None else (worst, rss)
+
+
+def storage_units(dtype: str, n: int, n_layers: int):
+  """(worst-case, independent) site units of the default side network
+  (`side_network`) storing z_i and a_i in `dtype`, float32 math.
+
+  Worst case, at every site forward and backward: gamma_n, the library's
+  float32 dots and sums of at most n terms. Independent: the storage
+  roundings, u_dtype at z_i and a_i forward and at a_L backward (the
+  cotangent of the stored a_L has its dtype); one rounding per element.
+  """
+  g, u = gamma(n), UNIT_ROUNDOFF[dtype]
+  stored = re.compile(r"L\d+/(z|a)")
+
+  def independent(name):
+    return (u if stored.fullmatch(name) else 0.0,
+            u if name == f"L{n_layers - 1}/a" else 0.0)
+  return (lambda name: (g, g)), independent
+
+
+def storage_bound(worst, rss):
+  """SLACK (worst + LAMBDA rss) of `sensitivity`'s two pytrees."""
+  return jax.tree.map(lambda w, r: SLACK * (w + LAMBDA * r), worst, rss)
 
 
 def units_for(shapes, rule: Callable[[str], Tuple[float, float]]):
