@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # One-shot accelerator check on a lent GPU machine: the accelerator benchmark
 # (python -m losa_jax.bench.accelerator; docs/benchmarks.md, "Accelerator
-# benchmark (GPU/TPU)") under a hard time limit.
+# benchmark (GPU/TPU)") under a hard time limit. Its check section also
+# compares the fused side network's gradients at the GPU's default matmul
+# precision (TF32) with a float64 reference, against the bound the tests
+# hold the emulated TF32 to (docs/method.md, "Precision of the default
+# path"): `bash scripts/device_check.sh --sections check` runs that alone.
+# On a CPU: `bash scripts/device_check.sh --quick --sections check`.
 #
 # The device image has jax (CUDA), flax, optax, orbax-checkpoint, numpy,
 # absl-py and PyYAML, but not ml_collections (pure Python). Prepare its wheel

@@ -80,8 +80,8 @@ def test_quick_runs_every_section(quick):
     assert json.load(f)["meta"]["quick"] is True
   with open(os.path.join(out, "accelerator.md")) as f:
     md = f.read()
-  for title in ("Correctness", "Cost guard", "Step time", "Peak memory",
-                "Largest batch", "big-backbone"):
+  for title in ("Correctness", "Precision", "Cost guard", "Step time",
+                "Peak memory", "Largest batch", "big-backbone"):
     assert title in md, title
 
 
@@ -92,6 +92,14 @@ def test_quick_check_and_guard(quick):
   assert set(check) == {"float32", "bfloat16"}
   for r in check.values():
     assert r["pass"] and not r["frozen_changed"] and r["update_norm"] > 0, r
+  # The fused side network at the default matmul precision (TF32 emulated
+  # on a CPU) within side_precision's bound, on rows at mean 40 and 400.
+  prec = _rows(result, "check", "precision")
+  assert [r["offset"] for r in prec] == list(
+      accelerator_check.PRECISION_OFFSETS)
+  for r in prec:
+    assert r["pass"] and r["mode"] == "tf32", r
+    assert "emulated" in r["backends"] and r["err_default_rel"] > 0, r
   (guard,) = _rows(result, "check", "guard")
   # The tiny side network is not small next to a width-32 backbone (1.25x
   # here); on ViT-B/16 the same ratio is ~1.001 (tests/test_cost_guard.py).

@@ -14,7 +14,9 @@ it measured). Sections, in the order they run:
 
   check     a tiny LoSA train step on the accelerator and on jax's CPU backend
             in the same process (f32 at "highest" precision, and bf16):
-            loss and updated params compared; and the cost guard: compiled
+            loss and updated params compared; the fused side network's
+            gradients at the default matmul precision vs float64, within
+            side_precision's bound; and the cost guard: compiled
             FLOPs of the LoSA train step / backbone forward <= 1.05
   timing    median step time of forward, LoSA, LoRA, adapters, full at
             --variants x --batches, bf16 (matmuls and frozen params, as

@@ -5,7 +5,12 @@ of losa_jax.bench.accelerator (run inside its job processes).
 
 * compare_step: one tiny LoSA train step on the accelerator and on jax's CPU
   backend, same process, same initial state and batch; loss and the update
-  of every trainable param compared within f32 / bf16 tolerance.
+  of every trainable param compared within f32 / bf16 tolerance (f32 at
+  "highest" precision: a check that the backends agree).
+* compare_precision: the fused side network's gradients at the device's
+  default matmul precision (TF32 on GPUs) against a float64 reference,
+  within the bound the tests hold emulated TF32 / bf16 dots to
+  (`losa_jax.models.side_precision.emulation_bound`).
 * cost_guard: XLA FLOPs of the compiled LoSA train step over those of the
   frozen backbone's forward (`.lower().compile().cost_analysis()`); LoSA
   never runs the backbone's backward, so the ratio stays near 1.
@@ -133,6 +138,69 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
                      row["update_rel_diff"] <= tol_upd and not frozen_changed
                      and row["update_norm"] > 0)
   return row
+
+
+# The precision a backend's default float32 dot has (the bound's mode);
+# XLA:CPU's dots are exact float32, so there the default-precision run is
+# TF32 emulated (side_fused.emulated_precision): the same comparison runs.
+DEFAULT_DOT_PRECISION = {"gpu": "tf32", "cuda": "tf32", "rocm": "tf32",
+                         "tpu": "bf16", "cpu": "tf32"}
+PRECISION_OFFSETS = (40.0, 400.0)
+
+
+def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
+                      ) -> List[Dict[str, Any]]:
+  """The fused mixer's gradients on the accelerator at its default matmul
+  precision against the float64 reference (on the CPU), on rows at mean
+  `offsets`: within `side_precision.emulation_bound`, the bound
+  tests/test_side_fused.py holds the TF32 and bf16 emulations to, with the
+  float32 term measured on the same device at "highest" precision.
+
+  Returns one row per offset: {offset, backends, mode, err_default_rel,
+  err_highest_rel (max |g - g_ref| / max |g_ref|), ratio (worst
+  |g - g_ref| / bound), where (its leaf), pass}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side_fused  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side_precision as sp  # pylint: disable=g-import-not-at-top
+  accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
+  mode = DEFAULT_DOT_PRECISION.get(accel.platform, "tf32")
+  emulate = mode if accel.platform == "cpu" else None
+
+  def grads(p, x):
+    gp, gz = jax.grad(lambda p, x: sp.cos_loss(side_fused.mixer(p, x)),
+                      argnums=(0, 1))(p, x)
+    return {"params": gp, "z": gz}
+
+  def rel(g, ref):
+    g, ref = tree_lib.flatten(g), tree_lib.flatten(ref)
+    return max(float(np.max(np.abs(np.asarray(g[k], np.float64) - ref[k]))
+                     / max(float(np.max(np.abs(ref[k]))), 1e-30))
+               for k in ref)
+
+  rows = []
+  for offset in offsets:
+    kw, params, z = sp.off_centre_case(offset)
+    with jax.default_device(cpu):
+      ref, sens = sp.mixer_reference(kw, params, z, sp.cos_loss,
+                                     sp.emulation_units)
+    args = jax.device_put((params, z), accel)
+    with jax.default_matmul_precision("highest"):
+      highest = jax.device_get(jax.jit(lambda p, x: grads(p, x))(*args))
+    with side_fused.emulated_precision(emulate):
+      default = jax.device_get(jax.jit(lambda p, x: grads(p, x))(*args))
+    err_hi = jax.tree.map(lambda g, r: np.asarray(g, np.float64) - r,
+                          highest, ref)
+    ratio, where = sp.worst_ratio(default, ref,
+                                  sp.emulation_bound(err_hi, sens, mode))
+    rows.append({"offset": offset, "mode": mode,
+                 "backends": f"{accel.platform} vs float64 on cpu"
+                             + (" (emulated)" if emulate else ""),
+                 "err_default_rel": rel(default, ref),
+                 "err_highest_rel": rel(highest, ref),
+                 "ratio": ratio, "where": where, "pass": bool(ratio <= 1.0)})
+  return rows
 
 
 def cost_guard(spec: Dict[str, Any], variant: str, bsz: int

@@ -30,12 +30,15 @@ _log = common.log
 
 def job_check(spec) -> Dict[str, Any]:
   """A tiny LoSA step on the accelerator vs jax's CPU backend, f32 and bf16;
-  and the cost guard: compiled LoSA step FLOPs / backbone forward FLOPs."""
+  the fused side network's gradients at the default matmul precision vs
+  float64; and the cost guard: compiled LoSA step FLOPs / backbone forward
+  FLOPs."""
   rows = [accelerator_check.compare_step(spec, dtype)
           for dtype in ("float32", "bfloat16")]
   guard = [accelerator_check.cost_guard(spec, spec["guard_variant"], bsz)
            for bsz in spec["guard_batches"]]
-  return {"rows": rows, "guard": guard}
+  return {"rows": rows, "guard": guard,
+          "precision": accelerator_check.compare_precision()}
 
 
 def _first_call(m, bsz: int):

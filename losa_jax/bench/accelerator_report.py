@@ -49,6 +49,17 @@ def markdown(result: Dict[str, Any]) -> str:
           _f(r["update_rel_diff"], ".1e"),
           f"{r['tolerance_loss']:.0e} / {r['tolerance_update']:.0e}",
           _f(not r["frozen_changed"]), _f(r["pass"])] for r in check])
+  prec = _rows(result, "check", "precision")
+  if prec:
+    out += ["## Precision: fused side network gradients at the default "
+            "matmul precision vs float64 (docs/method.md, \"Precision of "
+            "the default path\")", ""]
+    out += _table(
+        ["row mean", "backends", "bound's mode", "max rel err default",
+         "max rel err highest", "worst err / bound", "pass"],
+        [[_f(r["offset"], ".0f"), r["backends"], r["mode"],
+          _f(r["err_default_rel"], ".1e"), _f(r["err_highest_rel"], ".1e"),
+          f"{r['ratio']:.2f} ({r['where']})", _f(r["pass"])] for r in prec])
   guard = _rows(result, "check", "guard")
   if guard:
     out += ["## Cost guard: compiled FLOPs of the LoSA train step vs the "
