@@ -163,14 +163,14 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
   import jax  # pylint: disable=g-import-not-at-top
   from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side_fused  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side_precision as sp  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side_precision  # pylint: disable=g-import-not-at-top
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
   mode = DEFAULT_DOT_PRECISION.get(accel.platform, "tf32")
   emulate = mode if accel.platform == "cpu" else None
 
   def grads(p, x):
-    gp, gz = jax.grad(lambda p, x: sp.cos_loss(side_fused.mixer(p, x)),
-                      argnums=(0, 1))(p, x)
+    gp, gz = jax.grad(lambda p, x: side_precision.cos_loss(
+        side_fused.mixer(p, x)), argnums=(0, 1))(p, x)
     return {"params": gp, "z": gz}
 
   def rel(g, ref):
@@ -181,10 +181,11 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
 
   rows = []
   for offset in offsets:
-    kw, params, z = sp.off_centre_case(offset)
+    kw, params, z = side_precision.off_centre_case(offset)
     with jax.default_device(cpu):
-      ref, sens = sp.mixer_reference(kw, params, z, sp.cos_loss,
-                                     sp.emulation_units)
+      ref, sens = side_precision.mixer_reference(
+          kw, params, z, side_precision.cos_loss,
+          side_precision.emulation_units)
     args = jax.device_put((params, z), accel)
     with jax.default_matmul_precision("highest"):
       highest = jax.device_get(jax.jit(lambda p, x: grads(p, x))(*args))
@@ -192,8 +193,8 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
       default = jax.device_get(jax.jit(lambda p, x: grads(p, x))(*args))
     err_hi = jax.tree.map(lambda g, r: np.asarray(g, np.float64) - r,
                           highest, ref)
-    ratio, where = sp.worst_ratio(default, ref,
-                                  sp.emulation_bound(err_hi, sens, mode))
+    ratio, where = side_precision.worst_ratio(
+        default, ref, side_precision.emulation_bound(err_hi, sens, mode))
     rows.append({"offset": offset, "mode": mode,
                  "backends": f"{accel.platform} vs float64 on cpu"
                              + (" (emulated)" if emulate else ""),

@@ -38,11 +38,12 @@ backward, z^T [i1 dh1 | beta2 g1 | beta2]) run at HIGHEST precision (no
 TF32 on GPUs), and the backward adds LN's gamma 1^T elementwise, not as a
 GEMM column; every other product goes through `_dot`, at the backend's
 default precision, which `emulated_precision` rounds as a GPU or TPU
-does (bounds: docs/method.md, "Precision"). Gradients equal autodiff's within float32
-rounding, and off-centre rows (mean 40-400) lose no more accuracy than
-flax's LayerNorm does (tests/test_side_fused.py). Residuals: z (kept by
-`side_scan` as one stack) and the small m1, i1, z [A1 | Wu1^T | bu1]
-[B, N, 2 r1 + 1], m2, i2 and Wd2^T xhat2 [B, r2, D].
+does. Gradients equal autodiff's within float32 rounding, off-centre rows
+(mean 40-400) lose no more accuracy than flax's LayerNorm does
+(tests/test_side_fused.py), and the float64 bounds of docs/method.md,
+"Precision of the default path", hold (tests/test_side_grads.py).
+Residuals: z (kept by `side_scan` as one stack) and the small m1, i1,
+z [A1 | Wu1^T | bu1] [B, N, 2 r1 + 1], m2, i2 and Wd2^T xhat2 [B, r2, D].
 """
 import contextlib
 import functools
