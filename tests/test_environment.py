@@ -4,6 +4,8 @@
 flags probed against the installed XLA, StableHLO that the installed
 TensorFlow reads."""
 import os
+import sys
+import warnings
 
 import conftest
 import jax
@@ -101,3 +103,34 @@ def test_a_version_tensorflow_cannot_take_is_refused_naming_both(
     _saved_model(str(tmp_path / "sm"), _fun, {"w": np.ones((4, 3),
                                                            np.float32)})
   assert _export._module_to_bytecode is serialize   # restored
+
+
+NEWEST = sys.version_info >= (3, 12)
+
+
+@pytest.mark.parametrize("module,raises", [
+    ("losa_jax.train", True), ("configs.vtab", True), ("test_losa", True),
+    ("jax._src.numpy", True), ("flax.linen.module", True),
+    ("optax._src.alias", True), ("orbax.checkpoint", True),
+    ("tensorflow_datasets.core", False), ("jaxtyping", False)])
+def test_deprecations_raise_in_the_newest_releases_environment(module,
+                                                               raises):
+  # What a deprecated API does when called from `module`.
+  def call():
+    warnings.warn_explicit("x is deprecated", DeprecationWarning, "m.py", 1,
+                           module=module)
+  if raises and NEWEST:
+    with pytest.raises(DeprecationWarning):
+      call()
+  else:
+    with warnings.catch_warnings(record=True) as seen:
+      call()
+    assert [type(w.message) for w in seen] in ([DeprecationWarning], [])
+
+
+@pytest.mark.skipif(not NEWEST, reason="the filters apply on Python 3.12")
+def test_upstream_deprecations_are_not_errors():
+  warnings.warn_explicit(
+      "jax.sharding.SingleDeviceSharding is deprecated; use ...",
+      DeprecationWarning, "colocated_transport.py", 225,
+      module="orbax.checkpoint._src.multihost.colocated_transport")
