@@ -3,9 +3,10 @@
 """losa_jax: LoSA (low-rank side adaptation) of frozen ViTs in JAX/Flax."""
 import setuptools
 
-# Versions that resolve together on Python 3.11 (jax 0.10.2) and still admit
-# the newer jax that Python 3.12+ gets (Colab): lower bounds, upper bounds
-# only where an API we use is known to move.
+# Ranges that admit both locks CI tests: requirements-lock.txt (Python 3.11,
+# jax 0.10.2) and requirements-lock-py312.txt (Python 3.12, the newest
+# releases: jax 0.12.1, what Colab installs): lower bounds, upper bounds only
+# where an API we use is known to move.
 INSTALL_REQUIRES = [
     "jax>=0.8.0",
     "flax>=0.11.0",
