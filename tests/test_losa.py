@@ -198,3 +198,28 @@ def test_bad_switch_is_named(bad, match):
   model = build.model_from_config(tiny_config(losa=bad))
   with pytest.raises(ValueError, match=match):
     _init(model)
+
+
+def test_token_mixer_output_bias_is_a_null_direction_with_zero_gradient():
+  """The token MLP's output bias adds one value per token to every channel,
+  and every reader of the side stream normalises each token over its
+  channels: shifting it changes no logit (float32), so its exact gradient
+  is 0, which the fused backward returns (autodiff returns rounding noise,
+  which Adam would turn into drift)."""
+  config = tiny_config(losa=dict(dtype="float32", zero_init=False))
+  model = build.model_from_config(config)
+  params = _randomize(_init(model), "head/")
+  name = "side/layers/mixer/token_1/mlp/up/bias"
+  flat = tree_lib.flatten(params)
+  shifted = tree_lib.unflatten({**flat, name: flat[name] + 0.5 * jax.random.
+                                normal(jax.random.key(9), flat[name].shape)})
+  logits = model.apply({"params": params}, X)[0]
+  np.testing.assert_allclose(model.apply({"params": shifted}, X)[0], logits,
+                             rtol=0, atol=1e-5)
+  assert float(jnp.max(jnp.abs(logits))) > 0.1      # not trivially zero
+
+  def loss(p):
+    return jnp.mean(model.apply({"params": p}, X)[0] ** 2)
+  grads = tree_lib.flatten(jax.grad(loss)(params))
+  assert not np.any(np.asarray(grads[name]))
+  assert np.any(np.asarray(grads["side/layers/mixer/token_1/mlp/up/kernel"]))

@@ -1,6 +1,13 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Serving through the CLI, as a user runs it, at the library's defaults.
+"""Populations and serving through the CLI, as a user runs them, at the
+library's defaults.
+
+A population of `configs/default.py:population=default` (18 members: lr x wd x
+rank): two of its members, trained again as single runs by the CLI, reach
+the same final evaluation within 1e-5, at the library default (bf16
+storage) and at float32 (their params are compared leaf by leaf in-process
+by tests/test_population.py).
 
 Two LoSA tasks trained by `python -m losa_jax.train` on `configs/default.py`
 (bf16 side stream, fused backward: nothing pinned), 20 PNG files:
@@ -30,7 +37,9 @@ NUM_FILES = 20
 
 pytestmark = pytest.mark.slow(reason="train, predict and export CLIs in "
                               "subprocesses; in-process twins of each check "
-                              "are in test_multitask.py")
+                              "are in test_multitask.py and test_population.py")
+# Members of population=default run again as single runs: (lr, wd, rank).
+SINGLES = ((1e-2, 1e-4, 16), (3e-3, 0.0, 4))
 
 
 def _run(*args, env=None):
@@ -170,3 +179,38 @@ def test_exported_artifacts_equal_predict_without_losa_jax(
         assert int(np.argmax(probs[i])) == label, (kind, task, f)
         assert abs(float(probs[i].max()) - prob) <= 1e-5, (
             kind, task, f, float(probs[i].max()), prob)
+
+
+
+
+@pytest.mark.parametrize("side_dtype", ["", "float32"])
+def test_population_members_equal_their_single_runs_through_the_cli(
+    tmp_path, side_dtype):
+  pop_dir = str(tmp_path / "pop")
+  dtype_arg = f",side_dtype={side_dtype}" if side_dtype else ""
+  _run("-m", "losa_jax.train", "--config",
+       f"configs/default.py:population=default,steps={STEPS}{dtype_arg}",
+       "--workdir", pop_dir)
+  with open(os.path.join(pop_dir, "results.json")) as f:
+    rows = json.load(f)["members"]
+  assert len(rows) == 18
+  for lr, wd, rank in SINGLES:
+    row = next(r for r in rows if r["hparams"]["lr"] == lr and
+               r["hparams"]["wd"] == wd and
+               int(r["structure"]["rank"]) == rank)
+    single_dir = str(tmp_path / f"single_{row['name']}")
+    # The member's config: the population's search split (protocol=tune),
+    # its lr, rank and weight decay.
+    _run("-m", "losa_jax.train", "--config",
+         f"configs/default.py:protocol=tune,lr={lr},rank={rank},"
+         f"steps={STEPS}{dtype_arg}", f"--config.wd={wd}", "--workdir",
+         single_dir)
+    with open(os.path.join(single_dir, "results.json")) as f:
+      single = json.load(f)
+    got = {k: row[k] for k in ("val/loss", "val/accuracy", "val/count")}
+    want = {k: single[k] for k in got}
+    assert got["val/count"] == want["val/count"] > 0
+    assert got["val/accuracy"] == want["val/accuracy"], (row["label"], got,
+                                                         want)
+    assert abs(got["val/loss"] - want["val/loss"]) <= 1e-5 * abs(
+        want["val/loss"]), (row["label"], got, want)

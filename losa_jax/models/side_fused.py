@@ -245,7 +245,7 @@ def _dense_grads(dkernel, dbias):
   return {"kernel": dkernel, "bias": dbias}
 
 
-def _backward(params, z, res, dd, carry=None):
+def _backward(params, z, res, dd, carry=None, null_bias=False):
   """(param grads, carry + d/dz) of delta = M(z) for the cotangent dd.
 
   Full-size work: two GEMMs that read dd (contracting tokens, then
@@ -273,7 +273,16 @@ def _backward(params, z, res, dd, carry=None):
   dd_u1, dd_g2, dd_rows = ob[..., :r1], ob[..., r1:r1 + r2], ob[..., -1]
 
   # Token MLP: t[b] = Wu2^T g2[b] + bu2, h2[b] = Wd2^T y2[b] + bd2.
-  d_tu = _dense_grads(jnp.sum(dd_g2, 0).T, jnp.sum(dd_rows, 0))
+  # null_bias (side_scan): bu2 adds one value per token to every channel,
+  # and everything that reads a_i normalises each token over its channels
+  # (the next mixers' LN1 and LN2, LN_out or the frozen encoder_norm at the
+  # head), so its exact gradient is 0; dd's row sums are then float32 noise
+  # around 0, which Adam would turn into lr-sized steps: steps that, with a
+  # bf16 z_i, change how it rounds. Under the straight-through convention
+  # for that rounding the gradient is exactly 0.
+  d_bu2 = (jnp.zeros_like(dd_rows[0]) if null_bias
+           else jnp.sum(dd_rows, 0))
+  d_tu = _dense_grads(jnp.sum(dd_g2, 0).T, d_bu2)
   dh2, = gelu2_vjp(dg2)                                          # [B, r2, D]
   e = dh2 * s2                                                   # dy2 s2 = Wd2 e
   et = jnp.swapaxes(e, 1, 2)
@@ -452,7 +461,7 @@ def _scan_bwd(layer_axis, dtype, saved, da):
   def body(da, i):
     # a_{i-1} feeds a_i and z_i: da_{i-1} = da_i + d/dz_i.
     dp, da = _backward(_layer(params, i), _read(zs, i, axis),
-                       _layer(smalls, i), da, carry=da)
+                       _layer(smalls, i), da, carry=da, null_bias=True)
     return da, dp
 
   _, dparams = lax.scan(body, da.astype(jnp.float32),
