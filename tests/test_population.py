@@ -126,6 +126,18 @@ def _row(out, index):
   return next(r for r in out["results"]["members"] if r["index"] == index)
 
 
+def _assert_equals_single_run(out, index, single):
+  """Member `index` of a population run == `single` in every leaf (TOL);
+  returns the member's {name: numpy}."""
+  got = _member(out, index)
+  want = _trainable(single["state"]["params"])
+  assert set(got) == set(want)
+  diffs = _max_diff(got, want, got)
+  worst = max(diffs, key=diffs.get)
+  assert diffs[worst] <= TOL, (index, worst, diffs[worst])
+  return got
+
+
 @pytest.fixture(scope="module")
 def adam_pop(tmp_path_factory):
   wd = tmp_path_factory.mktemp("adam_pop")
@@ -176,12 +188,7 @@ def test_members_equal_single_runs_adam(adam_pop, adam_singles):
   assert len(pop.groups) == 2 and pop.num_members == 8
   assert {pop.member_order()[i][0] for i in ADAM_SINGLES} == {0, 1}
   for i, single in adam_singles.items():
-    got = _member(adam_pop, i)
-    want = _trainable(single["state"]["params"])
-    assert set(got) == set(want)
-    diffs = _max_diff(got, want, got)
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] <= TOL, (pop.members[i].label, worst, diffs[worst])
+    got = _assert_equals_single_run(adam_pop, i, single)
     # The comparison means something: training moved the params, except
     # the null direction, whose exact gradient is 0.
     init = _init_member(adam_pop, i)
@@ -222,12 +229,7 @@ def test_members_equal_single_runs_in_every_leaf_with_sgd(sgd_pop):
   leaf, the null-direction bias included, matches the single run (both
   groups, each holding a diverged member next to the compared one)."""
   for i, single in sgd_pop["singles"].items():
-    got = _member(sgd_pop, i)
-    want = _trainable(single["state"]["params"])
-    assert set(got) == set(want)
-    diffs = _max_diff(got, want, got)
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] <= TOL, (i, worst, diffs[worst])
+    got = _assert_equals_single_run(sgd_pop, i, single)
     init = _init_member(sgd_pop, i)
     assert max(_max_diff(got, init, got).values()) > 1e-2
     assert _row(sgd_pop, i)["val/accuracy"] == (
@@ -317,12 +319,7 @@ def test_members_with_every_value_changed_equal_their_single_runs(
   other setting) equal single runs of their configs in every leaf, at the
   library's default dtype."""
   for i, single in sensitive_pop["singles"].items():
-    got = _member(sensitive_pop, i)
-    want = _trainable(single["state"]["params"])
-    assert set(got) == set(want)
-    diffs = _max_diff(got, want, got)
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] <= TOL, (i, worst, diffs[worst])
+    _assert_equals_single_run(sensitive_pop, i, single)
 
 
 # --- diverging members -------------------------------------------------------
