@@ -202,6 +202,19 @@ def test_members_equal_single_runs_adam(adam_pop, adam_singles):
     np.testing.assert_allclose(row["val/loss"], res["val/loss"], rtol=TOL)
 
 
+def test_members_equal_single_runs_at_float32(tmp_path):
+  """The same promise with a float32 side stream (`dtype="float32"`), where
+  the taps, z_i and a_i are float32 and the programs differ too."""
+  config = pop_config(dict(grid=dict(lr=[3e-3, 1e-2])))
+  config.model.losa.dtype = "float32"
+  out = train.train_and_evaluate(config, str(tmp_path / "pop"))
+  m = out["population"].members[1]
+  assert m.config.model.losa.dtype == "float32"
+  single = train.train_and_evaluate(m.config, str(tmp_path / "single"))
+  got = _assert_equals_single_run(out, m.index, single)
+  assert max(_max_diff(got, _init_member(out, m.index), got).values()) > 1e-3
+
+
 def test_null_direction_difference_leaves_logits_unchanged(adam_pop,
                                                            adam_singles):
   """The members' logits (shared backbone + member params) on an eval batch
