@@ -11,6 +11,7 @@ fraction of a backbone as the size checks below assert.
 """
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,12 +124,16 @@ def _moved_from_init(workdir):
 def test_trained_params_moved_from_init(workdirs):
   # The equalities of served and predicted outputs below compare trained
   # side networks and heads, not two copies of an untrained (zero) head.
-  # Three Adam steps at lr 3e-2 move every leaf by about 6e-3 or more.
+  # Three Adam steps at lr 3e-2 move every leaf by about 6e-3 or more, but
+  # the token MLP's output bias: a null direction whose exact gradient (0)
+  # the fused backward returns (tests/test_losa.py), so it stays at init.
+  null = re.compile(r"side/.*/token_\d+/mlp/up/bias")
   for name, w in workdirs.items():
     moved = _moved_from_init(w)
     assert "head/kernel" in moved and (name == "probe" or len(moved) > 2)
     still = {n: d for n, d in moved.items() if d < 1e-3}
-    assert not still, (name, still)
+    assert all(null.fullmatch(n) and d == 0 for n, d in still.items()), (
+        name, still)
 
 
 def test_each_task_equals_its_own_predictor(workdirs):
