@@ -420,8 +420,24 @@ def side_scan(params, taps, layer_axis: int, dtype):
   carries). Otherwise (bf16 cached taps, float32 side) the z_i are stacked
   as scan outputs, [L', B, N, D]. z_i is rounded to `dtype` before the mixer
   reads it, so forward and backward see the same stored z_i.
+
+  Not differentiated (serving, eval), it keeps nothing for a backward and
+  only reads the taps: N served tasks share one tap stack, where writing
+  z_i over it would copy the stack once per task.
   """
-  return _scan_fwd(params, taps, layer_axis, dtype)[0]
+  dtype = jnp.dtype(dtype)
+  words = to_words(taps)
+
+  def body(a, i):
+    # The same operations as `_scan_fwd`'s body, so the same values.
+    z = (_read(words, i, layer_axis) + a.astype(jnp.float32)).astype(dtype)
+    delta, _ = _forward(_layer(params, i), z.astype(jnp.float32))
+    return (a.astype(jnp.float32) + delta).astype(dtype), None
+
+  shape = list(taps.shape)
+  n_layers = shape.pop(layer_axis)
+  a, _ = lax.scan(body, jnp.zeros(shape, dtype), jnp.arange(n_layers))
+  return a
 
 
 def _in_place(taps_dtype, dtype) -> bool:
