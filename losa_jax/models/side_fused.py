@@ -429,15 +429,22 @@ def side_scan(params, taps, layer_axis: int, dtype):
   words = to_words(taps)
 
   def body(a, i):
-    # The same operations as `_scan_fwd`'s body, so the same values.
-    z = (_read(words, i, layer_axis) + a.astype(jnp.float32)).astype(dtype)
-    delta, _ = _forward(_layer(params, i), z.astype(jnp.float32))
-    return (a.astype(jnp.float32) + delta).astype(dtype), None
+    return _step(params, words, a, i, layer_axis, dtype)[1], None
 
   shape = list(taps.shape)
   n_layers = shape.pop(layer_axis)
   a, _ = lax.scan(body, jnp.zeros(shape, dtype), jnp.arange(n_layers))
   return a
+
+
+def _step(params, zs, a, i, layer_axis, dtype):
+  """One layer of the forward, shared by `side_scan` and `_scan_fwd` (so
+  both give the same values): (z_i as stored, a_i, small residuals) from
+  the stack `zs` (16-bit words for bf16) and a_{i-1}."""
+  # z_i as stored: the backward and the forward see the same z_i.
+  z = (_read(zs, i, layer_axis) + a.astype(jnp.float32)).astype(dtype)
+  delta, small = _forward(_layer(params, i), z.astype(jnp.float32))
+  return z, (a.astype(jnp.float32) + delta).astype(dtype), small
 
 
 def _in_place(taps_dtype, dtype) -> bool:
@@ -452,10 +459,7 @@ def _scan_fwd(params, taps, layer_axis, dtype):
 
   def body(carry, i):
     a, zs = carry
-    # z_i as stored: the backward and the forward see the same z_i.
-    z = (_read(zs, i, layer_axis) + a.astype(jnp.float32)).astype(dtype)
-    delta, small = _forward(_layer(params, i), z.astype(jnp.float32))
-    a = (a.astype(jnp.float32) + delta).astype(dtype)
+    z, a, small = _step(params, zs, a, i, layer_axis, dtype)
     if in_place:
       zs = lax.dynamic_update_index_in_dim(zs, to_words(z), i, layer_axis)
       return (a, zs), small
