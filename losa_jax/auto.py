@@ -8,7 +8,7 @@ r"""AutoLoSA: search a population, select the best member, retrain it.
 One command, three phases, each resumable:
 
 1. search (<workdir>/search): the config's population
-   (losa_jax.population_train, one backbone pass per batch for LoSA) on the
+   (losa_jax.trainers.population, one backbone pass per batch for LoSA) on the
    tuning split. A config file declares its protocols in a module-level
    `AUTO_ARGS = dict(search="...", final="...")`, args appended to the
    command's (configs/vtab.py: `protocol=tune`, train800 -> val200, then
@@ -46,9 +46,9 @@ from absl import app
 from absl import flags
 import ml_collections
 
-from losa_jax import config_lib
-from losa_jax import distributed
-from losa_jax import population_train
+from losa_jax.config import schema as config_lib
+from losa_jax.parallel import distributed
+from losa_jax.trainers import population as population_train
 from losa_jax import train
 from losa_jax.models import model as model_lib
 from losa_jax.population import members as members_lib

@@ -6,7 +6,7 @@ r"""Inference from finished workdirs: backbone file + side checkpoints.
       --config configs/default.py --images a.png b.png   # or a.png,b.png
   python -m losa_jax.predict --workdir /tmp/losa_demo \
       --config configs/default.py --split test --out preds.csv
-  # Several tasks on one backbone pass (losa_jax.multitask): one CSV with a
+  # Several tasks on one backbone pass (losa_jax.serving.multitask): one CSV with a
   # column group <task>/label, <task>/prob per task.
   python -m losa_jax.predict --workdirs /tmp/digits,/tmp/parity \
       --split test --out preds.csv
@@ -15,7 +15,7 @@ The config must be the one the workdir was trained with (the checkpoint's
 metadata is checked against it, as on resume); without --config (--configs
 with --workdirs) it is read from `<workdir>/config.json`, which the trainer
 writes. Images go through the eval pp (`multitask.serving_pp`: the first
-eval's pp, else input.pp), as in `losa_jax.export`'s artifacts; a line
+eval's pp, else input.pp), as in `losa_jax.serving.export`'s artifacts; a line
 names it.
 """
 import csv
@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import checkpointing
-from losa_jax import config_lib
-from losa_jax import multitask
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import schema as config_lib
+from losa_jax.serving import multitask
 from losa_jax import pp as pp_lib
-from losa_jax import steps
-from losa_jax import workdir as workdir_lib
+from losa_jax.assembly import steps
+from losa_jax.config import workdir as workdir_lib
 from losa_jax.evaluators import classification
 from losa_jax.evaluators import video as video_eval
 

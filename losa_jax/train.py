@@ -3,7 +3,7 @@
 """Trainer: `python -m losa_jax.train --config configs/X.py:args --workdir W`.
 
 Resumes from the newest checkpoint in the workdir automatically. Writes the
-run's config (`config.json`, see losa_jax.workdir), `metrics.jsonl` and
+run's config (`config.json`, see losa_jax.config.workdir), `metrics.jsonl` and
 TensorBoard events to the workdir, a progress line to the terminal, and
 `results.json` (final metrics, trainable params, time, memory) at the end.
 """
@@ -21,17 +21,17 @@ from absl import logging
 import jax
 import numpy as np
 
-from losa_jax import build
-from losa_jax import checkpointing
-from losa_jax import config_lib
-from losa_jax import input_check
+from losa_jax.assembly import build
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import schema as config_lib
+from losa_jax.config import input_check
 from losa_jax import datasets
-from losa_jax import distributed
+from losa_jax.parallel import distributed
 from losa_jax import evaluators
-from losa_jax import input_pipeline
-from losa_jax import population_train
-from losa_jax import sharding as sharding_lib
-from losa_jax import workdir as workdir_lib
+from losa_jax.assembly import input_pipeline
+from losa_jax.trainers import population as population_train
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.config import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns results.
 
   A config with a `population` trains every member
-  (losa_jax.population_train); its result has "results" with the
+  (losa_jax.trainers.population); its result has "results" with the
   leaderboard.
   """
   if config.get("population"):
@@ -185,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     if chief:
       # After the metadata check, so a refused resume leaves the workdir's
       # config as it was. The workdir then serves without its config file
-      # (losa_jax.multitask, predict --workdirs, export).
+      # (losa_jax.serving.multitask, predict --workdirs, export).
       workdir_lib.write_config(workdir, config)
 
     train_step = built.train_step

@@ -32,7 +32,7 @@ from absl import flags
 from absl import logging
 
 from losa_jax import auto as auto_lib
-from losa_jax import config_lib
+from losa_jax.config import schema as config_lib
 from losa_jax import train
 from losa_jax.datasets import vtab
 

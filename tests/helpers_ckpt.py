@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import npz
+from losa_jax.utils import npz
 from losa_jax.models import vit
 
 # A 2-block "mu" ViT: width 32, 2 heads, mlp 128, patch 8 (4x4 grid at 32px).

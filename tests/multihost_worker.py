@@ -10,7 +10,7 @@ Runs the real trainer (`losa_jax.train.train_and_evaluate`) on a tiny LoSA
 model and deterministic in-memory data, on a ("data", 2) x ("fsdp", rest)
 mesh over the devices of all processes. Processes connect over 127.0.0.1
 through `config.distributed` or, with --via_env, the LOSA_* environment
-variables (both routes of `losa_jax.distributed.initialize`).
+variables (both routes of `losa_jax.parallel.distributed.initialize`).
 
 --dump (process 0 writes it; every process takes part in the collectives):
 an npz with "final/<param>" (the trainable params after the run),
@@ -143,10 +143,10 @@ def main():
                       LOSA_NUM_PROCESSES=str(args.num_processes),
                       LOSA_PROCESS_ID=str(args.process_id))
 
-  from losa_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from losa_jax import distributed  # pylint: disable=g-import-not-at-top
+  from losa_jax.checkpointing import manager as checkpointing  # pylint: disable=g-import-not-at-top
+  from losa_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from losa_jax import train  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
 
   config = make_config(args)
   out = train.train_and_evaluate(config, args.workdir)

@@ -28,8 +28,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-from losa_jax import sharding  # pylint: disable=g-import-not-at-top
-from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+from losa_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
 from losa_jax.population import (  # pylint: disable=g-import-not-at-top
     build as pop_lib)
 

@@ -24,10 +24,10 @@ jax.config.update("jax_num_cpu_devices", 8)
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-from losa_jax import build  # pylint: disable=g-import-not-at-top
-from losa_jax import checkpointing  # pylint: disable=g-import-not-at-top
-from losa_jax import sharding  # pylint: disable=g-import-not-at-top
-from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+from losa_jax.checkpointing import manager as checkpointing  # pylint: disable=g-import-not-at-top
+from losa_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
 
 BATCH = 16
 # Threshold 0 so the tiny model's tensors are sharded at all; one rule of

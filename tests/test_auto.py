@@ -14,8 +14,8 @@ from absl import flags
 import pytest
 
 from losa_jax import auto
-from losa_jax import config_lib
-from losa_jax import population_train
+from losa_jax.config import schema as config_lib
+from losa_jax.trainers import population as population_train
 from losa_jax import vtab_sweep
 from losa_jax.population import members as members_lib
 from test_vtab_sweep import mock_all_tasks  # pylint: disable=g-bad-import-order

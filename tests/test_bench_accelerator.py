@@ -26,7 +26,11 @@ _CORE_WITHOUT_TF = textwrap.dedent("""
     import sys
     import numpy as np
     import jax
-    from losa_jax import build, checkpointing, optim, sharding, steps
+    from losa_jax.assembly import build
+    from losa_jax.checkpointing import manager as checkpointing
+    from losa_jax.assembly import optim
+    from losa_jax.parallel import sharding
+    from losa_jax.assembly import steps
     from losa_jax.models import model, vit
     from losa_jax.bench import accelerator, accelerator_jobs, configs
     cfg = configs.make_config("tiny", "losa", depth=1)

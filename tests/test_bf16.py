@@ -25,9 +25,9 @@ import pytest
 
 from conftest import tiny_config
 from conftest import xla_flags
-from losa_jax import build
-from losa_jax import steps
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build
+from losa_jax.assembly import steps
+from losa_jax.utils import tree as tree_lib
 from losa_jax.bench import suite
 from losa_jax.models import porting
 

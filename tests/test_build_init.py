@@ -12,8 +12,8 @@ import pytest
 
 from conftest import TINY_BACKBONE
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import porting
 from losa_jax.models import vit
 

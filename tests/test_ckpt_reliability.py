@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from losa_jax import checkpointing
+from losa_jax.checkpointing import manager as checkpointing
 from losa_jax import predict
 from losa_jax import train
 from test_train import digits_config
@@ -133,7 +133,7 @@ def test_manifest_is_written_once_the_step_is_final_and_checked(
   checked at step 5), long before the next save at step 8: a kill there
   leaves no step unverified. The trainer is held before step 7's batch
   until the manifest appears (or 120 s pass, then the test fails)."""
-  from losa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import input_pipeline  # pylint: disable=g-import-not-at-top
   manifest = tmp_path / "checkpoints" / "4" / checkpointing.MANIFEST
   seen = {}
   real = input_pipeline.device_batches

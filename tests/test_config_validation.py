@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BACKBONE
-from losa_jax import config_lib
-from losa_jax import input_check
+from losa_jax.config import schema as config_lib
+from losa_jax.config import input_check
 from losa_jax.models import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

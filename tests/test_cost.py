@@ -1,6 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""`losa_jax.cost` on small programs whose cost is counted by hand.
+"""`losa_jax.utils.cost` on small programs whose cost is counted by hand.
 
 Every figure asserted here is derived in a comment from the shapes alone
 (float32: 4 bytes, bfloat16: 2, int32 loop counter: 4), not read from the
@@ -11,7 +11,7 @@ comment says so.
 import jax
 import jax.numpy as jnp
 
-from losa_jax import cost
+from losa_jax.utils import cost
 
 F32 = jnp.float32
 

@@ -16,9 +16,9 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import cost
-from losa_jax import steps
+from losa_jax.assembly import build
+from losa_jax.utils import cost
+from losa_jax.assembly import steps
 
 BATCH = 32
 

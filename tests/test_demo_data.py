@@ -11,10 +11,10 @@ from absl import flags
 import numpy as np
 import pytest
 
-from losa_jax import checkpointing
-from losa_jax import config_lib
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import schema as config_lib
 from losa_jax import demo
-from losa_jax import npz
+from losa_jax.utils import npz
 from losa_jax.datasets import digits as data
 from losa_jax.demo import pretrain
 
@@ -208,7 +208,7 @@ def test_pretrain_smoke_two_steps(tmp_path):
 
 
 def test_pretrain_step_is_the_trainers():
-  # The pretraining step wraps losa_jax.steps.train_step_fn: it returns the
+  # The pretraining step wraps losa_jax.assembly.steps.train_step_fn: it returns the
   # trainer's metrics and state layout.
   import jax  # pylint: disable=g-import-not-at-top
   config = _load_config("smoke")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from losa_jax import export
+from losa_jax.serving import export
 
 KNOWN = "--xla_backend_optimization_level=0"
 UNKNOWN = "--xla_losa_no_such_flag=true"

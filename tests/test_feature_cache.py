@@ -17,10 +17,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import config_lib
+from losa_jax.assembly import build
+from losa_jax.config import schema as config_lib
 from losa_jax import feature_cache as fc
-from losa_jax import input_pipeline as ip
+from losa_jax.assembly import input_pipeline as ip
 from losa_jax import datasets
 from losa_jax.datasets import arrays as ds_arrays
 from losa_jax import pp as pp_lib

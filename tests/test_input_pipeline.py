@@ -1,6 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Tests for losa_jax.input_pipeline: splits, sources, training, evaluation."""
+"""Tests for losa_jax.assembly.input_pipeline: splits, sources, training, evaluation."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from losa_jax import input_pipeline as ip
+from losa_jax.assembly import input_pipeline as ip
 from losa_jax import datasets
 from losa_jax.datasets import arrays as ds_arrays
 from losa_jax.datasets import folder as ds_folder

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import xla_flags
-from losa_jax import distributed
+from losa_jax.parallel import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multihost_worker.py")
@@ -138,9 +138,9 @@ def _reference(tmp_path, steps, ckpt_every):
   sys.path.insert(0, HERE)
   import jax  # pylint: disable=g-import-not-at-top
   import multihost_worker  # pylint: disable=g-import-not-at-top
-  from losa_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from losa_jax.checkpointing import manager as checkpointing  # pylint: disable=g-import-not-at-top
   from losa_jax import train  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   args = argparse.Namespace(steps=steps, ckpt_every=ckpt_every,
                             num_processes=1, process_id=0, port=0,
                             via_env=False, nan_at_step=0)

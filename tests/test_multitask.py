@@ -23,14 +23,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from losa_jax import checkpointing
+from losa_jax.checkpointing import manager as checkpointing
 from losa_jax import demo
-from losa_jax import export
-from losa_jax import multitask
+from losa_jax.serving import export
+from losa_jax.serving import multitask
 from losa_jax import predict
 from losa_jax import train
-from losa_jax import tree as tree_lib
-from losa_jax import workdir as workdir_lib
+from losa_jax.utils import tree as tree_lib
+from losa_jax.config import workdir as workdir_lib
 from losa_jax.bench import inference
 from losa_jax.models import porting
 from losa_jax.models import vit

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from losa_jax import optim
+from losa_jax.assembly import optim
 
 
 def _params():

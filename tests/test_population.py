@@ -29,14 +29,14 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
 import helpers_train
-from losa_jax import build as build_lib
-from losa_jax import checkpointing
-from losa_jax import cost
+from losa_jax.assembly import build as build_lib
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.utils import cost
 from losa_jax import demo
-from losa_jax import population_train
-from losa_jax import steps as steps_lib
+from losa_jax.trainers import population as population_train
+from losa_jax.assembly import steps as steps_lib
 from losa_jax import train
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.evaluators import classification
 from losa_jax.population import build as pop_lib
 from losa_jax.population import members as members_lib

@@ -16,11 +16,11 @@ import shutil
 import numpy as np
 import pytest
 
-from losa_jax import checkpointing
-from losa_jax import population_train
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.trainers import population as population_train
 from losa_jax import train
 from losa_jax.population import build as pop_lib
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 from test_ckpt_reliability import _flip_bytes, _largest_data_file
 from test_train import PP, digits_config
 

@@ -1,6 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Tests for losa_jax.npz and losa_jax.models.porting (tiny ViTs, CPU)."""
+"""Tests for losa_jax.utils.npz and losa_jax.models.porting (tiny ViTs, CPU)."""
 import logging
 import os
 import re
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from losa_jax import npz
+from losa_jax.utils import npz
 from losa_jax.models import model as model_lib
 from losa_jax.models import porting
 

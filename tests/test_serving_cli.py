@@ -22,11 +22,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from losa_jax import export
-from losa_jax import multitask
+from losa_jax import export as export_cli
+from losa_jax.serving import export
+from losa_jax.serving import multitask
 from losa_jax import predict
 from losa_jax import train
-from losa_jax import workdir as workdir_lib
+from losa_jax.config import workdir as workdir_lib
 from losa_jax.evaluators import classification
 from losa_jax.models import porting
 from losa_jax.models import vit
@@ -100,7 +101,7 @@ def _cli(module, args):
     if module is predict:
       predict.run_main(fv, argv)
     else:
-      export.run_main(fv)
+      export_cli.run_main(fv)
   finally:
     logging.set_verbosity(verbosity)   # run_main quiets absl like the CLI
   return fv
@@ -166,20 +167,20 @@ def test_export_refuses_a_full_out_and_deletes_nothing_it_did_not_write(
   (out / "saved_model" / "mine.txt").write_text("keep me")
   with pytest.raises(FileExistsError, match=r"srv is not empty \(saved_model/"
                      r", saved_model/mine.txt\).*--overwrite"):
-    _cli(export, ["--workdirs", workdir, "--out", str(out)])
+    _cli(export_cli, ["--workdirs", workdir, "--out", str(out)])
   with pytest.raises(FileExistsError, match=r"holds what no export wrote "
                      r"there \(saved_model/, saved_model/mine.txt\)"):
-    _cli(export, ["--workdirs", workdir, "--out", str(out), "--overwrite",
+    _cli(export_cli, ["--workdirs", workdir, "--out", str(out), "--overwrite",
                   "--nosaved_model"])
   assert (out / "saved_model" / "mine.txt").read_text() == "keep me"
   shutil.rmtree(out / "saved_model")
-  _cli(export, ["--workdirs", workdir, "--out", str(out), "--nosaved_model"])
+  _cli(export_cli, ["--workdirs", workdir, "--out", str(out), "--nosaved_model"])
   assert "Exported ['digits']" in capsys.readouterr().out
   assert not _orbax_info(caplog), _orbax_info(caplog)[:3]
   first = _export_files(out)
   assert first == ["model.jax_export", "serving.json", "tasks"]
   # --overwrite replaces an export, and nothing is left beside --out.
-  _cli(export, ["--workdirs", workdir, "--out", str(out), "--nosaved_model",
+  _cli(export_cli, ["--workdirs", workdir, "--out", str(out), "--nosaved_model",
                 "--overwrite"])
   assert _export_files(out) == first
   assert os.listdir(tmp_path) == ["srv"]
@@ -227,7 +228,7 @@ def _config_file(tmp_path, workdir):
   keep.mkdir()
   shutil.copy(workdir_lib.config_file(workdir), keep)
   path = tmp_path / "digits_config.py"
-  path.write_text("from losa_jax import workdir\n\n\ndef get_config():\n"
+  path.write_text("from losa_jax.config import workdir\n\n\ndef get_config():\n"
                   f"  return workdir.read_config({str(keep)!r})\n")
   return str(path)
 
@@ -244,16 +245,16 @@ def test_bad_or_missing_config_json_is_named_with_advice(workdir, tmp_path):
   out = str(tmp_path / "srv")
   with pytest.raises(ValueError, match=rf"{path} is not valid JSON .*cut "
                      r"short.*export: --configs FILE"):
-    _cli(export, ["--workdirs", copy, "--out", out, "--nosaved_model"])
+    _cli(export_cli, ["--workdirs", copy, "--out", out, "--nosaved_model"])
   os.remove(path)
   with pytest.raises(FileNotFoundError, match=rf"No {path}: {copy} exists "
                      r"but holds no config.json.*--configs FILE"):
-    _cli(export, ["--workdirs", copy, "--out", out, "--nosaved_model"])
+    _cli(export_cli, ["--workdirs", copy, "--out", out, "--nosaved_model"])
   with pytest.raises(FileNotFoundError, match=r"there is no folder .*nope"):
     workdir_lib.read_config(str(tmp_path / "nope"))
   # The advice works: --configs for export and predict --workdirs, --config
   # for predict --workdir.
-  _cli(export, ["--workdirs", copy, "--out", out, "--nosaved_model",
+  _cli(export_cli, ["--workdirs", copy, "--out", out, "--nosaved_model",
                 "--configs", spec])
   assert os.path.exists(os.path.join(out, export.MANIFEST))
   _cli(predict, ["--workdirs", copy, "--configs", spec, "--split", "test[:4]",
@@ -261,7 +262,7 @@ def test_bad_or_missing_config_json_is_named_with_advice(workdir, tmp_path):
   _cli(predict, ["--workdir", copy, "--config", spec, "--split", "test[:4]",
                  "--out", str(tmp_path / "p.csv")])
   with pytest.raises(ValueError, match=r"2 --configs .* for 1 workdirs"):
-    _cli(export, ["--workdirs", copy, "--out", out, "--overwrite",
+    _cli(export_cli, ["--workdirs", copy, "--out", out, "--overwrite",
                   "--configs", spec, "--configs", spec])
 
 

@@ -17,8 +17,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import xla_flags
-from losa_jax import config_lib
-from losa_jax import sharding
+from losa_jax.config import schema as config_lib
+from losa_jax.parallel import sharding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MESH_4x2 = {"data": 4, "fsdp": 2}

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import cost
-from losa_jax import steps
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build
+from losa_jax.utils import cost
+from losa_jax.assembly import steps
+from losa_jax.utils import tree as tree_lib
 from losa_jax.bench import common
 from losa_jax.feature_cache import training as cache_training
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import cost
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build
+from losa_jax.utils import cost
+from losa_jax.utils import tree as tree_lib
 from losa_jax.feature_cache import training as cache_training
 from losa_jax.models import side as side_lib
 from losa_jax.models import side_fused

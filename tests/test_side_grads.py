@@ -44,8 +44,8 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import side_precision
 
 B = 2

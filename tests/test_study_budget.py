@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from losa_jax import build
+from losa_jax.assembly import build
 from losa_jax.population import members as members_lib
 from losa_jax.study import ablation
 from losa_jax.study import budget

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from losa_jax import npz
+from losa_jax.utils import npz
 from losa_jax.models import porting
 
 try:

@@ -12,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import helpers_train
-from losa_jax import checkpointing
-from losa_jax import config_lib
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import schema as config_lib
 from losa_jax import predict
 from losa_jax import train
 from losa_jax.models import model as model_lib

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from losa_jax import config_lib
+from losa_jax.config import schema as config_lib
 from losa_jax import datasets
-from losa_jax import input_pipeline
+from losa_jax.assembly import input_pipeline
 from losa_jax import pp as pp_lib
 from losa_jax.datasets import frames as ds_frames
 from losa_jax.datasets import moving_digits

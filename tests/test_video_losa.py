@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from losa_jax import build
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import side as side_lib
 

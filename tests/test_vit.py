@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import vit
 
 X = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from losa_jax import npz as npz_lib
-from losa_jax import tree as tree_lib
+from losa_jax.utils import npz as npz_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import porting
 from losa_jax.models import vit

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from losa_jax import input_pipeline as ip
+from losa_jax.assembly import input_pipeline as ip
 from losa_jax import datasets
 from losa_jax import pp
 from losa_jax.datasets import vtab

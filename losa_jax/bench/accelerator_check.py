@@ -78,9 +78,9 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   update_max_abs_diff, frozen_changed, tolerances, pass}.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
   cfg = configs.make_config(spec["check_variant"], "losa",
                             bf16=dtype == "bfloat16",
@@ -161,7 +161,7 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
   |g - g_ref| / bound), where (its leaf), pass}.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side_fused  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side_precision  # pylint: disable=g-import-not-at-top
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
@@ -212,9 +212,9 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
   FLOPs. Pass if ratio <= spec["guard_max_ratio"]."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   cfg = am.make_config(variant, "losa", spec, scan=False)
   b = build.build(cfg, total_steps=1000)
   step = cost.compiled_cost(b.train_step, b.state_shape,

@@ -182,7 +182,7 @@ def job_maxbatch(spec) -> Dict[str, Any]:
 def job_vit_e(spec) -> Dict[str, Any]:
   """A real LoSA train step of a big scanned backbone (ViT-e/14, bf16 frozen,
   random init) at a small batch: measured peak memory and step time."""
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   variant, bsz = spec["variant"], spec["batch"]
   t0 = time.perf_counter()
   m = am.Method(variant, "losa", spec, scan=True, remat=True)

@@ -5,7 +5,7 @@ place, random batches, one (variant, method) compiled per batch, memory
 stats and the out-of-memory test.
 
 Only jax, flax, optax, numpy, ml_collections and absl are imported (through
-losa_jax.build and losa_jax.bench.configs): this runs on a GPU image without
+losa_jax.assembly.build and losa_jax.bench.configs): this runs on a GPU image without
 TensorFlow.
 """
 import gc
@@ -175,7 +175,7 @@ def make_batch(built, bsz: int, num_classes: int, seed: int = 0):
   int32} made on the device in the train step's batch sharding."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   sh = sharding_lib.batch_sharding(built.mesh)
   shape = (bsz, *built.image_shape)
   make = jax.jit(lambda k: {
@@ -196,7 +196,7 @@ class Method:
   def __init__(self, variant: str, method: str, spec: Dict[str, Any], *,
                scan: Optional[bool] = None, remat: Optional[bool] = None):
     import jax  # pylint: disable=g-import-not-at-top
-    from losa_jax import build  # pylint: disable=g-import-not-at-top
+    from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
     self.variant, self.method = variant, method
     self.remat = spec["remat"] if remat is None else remat
     self.config = make_config(variant, "losa" if method == "forward"
@@ -232,8 +232,8 @@ class Method:
     return b["image"] if self.method == "forward" else b
 
   def compile(self, batch):
-    """(compiled executable, losa_jax.cost fields of it) for this batch."""
-    from losa_jax import cost  # pylint: disable=g-import-not-at-top
+    """(compiled executable, losa_jax.utils.cost fields of it) for this batch."""
+    from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
     compiled = self.jitted.lower(self.state, batch).compile()
     return compiled, cost.cost_of_compiled(compiled)
 

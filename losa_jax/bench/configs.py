@@ -81,11 +81,13 @@ def depth_of(variant: str) -> int:
 def step_cost(config, batch: int, *, donate: bool = True) -> Dict[str, float]:
   """Compiled cost of the real train step (build.build) on abstract inputs.
 
-  Returns losa_jax.cost.compiled_cost's fields plus trainable_params and
+  Returns losa_jax.utils.cost.compiled_cost's fields plus trainable_params and
   total_params.
   """
-  from losa_jax import build, cost, steps  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   b = build.build(config, total_steps=1000, donate=donate)
   c = cost.compiled_cost(b.train_step, b.state_shape,
                          steps.abstract_batch(batch, b.image_shape))
@@ -99,8 +101,9 @@ def forward_cost(config, batch: int) -> Dict[str, float]:
   [batch, size, size, 3] f32 image batch (fields as step_cost)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import build, cost  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   fn, shape = build.backbone_forward(config)
   s = config.image_size
   c = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(

@@ -46,7 +46,7 @@ FLAG_NAMES = ("variant", "fsdp", "depths", "batch_per_device", "licm", "json")
 def make_config(variant: str, depth: int = 0, num_classes: int = 1000):
   """LoSA on `variant` at 224 px, scanned, bf16 matmuls; AdamW, rank 8."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from losa_jax import sharding  # pylint: disable=g-import-not-at-top
+  from losa_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
   bb = dict(variant=variant, pool_type="tok", scan=True, dtype_mm="bfloat16")
   if depth:
     bb["depth"] = depth
@@ -67,7 +67,7 @@ def _bf16_frozen(state_shape, mask):
   """Abstract state with the frozen float params in bf16 (their storage)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   params = tree_lib.unflatten({
       n: v if mask[n] or not jnp.issubdtype(v.dtype, jnp.floating)
       else jax.ShapeDtypeStruct(v.shape, jnp.bfloat16)
@@ -90,11 +90,11 @@ def measure(variant: str, depth: int, fsdp: int,
             batch_per_device: int) -> Dict[str, Any]:
   """Compiled per-device memory of one train step on a ("fsdp", n) mesh."""
   import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax import sharding  # pylint: disable=g-import-not-at-top
-  from losa_jax import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   config = make_config(variant, depth)
   mesh = sharding.make_mesh([("fsdp", fsdp)], devices=jax.devices()[:fsdp])
   built = build.build(config, total_steps=1000, mesh=mesh)

@@ -10,7 +10,7 @@ batch size, these systems serve N tasks (100 classes each), every cell
 compiled once and timed with `common.interleaved` in one process:
 
   losa          one backbone pass + N LoSA side networks and heads
-                (`losa_jax.multitask`, the way trained workdirs are served)
+                (`losa_jax.serving.multitask`, the way trained workdirs are served)
   lora_merged   N LoRA models merged into their weights (W + alpha/r A B,
                 `vit.merge_lora`): N plain-ViT passes, N weight copies
   full          N fully fine-tuned models: the same program as lora_merged
@@ -20,7 +20,7 @@ compiled once and timed with `common.interleaved` in one process:
 
 Per cell: images/s (batch / median call), latency (median seconds of one
 call, all N tasks), XLA's compiled FLOPs and peak memory
-(`losa_jax.cost`), params resident for the N-task service and bytes on
+(`losa_jax.utils.cost`), params resident for the N-task service and bytes on
 disk per task (LoSA: a params-only npz of side network + head, written and
 measured; LoRA: its factors + head; merged LoRA / full: the whole model).
 
@@ -79,7 +79,7 @@ def _nbytes(tree) -> int:
 def _npz_bytes(tree) -> int:
   """Size of a params-only npz of `tree`, written to a temporary folder."""
   import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax import npz as npz_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import npz as npz_lib  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as d:
     path = npz_lib.save_npz(jax.device_get(tree), os.path.join(d, "t.npz"))
     return os.path.getsize(path)
@@ -92,7 +92,7 @@ class _Variant:
                max_tasks: int, systems: Sequence[str]):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from losa_jax import build  # pylint: disable=g-import-not-at-top
+    from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
     from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
     from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
     self.variant = variant
@@ -134,7 +134,7 @@ class _Variant:
 
   def multitask(self, system: str, n: int):
     """A MultiTask serving n tasks of `system`."""
-    from losa_jax import multitask  # pylint: disable=g-import-not-at-top
+    from losa_jax.serving import multitask  # pylint: disable=g-import-not-at-top
     if system == "losa":
       tasks = [multitask.Task(f"t{i}", self.losa, "backbone0")
                for i in range(n)]
@@ -158,7 +158,7 @@ class _Variant:
 
 
 def _flat(tree):
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   return tree_lib.flatten(tree)
 
 
@@ -171,7 +171,7 @@ def measure(variants: Sequence[str], *, batches: Sequence[int],
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   bad = sorted(set(systems) - set(SYSTEMS))
   if bad:
     raise ValueError(f"Unknown system(s) {bad}: choose from {SYSTEMS}.")

@@ -27,7 +27,7 @@ _BUILT: Dict[str, Any] = {}
 
 def built_for(config):
   """build.build memoised by config, so sections share compiled steps."""
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   key = json.dumps(config.to_dict(), sort_keys=True, default=str)
   if key not in _BUILT:
     _BUILT[key] = build.build(config, total_steps=1000)
@@ -62,7 +62,7 @@ def section_measured(a) -> List[Dict[str, Any]]:
   interleaved, per a.measure_variants at a.measure_batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.measure_variants:
@@ -115,7 +115,7 @@ def section_cache(a) -> List[Dict[str, Any]]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
-  from losa_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
   variant, bsz, n = a.cache_variant, a.measure_batch, a.cache_images
   config = make_config(variant, "losa")
@@ -194,7 +194,9 @@ def _cache_step_costs(config, built, bsz) -> Dict[str, float]:
   cached LoSA step at batch `bsz`: what the wall-time ratio is bound by."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import build, cost, steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side as side_lib  # pylint: disable=g-import-not-at-top
 

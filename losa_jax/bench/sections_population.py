@@ -66,7 +66,7 @@ def _abstract(pop, bsz: int, cached_shape=None):
 def population_cost(config, k: int, bsz: int,
                     loop: str = "vmap") -> Dict[str, float]:
   """Compiled cost of a K-member (K lrs) population train step."""
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
   pop = pop_build.build(_pop_config(config, k=k, loop=loop),
                         total_steps=1000)

@@ -38,7 +38,7 @@ IMPLEMENTATIONS = {"autodiff": dict(fused=False, dtype="float32"),
 
 
 def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   rows = cost.hlo_traffic(compiled)
   total = sum(r["bytes"] for r in rows)
   rows = [r for r in rows if "/side/" in r["name"]]
@@ -60,9 +60,9 @@ def section_side(a) -> List[Dict[str, Any]]:
   implementations (module docstring), per a.measure_variants."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
-  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.measure_variants:
     bsz = a.measure_batch

@@ -8,7 +8,7 @@ r"""Compiled memory of one video train step: LoSA vs adapters vs full, ViT-e.
 Compile only: the train step of configs/video_kinetics400.py (`--config`
 picks another video config file; the trainer's
 own `build.build`, AdamW, masked gradient clipping) is lowered and compiled
-on abstract inputs (`losa_jax.cost.compiled_cost`); no parameter or
+on abstract inputs (`losa_jax.utils.cost.compiled_cost`); no parameter or
 activation is ever allocated, so a 3.8B-parameter ViViT-e fits on a laptop.
 Defaults: ViT-e/14 ViViT, 16 frames, 2x14x14 tubelets at 224 px (8 x 256
 tokens), batch 1, bf16 backbone matmuls (`dtype_mm`), frozen params stored
@@ -74,7 +74,7 @@ def video_config(variant: str, method: str, *, frames: int, batch: int,
     config: a video config file (path.py); "" is the checkout's
       configs/video_kinetics400.py.
   """
-  from losa_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.config import schema as config_lib  # pylint: disable=g-import-not-at-top
   path = config or config_lib.config_path("video_kinetics400")
   c = config_lib.load_config(path + ":" + ",".join(
       a for a in (f"variant={variant}", f"method={method}",
@@ -87,10 +87,10 @@ def video_config(variant: str, method: str, *, frames: int, batch: int,
 
 def step_memory(config, batch: int) -> Dict[str, Any]:
   """Compiled memory of the trainer's train step on abstract inputs."""
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   b = build.build(config, total_steps=1000)
   c = cost.compiled_cost(b.train_step, b.state_shape,
@@ -141,9 +141,9 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
   `depths` blocks, extrapolated linearly to the full depth (FLOPs are affine
   in depth: stem + head + depth x block); the rows report the fit.
   """
-  from losa_jax import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(variant)["depth"]
   rows = []

@@ -5,7 +5,7 @@
 A `Source` is a finite, ordered collection of raw examples (nested dicts of
 tensors; images stay encoded until the pp op `decode`). Every concrete source
 lives in its own module of this package and is found by name through
-`losa_jax.datasets.get_source`; `losa_jax.input_pipeline` turns any source
+`losa_jax.datasets.get_source`; `losa_jax.assembly.input_pipeline` turns any source
 into deterministic, resumable batches.
 
 Splits use TFDS syntax everywhere (`train`, `train[:800]`, `train[800:1000]`,

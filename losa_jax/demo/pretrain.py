@@ -46,10 +46,10 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from losa_jax import checkpointing
-from losa_jax import npz
-from losa_jax import steps as steps_lib
-from losa_jax import tree as tree_lib
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.utils import npz
+from losa_jax.assembly import steps as steps_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.datasets import digits as demo_data
 from losa_jax.models import vit
 

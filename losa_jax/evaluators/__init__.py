@@ -14,7 +14,7 @@ evaluate through here.
 """
 import importlib
 
-from losa_jax import input_check
+from losa_jax.config import input_check
 
 _MODULES = {
     "classification": "losa_jax.evaluators.classification",

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from losa_jax import pp as pp_lib
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.datasets import core
 from losa_jax.models import model as model_lib
 

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from losa_jax import input_pipeline
+from losa_jax.assembly import input_pipeline
 
 
 def batch_indices(n: int, *, batch_size: int, seed: int, shuffle: bool = True,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import input_pipeline
+from losa_jax.assembly import input_pipeline
 from losa_jax.feature_cache import keys
 from losa_jax.feature_cache import order
 from losa_jax.models import model as model_lib

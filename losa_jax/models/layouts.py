@@ -17,7 +17,7 @@ from absl import logging
 import numpy as np
 import scipy.ndimage
 
-from losa_jax import npz as npz_lib
+from losa_jax.utils import npz as npz_lib
 
 Tree = Mapping[str, Any]
 Grid = Tuple[int, int]

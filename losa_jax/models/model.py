@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 """One adaptable model for every method: LoSA, linear probe, full, LoRA, adapters.
 
-Param tree (names are the API; see `losa_jax.optim` for the freezing rules):
+Param tree (names are the API; see `losa_jax.assembly.optim` for the freezing rules):
 
     backbone/...   the big_vision ViT (no head); frozen except for `full`, and
                    except its `*_lora/*` or `adapter_*/*` leaves for lora/adapter

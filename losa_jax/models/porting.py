@@ -11,7 +11,7 @@ Equivalent to big_vision's `vit.load`, with stricter checks:
     params = adapt_model.init(rng, images)["params"]      # backbone/side/head
     params = porting.load_into_model(params, "/ckpts/vit.npz", backbone_cfg)
 
-The pipeline is: read the npz (`losa_jax.npz.load_npz`, which resolves the
+The pipeline is: read the npz (`losa_jax.utils.npz.load_npz`, which resolves the
 `params/` / `opt/target/` prefixes and `:img` sub-keys) -> rename the older
 vision_transformer naming (`fix_old_checkpoints`) -> convert between the
 scanned and python-loop block layouts -> drop `pre_logits` if the model has
@@ -26,7 +26,7 @@ from typing import (Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple,
 from absl import logging
 import numpy as np
 
-from losa_jax import npz as npz_lib
+from losa_jax.utils import npz as npz_lib
 from losa_jax.models import layouts
 from losa_jax.models import vit
 # Public here too: porting is where users look for them.

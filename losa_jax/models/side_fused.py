@@ -15,7 +15,7 @@ images), with z [B, N, D] and the params
 
 Autodiff of that, rematerialised per layer, moves 99 full [B, N, D]
 float32 passes per layer for a cached ViT-B/16 step (counted with
-`losa_jax.cost.hlo_traffic`), because XLA:CPU runs every LayerNorm, its
+`losa_jax.utils.cost.hlo_traffic`), because XLA:CPU runs every LayerNorm, its
 backward, each transpose and each weight gradient as its own pass. Here
 every full-size tensor is touched only by a rank-r product or one
 elementwise pass, ~30 passes per layer:

@@ -38,7 +38,7 @@ from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import side as side_lib
 
 # Unit roundoff u = 2^-p (half the spacing 2^(1-p) just above 1) of a

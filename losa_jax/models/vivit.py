@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import npz as npz_lib
+from losa_jax.utils import npz as npz_lib
 from losa_jax.models import layouts
 from losa_jax.models import vit
 

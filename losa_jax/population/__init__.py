@@ -7,6 +7,6 @@
 * `build`: the compiled population step (vmapped groups of one structure,
   several structures in one step, the backbone run once per batch).
 
-The trainer is `losa_jax.population_train` (reached through
+The trainer is `losa_jax.trainers.population` (reached through
 `python -m losa_jax.train` when the config has a `population`).
 """

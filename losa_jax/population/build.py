@@ -43,11 +43,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from losa_jax import build as build_lib
-from losa_jax import optim
-from losa_jax import sharding as sharding_lib
-from losa_jax import steps
-from losa_jax import tree as tree_lib
+from losa_jax.assembly import build as build_lib
+from losa_jax.assembly import optim
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.assembly import steps
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import side as side_lib
 from losa_jax.population import members as members_lib
@@ -173,7 +173,7 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     raise ValueError(f"A shared-backbone population needs model.method="
                      f"'losa' (got {sorted(methods)}): other methods change "
                      "the backbone, so their members train one after another "
-                     "(losa_jax.population_train does that).")
+                     "(losa_jax.trainers.population does that).")
   base = members[0].config
   image_shape = build_lib.image_shape_of(base)
   data_seeds: List[int] = []

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from losa_jax import config_lib
+from losa_jax.config import schema as config_lib
 from losa_jax.models import model as model_lib
 
 # Per-member values: arrays inside one compiled step.

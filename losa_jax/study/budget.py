@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 
-from losa_jax import build
+from losa_jax.assembly import build
 from losa_jax import demo
 from losa_jax.bench import common
 from losa_jax.datasets import study_tasks

@@ -50,13 +50,13 @@ from absl import flags
 import jax
 import numpy as np
 
-from losa_jax import build
-from losa_jax import config_lib
-from losa_jax import cost
+from losa_jax.assembly import build
+from losa_jax.config import schema as config_lib
+from losa_jax.utils import cost
 from losa_jax import datasets
 from losa_jax import demo
-from losa_jax import input_pipeline
-from losa_jax import steps as steps_lib
+from losa_jax.assembly import input_pipeline
+from losa_jax.assembly import steps as steps_lib
 from losa_jax.bench import common
 from losa_jax.datasets import study_tasks
 from losa_jax.evaluators import classification

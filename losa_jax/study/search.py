@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import build
-from losa_jax import cost
+from losa_jax.assembly import build
+from losa_jax.utils import cost
 from losa_jax import datasets
-from losa_jax import input_pipeline
-from losa_jax import optim
-from losa_jax import population_train
-from losa_jax import sharding as sharding_lib
-from losa_jax import steps as steps_lib
+from losa_jax.assembly import input_pipeline
+from losa_jax.assembly import optim
+from losa_jax.trainers import population as population_train
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.assembly import steps as steps_lib
 from losa_jax.evaluators import classification
 from losa_jax.population import build as pop_lib
 from losa_jax.population import members as members_lib

@@ -62,7 +62,7 @@ def run(steps: Optional[int] = None, runs: Sequence = RUNS,
         root: Optional[str] = None, extra_arg: str = "cache"
         ) -> List[Dict]:
   """Trains each row with the trainer; returns one result dict per row."""
-  from losa_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.config import schema as config_lib  # pylint: disable=g-import-not-at-top
   from losa_jax import train  # pylint: disable=g-import-not-at-top
   path = config_lib.config_path("video_moving_digits")
   root = root or tempfile.mkdtemp(prefix="losa_video_demo_")

@@ -113,17 +113,17 @@ def _read_flat(path: str) -> Dict[str, np.ndarray]:
     raise ValueError(
         f"Cannot read {path!r} as an .npz param archive ({e}). It is corrupt "
         "or not an npz file: re-download it, or re-save it with "
-        "losa_jax.npz.save_npz.") from e
+        "losa_jax.utils.npz.save_npz.") from e
   if not isinstance(data, np.lib.npyio.NpzFile):
     raise ValueError(
         f"{path!r} holds a single array (.npy), not an .npz param archive: "
-        "save params with losa_jax.npz.save_npz (flat '/'-joined names).")
+        "save params with losa_jax.utils.npz.save_npz (flat '/'-joined names).")
   try:
     return {k: recover_dtype(data[k]) for k in data.files}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(
         f"{path!r} is a damaged .npz archive ({e}): re-download it, or "
-        "re-save it with losa_jax.npz.save_npz.") from e
+        "re-save it with losa_jax.utils.npz.save_npz.") from e
   finally:
     data.close()
 

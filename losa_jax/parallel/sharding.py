@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 
 DATA_AXES = ("data", "fsdp")
 DEFAULT_MESH = (("data", -1),)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
 
 FROZEN = "frozen"

@@ -22,12 +22,12 @@ another eval pp. The backbone is read once per distinct backbone.
 
 Batch polymorphism: `mt.fn` is `jax.jit(mt.apply)`; it compiles once per
 distinct batch size (and caches it), so a server should use a few fixed
-batch sizes and pad the last batch. `losa_jax.export` writes the same
+batch sizes and pad the last batch. `losa_jax.serving.export` writes the same
 function as a shape-polymorphic artifact (symbolic batch dimension), which
 compiles once for every batch size.
 
 This module is TensorFlow-free (the core runs on GPU images without TF);
-the image-bytes path lives in `losa_jax.export`.
+the image-bytes path lives in `losa_jax.serving.export`.
 """
 import dataclasses
 import json
@@ -40,12 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import build
-from losa_jax import checkpointing
-from losa_jax import config_lib
-from losa_jax import sharding as sharding_lib
-from losa_jax import tree as tree_lib
-from losa_jax import workdir as workdir_lib
+from losa_jax.assembly import build
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import schema as config_lib
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import tree as tree_lib
+from losa_jax.config import workdir as workdir_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import vit
 
@@ -149,7 +149,7 @@ class MultiTask:
 
   `__call__(images [B, *image_shape] float32) -> {name: logits [B, C]}`
   (numpy); `probs` gives softmaxes. `apply` / `fn` / `params` are the pure,
-  jitted and parameter parts (what `losa_jax.export` serialises).
+  jitted and parameter parts (what `losa_jax.serving.export` serialises).
 
   Attributes:
     tasks: the Tasks, in output order.

@@ -28,8 +28,8 @@ import ml_collections
 from ml_collections.config_flags import config_flags as ml_config_flags
 from ml_collections.config_flags import config_path as ml_config_path
 
-from losa_jax import distributed as distributed_lib
-from losa_jax import sharding as sharding_lib
+from losa_jax.parallel import distributed as distributed_lib
+from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import vit
 
@@ -59,12 +59,12 @@ TOP_LEVEL: Dict[str, Any] = dict(
     ckpt_every=0,
     keep_ckpts=3,
     # [(axis, size)], one size may be -1; None = [("data", -1)]. Batches are
-    # split over "data" and "fsdp"; see losa_jax.sharding.
+    # split over "data" and "fsdp"; see losa_jax.parallel.sharding.
     mesh=None,
     # [(regex over param names, rule)], first match wins; the default
     # FSDP-shards the frozen backbone over a "fsdp" mesh axis if there is one.
     sharding_strategy=sharding_lib.DEFAULT_STRATEGY,
-    # Multi-process launch (losa_jax.distributed): None = from the
+    # Multi-process launch (losa_jax.parallel.distributed): None = from the
     # environment (LOSA_* variables, or a TPU pod / SLURM / Open MPI cluster);
     # or dict(coordinator_address="host:port", num_processes=N, process_id=i,
     # local_device_ids=[...]), dict(auto=True) or dict(auto=False).
@@ -343,8 +343,8 @@ def with_defaults(config) -> ml_collections.ConfigDict:
 # --- config files ----------------------------------------------------------------
 
 # The repo's configs/ folder (present in a source checkout, not in a wheel).
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
 
 
 def config_path(name: str) -> str:

@@ -4,7 +4,7 @@
 
 The trainer writes the run's complete config (`config_lib.with_defaults`)
 to `<workdir>/config.json` before training, atomically, so that a finished
-workdir can be served (`losa_jax.multitask`, `python -m losa_jax.predict
+workdir can be served (`losa_jax.serving.multitask`, `python -m losa_jax.predict
 --workdirs ...`, `python -m losa_jax.export`) without the config file and
 args it was trained with. The checkpoint's metadata still fingerprints the
 config: a config.json edited by hand is refused at restore like a changed

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import config_lib
+from losa_jax.config import schema as config_lib
 
 
 def check_batch(batch: Mapping[str, Any], config, *,

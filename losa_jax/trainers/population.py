@@ -34,14 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax import build as build_lib
-from losa_jax import checkpointing
-from losa_jax import config_lib
-from losa_jax import input_check
+from losa_jax.assembly import build as build_lib
+from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import schema as config_lib
+from losa_jax.config import input_check
 from losa_jax import datasets
-from losa_jax import distributed
-from losa_jax import input_pipeline
-from losa_jax import sharding as sharding_lib
+from losa_jax.parallel import distributed
+from losa_jax.assembly import input_pipeline
+from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.evaluators import classification
 from losa_jax.population import build as pop_lib
 from losa_jax.population import members as members_lib

@@ -65,17 +65,17 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from losa_jax import tree as tree_lib
+from losa_jax.utils import tree as tree_lib
 # What a resume must agree on (resume_compat), re-exported: one checkpoint API.
-from losa_jax.resume_compat import CheckpointError  # pylint: disable=unused-import
-from losa_jax.resume_compat import FINGERPRINT_KEYS  # pylint: disable=unused-import
-from losa_jax.resume_compat import HPARAM_KEYS  # pylint: disable=unused-import
-from losa_jax.resume_compat import OPTIMIZER_KEYS  # pylint: disable=unused-import
-from losa_jax.resume_compat import check_meta  # pylint: disable=unused-import
-from losa_jax.resume_compat import check_opt_layout  # pylint: disable=unused-import
-from losa_jax.resume_compat import config_fingerprint  # pylint: disable=unused-import
-from losa_jax.resume_compat import config_hparams  # pylint: disable=unused-import
-from losa_jax.resume_compat import opt_layout
+from losa_jax.checkpointing.resume import CheckpointError  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import FINGERPRINT_KEYS  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import HPARAM_KEYS  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import OPTIMIZER_KEYS  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import check_meta  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import check_opt_layout  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import config_fingerprint  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import config_hparams  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import opt_layout
 
 MANIFEST = "losa_manifest.json"
 WATCH_S = 0.05          # how often the manifest thread asks Orbax

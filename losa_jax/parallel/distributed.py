@@ -198,7 +198,7 @@ def initialize(cfg=None, environ: Mapping[str, str] = os.environ) -> bool:
   except RuntimeError as e:
     raise RuntimeError(
         f"jax.distributed.initialize({kwargs}) failed: {e}. It must run "
-        "before any JAX computation (call losa_jax.distributed.initialize "
+        "before any JAX computation (call losa_jax.parallel.distributed.initialize "
         "first), and every process must reach the coordinator.") from e
   logging.info("Process %d of %d; %d local of %d global devices.",
                jax.process_index(), jax.process_count(),

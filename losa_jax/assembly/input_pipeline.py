@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from losa_jax import pp as pp_lib
-from losa_jax import sharding as sharding_lib
+from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.datasets import core
 
 Source = core.Source

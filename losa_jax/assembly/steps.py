@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from losa_jax import sharding as sharding_lib
-from losa_jax import tree as tree_lib
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import tree as tree_lib
 
 
 def softmax_xent(logits, labels, *, label_smoothing: float = 0.0,

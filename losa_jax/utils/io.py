@@ -1,0 +1,60 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Atomic file writes: a reader sees the old file or the new one, never half.
+
+Every file losa_jax writes for a later reader (results, manifests, configs,
+CSV and Markdown reports, npz params) goes through `atomic_write`: the bytes
+go to a unique temporary file in the same folder, are flushed and fsynced,
+and `os.replace` (atomic within one filesystem) puts it in place. A crash or
+kill mid-write leaves the previous file and, at worst, a `*.tmp-*` file.
+"""
+import contextlib
+import json
+import os
+from typing import Any, Iterator, IO
+import uuid
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+  """Opens a temporary sibling of `path`; on a clean exit it replaces `path`.
+
+  Args:
+    path: the file to write; its folder is made if missing.
+    mode: "w" (text) or "wb" (bytes).
+    **open_kwargs: passed to `open` (e.g. newline="" for csv).
+
+  Yields:
+    The open temporary file. On an exception it is removed and `path` is
+    left as it was.
+  """
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_write mode {mode!r}: use 'w' or 'wb'.")
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  # Unique, so concurrent writers of one path never share a temp file.
+  tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, mode, **open_kwargs) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically."""
+  with atomic_write(path) as f:
+    f.write(text)
+
+
+def write_json(path: str, obj: Any, *, indent: int = 2, **dump_kwargs) -> None:
+  """Writes `obj` as JSON (with a final newline) to `path` atomically."""
+  with atomic_write(path) as f:
+    json.dump(obj, f, indent=indent, **dump_kwargs)
+    f.write("\n")
