@@ -38,6 +38,7 @@ from losa_jax.assembly import steps
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.evaluators import classification
 from losa_jax.evaluators import video as video_eval
+from losa_jax.utils import io as io_lib
 
 
 class Predictor:
@@ -222,12 +223,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
 
 def _write(records: List[Dict], out: Optional[str]):
   if out:
-    tmp = out + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with io_lib.atomic_write(out, newline="") as f:
       w = csv.DictWriter(f, fieldnames=list(records[0]))
       w.writeheader()
       w.writerows(records)
-    os.replace(tmp, out)
     print(f"Wrote {len(records)} predictions to {out}")
   else:
     for r in records:

@@ -4,9 +4,9 @@
 
 Every file losa_jax writes for a later reader (results, manifests, configs,
 CSV and Markdown reports, npz params) goes through `atomic_write`: the bytes
-go to a unique temporary file in the same folder, are flushed and fsynced,
+go to a unique hidden temporary file in the same folder, are flushed and fsynced,
 and `os.replace` (atomic within one filesystem) puts it in place. A crash or
-kill mid-write leaves the previous file and, at worst, a `*.tmp-*` file.
+kill mid-write leaves the previous file and, at worst, a `.*.tmp-*` file.
 """
 import contextlib
 import json
@@ -33,10 +33,13 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  # Unique, so concurrent writers of one path never share a temp file.
-  tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  # A unique hidden name in the same folder, so concurrent writers never share
+  # it and the rename stays within one filesystem (atomic); opened with "x"
+  # (not mkstemp) so the file gets the usual umask permissions.
+  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-"
+                     f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
   try:
-    with open(tmp, mode, **open_kwargs) as f:
+    with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
@@ -45,6 +48,21 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+  _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+  """Persists a rename in `folder`; best effort (not every platform can)."""
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
 
 
 def write_text(path: str, text: str) -> None:

@@ -16,12 +16,13 @@ native bfloat16; readers re-view them as `ml_dtypes.bfloat16`, as big_vision's
 import collections.abc
 import os
 import re
-import uuid
 import zipfile
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import ml_dtypes
 import numpy as np
+
+from losa_jax.utils import io as io_lib
 
 PathLike = Union[str, os.PathLike]
 
@@ -203,34 +204,11 @@ def save_npz(tree: Mapping[str, Any], path: PathLike,
   """
   path = os.fspath(path)
   flat = {k: _to_numpy(v) for k, v in flatten(tree).items()}
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   mode = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
-  # A unique name in the same directory, so the final os.replace is atomic;
-  # opened with "xb" (not mkstemp) so the file gets the usual umask perms.
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-"
-                     f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
-  try:
-    with open(tmp, "xb") as f:
-      with zipfile.ZipFile(f, "w", compression=mode, allowZip64=True) as zf:
-        for name, arr in flat.items():
-          # Same member layout as np.savez: "<name>.npy" holding an .npy file.
-          with zf.open(name + ".npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array(member, arr, allow_pickle=False)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  # Persist the rename itself; not possible on every platform, so best effort.
-  try:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-      os.fsync(dir_fd)
-    finally:
-      os.close(dir_fd)
-  except OSError:
-    pass
+  with io_lib.atomic_write(path, "wb") as f:
+    with zipfile.ZipFile(f, "w", compression=mode, allowZip64=True) as zf:
+      for name, arr in flat.items():
+        # Same member layout as np.savez: "<name>.npy" holding an .npy file.
+        with zf.open(name + ".npy", "w", force_zip64=True) as member:
+          np.lib.format.write_array(member, arr, allow_pickle=False)
   return path
