@@ -17,6 +17,7 @@ from losa_jax.assembly import input_pipeline
 from losa_jax.feature_cache import keys
 from losa_jax.feature_cache import order
 from losa_jax.models import model as model_lib
+from losa_jax.utils import io as io_lib
 
 # --- storage ----------------------------------------------------------------------
 
@@ -33,19 +34,6 @@ _ARRAY_DTYPES = {"labels": "int32", "final": "float32"}
 def _on_disk_dtype(name: str):
   # .npy has no bfloat16: store its bits as uint16 and view them back.
   return np.dtype(np.uint16) if name == "bfloat16" else np.dtype(name)
-
-
-def _fsync_dir(path: str):
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 def read_marker(path: str) -> Optional[str]:
@@ -305,7 +293,7 @@ class FeatureCache:
       f.write(key + "\n")
       f.flush()
       os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    io_lib.fsync_folder(tmp)
     final = os.path.join(root, key)
     if os.path.isdir(final) and read_marker(final) != key:
       # An incomplete folder under the final name (never written by us
@@ -320,7 +308,7 @@ class FeatureCache:
         raise
       # Another process committed the same key first; theirs is as good.
       shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(root)
+    io_lib.fsync_folder(root)
     return final
 
 

@@ -48,10 +48,10 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
-  _fsync_folder(folder)
+  fsync_folder(folder)
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_folder(folder: str) -> None:
   """Persists a rename in `folder`; best effort (not every platform can)."""
   try:
     fd = os.open(folder, os.O_RDONLY)
