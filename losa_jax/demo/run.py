@@ -106,7 +106,7 @@ def _private_compilation_cache():
 
   The trainer compiles each train step; `cost.compiled_cost` then compiles
   the same HLO again to read XLA's memory analysis. With the cache the second
-  compile is a read (about 10 s per method on 2 cores). The folder is new and
+  compile is a read instead of a compile. The folder is new and
   deleted afterwards, so no run starts warm.
   """
   if jax.config.jax_compilation_cache_dir:   # the user's own cache: keep it

@@ -30,7 +30,7 @@ two frames is symmetric in time.
 LoSA rows train from the trainer's in-memory backbone feature cache
 (config arg `cache`; the demo's pp has no random op, so every epoch feeds the
 backbone the same clips): the backbone runs once per clip instead of once
-per step, about 4x faster here. `--no_cache` runs every step through the
+per step (docs/video.md has the timings). `--no_cache` runs every step through the
 backbone instead (same conclusions; both tables are in docs/video.md).
 
 Prints a table (test accuracy, trainable params, wall time incl. compile and
