@@ -30,14 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from losa_jax.assembly import steps
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
-from losa_jax.serving import multitask
-from losa_jax import pp as pp_lib
-from losa_jax.assembly import steps
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.evaluators import classification
 from losa_jax.evaluators import video as video_eval
+from losa_jax import pp as pp_lib
+from losa_jax.serving import multitask
 from losa_jax.utils import io as io_lib
 
 

@@ -15,16 +15,16 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from losa_jax.checkpointing import manager as checkpointing
-from losa_jax.parallel import distributed
 from losa_jax.assembly import optim
-from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.assembly import steps
-from losa_jax.utils import tree as tree_lib
+from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.models import model as model_lib
 from losa_jax.models import porting
 from losa_jax.models import vit
 from losa_jax.models import vivit
+from losa_jax.parallel import distributed
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import tree as tree_lib
 
 
 def model_from_config(config) -> model_lib.Model:

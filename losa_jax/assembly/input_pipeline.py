@@ -40,9 +40,9 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from losa_jax import pp as pp_lib
-from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.datasets import core
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax import pp as pp_lib
 
 Source = core.Source
 

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
+from losa_jax.utils import tree as tree_lib
 
 FROZEN = "frozen"
 DECAY_TYPES = ("cosine", "linear", "constant", "rsqrt")

@@ -30,8 +30,8 @@ dict(name=<tfds name>).
 import importlib
 from typing import Any, Callable, Dict, Mapping, Tuple
 
-from losa_jax import pp as pp_lib
 from losa_jax.datasets import core
+from losa_jax import pp as pp_lib
 
 Source = core.Source
 DataNotFoundError = core.DataNotFoundError

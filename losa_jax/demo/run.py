@@ -27,10 +27,10 @@ from absl import logging
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
-from losa_jax.config import schema as config_lib
-from losa_jax.utils import cost
 from losa_jax.assembly import steps as steps_lib
+from losa_jax.config import schema as config_lib
 from losa_jax import train
+from losa_jax.utils import cost
 
 FLAGS = flags.FLAGS
 

@@ -6,8 +6,8 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import jax
 import numpy as np
 
-from losa_jax import datasets
 from losa_jax.assembly import input_pipeline
+from losa_jax import datasets
 
 
 def eval_batches(data: Dict[str, Any], *, pp, batch_size: int, seed: int = 0,

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from losa_jax import datasets
-from losa_jax import pp as pp_lib
 from losa_jax.evaluators import classification
+from losa_jax import pp as pp_lib
 
 def logits_fn(model) -> Callable:
   """fn(params, clips [N, T, H, W, 3]) -> logits [N, C] of an adapted model."""

@@ -8,10 +8,10 @@ from typing import Any, Dict, List, Optional
 import jax
 import numpy as np
 
-from losa_jax import pp as pp_lib
-from losa_jax.utils import tree as tree_lib
 from losa_jax.datasets import core
 from losa_jax.models import model as model_lib
+from losa_jax import pp as pp_lib
+from losa_jax.utils import tree as tree_lib
 
 # 2: the final features are stored in float32 unless the last float32 tap
 # holds them.

@@ -4,9 +4,9 @@
 import os
 from typing import Callable, Optional
 
-from losa_jax.config import schema as config_lib
 from losa_jax.assembly import input_pipeline
 from losa_jax.assembly import steps
+from losa_jax.config import schema as config_lib
 from losa_jax.feature_cache import keys
 from losa_jax.feature_cache import store
 from losa_jax.models import model as model_lib

@@ -26,9 +26,9 @@ from typing import (Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple,
 from absl import logging
 import numpy as np
 
-from losa_jax.utils import npz as npz_lib
 from losa_jax.models import layouts
 from losa_jax.models import vit
+from losa_jax.utils import npz as npz_lib
 # Public here too: porting is where users look for them.
 from losa_jax.models.layouts import fix_old_checkpoints
 from losa_jax.models.layouts import loop_to_scan

@@ -44,9 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losa_jax.utils import npz as npz_lib
 from losa_jax.models import layouts
 from losa_jax.models import vit
+from losa_jax.utils import npz as npz_lib
 
 INFLATE_METHODS = ("central", "average")
 POSEMB_INIT = ("resize_tile", "tile")

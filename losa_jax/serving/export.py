@@ -40,9 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from losa_jax import pp as pp_lib
 from losa_jax.serving import multitask
 from losa_jax.utils import npz as npz_lib
-from losa_jax import pp as pp_lib
 
 JAX_FILE = "model.jax_export"
 SAVED_MODEL = "saved_model"

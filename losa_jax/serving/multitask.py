@@ -43,11 +43,11 @@ import numpy as np
 from losa_jax.assembly import build
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
-from losa_jax.parallel import sharding as sharding_lib
-from losa_jax.utils import tree as tree_lib
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import vit
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import tree as tree_lib
 
 # Methods whose features are the frozen backbone's: they share its pass.
 SHARED_METHODS = ("losa", "linear")
