@@ -1,11 +1,13 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""The benchmark suite in --quick mode: files written, deterministic ratios sane.
+"""`python -m losa_jax.bench` in --quick mode: every section runs, files
+are written, deterministic ratios are sane.
 
 Only compiled quantities (FLOPs, memory, parameter counts) are asserted;
 measured wall times are checked to exist and be positive, never compared.
 """
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -13,23 +15,38 @@ import subprocess
 import sys
 
 from absl import app
-from absl import flags
 import pytest
 
+from losa_jax.bench import __main__ as cli
+from losa_jax.bench import batch_search
 from losa_jax.bench import common
-from losa_jax.bench import fsdp_memory
-from losa_jax.bench import report
-from losa_jax.bench import suite
-from losa_jax.bench import video_memory
+from losa_jax.bench import registry
 from losa_jax.tools import inflate_vivit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The sections the module fixture runs (the rest have their own tests:
+# population, side, fsdp, video, inference below; the accelerator's in
+# tests/test_bench_accelerator.py).
+SUITE = ("compiled", "dtype", "measured", "cache", "maxbatch", "big")
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+bench_report = _script("bench_report")
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("bench"))
-  suite.main(["--out", out, "--quick"])
+  for section in SUITE:
+    cli.main([section, "--out", out, "--quick"])
+  bench_report.main([out])
   return out
 
 
@@ -39,7 +56,7 @@ def _csv(out, name):
 
 
 def _raw(out, name):
-  with open(os.path.join(out, f"raw_{name}.json")) as f:
+  with open(os.path.join(out, f"{name}.json")) as f:
     return json.load(f)["rows"]
 
 
@@ -53,7 +70,7 @@ def test_every_output_is_written(quick):
     path = os.path.join(quick, name)
     assert os.path.getsize(path) > 0, name
   md = open(os.path.join(quick, "results.md")).read()
-  assert "python -m losa_jax.bench.suite --out" in md and "--quick" in md
+  assert "python -m losa_jax.bench compiled --out" in md and "--quick" in md
   for title in ("Compiled cost", "Measured step time", "Feature cache",
                 "Largest batch", "Big backbones", "Linearity"):
     assert title in md, title
@@ -62,7 +79,7 @@ def test_every_output_is_written(quick):
 @pytest.mark.slow
 def test_compiled_ratios(quick):
   rows = {r["method"]: r for r in _raw(quick, "compiled")}
-  assert set(rows) == {"forward", *suite.METHODS}
+  assert set(rows) == {"forward", *registry.METHODS}
   assert rows["forward"]["flops_vs_forward"] == 1.0
   # Backprop through the backbone costs about forward + backward.
   for m in ("full", "lora", "adapter"):
@@ -72,7 +89,7 @@ def test_compiled_ratios(quick):
   assert rows["linear"]["flops_vs_forward"] < 1.1
   assert rows["losa"]["trainable_params"] < rows["full"]["trainable_params"]
   assert rows["forward"]["trainable_params"] == 0
-  for m in suite.METHODS:     # the state is donated
+  for m in registry.METHODS:     # the state is donated
     assert rows[m]["alias_bytes"] > 0, m
 
 
@@ -122,19 +139,19 @@ def test_largest_batch_search_is_exact_on_an_affine_model():
     return 1000.0 + 3.0 * b + (b % 5)      # not exactly affine
 
   for budget in (1100.0, 5000.0, 100000.0):
-    best, at, probes = suite.largest_batch(peak, budget, step=8, cap=4096)
+    best, at, probes = batch_search.largest_batch(peak, budget, step=8,
+                                                  cap=4096)
     brute = max([b for b in range(8, 4097, 8) if peak(b) <= budget],
                 default=0)
     assert best == brute and (best == 0 or at <= budget)
     assert len(probes) <= 12
-  assert suite.largest_batch(peak, 10.0, step=8)[0] == 0
+  assert batch_search.largest_batch(peak, 10.0, step=8)[0] == 0
 
 
 def test_interleaved_rotates_and_skips_warmup():
   seen = []
   fns = {n: (lambda n=n: seen.append(n)) for n in "abc"}
-  times = suite.interleaved(fns, reps=3, warmup=1)
-  assert suite.interleaved is common.interleaved
+  times = common.interleaved(fns, reps=3, warmup=1)
   assert {k: v["reps"] for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
   # 1 compile + 1 warm-up round untimed, then the order rotates per round.
   assert seen[:6] == list("abcabc")
@@ -180,59 +197,112 @@ def test_common_writers_and_flag_helpers(tmp_path):
     assert meta[k], k
 
 
-_CLIS = (suite, fsdp_memory, video_memory, inflate_vivit)
+def test_every_section_option_has_help():
+  """Every option a section reads has one meaning (registry.OPTIONS), a
+  --quick size only for options it reads, and `SECTION --help` lists it."""
+  for name, section in registry.SECTIONS.items():
+    assert set(section.quick) <= set(section.defaults), name
+    for key in section.defaults:
+      assert len(registry.OPTIONS[key].help) > 10, (name, key)
+    text = cli._parser(name).format_help()
+    for key in section.defaults:
+      assert f"--{key}" in text, (name, key)
+  assert set(registry.OPTIONS) == {
+      k for s in registry.SECTIONS.values() for k in s.defaults}
 
 
-@pytest.mark.parametrize("module", _CLIS, ids=lambda m: m.__name__)
-def test_every_cli_flag_has_help(module):
-  """In-process: the flags a fresh FlagValues gets, each with a meaning."""
+def test_list_and_help_name_every_section():
+  """`python -m losa_jax.bench list` and `--help` name every section, and
+  listing imports no section's module (nor jax)."""
+  for arg in ("list", "--help"):
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from losa_jax.bench import __main__ as m; "
+         f"sys.argv = ['x', '{arg}']; rc = m._cli(); "
+         "assert 'jax' not in sys.modules, 'jax imported'; sys.exit(rc)"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    for name in registry.SECTIONS:
+      assert f"\n{name} " in out.stdout, (arg, name)
+
+
+def test_section_help_lists_its_options():
+  out = subprocess.run([sys.executable, "-m", "losa_jax.bench", "big",
+                        "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+  for key in registry.SECTIONS["big"].defaults:
+    assert f"--{key}" in out.stdout, key
+
+
+def test_every_cli_flag_has_help():
+  """inflate_vivit (an absl CLI): a fresh FlagValues, each flag with a
+  meaning, nothing defined globally by importing it."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
-  module.define_flags(fv)
-  assert set(fv) == set(module.FLAG_NAMES)
-  text = fv.module_help(module.__name__)
-  for name in module.FLAG_NAMES:
+  inflate_vivit.define_flags(fv)
+  assert set(fv) == set(inflate_vivit.FLAG_NAMES)
+  text = fv.module_help(inflate_vivit.__name__)
+  for name in inflate_vivit.FLAG_NAMES:
     assert fv[name].help and len(fv[name].help) > 10, name
     assert f"--{name}:" in text or f"--[no]{name}:" in text, name
-  assert not flags.FLAGS.flags_by_module_dict().get(module.__name__), (
-      "importing the module defined flags globally")
-
-
-@pytest.mark.parametrize("module", (suite, inflate_vivit),
-                         ids=lambda m: m.__name__)
-def test_help_lists_the_module_flags(module):
-  """`python -m X --help` shows the module's own flags (absl lists the main
-  module's). absl's --help exits 1 by design (as losa_jax.train's does)."""
-  out = subprocess.run([sys.executable, "-m", module.__name__, "--help"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert not flags.FLAGS.flags_by_module_dict().get(inflate_vivit.__name__)
+  out = subprocess.run([sys.executable, "-m", inflate_vivit.__name__,
+                        "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
   assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-  for name in module.FLAG_NAMES:
+  for name in inflate_vivit.FLAG_NAMES:
     assert f"--{name}:" in out.stdout or f"--[no]{name}:" in out.stdout, name
 
 
 def test_cli_errors_name_the_bad_value(tmp_path):
-  with pytest.raises(app.UsageError, match="unknown section.*'bogus'"):
-    suite.main(["--out", str(tmp_path), "--sections", "bogus"])
-  with pytest.raises(app.UsageError, match="unknown config.*'nope'"):
-    suite.main(["--out", str(tmp_path), "--big_configs", "losa,nope"])
-  with pytest.raises(app.UsageError, match="unexpected arguments"):
-    suite.main(["--out", str(tmp_path), "stray"])
-  with pytest.raises(app.UsageError, match="--fsdp"):
-    fsdp_memory.main(["--fsdp", "1,x"])
-  with pytest.raises(ValueError, match="outside 1..8"):
-    fsdp_memory.run("Ti/16", [16], [], 1)
+  out = str(tmp_path)
+  with pytest.raises(cli.UsageError, match="unknown section 'bogus'"):
+    cli.main(["bogus", "--out", out])
+  with pytest.raises(cli.UsageError, match="--configs.*'nope'"):
+    cli.main(["big", "--out", out, "--configs", "losa,nope"])
+  with pytest.raises(cli.UsageError, match="unrecognized arguments: stray"):
+    cli.main(["compiled", "--out", out, "stray"])
+  with pytest.raises(cli.UsageError, match="--fsdp: 'x' in '1,x'"):
+    cli.main(["fsdp", "--fsdp", "1,x"])
+  with pytest.raises(cli.UsageError, match="--methods.*'sgd'"):
+    cli.main(["maxbatch", "--methods", "losa,sgd"])
+  with pytest.raises(ValueError, match="no option.*--fsdp"):
+    registry.options("compiled", {"fsdp": [1]})
+  with pytest.raises(ValueError, match=r"outside 1\.\.8"):
+    registry.run("fsdp", {"fsdp": [16]})
+  out = subprocess.run([sys.executable, "-m", "losa_jax.bench", "compiled",
+                        "--batch", "x"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 2 and "--batch: invalid literal" in out.stderr
   with pytest.raises(app.UsageError, match="--image_size=1,2,3"):
     inflate_vivit.main(["--image_ckpt", "x.npz", "--out", "y.npz",
                         "--num_frames", "4", "--image_size", "1,2,3"])
 
 
 def test_quick_options():
-  fv = flags.FlagValues()
-  suite.define_flags(fv)
-  fv(["suite", "--out", "/tmp/x", "--quick", "--sections", "compiled, dtype"])
-  a = suite.options(fv, ["--out", "/tmp/x", "--quick"])
-  assert a.sections == ["compiled", "dtype"] and a.variants == ["tiny"]
-  assert a.measure_methods == ["losa", "full"] and a.argv[-1] == "--quick"
+  a = registry.options("measured", {"methods": ["losa"]}, quick=True)
+  assert a.variants == ["tiny"] and a.batch == 4 and a.quick
+  assert a.methods == ["losa"] and a.reps == 2     # given wins over --quick
+  a = registry.options("measured", {})
+  assert a.variants == ["Ti/16", "S/16", "B/16"] and not a.quick
+  name, given, ns = cli.parse(["dtype", "--variant", "S/16", "--quick"])
+  assert (name, given, ns.quick) == ("dtype", {"variant": "S/16"}, True)
+
+
+def test_child_process_only_for_missing_xla_flags():
+  """Compile-only sections need XLA flags (a child process unless present);
+  timed ones run under default flags; --quick adds the fast compile."""
+  a = registry.options("compiled", {})
+  assert common.LICM_OFF in registry.section("compiled").flags_for(a)
+  assert registry.section("measured").flags_for(
+      registry.options("measured", {})) == ""
+  fsdp = registry.section("fsdp")
+  assert "device_count=8" in fsdp.flags_for(registry.options("fsdp", {}))
+  assert common.LICM_OFF not in fsdp.flags_for(
+      registry.options("fsdp", {"licm": True}))
 
 
 def test_linear_fit():
-  assert report.linear_fit([1, 2, 4], [3, 5, 9]) == pytest.approx((2, 1))
+  assert bench_report.linear_fit([1, 2, 4], [3, 5, 9]) == pytest.approx(
+      (2, 1))

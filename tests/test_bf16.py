@@ -10,8 +10,8 @@ Memory is compared on compiled steps (abstract inputs). XLA:CPU has no
 native bf16 GEMM: it upcasts bf16 weights to f32, and its while-loop
 invariant code motion hoists that upcast of a whole scanned weight stack
 out of the loop (a full f32 copy no GPU/TPU makes). The temp-memory check
-therefore compiles in a child process with that pass off, as the benchmark
-suite does (losa_jax/bench/suite.py).
+therefore compiles in a child process with that pass off, as the compile-only
+benchmark sections do (losa_jax/bench/registry.py).
 """
 import json
 import os
@@ -28,7 +28,8 @@ from conftest import xla_flags
 from losa_jax.assembly import build
 from losa_jax.assembly import steps
 from losa_jax.utils import tree as tree_lib
-from losa_jax.bench import suite
+from losa_jax.bench import common
+from losa_jax.bench import configs
 from losa_jax.models import porting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,25 +131,25 @@ def test_scanned_losa_equals_unrolled():
 
 _CHILD = """
 import json, sys
-from losa_jax.bench import suite
+from losa_jax.bench import configs
 out = {}
 for name, bf16, scan in (("f32_loop", False, False), ("f32_scan", False, True),
                          ("bf16_scan", True, True)):
-  c = suite.make_config("Ti/16", "losa", bf16=bf16, scan=scan)
+  c = configs.make_config("Ti/16", "losa", bf16=bf16, scan=scan)
   # The backbones compared with a float32 side stream, whose taps both
   # layouts stack alike. (With bf16 stores the unrolled backbone writes its
   # block outputs straight into a bf16 stack, while the scanned one's are
   # float32 scan outputs converted afterwards: docs/benchmarks.md.)
   c.model.losa.dtype = "float32"
-  out[name] = suite.step_cost(c, 8)
+  out[name] = configs.step_cost(c, 8)
 print("RESULT" + json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
 def compiled_costs():
-  env = dict(os.environ, XLA_FLAGS=xla_flags(suite.LICM_OFF,
-                                             suite.FAST_COMPILE),
+  env = dict(os.environ, XLA_FLAGS=xla_flags(common.LICM_OFF,
+                                             common.FAST_COMPILE),
              PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=REPO,
                        capture_output=True, text=True, check=True).stdout
@@ -182,7 +183,7 @@ def test_bf16_params_halve_arguments_under_default_flags():
   """In-process (default XLA flags): the stored state halves regardless."""
   costs = {}
   for bf16 in (False, True):
-    c = suite.make_config("Ti/16", "losa", bf16=bf16, depth=2)
+    c = configs.make_config("Ti/16", "losa", bf16=bf16, depth=2)
     b = build.build(c, total_steps=10)
     costs[bf16] = b.train_step.lower(
         b.state_shape, steps.abstract_batch(2, b.image_shape)

@@ -280,4 +280,11 @@ def test_video_memory_bench_smoke():
   losa, full = rows
   assert losa["trainable_params"] < full["trainable_params"] / 10
   assert losa["temp_gib"] < full["temp_gib"]
-  assert video_memory.table(rows).count("\n") == 3
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  report = importlib.util.spec_from_file_location(
+      "bench_report", os.path.join(os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__))), "scripts", "bench_report.py"))
+  bench_report = importlib.util.module_from_spec(report)
+  report.loader.exec_module(bench_report)
+  assert bench_report.video_markdown(rows).count("\n") == 3

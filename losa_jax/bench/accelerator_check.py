@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from losa_jax.bench import accelerator_model as am
+from losa_jax.bench import batch_search
 
 GIB = am.GIB
 # (loss, update) relative tolerances. f32 runs at "highest" matmul precision
@@ -233,68 +234,6 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
 # --- the largest batch ------------------------------------------------------------
 
 
-def _guess(peaks: Sequence[Tuple[int, float]], budget: float) -> float:
-  """Batch at which the affine fit of (batch, compiled peak) hits budget."""
-  if not peaks:
-    return 0.0
-  (b1, p1), (b2, p2) = peaks[0], peaks[-1]
-  if b2 > b1 and p2 > p1:
-    slope = (p2 - p1) / (b2 - b1)
-    return (budget - (p1 - slope * b1)) / slope
-  return b1 * budget / max(p1, 1.0)
-
-
-def search(fits, *, lo: int, hi, guess: float, cap: int, mult: int,
-           resolution: float, deadline: float) -> Dict[str, Any]:
-  """Largest multiple of `mult` in (lo, cap] for which fits(b) is True.
-
-  lo: a batch known to fit (0: none); hi: one known not to (None: none).
-  Tries the guess first, then grows by 1.1x, 1.2x, 1.4x, ... until a
-  failure, then bisects (its first step just below the failure, where an
-  accurate guess puts the answer) until hi - lo <= max(mult, resolution *
-  lo), the cap is reached, or time.time() passes `deadline`.
-
-  Returns {max_batch: lo, first_oom: hi, tries: [[b, ok, s], ...],
-  exact, at_cap, stopped_by_budget}.
-  """
-  def snap(x):
-    return int(max(mult, min(cap, (int(x) // mult) * mult)))
-
-  def next_after_fit():
-    if hi is None:   # grow: 1.1x, 1.2x, 1.4x, ... but at least one step
-      return max(snap(lo * (1 + grow)), lo + mult)
-    return snap((lo + hi) // 2)
-
-  tries: List[List[Any]] = []
-  b, grow, stopped = snap(guess), 0.1, False
-  while True:
-    if lo >= cap or (hi is not None and hi - lo <= max(mult, resolution * lo)):
-      break
-    if time.time() > deadline:
-      stopped = True
-      break
-    if b <= lo or (hi is not None and b >= hi):
-      b = next_after_fit()
-      if b <= lo or b > cap or (hi is not None and b >= hi):
-        break   # nothing left between lo and hi at this granularity
-    t0 = time.perf_counter()
-    ok = bool(fits(b))
-    tries.append([b, ok, round(time.perf_counter() - t0, 2)])
-    if ok:
-      lo = b
-      b = next_after_fit()
-      grow *= 2
-    else:
-      first_fail = hi is None
-      hi = b
-      # An accurate guess that just failed: the answer is a little below.
-      b = snap(max((lo + hi) // 2, hi * 0.92) if first_fail
-               else (lo + hi) // 2)
-  return {"max_batch": lo, "first_oom": hi, "tries": tries,
-          "exact": hi is not None and hi - lo <= max(mult, resolution * lo),
-          "at_cap": lo >= cap, "stopped_by_budget": stopped}
-
-
 def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
               ran: bool, failed: Sequence[int] = ()) -> Dict[str, Any]:
   """The largest batch of method `m` (an accelerator_model.Method) that runs.
@@ -339,8 +278,8 @@ def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
 
   t0 = time.perf_counter()
   # Fragmentation and the runtime's own buffers: aim a little below.
-  res = search(fits, lo=max(known_ok, default=0),
-               hi=min(bad, default=None), guess=_guess(peaks, 0.97 * budget),
+  res = batch_search.search(fits, lo=max(known_ok, default=0),
+               hi=min(bad, default=None), guess=batch_search.affine_guess(peaks, 0.97 * budget),
                cap=spec["maxbatch_cap"], mult=spec["maxbatch_multiple"],
                resolution=spec["maxbatch_resolution"],
                deadline=spec["maxbatch_deadline"])

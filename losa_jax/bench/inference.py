@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 r"""Serving N tasks: one backbone pass + N side networks vs N models.
 
-  python -m losa_jax.bench.inference [--variants B/16,S/16] [--batches 1,64]
+  python -m losa_jax.bench inference [--variants B/16,S/16] [--batches 1,64]
       [--tasks 1,4,16] [--reps 3] [--out DIR] [--quick]
 
 For each ViT variant (224 px, random weights: only shapes matter) and
@@ -33,17 +33,12 @@ storage, and single-task LoSA vs merged LoRA. docs/serving.md has a
 measured table.
 """
 import os
-import sys
 import tempfile
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from absl import app
-from absl import flags
-
 from losa_jax.bench import common
+from losa_jax.bench.registry import SYSTEMS
 
-SYSTEMS = ("losa", "lora_merged", "full", "backbone")
 COPY_SYSTEMS = ("lora_merged", "full")
 _log = common.log
 
@@ -280,94 +275,15 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   return out
 
 
-def markdown(rows, summary) -> str:
-  """The rows and ratios as markdown tables (docs/serving.md's format)."""
-  lines = ["| variant | batch | system | N | backbone passes | images/s | "
-           "latency (ms) | GFLOPs | peak memory (MiB) | params resident | "
-           "bytes / task | timed |", "|" + "---|" * 12]
-  for r in rows:
-    lines.append(
-        f"| {r['variant']} | {r['batch']} | {r['system']} | {r['tasks']} | "
-        f"{r['backbone_passes']} | {r['images_per_s']:.2f} | "
-        f"{r['latency_ms']:.1f} | {r['flops'] / 1e9:.3g} | "
-        f"{r['peak_bytes'] / common.MIB:,.1f} | {r['params_resident']:,} | "
-        f"{r['bytes_per_task']:,} | {r['timed']} |")
-  lines += ["", "| variant | batch | N | LoSA vs N merged LoRA (throughput) "
-            "| marginal task / backbone (time) | (FLOPs) | single-task "
-            "overhead vs merged LoRA (time) | (FLOPs) | LoSA bytes / task |",
-            "|" + "---|" * 9]
-  fmt = lambda s, k, f: format(s[k], f) if k in s else "n/a"
-  for s in summary:
-    lines.append(
-        f"| {s['variant']} | {s['batch']} | {s['tasks']} | "
-        f"{fmt(s, 'losa_vs_merged_lora', '.2f')}x | "
-        f"{fmt(s, 'marginal_task_time', '.3f')} | "
-        f"{fmt(s, 'marginal_task_flops', '.3f')} | "
-        f"{fmt(s, 'single_task_overhead', '+.1%')} | "
-        f"{fmt(s, 'single_task_flops_overhead', '+.1%')} | "
-        f"{fmt(s, 'bytes_per_task', ',')} |")
-  return "\n".join(lines)
-
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Defined on demand so importing this module claims no flag names."""
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_list("variants", ["B/16", "S/16"], "ViT variants (224 px).",
-                    **fv)
-  flags.DEFINE_list("batches", ["1", "64"], "Batch sizes.", **fv)
-  flags.DEFINE_list("tasks", ["1", "4", "16"], "Numbers of tasks N.", **fv)
-  flags.DEFINE_list("systems", list(SYSTEMS), f"Systems, from {SYSTEMS}.",
-                    **fv)
-  flags.DEFINE_integer("rank", 8, "LoSA / LoRA rank.", **fv)
-  flags.DEFINE_integer("num_classes", 100, "Classes per task.", **fv)
-  flags.DEFINE_integer("reps", 3, "Timed interleaved rounds.", **fv)
-  flags.DEFINE_integer("warmup", 1, "Untimed rounds after compiling.", **fv)
-  flags.DEFINE_integer("max_copy_images", 0, "N-copy cells with N x batch "
-                       "above this are scaled from N=1, not run (0: run "
-                       "all).", **fv)
-  flags.DEFINE_string("out", None, "Folder for inference.csv / .json / .md "
-                      "(default: print only).", **fv)
-  flags.DEFINE_bool("quick", False, "Tiny 32-px ViT, N=1,2, batches 1,4, "
-                    "2 rounds: a smoke test.", **fv)
-
-
-def _run_flags(fv, argv: Sequence[str]) -> Dict[str, Any]:
-  t0, load0 = time.time(), os.getloadavg()
-  try:
-    batches = common.int_list(",".join(fv.batches))
-    tasks = common.int_list(",".join(fv.tasks))
-  except ValueError as e:
-    raise app.UsageError(f"--batches / --tasks: {e}") from None
-  variants, reps, warmup = list(fv.variants), fv.reps, fv.warmup
-  if fv.quick:
-    variants, batches, tasks, reps, warmup = ["tiny"], [1, 4], [1, 2], 2, 0
-  rows = measure(variants, batches=batches, tasks=tasks,
-                 systems=list(fv.systems), rank=fv.rank,
-                 num_classes=fv.num_classes, reps=reps, warmup=warmup,
-                 max_copy_images=fv.max_copy_images or None)
-  summary = summarize(rows)
-  table = markdown(rows, summary)
-  print(table, flush=True)
-  prov = common.provenance("python -m losa_jax.bench.inference " +
-                           " ".join(argv), t_start=t0, load_start=load0)
-  if fv.out:
-    os.makedirs(fv.out, exist_ok=True)
-    common.write_csv(os.path.join(fv.out, "inference.csv"), rows,
-                     float_format=".6g")
-    common.write_json(os.path.join(fv.out, "inference.json"),
-                      {"rows": rows, "summary": summary, "provenance": prov})
-    with open(os.path.join(fv.out, "inference.md"), "w") as f:
-      f.write(table + "\n")
-  return {"rows": rows, "summary": summary, "provenance": prov}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-  """Programmatic entry: `argv` = the flags (a private FlagValues parses
-  them); returns {"rows", "summary", "provenance"}."""
-  return _run_flags(*common.parse_private_flags(
-      "losa_jax.bench.inference", define_flags, argv))
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(common.absl_main(_run_flags))
+def section_inference(a) -> List[Dict[str, Any]]:
+  """The cells ("kind": "cell"), then the ratios of `summarize` ("summary")."""
+  bad = sorted(set(a.systems) - set(SYSTEMS))
+  if bad:
+    raise ValueError(f"--systems: unknown system(s) {bad}; choose from "
+                     f"{SYSTEMS}.")
+  rows = measure(a.variants, batches=a.batches, tasks=a.tasks,
+                 systems=a.systems, rank=a.rank, num_classes=a.num_classes,
+                 reps=a.reps, warmup=a.warmup,
+                 max_copy_images=a.max_copy_images or None)
+  return ([dict(r, kind="cell") for r in rows] +
+          [dict(r, kind="summary") for r in summarize(rows)])

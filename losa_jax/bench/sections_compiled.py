@@ -8,9 +8,10 @@ numbers are deterministic for a jax/XLA version and backend. The suite runs
 these in a child process with LICM_OFF (see losa_jax.bench.suite).
 """
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 from losa_jax.bench import common
+from losa_jax.bench.batch_search import largest_batch
 from losa_jax.bench.configs import BIG_CONFIGS, FIT_GIB, METHODS
 from losa_jax.bench.configs import depth_of, forward_cost, make_config
 from losa_jax.bench.configs import step_cost, variant_backbone
@@ -57,9 +58,9 @@ def section_dtype(a) -> List[Dict[str, Any]]:
   if a.quick:
     cells = [c for c in cells if c[1]]
   for dtype, scan, bf16, donate in cells:
-    c = step_cost(make_config(a.dtype_variant, "losa", bf16=bf16, scan=scan),
+    c = step_cost(make_config(a.variant, "losa", bf16=bf16, scan=scan),
                   a.batch, donate=donate)
-    rows.append({"variant": a.dtype_variant, "method": "losa",
+    rows.append({"variant": a.variant, "method": "losa",
                  "batch": a.batch, "backbone": dtype,
                  "blocks": "scan" if scan else "unrolled", "donate": donate,
                  **{k: c[k] for k in ("argument_bytes", "temp_bytes",
@@ -70,75 +71,20 @@ def section_dtype(a) -> List[Dict[str, Any]]:
   return rows
 
 
-def largest_batch(peak_of: Callable[[int], float], budget: float, *,
-                  step: int = 8, cap: int = 16384, start: int = 32):
-  """Largest multiple of `step` <= cap with peak_of(b) <= budget.
-
-  Compiled memory is close to affine in the batch, so two compiles give a
-  guess; a bracket is grown around it and bisected (each probe one compile).
-  Returns (batch or 0, peak at that batch, {batch: peak} of every probe).
-  """
-  probes: Dict[int, float] = {}
-
-  def peak(b):
-    if b not in probes:
-      probes[b] = peak_of(b)
-    return probes[b]
-
-  def fits(b):
-    return peak(b) <= budget
-
-  def snap(b):
-    return int(min(max(step, step * int(b // step)), cap))
-
-  p1, p2 = peak(start), peak(2 * start)
-  slope = max((p2 - p1) / start, 1.0)
-  guess = snap(start + (budget - p1) / slope)
-  if fits(guess):
-    lo, hi = guess, None
-    while hi is None:
-      if lo >= cap:
-        return cap, peak(cap), probes
-      nxt = snap(max(lo * 1.1, lo + step))
-      if fits(nxt):
-        lo = nxt
-      else:
-        hi = nxt
-  else:
-    lo, hi = None, guess
-    while lo is None:
-      if hi <= step:
-        return 0, float("nan"), probes
-      nxt = snap(min(hi * 0.9, hi - step))
-      if fits(nxt):
-        lo = nxt
-      else:
-        hi = nxt
-  while hi - lo > step:
-    mid = snap((lo + hi) // 2)
-    if mid in (lo, hi):
-      break
-    if fits(mid):
-      lo = mid
-    else:
-      hi = mid
-  return lo, peak(lo), probes
-
-
 def section_maxbatch(a) -> List[Dict[str, Any]]:
   """Per method: the largest batch whose compiled peak fits a.budget_gib."""
   rows = []
   budget = a.budget_gib * GIB
-  for method in a.maxbatch_methods:
+  for method in a.methods:
     t0 = time.time()
-    config = make_config(a.maxbatch_variant, method)
+    config = make_config(a.variant, method)
     best, at, probes = largest_batch(
         lambda b, c=config: step_cost(c, b)["peak_bytes"], budget,
-        step=a.batch_step, cap=a.batch_cap, start=a.batch_step * 4)
-    rows.append({"variant": a.maxbatch_variant, "method": method,
-                 "image_size": variant_backbone(a.maxbatch_variant)[1],
+        step=a.multiple, cap=a.cap)
+    rows.append({"variant": a.variant, "method": method,
+                 "image_size": variant_backbone(a.variant)[1],
                  "budget_gib": a.budget_gib, "max_batch": best,
-                 "at_cap": best >= a.batch_cap,
+                 "at_cap": best >= a.cap,
                  "peak_gib_at_max": at / GIB, "compiles": len(probes),
                  "probes": {str(k): v / GIB for k, v in sorted(probes.items())},
                  "search_s": time.time() - t0})
@@ -149,17 +95,17 @@ def section_maxbatch(a) -> List[Dict[str, Any]]:
 def section_big(a) -> List[Dict[str, Any]]:
   """Big backbones (scanned, bf16): memory per config, and vs depth."""
   rows = []
-  for variant in a.big_variants:
+  for variant in a.variants:
     for label, method, remat in BIG_CONFIGS:
-      if label not in a.big_configs:
+      if label not in a.configs:
         continue
       t0 = time.time()
       config = make_config(variant, method, bf16=True, scan=True,
                            remat=remat)
       if label == "losa f32":   # taps and side stream stored in float32
         config.model.losa.dtype = "float32"
-      c = step_cost(config, a.big_batch)
-      rows.append(_big_row(variant, label, a.big_batch, depth_of(variant), c,
+      c = step_cost(config, a.batch)
+      rows.append(_big_row(variant, label, a.batch, depth_of(variant), c,
                            "licm_off", time.time() - t0))
   if a.linearity_variant:
     full_depth = depth_of(a.linearity_variant)
@@ -171,8 +117,8 @@ def section_big(a) -> List[Dict[str, Any]]:
         t0 = time.time()
         c = step_cost(make_config(a.linearity_variant, method, bf16=True,
                                   scan=True, remat=remat, depth=d),
-                      a.big_batch)
-        rows.append(_big_row(a.linearity_variant, label, a.big_batch, d, c,
+                      a.batch)
+        rows.append(_big_row(a.linearity_variant, label, a.batch, d, c,
                              "licm_off", time.time() - t0, linearity=True))
   return rows
 
@@ -180,11 +126,11 @@ def section_big(a) -> List[Dict[str, Any]]:
 def section_big_default_flags(a) -> List[Dict[str, Any]]:
   """LoSA's big-model memory under XLA:CPU's default flags (for reference)."""
   rows = []
-  for variant in a.big_variants:
+  for variant in a.variants:
     t0 = time.time()
     c = step_cost(make_config(variant, "losa", bf16=True, scan=True),
-                  a.big_batch)
-    rows.append(_big_row(variant, "losa", a.big_batch, depth_of(variant), c,
+                  a.batch)
+    rows.append(_big_row(variant, "losa", a.batch, depth_of(variant), c,
                          "default", time.time() - t0))
   return rows
 

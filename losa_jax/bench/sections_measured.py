@@ -59,14 +59,14 @@ class Stepper:
 
 def section_measured(a) -> List[Dict[str, Any]]:
   """Median step time of every method, the forward and cached LoSA,
-  interleaved, per a.measure_variants at a.measure_batch."""
+  interleaved, per a.variants at a.batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   rows = []
-  for variant in a.measure_variants:
-    bsz = a.measure_batch
+  for variant in a.variants:
+    bsz = a.batch
     config = make_config(variant, "losa")
     rng = np.random.RandomState(0)
     s = config.image_size
@@ -75,7 +75,7 @@ def section_measured(a) -> List[Dict[str, Any]]:
              "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
     fns, trainable = {}, {}
     losa_built = built_for(config)
-    for method in a.measure_methods:
+    for method in a.methods:
       b = built_for(make_config(variant, method))
       state = b.init(jax.random.key(0))
       fns[method] = Stepper(b.train_step, state, batch)
@@ -117,7 +117,7 @@ def section_cache(a) -> List[Dict[str, Any]]:
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
-  variant, bsz, n = a.cache_variant, a.measure_batch, a.cache_images
+  variant, bsz, n = a.variant, a.batch, a.images
   config = make_config(variant, "losa")
   s = config.image_size
   rng = np.random.RandomState(0)

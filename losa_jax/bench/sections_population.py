@@ -3,7 +3,7 @@
 """The `population` section of losa_jax.bench.suite: K side networks on one
 backbone pass, against one LoSA step and K separate ones.
 
-Two parts, per variant of a.measure_variants at batch a.measure_batch:
+Two parts, per variant of a.variants at batch a.batch:
 
 * compiled FLOPs and peak memory of a population step of K = 1, 2, 4, 8, 16
   members (K learning rates, one vmapped group), beside one LoSA step and
@@ -79,8 +79,8 @@ def section_population(a) -> List[Dict[str, Any]]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
   rows = []
-  for variant in a.measure_variants:
-    bsz = a.measure_batch
+  for variant in a.variants:
+    bsz = a.batch
     config = make_config(variant, "losa")
     fwd = forward_cost(config, bsz)
     one = step_cost(config, bsz)

@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 """The `side` section of losa_jax.bench.suite: what the side network moves.
 
-Per variant of a.measure_variants at batch a.measure_batch, for three
+Per variant of a.variants at batch a.batch, for three
 implementations of the same side network (same params, same function):
 
 * "autodiff": autodiff of the branch modules, each layer rematerialised,
@@ -57,15 +57,15 @@ def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:
 
 def section_side(a) -> List[Dict[str, Any]]:
   """Compiled traffic and interleaved step times of the three side-network
-  implementations (module docstring), per a.measure_variants."""
+  implementations (module docstring), per a.variants."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   rows = []
-  for variant in a.measure_variants:
-    bsz = a.measure_batch
+  for variant in a.variants:
+    bsz = a.batch
     rng = np.random.RandomState(0)
     # Inputs and the frozen forward, shared by the three implementations
     # (their backbones are the same params: init differs only in side/).

@@ -1,9 +1,9 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-r"""Compiled memory of one video train step: LoSA vs adapters vs full, ViT-e.
+r"""The `video` section: compiled memory of one video train step, ViT-e.
 
-  python -m losa_jax.bench.video_memory --out docs/video_memory.json
-  python -m losa_jax.bench.video_memory --help     # every flag
+  python -m losa_jax.bench video --out DIR      # DIR/video.json
+  python -m losa_jax.bench video --help         # every option
 
 Compile only: the train step of configs/video_kinetics400.py (`--config`
 picks another video config file; the trainer's
@@ -28,26 +28,18 @@ Columns: `params` = argument bytes (params + optimizer state + batch),
 estimates: XLA:CPU has no native bf16 GEMM, so the run disables the
 while-loop-invariant code motion pass (which would hoist an f32 upcast of the
 whole scanned weight stack out of the layer loop, a copy a GPU never makes;
-see losa_jax/bench/suite.py). XLA's FLOP counts do not multiply a while
+--licm keeps it). XLA's FLOP counts do not multiply a while
 loop's body by its trip count, so FLOPs are compiled separately on unrolled
 (scan=False, hence no remat) models of 2 and 4 blocks and extrapolated
 linearly to the full depth; remat would add about one more forward to the
 backprop methods.
 """
-import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from absl import app
-from absl import flags
-
 from losa_jax.bench import common
 
-LICM_OFF = common.LICM_OFF
 GIB = common.GIB
-FLAG_NAMES = ("config", "variant", "frames", "batch", "batches",
-              "depth_fracs", "flops_depths", "arg", "default_flags", "out")
 BUDGET_GIB = 16.0
 # (label, method, backbone remat policy)
 CONFIGS = (
@@ -175,106 +167,13 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
   return rows
 
 
-def flops_table(rows: Sequence[Dict[str, Any]]) -> str:
-  depths = sorted(int(k[len("gflops_depth"):]) for k in rows[0]
-                  if k.startswith("gflops_depth"))
-  full = rows[0]["full_depth"]
-  out = ["| method | " + " | ".join(f"GFLOP, depth {d}" for d in depths) +
-         f" | GFLOP per block | GFLOP, depth {full} (extrapolated) | "
-         "vs LoSA |", "|---" * (len(depths) + 4) + "|"]
+def section_video(a) -> List[Dict[str, Any]]:
+  """Memory rows (module docstring), then "flops" rows if a.flops_depths."""
+  kw = dict(arg=a.arg, config=a.config, log=lambda m: common.log(m, tag="video"))
+  rows = run(a.variant, a.frames, a.batch, a.batches, a.depth_fracs, **kw)
   for r in rows:
-    out.append(f"| {r['method']} | " + " | ".join(
-        f"{r[f'gflops_depth{d}']:.0f}" for d in depths) +
-               f" | {r['gflops_per_block']:.0f} | "
-               f"{r['gflops_full_extrapolated']:,.0f} | {r['vs_losa']:.2f} |")
-  return "\n".join(out)
-
-
-def table(rows: Sequence[Dict[str, Any]], *, depth: Optional[int] = None,
-          batch: Optional[int] = None) -> str:
-  """Markdown table of the rows at one depth and batch (None: any)."""
-  out = ["| method | batch | depth | trainable params | params + opt (GiB) "
-         "| temporaries (GiB) | peak (GiB) | fits 16 GiB |",
-         "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    if (depth is not None and r["depth"] != depth) or (
-        batch is not None and r["batch"] != batch):
-      continue
-    out.append(f"| {r['config']} | {r['batch']} | {r['depth']} | "
-               f"{r['trainable_params']:,} | {r['params_gib']:.2f} | "
-               f"{r['temp_gib']:.2f} | {r['peak_gib']:.2f} | "
-               f"{'yes' if r['fits_16gib'] else 'no'} |")
-  return "\n".join(out)
-
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """This tool's flags; defined on demand, so importing claims no names."""
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_string("config", "", "Video config file (path.py) whose "
-                      "get_config takes variant=, method=, frames=, batch=; "
-                      "empty: configs/video_kinetics400.py.", **fv)
-  flags.DEFINE_string("variant", "e/14", "ViT variant of the ViViT backbone.",
-                      **fv)
-  flags.DEFINE_integer("frames", 16, "Frames per clip.", lower_bound=1, **fv)
-  flags.DEFINE_integer("batch", 1, "Clips per step of the main rows.",
-                       lower_bound=1, **fv)
-  flags.DEFINE_list("batches", ["2", "4"], "Extra batch sizes for LoSA and "
-                    "adapter+remat.", **fv)
-  flags.DEFINE_list("depth_fracs", ["8", "4", "2"], "Also compile at depth "
-                    "// k for these k (memory vs depth).", **fv)
-  flags.DEFINE_list("flops_depths", ["2", "4"], "Blocks of the unrolled "
-                    "models whose FLOPs are extrapolated; empty skips FLOPs.",
-                    **fv)
-  flags.DEFINE_string("arg", "", "Extra get_config args of the config file, "
-                      "e.g. rank=16.", **fv)
-  flags.DEFINE_bool("default_flags", False, "Keep XLA's while-loop-invariant "
-                    "code motion (see the module docstring).", **fv)
-  flags.DEFINE_string("out", None, "If set, a JSON file for the rows, FLOPs "
-                      "and provenance.", **fv)
-
-
-def _run_flags(fv: flags.FlagValues, argv: Sequence[str]):
-  """Runs everything the flags ask for, prints the tables; returns rows."""
-  try:
-    batches, fracs, fdepths = (common.int_list(",".join(fv[n].value)) for n in
-                               ("batches", "depth_fracs", "flops_depths"))
-  except ValueError as e:
-    raise app.UsageError(f"--batches / --depth_fracs / --flops_depths: {e}"
-                         ) from None
-  if not fv.default_flags:
-    if "jax" in sys.modules and LICM_OFF not in os.environ.get("XLA_FLAGS",
-                                                              ""):
-      common.log("jax is already imported; the XLA_FLAGS change applies only "
-                 "if its backend has not started yet.", tag="video_memory")
-    common.with_xla_flags(LICM_OFF)
-  rows = run(fv.variant, fv.frames, fv.batch, batches, fracs, fv.arg,
-             config=fv.config)
-  frows = (flops(fv.variant, fv.frames, fv.batch, fdepths, fv.arg,
-                 config=fv.config) if fdepths else [])
-  prov = common.provenance(
-      "python -m losa_jax.bench.video_memory " + " ".join(argv))
-  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
-  full_depth = vit.decode_variant(fv.variant)["depth"]
-  print()
-  print(f"{prov['date']}, {prov['machine']}, XLA:{prov['backend'].upper()} "
-        f"estimates, jax {prov['jax']}")
-  print(table(rows, depth=full_depth, batch=fv.batch))
-  if frows:
-    print()
-    print(flops_table(frows))
-  if fv.out:
-    common.write_json(fv.out, {"provenance": prov, "rows": rows,
-                               "flops": frows}, indent=2)
+    r["kind"] = "memory"
+  if a.flops_depths:
+    rows += [dict(r, kind="flops") for r in flops(
+        a.variant, a.frames, a.batch, a.flops_depths, **kw)]
   return rows
-
-
-def main(argv: Optional[Sequence[str]] = None):
-  """Programmatic entry: `argv` = the flags (a private FlagValues parses
-  them); returns the memory rows."""
-  return _run_flags(*common.parse_private_flags(
-      "losa_jax.bench.video_memory", define_flags, argv))
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(common.absl_main(_run_flags))

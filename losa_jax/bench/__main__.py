@@ -1,0 +1,150 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+r"""The one benchmark command line.
+
+  python -m losa_jax.bench list                  # every section, one line each
+  python -m losa_jax.bench SECTION --help        # its options and defaults
+  python -m losa_jax.bench SECTION [--option value ...] [--out DIR] [--quick]
+
+Runs one section of losa_jax.bench.registry and writes its rows with their
+provenance to DIR/SECTION.json (and prints them, one JSON object a line).
+A section that needs XLA flags this process lacks (compile-only sections
+disable a pass XLA:CPU alone needs; the fsdp section fakes 8 devices) runs
+in a child process with them, since XLA reads its flags once, when the
+backend starts; --in_process runs it here regardless. --quick shrinks the
+section to a tiny ViT (a smoke test: its numbers mean nothing). Reports and
+plots are made from the JSON files by scripts/bench_report.py.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from losa_jax.bench import common
+from losa_jax.bench import registry
+
+PROG = "python -m losa_jax.bench"
+
+
+class UsageError(ValueError):
+  """A bad command line; the message names the bad value."""
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise UsageError(f"{self.prog}: {message}")
+
+
+def listing() -> str:
+  """One line per section: its name and what it measures."""
+  return "\n".join(f"{s.name:12s} {s.doc}"
+                   for s in registry.SECTIONS.values())
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+  s = registry.section(name)
+  p = _Parser(prog=f"{PROG} {name}", description=s.doc,
+                              allow_abbrev=False)
+  shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v
+  for key, default in s.defaults.items():
+    opt = registry.OPTIONS[key]
+    p.add_argument(f"--{key}", metavar=opt.kind.upper(),
+                   help=f"{opt.help} Default: {shown(default)!r}; --quick: "
+                   f"{shown(s.quick.get(key, default))!r}.")
+  p.add_argument("--out", help="Folder for SECTION.json (made if missing).")
+  p.add_argument("--quick", action="store_true", help="A tiny ViT: a smoke "
+                 "test of the section; its numbers mean nothing.")
+  p.add_argument("--in_process", action="store_true", help="Run here, under "
+                 "this process's XLA_FLAGS (no child process).")
+  return p
+
+
+def parse(argv: Sequence[str]):
+  """argv (after the program) -> (section name, parsed options, flags)."""
+  if not argv or argv[0].startswith("-"):
+    raise UsageError(f"usage: {PROG} SECTION [--option value ...]; sections:"
+                     f"\n{listing()}")
+  name = argv[0]
+  if name not in registry.SECTIONS:
+    raise UsageError(f"unknown section {name!r}; choose from "
+                     f"{list(registry.SECTIONS)} (`{PROG} list`).")
+  ns = _parser(name).parse_args(list(argv[1:]))
+  given = {k: v for k, v in vars(ns).items()
+           if v is not None and k in registry.SECTIONS[name].defaults}
+  try:
+    parsed = {k: registry.parse_value(k, v) for k, v in given.items()}
+  except ValueError as e:
+    raise UsageError(f"{name}: {e}") from None
+  return name, parsed, ns
+
+
+def _user_argv(argv: Sequence[str]) -> List[str]:
+  return [x for x in argv if x != "--in_process"]
+
+
+def _child(name: str, argv: Sequence[str], flags: str, out: str
+           ) -> List[Dict[str, Any]]:
+  """Runs the section in a fresh process with `flags` added to XLA_FLAGS."""
+  env = common.with_xla_flags(flags, dict(os.environ))
+  args = [x for x in _user_argv(argv[1:])]
+  if "--out" not in args and not any(a.startswith("--out=") for a in args):
+    args += ["--out", out]
+  common.log(f"{name}: child process with XLA_FLAGS={env['XLA_FLAGS']}")
+  subprocess.run([sys.executable, "-m", "losa_jax.bench", name, *args,
+                  "--in_process"], env=env, check=True)
+  with open(os.path.join(out, f"{name}.json")) as f:
+    return json.load(f)["rows"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+  """Programmatic entry: argv = [SECTION, --option, value, ...]; returns the
+  section's rows. Raises UsageError for a bad command line."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  name, given, ns = parse(argv)
+  a = registry.options(name, given, quick=ns.quick)
+  flags = registry.section(name).flags_for(a)
+  current = os.environ.get("XLA_FLAGS", "").split()
+  missing = [f for f in flags.split() if f not in current]
+  if missing and not ns.in_process:
+    if ns.out:
+      return _child(name, argv, flags, ns.out)
+    with tempfile.TemporaryDirectory(prefix="losa_bench_") as tmp:
+      return _child(name, argv, flags, tmp)
+  if missing:
+    if "jax" in sys.modules:
+      common.log(f"{name}: jax is imported already; XLA_FLAGS {missing} only "
+                 "apply if its backend has not started.")
+    common.with_xla_flags(" ".join(missing))
+  t0, load0 = time.time(), os.getloadavg()
+  rows = registry.section(name).function()(a)
+  if ns.out:
+    meta = common.provenance(" ".join([PROG, *_user_argv(argv)]), t_start=t0,
+                             load_start=load0, quick=ns.quick)
+    common.write_json(os.path.join(ns.out, f"{name}.json"), {
+        "section": name, "rows": rows, "options": vars(a), "meta": meta})
+    common.log(f"{name}: {len(rows)} rows -> {ns.out}/{name}.json")
+  return rows
+
+
+def _cli() -> int:
+  argv = sys.argv[1:]
+  if argv in (["list"], ["--help"], ["-h"], []):
+    print(__doc__.strip() + "\n\nSections:\n" + listing())
+    return 0
+  try:
+    rows = main(argv)
+  except UsageError as e:
+    print(f"{PROG}: {e}", file=sys.stderr)
+    return 2
+  for r in rows:
+    print(json.dumps(r, default=str))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(_cli())

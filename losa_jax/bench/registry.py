@@ -1,0 +1,253 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""The benchmark sections: name -> function(options) -> rows (dicts).
+
+`SECTIONS` names each section's function as "module:function", imported only
+when it runs, so that listing the sections, parsing options and starting a
+child process never import jax, TensorFlow or a section's dependencies (a GPU
+image without TensorFlow lists and starts them). Each section lists
+the options it reads with its defaults (their meaning is in `OPTIONS`, once)
+and the sizes `--quick` shrinks them to; `xla_flags` are the XLA flags it
+needs, for which `python -m losa_jax.bench` starts a child process.
+"""
+import dataclasses
+import importlib
+import types
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
+
+from losa_jax.bench import common
+from losa_jax.bench.configs import BIG_CONFIGS, METHODS
+
+BIG = tuple(label for label, _, _ in BIG_CONFIGS)
+SYSTEMS = ("losa", "lora_merged", "full", "backbone")
+FSDP_DEVICES = 8   # fake CPU devices of the fsdp section
+COMPILE_ONLY = f"{common.LICM_OFF} {common.FAST_COMPILE}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """kind: int, float, bool, str, strs or ints (comma lists); choices: the
+  values a str / strs option accepts (empty: any)."""
+  kind: str
+  help: str
+  choices: Sequence[str] = ()
+
+
+OPTIONS: Dict[str, Option] = {
+    "variants": Option("strs", "ViT variants (224 px; 'tiny' is a 4-block "
+                       "width-32 ViT at 32 px)."),
+    "variant": Option("str", "ViT variant (224 px; 'tiny' as in --variants)."),
+    "batch": Option("int", "Batch size."),
+    "batches": Option("ints", "Batch sizes."),
+    "methods": Option("strs", f"Methods, from {METHODS}.", METHODS),
+    "reps": Option("int", "Timed interleaved rounds (every timed call once "
+                   "per round, the order rotated)."),
+    "warmup": Option("int", "Untimed rounds after the compiling call."),
+    "images": Option("int", "Images of the synthetic task the feature cache "
+                     "caches and trains on."),
+    "budget_gib": Option("float", "Memory budget (GiB) the compiled peak "
+                         "must fit."),
+    "multiple": Option("int", "Batches tried are multiples of this."),
+    "cap": Option("int", "Largest batch tried."),
+    "configs": Option("strs", f"Big-backbone configs, from {BIG}.", BIG),
+    "linearity_variant": Option("str", "Variant compiled at 1/8, 1/4, 1/2 "
+                                "depth to show memory is linear in depth "
+                                "('' skips)."),
+    "linearity_configs": Option("strs", "Configs of the linearity check.", BIG),
+    "fsdp": Option("ints", f"Mesh sizes on the 'fsdp' axis, each <= "
+                   f"{FSDP_DEVICES} (fake CPU devices)."),
+    "depths": Option("ints", "Depths to compile at (empty: the variant's "
+                     "own); several fit peak ~ a + b * depth."),
+    "batch_per_device": Option("int", "Images per device (the global batch "
+                               "is this times the mesh size)."),
+    "licm": Option("bool", "Keep XLA's while-loop-invariant code motion "
+                   "(XLA:CPU then hoists an f32 copy of a scanned bf16 "
+                   "weight stack out of the layer loop: a copy GPUs and TPUs "
+                   "never make)."),
+    "config": Option("str", "Video config file (path.py) whose get_config "
+                     "takes variant=, method=, frames=, batch=; empty: "
+                     "configs/video_kinetics400.py."),
+    "arg": Option("str", "Extra get_config args of the config file, e.g. "
+                  "rank=16."),
+    "frames": Option("int", "Frames per clip."),
+    "depth_fracs": Option("ints", "Also compile at depth // k for these k."),
+    "flops_depths": Option("ints", "Blocks of the unrolled models whose "
+                           "FLOPs are extrapolated (empty: no FLOPs)."),
+    "tasks": Option("ints", "Numbers of served tasks N."),
+    "systems": Option("strs", f"Serving systems, from {SYSTEMS}.", SYSTEMS),
+    "rank": Option("int", "LoSA / LoRA rank."),
+    "num_classes": Option("int", "Classes per task."),
+    "max_copy_images": Option("int", "N-copy cells with N x batch above this "
+                              "are scaled from N=1, not run (0: run all)."),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """target: "module:function" taking the options namespace, returning rows;
+  defaults: the options it reads; quick: what --quick sets them to;
+  xla_flags: the XLA flags it runs under (a function of the options, or a
+  string)."""
+  name: str
+  target: str
+  doc: str
+  defaults: Mapping[str, Any]
+  quick: Mapping[str, Any]
+  xla_flags: Union[str, Callable[[Any], str]] = ""
+
+  def function(self) -> Callable[[Any], List[Dict[str, Any]]]:
+    module, fn = self.target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+  def flags_for(self, a) -> str:
+    return self.xla_flags(a) if callable(self.xla_flags) else self.xla_flags
+
+
+def _fast_if_quick(a) -> str:
+  # Timed sections run under default flags; --quick only smoke-tests them.
+  return common.FAST_COMPILE if a.quick else ""
+
+
+_TIMED = dict(variants=["Ti/16", "S/16", "B/16"], batch=8, reps=5, warmup=1)
+_TIMED_QUICK = dict(variants=["tiny"], batch=4, reps=2, warmup=0)
+_S = "losa_jax.bench."
+SECTIONS: Dict[str, Section] = {s.name: s for s in (
+    Section("compiled", _S + "sections_compiled:section_compiled",
+            "Per variant and method: params, XLA FLOPs, compiled memory and "
+            "their ratios to the backbone forward (f32, unscanned).",
+            dict(variants=["Ti/16", "S/16", "B/16", "L/16"], batch=32),
+            dict(variants=["tiny"], batch=4), COMPILE_ONLY),
+    Section("dtype", _S + "sections_compiled:section_dtype",
+            "LoSA's compiled memory: f32 vs bf16 backbone, unrolled vs "
+            "scanned, with and without state donation.",
+            dict(variant="B/16", batch=32), dict(variant="tiny", batch=4),
+            COMPILE_ONLY),
+    Section("maxbatch", _S + "sections_compiled:section_maxbatch",
+            "Per method, the largest batch whose compiled peak fits "
+            "--budget_gib (compile only).",
+            dict(variant="B/16", budget_gib=16.0, multiple=8, cap=16384,
+                 methods=list(METHODS)),
+            dict(variant="tiny", budget_gib=0.02, multiple=4,
+                 methods=["losa"]), COMPILE_ONLY),
+    Section("big", _S + "sections_compiled:section_big",
+            "Compiled memory of big backbones (scanned, bf16) per config, "
+            "which fit 16 / 40 / 80 GiB, and memory vs depth.",
+            dict(variants=["H/14", "g/14", "G/14", "e/14"], batch=8,
+                 configs=list(BIG), linearity_variant="e/14",
+                 linearity_configs=["losa", "lora+remat", "full+remat"]),
+            dict(variants=["tiny"], batch=4, configs=["losa", "full+remat"],
+                 linearity_variant="tiny", linearity_configs=["losa"]),
+            COMPILE_ONLY),
+    Section("big_default", _S + "sections_compiled:section_big_default_flags",
+            "LoSA's big-backbone memory under XLA:CPU's default flags.",
+            dict(variants=["H/14", "g/14", "G/14", "e/14"], batch=8),
+            dict(variants=["tiny"], batch=4), common.FAST_COMPILE),
+    Section("measured", _S + "sections_measured:section_measured",
+            "Median step time of every method, the backbone forward and "
+            "LoSA from cached features, interleaved.",
+            dict(_TIMED, methods=list(METHODS)),
+            dict(_TIMED_QUICK, methods=["losa", "full"]), _fast_if_quick),
+    Section("cache", _S + "sections_measured:section_cache",
+            "LoSA epoch time with and without the feature cache, steps "
+            "interleaved, and the cache's build cost.",
+            dict(variant="B/16", batch=8, images=128),
+            dict(variant="tiny", batch=4, images=16), _fast_if_quick),
+    Section("population", _S + "sections_population:section_population",
+            "K side networks on one backbone pass: compiled FLOPs and peak "
+            "for K = 1..16, interleaved step times.", _TIMED, _TIMED_QUICK,
+            _fast_if_quick),
+    Section("side", _S + "sections_side:section_side",
+            "Memory traffic and step time of the side network's "
+            "implementations (autodiff, fused f32, fused bf16).",
+            _TIMED, _TIMED_QUICK, _fast_if_quick),
+    Section("fsdp", _S + "sections_fsdp:section_fsdp",
+            "Per-device compiled memory of a LoSA step under FSDP over 8 "
+            "fake CPU devices (scanned, bf16), fit against depth.",
+            dict(variant="e/14", fsdp=[1, 4, 8], depths=[],
+                 batch_per_device=4, licm=False),
+            dict(variant="Ti/16", fsdp=[1, 2], depths=[1, 2],
+                 batch_per_device=1),
+            lambda a: " ".join(
+                [f"--xla_force_host_platform_device_count={FSDP_DEVICES}",
+                 common.FAST_COMPILE if a.quick else ""] +
+                ([] if a.licm else [common.LICM_OFF]))),
+    Section("video", _S + "video_memory:section_video",
+            "Compiled memory and FLOPs of one video train step: LoSA vs "
+            "linear, adapters, full (ViViT, scanned, bf16).",
+            dict(config="", variant="e/14", frames=16, batch=1,
+                 batches=[2, 4], depth_fracs=[8, 4, 2], flops_depths=[2, 4],
+                 arg="", licm=False),
+            dict(variant="Ti/16", frames=2, batches=[], depth_fracs=[2],
+                 flops_depths=[1, 2]),
+            lambda a: " ".join(([] if a.licm else [common.LICM_OFF]) +
+                               ([common.FAST_COMPILE] if a.quick else []))),
+    Section("inference", _S + "inference:section_inference",
+            "Serving N tasks: one backbone pass + N side networks vs N "
+            "merged LoRA / full models, interleaved.",
+            dict(variants=["B/16", "S/16"], batches=[1, 64],
+                 tasks=[1, 4, 16], systems=list(SYSTEMS), rank=8,
+                 num_classes=100, reps=3, warmup=1, max_copy_images=0),
+            dict(variants=["tiny"], batches=[1, 4], tasks=[1, 2], reps=2,
+                 warmup=0), _fast_if_quick),
+)}
+
+
+def section(name: str) -> Section:
+  if name not in SECTIONS:
+    raise KeyError(f"unknown benchmark section {name!r}; choose from "
+                   f"{sorted(SECTIONS)} (`python -m losa_jax.bench list`).")
+  return SECTIONS[name]
+
+
+def parse_value(name: str, text: str) -> Any:
+  """The value of option `name` from its command-line text; raises
+  ValueError naming the option and the bad value."""
+  opt = OPTIONS[name]
+  try:
+    if opt.kind == "int":
+      return int(text)
+    if opt.kind == "float":
+      return float(text)
+    if opt.kind == "bool":
+      if text.lower() not in ("1", "0", "true", "false"):
+        raise ValueError(f"{text!r} is not true / false")
+      return text.lower() in ("1", "true")
+    if opt.kind == "ints":
+      return common.int_list(text)
+    value = common.csv_list(text) if opt.kind == "strs" else text
+  except ValueError as e:
+    raise ValueError(f"--{name}: {e}") from None
+  bad = [v for v in ([value] if opt.kind == "str" else value)
+         if opt.choices and v not in opt.choices]
+  if bad:
+    raise ValueError(f"--{name}: unknown value(s) {bad}; choose from "
+                     f"{list(opt.choices)}.")
+  return value
+
+
+def options(name: str, given: Mapping[str, Any], *, quick: bool = False
+            ) -> types.SimpleNamespace:
+  """Section `name`'s options: its defaults, then --quick's sizes, then the
+  values `given` (already parsed); rejects options it does not read."""
+  s = section(name)
+  unknown = sorted(set(given) - set(s.defaults))
+  if unknown:
+    raise ValueError(f"section {name!r} has no option(s) "
+                     f"{['--' + k for k in unknown]}; its options are "
+                     f"{['--' + k for k in s.defaults]}.")
+  values = dict(s.defaults)
+  if quick:
+    values.update(s.quick)
+  values.update(given)
+  return types.SimpleNamespace(quick=quick, **values)
+
+
+def run(name: str, given: Mapping[str, Any] = (), *, quick: bool = False
+        ) -> List[Dict[str, Any]]:
+  """Runs section `name` in this process (its XLA flags are the caller's
+  business: see losa_jax.bench.__main__); returns its rows."""
+  return section(name).function()(options(name, dict(given), quick=quick))
+
+
+def names() -> Sequence[str]:
+  return tuple(SECTIONS)
