@@ -62,7 +62,7 @@ def adamw_cosine(c, *, lr: float, warmup: dict, log_every: int,
   `warmup` (dict(warmup_steps=n) or dict(warmup_percent=p)), the logging and
   checkpoint cadence, and a data-parallel mesh over every device.
   grad_clip_norm, eval_every, keep_ckpts: set when given; None leaves the
-  trainer's default (losa_jax.config.schema.TOP_LEVEL).
+  trainer's default (losa_jax.config.schema.SCHEMA).
   """
   c.optax_name = "adamw"
   c.lr = lr

@@ -1,111 +1,72 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Config schema and validation: fail before any compilation, name the key.
+"""The trainer config's schema: every key with its type, default, check, help.
 
-A trainer config is an `ml_collections.ConfigDict` (see configs/*.py). The
-schema below lists every field the trainer reads; anything else is a typo
-and is refused with the list of valid keys.
+A trainer config is an `ml_collections.ConfigDict` (see configs/*.py).
+`SCHEMA` lists every key the trainer reads, by dotted path ("evals.*.data":
+the data of any named eval). A dict key with keys of its own in SCHEMA takes
+only those; the other dicts (input.data, schedule, optax, ...) are free-form.
+The table drives:
 
-* `validate(config)`: names, ranges and shapes of every field, before any
-  compilation (errors read `config.<path>=<value>: <what is allowed>`).
-* `define_config_flag()`: the `--config` flag of the CLIs; a
-  `--config.<path>=...` override of a key the config lacks fails with the
-  full key, the valid keys at that level and a did-you-mean.
-* `check_batch(batch, config)`: the first batch of the data against the
-  input the model is built for (image shape, channels, label range).
+* `validate(config)`: unknown keys refused by name with the closest known
+  one, required keys, each key's check (errors read
+  `config.<path>=<value>: <what is allowed> (<help>)`), then the checks
+  across keys; all before any compilation;
+* `with_defaults(config)`: the top-level defaults;
+* `define_config_flag()`: the `--config` flag of the CLIs, whose
+  `--config.<path>=...` overrides are checked against SCHEMA and whose
+  --help lists the keys (`describe`).
+
+It also loads config files (`load_config`).
 """
 import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib.util
 import math
 import numbers
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+import re
+import sys
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
+from typing import Sequence, Tuple
 
 from absl import flags
 import ml_collections
-from ml_collections.config_flags import config_flags as ml_config_flags
-from ml_collections.config_flags import config_path as ml_config_path
+from ml_collections import config_flags
 
 from losa_jax.parallel import distributed as distributed_lib
 from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import vit
 
-# field -> default (None: required or optional without default).
-TOP_LEVEL: Dict[str, Any] = dict(
-    seed=0,
-    num_classes=None,
-    image_size=224,
-    total_steps=None,
-    total_epochs=None,
-    input=None,
-    evals=None,
-    model=None,
-    model_init="",
-    model_load=None,
-    optax_name="adamw",
-    optax=None,
-    lr=1e-3,
-    wd=0.0,
-    wd_mults=None,
-    lr_mults=None,
-    schedule=None,
-    grad_clip_norm=None,
-    label_smoothing=0.0,
-    log_every=10,
-    eval_every=0,
-    ckpt_every=0,
-    keep_ckpts=3,
-    # [(axis, size)], one size may be -1; None = [("data", -1)]. Batches are
-    # split over "data" and "fsdp"; see losa_jax.parallel.sharding.
-    mesh=None,
-    # [(regex over param names, rule)], first match wins; the default
-    # FSDP-shards the frozen backbone over a "fsdp" mesh axis if there is one.
-    sharding_strategy=sharding_lib.DEFAULT_STRATEGY,
-    # Multi-process launch (losa_jax.parallel.distributed): None = from the
-    # environment (LOSA_* variables, or a TPU pod / SLURM / Open MPI cluster);
-    # or dict(coordinator_address="host:port", num_processes=N, process_id=i,
-    # local_device_ids=[...]), dict(auto=True) or dict(auto=False).
-    distributed=None,
-    feature_cache=None,
-    # Extra pp op modules to import (family names such as "video" or dotted
-    # module paths); the built-in families load on demand anyway.
-    pp_modules=None,
-    # The data order's seed (default: seed). A population's members may
-    # differ in init seed yet share the data order, and so the backbone pass.
-    data_seed=None,
-    # Many side networks on one backbone pass: see losa_jax.population.
-    population=None,
-)
-INPUT_KEYS = ("data", "batch_size", "pp", "shuffle")
-EVAL_KEYS = ("data", "pp", "batch_size", "every", "type", "average")
-MODEL_KEYS = ("method", "backbone", "losa", "lora", "adapter")
-# inflate: "central" | "average" inflates an image model_init into a ViViT.
-MODEL_LOAD_KEYS = ("dont_load", "param_dtype", "inflate")
-# config.feature_cache: see losa_jax.feature_cache.DEFAULTS.
-FEATURE_CACHE_KEYS = ("enabled", "dir", "dtype", "memory_budget_mb",
-                      "storage", "batch_size")
-BACKBONE_KEYS = ("variant", "width", "depth", "mlp_dim", "num_heads",
-                 "patch_size", "posemb", "rep_size", "dropout", "pool_type",
-                 "head_zeroinit", "scan", "remat_policy", "dtype_mm",
-                 # Video (model.backbone.kind="vivit", losa_jax.models.vivit).
-                 "kind", "temporal_patch_size", "num_frames")
+REQUIRED = "<required>"      # the default of a key every config must set
 
 
-def _did_you_mean(name: str, valid) -> str:
+class Key(NamedTuple):
+  """One config key.
+
+  type: what the value is (object: several forms, see the help).
+  default: what the trainer uses when the config leaves the key out (None:
+    nothing, or a default set where the key is read); REQUIRED.
+  check: `check(value, "config.<path>", hint=" (<help>)")` raises ValueError
+    naming the key; called when the config sets the key.
+  help: what the key means, for --help and the check's errors.
+  member: a population may give each member its own value
+    (`losa_jax.population.members.HPARAMS`).
+  """
+  type: Any
+  default: Any = None
+  check: Optional[Callable[..., None]] = None
+  help: str = ""
+  member: bool = False
+
+
+def did_you_mean(name: str, valid) -> str:
   """" (did you mean 'rank'?)" for the closest valid key, else ""."""
   close = difflib.get_close_matches(name, [str(v) for v in valid], n=1)
   return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _unknown(keys, valid, where):
-  bad = sorted(set(keys) - set(valid))
-  if bad:
-    hint = "; ".join(repr(b) + _did_you_mean(b, valid) for b in bad)
-    raise ValueError(f"Unknown config field(s) in {where}: {hint}. Valid: "
-                     f"{sorted(valid)}.")
 
 
 def _check_real(value, name: str, *, minimum: float = 0.0,
@@ -136,132 +97,224 @@ def _as_dict(x):
   return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
 
 
+def _int(minimum: int = 1, optional: bool = False):
+  return functools.partial(model_lib.check_int, minimum=minimum,
+                           optional=optional)
+
+
+def _real(**kwargs):
+  return functools.partial(_check_real, **kwargs)
+
+
+def _choice(choices):
+  def check(value, name: str, hint: str = "") -> None:
+    if value not in choices:
+      raise ValueError(f"{name}={value!r}: use one of {list(choices)}{hint}.")
+  return check
+
+
+def _call(fn: Callable[[Any], Any]):
+  """A check that hands the value to a validator of its own."""
+  return lambda value, name, hint="": fn(value)
+
+
+def _options(fn: Callable[[Optional[dict], str], dict]):
+  """A check of a method's options dict (`model_lib.*_options`)."""
+  return lambda value, name, hint="": fn(_as_dict(value), name)
+
+
+def _check_patch(patch, name: str, hint: str = "") -> None:
+  if (not isinstance(patch, (list, tuple)) or len(patch) != 2 or
+      not all(isinstance(p, numbers.Integral) and not isinstance(p, bool)
+              and p > 0 for p in patch)):
+    raise ValueError(f"{name}={patch!r}: must be a pair of positive integers "
+                     f"(height, width), e.g. (16, 16){hint}.")
+
+
+# A backbone dict without a field gets the model's dataclass default.
+_BACKBONE_DEFAULTS = {f.name: f.default for kind in model_lib.BACKBONE_KINDS
+                      .values() for f in dataclasses.fields(kind)}
+_EVERY = "every n steps; 0 = only at the end"
+
+
+def _backbone_key(name: str, check=None, help_: str = "") -> Key:
+  default = _BACKBONE_DEFAULTS.get(name)
+  return Key(int if default is None else type(default), default, check, help_)
+
+
+SCHEMA: Dict[str, Key] = {
+    "seed": Key(int, 0, _int(0), "the init seed", member=True),
+    # Members that differ in init seed but share data_seed share the backbone
+    # pass (one data order).
+    "data_seed": Key(int, None, _int(0, optional=True),
+                     "the data order's seed; None: seed", member=True),
+    "num_classes": Key(int, REQUIRED, _int(), "classes of the new head; "
+                       "labels are 0..num_classes-1"),
+    "image_size": Key(object, 224, None, "an int or (height, width); "
+                      "(num_frames, height, width) for a ViViT backbone"),
+    "total_steps": Key(int, None, _int(optional=True),
+                       "None: train for config.total_epochs"),
+    "total_epochs": Key(float, None, _real(exclusive=True, optional=True),
+                        "None: train for config.total_steps"),
+    "input": Key(dict, REQUIRED, None, "the training data"),
+    "input.data": Key(dict, REQUIRED, None, "the source: losa_jax.datasets"),
+    "input.batch_size": Key(int, REQUIRED, _int(), "examples per step, over "
+                            "all devices and hosts"),
+    "input.pp": Key(str, REQUIRED, None, "the preprocessing: losa_jax.pp"),
+    "input.shuffle": Key(bool, True, None, "False: every epoch in order"),
+    "evals": Key(dict, None, None, "named evaluations"),
+    "evals.*": Key(dict, None, None, "one evaluation"),
+    "evals.*.data": Key(dict, REQUIRED, None, "the source"),
+    "evals.*.pp": Key(str, None, None, "the preprocessing"),
+    "evals.*.batch_size": Key(int, None, _int(optional=True),
+                              "None uses config.input.batch_size"),
+    "evals.*.every": Key(int, None, _int(0, optional=True),
+                         "0 = only at the end; None uses config.eval_every"),
+    "evals.*.type": Key(str, "classification", None,
+                        "the evaluator: losa_jax.evaluators"),
+    "evals.*.average": Key(str, "logits", None,
+                           "video_multiview: 'logits' or 'probs'"),
+    "model": Key(dict, REQUIRED, None, "the model: losa_jax.models.model"),
+    "model.method": Key(str, "losa", _choice(model_lib.METHODS),
+                        "what is trained"),
+    "model.backbone": Key(dict, None, None, "the frozen ViT or ViViT"),
+    "model.backbone.kind": Key(str, "vit", _choice(sorted(
+        model_lib.BACKBONE_KINDS)), "'vivit' takes clips"),
+    "model.backbone.variant": Key(str, None, _call(vit.decode_variant),
+                                  "e.g. 'B/16': sets the sizes below"),
+    **{f"model.backbone.{k}": _backbone_key(k, _int()) for k in (
+        "width", "depth", "num_heads")},
+    "model.backbone.mlp_dim": _backbone_key(
+        "mlp_dim", _int(optional=True), "None: 4 * width"),
+    "model.backbone.patch_size": _backbone_key("patch_size", _check_patch),
+    "model.backbone.dropout": _backbone_key("dropout", _real(maximum=1.0)),
+    "model.backbone.pool_type": _backbone_key("pool_type",
+                                              _choice(vit.POOL_TYPES)),
+    **{f"model.backbone.{k}": _backbone_key(k) for k in (
+        "posemb", "rep_size", "head_zeroinit", "scan", "remat_policy",
+        "dtype_mm")},
+    "model.backbone.temporal_patch_size": _backbone_key(
+        "temporal_patch_size", _int(), "frames per tubelet"),
+    "model.backbone.num_frames": _backbone_key("num_frames",
+                                               _int(optional=True)),
+    # Every method's options are checked, not only the chosen one's: a config
+    # file that switches methods by an arg keeps them all.
+    "model.losa": Key(dict, None, _options(model_lib.losa_options),
+                      "LoSA's options: losa_jax.models.model.LOSA_DEFAULTS"),
+    **{f"model.losa.{k}": Key(type(v), v)
+       for k, v in model_lib.LOSA_DEFAULTS.items()},
+    "model.lora": Key(dict, None, _options(model_lib.lora_options)),
+    **{f"model.lora.{k}": Key(type(v), v)
+       for k, v in model_lib.LORA_DEFAULTS.items()},
+    "model.adapter": Key(dict, None, _options(model_lib.adapter_options)),
+    **{f"model.adapter.{k}": Key(type(v), v)
+       for k, v in model_lib.ADAPTER_DEFAULTS.items()},
+    "model_init": Key(str, "", None, "the backbone's params file (npz)"),
+    "model_load": Key(dict, None, None, "how model_init is read"),
+    "model_load.dont_load": Key(tuple, (), None, "param regexes not loaded"),
+    "model_load.param_dtype": Key(str, None, _choice(
+        (None, "", "float32", "bfloat16", "float16")), "the backbone's"),
+    "model_load.inflate": Key(str, None, None, "'central' or 'average': an "
+                              "image model_init into a ViViT"),
+    "optax_name": Key(str, "adamw", None, "the optimizer"),
+    "optax": Key(dict, None, None, "the optimizer's arguments"),
+    "lr": Key(float, 1e-3, _real(), "the schedule's peak", member=True),
+    "wd": Key(float, 0.0, _real(), "decoupled weight decay", member=True),
+    "wd_mults": Key(object, None, None, "[(param regex, wd multiplier)]"),
+    "lr_mults": Key(object, None, None, "[(param regex, lr multiplier)]"),
+    "schedule": Key(dict, None, None, "the learning-rate schedule"),
+    "grad_clip_norm": Key(float, None, _real(optional=True),
+                          "0 or None: no clipping", member=True),
+    "label_smoothing": Key(float, 0.0, _real(maximum=1.0), "", member=True),
+    "log_every": Key(int, 10, _int(), "log every n steps"),
+    "eval_every": Key(int, 0, _int(0), _EVERY),
+    "ckpt_every": Key(int, 0, _int(0), _EVERY),
+    "keep_ckpts": Key(int, 3, _int(optional=True),
+                      "checkpoints kept; None keeps all"),
+    # Sizes are checked against the devices when the mesh is built.
+    "mesh": Key(object, None, _call(sharding_lib.check_mesh),
+                "[(axis, size)], one size may be -1; None: [('data', -1)]; "
+                "batches split over 'data' and 'fsdp'"),
+    "sharding_strategy": Key(
+        object, sharding_lib.DEFAULT_STRATEGY,
+        lambda v, name, hint="": v is None or sharding_lib.check_strategy(v),
+        "[(param regex, rule)], first match wins; the default FSDP-shards the "
+        "backbone over an 'fsdp' mesh axis if there is one"),
+    "distributed": Key(dict, None, _call(distributed_lib.validate),
+                       "multi-process launch (losa_jax.parallel.distributed):"
+                       " None: from the environment"),
+    "feature_cache": Key(dict, None, None, "losa_jax.feature_cache.DEFAULTS"),
+    **{f"feature_cache.{k}": Key(object) for k in (
+        "enabled", "dir", "dtype", "memory_budget_mb", "storage")},
+    "feature_cache.batch_size": Key(int, None, _int(optional=True)),
+    "pp_modules": Key(object, None, None, "extra pp op modules to import "
+                      "(family names or dotted paths)"),
+    "population": Key(dict, None, None, "many side networks on one backbone "
+                      "pass: losa_jax.population"),
+}
+MEMBER_KEYS = tuple(k for k, key in SCHEMA.items() if key.member)
+
+
+def _pattern(path: Sequence[str]) -> str:
+  """("evals", "val", "pp") -> "evals.*.pp": the path's SCHEMA entry."""
+  out = []
+  for p in path:
+    out.append("*" if ".".join([*out, "*"]) in SCHEMA else str(p))
+  return ".".join(out)
+
+
+def schema_keys(path: Sequence[str]) -> Optional[Tuple[str, ...]]:
+  """Valid keys of the config dict at `path` (() = root); None: free-form."""
+  prefix = _pattern(path) + "." if path else ""
+  keys = tuple(k[len(prefix):] for k in SCHEMA if k.startswith(prefix) and
+               "." not in k[len(prefix):])
+  return keys or None
+
+
+def _check_dict(node: Mapping[str, Any], path: Tuple[str, ...]) -> None:
+  """Checks a dict whose keys SCHEMA fixes, and the fixed dicts inside it."""
+  where = ".".join(("config", *path))
+  valid = schema_keys(path)
+  if valid == ("*",):                   # named entries (config.evals)
+    for name, entry in node.items():
+      _check_dict(_as_dict(entry), (*path, name))
+    return
+  bad = sorted(set(node) - set(valid))
+  if bad:
+    hint = "; ".join(repr(b) + did_you_mean(b, valid) for b in bad)
+    raise ValueError(f"Unknown config field(s) in {where}: {hint}. Valid: "
+                     f"{sorted(valid)}.")
+  for k in valid:
+    key, value, name = SCHEMA[_pattern((*path, k))], node.get(k), f"{where}.{k}"
+    if value is None and key.default is REQUIRED:
+      raise ValueError(f"{name} is required.")
+    if k in node and key.check is not None:
+      key.check(value, name, hint=f" ({key.help})" if key.help else "")
+    if value is not None and schema_keys((*path, k)) and key.check is None:
+      _check_dict(_as_dict(value), (*path, k))
+
+
 def validate(config) -> None:
-  """Raises ValueError naming the first bad field; cheap (no compilation)."""
-  _unknown(config.keys(), TOP_LEVEL, "config")
-  for key in ("num_classes", "input", "model"):
-    if config.get(key) is None:
-      raise ValueError(f"config.{key} is required.")
+  """Raises ValueError naming the first bad key; cheap (no compilation)."""
+  _check_dict(_as_dict(config), ())
   if config.get("total_steps") is None and config.get("total_epochs") is None:
     raise ValueError("Set config.total_steps or config.total_epochs.")
-  inp = _as_dict(config.input)
-  _unknown(inp, INPUT_KEYS, "config.input")
-  for key in ("data", "batch_size", "pp"):
-    if key not in inp:
-      raise ValueError(f"config.input.{key} is required.")
-  for name, ev in _as_dict(config.get("evals")).items():
-    _unknown(_as_dict(ev), EVAL_KEYS, f"config.evals.{name}")
-    if "data" not in ev:
-      raise ValueError(f"config.evals.{name}.data is required.")
   model = _as_dict(config.model)
-  _unknown(model, MODEL_KEYS, "config.model")
-  method = model.get("method", "losa")
-  if method not in model_lib.METHODS:
-    raise ValueError(f"config.model.method={method!r} is not a method; "
-                     f"choose one of {list(model_lib.METHODS)}.")
-  backbone = _as_dict(model.get("backbone"))
-  _unknown(backbone, BACKBONE_KEYS, "config.model.backbone")
-  vit.decode_variant(backbone.get("variant"))
-  if backbone.get("pool_type", "gap") not in vit.POOL_TYPES:
-    raise ValueError(f"config.model.backbone.pool_type="
-                     f"{backbone['pool_type']!r}: use one of {vit.POOL_TYPES}.")
-  _check_backbone(backbone)
+  _check_heads(_as_dict(model.get("backbone")))
   input_shape(config)          # config.image_size against the backbone kind
-  # Every method's options are checked, not only the chosen one's: a config
-  # file that switches methods by an arg keeps them all.
-  model_lib.losa_options(_as_dict(model.get("losa")), "config.model.losa")
-  model_lib.lora_options(_as_dict(model.get("lora")), "config.model.lora")
-  model_lib.adapter_options(_as_dict(model.get("adapter")),
-                            "config.model.adapter")
+  method = model.get("method", "losa")
   if method == "lora":
     vit.lora_targets(_as_dict(model.get("lora")).get("targets", "qv"))
-  model_load = _as_dict(config.get("model_load"))
-  _unknown(model_load, MODEL_LOAD_KEYS, "config.model_load")
-  if model_load.get("param_dtype") not in (None, "", "float32", "bfloat16",
-                                           "float16"):
-    raise ValueError(f"config.model_load.param_dtype="
-                     f"{model_load['param_dtype']!r}: use 'float32', "
-                     "'bfloat16' or 'float16'.")
-  cache = _as_dict(config.get("feature_cache"))
-  _unknown(cache, FEATURE_CACHE_KEYS, "config.feature_cache")
-  if cache.get("enabled") and method != "losa":
+  if _as_dict(config.get("feature_cache")).get("enabled") and method != "losa":
     raise ValueError(f"config.feature_cache.enabled needs model.method='losa' "
                      f"(got {method!r}): other methods change the backbone's "
                      "features, so there is nothing fixed to cache.")
-  _check_numbers(config)
-  # Scale-out fields: their form only; sizes are checked against the devices
-  # when the mesh is built.
-  sharding_lib.check_mesh(config.get("mesh"))
-  if config.get("sharding_strategy") is not None:
-    sharding_lib.check_strategy(config.sharding_strategy)
-  distributed_lib.validate(config.get("distributed"))
 
 
-def _check_numbers(config) -> None:
-  """Counts, sizes and schedule numbers: type and range, named by key."""
-  check_int = model_lib.check_int
-  check_int(config.num_classes, "config.num_classes",
-            hint=" (classes of the new head; labels are 0..num_classes-1)")
-  check_int(config.get("seed", 0), "config.seed", minimum=0)
-  # Either may be left None (total_steps wins when both are set).
-  check_int(config.get("total_steps"), "config.total_steps", optional=True,
-            hint=" (None: train for config.total_epochs)")
-  _check_real(config.get("total_epochs"), "config.total_epochs",
-              exclusive=True, optional=True,
-              hint=" (None: train for config.total_steps)")
-  check_int(config.get("log_every", TOP_LEVEL["log_every"]),
-            "config.log_every", hint=" (log every n steps)")
-  for key in ("eval_every", "ckpt_every"):
-    check_int(config.get(key, TOP_LEVEL[key]), f"config.{key}", minimum=0,
-              hint=" (every n steps; 0 = only at the end)")
-  check_int(config.get("keep_ckpts", TOP_LEVEL["keep_ckpts"]),
-            "config.keep_ckpts", optional=True,
-            hint=" (checkpoints kept; None keeps all)")
-  for key in ("lr", "wd"):
-    _check_real(config.get(key, TOP_LEVEL[key]), f"config.{key}")
-  _check_real(config.get("grad_clip_norm"), "config.grad_clip_norm",
-              optional=True, hint=" (0 or None: no clipping)")
-  _check_real(config.get("label_smoothing", 0.0), "config.label_smoothing",
-              maximum=1.0)
-  check_int(config.input.batch_size, "config.input.batch_size",
-            hint=" (examples per step, over all devices and hosts)")
-  for name, ev in _as_dict(config.get("evals")).items():
-    check_int(ev.get("batch_size"), f"config.evals.{name}.batch_size",
-              optional=True, hint=" (None uses config.input.batch_size)")
-    check_int(ev.get("every"), f"config.evals.{name}.every", minimum=0,
-              optional=True, hint=" (0 = only at the end; None uses "
-              "config.eval_every)")
-  cache = _as_dict(config.get("feature_cache"))
-  check_int(cache.get("batch_size"), "config.feature_cache.batch_size",
-            optional=True)
-
-
-def _check_backbone(backbone: Dict[str, Any]) -> None:
-  """The backbone's sizes; the variant's values are valid by construction."""
+def _check_heads(backbone: Dict[str, Any]) -> None:
+  """Attention splits the width evenly over the heads."""
   where = "config.model.backbone"
-  check_int = model_lib.check_int
-  kind = backbone.get("kind", "vit")
-  if kind not in model_lib.BACKBONE_KINDS:
-    raise ValueError(f"{where}.kind={kind!r}: use one of "
-                     f"{sorted(model_lib.BACKBONE_KINDS)}.")
-  for key in ("width", "depth", "num_heads"):
-    if key in backbone:
-      check_int(backbone[key], f"{where}.{key}")
-  check_int(backbone.get("mlp_dim"), f"{where}.mlp_dim", optional=True,
-            hint=" (None: 4 * width)")
-  if "patch_size" in backbone:
-    patch = backbone["patch_size"]
-    if (not isinstance(patch, (list, tuple)) or len(patch) != 2 or
-        not all(isinstance(p, numbers.Integral) and not isinstance(p, bool)
-                and p > 0 for p in patch)):
-      raise ValueError(f"{where}.patch_size={patch!r}: must be a pair of "
-                       "positive integers (height, width), e.g. (16, 16).")
-  check_int(backbone.get("temporal_patch_size", 2),
-            f"{where}.temporal_patch_size", hint=" (frames per tubelet)")
-  check_int(backbone.get("num_frames"), f"{where}.num_frames", optional=True)
-  _check_real(backbone.get("dropout", 0.0), f"{where}.dropout", maximum=1.0)
-  # Attention splits the width evenly over the heads.
-  dims = {**_VIT_FIELD_DEFAULTS, **vit.decode_variant(backbone.get("variant")),
+  dims = {**_BACKBONE_DEFAULTS, **vit.decode_variant(backbone.get("variant")),
           **{k: backbone[k] for k in ("width", "num_heads") if k in backbone}}
   if dims["width"] % dims["num_heads"]:
     source = {k: (f"{where}.{k}" if k in backbone else
@@ -277,11 +330,6 @@ def _check_backbone(backbone: Dict[str, Any]) -> None:
         f"Pick num_heads among {divisors} or change the width.")
 
 
-# vit._Model's field defaults (what a backbone dict without them gets).
-_VIT_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(
-    vit._Model) if f.name in ("width", "num_heads")}  # pylint: disable=protected-access
-
-
 def input_shape(config) -> Tuple[int, ...]:
   """The per-example input the model is built for, from config.image_size.
 
@@ -290,20 +338,16 @@ def input_shape(config) -> Tuple[int, ...]:
   image_size (num_frames, H, W)); the model always takes 3 channels.
   Raises ValueError naming config.image_size when it does not fit.
   """
-  size = config.get("image_size", TOP_LEVEL["image_size"])
+  size = config.get("image_size", SCHEMA["image_size"].default)
   backbone = _as_dict((config.get("model") or {}).get("backbone"))
   video = backbone.get("kind", "vit") == "vivit"
   want = ("(num_frames, height, width), e.g. (8, 224, 224): a ViViT backbone "
           "(config.model.backbone.kind='vivit') takes clips" if video else
           "a positive int or (height, width), e.g. 224 or (224, 224)")
   if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-    dims = (size,) * 2
-    if video:
-      dims = ()       # an int gives no frame count: refused below
-  elif isinstance(size, (list, tuple)):
-    dims = tuple(size)
+    dims = () if video else (size,) * 2   # an int gives no frame count
   else:
-    dims = ()
+    dims = tuple(size) if isinstance(size, (list, tuple)) else ()
   ok = len(dims) == (3 if video else 2) and all(
       isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
       for d in dims)
@@ -332,12 +376,28 @@ def data_seed_of(config) -> int:
 
 
 def with_defaults(config) -> ml_collections.ConfigDict:
-  """A copy with every optional top-level field present."""
+  """A copy with every optional top-level key present.
+
+  Only the top level: the nested defaults (e.g. model.losa's) apply where
+  the keys are read, so that the checkpoint's config fingerprint stays that
+  of the config as written.
+  """
   c = ml_collections.ConfigDict(_as_dict(config))
-  for k, v in TOP_LEVEL.items():
-    if k not in c and v is not None:
-      c[k] = v
+  for k, key in SCHEMA.items():
+    if "." not in k and k not in c and key.default not in (None, REQUIRED):
+      c[k] = key.default
   return c
+
+
+def describe() -> str:
+  """Every key, one a line: `path: type = default (help)`."""
+  lines = []
+  for path, key in SCHEMA.items():
+    default = repr(key.default) if key.default is not REQUIRED else REQUIRED
+    default = default if len(default) <= 30 else default[:26] + " ..."
+    lines.append(f"{path}: {getattr(key.type, '__name__', key.type)} = "
+                 f"{default}" + (f" ({key.help})" if key.help else ""))
+  return "\n".join(lines)
 
 
 # --- config files ----------------------------------------------------------------
@@ -387,34 +447,10 @@ def load_config_module(path: str):
   return module
 
 
-# --- command-line overrides ---------------------------------------------------
-
-# The keys of the config dicts that the schema fixes, by path from the config
-# root ("*": any name, e.g. an eval split). The other dicts (input.data,
-# schedule, optax, ...) are free-form: they take the keys their file sets.
-_SCHEMA: Dict[Tuple[str, ...], Tuple[str, ...]] = {
-    (): tuple(TOP_LEVEL),
-    ("input",): INPUT_KEYS,
-    ("evals", "*"): EVAL_KEYS,
-    ("model",): MODEL_KEYS,
-    ("model", "backbone"): BACKBONE_KEYS,
-    ("model", "losa"): tuple(model_lib.LOSA_DEFAULTS),
-    ("model", "lora"): tuple(model_lib.LORA_DEFAULTS),
-    ("model", "adapter"): tuple(model_lib.ADAPTER_DEFAULTS),
-    ("model_load",): MODEL_LOAD_KEYS,
-    ("feature_cache",): FEATURE_CACHE_KEYS,
-}
+# --- the --config flag ----------------------------------------------------------
 
 
-def schema_keys(path: Sequence[str]) -> Optional[Tuple[str, ...]]:
-  """Valid keys of the config dict at `path` (() = root); None: free-form."""
-  path = tuple(path)
-  if len(path) == 2 and path[0] == "evals":
-    path = ("evals", "*")
-  return _SCHEMA.get(path)
-
-
-class ConfigOverrideError(flags.Error, ValueError):
+class ConfigOverrideError(flags.Error):
   """A `--config.<path>=...` override names a key the config does not hold.
 
   A flags.Error, so that `absl.app.run` reports it as a flag error (one line
@@ -425,12 +461,10 @@ class ConfigOverrideError(flags.Error, ValueError):
 def check_override(config, override: str, flag_name: str = "config") -> None:
   """Raises ConfigOverrideError unless the dotted `override` is in `config`.
 
-  ml_collections looks each override up in the locked config and fails on a
-  missing key with a bare `AttributeError: "'key'"`; this names the full key
-  (`config.model.losa.bogus`), the valid keys at that level and the closest
-  one. A key that the schema allows but the config file does not set cannot
-  be added from the command line either (the config is locked): the error
-  says so.
+  The error names the full key (`config.model.losa.bogus`), the valid keys
+  at that level (the config's and SCHEMA's) and the closest one. A key that
+  SCHEMA allows but the config file does not set cannot be added from the
+  command line either (the config is locked): the error says so.
 
   Args:
     config: the config as loaded from the file, before the overrides.
@@ -439,11 +473,10 @@ def check_override(config, override: str, flag_name: str = "config") -> None:
   """
   walked = []
   node = config
-  for field in ml_config_path.split(override):
+  for part in override.split("."):
+    field, index = part.partition("[")[::2]
     where = ".".join([flag_name, *walked])
     full = f"{where}.{field}"
-    if not isinstance(field, str):
-      return                # a list index: ml_collections checks those
     if node is None:
       raise ConfigOverrideError(
           f"--{full}: {where} is None in this config file, so it has no "
@@ -454,36 +487,49 @@ def check_override(config, override: str, flag_name: str = "config") -> None:
           f"--{full}: {where}={node!r} is a {type(node).__name__}, not a "
           f"dict, so it has no field {field!r}; override --{where} itself.")
     if field in node:
+      if index:
+        return              # a list index: ml_collections checks those
       node = node[field]
       walked.append(field)
       continue
-    schema = schema_keys(walked)
-    if schema is not None and field in schema:
+    allowed = set(schema_keys(walked) or ()) - {"*"}
+    if field in allowed:
       raise ConfigOverrideError(
           f"--{full}: {full} is a valid key, but this config file does not "
           "set it, and only the keys a config sets can be overridden on the "
           "command line (the config is locked). Set "
           f"{full.split('.', 1)[1]} in the config file (or through its :args).")
-    valid = sorted(set(node.keys()) | set(schema or ()))
+    valid = sorted(set(node.keys()) | allowed)
     raise ConfigOverrideError(
-        f"--{full}: unknown config key {full}{_did_you_mean(field, valid)}. "
-        f"Valid keys in {where}: {valid}.")
+        f"--{full}: unknown config key {full}"
+        f"{did_you_mean(field, valid)}. Valid keys in {where}: {valid}.")
 
 
-class _CheckedConfigFlag(ml_config_flags._ConfigFlag):  # pylint: disable=protected-access
-  """ml_collections' config-file flag whose overrides are checked first.
+class _CheckedParser(flags.ArgumentParser):
+  """The config file flag's parser, then `check_override` on each override.
 
-  `_initialize_missing_parent_fields` is the first step of
-  `_ConfigFlag._parse` that sees both the loaded config and the override
-  paths, before their types are looked up (where a missing key fails).
-  tests/test_config_validation.py pins this hook.
+  ml_collections' flag loads the file with its parser and only then applies
+  the `--<name>.<path>` overrides of the command line (sys.argv), where a
+  missing key fails with a bare KeyError or AttributeError; this parser
+  checks them first.
   """
 
-  def _initialize_missing_parent_fields(self, config, overrides):
+  def __init__(self, parser: flags.ArgumentParser, name: str):
+    super().__init__()
+    self.parser, self.name = parser, name
+
+  def parse(self, argument):
+    config = self.parser.parse(argument)
     if isinstance(config, (ml_collections.ConfigDict, Mapping)):
-      for override in overrides:
-        check_override(config, override, self.name)
-    super()._initialize_missing_parent_fields(config, overrides)
+      argv = flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False)
+      for arg in argv[1:]:
+        match = re.match(rf"--?(no)?{re.escape(self.name)}\.([^=]+)", arg)
+        if match:
+          check_override(config, match.group(2), self.name)
+    return config
+
+  def flag_type(self):
+    return self.parser.flag_type()
 
 
 # The --config flag that define_config_flag() makes belongs to its caller
@@ -499,13 +545,12 @@ def define_config_flag(
 
   Same flag (`--config path.py[:args]`, `--config.a.b=value` overrides of a
   locked config), except that an override of a key the config lacks fails
-  as a flag error naming the full key and the valid keys (`check_override`).
+  as a flag error naming the full key and the valid keys (`check_override`),
+  and its help lists the keys (`describe`).
   """
-  flag = _CheckedConfigFlag(
-      parser=ml_config_flags.ConfigFileFlagParser(name=name, lock_config=True),
-      serializer=flags.ArgumentSerializer(), name=name, default=None,
-      help_string=help_string, flag_values=flag_values)
-  return flags.DEFINE_flag(flag, flag_values)
-
-
-# --- data against the model ---------------------------------------------------
+  holder = config_flags.DEFINE_config_file(
+      name, None, f"{help_string} Keys, with --{name}.<key>=value overrides "
+      f"of those the file sets:\n{describe()}",
+      flag_values=flag_values, lock_config=True)
+  flag_values[name].parser = _CheckedParser(flag_values[name].parser, name)
+  return holder

@@ -35,8 +35,7 @@ from losa_jax.config import schema as config_lib
 from losa_jax.models import model as model_lib
 
 # Per-member values: arrays inside one compiled step.
-HPARAMS = ("lr", "wd", "label_smoothing", "grad_clip_norm", "seed",
-           "data_seed")
+HPARAMS = config_lib.MEMBER_KEYS
 POPULATION_KEYS = ("grid", "seeds", "data_seeds", "losa", "random", "rungs",
                    "name", "loop")
 # How a group's members run in the step: "vmap" (in parallel, fastest) or
