@@ -16,6 +16,8 @@ from typing import Any, List, Optional, Sequence
 
 import ml_collections
 
+from losa_jax.utils import io as io_lib
+
 CONFIG_FILE = "config.json"
 
 
@@ -39,12 +41,8 @@ def write_config(workdir: str, config) -> str:
   Returns the path. A resume overwrites it with the resuming run's config
   (which the checkpoint metadata has accepted as compatible).
   """
-  os.makedirs(workdir, exist_ok=True)
   path = config_file(workdir)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(_json_config(config) + "\n")
-  os.replace(tmp, path)
+  io_lib.write_text(path, _json_config(config) + "\n")
   return path
 
 
