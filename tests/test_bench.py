@@ -24,9 +24,8 @@ from losa_jax.bench import registry
 from losa_jax.tools import inflate_vivit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The sections the module fixture runs (the rest have their own tests:
-# population, side, fsdp, video, inference below; the accelerator's in
-# tests/test_bench_accelerator.py).
+# The sections the module fixture runs and checks in detail; the others
+# run at --quick size in test_every_other_section_runs_tiny.
 SUITE = ("compiled", "dtype", "measured", "cache", "maxbatch", "big")
 
 
@@ -129,6 +128,20 @@ def test_max_batch_and_big_models(quick):
   assert peak["losa"] < peak["full+remat"]
   (lin,) = [r for r in _csv(quick, "linearity") if r["config"] == "losa"]
   assert abs(float(lin["prediction_error"])) < 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "section", [s for s in registry.SECTIONS if s not in SUITE])
+def test_every_other_section_runs_tiny(section, tmp_path):
+  rows = cli.main([section, "--quick", "--out", str(tmp_path)])
+  assert rows and all(isinstance(r, dict) for r in rows), section
+  with open(tmp_path / f"{section}.json") as f:
+    data = json.load(f)
+  assert data["section"] == section and len(data["rows"]) == len(rows)
+  assert data["meta"]["command"].startswith(
+      f"python -m losa_jax.bench {section} --quick")
+  assert bench_report.main([str(tmp_path)])
 
 
 def test_largest_batch_search_is_exact_on_an_affine_model():

@@ -19,6 +19,7 @@ import pytest
 from conftest import xla_flags
 from losa_jax.bench import accelerator
 from losa_jax.bench import accelerator_check
+from losa_jax.bench import batch_search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,18 +146,18 @@ def test_search_finds_the_boundary():
   never = time.time() + 60
   for true in (13, 81, 200):
     for guess in (5.0, 80.0, 300.0):
-      r = accelerator_check.search(lambda b, t=true: b <= t, lo=0, hi=None,
-                                   guess=guess, cap=256, mult=8,
-                                   resolution=0.0, deadline=never)
+      r = batch_search.search(lambda b, t=true: b <= t, lo=0, hi=None,
+                              guess=guess, cap=256, mult=8,
+                              resolution=0.0, deadline=never)
       assert r["max_batch"] == true // 8 * 8 and r["exact"], (true, guess, r)
       assert r["first_oom"] == r["max_batch"] + 8
-  r = accelerator_check.search(lambda b: True, lo=8, hi=None, guess=100,
-                               cap=256, mult=8, resolution=0.05,
-                               deadline=never)
+  r = batch_search.search(lambda b: True, lo=8, hi=None, guess=100,
+                          cap=256, mult=8, resolution=0.05,
+                          deadline=never)
   assert r["max_batch"] == 256 and r["at_cap"] and r["first_oom"] is None
-  r = accelerator_check.search(lambda b: True, lo=8, hi=None, guess=100,
-                               cap=256, mult=8, resolution=0.05,
-                               deadline=time.time() - 1)
+  r = batch_search.search(lambda b: True, lo=8, hi=None, guess=100,
+                          cap=256, mult=8, resolution=0.05,
+                          deadline=time.time() - 1)
   assert r["stopped_by_budget"] and r["max_batch"] == 8 and not r["tries"]
 
 
