@@ -187,6 +187,35 @@ def test_cli_reports_unknown_override_as_a_flag_error(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_config_flag_help_lists_every_schema_key(monkeypatch):
+  fv = _parse("train", ["prog"], monkeypatch)
+  text = fv["config"].help
+  for path, key in config_lib.SCHEMA.items():
+    assert f"\n{path}: " in text, path
+  assert "\ninput.batch_size: int = <required> (examples per step" in text
+  assert "\nmodel.losa.rank: int = 8" in text
+
+
+@pytest.mark.parametrize("path,hint", [
+    ("model__backbone__widht", "did you mean 'width'?"),
+    ("evals__test__batch_sise", "did you mean 'batch_size'?"),
+    ("lr_mult", "did you mean 'lr_mults'?"),
+])
+def test_validate_names_an_unknown_key_and_the_closest(path, hint):
+  where = "config" + "".join(f".{p}" for p in path.split("__")[:-1])
+  with pytest.raises(ValueError, match=rf"Unknown config field\(s\) in "
+                     rf"{re.escape(where)}: '{path.split('__')[-1]}' "
+                     rf"\({re.escape(hint)}\)"):
+    config_lib.validate(_config(**{path: 1}))
+
+
+def test_population_hparams_are_the_schemas_member_keys():
+  from losa_jax.population import members  # pylint: disable=g-import-not-at-top
+  assert set(members.HPARAMS) == {"lr", "wd", "label_smoothing",
+                                  "grad_clip_norm", "seed", "data_seed"}
+  assert all(config_lib.SCHEMA[k].member for k in members.HPARAMS)
+
+
 # --- 2. ranks, sizes, steps and batch sizes -----------------------------------
 
 
