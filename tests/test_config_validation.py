@@ -246,7 +246,7 @@ BAD_VALUES = [
     ("model__backbone__patch_size", 8, "pair of positive integers"),
     ("model__backbone__patch_size", (0, 8), "pair of positive integers"),
     ("model__backbone__dropout", 1.5, r"in \[0.0, 1.0\)"),
-    ("model__backbone__kind", "vitt", "use one of"),
+    ("model__backbone__kind", "vitt", "choose one of"),
     # Steps and schedules.
     ("total_steps", -5, "positive integer or None"),
     ("total_steps", 0, "positive integer or None"),

@@ -109,7 +109,8 @@ def _real(**kwargs):
 def _choice(choices):
   def check(value, name: str, hint: str = "") -> None:
     if value not in choices:
-      raise ValueError(f"{name}={value!r}: use one of {list(choices)}{hint}.")
+      raise ValueError(f"{name}={value!r}: choose one of {list(choices)}"
+                       f"{hint}.")
   return check
 
 
