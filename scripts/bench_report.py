@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import accelerator_report
 from losa_jax.bench import common
 from losa_jax.bench.configs import FIT_GIB
 from losa_jax.utils import io as io_lib
@@ -500,6 +501,10 @@ def _md_other(results, lin) -> List[str]:
   flops = [r for r in rows if r["kind"] == "flops"]
   if flops:
     parts += [video_flops_markdown(flops), ""]
+  accel = results.get("accelerator")
+  if accel and accel["rows"]:
+    parts += [accelerator_report.markdown(accel["rows"], accel,
+                                          accel["options"]), ""]
   return parts
 
 
@@ -585,7 +590,8 @@ def load(folder: str) -> Dict[str, Dict[str, Any]]:
     with open(path) as f:
       data = json.load(f)
     if isinstance(data, dict) and "section" in data and "rows" in data:
-      out[data["section"]] = {**data.get("meta", {}), "rows": data["rows"]}
+      out[data["section"]] = {**data.get("meta", {}), "rows": data["rows"],
+                              "options": data.get("options", {})}
   return out
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One-shot accelerator check on a lent GPU machine: the accelerator benchmark
-# (python -m losa_jax.bench.accelerator; docs/benchmarks.md, "Accelerator
+# One-shot accelerator check on a lent GPU machine: the accelerator section
+# (python -m losa_jax.bench accelerator; docs/benchmarks.md, "Accelerator
 # benchmark (GPU/TPU)") under a hard time limit. Its check section also
 # compares the fused side network's gradients at the GPU's default matmul
 # precision (TF32) with a float64 reference, against the bound the tests
 # hold the emulated TF32 to (docs/method.md, "Precision of the default
-# path"): `bash scripts/device_check.sh --sections check` runs that alone.
-# On a CPU: `bash scripts/device_check.sh --quick --sections check`.
+# path"): `bash scripts/device_check.sh --parts check` runs that alone.
+# On a CPU: `bash scripts/device_check.sh --quick --parts check`.
 #
 # The device image has jax (CUDA), flax, optax, orbax-checkpoint, numpy,
 # absl-py and PyYAML, but not ml_collections (pure Python). Prepare its wheel
@@ -20,11 +20,11 @@
 #
 #   run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=560)
 #
-# Results come back as $OUT/accel/accelerator.json, $OUT/accel/accelerator.md
-# and $OUT/device_check.log (3 files). Environment knobs: BUDGET_S (the
+# Results come back as $OUT/accel/accelerator.json, $OUT/accel/results.md
+# (scripts/bench_report.py) and $OUT/device_check.log. Environment knobs: BUDGET_S (the
 # bench's --budget_s, default 400), LIMIT_S (hard kill, default 480),
 # PYTHON (default python3), WHEELS (default .whl); other arguments go to the
-# bench, e.g. `bash scripts/device_check.sh --sections check,vit_e`.
+# bench, e.g. `bash scripts/device_check.sh --parts check,vit_e`.
 set -uo pipefail
 
 OUT="${OUT:-/tmp/losa_device_check}"
@@ -69,8 +69,10 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,\
 memory.used,driver_version --format=csv 2>&1 | tee -a "$LOG"
 
 timeout --signal=TERM --kill-after=15 "$LIMIT_S" \
-    "$PY" -m losa_jax.bench.accelerator --out "$OUT/accel" \
+    "$PY" -m losa_jax.bench accelerator --out "$OUT/accel" \
     --budget_s "$BUDGET_S" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
+"$PY" scripts/bench_report.py "$OUT/accel" 2>&1 | tee -a "$LOG"
+cat "$OUT/accel/results.md" 2>/dev/null | tee -a "$LOG"
 echo "device_check: exit status $rc (124: killed at ${LIMIT_S} s)" | tee -a "$LOG"
 exit "$rc"

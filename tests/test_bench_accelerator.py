@@ -1,12 +1,13 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""The accelerator benchmark in --quick mode (CPU), its batch search, and
+"""The accelerator section in --quick mode (CPU), its batch search, and
 the core's promise: it trains without TensorFlow.
 
 Only compiled quantities (FLOPs, compiled memory) and the search logic are
 asserted; wall times are checked to exist, never compared. The --quick run
 (about 45 s of CPU) is marked slow, like the suite's.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,9 +18,11 @@ import time
 import pytest
 
 from conftest import xla_flags
+from losa_jax.bench import __main__ as cli
 from losa_jax.bench import accelerator
 from losa_jax.bench import accelerator_check
 from losa_jax.bench import batch_search
+from losa_jax.bench import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +36,7 @@ _CORE_WITHOUT_TF = textwrap.dedent("""
     from losa_jax.parallel import sharding
     from losa_jax.assembly import steps
     from losa_jax.models import model, vit
+    from losa_jax.bench import __main__, registry
     from losa_jax.bench import accelerator, accelerator_jobs, configs
     cfg = configs.make_config("tiny", "losa", depth=1)
     b = build.build(cfg, total_steps=2)
@@ -64,26 +68,28 @@ def test_core_trains_without_tensorflow():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("accel"))
-  result = accelerator.main(["--out", out, "--quick"])
-  return out, result
+  return out, cli.main(["accelerator", "--out", out, "--quick"])
 
 
-def _rows(result, job, key="rows"):
-  return [r for j in result["jobs"] if j.get("job") == job
-          for r in j.get(key, [])]
+def _rows(rows, job, kind="rows"):
+  return [r for r in rows if r.get("job") == job and r["kind"] == kind]
 
 
 @pytest.mark.slow
-def test_quick_runs_every_section(quick):
-  out, result = quick
-  assert not result["errors"], result["errors"]
-  assert {j["job"] for j in result["jobs"]} == {"check", "timing", "vit_e",
-                                                "memory", "maxbatch"}
-  assert not result["meta"]["tensorflow_loaded"]
-  assert not any(j["tensorflow_loaded"] for j in result["jobs"])
+def test_quick_runs_every_part(quick):
+  out, rows = quick
+  jobs = [r for r in rows if r["kind"] == "job"]
+  assert not [j for j in jobs if "error" in j], jobs
+  assert {j["job"] for j in jobs} == set(registry.ACCEL_PARTS)
+  assert not any(j["tensorflow_loaded"] for j in jobs)
   with open(os.path.join(out, "accelerator.json")) as f:
     assert json.load(f)["meta"]["quick"] is True
-  with open(os.path.join(out, "accelerator.md")) as f:
+  spec = importlib.util.spec_from_file_location(
+      "bench_report", os.path.join(REPO, "scripts", "bench_report.py"))
+  bench_report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench_report)
+  bench_report.main([out])
+  with open(os.path.join(out, "results.md")) as f:
     md = f.read()
   for title in ("Correctness", "Precision", "Cost guard", "Step time",
                 "Peak memory", "Largest batch", "big-backbone"):
@@ -115,11 +121,12 @@ def test_quick_check_and_guard(quick):
 def test_quick_timing_rows(quick):
   _, result = quick
   rows = {(r["method"], r["batch"]): r for r in _rows(result, "timing")}
-  assert set(rows) == {(m, b) for m in accelerator.METHODS for b in (4, 8)}
+  assert set(rows) == {(m, b) for m in registry.ACCEL_METHODS
+                       for b in (4, 8)}
   for r in rows.values():
     assert r["status"] == "ok" and r["median_s"] > 0, r
   for b in (4, 8):
-    f = {m: rows[(m, b)]["flops_vs_forward"] for m in accelerator.METHODS}
+    f = {m: rows[(m, b)]["flops_vs_forward"] for m in registry.ACCEL_METHODS}
     assert f["forward"] == 1.0
     assert f["losa"] < f["lora"] < f["full"] and f["adapter"] < f["full"], f
 
@@ -164,12 +171,10 @@ def test_search_finds_the_boundary():
 def test_plan_isolates_each_method():
   """--isolation=method: one memory job per (variant, method), so each
   process's peak is one method's; the searches only where asked, last."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flags.FlagValues()
-  accelerator.define_flags(fv)
-  fv(["prog", "--out", "/tmp/x", "--variants", "B/16,L/16",
-      "--maxbatch_variants", "B/16", "--maxbatch_methods", "losa,full"])
-  jobs = accelerator.plan(accelerator.args_from_flags(fv))
+  _, given, _ = cli.parse(["accelerator", "--variants", "B/16,L/16",
+                           "--maxbatch_variants", "B/16",
+                           "--maxbatch_methods", "losa,full"])
+  jobs = accelerator.plan(registry.options("accelerator", given))
   assert [j["job"] for j in jobs[:4]] == ["check", "timing", "timing",
                                           "vit_e"]
   mem = [(j["variant"], j["methods"]) for j in jobs if j["job"] == "memory"]
@@ -180,13 +185,13 @@ def test_plan_isolates_each_method():
   assert jobs[-1]["job"] == "maxbatch"   # last: it stops at its budget
 
 
-def test_help_lists_every_flag():
-  out = subprocess.run([sys.executable, "-m", "losa_jax.bench.accelerator",
+def test_help_lists_every_option():
+  out = subprocess.run([sys.executable, "-m", "losa_jax.bench", "accelerator",
                         "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=120, check=False)
-  text = out.stdout + out.stderr
-  for name in accelerator.FLAG_NAMES:
-    assert f"--{name}" in text or f"--[no]{name}" in text, name
+  assert out.returncode == 0, out.stderr
+  for name in registry.SECTIONS["accelerator"].defaults:
+    assert f"--{name}" in out.stdout, name
 
 
 class _FakeMethod:

@@ -121,7 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
                  "apply if its backend has not started.")
     common.with_xla_flags(" ".join(missing))
   t0, load0 = time.time(), os.getloadavg()
+  a.out = ns.out
   rows = registry.section(name).function()(a)
+  del a.out
   if ns.out:
     meta = common.provenance(" ".join([PROG, *_user_argv(argv)]), t_start=t0,
                              load_start=load0, quick=ns.quick)

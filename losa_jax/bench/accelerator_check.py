@@ -163,6 +163,7 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
   """
   import jax  # pylint: disable=g-import-not-at-top
   from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side as side_lib  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side_fused  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side_precision  # pylint: disable=g-import-not-at-top
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
@@ -171,7 +172,7 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
 
   def grads(p, x):
     gp, gz = jax.grad(lambda p, x: side_precision.cos_loss(
-        side_fused.mixer(p, x)), argnums=(0, 1))(p, x)
+        side_lib.fused_mixer(p, x)), argnums=(0, 1))(p, x)
     return {"params": gp, "z": gz}
 
   def rel(g, ref):
@@ -280,11 +281,11 @@ def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
   # Fragmentation and the runtime's own buffers: aim a little below.
   res = batch_search.search(fits, lo=max(known_ok, default=0),
                hi=min(bad, default=None), guess=batch_search.affine_guess(peaks, 0.97 * budget),
-               cap=spec["maxbatch_cap"], mult=spec["maxbatch_multiple"],
-               resolution=spec["maxbatch_resolution"],
+               cap=spec["cap"], mult=spec["multiple"],
+               resolution=spec["resolution"],
                deadline=spec["maxbatch_deadline"])
   return {"variant": m.variant, "method": m.method, "kind": "max_batch",
           "mode": ("simulated: compiled peak <= cap" if simulated
                    else "real: XLA out-of-memory caught"),
-          "limit_gib": budget / GIB, "cap": spec["maxbatch_cap"],
+          "limit_gib": budget / GIB, "cap": spec["cap"],
           "search_s": time.perf_counter() - t0, **res}

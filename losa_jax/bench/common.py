@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from typing import (Any, Callable, Dict, List, Mapping, MutableMapping,
                     Optional, Sequence)
@@ -147,7 +148,7 @@ def provenance(command: str, *, t_start: Optional[float] = None,
 
   Args:
     command: the command line that reproduces the result, e.g.
-      "python -m losa_jax.bench.suite --out docs/bench_results".
+      "python -m losa_jax.bench compiled --out docs/bench_results".
     t_start: time.time() at the start of the run; adds wall_s.
     load_start: os.getloadavg() at the start; adds load_avg_start (the load
       average says how busy the shared machine was while timing).
@@ -155,17 +156,24 @@ def provenance(command: str, *, t_start: Optional[float] = None,
 
   Returns:
     {command, date, machine, devices, backend, jax, flax, python, xla_flags,
-    load_avg_start?, load_avg_end, wall_s?, **extra}. Imports jax, so call it
-    after the run (XLA_FLAGS are fixed by then anyway).
+    load_avg_start?, load_avg_end, wall_s?, **extra}. Devices and backend
+    only where this process imported jax: a process whose work ran in child
+    processes (the accelerator's jobs) must not take the device from them.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import flax  # pylint: disable=g-import-not-at-top
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
   out: Dict[str, Any] = {
       "command": command, "date": datetime.date.today().isoformat(),
-      "machine": machine(), "devices": str(jax.devices()),
-      "backend": jax.default_backend(), "jax": jax.__version__,
-      "flax": flax.__version__, "python": platform.python_version(),
-      "xla_flags": os.environ.get("XLA_FLAGS", "")}
+      "machine": machine(), "python": platform.python_version(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "devices": "(none started here)", "backend": None}
+  for name in ("jax", "jaxlib", "flax", "optax"):
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "absent"
+  if "jax" in sys.modules:
+    jax = sys.modules["jax"]
+    out.update(devices=str(jax.devices()), backend=jax.default_backend())
   if load_start is not None:
     out["load_avg_start"] = tuple(load_start)
   out["load_avg_end"] = os.getloadavg()

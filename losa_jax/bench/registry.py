@@ -20,6 +20,8 @@ from losa_jax.bench.configs import BIG_CONFIGS, METHODS
 
 BIG = tuple(label for label, _, _ in BIG_CONFIGS)
 SYSTEMS = ("losa", "lora_merged", "full", "backbone")
+ACCEL_PARTS = ("check", "timing", "vit_e", "memory", "maxbatch")
+ACCEL_METHODS = ("forward", "losa", "lora", "adapter", "full")
 FSDP_DEVICES = 8   # fake CPU devices of the fsdp section
 COMPILE_ONLY = f"{common.LICM_OFF} {common.FAST_COMPILE}"
 
@@ -79,6 +81,55 @@ OPTIONS: Dict[str, Option] = {
     "num_classes": Option("int", "Classes per task."),
     "max_copy_images": Option("int", "N-copy cells with N x batch above this "
                               "are scaled from N=1, not run (0: run all)."),
+    "parts": Option("strs", f"Parts of the accelerator section, from "
+                    f"{ACCEL_PARTS} (they always run in that order).",
+                    ACCEL_PARTS),
+    "accel_methods": Option("strs", f"Methods, from {ACCEL_METHODS} "
+                            "('forward': the frozen backbone's inference "
+                            "forward).", ACCEL_METHODS),
+    "scan": Option("bool", "Scanned backbone blocks (lax.scan) in the timing "
+                   "and memory parts: XLA then counts one block's FLOPs, so "
+                   "FLOP columns are left out (the guard always unrolls)."),
+    "remat": Option("bool", "Per-block remat of the scanned backbone (costs "
+                    "LoRA / adapters / full a second forward)."),
+    "depth": Option("int", "If > 0, overrides the depth of every variant "
+                    "but --vit_e_variant's."),
+    "mem_cap_gib": Option("float", "If > 0, a batch 'fits' when its compiled "
+                          "peak is at most this (a simulated search; also "
+                          "where the backend reports no memory, XLA:CPU, "
+                          "with 16 GiB if unset)."),
+    "resolution": Option("float", "The batch search stops once the first "
+                         "failing batch is within this fraction of the "
+                         "largest that ran."),
+    "budget_s": Option("float", "Wall-time budget of the whole section, "
+                       "seconds: each job gets a share of what is left, a "
+                       "batch search stops at its share, a job past the "
+                       "budget is killed."),
+    "maxbatch_variants": Option("strs", "Variants whose largest batch is "
+                                "searched (2-5 programs per method)."),
+    "maxbatch_methods": Option("strs", "Methods whose largest batch is "
+                               "searched.", ACCEL_METHODS),
+    "vit_e_variant": Option("str", "Backbone of the vit_e part (scanned, "
+                            "per-block remat)."),
+    "vit_e_batch": Option("int", "Batch of the vit_e part."),
+    "vit_e_reps": Option("int", "Timed steps of the vit_e part."),
+    "guard_variant": Option("str", "Variant of the cost guard."),
+    "guard_batches": Option("ints", "Batches of the cost guard."),
+    "guard_max_ratio": Option("float", "The guard holds if LoSA step FLOPs "
+                              "<= this x the backbone forward's."),
+    "check_variant": Option("str", "Variant of the accelerator vs CPU step "
+                            "(it runs on the CPU too: keep it small)."),
+    "check_batch": Option("int", "Batch of the accelerator vs CPU step."),
+    "isolation": Option("str", "Process per job: 'method' (memory / "
+                        "maxbatch: one per variant and method, so each peak "
+                        "is that method's), 'section' (one per part and "
+                        "variant: peaks are running maxima), 'none' "
+                        "(everything in this process).",
+                        ("method", "section", "none")),
+    "mem_fraction": Option("float", "XLA_PYTHON_CLIENT_MEM_FRACTION of the "
+                           "job processes, unless already set (jax's 0.75 "
+                           "would hide a quarter of the GPU from the batch "
+                           "search)."),
 }
 
 
@@ -177,8 +228,8 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
             dict(config="", variant="e/14", frames=16, batch=1,
                  batches=[2, 4], depth_fracs=[8, 4, 2], flops_depths=[2, 4],
                  arg="", licm=False),
-            dict(variant="Ti/16", frames=2, batches=[], depth_fracs=[2],
-                 flops_depths=[1, 2]),
+            dict(variant="B/16", frames=2, arg="res=32", batches=[],
+                 depth_fracs=[12], flops_depths=[1, 2]),
             lambda a: " ".join(([] if a.licm else [common.LICM_OFF]) +
                                ([common.FAST_COMPILE] if a.quick else []))),
     Section("inference", _S + "inference:section_inference",
@@ -189,6 +240,27 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
                  num_classes=100, reps=3, warmup=1, max_copy_images=0),
             dict(variants=["tiny"], batches=[1, 4], tasks=[1, 2], reps=2,
                  warmup=0), _fast_if_quick),
+    Section("accelerator", _S + "accelerator:section_accelerator",
+            "GPU/TPU: accelerator vs CPU step, precision, cost guard; step "
+            "time, peak memory and largest batch per method; a real ViT-e "
+            "step. Jobs in fresh processes, within --budget_s.",
+            dict(parts=list(ACCEL_PARTS), variants=["B/16", "L/16"],
+                 batches=[64, 256], accel_methods=list(ACCEL_METHODS),
+                 reps=10, warmup=2, budget_s=420.0,
+                 maxbatch_variants=["B/16"],
+                 maxbatch_methods=list(ACCEL_METHODS), cap=16384,
+                 multiple=8, resolution=0.05, mem_cap_gib=0.0,
+                 vit_e_variant="e/14", vit_e_batch=8, vit_e_reps=5,
+                 guard_variant="B/16", guard_batches=[64],
+                 guard_max_ratio=1.05, check_variant="tiny", check_batch=4,
+                 scan=True, remat=False, depth=0, isolation="method",
+                 mem_fraction=0.9),
+            dict(variants=["tiny"], batches=[4, 8], reps=2, warmup=0,
+                 maxbatch_variants=["tiny"], maxbatch_methods=["losa", "full"],
+                 cap=256, mem_cap_gib=0.004, vit_e_variant="tiny",
+                 vit_e_batch=2, vit_e_reps=2, guard_variant="tiny",
+                 guard_batches=[8], isolation="section", depth=2, scan=False,
+                 budget_s=240.0), _fast_if_quick),
 )}
 
 

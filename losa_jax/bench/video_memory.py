@@ -169,7 +169,8 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
 
 def section_video(a) -> List[Dict[str, Any]]:
   """Memory rows (module docstring), then "flops" rows if a.flops_depths."""
-  kw = dict(arg=a.arg, config=a.config, log=lambda m: common.log(m, tag="video"))
+  kw = dict(arg=a.arg, config=a.config,
+            log=lambda m: common.log(m, tag="video"))
   rows = run(a.variant, a.frames, a.batch, a.batches, a.depth_fracs, **kw)
   for r in rows:
     r["kind"] = "memory"
