@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 """The study's tasks and its one command, in `--quick` mode."""
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -63,8 +64,17 @@ def test_mnist_10shot_uses_only_held_out_digits():
     assert not any(row.tobytes() in seen for row in imgs)
 
 
+def _study_report():
+  spec = importlib.util.spec_from_file_location(
+      "study_report", os.path.join(REPO, "scripts", "study_report.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _check_quick_outputs(out):
-  """The files a --quick study writes, and what they must hold."""
+  """The files a --quick study writes, and what they must hold; the tables
+  and plots scripts/study_report.py makes from them."""
   with open(out / "runs.csv") as f:
     runs = list(csv.DictReader(f))
   assert [(r["task"], r["label"]) for r in runs] == [
@@ -81,6 +91,7 @@ def _check_quick_outputs(out):
   with open(out / "meta.json") as f:
     meta = json.load(f)
   assert meta["quick"] and meta["command"].endswith("--quick")
+  _study_report().main([str(out)])
   md = (out / "results.md").read_text()
   assert "| losa r=8 |" in md and "| linear |" in md
   for png in ("accuracy_vs_cost.png", "accuracy_per_task.png",

@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 """The equal-budget study (`losa_jax.study.budget`) in --quick mode."""
 import csv
+import importlib.util
 import os
 
 import jax
@@ -63,6 +64,12 @@ def test_quick_budget_study(tmp_path):
   assert {r["switch"] for r in out["ablation_rows"]} == {"reference",
                                                          "token_mixer"}
   assert [e["pairs"] for e in out["effects"]] == [1]
+  spec = importlib.util.spec_from_file_location("study_report", os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+      "study_report.py"))
+  study_report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study_report)
+  study_report.main([str(tmp_path)])
   for name in ("results.md", "searches.csv", "members.csv", "cost.csv",
                "meta.json", "accuracy_vs_tuning_cost.png", "ablation.png"):
     assert os.path.getsize(tmp_path / name) > 0, name

@@ -26,9 +26,10 @@ an interleaved timing of every executable side by side.
 Then LoSA's structural switches are ablated, one population per task
 (`study.ablation`).
 
-Writes into --out: results.md (the tables of docs/study.md), searches.csv,
-members.csv, cost.csv, task_mean.csv, ablation_members.csv,
-ablation_effects.csv, meta.json (command, date, machine, load, wall time)
+Writes into --out: searches.csv, members.csv, cost.csv, task_mean.csv,
+ablation_members.csv, ablation_effects.csv, meta.json (command, date,
+machine, load, wall time) and results.json, from which `python
+scripts/study_report.py DIR` makes results.md (the tables of docs/study.md)
 and accuracy_vs_tuning_cost.png, ablation.png.
 """
 import dataclasses
@@ -46,9 +47,9 @@ from losa_jax.bench import common
 from losa_jax.datasets import study_tasks
 from losa_jax.population import members as members_lib
 from losa_jax.study import ablation
-from losa_jax.study import budget_report
 from losa_jax.study import run as study_run
 from losa_jax.study import search
+from losa_jax.study import tables
 
 FLAGS = flags.FLAGS
 
@@ -352,12 +353,22 @@ def run_budget(a: Args) -> Dict[str, Any]:
       ablation_seeds=a.ablation_seeds if a.ablation else [],
       ablation_switches={s: list(v) for s, v in a.switches.items()},
       ablation_runs=abl_runs, timing=timing, quick=a.quick)
-  out = budget_report.write_all(a.out, searches, members_out, costs, a.tasks,
-                                abl_rows, effects, per_task, meta)
-  print("\n" + out["markdown"], flush=True)
-  _log(f"wrote {a.out} in {(time.time() - t_start) / 60:.1f} min")
+  methods = [c["label"] for c in costs if c["label"] in
+             {s["method"] for s in searches}]
+  means = tables.task_means(searches, methods, a.tasks)
+  tables.write(a.out, {
+      "searches.csv": searches, "members.csv": members_out,
+      "cost.csv": costs,
+      "task_mean.csv": [{"method": k, **v} for k, v in means.items()],
+      "ablation_members.csv": abl_rows, "ablation_effects.csv": effects},
+               meta, dict(kind="budget", searches=searches, costs=costs,
+                          means=means, tasks=a.tasks, effects=effects,
+                          per_task=per_task))
+  _log(f"wrote {a.out} in {(time.time() - t_start) / 60:.1f} min; tables "
+       f"and plots: python scripts/study_report.py {a.out}")
   return {"searches": searches, "members": members_out, "costs": costs,
-          "ablation_rows": abl_rows, "effects": effects, "meta": meta, **out}
+          "ablation_rows": abl_rows, "effects": effects, "means": means,
+          "meta": meta}
 
 
 def cfg_of_first_task(a: Args, method: str):

@@ -34,9 +34,10 @@ it). What differs from calling the trainer once per run, and why:
 Writes into --out: runs.jsonl (one record per run, with loss curve),
 runs.csv, summary.csv (per task and method: mean / std / min / max over
 seeds), cost.csv (per method: params, FLOPs, memory, interleaved step time),
-task_mean.csv, results.md (the tables of docs/study.md), meta.json (command,
-date, machine, versions, wall time, load), and plots: accuracy_vs_cost.png,
-accuracy_per_task.png, loss_curves.png (see `losa_jax.study.report`).
+task_mean.csv, meta.json (command, date, machine, versions, wall time,
+load) and results.json, from which `python scripts/study_report.py DIR`
+makes results.md (the tables of docs/study.md) and the plots
+accuracy_vs_cost.png, accuracy_per_task.png, loss_curves.png.
 """
 import dataclasses
 import json
@@ -60,7 +61,7 @@ from losa_jax.assembly import steps as steps_lib
 from losa_jax.bench import common
 from losa_jax.datasets import study_tasks
 from losa_jax.evaluators import classification
-from losa_jax.study import report
+from losa_jax.study import tables
 
 FLAGS = flags.FLAGS
 
@@ -260,7 +261,7 @@ class Variant:
     return self._evaluators[task]
 
   def info(self) -> Dict[str, Any]:
-    """What `report.cost_rows` needs."""
+    """What `tables.cost_rows` needs."""
     return {"label": self.label, "method": self.method, "rank": self.rank,
             "trainable_params": self.trainable, "cost": self.cost,
             "compile_s": self.compile_s}
@@ -432,12 +433,19 @@ def run_study(a: Args) -> Dict[str, Any]:
       tasks=a.tasks, methods=a.methods, ranks=a.ranks, seeds=a.seeds,
       steps=a.steps, batch=a.batch, lr={"default": 3e-3, **LR},
       timing_reps=a.timing_reps, quick=a.quick)
-  out = report.write_all(a.out, runs, [v.info() for v in first_task_vars],
-                         timing, a.tasks, meta)
-  print("\n" + out["markdown"], flush=True)
-  _log(f"wrote {a.out} ({len(runs)} runs, {len(out['plots'])} plots) in "
-       f"{(time.time() - t_start) / 60:.1f} min")
-  return {"runs": runs, **out, "meta": meta}
+  summary = tables.summarize(runs, timing)
+  costs = tables.cost_rows([v.info() for v in first_task_vars], timing)
+  avg = tables.task_average(runs, [c["label"] for c in costs], a.tasks)
+  tables.write(a.out, {
+      "runs.csv": runs, "summary.csv": summary, "cost.csv": costs,
+      "task_mean.csv": [{"label": k, **v} for k, v in avg.items()]}, meta,
+               dict(kind="study", summary=summary, costs=costs, avg=avg,
+                    runs=runs, tasks=a.tasks))
+  _log(f"wrote {a.out} ({len(runs)} runs) in "
+       f"{(time.time() - t_start) / 60:.1f} min; tables and plots: python "
+       f"scripts/study_report.py {a.out}")
+  return {"runs": runs, "summary": summary, "costs": costs, "avg": avg,
+          "meta": meta}
 
 
 def main(argv):

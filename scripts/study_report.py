@@ -1,42 +1,186 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Tables, CSVs and plots of the equal-budget study (`study.budget`).
+r"""Markdown tables and plots of a study, from its results.json.
 
-Records (see `budget.run_budget`): a *search* (one method, task and seed:
-K members, selection, cost), a *member* (one config of a search), *costs*
-(per method: compiled step, search step, interleaved times) and the
-ablation's member rows and effects (`study.ablation`).
+  python scripts/study_report.py DIR
+
+DIR is the --out of `python -m losa_jax.study.run` (writes DIR/results.md,
+accuracy_vs_cost.png, accuracy_per_task.png, loss_curves.png) or of
+`python -m losa_jax.study.budget` (DIR/results.md,
+accuracy_vs_tuning_cost.png, ablation.png).
 """
+import json
+import os
+import sys
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from losa_jax.bench import common
-from losa_jax.study import report
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from losa_jax.datasets import study_tasks
+from losa_jax.utils import io as io_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-MIB = common.MIB
+MIB = 2.0**20
 
 
 def _pct(x) -> str:
   return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
 
-def task_means(searches: Sequence[Dict], methods: Sequence[str],
-               tasks: Sequence[str]) -> Dict[str, Dict[str, float]]:
-  """Per method: the selected config's test accuracy, the default config's,
-  the oracle's (best test of the K) and the search wall time, each averaged
-  over tasks per seed, then mean / std over seeds (`report.task_average`)."""
-  out: Dict[str, Dict[str, float]] = {}
-  for key in ("test", "default_test", "oracle_test", "search_s", "train_s"):
-    runs = [{"label": s["method"], "seed": s["seed"], "task": s["task"],
-             "accuracy": s[key]} for s in searches]
-    for m, a in report.task_average(runs, methods, tasks).items():
-      out.setdefault(m, {"seeds": a["seeds"]})
-      out[m][key], out[m][key + "_std"] = a["mean"], a["std"]
-  return {m: out[m] for m in methods if m in out}
+def _save(fig, out: str, name: str) -> str:
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, name)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
 
 
-def markdown(searches, costs, means, tasks, ablation_effects, ablation_tasks,
+def study_markdown(summary, costs, avg, tasks, meta) -> str:
+  """The tables of docs/study.md."""
+  labels = [c["label"] for c in costs]
+  by = {(s["task"], s["label"]): s for s in summary}
+  lines = [
+      f"Command: `{meta['command']}`  ",
+      f"Date: {meta['date']}; machine: {meta['machine']}; "
+      f"{meta['steps']} steps at batch {meta['batch']} for every method; "
+      f"seeds {meta['seeds']}; wall time {meta['wall_s'] / 60:.1f} min "
+      f"(load average {meta['load_avg_start'][0]:.1f} at start, "
+      f"{meta['load_avg_end'][0]:.1f} at end).", "",
+      "Test top-1 (%), mean ± std over seeds [min–max]; cost per train step "
+      f"at batch {meta['batch']}: XLA's compiled memory of the step "
+      "(`memory_analysis()`: arguments + outputs + temporaries − aliased, an "
+      "upper bound of what the executable holds at once; not measured RSS), "
+      "XLA's FLOP count, and the median of interleaved wall-clock steps.", "",
+      "| method | trainable params | step time (ms) | peak memory (MiB) | "
+      "temporaries (MiB) | GFLOP / step | " +
+      " | ".join(tasks) + " | task mean |",
+      "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(tasks) + 1)]
+  for c in costs:
+    cells = []
+    for t in tasks:
+      s = by.get((t, c["label"]))
+      cells.append("–" if s is None else
+                   f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f} "
+                   f"[{100 * s['acc_min']:.1f}–{100 * s['acc_max']:.1f}]")
+    a = avg.get(c["label"])
+    cells.append("–" if a is None else
+                 f"**{100 * a['mean']:.1f}** ± {100 * a['std']:.1f}")
+    lines.append(
+        f"| {c['label']} | {c['trainable_params']:,} | "
+        f"{c['interleaved_step_ms']:.1f} | {c['peak_mib']:.2f} | "
+        f"{c['temp_mib']:.2f} | {c['gflop_per_step']:.3f} | " +
+        " | ".join(cells) + " |")
+  lines += ["", "Tasks:", ""]
+  for t in tasks:
+    dom, what = study_tasks.TASK_INFO.get(t, ("", t))
+    lines.append(f"* `{t}` ({dom}): {what}.")
+  lines += ["", "Median step time of the training runs themselves (ms; "
+            "exposed to the other jobs on the machine, for reference):", "",
+            "| method | " + " | ".join(tasks) + " |",
+            "|---|" + "---:|" * len(tasks)]
+  for label in labels:
+    cells = [f"{by[(t, label)]['run_step_ms_median']:.1f}"
+             if (t, label) in by else "–" for t in tasks]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# --- plots --------------------------------------------------------------------
+
+
+def study_plots(out: str, summary, costs, avg, runs, tasks) -> List[str]:
+  """accuracy_vs_cost.png, accuracy_per_task.png, loss_curves.png."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  labels = [c["label"] for c in costs]
+  cmap = plt.get_cmap("tab10")
+  col = {l: cmap(i % 10) for i, l in enumerate(labels)}
+  written = []
+
+  # Paper-style: task-averaged accuracy against each cost.
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  for ax, key, name, logx in (
+      (axes[0], "trainable_params", "trainable parameters", True),
+      (axes[1], "interleaved_step_ms", "train step time (ms, interleaved "
+       "median)", False),
+      (axes[2], "peak_mib", "compiled peak memory of the step (MiB, XLA)",
+       False)):
+    for c in costs:
+      a = avg.get(c["label"])
+      if a is None:
+        continue
+      ax.errorbar(c[key], 100 * a["mean"],
+                  yerr=[[100 * (a["mean"] - a["min"])],
+                        [100 * (a["max"] - a["mean"])]],
+                  fmt="o", color=col[c["label"]], capsize=3, ms=7,
+                  label=c["label"])
+      ax.annotate(c["label"], (c[key], 100 * a["mean"]), fontsize=8,
+                  xytext=(5, 4), textcoords="offset points")
+    if logx:
+      ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_ylabel(f"test top-1, mean of {len(tasks)} tasks (%)")
+    ax.grid(alpha=0.3)
+  axes[0].set_title("accuracy vs trainable params")
+  axes[1].set_title("accuracy vs step time")
+  axes[2].set_title("accuracy vs memory")
+  fig.suptitle("Shipped MNIST ViT adapted with each method (bars: min–max "
+               "over seeds)", fontsize=10)
+  fig.tight_layout()
+  written.append(_save(fig, out, "accuracy_vs_cost.png"))
+
+  # Per task, per method: mean with min-max bars.
+  by = {(s["task"], s["label"]): s for s in summary}
+  fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(tasks)), 4))
+  width = 0.8 / max(len(labels), 1)
+  for i, label in enumerate(labels):
+    xs, ys, lo, hi = [], [], [], []
+    for j, t in enumerate(tasks):
+      s = by.get((t, label))
+      if s is None:
+        continue
+      xs.append(j + (i - (len(labels) - 1) / 2) * width)
+      ys.append(100 * s["acc_mean"])
+      lo.append(100 * (s["acc_mean"] - s["acc_min"]))
+      hi.append(100 * (s["acc_max"] - s["acc_mean"]))
+    ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=col[label],
+           label=label)
+  ax.set_xticks(range(len(tasks)))
+  ax.set_xticklabels(tasks)
+  ax.set_ylabel("test top-1 (%)")
+  ax.legend(fontsize=7, ncol=4)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  written.append(_save(fig, out, "accuracy_per_task.png"))
+
+  # Training loss of the first seed, per task.
+  fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4),
+                           squeeze=False)
+  for ax, t in zip(axes[0], tasks):
+    seed0 = min((r["seed"] for r in runs if r["task"] == t), default=0)
+    for r in runs:
+      if r["task"] == t and r["seed"] == seed0 and r.get("curve"):
+        s, l, _ = zip(*r["curve"])
+        ax.plot(s, l, color=col[r["label"]], label=r["label"], lw=1.2)
+    ax.set_title(f"{t} (seed {seed0})")
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("train loss (batch)")
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  written.append(_save(fig, out, "loss_curves.png"))
+  return written
+
+
+# --- all outputs --------------------------------------------------------------
+
+
+def budget_markdown(searches, costs, means, tasks, ablation_effects, ablation_tasks,
              meta) -> str:
   """The tables of docs/study.md's "Equal tuning budgets"."""
   lines = [
@@ -150,7 +294,7 @@ def _ablation_tables(ablation_effects, ablation_tasks, meta) -> List[str]:
   return lines
 
 
-def plot(out: str, costs, means, tasks, effects) -> List[str]:
+def budget_plots(out: str, costs, means, tasks, effects) -> List[str]:
   """accuracy_vs_tuning_cost.png (and ablation.png)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -188,8 +332,7 @@ def plot(out: str, costs, means, tasks, effects) -> List[str]:
     fig.suptitle("Equal tuning budgets: every method searched the same lr x "
                  "wd grid size, selected on minival", fontsize=10)
     fig.tight_layout()
-    written.append(common.save_figure(fig, out,
-                                      "accuracy_vs_tuning_cost.png"))
+    written.append(_save(fig, out, "accuracy_vs_tuning_cost.png"))
   if effects:
     fig, ax = plt.subplots(figsize=(8, 3.8))
     ys = np.arange(len(effects))
@@ -207,24 +350,32 @@ def plot(out: str, costs, means, tasks, effects) -> List[str]:
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    written.append(common.save_figure(fig, out, "ablation.png"))
+    written.append(_save(fig, out, "ablation.png"))
   return written
 
+def main(argv: Sequence[str]) -> Dict[str, Any]:
+  """Writes DIR/results.md and the plots; returns {markdown, plots}."""
+  if len(argv) != 1 or not os.path.exists(os.path.join(argv[0],
+                                                       "results.json")):
+    raise SystemExit("usage: python scripts/study_report.py DIR (the --out "
+                     "of python -m losa_jax.study.run or .budget, holding "
+                     "results.json)")
+  out = argv[0]
+  with open(os.path.join(out, "results.json")) as f:
+    r = json.load(f)
+  meta = r["meta"]
+  if r["kind"] == "study":
+    md = study_markdown(r["summary"], r["costs"], r["avg"], r["tasks"], meta)
+    plots = study_plots(out, r["summary"], r["costs"], r["avg"], r["runs"],
+                        r["tasks"])
+  else:
+    md = budget_markdown(r["searches"], r["costs"], r["means"], r["tasks"],
+                         r["effects"], r["per_task"], meta)
+    plots = budget_plots(out, r["costs"], r["means"], r["tasks"],
+                         r["effects"])
+  io_lib.write_text(os.path.join(out, "results.md"), md)
+  return {"markdown": md, "plots": plots}
 
-def write_all(out: str, searches, members, costs, tasks, ablation_rows,
-              ablation_effects, ablation_tasks, meta) -> Dict[str, Any]:
-  """searches.csv, members.csv, cost.csv, task_mean.csv, ablation*.csv,
-  meta.json, results.md and the plots into `out`."""
-  methods = [c["label"] for c in costs if c["label"] in
-             {s["method"] for s in searches}]
-  means = task_means(searches, methods, tasks)
-  md = markdown(searches, costs, means, tasks, ablation_effects,
-                ablation_tasks, meta)
-  common.write_results(out, {
-      "searches.csv": searches, "members.csv": members, "cost.csv": costs,
-      "task_mean.csv": [{"method": k, **v} for k, v in means.items()],
-      "ablation_members.csv": ablation_rows,
-      "ablation_effects.csv": ablation_effects}, meta, md)
-  plots = plot(out, costs, means, tasks, ablation_effects)
-  return {"means": means, "markdown": md, "plots": plots}
 
+if __name__ == "__main__":
+  print(main(sys.argv[1:])["markdown"])
