@@ -38,13 +38,7 @@ job gets a share of what is left, a batch search stops at its share (its
 result then reads ">= N"), and a job that overruns is killed (its rows are
 then missing, and the output says so).
 
-Estimated on one H200 (~700 TFLOP/s bf16; a B/16 forward at batch 256 is
-~4.5 TFLOP, ~10 ms), compiles dominate, not steps: check ~30-45 s (the
-guard compiles unrolled B/16), timing ~60-90 s for B/16 and ~80-120 s for
-L/16 (10 train-step compiles and 2 forwards each; a step at batch 256 takes
-10-150 ms), vit_e ~30-60 s, memory ~10-15 s per (variant, method) from the
-cache, maxbatch ~20-60 s per method: 7.5-10 minutes uncapped, which the
-default --budget_s 420 holds to 7 by cutting the searches (run last) short.
+Its expected run time on one GPU is in docs/benchmarks.md.
 """
 import json
 import os

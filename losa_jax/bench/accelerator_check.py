@@ -1,7 +1,7 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """Correctness on the device, the cost guard and the largest-batch search
-of losa_jax.bench.accelerator (run inside its job processes).
+of the accelerator section (losa_jax/bench/accelerator.py; run inside its job processes).
 
 * compare_step: one tiny LoSA train step on the accelerator and on jax's CPU
   backend, same process, same initial state and batch; loss and the update
@@ -21,7 +21,7 @@ of losa_jax.bench.accelerator (run inside its job processes).
 import contextlib
 import gc
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -212,19 +212,10 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
   the timing section but with unrolled blocks: XLA's cost analysis counts a
   while loop's body once, so a scanned backbone would show one block's
   FLOPs. Pass if ratio <= spec["guard_max_ratio"]."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
+  from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
   cfg = am.make_config(variant, "losa", spec, scan=False)
-  b = build.build(cfg, total_steps=1000)
-  step = cost.compiled_cost(b.train_step, b.state_shape,
-                            steps.abstract_batch(bsz, b.image_shape))
-  fn, shape = build.backbone_forward(cfg)
-  s = cfg.image_size
-  fwd = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(
-      (bsz, s, s, 3), jnp.float32))
+  step = configs.step_cost(cfg, bsz)
+  fwd = configs.forward_cost(cfg, bsz)
   ratio = step["flops"] / fwd["flops"] if fwd["flops"] else float("nan")
   return {"variant": variant, "batch": bsz, "step_gflop": step["flops"] / 1e9,
           "forward_gflop": fwd["flops"] / 1e9, "ratio": ratio,

@@ -1,8 +1,8 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""The measuring side of losa_jax.bench.accelerator: one job per call.
+"""The measuring side of the accelerator section: one job per call.
 
-Each job takes a spec (a JSON-able dict that losa_jax.bench.accelerator
+Each job takes a spec (a JSON-able dict that losa_jax/bench/accelerator.py
 writes) and returns {"rows": [...], ...}. The parent usually runs every job
 in a fresh process (`python -m losa_jax.bench.accelerator_jobs SPEC OUT`),
 so that `device.memory_stats()["peak_bytes_in_use"]`, which no backend can

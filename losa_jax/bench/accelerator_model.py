@@ -1,6 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""What losa_jax.bench.accelerator measures with: random states made in
+"""What the accelerator section measures with: random states made in
 place, random batches, one (variant, method) compiled per batch, memory
 stats and the out-of-memory test.
 

@@ -3,14 +3,13 @@
 """Helpers shared by the benchmarks (losa_jax.bench.*) and the study.
 
 Interleaved wall-time measurement, run provenance, progress lines, XLA flag
-handling and output writers (CSV, JSON, PNG). Everything heavy (jax, flax,
+handling and output writers (CSV, JSON). Everything heavy (jax, flax,
 matplotlib) is imported inside the function that needs it, so importing this
 module is cheap and never starts a JAX backend (XLA_FLAGS must be set before
 that happens).
 """
 import csv
 import datetime
-import json
 import os
 import platform
 import sys
@@ -19,6 +18,8 @@ from typing import (Any, Callable, Dict, List, Mapping, MutableMapping,
                     Optional, Sequence)
 
 import numpy as np
+
+from losa_jax.utils import io as io_lib
 
 GIB = 2.0**30
 MIB = 2.0**20
@@ -200,48 +201,19 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]], *,
   for r in rows:
     keys += [k for k, v in r.items()
              if k not in keys and not isinstance(v, (dict, list, tuple))]
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
+  with io_lib.atomic_write(path, newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     for r in rows:
       w.writerow({k: (format(v, float_format)
                       if float_format and isinstance(v, float) else v)
                   for k, v in r.items() if k in keys})
-  os.replace(tmp, path)
 
 
 def write_json(path: str, payload: Any, *, indent: int = 1) -> None:
   """JSON (non-JSON values via str), written atomically; makes the folder."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=indent, default=str)
-  os.replace(tmp, path)
-
-
-def write_results(out: str, tables: Mapping[str, Sequence[Mapping[str, Any]]],
-                  meta: Any, markdown: str, *,
-                  float_format: Optional[str] = ".6g") -> None:
-  """A run's outputs into folder `out` (made if missing): every
-  `tables[name]` (rows) as the CSV out/name, `meta` as out/meta.json and
-  `markdown` as out/results.md."""
-  os.makedirs(out, exist_ok=True)
-  for name, rows in tables.items():
-    write_csv(os.path.join(out, name), rows, float_format=float_format)
-  write_json(os.path.join(out, "meta.json"), meta)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown)
-
-
-def save_figure(fig, out: str, name: str, *, dpi: int = 110) -> str:
-  """Saves a matplotlib figure as out/name, closes it; returns the path."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  path = os.path.join(out, name)
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
-  return path
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  io_lib.write_json(path, payload, indent=indent, default=str)
 
 
 # --- command lines ---------------------------------------------------------------

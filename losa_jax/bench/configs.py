@@ -3,7 +3,7 @@
 """Benchmark cells: the trainer config of one (variant, method) and its
 compiled cost.
 
-Every section of losa_jax.bench.suite builds its models from `make_config`
+Every section of `python -m losa_jax.bench` builds its models from `make_config`
 so that all methods share optimizer, clipping, rank and head; `step_cost` /
 `forward_cost` compile the real train step / frozen forward on abstract
 inputs (nothing is allocated, so billion-parameter backbones fit).

@@ -43,27 +43,11 @@ COPY_SYSTEMS = ("lora_merged", "full")
 _log = common.log
 
 
-_MAKERS: Dict[Any, Any] = {}
-
-
 def _random_like(shape_tree, seed: int):
-  """Random normal * 0.02 arrays of `shape_tree`'s shapes, made on device
-  (one compile per tree structure, not per call)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  leaves, treedef = jax.tree.flatten(shape_tree)
-  key = (treedef, tuple((s.shape, str(s.dtype)) for s in leaves))
-  if key not in _MAKERS:
-
-    @jax.jit
-    def make(rng):
-      keys = jax.random.split(rng, len(leaves))
-      return jax.tree.unflatten(treedef, [
-          (0.02 * jax.random.normal(k, s.shape, jnp.float32)).astype(s.dtype)
-          for k, s in zip(keys, leaves)])
-
-    _MAKERS[key] = make
-  return _MAKERS[key](jax.random.key(seed))
+  """Random-looking arrays of `shape_tree`'s shapes, made on the device
+  (the accelerator section's maker: one compile per shape group)."""
+  from losa_jax.bench import accelerator_model  # pylint: disable=g-import-not-at-top
+  return accelerator_model.random_tree(shape_tree, seed=seed)
 
 
 def _nbytes(tree) -> int:

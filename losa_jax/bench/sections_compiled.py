@@ -1,11 +1,11 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Compile-only sections of the suite: compiled, dtype, maxbatch, big.
+"""Compile-only sections: compiled, dtype, maxbatch, big, big_default.
 
-Each section takes the suite's options (`suite.options`) and returns its rows;
+Each takes its options (losa_jax/bench/registry.py) and returns its rows;
 nothing is executed, only lowered and compiled on abstract inputs, so the
-numbers are deterministic for a jax/XLA version and backend. The suite runs
-these in a child process with LICM_OFF (see losa_jax.bench.suite).
+numbers are deterministic for a jax/XLA version and backend. They run under
+the XLA flags the registry names (LICM_OFF: see common.LICM_OFF).
 """
 import time
 from typing import Any, Dict, List

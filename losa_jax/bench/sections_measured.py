@@ -1,11 +1,11 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Timed sections of losa_jax.bench.suite: measured step times and the cache.
+"""Timed sections of `python -m losa_jax.bench`: measured step times and the cache.
 
 Wall times are measured with `common.interleaved` (every method once per
 round, order rotated) in one process, so machine noise hits every method
 alike; only ratios within one run mean anything. These run under XLA's
-default flags (see losa_jax.bench.suite).
+default flags (see `python -m losa_jax.bench`).
 """
 import json
 import shutil
@@ -57,40 +57,48 @@ class Stepper:
     jax.block_until_ready((self.state, metrics))
 
 
+def timed_inputs(config, bsz: int):
+  """What the timed sections share, for LoSA's `config` at batch `bsz`:
+  (batch, backbone, cached batch, forward). A random batch (seed 0: image
+  [bsz, s, s, 3] f32 in [-1, 1], label [bsz] int32), a copy of LoSA's
+  random backbone params, the batch's bf16 taps as the feature cache stores
+  them, and a blocking call of the frozen backbone's forward."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  s = config.image_size
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (bsz, s, s, 3)),
+                                jnp.float32),
+           "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
+  built = built_for(config)
+  bb = jax.tree.map(jnp.copy, built.init(
+      jax.random.key(0))["params"]["backbone"])
+  feats = fc.features_fn(built.model, "bfloat16", True)({"backbone": bb},
+                                                        batch["image"])
+  cached = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+  fwd = jax.jit(build.backbone_forward(config)[0])
+  return (batch, bb, cached,
+          lambda: jax.block_until_ready(fwd(bb, batch["image"])))
+
+
 def section_measured(a) -> List[Dict[str, Any]]:
   """Median step time of every method, the forward and cached LoSA,
   interleaved, per a.variants at a.batch."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.variants:
     bsz = a.batch
     config = make_config(variant, "losa")
-    rng = np.random.RandomState(0)
-    s = config.image_size
-    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (bsz, s, s, 3)),
-                                  jnp.float32),
-             "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
-    fns, trainable = {}, {}
-    losa_built = built_for(config)
+    batch, _, cached_batch, forward = timed_inputs(config, bsz)
+    fns, trainable = {"forward": forward}, {"forward": 0}
     for method in a.methods:
       b = built_for(make_config(variant, method))
-      state = b.init(jax.random.key(0))
-      fns[method] = Stepper(b.train_step, state, batch)
+      fns[method] = Stepper(b.train_step, b.init(jax.random.key(0)), batch)
       trainable[method] = b.num_trainable()
-    # The backbone forward alone, on a copy of LoSA's (random) backbone.
-    fwd_fn, _ = build.backbone_forward(config)
-    fwd = jax.jit(fwd_fn)
-    bb = jax.tree.map(jnp.copy, losa_built.init(
-        jax.random.key(0))["params"]["backbone"])
-    fns["forward"] = lambda: jax.block_until_ready(fwd(bb, batch["image"]))
-    trainable["forward"] = 0
     # LoSA from cached features: the taps of this batch, bf16, on device.
-    feats = fc.features_fn(
-        losa_built.model, "bfloat16", True)({"backbone": bb}, batch["image"])
-    cached_batch = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+    losa_built = built_for(config)
     fns["losa_cached"] = Stepper(
         cached_step_for(config, losa_built),
         losa_built.init(jax.random.key(0)), cached_batch)

@@ -1,6 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""The `population` section of losa_jax.bench.suite: K side networks on one
+"""The `population` section of `python -m losa_jax.bench`: K side networks on one
 backbone pass, against one LoSA step and K separate ones.
 
 Two parts, per variant of a.variants at batch a.batch:
@@ -25,8 +25,10 @@ from losa_jax.bench import common
 from losa_jax.bench.configs import forward_cost
 from losa_jax.bench.configs import make_config
 from losa_jax.bench.configs import step_cost
+from losa_jax.bench.sections_measured import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
+from losa_jax.bench.sections_measured import timed_inputs
 
 MIB = common.MIB
 _log = common.log
@@ -73,83 +75,74 @@ def population_cost(config, k: int, bsz: int,
   return cost.compiled_cost(pop.train_step, *_abstract(pop, bsz))
 
 
-def section_population(a) -> List[Dict[str, Any]]:
-  """Compiled K-scaling rows, then interleaved timing rows."""
+def _compiled_rows(config, variant: str, bsz: int) -> List[Dict[str, Any]]:
+  """Compiled FLOPs and peak of K = 1..16 members, beside one LoSA step."""
+  rows = []
+  fwd = forward_cost(config, bsz)
+  one = step_cost(config, bsz)
+  side = one["flops"] - fwd["flops"]
+  for k, loop in [(k, "vmap") for k in KS] + [(8, "map"), (16, "map")]:
+    c = population_cost(config, k, bsz, loop)
+    # XLA's cost analysis counts a while loop's body once: "map" FLOPs
+    # are not comparable (its work is the vmap's, one member at a time).
+    flops = c["flops"] if loop == "vmap" else float("nan")
+    rows.append({
+        "kind": "compiled", "variant": variant, "batch": bsz, "k": k,
+        "loop": loop,
+        "flops": flops, "peak_mib": c["peak_bytes"] / MIB,
+        "flops_per_forward": flops / fwd["flops"],
+        "flops_bound": (fwd["flops"] + k * side) / fwd["flops"],
+        "peak_per_losa_step": c["peak_bytes"] / one["peak_bytes"]})
+    _log(f"population {variant} K={k} ({loop}): "
+         f"{rows[-1]['flops_per_forward']:.3f}"
+         f" forwards (bound {rows[-1]['flops_bound']:.3f}), peak "
+         f"{rows[-1]['peak_mib']:.0f} MiB = "
+         f"{rows[-1]['peak_per_losa_step']:.2f}x one LoSA step")
+  return rows
+
+
+def _timed_rows(config, variant: str, a) -> List[Dict[str, Any]]:
+  """Every timed row on the same batch, interleaved."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
+  bsz = a.batch
+  batch, backbone, fb, _ = timed_inputs(config, bsz)
+  single = built_for(config)
+  fns = {"losa x1": Stepper(single.train_step,
+                            single.init(jax.random.key(0)), batch)}
+  holders = [Stepper(single.train_step, single.init(jax.random.key(i)),
+                     batch) for i in range(8)]
+  fns["8 separate losa"] = lambda: [h() for h in holders]
+  slot = jax.tree.map(lambda x: x[None], batch)
+  for name, pc in (("pop K=8 (8 lrs)", _pop_config(config, k=8)),
+                   ("pop K=8 mixed", _pop_config(config, mixed=True))):
+    pop = pop_build.build(pc, total_steps=1000)
+    fns[name] = Stepper(pop.train_step, pop.init(backbone), slot)
+  # Cached: the taps of this batch, as the feature cache stores them.
+  fns["losa x1 cached"] = Stepper(cached_step_for(config, single),
+                                  single.init(jax.random.key(9)), fb)
+  pop = pop_build.build(_pop_config(config, k=8, cached=True),
+                        total_steps=1000, cached=True)
+  fns["pop K=8 cached"] = Stepper(pop.train_step, pop.init(backbone),
+                                  jax.tree.map(lambda x: x[None], fb))
+  times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
+  base = times["losa x1"]["median_s"]
+  rows = []
+  for name, t in times.items():
+    rows.append({"kind": "timed", "variant": variant, "batch": bsz,
+                 "row": name, "median_s": t["median_s"],
+                 "q25_s": t["q25_s"], "q75_s": t["q75_s"],
+                 "per_losa_step": t["median_s"] / base})
+    _log(f"population {variant} {name}: {t['median_s']:.3f} s = "
+         f"{t['median_s'] / base:.2f}x one LoSA step")
+  return rows
+
+
+def section_population(a) -> List[Dict[str, Any]]:
+  """Compiled K-scaling rows, then interleaved timing rows, per variant."""
   rows = []
   for variant in a.variants:
-    bsz = a.batch
     config = make_config(variant, "losa")
-    fwd = forward_cost(config, bsz)
-    one = step_cost(config, bsz)
-    side = one["flops"] - fwd["flops"]
-    for k, loop in [(k, "vmap") for k in KS] + [(8, "map"), (16, "map")]:
-      c = population_cost(config, k, bsz, loop)
-      # XLA's cost analysis counts a while loop's body once: "map" FLOPs
-      # are not comparable (its work is the vmap's, one member at a time).
-      flops = c["flops"] if loop == "vmap" else float("nan")
-      rows.append({
-          "kind": "compiled", "variant": variant, "batch": bsz, "k": k,
-          "loop": loop,
-          "flops": flops, "peak_mib": c["peak_bytes"] / MIB,
-          "flops_per_forward": flops / fwd["flops"],
-          "flops_bound": (fwd["flops"] + k * side) / fwd["flops"],
-          "peak_per_losa_step": c["peak_bytes"] / one["peak_bytes"]})
-      _log(f"population {variant} K={k} ({loop}): "
-           f"{rows[-1]['flops_per_forward']:.3f}"
-           f" forwards (bound {rows[-1]['flops_bound']:.3f}), peak "
-           f"{rows[-1]['peak_mib']:.0f} MiB = "
-           f"{rows[-1]['peak_per_losa_step']:.2f}x one LoSA step")
-
-    # Timing: every row runs on the same batch, interleaved.
-    rng = np.random.RandomState(0)
-    s = config.image_size
-    images = rng.uniform(-1, 1, (bsz, s, s, 3)).astype(np.float32)
-    labels = rng.randint(0, 100, (bsz,)).astype(np.int32)
-    single = built_for(config)
-    state = single.init(jax.random.key(0))
-    backbone = state["params"]["backbone"]
-    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-    fns = {}
-
-    def stepper(step, st, b):
-      holder = {"state": st}
-
-      def run():
-        holder["state"], m = step(holder["state"], b)
-        jax.block_until_ready((holder["state"], m))
-      return run
-
-    fns["losa x1"] = stepper(single.train_step, state, batch)
-    states8 = [single.init(jax.random.key(i)) for i in range(8)]
-    holders = [stepper(single.train_step, st, batch) for st in states8]
-    fns["8 separate losa"] = lambda: [h() for h in holders]
-    slot = {"image": jnp.asarray(images[None]),
-            "label": jnp.asarray(labels[None])}
-    for name, pc in (("pop K=8 (8 lrs)", _pop_config(config, k=8)),
-                     ("pop K=8 mixed", _pop_config(config, mixed=True))):
-      pop = pop_build.build(pc, total_steps=1000)
-      fns[name] = stepper(pop.train_step, pop.init(backbone), slot)
-    # Cached: the taps of this batch, as the feature cache stores them.
-    from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
-    feats = fc.features_fn(single.model, "bfloat16", True)(
-        {"backbone": backbone}, batch["image"])
-    fb = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
-    fns["losa x1 cached"] = stepper(cached_step_for(config, single),
-                                    single.init(jax.random.key(9)), fb)
-    pop = pop_build.build(_pop_config(config, k=8, cached=True),
-                          total_steps=1000, cached=True)
-    fcs = jax.tree.map(lambda x: x[None], fb)
-    fns["pop K=8 cached"] = stepper(pop.train_step, pop.init(backbone), fcs)
-    times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
-    base = times["losa x1"]["median_s"]
-    for name, t in times.items():
-      rows.append({"kind": "timed", "variant": variant, "batch": bsz,
-                   "row": name, "median_s": t["median_s"],
-                   "q25_s": t["q25_s"], "q75_s": t["q75_s"],
-                   "per_losa_step": t["median_s"] / base})
-      _log(f"population {variant} {name}: {t['median_s']:.3f} s = "
-           f"{t['median_s'] / base:.2f}x one LoSA step")
+    rows += _compiled_rows(config, variant, a.batch)
+    rows += _timed_rows(config, variant, a)
   return rows

@@ -1,17 +1,16 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""The `side` section of losa_jax.bench.suite: what the side network moves.
+"""The `side` section of `python -m losa_jax.bench`: what the side network moves.
 
 Per variant of a.variants at batch a.batch, for three
 implementations of the same side network (same params, same function):
 
 * "autodiff": autodiff of the branch modules, each layer rematerialised,
-  float32 side stream (`model.losa.fused=False, dtype="float32"`: every
-  step before 2026-12-02);
+  float32 side stream (`model.losa.fused=False, dtype="float32"`);
 * "fused f32": `models/side_fused.py` (hand-written backward with folded
   LayerNorms, no replay, z_i written over the tap stack), float32 stores;
 * "fused": the default, the same with the taps and the side stream stored
-  in bf16 (`model.losa.dtype="bfloat16"`, the default since 2026-12-02).
+  in bf16 (`model.losa.dtype="bfloat16"`).
 
 Compiled (deterministic): memory traffic of the uncached and the cached
 (feature-cache) train step from `cost.hlo_traffic` (loop trips counted;
@@ -24,13 +23,12 @@ by side. Only ratios within one run mean anything (the machine is shared).
 """
 from typing import Any, Dict, List
 
-import numpy as np
-
 from losa_jax.bench import common
 from losa_jax.bench.configs import make_config
 from losa_jax.bench.sections_measured import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
+from losa_jax.bench.sections_measured import timed_inputs
 
 _log = common.log
 IMPLEMENTATIONS = {"autodiff": dict(fused=False, dtype="float32"),
@@ -59,14 +57,10 @@ def section_side(a) -> List[Dict[str, Any]]:
   """Compiled traffic and interleaved step times of the three side-network
   implementations (module docstring), per a.variants."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.variants:
     bsz = a.batch
-    rng = np.random.RandomState(0)
     # Inputs and the frozen forward, shared by the three implementations
     # (their backbones are the same params: init differs only in side/).
     config = make_config(variant, "losa")
@@ -75,16 +69,8 @@ def section_side(a) -> List[Dict[str, Any]]:
     layers = kw["depth"]
     full = float(bsz * ((s // kw["patch_size"][0]) ** 2 + 1) * kw["width"]
                  * 4)                                   # one f32 [B, N, D]
-    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (bsz, s, s, 3)),
-                                  jnp.float32),
-             "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
-    bb = jax.tree.map(jnp.copy, built_for(config).init(
-        jax.random.key(0))["params"]["backbone"])
-    feats = fc.features_fn(built_for(config).model, "bfloat16", True)(
-        {"backbone": bb}, batch["image"])
-    cached_batch = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
-    fwd = jax.jit(build.backbone_forward(config)[0])
-    fns = {"forward": lambda: jax.block_until_ready(fwd(bb, batch["image"]))}
+    batch, _, cached_batch, forward = timed_inputs(config, bsz)
+    fns = {"forward": forward}
     info = {}
     for impl, losa in IMPLEMENTATIONS.items():
       config = make_config(variant, "losa")

@@ -38,6 +38,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from losa_jax.bench import common
+from losa_jax.bench import configs
 
 GIB = common.GIB
 BUDGET_GIB = 16.0
@@ -79,16 +80,10 @@ def video_config(variant: str, method: str, *, frames: int, batch: int,
 
 def step_memory(config, batch: int) -> Dict[str, Any]:
   """Compiled memory of the trainer's train step on abstract inputs."""
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   t0 = time.time()
-  b = build.build(config, total_steps=1000)
-  c = cost.compiled_cost(b.train_step, b.state_shape,
-                         steps.abstract_batch(batch, b.image_shape))
-  return {"total_params": tree_lib.count(b.state_shape["params"]),
-          "trainable_params": b.num_trainable(),
+  c = configs.step_cost(config, batch)
+  return {"total_params": c["total_params"],
+          "trainable_params": c["trainable_params"],
           "params_gib": c["argument_bytes"] / GIB,
           "temp_gib": c["temp_bytes"] / GIB,
           "peak_gib": c["peak_bytes"] / GIB,
@@ -133,9 +128,6 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
   `depths` blocks, extrapolated linearly to the full depth (FLOPs are affine
   in depth: stem + head + depth x block); the rows report the fit.
   """
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(variant)["depth"]
   rows = []
@@ -145,10 +137,7 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
       cfg = video_config(variant, method, frames=frames, batch=batch,
                          depth=d, arg=arg, config=config)
       cfg.model.backbone.scan = False
-      b = build.build(cfg, total_steps=1000)
-      per[d] = cost.compiled_cost(b.train_step, b.state_shape,
-                                  steps.abstract_batch(batch, b.image_shape)
-                                  )["flops"] / 1e9
+      per[d] = configs.step_cost(cfg, batch)["flops"] / 1e9
     d0, d1 = min(depths), max(depths)
     slope = (per[d1] - per[d0]) / (d1 - d0)
     row = {"method": method, "batch": batch,

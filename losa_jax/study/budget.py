@@ -322,6 +322,14 @@ def run_budget(a: Args) -> Dict[str, Any]:
         _log(f"  ablation: {abl['members']} members in {abl['groups']} "
              f"groups, one population, {abl['train_s']:.0f}s train")
 
+  return _finish(a, first, timing_data, searches, members_out, abl_rows,
+                 abl_runs, t_start, load_start)
+
+
+def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
+            abl_runs, t_start, load_start) -> Dict[str, Any]:
+  """The interleaved timing, the cost and ablation tables; writes them."""
+  k = len(a.lrs) * len(a.wds)
   # Side by side: every method's step and LoSA's population step.
   timed = {m: ex for m, ex in first.items() if m != "losa"}
   if a.losa_separate and "losa" in first:
@@ -359,7 +367,7 @@ def run_budget(a: Args) -> Dict[str, Any]:
   tables.write(a.out, {
       "searches.csv": searches, "members.csv": members_out,
       "cost.csv": costs,
-      "task_mean.csv": [{"method": k, **v} for k, v in means.items()],
+      "task_mean.csv": [{"method": m, **v} for m, v in means.items()],
       "ablation_members.csv": abl_rows, "ablation_effects.csv": effects},
                meta, dict(kind="budget", searches=searches, costs=costs,
                           means=means, tasks=a.tasks, effects=effects,
