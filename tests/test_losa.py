@@ -179,21 +179,22 @@ def test_first_step_updates_only_the_head():
 
 
 def test_mixer_shapes():
-  # The branch modules' own shapes (the fused path calls no submodule).
   mixer = side_lib.Mixer(rank_channel=3, rank_token=5, fused=False)
   z = jax.random.normal(jax.random.key(0), (2, 17, 32))
-  variables = mixer.init(jax.random.key(1), z)
-  delta, inter = mixer.apply(variables, z, capture_intermediates=True)
-  assert delta.shape == z.shape
-  hid = inter["intermediates"]
-  assert hid["channel_0"]["mlp"]["down"]["__call__"][0].shape == (2, 17, 3)
-  assert hid["token_1"]["mlp"]["down"]["__call__"][0].shape == (2, 32, 5)
+  params = mixer.init(jax.random.key(1), z)["params"]
+  assert mixer.apply({"params": params}, z).shape == z.shape
+  hid = {}
+  side_lib.reference_mixer(mixer, params, z,
+                           lambda name, x: hid.setdefault(name, x))
+  assert hid["channel_0/mlp/down:out"].shape == (2, 17, 3)
+  assert hid["token_1/mlp/down:out"].shape == (2, 32, 5)
 
 
 @pytest.mark.parametrize("bad,match", [
     (dict(combine="mul"), "combine"), (dict(token_mixer="conv"), "token_mixer"),
     (dict(tap="qkv"), "tap"), (dict(ranks=3), "Unknown losa option"),
-    (dict(head_input="side", state="stream"), "stream")])
+    (dict(head_input="side", state="stream"), "stream"),
+    (dict(fused="yes"), "fused")])
 def test_bad_switch_is_named(bad, match):
   model = build.model_from_config(tiny_config(losa=bad))
   with pytest.raises(ValueError, match=match):

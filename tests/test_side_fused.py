@@ -113,7 +113,7 @@ def off_centre(request):
 
 def _fused_grads(params, z):
   gp, gz = jax.grad(lambda p, x: side_precision.cos_loss(
-      side_fused.mixer(p, x)), argnums=(0, 1))(params, z)
+      side_lib.fused_mixer(p, x)), argnums=(0, 1))(params, z)
   return {"params": gp, "z": gz}
 
 
@@ -229,6 +229,17 @@ def test_population_vmap_of_the_fused_step():
     return jax.vmap(jax.grad(lambda p: jnp.sum(
         m.apply({"params": p}, Z) ** 2)))(members)
   _assert_close(grads(mixer), grads(plain), what="vmapped d/d")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_option_picks_the_implementation_in_init_and_apply(fused):
+  """`fused` alone picks the mixer: init runs the code that apply runs."""
+  mixer = side_lib.Mixer(rank_channel=4, rank_token=4, fused=fused)
+  key = jax.random.key(1)
+  variables = mixer.init(key, Z)
+  for jaxpr in (jax.make_jaxpr(mixer.init)(key, Z),
+                jax.make_jaxpr(mixer.apply)(variables, Z)):
+    assert ("custom_vjp_call" in str(jaxpr)) == fused
 
 
 @pytest.mark.parametrize("kw", [

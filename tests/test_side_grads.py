@@ -93,9 +93,8 @@ def _reference_loss(mixer_kw, trainable, taps, final, sites):
                                   sites)
   refined = sites("refined", final + a)
   f = nn.LayerNorm(epsilon=1e-6).apply({"params": side["LN_out"]}, refined)
-  with nn.intercept_methods(sites.dense_interceptor("head/")):
-    logits = nn.Dense(head["bias"].shape[0]).apply({"params": head},
-                                                   f[:, 0])
+  logits = sites("head:out", sites("head:in", f[:, 0]) @ head["kernel"]
+                 + head["bias"])
   return _ce(logits)
 
 

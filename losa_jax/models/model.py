@@ -61,7 +61,8 @@ LOSA_DEFAULTS = dict(
     video_token_mixing="space_time",
     remat=True,             # recompute each mixer in backward: far less memory
     dtype="bfloat16",       # taps + side stream storage: bfloat16 | float32
-    fused=True,             # hand-written backward of the default mixer
+    fused=True,             # side_fused's hand-written backward where the
+                            # structure is the default; False: autodiff
 )
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
 ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
@@ -106,11 +107,11 @@ def _check_choice(value, name: str, choices) -> None:
 
 
 def losa_options(given: Optional[dict], what: str = "losa") -> dict:
-  """LOSA_DEFAULTS updated by `given`, every field checked by name.
+  """LOSA_DEFAULTS updated by `given`, every field and combination checked
+  by name: the one check of the LoSA options (a config's, a Model's).
 
   what: how the dict is named in errors ("losa" in a Model,
-  "config.model.losa" in a config). Combinations (e.g. state="stream" with
-  head_input) are checked where they are used, in `side.SideNetwork`.
+  "config.model.losa" in a config).
   """
   cfg = merged(LOSA_DEFAULTS, given, what)
   # A zero or negative rank would reach flax as Dense(0) / a negative shape
@@ -136,6 +137,14 @@ def losa_options(given: Optional[dict], what: str = "losa") -> dict:
                        ("video_token_mixing", side_lib.VIDEO_TOKEN_MIXING),
                        ("dtype", side_lib.DTYPES)):
     _check_choice(cfg[key], f"LoSA option {what}.{key}", choices)
+  for key in ("share_weights", "zero_init", "remat", "fused"):
+    if not isinstance(cfg[key], bool):
+      raise ValueError(f"LoSA option {what}.{key}={cfg[key]!r}: must be "
+                       "True or False.")
+  if cfg["state"] == "stream" and cfg["head_input"] != "sum":
+    raise ValueError(f"LoSA option {what}.state='stream' needs "
+                     f"{what}.head_input='sum' (got {cfg['head_input']!r}): "
+                     "the stream already carries the backbone features.")
   return cfg
 
 

@@ -14,18 +14,22 @@ and the token MLP's [B, D, r_t] (for video, [B, T, D, r_s] spatial and
 [B, S, D, r_t] temporal). With `zero_init` every mixer output projection
 starts at zero, so a_i = 0 at step 0 and the model is a linear probe.
 
-`dtype` is the storage dtype of the taps and of the side stream kept
-between layers (a_i, and z_i where the backward keeps it). With "bfloat16"
-those stores take half the bytes; everything inside a mixer is float32 math
-on float32 params (each z_i read is converted, each a_i rounded once when
-stored), in the fused path and in autodiff alike. The head's input
-LN_out(sg(b_L) + a_L) is float32 in both cases.
-"""
-from typing import Optional, Sequence, Tuple
+The params are declared once, `Mixer.spec` (names, shapes, inits); the
+mixer is a pure function of (params, z) with two implementations, picked
+by the `fused` option: `reference_mixer` (plain math, autodiff, every
+structure) and `side_fused.mixer` (the default structure; hand-written
+backward derived in docs/side_fused.md). Init and apply run the same code.
 
-import flax
+`dtype` is the storage dtype of the taps and of the side stream between
+layers (a_i, and z_i where the backward keeps it); inside a mixer the math
+is float32 on float32 params, on both paths. The head's input
+LN_out(sg(b_L) + a_L) is float32.
+"""
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from losa_jax.models import side_fused
@@ -40,92 +44,59 @@ VIDEO_TOKEN_MIXING = ("space_time", "time_space", "joint", "space", "time")
 HEAD_INPUTS = ("sum", "side", "concat")
 OUT_NORMS = ("new", "backbone")
 DTYPES = ("float32", "bfloat16")
+EPSILON = side_fused.EPSILON      # every LayerNorm of the side network
+
+Spec = Dict[str, Any]    # {name: Spec, or (shape, init) for a param}
 
 
-def _check(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"LoSA option {name}={value!r} is not valid: choose one of "
-                     f"{list(choices)}.")
+def _no_site(name, x):   # pylint: disable=unused-argument
+  return x
 
 
-class LowRankMLP(nn.Module):
-  """Dense(rank) -> GELU -> Dense(features) on the last axis.
+class _Declare(nn.Module):
+  """Declares the params of a nested spec in its own scopes; returns them.
 
-  [..., F_in] -> [..., features]; `rank=None` gives one full-rank Dense.
-  Params: 2 * F * rank + rank + features (or F_in * features + features).
+  A param's init RNG is the root key folded with its path's scope names and
+  its index within its scope (flax's `make_rng`): the values depend on the
+  names and the order in a scope (kernel before bias, as `nn.Dense`), not on
+  what code runs (tests/test_side_init.py holds them).
   """
-  features: int
-  rank: Optional[int]
-  zero_init: bool = True
+  spec: Spec
 
   @nn.compact
-  def __call__(self, x):
-    out_init = (nn.initializers.zeros if self.zero_init
-                else nn.initializers.normal(stddev=1e-3))
-    if self.rank is None:
-      return nn.Dense(self.features, kernel_init=out_init, name="up")(x)
-    h = nn.Dense(self.rank, kernel_init=nn.initializers.lecun_normal(),
-                 name="down")(x)
-    h = nn.gelu(h)
-    return nn.Dense(self.features, kernel_init=out_init, name="up")(h)
+  def __call__(self):
+    return _declare(self, self.spec)
 
 
-class _Branch(nn.Module):
-  """One mixing sub-block returning a delta of the input's shape [B, N, D].
+def _declare(module: nn.Module, spec: Spec):
+  """Declares `spec` in `module`'s scope (call from its compact method)."""
+  return {k: module.param(k, v[1], v[0]) if isinstance(v, tuple)
+          else _Declare(v, name=k)() for k, v in spec.items()}
 
-  kind: "channel" (over D), "token" (over all mixed tokens), "space" or "time"
-  (the two factors of a video token grid, applied per frame / per position).
-  """
-  kind: str
-  rank: Optional[int]
-  norms: str
-  zero_init: bool
-  num_prefix: int            # leading tokens (CLS) left out of token mixing
-  grid: Optional[Tuple[int, int]] = None   # (n_t, n_s) for video tokens
 
-  def _mlp(self, features):
-    return LowRankMLP(features, self.rank, self.zero_init, name="mlp")
+def _dense_spec(fan_in: int, features: int, kernel_init) -> Spec:
+  return {"kernel": ((fan_in, features), kernel_init),
+          "bias": ((features,), nn.initializers.zeros)}
 
-  def _norm(self):
-    return nn.LayerNorm(epsilon=1e-6, name="LayerNorm")
 
-  @nn.compact
-  def __call__(self, z):
-    pre = self.norms == "pre"
-    y = self._norm()(z) if pre else z
-    if self.kind == "channel":
-      out = self._mlp(z.shape[-1])(y)
-    else:
-      prefix, tokens = y[:, :self.num_prefix], y[:, self.num_prefix:]
-      out = self._mix_tokens(tokens)
-      if self.num_prefix:
-        # Prefix tokens (CLS) get no token-mixing update, only channel mixing.
-        out = jnp.concatenate([jnp.zeros_like(prefix), out], axis=1)
-    if self.norms == "post":
-      out = self._norm()(out)
-    return out
+def _layer_norm(p, x):
+  """flax's LayerNorm over the last axis (var = E[x^2] - E[x]^2, >= 0)."""
+  mean = jnp.mean(x, -1, keepdims=True)
+  var = jnp.maximum(0.0, jnp.mean(x * x, -1, keepdims=True) - mean * mean)
+  return (x - mean) * (lax.rsqrt(var + EPSILON) * p["scale"]) + p["bias"]
 
-  def _mix_tokens(self, tokens):
-    b, n, d = tokens.shape
-    if self.kind == "token":
-      mixed = self._mlp(n)(tokens.transpose(0, 2, 1))     # [B, D, N]
-      return mixed.transpose(0, 2, 1)
-    n_t, n_s = self.grid
-    if n_t * n_s != n:
-      raise ValueError(f"Video token grid {self.grid} holds {n_t * n_s} tokens "
-                       f"but the tap has {n} (after {self.num_prefix} prefix).")
-    x = tokens.reshape(b, n_t, n_s, d)
-    if self.kind == "space":      # over n_s, same weights for every frame
-      x = x.transpose(0, 1, 3, 2)                         # [B, T, D, S]
-      x = self._mlp(n_s)(x)
-      x = x.transpose(0, 1, 3, 2)
-    elif self.kind == "time":     # over n_t, same weights for every position
-      x = x.transpose(0, 2, 3, 1)                         # [B, S, D, T]
-      x = self._mlp(n_t)(x)
-      x = x.transpose(0, 3, 1, 2)
-    else:
-      raise ValueError(f"Unknown mixing branch {self.kind!r}.")
-    return x.reshape(b, n, d)
+
+def _dense(p, x, site, name):
+  y = jnp.dot(site(name + ":in", x), p["kernel"]) + p["bias"]
+  return site(name + ":out", y)
+
+
+def _low_rank_mlp(p, x, site, name):
+  """Dense(rank) -> GELU -> Dense(features) on the last axis, or one Dense
+  when the spec has no "down" (full rank): [..., F_in] -> [..., F_out]."""
+  if "down" in p:
+    x = nn.gelu(_dense(p["down"], x, site, name + "/down"))
+  return _dense(p["up"], x, site, name + "/up")
 
 
 class Mixer(nn.Module):
@@ -134,7 +105,8 @@ class Mixer(nn.Module):
   Branches run sequentially with residuals (u = z + c; t = Token(u)); the
   returned delta is c + t, accumulated branch by branch so that zero branches
   give an exact zero. z may be stored in any float dtype; the math and the
-  returned delta are float32.
+  returned delta are float32 (float64 stays float64: the tests' reference).
+  `fused` picks the implementation (`fn`) where the structure has one.
   """
   rank_channel: int = 8
   rank_token: int = 8
@@ -151,10 +123,11 @@ class Mixer(nn.Module):
 
   def uses_fused_vjp(self) -> bool:
     """Whether this mixer runs `side_fused.mixer` (same params, same
-    function, hand-written backward) instead of autodiff of the branches."""
-    return self.fused and side_fused.applies(
-        dict(norms=self.norms, token_mixer=self.token_mixer, grid=self.grid),
-        self.branches())
+    function, hand-written backward) instead of `reference_mixer`: `fused`
+    and the default structure, one channel-token pair, pre-LN, images."""
+    return (self.fused and self.norms == "pre" and self.token_mixer == "all"
+            and self.grid is None and self.num_pairs == 1
+            and self.mixer_order == "channel_token")
 
   def branches(self) -> Sequence[Tuple[str, Optional[int]]]:
     """The (kind, rank) sequence of one layer's sub-blocks."""
@@ -173,65 +146,123 @@ class Mixer(nn.Module):
         token + channel)
     return pair * self.num_pairs
 
-  @nn.compact
-  def __call__(self, z):
-    # Whatever z's storage dtype, the mixer computes in float32 and returns
-    # a float32 delta: the caller rounds once, when it stores a_i. A float64
-    # z (the tests' reference, under jax_enable_x64) stays float64.
-    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
-    made = self.variables.get("params", {})
-    if self.uses_fused_vjp() and "channel_0" in made and "token_1" in made:
-      # The branches' params as init made them (init, or apply with mutable
-      # params, runs the branch modules below); no submodule is called.
-      return side_fused.mixer(flax.core.unfreeze(made), z)
-    # CLS is mixed with the patches only when asked, and never in the
-    # factorised video mixers (its position fits no frame).
+  def prefix(self, kind: str) -> int:
+    """Leading tokens (CLS) that branch `kind` leaves out: CLS is mixed with
+    the patches only when asked, and never in the factorised video mixers
+    (its position fits no frame)."""
     exclude_cls = self.token_mixer == "exclude_cls" or (
         self.grid is not None and self.video_token_mixing != "joint")
-    delta = jnp.zeros_like(z)
-    cur = z
+    return self.num_prefix if kind != "channel" and exclude_cls else 0
+
+  def spec(self, n: int, d: int) -> Spec:
+    """Every param of the mixer for z [B, n, d]: names, shapes, inits."""
+    out_init = (nn.initializers.zeros if self.zero_init
+                else nn.initializers.normal(stddev=1e-3))
+    spec = {}
     for j, (kind, rank) in enumerate(self.branches()):
-      y = _Branch(kind, rank, self.norms, self.zero_init,
-                  num_prefix=self.num_prefix if (
-                      kind != "channel" and exclude_cls) else 0,
-                  grid=self.grid, name=f"{kind}_{j}")(cur)
-      cur = cur + y
-      delta = delta + y
-    return delta
+      width = {"channel": d, "token": n - self.prefix(kind)}.get(kind) or (
+          dict(zip(("time", "space"), self.grid))[kind])
+      mlp = {"up": _dense_spec(rank or width, width, out_init)}
+      if rank is not None:
+        mlp = {"down": _dense_spec(width, rank, nn.initializers.lecun_normal()),
+               **mlp}
+      spec[f"{kind}_{j}"] = {"mlp": mlp} if self.norms == "none" else {
+          "LayerNorm": {"scale": ((d,), nn.initializers.ones),
+                        "bias": ((d,), nn.initializers.zeros)}, "mlp": mlp}
+    return spec
 
-
-class SideLayer(nn.Module):
-  """One refinement step: (carry a_{i-1} [B, N, D], i, taps) -> (a_i, None).
-
-  b_i is read from the whole tap stack inside the step (`layer_axis` is its
-  layer axis), so neither a transposed nor a converted copy of the stack is
-  ever made: a feature-cache batch [B, L', N, D] in bf16 is used as it is.
-  """
-  mixer: dict
-  combine: str = "add"
-  state: str = "delta"
-  layer_axis: int = 0
+  def fn(self) -> Callable:
+    """(params, z) -> delta, the implementation the options pick."""
+    if self.uses_fused_vjp():
+      return fused_mixer
+    return lambda params, z: reference_mixer(self, params, z)
 
   @nn.compact
-  def __call__(self, carry, i, taps):
-    b = jax.lax.dynamic_index_in_dim(taps, i, self.layer_axis,
-                                     keepdims=False).astype(carry.dtype)
-    if self.combine == "add":
-      z = b + carry
-    elif self.combine == "gated":
-      gate = self.param("gate", nn.initializers.ones, (), jnp.float32)
-      z = b + (gate * carry).astype(carry.dtype)
+  def __call__(self, z):
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
+    return self.fn()(_declare(self, self.spec(*z.shape[1:])), z)
+
+
+def reference_mixer(m: Mixer, params, z, site=_no_site):
+  """delta of the mixer `m` (its options) by plain math, for autodiff.
+
+  site(name, x) -> x sees every Dense's input and output ("token_1/mlp/up:in")
+  (`side_precision` perturbs them there).
+  """
+  delta, cur = jnp.zeros_like(z), z
+  for j, (kind, _) in enumerate(m.branches()):
+    name = f"{kind}_{j}"
+    p = params[name]
+    y = _layer_norm(p["LayerNorm"], cur) if m.norms == "pre" else cur
+    mlp = lambda x, p=p, name=name: _low_rank_mlp(p["mlp"], x, site,
+                                                  name + "/mlp")
+    if kind == "channel":
+      y = mlp(y)
     else:
-      d = b.shape[-1]
+      k = m.prefix(kind)
+      out = _mix_tokens(kind, m.grid, y[:, k:], mlp)
+      # Prefix tokens (CLS) get no token-mixing update, only channel mixing.
+      y = jnp.concatenate([jnp.zeros_like(y[:, :k]), out], 1) if k else out
+    if m.norms == "post":
+      y = _layer_norm(p["LayerNorm"], y)
+    cur, delta = cur + y, delta + y
+  return delta
+
+
+def _mix_tokens(kind, grid, tokens, mlp):
+  """mlp over the token axis [B, N, D] (kind "token"), or over one factor of
+  a video grid (n_t, n_s): "space" per frame, "time" per position."""
+  b, n, d = tokens.shape
+  if kind == "token":
+    return mlp(tokens.transpose(0, 2, 1)).transpose(0, 2, 1)   # over [B, D, N]
+  n_t, n_s = grid
+  if n_t * n_s != n:
+    raise ValueError(f"Video token grid {grid} holds {n_t * n_s} tokens but "
+                     f"the tap has {n} (after the prefix tokens).")
+  x = tokens.reshape(b, n_t, n_s, d)
+  if kind == "space":      # over n_s, same weights for every frame
+    x = mlp(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)     # [B, T, D, S]
+  else:                    # "time": over n_t, same weights for every position
+    x = mlp(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)     # [B, S, D, T]
+  return x.reshape(b, n, d)
+
+
+def fused_params(tree) -> side_fused.Params:
+  """The default mixer's params tree (`Mixer.spec`) as `side_fused.Params`
+  (leaves as they are: [L', ...] for stacked layers)."""
+  leaves = []
+  for branch in (tree["channel_0"], tree["token_1"]):
+    leaves += [branch["LayerNorm"]["scale"], branch["LayerNorm"]["bias"]]
+    for dense in ("down", "up"):
+      leaves += [branch["mlp"][dense]["kernel"], branch["mlp"][dense]["bias"]]
+  return side_fused.Params(*leaves)
+
+
+def fused_mixer(tree, z):
+  """`side_fused.mixer` on the default mixer's params tree."""
+  return side_fused.mixer(fused_params(tree), z)
+
+
+class _LayerParams(nn.Module):
+  """A scan body: (carry) -> (carry, one layer's params), the mixer's and
+  the combine's (its spec is made here: nn.scan would sort a field's keys,
+  and the order of kernel and bias in a scope sets their RNGs)."""
+  mixer: dict
+  combine: str
+  shape: Tuple[int, int]     # (N, D)
+
+  @nn.compact
+  def __call__(self, carry):
+    n, d = self.shape
+    spec = {"mixer": Mixer(**self.mixer, parent=None).spec(n, d)}
+    if self.combine == "gated":
+      spec["gate"] = ((), nn.initializers.ones)
+    elif self.combine == "concat":
       # [I; I] init: at step 0 the projection is exactly b + carry.
       eye = jnp.eye(d, dtype=jnp.float32)
-      z = nn.Dense(d, kernel_init=lambda *_: jnp.concatenate([eye, eye]),
-                   name="combine")(jnp.concatenate(
-                       [b, carry], axis=-1).astype(jnp.float32)).astype(
-                           carry.dtype)
-    y = Mixer(**self.mixer, name="mixer")(z)               # float32
-    new = carry + y if self.state == "delta" else z + y
-    return new.astype(carry.dtype), None
+      spec["combine"] = _dense_spec(2 * d, d,
+                                    lambda *_: jnp.concatenate([eye, eye]))
+    return carry, _declare(self, spec)
 
 
 class SideNetwork(nn.Module):
@@ -245,18 +276,14 @@ class SideNetwork(nn.Module):
   Returns (f, a): f = LN_out(sg(b_L) + a_L) [B, N, D] by default ([B, N, 2D]
   for head_input="concat") and a = a_L [B, N, D].
 
-  The params are those of one `nn.scan` over `SideLayer` (stacked on a
-  leading L' axis under side/layers/, like big_vision's scanned encoder),
-  and init always runs that scan. Applying runs one of two implementations
-  of the same function:
-  * the default structure (`side_fused.scan_applies`, `fused=True` in the
-    mixer options): `side_fused.side_scan`, one hand-written backward for
-    the whole side network, keeping one [L', B, N, D] stack of z_i (written
-    over the taps) and low-rank activations, with no forward replayed;
-  * every other structure: the scan with autodiff, each layer
-    rematerialised when `remat` (the backward keeps each layer's input
-    carry [B, N, D] instead of every LayerNorm output and transpose;
-    unrolled loops let XLA:CPU hoist the recomputation and lose the saving).
+  The params are stacked on a leading L' axis under side/layers/ (one
+  `nn.scan` declares them, like big_vision's scanned encoder); the options
+  are checked by `model.losa_options`. The default structure
+  (a fused mixer, combine "add", state "delta", unshared) runs `side_fused.side_scan`: one hand-written
+  backward for the whole network, keeping one [L', B, N, D] stack of z_i
+  and low-rank activations, replaying nothing. Every other structure runs
+  `_scan` with autodiff, each layer rematerialised when `remat` (the
+  backward keeps each layer's input carry [B, N, D]).
   """
   mixer: dict
   combine: str = "add"
@@ -269,66 +296,58 @@ class SideNetwork(nn.Module):
 
   @nn.compact
   def __call__(self, taps, final, frozen_ln, *, layer_axis: int = 0):
-    _check("combine", self.combine, COMBINES)
-    _check("state", self.state, STATES)
-    _check("head_input", self.head_input, HEAD_INPUTS)
-    _check("out_norm", self.out_norm, OUT_NORMS)
-    _check("dtype", self.dtype, DTYPES)
     dtype = jnp.dtype(self.dtype)
-    if self.state == "stream" and self.head_input != "sum":
-      raise ValueError("LoSA option state='stream' needs head_input='sum' "
-                       "(the stream already carries the backbone features).")
-    mixer_kw = dict(self.mixer)
-    _check("mixer_order", mixer_kw.get("mixer_order", "channel_token"),
-           MIXER_ORDERS)
-    _check("token_mixer", mixer_kw.get("token_mixer", "all"), TOKEN_MIXERS)
-    _check("norms", mixer_kw.get("norms", "pre"), NORMS)
-    _check("video_token_mixing", mixer_kw.get("video_token_mixing",
-                                              "space_time"), VIDEO_TOKEN_MIXING)
-    mixer = Mixer(**mixer_kw, parent=None)   # unbound: for its structure
-    layer = SideLayer
-    if self.remat:
-      # The fused mixer keeps only z and low-rank activations for its
-      # backward, what remat would keep (the carry), so nothing is replayed
-      # ("everything_saveable"); still nn.remat, which splits the init RNGs
-      # as it always did, so the params do not depend on the path.
-      policy = (jax.checkpoint_policies.everything_saveable
-                if mixer.uses_fused_vjp() else None)
-      layer = nn.remat(SideLayer, prevent_cse=False, policy=policy)
+    n_layers = taps.shape[layer_axis]
     if self.share_weights:
       scan_kw = dict(variable_broadcast="params", split_rngs={"params": False})
     else:
       scan_kw = dict(variable_axes={"params": 0}, split_rngs={"params": True})
-    made = self.variables.get("params", {}).get("layers", {}).get("mixer")
-    if made is not None and side_fused.scan_applies(
-        mixer.uses_fused_vjp(), combine=self.combine, state=self.state,
-        share_weights=self.share_weights):
-      # Params exist (not init): the whole side network with one
-      # hand-written backward; the same params and function as below.
-      carry = side_fused.side_scan(flax.core.unfreeze(made),
-                                   taps, layer_axis, dtype)
+    mixer = Mixer(**self.mixer, parent=None)   # unbound: for its options
+    _, layers = nn.scan(_LayerParams, in_axes=(), length=n_layers, **scan_kw)(
+        self.mixer, self.combine, final.shape[1:], name="layers")(
+            jnp.zeros(()))
+    if mixer.uses_fused_vjp() and (self.combine, self.state) == (
+        "add", "delta") and not self.share_weights:
+      carry = side_fused.side_scan(fused_params(layers["mixer"]), taps,
+                                   layer_axis, dtype)
     else:
-      carry = self._layers(layer, scan_kw, mixer_kw, taps, final, dtype,
-                           layer_axis)
+      carry = self._scan(mixer, layers, taps, final, dtype, layer_axis)
     return self._out(final, carry, frozen_ln)
 
-  def _layers(self, layer, scan_kw, mixer_kw, taps, final, dtype,
-              layer_axis):
-    """The layers as one nn.scan (init, and every other structure)."""
+  def _layer(self, mixer, p, a, b):
+    """a_i from a_{i-1} [B, N, D] and b_i (both in the storage dtype)."""
+    if self.combine == "add":
+      z = b + a
+    elif self.combine == "gated":
+      z = b + (p["gate"] * a).astype(a.dtype)
+    else:
+      z = _dense(p["combine"], jnp.concatenate([b, a], -1).astype(
+          jnp.float32), _no_site, "combine").astype(a.dtype)
+    y = mixer.fn()(p["mixer"], z.astype(jnp.promote_types(z.dtype,
+                                                           jnp.float32)))
+    new = a + y if self.state == "delta" else z + y
+    return new.astype(a.dtype)
+
+  def _scan(self, mixer, layers, taps, final, dtype, layer_axis):
+    """a_L by a scan over the layers, differentiated by autodiff."""
+    def body(a, xs):
+      p, i = xs
+      b = lax.dynamic_index_in_dim(taps, i, layer_axis, keepdims=False)
+      return self._layer(mixer, p, a, b.astype(a.dtype)), None
+    if self.remat:
+      # The fused mixer keeps only z and low-rank activations for its
+      # backward, what remat would keep (the carry): nothing is replayed.
+      body = jax.checkpoint(body, prevent_cse=False, policy=(
+          jax.checkpoint_policies.everything_saveable
+          if mixer.uses_fused_vjp() else None))
     n_layers = taps.shape[layer_axis]
-    start = jnp.zeros(final.shape, dtype)
-    carry, _ = nn.scan(layer, in_axes=(0, nn.broadcast), length=n_layers,
-                       **scan_kw)(
-                           mixer=mixer_kw, combine=self.combine,
-                           state=self.state, layer_axis=layer_axis,
-                           name="layers")(
-                               start, jnp.arange(n_layers), taps)
+    carry, _ = lax.scan(body, jnp.zeros(final.shape, dtype),
+                        (layers, jnp.arange(n_layers)))
     return carry
 
   def _out(self, final, carry, frozen_ln):
     refined = final + carry if self.state == "delta" else carry
-
-    norm = (nn.LayerNorm(epsilon=1e-6, name="LN_out")
+    norm = (nn.LayerNorm(epsilon=EPSILON, name="LN_out")
             if self.out_norm == "new" else frozen_ln)
     if self.head_input == "sum":
       return norm(refined), carry

@@ -6,33 +6,24 @@ Used by tests/test_side_grads.py and the device check
 (`losa_jax.bench.accelerator_check.compare_precision`), so that both hold
 the library to one bound.
 
-The reference is autodiff of the autodiff path (`side.Mixer(fused=False)`)
-in float64. Rounding is modelled at "sites": values x that the float32
-library rounds, x -> x (1 + d), |d| <= u (u: the unit roundoff, half an
-ulp). A site perturbs the reference's forward value, x (1 + e_f), and the
-cotangent that the backward carries through x, ct (1 + e_b). To first
-order the gradient g moves by sum_s e_s dg/de_s, so a library that rounds
-at the sites is within
+The reference is autodiff of `side.reference_mixer` in float64. A
+rounding at a "site" x (a value the float32 library rounds: every Dense's
+input and output and every param of each mixer, each z_i, delta, a_i, and
+the head's input and output) is x (1 + d), |d| <= u, forward and on the
+cotangent through x; to first order the gradient moves by d |dg/de|,
+computed exactly by reverse mode through the reference's own backward:
 
     bound = SLACK * sum_s u_s |dg/de_s|          (per gradient entry)
 
-of the reference. |dg/de_s| is computed exactly, in float64, by reverse
-mode through the reference's own backward. The sites: every Dense's input
-and output and every param of each mixer (a dot's operands and the results
-it writes), each mixer's input z_i and output delta, the side state a_i,
-and the head's input and output. SLACK = 2 leaves room for the terms of
-second order and for products whose operands are not exactly a site (the
-fused path's concatenated GEMMs mix several sites' values in one product).
-Roundings that are many and independent (the bf16 stores of z_i and a_i)
-may instead be bounded in probability, LAMBDA sqrt(sum_s (u_s dg/de_s)^2)
-(`storage_bound`). Derivations and measured ratios: docs/method.md,
-"Precision of the default path".
+with SLACK = 2 for second-order terms and fused products of several
+sites; many independent roundings (bf16 stores) may instead be bounded in
+probability (`storage_bound`). Derivation and measured ratios:
+docs/method.md, "Precision of the default path".
 """
 import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
-import flax.linen as nn
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
@@ -86,29 +77,17 @@ class Sites:
       return x
     return _site(x, self.e[name])
 
-  def dense_interceptor(self, prefix: str):
-    """nn.intercept_methods hook: a site at every Dense's input and output."""
-    def icpt(next_fun, args, kwargs, context):
-      if context.method_name != "__call__" or not isinstance(
-          context.module, nn.Dense):
-        return next_fun(*args, **kwargs)
-      key = prefix + "/".join(context.module.path)
-      out = next_fun(self(key + ":in", args[0]), **kwargs)
-      return self(key + ":out", out)
-    return icpt
-
 
 def mixer(mixer_kw: Dict[str, Any], params, z, sites: Sites, prefix=""):
-  """delta [B, N, D] of `side.Mixer(**mixer_kw, fused=False)` (autodiff:
-  flax's LayerNorms and Dense layers), float64 for float64 inputs, with
-  sites at z, delta, every param and every Dense's input and output."""
+  """delta [B, N, D] of `side.reference_mixer` (autodiff of plain
+  LayerNorm and Dense math), float64 for float64 inputs, with sites at z,
+  delta, every param and every Dense's input and output."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
   params = flax.traverse_util.unflatten_dict(
       {k: sites(f"{prefix}param:{k}", v) for k, v in flat.items()}, sep="/")
-  z = sites(prefix + "z", z)
-  with nn.intercept_methods(sites.dense_interceptor(prefix)):
-    delta = side_lib.Mixer(**{**mixer_kw, "fused": False}).apply(
-        {"params": params}, z)
+  delta = side_lib.reference_mixer(
+      side_lib.Mixer(**mixer_kw, parent=None), params,
+      sites(prefix + "z", z), lambda name, x: sites(prefix + name, x))
   return sites(prefix + "delta", delta)
 
 
