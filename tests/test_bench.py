@@ -24,9 +24,11 @@ from losa_jax.bench import registry
 from losa_jax.tools import inflate_vivit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The sections the module fixture runs and checks in detail; the others
-# run at --quick size in test_every_other_section_runs_tiny.
+# The sections the module fixture runs and checks in detail; the
+# accelerator's are in tests/test_bench_accelerator.py; every other section
+# runs at --quick size in test_every_other_section_runs_tiny.
 SUITE = ("compiled", "dtype", "measured", "cache", "maxbatch", "big")
+DETAILED = SUITE + ("accelerator",)
 
 
 def _script(name):
@@ -132,7 +134,7 @@ def test_max_batch_and_big_models(quick):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "section", [s for s in registry.SECTIONS if s not in SUITE])
+    "section", [s for s in registry.SECTIONS if s not in DETAILED])
 def test_every_other_section_runs_tiny(section, tmp_path):
   rows = cli.main([section, "--quick", "--out", str(tmp_path)])
   assert rows and all(isinstance(r, dict) for r in rows), section

@@ -91,7 +91,7 @@ def _child(name: str, argv: Sequence[str], flags: str, out: str
            ) -> List[Dict[str, Any]]:
   """Runs the section in a fresh process with `flags` added to XLA_FLAGS."""
   env = common.with_xla_flags(flags, dict(os.environ))
-  args = [x for x in _user_argv(argv[1:])]
+  args = _user_argv(argv[1:])
   if "--out" not in args and not any(a.startswith("--out=") for a in args):
     args += ["--out", out]
   common.log(f"{name}: child process with XLA_FLAGS={env['XLA_FLAGS']}")

@@ -319,7 +319,3 @@ def run(name: str, given: Mapping[str, Any] = (), *, quick: bool = False
   """Runs section `name` in this process (its XLA flags are the caller's
   business: see losa_jax.bench.__main__); returns its rows."""
   return section(name).function()(options(name, dict(given), quick=quick))
-
-
-def names() -> Sequence[str]:
-  return tuple(SECTIONS)
