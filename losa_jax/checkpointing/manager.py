@@ -10,27 +10,9 @@ match. Orbax writes each step into a temporary folder and renames it when
 complete, so a killed run never leaves a half-written step that looks valid.
 This module is the only one that imports Orbax (a V1 move is one file).
 
-Integrity. A step is final once Orbax has written and renamed it (Orbax
-saves asynchronously), and checked once its caller says its loss is finite
-(`save(..., checked=False)`, then `confirm` or `discard`: a step's loss is
-known only at the next training step). As soon as a step is both, a
-background thread of process 0 writes `<step>/losa_manifest.json` (via a
-temporary file and `os.replace`) with the size and sha256 of every other
-file in the step's folder, so a kill leaves at most the step being written
-or checked without one. `restore` checks the manifest before reading any
-array; a missing, resized or changed file raises `DamagedCheckpointError`
-naming the step's path and the file. `restore_newest` (the trainer's
-resume) then falls back to the previous step with a logged warning, so
-damaged values are never trained on; a writable Checkpointer moves each
-damaged step to `<workdir>/damaged_checkpoints/` (so that the rerun can save
-that step again, and the evidence is kept). When no usable step remains it
-raises `CheckpointError` saying what to do.
-
-Rule for steps without a manifest (a kill before the step was final and
-checked, an older version, or a deleted manifest): they are accepted with a
-warning that names them. Orbax's atomic rename already guarantees they are
-complete; bit-level damage and a non-finite loss go undetected, and an
-Orbax read error on such a step is treated as damage (fallback as above).
+Integrity (`integrity`). Each step, once on disk and its loss checked, gets
+a manifest of its files' sizes and sha256, checked before any array is read;
+`restore_newest` falls back over damaged steps and sets them aside.
 
 Kept steps. A discarded step (its loss was not finite) is deleted. Old
 steps are deleted beyond `max_to_keep` checked ones, at the next save and
@@ -52,8 +34,6 @@ the largest |trainable param| (`max_abs_param`), which `nonfinite_report`
 uses to say whether the newest checkpoint is worth resuming from after the
 loss turned NaN/Inf.
 """
-import hashlib
-import json
 import math
 import os
 import threading
@@ -65,19 +45,20 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from losa_jax.checkpointing import integrity
 from losa_jax.utils import tree as tree_lib
-# What a resume must agree on (resume_compat), re-exported: one checkpoint API.
-from losa_jax.checkpointing.resume import CheckpointError  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import FINGERPRINT_KEYS  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import HPARAM_KEYS  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import OPTIMIZER_KEYS  # pylint: disable=unused-import
+# The names callers use from integrity and resume, re-exported: one checkpoint
+# API.
+from losa_jax.checkpointing.integrity import MANIFEST  # pylint: disable=unused-import
+from losa_jax.checkpointing.integrity import DamagedCheckpointError
+from losa_jax.checkpointing.integrity import file_sha256  # pylint: disable=unused-import
+from losa_jax.checkpointing.resume import CheckpointError
 from losa_jax.checkpointing.resume import check_meta  # pylint: disable=unused-import
 from losa_jax.checkpointing.resume import check_opt_layout  # pylint: disable=unused-import
 from losa_jax.checkpointing.resume import config_fingerprint  # pylint: disable=unused-import
 from losa_jax.checkpointing.resume import config_hparams  # pylint: disable=unused-import
 from losa_jax.checkpointing.resume import opt_layout
 
-MANIFEST = "losa_manifest.json"
 WATCH_S = 0.05          # how often the manifest thread asks Orbax
 LAYOUT = 2              # meta["layout"]: the opt state is a list of leaves
 # `nonfinite_report` calls a step's params suspect above this max |param|, or
@@ -86,20 +67,8 @@ HUGE_PARAM = 1e4
 GROWTH = 100.0
 
 
-class DamagedCheckpointError(CheckpointError):
-  """A step's files are missing, changed or unreadable (others may be fine)."""
-
-
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
   """A read-only Checkpointer was pointed at a folder that does not exist."""
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(chunk), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 @jax.jit
@@ -133,18 +102,6 @@ def health_meta(params, loss) -> Dict[str, Optional[float]]:
   """
   return {"loss": _finite_or_none(loss),
           "max_abs_param": _finite_or_none(max_abs(params))}
-
-
-def _cause(e: BaseException, limit: int = 300) -> str:
-  """The innermost error's first line: Orbax wraps TensorStore errors in
-  messages with kilobytes of spec dump."""
-  seen = set()
-  while id(e) not in seen and (e.__cause__ or e.__context__) is not None:
-    seen.add(id(e))
-    e = e.__cause__ or e.__context__
-  text = (str(e).strip().splitlines() or [""])[0]
-  text = text if len(text) <= limit else text[:limit] + " ..."
-  return f"{type(e).__name__}: {text}"
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -218,8 +175,7 @@ class Checkpointer:
                             f"cannot save step {step}.")
     # Orbax itself waits for the previous save here; meanwhile the finished
     # steps get their manifests and old steps go.
-    self._finalize()
-    self._prune()
+    self.wait()
     state = dict(state)
     if "opt" in state:
       meta = {"opt_layout": opt_layout(state["opt"]), **meta}
@@ -296,7 +252,7 @@ class Checkpointer:
       return
     for step in ready:
       if os.path.isdir(self.step_dir(step)):     # else deleted meanwhile
-        self._write_manifest(step)
+        integrity.write_manifest(self.step_dir(step), step)
 
   def _finalize(self):
     """Waits for Orbax, then writes the manifests of the checked steps."""
@@ -314,67 +270,9 @@ class Checkpointer:
     for step in checked[:max(len(checked) - self.max_to_keep, 0)]:
       self._mngr.delete(step)
 
-  def _write_manifest(self, step: int):
-    root = self.step_dir(step)
-    files = {}
-    for dirpath, _, names in os.walk(root):
-      for name in names:
-        path = os.path.join(dirpath, name)
-        rel = os.path.relpath(path, root)
-        if rel.startswith(MANIFEST):     # itself, or its .tmp
-          continue
-        files[rel] = {"size": os.path.getsize(path),
-                      "sha256": file_sha256(path)}
-    tmp = os.path.join(root, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump({"step": step, "files": files}, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(root, MANIFEST))
-
-  # --- integrity --------------------------------------------------------------
-
   def verify(self, step: int) -> bool:
-    """Checks a step's files against its manifest.
-
-    Returns:
-      True if verified, False if the step has no manifest (accepted, with a
-      warning: see the module docstring).
-
-    Raises:
-      DamagedCheckpointError: naming the step's path and the bad file.
-    """
-    root = self.step_dir(step)
-    manifest = os.path.join(root, MANIFEST)
-    if not os.path.exists(manifest):
-      logging.warning(
-          "Checkpoint step %d at %s has no %s: its files cannot be checked "
-          "and nothing records that its loss was finite; it is used "
-          "unverified. (A run writes the manifest once a step is on disk "
-          "and its loss is checked: a kill before that, an older version or "
-          "a deleted manifest leaves none.)", step, root, MANIFEST)
-      return False
-    try:
-      with open(manifest) as f:
-        files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as e:
-      raise DamagedCheckpointError(
-          f"Checkpoint step {step} at {root} is damaged: its {MANIFEST} is "
-          f"unreadable ({_cause(e)}).") from e
-    for rel, want in sorted(files.items()):
-      path = os.path.join(root, rel)
-      if not os.path.exists(path):
-        why = "is missing"
-      elif os.path.getsize(path) != want["size"]:
-        why = (f"has {os.path.getsize(path)} bytes, {want['size']} when "
-               "saved")
-      elif file_sha256(path) != want["sha256"]:
-        why = "has changed since it was saved (sha256 mismatch)"
-      else:
-        continue
-      raise DamagedCheckpointError(
-          f"Checkpoint step {step} at {root} is damaged: file {rel} {why}.")
-    return True
+    """`integrity.verify` of a step: False if it has no manifest."""
+    return integrity.verify(self.step_dir(step), step)
 
   # --- reading ----------------------------------------------------------------
 
@@ -387,8 +285,8 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedCheckpointError(
           f"Cannot read the metadata of checkpoint step {step} at {path}: "
-          f"{_cause(e)}. Move {path} out of the way to resume from an "
-          "earlier step.") from e
+          f"{integrity.cause(e)}. Move {path} out of the way to resume from "
+          "an earlier step.") from e
 
   def restore(self, step: int, abstract_state,
               check: Optional[Callable[[dict], None]] = None,
@@ -428,14 +326,14 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       if not verified:
         raise DamagedCheckpointError(
-            f"Cannot read checkpoint step {step} at {path}: {_cause(e)}. "
-            f"Move {path} out of the way to resume from an earlier step."
-        ) from e
+            f"Cannot read checkpoint step {step} at {path}: "
+            f"{integrity.cause(e)}. Move {path} out of the way to resume "
+            "from an earlier step.") from e
       raise CheckpointError(
           f"Checkpoint step {step} at {path} is intact but does not fit this "
-          f"run's state: {_cause(e)}. A config change the fingerprint does "
-          "not cover (e.g. config.optax) can cause this: resume with the "
-          "original config or use a new --workdir.") from e
+          f"run's state: {integrity.cause(e)}. A config change the "
+          "fingerprint does not cover (e.g. config.optax) can cause this: "
+          "resume with the original config or use a new --workdir.") from e
     if treedef is not None:
       if len(state["opt"]) != treedef.num_leaves:
         raise CheckpointError(
@@ -483,7 +381,8 @@ class Checkpointer:
       if error is None:
         return step, state, meta
       damaged[step] = str(error)
-      aside = self._set_aside(step)
+      aside = None if self.read_only else integrity.set_aside(
+          self.directory, step, move=jax.process_index() == 0)
       logging.warning("%s %s Falling back to the previous step.", error,
                       f"Moved it to {aside}." if aside else "")
       agree(step, f"the damaged checkpoint step set aside in {self.directory}")
@@ -495,17 +394,6 @@ class Checkpointer:
           " Restore the files from a backup, or start afresh with a new "
           "--workdir.")
     return None, None, None
-
-  def _set_aside(self, step: int) -> Optional[str]:
-    """Moves a damaged step out of the folder (process 0); returns where."""
-    if self.read_only:
-      return None
-    dest = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints",
-                        f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
-    if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      os.replace(self.step_dir(step), dest)
-    return dest
 
   # --- reports ----------------------------------------------------------------
 
@@ -560,15 +448,13 @@ class Checkpointer:
             f"diverge again. Kept steps: {kept}. {advice}")
 
   def wait(self):
-    if self.read_only:
-      return
-    self._finalize()
-    self._prune()
-
-  def close(self):
+    """Waits for the saves in flight; writes their manifests, prunes."""
     if not self.read_only:
       self._finalize()
       self._prune()
+
+  def close(self):
+    self.wait()
     with self._lock:
       watcher = self._watcher
     if watcher is not None:

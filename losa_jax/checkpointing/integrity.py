@@ -1,0 +1,136 @@
+# Copyright 2026 The losa_jax Authors.
+# Licensed under the Apache License, Version 2.0.
+"""Checkpoint integrity: each step's manifest, its check, and damaged steps.
+
+A step is final once Orbax has written and renamed it (Orbax saves
+asynchronously), and checked once its caller says its loss is finite
+(`Checkpointer.save(..., checked=False)`, then `confirm` or `discard`: a
+step's loss is known only at the next training step). As soon as a step is
+both, a background thread of process 0 writes `<step>/losa_manifest.json`
+(`write_manifest`) with the size and sha256 of every other file in the
+step's folder, so a kill leaves at most the step being written or checked
+without one. `Checkpointer.restore` checks the manifest (`verify`) before
+reading any array; a missing, resized or changed file raises
+`DamagedCheckpointError` naming the step's path and the file.
+`Checkpointer.restore_newest` (the trainer's resume) then falls back to the
+previous step with a logged warning, so damaged values are never trained
+on; a writable Checkpointer moves each damaged step to
+`<workdir>/damaged_checkpoints/` (`set_aside`: the rerun can save that step
+again, and the evidence is kept). When no usable step remains it raises
+`CheckpointError` saying what to do.
+
+Steps without a manifest (a kill before the step was final and checked, an
+older version, or a deleted manifest) are accepted with a warning that names
+them. Orbax's atomic rename already guarantees they are complete; bit-level
+damage and a non-finite loss go undetected, and an Orbax read error on such
+a step is treated as damage (fallback as above).
+"""
+import hashlib
+import json
+import os
+import time
+
+from absl import logging
+
+from losa_jax.checkpointing.resume import CheckpointError
+from losa_jax.utils import io as io_lib
+
+MANIFEST = "losa_manifest.json"
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A step's files are missing, changed or unreadable (others may be fine)."""
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def cause(e: BaseException, limit: int = 300) -> str:
+  """The innermost error's first line: Orbax wraps TensorStore errors in
+  messages with kilobytes of spec dump."""
+  seen = set()
+  while id(e) not in seen and (e.__cause__ or e.__context__) is not None:
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  text = (str(e).strip().splitlines() or [""])[0]
+  text = text if len(text) <= limit else text[:limit] + " ..."
+  return f"{type(e).__name__}: {text}"
+
+
+def write_manifest(root: str, step: int) -> None:
+  """Writes `<root>/MANIFEST`: the size and sha256 of the step's other files.
+
+  Args:
+    root: the step's folder, final (Orbax has renamed it).
+    step: the step number, recorded in the manifest.
+  """
+  files = {}
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if MANIFEST not in name:        # itself, or its temporary file
+        files[os.path.relpath(path, root)] = {
+            "size": os.path.getsize(path), "sha256": file_sha256(path)}
+  io_lib.write_json(os.path.join(root, MANIFEST),
+                    {"step": step, "files": files}, indent=1, sort_keys=True)
+
+
+def verify(root: str, step: int) -> bool:
+  """Checks a step's files against its manifest.
+
+  Returns:
+    True if verified, False if the step has no manifest (accepted, with a
+    warning: see the module docstring).
+
+  Raises:
+    DamagedCheckpointError: naming the step's path and the bad file.
+  """
+  manifest = os.path.join(root, MANIFEST)
+  if not os.path.exists(manifest):
+    logging.warning(
+        "Checkpoint step %d at %s has no %s: its files cannot be checked "
+        "and nothing records that its loss was finite; it is used "
+        "unverified. (A run writes the manifest once a step is on disk "
+        "and its loss is checked: a kill before that, an older version or "
+        "a deleted manifest leaves none.)", step, root, MANIFEST)
+    return False
+  try:
+    with open(manifest) as f:
+      files = json.load(f)["files"]
+  except (OSError, ValueError, KeyError) as e:
+    raise DamagedCheckpointError(
+        f"Checkpoint step {step} at {root} is damaged: its {MANIFEST} is "
+        f"unreadable ({cause(e)}).") from e
+  for rel, want in sorted(files.items()):
+    path = os.path.join(root, rel)
+    if not os.path.exists(path):
+      why = "is missing"
+    elif os.path.getsize(path) != want["size"]:
+      why = f"has {os.path.getsize(path)} bytes, {want['size']} when saved"
+    elif file_sha256(path) != want["sha256"]:
+      why = "has changed since it was saved (sha256 mismatch)"
+    else:
+      continue
+    raise DamagedCheckpointError(
+        f"Checkpoint step {step} at {root} is damaged: file {rel} {why}.")
+  return True
+
+
+def set_aside(directory: str, step: int, *, move: bool) -> str:
+  """Where damaged step `step` of `directory` goes (moved there if `move`).
+
+  `<workdir>/damaged_checkpoints/<step>.<time>`: beside the checkpoints
+  folder, so that Orbax no longer sees the step and the rerun can save it
+  again. Only process 0 moves it (`move`); every process gets the path.
+  """
+  dest = os.path.join(os.path.dirname(directory), "damaged_checkpoints",
+                      f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+  if move:
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(os.path.join(directory, str(step)), dest)
+  return dest
