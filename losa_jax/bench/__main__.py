@@ -28,6 +28,7 @@ from losa_jax.bench import common
 from losa_jax.bench import registry
 
 PROG = "python -m losa_jax.bench"
+_CHILD = "LOSA_BENCH_CHILD"
 
 
 class UsageError(ValueError):
@@ -48,8 +49,7 @@ def listing() -> str:
 
 def _parser(name: str) -> argparse.ArgumentParser:
   s = registry.section(name)
-  p = _Parser(prog=f"{PROG} {name}", description=s.doc,
-                              allow_abbrev=False)
+  p = _Parser(prog=f"{PROG} {name}", description=s.doc, allow_abbrev=False)
   shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v
   for key, default in s.defaults.items():
     opt = registry.OPTIONS[key]
@@ -91,6 +91,7 @@ def _child(name: str, argv: Sequence[str], flags: str, out: str
            ) -> List[Dict[str, Any]]:
   """Runs the section in a fresh process with `flags` added to XLA_FLAGS."""
   env = common.with_xla_flags(flags, dict(os.environ))
+  env[_CHILD] = "1"   # the parent prints the rows
   args = _user_argv(argv[1:])
   if "--out" not in args and not any(a.startswith("--out=") for a in args):
     args += ["--out", out]
@@ -143,8 +144,9 @@ def _cli() -> int:
   except UsageError as e:
     print(f"{PROG}: {e}", file=sys.stderr)
     return 2
-  for r in rows:
-    print(json.dumps(r, default=str))
+  if os.environ.get(_CHILD) != "1":
+    for r in rows:
+      print(json.dumps(r, default=str))
   return 0
 
 
