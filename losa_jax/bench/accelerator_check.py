@@ -56,19 +56,6 @@ def _precision(dtype: str):
     jax.config.update("jax_default_matmul_precision", old)
 
 
-def _state_on(built, params_np, seed: int = 0):
-  """A fresh train state on `built`'s mesh from host params (new buffers,
-  so donating one backend's state never deletes the other's)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  sh = built.state_sharding
-  params = jax.device_put(params_np, sh["params"])
-  return {"params": params,
-          "opt": jax.jit(built.tx.init, out_shardings=sh["opt"])(params),
-          "step": jax.device_put(jnp.zeros((), jnp.int32), sh["step"]),
-          "rng": jax.device_put(jax.random.key(seed), sh["rng"])}
-
-
 def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   """One LoSA step (SGD: an update linear in the gradient, so update
   differences are gradient differences; Adam's first step is lr * sign(g),
@@ -106,7 +93,10 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   with _precision(dtype):
     for name in ("accel", "cpu"):
       b = built[name]
-      state, m = b.train_step(_state_on(b, p0), batch)
+      # New buffers, so donating one backend's state never deletes the
+      # other's.
+      state, m = b.train_step(am.state_from_params(
+          b, jax.device_put(p0, b.state_sharding["params"])), batch)
       new[name] = tree_lib.flatten(jax.device_get(state["params"]))
       metrics[name] = {k: float(v) for k, v in jax.device_get(m).items()}
   flat0, mask = tree_lib.flatten(p0), built["cpu"].mask

@@ -151,18 +151,26 @@ def random_tree(shape_tree, shardings=None, seed: int = 0):
       for i in range(len(leaves))])
 
 
+def state_from_params(built, params, seed: int = 0):
+  """A train state of `built` around `params` (already in its sharding):
+  the optimizer's fresh state, step 0, rng key `seed`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sh = built.state_sharding
+  return {"params": params,
+          "opt": jax.jit(built.tx.init, out_shardings=sh["opt"])(params),
+          "step": jax.device_put(jnp.zeros((), jnp.int32), sh["step"]),
+          "rng": jax.device_put(jax.random.key(seed), sh["rng"])}
+
+
 def random_state(built, seed: int = 0):
   """A train state like built.init's, with random params made by groups
   in their final dtype (build.init makes f32 params, then casts the frozen
   ones: a transient 1.5x the state that would mask a small step's peak)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  sh = built.state_sharding
-  params = random_tree(built.state_shape["params"], sh["params"], seed)
-  state = {"params": params,
-           "opt": jax.jit(built.tx.init, out_shardings=sh["opt"])(params),
-           "step": jax.device_put(jnp.zeros((), jnp.int32), sh["step"]),
-           "rng": jax.device_put(jax.random.key(seed), sh["rng"])}
+  state = state_from_params(built, random_tree(
+      built.state_shape["params"], built.state_sharding["params"], seed),
+                            seed)
   same = jax.tree.structure(state) == jax.tree.structure(built.state_shape)
   if not same:  # an optimizer whose state depends on the init path
     del state
