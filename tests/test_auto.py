@@ -255,7 +255,7 @@ def test_auto_demo_end_to_end_and_resume(tmp_path, monkeypatch, two_blocks):
 
   def no_search(*a, **k):
     raise AssertionError("the finished search was trained again")
-  monkeypatch.setattr(population_train, "train_population", no_search)
+  monkeypatch.setattr(population_train, "train", no_search)
   again = auto.run(spec, workdir, overrides=two_blocks)
   assert again["chosen"] == sel["chosen"]
   assert again["final"]["results"]["test/accuracy"] == pytest.approx(

@@ -19,6 +19,7 @@ import pytest
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax import predict
 from losa_jax import train
+from losa_jax.trainers import common
 from test_train import digits_config
 
 
@@ -305,7 +306,7 @@ def test_nan_message_judges_the_newest_checkpoint(tmp_path):
   metas = {s: ck.read_meta(s) for s in steps}
   ck.close()
   newest = steps[-1]
-  assert metas[newest]["max_abs_param"] > checkpointing.HUGE_PARAM, metas
+  assert metas[newest]["max_abs_param"] > common.HUGE_PARAM, metas
   assert all(np.isfinite(m["loss"]) for m in metas.values())
   assert (f"The newest checkpoint, step {newest} in "
           f"{tmp_path / 'checkpoints'}, holds max|param| "
@@ -326,12 +327,12 @@ def test_nonfinite_report_names_the_newest_sane_step(tmp_path):
   for step, big in ((1, 0.5), (2, 0.7), (3, 90.0)):
     ck.save(step, state, {"loss": 2.0, "max_abs_param": big})
   ck.wait()
-  msg = ck.nonfinite_report()
+  msg = common.nonfinite_report(ck)
   assert "step 3" in msg and "too large (180x step 1's)" in msg, msg
   assert "Step 2 looks sane: move the later steps [3]" in msg, msg
   ck.save(4, state, {"loss": 2.0, "max_abs_param": 0.6})
   ck.wait()
-  assert "would likely diverge" not in ck.nonfinite_report()
+  assert "would likely diverge" not in common.nonfinite_report(ck)
   ck.close()
 
 

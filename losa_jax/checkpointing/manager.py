@@ -29,12 +29,10 @@ stored state cannot hold (e.g. `config.optax`) is refused by name before any
 array is read. Checkpoints of the older nested layout (no `layout` key) are
 restored as saved.
 
-Diagnostics. `save` also records, per step, the last finite training loss and
-the largest |trainable param| (`max_abs_param`), which `nonfinite_report`
-uses to say whether the newest checkpoint is worth resuming from after the
-loss turned NaN/Inf.
+Health. `save` stores whatever metadata the trainer hands it, such as the
+trainer's NaN diagnostics (losa_jax.trainers.common.health_meta), and
+`read_meta` gives it back.
 """
-import math
 import os
 import threading
 import time
@@ -42,7 +40,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from losa_jax.checkpointing import integrity
@@ -61,51 +58,10 @@ from losa_jax.checkpointing.resume import opt_layout
 
 WATCH_S = 0.05          # how often the manifest thread asks Orbax
 LAYOUT = 2              # meta["layout"]: the opt state is a list of leaves
-# `nonfinite_report` calls a step's params suspect above this max |param|, or
-# when they grew more than GROWTH times since the earliest kept step.
-HUGE_PARAM = 1e4
-GROWTH = 100.0
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
   """A read-only Checkpointer was pointed at a folder that does not exist."""
-
-
-@jax.jit
-def _max_abs(leaves):
-  return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32)
-                            for x in leaves]))
-
-
-def max_abs(tree) -> Optional[float]:
-  """max |x| over a tree's (possibly cross-host sharded) arrays; None if empty.
-
-  Every process must call it (it is one jitted reduction); all get the value.
-  """
-  leaves = [x for x in jax.tree.leaves(tree) if getattr(x, "size", 0)]
-  if not leaves:
-    return None
-  return float(jax.device_get(_max_abs(leaves)))
-
-
-def _finite_or_none(x) -> Optional[float]:
-  # JSON has no NaN/Inf; None reads as "unknown" in the reports.
-  return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
-def health_meta(params, loss) -> Dict[str, Optional[float]]:
-  """Metadata for `nonfinite_report`: {"loss", "max_abs_param"}.
-
-  Args:
-    params: the trainable params being saved (arrays, maybe sharded).
-    loss: the last finite training loss (a scalar), or None.
-  """
-  return {"loss": _finite_or_none(loss),
-          "max_abs_param": _finite_or_none(max_abs(params))}
-
-
-def _fmt(v: Optional[float]) -> str:
-  return "unknown" if v is None else f"{v:.3g}"
 
 
 class Checkpointer:
@@ -394,58 +350,6 @@ class Checkpointer:
           " Restore the files from a backup, or start afresh with a new "
           "--workdir.")
     return None, None, None
-
-  # --- reports ----------------------------------------------------------------
-
-  def nonfinite_report(self) -> str:
-    """What the kept steps hold, for the message of a NaN/Inf loss.
-
-    Names the newest step with its last finite loss and max |param|; when
-    that is huge (> HUGE_PARAM, or GROWTH times the earliest kept step's),
-    lists the kept steps and suggests the newest sane one or a fresh start.
-    """
-    steps = self.all_steps()
-    if not steps:
-      return (f"No checkpoint is kept in {self.directory}: fix the config "
-              "and start again.")
-    info = {}
-    for s in steps:
-      try:
-        m = self.read_meta(s)
-      except CheckpointError:
-        m = {}
-      info[s] = (m.get("max_abs_param"), m.get("loss"))
-    first = info[steps[0]][0]
-
-    def why_suspect(s) -> Optional[str]:
-      v = info[s][0]
-      if v is None:
-        return None
-      if v > HUGE_PARAM:
-        return f"above {HUGE_PARAM:g}"
-      if first and v > GROWTH * first:
-        return f"{v / first:.3g}x step {steps[0]}'s"
-      return None
-
-    newest = steps[-1]
-    head = (f"The newest checkpoint, step {newest} in {self.directory}, "
-            f"holds max|param| {_fmt(info[newest][0])} (last finite loss "
-            f"{_fmt(info[newest][1])})")
-    why = why_suspect(newest)
-    if why is None:
-      return head + "."
-    kept = ", ".join(f"{s} (max|param| {_fmt(info[s][0])})" for s in steps)
-    sane = [s for s in steps if info[s][0] is not None and not why_suspect(s)]
-    if sane:
-      later = [s for s in steps if s > sane[-1]]
-      advice = (f"Step {sane[-1]} looks sane: move the later steps {later} "
-                f"out of {self.directory} to resume from it, or start afresh "
-                "with a new --workdir.")
-    else:
-      advice = ("No kept step looks sane: start afresh with a new --workdir "
-                "(or move the checkpoints folder away).")
-    return (f"{head}: too large ({why}), so resuming from it would likely "
-            f"diverge again. Kept steps: {kept}. {advice}")
 
   def wait(self):
     """Waits for the saves in flight; writes their manifests, prunes."""

@@ -23,11 +23,9 @@ through the single-run trainer, each in <workdir>/<member>. Either way:
 * `results.json` holds every member's config values, final metrics and
   trainable params, and the leaderboard (best first).
 """
-import json
 import math
 import os
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 import jax
@@ -35,16 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from losa_jax.assembly import build as build_lib
+from losa_jax.assembly import input_pipeline
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
-from losa_jax.config import input_check
-from losa_jax import datasets
-from losa_jax.parallel import distributed
-from losa_jax.assembly import input_pipeline
-from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.evaluators import classification
+from losa_jax.parallel import distributed
+from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.population import build as pop_lib
 from losa_jax.population import members as members_lib
+from losa_jax.trainers import common
+from losa_jax.trainers import single
 
 
 class PopulationDiedError(FloatingPointError):
@@ -82,41 +80,6 @@ def _board_line(step: int, total: int, rows, metric: Optional[str],
     what = f"best {metric}"
   return (f"step {step:>6}/{total} | {alive}/{len(rows)} alive | {what}: "
           f"{cells}")
-
-
-class _Writer:
-  """metrics.jsonl (member-tagged) + one TensorBoard run per member."""
-
-  def __init__(self, workdir: str):
-    self.active = jax.process_index() == 0
-    self._tb = {}
-    self._jsonl = None
-    self.workdir = workdir
-    if self.active:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-
-  def write(self, step: int, member: str, metrics: Dict[str, float]):
-    if not self.active:
-      return
-    rec = {"step": step, "member": member, "time": time.time(),
-           **{k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(rec) + "\n")
-    self._jsonl.flush()
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      return
-    if member not in self._tb:
-      self._tb[member] = tf.summary.create_file_writer(
-          os.path.join(self.workdir, "tensorboard", member))
-    with self._tb[member].as_default(step=step):
-      for k, v in metrics.items():
-        tf.summary.scalar(k, float(v))
-    self._tb[member].flush()
-
-  def close(self):
-    if self._jsonl:
-      self._jsonl.close()
 
 
 def _member_row(m: members_lib.Member, num_params: int) -> Dict[str, Any]:
@@ -179,12 +142,11 @@ def evaluate_members(pop: pop_lib.PopulationBuilt, state, data, *, pp,
   return out
 
 
-def _sequential(config, workdir: str, members, single_run) -> Dict[str, Any]:
+def _sequential(config, workdir: str, members) -> Dict[str, Any]:
   """Non-LoSA methods: each member is a single run in <workdir>/<member>."""
   rows = []
   for m in members:
-    out = single_run(m.config, os.path.join(workdir, m.name))
-    res = out["results"]
+    res = single.train(m.config, os.path.join(workdir, m.name))["results"]
     row = _member_row(m, res["trainable_params"])
     row.update({k: v for k, v in res.items() if isinstance(v, float)})
     rows.append(row)
@@ -198,16 +160,13 @@ def _finish(config, workdir, rows, *, shared_backbone: bool) -> Dict:
              "shared_backbone": shared_backbone, "members": rows,
              "leaderboard": [r["name"] for r in board],
              "best": board[0]["name"] if board else None}
-  if jax.process_index() == 0:
-    tmp = os.path.join(workdir, "results.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
-    print("Leaderboard (" + metric + "):")
-    for r in board[:10]:
-      print(f"  {r['name']:>4} {r.get(metric, float('nan')):.4f}  "
-            f"{r['trainable_params']:>9,} params  {r['label']}"
-            f"{'' if r.get('alive', True) else '  (NaN: frozen)'}")
+  common.write_results(workdir, results)
+  common.say("\n".join(
+      [f"Leaderboard ({metric}):"] +
+      [f"  {r['name']:>4} {r.get(metric, float('nan')):.4f}  "
+       f"{r['trainable_params']:>9,} params  {r['label']}"
+       f"{'' if r.get('alive', True) else '  (NaN: frozen)'}"
+       for r in board[:10]]))
   return results
 
 
@@ -217,18 +176,12 @@ def _selection_metric(config) -> str:
   return f"{name}/accuracy" if name else "train/loss"
 
 
-def train_population(config, workdir: str, *,
-                     single_run: Optional[Callable] = None) -> Dict[str, Any]:
+def train(config, workdir: str) -> Dict[str, Any]:
   """Trains every member of `config.population` in `workdir`.
 
-  Args:
-    config: a trainer config with a `population` entry.
-    workdir: checkpoints, metrics and results.json go here.
-    single_run: `train.train_and_evaluate`, for methods whose members cannot
-      share a backbone (they run one after another).
-
   Returns:
-    {"results", "state", "population"}; results is also written to
+    {"results", "state", "population"} ({"results"} alone for members that
+    train one after another); results is also written to
     <workdir>/results.json.
   """
   config_lib.validate(config)
@@ -238,201 +191,199 @@ def train_population(config, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   members = members_lib.expand(config)
   if config.model.get("method", "losa") != "losa":
-    if single_run is None:
-      raise ValueError("Members of a non-LoSA population train one after "
-                       "another: pass single_run=train.train_and_evaluate "
-                       "(python -m losa_jax.train does).")
-    return {"results": _sequential(config, workdir, members, single_run)}
-  cached = bool((config.get("feature_cache") or {}).get("enabled"))
-  chief = distributed.is_chief()
-  train_src, train_pp = datasets.training_source(config)
-  num_examples = train_src.num_examples() or train_src.count()
-  total = distributed.agree(config_lib.total_steps_of(config, num_examples),
-                            "total_steps")
-  rungs = dict(config.population.get("rungs") or {})
-  rung_steps = [s for s in rungs.get("steps", []) if s < total]
+    return {"results": _sequential(config, workdir, members)}
+  return PopulationTrainer(config, workdir, members).train()
 
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.keep_ckpts)
-  expected_meta = {"backbone": build_lib.backbone_record(config),
-                   "config": checkpointing.config_fingerprint(config)}
-  writer = _Writer(workdir)
-  state = None
-  try:
-    # Which members are still in the race (rung results are part of the
-    # run) is read from the step restored, once it is verified.
-    pop, start, restored, meta = _restore(config, ckpt, members,
-                                          expected_meta, total=total,
-                                          cached=cached)
-    sharding_lib.check_batch_size(config.input.batch_size, pop.mesh)
-    rows = _rows(config, pop, members, total=total, cached=cached)
-    bb = _load_backbone(config, pop)
-    state = pop.init(bb)
+
+class PopulationTrainer(common.Trainer):
+  """`pop_lib.build`'s state and step: a member whose loss turns NaN/Inf is
+  frozen and reported; the run stops only when every member is dead."""
+
+  def __init__(self, config, workdir: str, members):
+    super().__init__(config, workdir)
+    self.members = members
+    self.cached = bool((config.get("feature_cache") or {}).get("enabled"))
+    self.rungs = dict(config.population.get("rungs") or {})
+    self.sync_steps = {s for s in self.rungs.get("steps", [])
+                       if s < self.total}
+    self.metric = _selection_metric(config)
+
+  def _build(self, members) -> pop_lib.PopulationBuilt:
+    return pop_lib.build(self.config, total_steps=self.total,
+                         members=members, cached=self.cached)
+
+  def _target(self, meta):
+    """The restore target of a step: the population of the members that
+    step holds (rung results are part of the run), built once its
+    metadata is verified; its optimizer layout must fit the step's."""
+    alive = set(meta.get("members", [m.index for m in self.members]))
+    self.pop = self._build([m for m in self.members if m.index in alive])
+    checkpointing.check_opt_layout(
+        meta, _opt_layout(self.pop.state_shape),
+        checkpointing.config_hparams(self.config), self.ckpt.directory)
+    return _savable(jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        self.pop.state_shape, self.pop.state_sharding))
+
+  def restore(self) -> int:
+    # Damaged steps fall back as a single run's do.
+    start, restored, meta = self.ckpt.restore_newest(
+        self._target, agree=distributed.agree,
+        check=lambda meta: checkpointing.check_meta(
+            meta, self.expected_meta, self.ckpt.directory))
+    if start is None:
+      self.pop = self._build(self.members)
+    pop = self.pop
+    sharding_lib.check_batch_size(self.config.input.batch_size, pop.mesh)
+    # Every member has a row, also those a rung stopped (not in `pop`):
+    # results.json reports them all.
+    counts = {m.index: g.num_params for g in pop.groups for m in g.members}
+    if len(counts) < len(self.members):
+      counts = {m.index: g.num_params for g in
+                self._build(self.members).groups for m in g.members}
+    self.rows = {m.index: _member_row(m, counts[m.index])
+                 for m in self.members}
+    self.backbone = _load_backbone(self.config, pop)
+    self.state = pop.init(self.backbone)
     if start is not None:
-      treedef = jax.tree.structure(state["groups"])
-      state = jax.device_put(
-          {"params": state["params"], "step": restored["step"],
+      treedef = jax.tree.structure(self.state["groups"])
+      self.state = jax.device_put(
+          {"params": self.state["params"], "step": restored["step"],
            "groups": jax.tree.unflatten(treedef, restored["groups"])},
           pop.state_sharding)
       for name, r in (meta.get("rows") or {}).items():
-        rows[int(name)].update(r)
-      if chief:
-        print(f"Resumed the population from step {start} in "
-              f"{ckpt.directory}", flush=True)
-    start = int(start or 0)
+        self.rows[int(name)].update(r)
+      common.say(f"Resumed the population from step {start} in "
+                 f"{self.ckpt.directory}")
+    return int(start or 0)
 
-    if cached:
+  def batches(self, start: int):
+    pop, bs = self.pop, self.config.input.batch_size
+    if self.cached:
       # The cached taps feed every member: a step runs no backbone at all.
-      input_check.check_batch(next(iter(input_pipeline.evaluation(
-          train_src, batch_size=config.input.batch_size, pp=train_pp))),
-                             config)
-      cache = _feature_cache(config, pop, bb, train_src, train_pp, workdir,
-                             expected_meta["backbone"]["sha256"])
-      its = [cache.batches(batch_size=config.input.batch_size, seed=seed,
-                           shuffle=config.input.get("shuffle", True),
-                           start_step=start) for seed in pop.data_seeds]
+      self.check_cached_pp()
+      cache = _feature_cache(self.config, pop, self.backbone, self.train_src,
+                             self.train_pp, self.workdir,
+                             self.expected_meta["backbone"]["sha256"])
+      its = [cache.batches(batch_size=bs, seed=seed, start_step=start,
+                           shuffle=self.config.input.get("shuffle", True))
+             for seed in pop.data_seeds]
     else:
-      its = [input_pipeline.training(
-          train_src, batch_size=config.input.batch_size, pp=train_pp,
-          seed=seed, shuffle=config.input.get("shuffle", True),
-          start_step=start, process_index=jax.process_index(),
-          process_count=jax.process_count())[0] for seed in pop.data_seeds]
-      first = next(its[0])
-      input_check.check_batch(first, config)
-      its[0] = _chain_first(first, its[0])
-    batches = _stack_slots(its, pop.mesh)
-    if chief:
-      print(f"Training a population of {pop.num_members} LoSA members in "
-            f"{len(pop.groups)} group(s) on {len(pop.data_seeds)} backbone "
-            f"pass(es) per step, {total} steps, from step {start}.",
-            flush=True)
+      its = self.host_batches(pop.data_seeds, start)
+    common.say(f"Training a population of {pop.num_members} LoSA members in "
+               f"{len(pop.groups)} group(s) on {len(pop.data_seeds)} backbone "
+               f"pass(es) per step, {self.total} steps, from step {start}.")
+    return _stack_slots(its, pop.mesh)
 
-    def save(step, final=False):
-      meta = {**expected_meta, "step": step, "data_step": step,
-              "members": [m.index for m in pop.members],
-              "hparams": checkpointing.config_hparams(config),
-              "opt_layout": _opt_layout(state),
-              "rows": {str(k): {kk: vv for kk, vv in v.items()
-                                if kk in ("alive", "died_at", "rung_out",
-                                          "curve") or "/" in kk}
-                       for k, v in rows.items()}}
-      # Kept once the next step shows a member alive (the last step's
-      # alive flags already cover its params).
-      ckpt.save(step, _savable(state), meta, force=final, checked=final)
+  def step(self, batch):
+    self.state, metrics = self.pop.train_step(self.state, batch)
+    return metrics
 
-    metric = _selection_metric(config)
-    unchecked = []
-    for step in range(start + 1, total + 1):
-      state, gm = pop.train_step(state, next(batches))
-      is_log = step % config.log_every == 0 or step == total
-      is_ckpt = config.ckpt_every and step % config.ckpt_every == 0
-      if (is_log or is_ckpt or step == total or step in rung_steps or
-          unchecked):
-        per = pop_lib.per_member(pop, gm)
-        for m, met in zip(pop.members, per):
-          row = rows[m.index]
-          if row["alive"] and not met["alive"]:
-            row["alive"], row["died_at"] = False, step
-            # Its loss may still be finite: a NaN/Inf update kills it too.
-            logging.warning("Member %s (%s): loss (%s) or update turned "
-                            "NaN/Inf by step %d; it is frozen at its last "
-                            "finite state.", m.name, m.label, met["loss"],
-                            step)
-            if chief:
-              print(f"  {m.name} ({m.label}) diverged (loss {met['loss']}, "
-                    f"or a NaN/Inf update) by step {step}: frozen, the "
-                    "others go on.", flush=True)
-          if met["alive"]:
-            row["train/loss"] = met["loss"]
-            row["train/accuracy"] = met["accuracy"]
-          if is_log:
-            writer.write(step, m.name, met)
-        if not any(rows[m.index]["alive"] for m in pop.members):
-          dropped = ""
-          if unchecked:
-            # Resuming from it would only repeat the deaths.
-            ckpt.discard(unchecked.pop())
-            dropped = (f" Checkpoint step {step - 1}, from which every "
-                       "member died, was deleted.")
-          raise PopulationDiedError(
-              f"Every member's loss is NaN/Inf by step {step}; stopping."
-              f"{dropped} Lower the learning rates in config.population.")
-        if unchecked:
-          ckpt.confirm(unchecked.pop())
-        if is_log and chief:
-          live_rows = [rows[m.index] for m in pop.members]
-          shown = metric if any(metric in r for r in live_rows) else None
-          print(_board_line(step, total, live_rows, shown), flush=True)
-      if config.eval_every and step % config.eval_every == 0 and \
-          step != total:
-        _evaluate_all(config, pop, state, rows, writer, step)
-      if step in rung_steps:
-        pop, state = _rung(config, pop, state, rows, rungs, writer, step,
-                           total, cached)
-      if is_ckpt and step != total:
-        save(step)
-        unchecked.append(step)
-    if start < total:
-      save(total, final=True)
-  finally:
-    ckpt.close()
-    writer.close()
-  _evaluate_all(config, pop, state, rows, writer=None, step=total)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-      for m in pop.members:
-        f.write(json.dumps({"step": total, "member": m.name,
-                            **{k: v for k, v in rows[m.index].items()
-                               if "/" in k}}) + "\n")
-  results = _finish(config, workdir, list(rows.values()), shared_backbone=True)
-  distributed.sync("losa_population_done")
-  return {"results": results, "state": state, "population": pop}
+  def check(self, step, metrics, unchecked):
+    per = pop_lib.per_member(self.pop, metrics)
+    for m, met in zip(self.pop.members, per):
+      row = self.rows[m.index]
+      if row["alive"] and not met["alive"]:
+        row["alive"], row["died_at"] = False, step
+        # Its loss may still be finite: a NaN/Inf update kills it too.
+        logging.warning("Member %s (%s): loss (%s) or update turned NaN/Inf "
+                        "by step %d; it is frozen at its last finite state.",
+                        m.name, m.label, met["loss"], step)
+        common.say(f"  {m.name} ({m.label}) diverged (loss {met['loss']}, "
+                   f"or a NaN/Inf update) by step {step}: frozen, the "
+                   "others go on.")
+      if met["alive"]:
+        row["train/loss"] = met["loss"]
+        row["train/accuracy"] = met["accuracy"]
+    if not any(self.rows[m.index]["alive"] for m in self.pop.members):
+      dropped = ""
+      if unchecked:
+        # Resuming from it would only repeat the deaths.
+        self.ckpt.discard(unchecked.pop())
+        dropped = (f" Checkpoint step {step - 1}, from which every "
+                   "member died, was deleted.")
+      raise PopulationDiedError(
+          f"Every member's loss is NaN/Inf by step {step}; stopping."
+          f"{dropped} Lower the learning rates in config.population.")
+    return per
 
+  def log(self, step, per):
+    for m, met in zip(self.pop.members, per):
+      self.writer.write(step, met, member=m.name)
+    live_rows = [self.rows[m.index] for m in self.pop.members]
+    shown = self.metric if any(self.metric in r for r in live_rows) else None
+    common.say(_board_line(step, self.total, live_rows, shown))
 
-def _chain_first(first, it):
-  yield first
-  yield from it
+  def _evaluate(self, name: str, step: int) -> List[Dict[str, float]]:
+    """Every member's {accuracy, loss, count} on eval `name` (in the order
+    of `pop.members`), its accuracy appended to the member's curve."""
+    ev, c = dict(self.config.evals[name]), self.config
+    res = evaluate_members(self.pop, self.state, ev["data"],
+                           pp=ev.get("pp", c.input.pp),
+                           batch_size=ev.get("batch_size", c.input.batch_size))
+    for m, r in zip(self.pop.members, res):
+      self.rows[m.index].setdefault("curve", {}).setdefault(name, []).append(
+          [step, r["accuracy"]])
+    return res
 
+  def evaluate(self, step, *, log: bool = True):
+    for name, ev in (self.config.get("evals") or {}).items():
+      if dict(ev).get("type", "classification") != "classification":
+        continue
+      for m, r in zip(self.pop.members, self._evaluate(name, step)):
+        self.rows[m.index].update({f"{name}/{k}": v for k, v in r.items()})
+        if log:
+          self.writer.write(step, {f"{name}/{k}": v for k, v in r.items()},
+                            member=m.name)
 
-def _restore(config, ckpt, members, expected_meta, *, total: int,
-             cached: bool):
-  """(pop, step, restored, meta) of the newest usable checkpoint step, the
-  population built for the members that step holds; (pop of every member,
-  None, None, None) without one. Damaged steps fall back as a single run's
-  do (`Checkpointer.restore_newest`)."""
-  built = {}
+  def after_step(self, step):
+    """Successive halving at a rung step: the best fraction of the live
+    members goes on (re-stacked and recompiled), the others stop here."""
+    if step not in self.sync_steps:
+      return
+    name, pop, rows = self.rungs["eval"], self.pop, self.rows
+    live = []
+    for m, r in zip(pop.members, self._evaluate(name, step)):
+      rows[m.index][f"{name}/accuracy"] = r["accuracy"]
+      self.writer.write(step, {f"rung/{name}/accuracy": r["accuracy"]},
+                        member=m.name)
+      if rows[m.index]["alive"]:
+        live.append(rows[m.index])
+    keep = max(1, int(math.ceil(len(live) * self.rungs.get("keep", 0.5))))
+    survivors = {r["index"] for r in
+                 leaderboard(live, f"{name}/accuracy")[:keep]}
+    for m in pop.members:
+      if m.index not in survivors:
+        rows[m.index]["rung_out"] = step
+    common.say(f"  rung at step {step}: keeping {len(survivors)} of "
+               f"{len(pop.members)} members by {name}/accuracy")
+    self.pop = self._build([m for m in pop.members if m.index in survivors])
+    self.state = pop_lib.restack(pop, self.state, self.pop)
 
-  def target(meta):
-    alive = set(meta.get("members", [m.index for m in members]))
-    pop = pop_lib.build(config, total_steps=total, cached=cached,
-                        members=[m for m in members if m.index in alive])
-    checkpointing.check_opt_layout(
-        meta, _opt_layout(pop.state_shape),
-        checkpointing.config_hparams(config), ckpt.directory)
-    built["pop"] = pop
-    return _savable(jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        pop.state_shape, pop.state_sharding))
+  def save(self, step, *, final=False):
+    meta = {**self.expected_meta, "step": step, "data_step": step,
+            "members": [m.index for m in self.pop.members],
+            "hparams": checkpointing.config_hparams(self.config),
+            "opt_layout": _opt_layout(self.state),
+            "rows": {str(k): {kk: vv for kk, vv in v.items()
+                              if kk in ("alive", "died_at", "rung_out",
+                                        "curve") or "/" in kk}
+                     for k, v in self.rows.items()}}
+    # Kept once the next step shows a member alive (the last step's alive
+    # flags already cover its params).
+    self.ckpt.save(step, _savable(self.state), meta, force=final,
+                   checked=final)
 
-  step, restored, meta = ckpt.restore_newest(
-      target, agree=distributed.agree,
-      check=lambda meta: checkpointing.check_meta(meta, expected_meta,
-                                                  ckpt.directory))
-  if step is None:
-    built["pop"] = pop_lib.build(config, total_steps=total, members=members,
-                                 cached=cached)
-  return built["pop"], step, restored, meta
-
-
-def _rows(config, pop, members, *, total: int, cached: bool):
-  """{member index: row} of every member, also those a rung stopped (not in
-  `pop`): results.json reports them all."""
-  counts = {m.index: g.num_params for g in pop.groups for m in g.members}
-  if len(counts) < len(members):
-    full = pop_lib.build(config, total_steps=total, members=members,
-                         cached=cached)
-    counts = {m.index: g.num_params for g in full.groups for m in g.members}
-  return {m.index: _member_row(m, counts[m.index]) for m in members}
+  def finish(self) -> Dict[str, Any]:
+    pop, rows = self.pop, self.rows
+    self.evaluate(self.total, log=False)
+    for m in pop.members:
+      self.writer.append({"step": self.total, "member": m.name,
+                          **{k: v for k, v in rows[m.index].items()
+                             if "/" in k}})
+    results = _finish(self.config, self.workdir, list(rows.values()),
+                      shared_backbone=True)
+    return {"results": results, "state": self.state, "population": pop}
 
 
 def _opt_layout(state):
@@ -462,53 +413,3 @@ def _load_backbone(config, pop: pop_lib.PopulationBuilt):
     bb = jax.tree.map(lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(
         jnp.asarray(x).dtype, jnp.floating) else x, bb)
   return jax.device_put(bb, pop.state_sharding["params"]["backbone"])
-
-
-def _evaluate_all(config, pop, state, rows, writer, step: int):
-  for name, ev in (config.get("evals") or {}).items():
-    ev = dict(ev)
-    if ev.get("type", "classification") != "classification":
-      continue
-    res = evaluate_members(pop, state, ev["data"],
-                           pp=ev.get("pp", config.input.pp),
-                           batch_size=ev.get("batch_size",
-                                             config.input.batch_size))
-    for m, r in zip(pop.members, res):
-      for k, v in r.items():
-        rows[m.index][f"{name}/{k}"] = v
-      rows[m.index].setdefault("curve", {}).setdefault(name, []).append(
-          [step, r["accuracy"]])
-      if writer is not None:
-        writer.write(step, m.name, {f"{name}/{k}": v for k, v in r.items()})
-
-
-def _rung(config, pop, state, rows, rungs, writer, step, total, cached):
-  """Successive halving: keep the best fraction of the live members."""
-  name = rungs["eval"]
-  ev = dict(config.evals[name])
-  res = evaluate_members(pop, state, ev["data"],
-                         pp=ev.get("pp", config.input.pp),
-                         batch_size=ev.get("batch_size",
-                                           config.input.batch_size))
-  live = []
-  for m, r in zip(pop.members, res):
-    rows[m.index][f"{name}/accuracy"] = r["accuracy"]
-    rows[m.index].setdefault("curve", {}).setdefault(name, []).append(
-        [step, r["accuracy"]])
-    if writer is not None:
-      writer.write(step, m.name, {f"rung/{name}/accuracy": r["accuracy"]})
-    if rows[m.index]["alive"]:
-      live.append(rows[m.index])
-  keep = max(1, int(math.ceil(len(live) * rungs.get("keep", 0.5))))
-  survivors = {r["index"] for r in leaderboard(live, f"{name}/accuracy")
-               [:keep]}
-  for m in pop.members:
-    if m.index not in survivors:
-      rows[m.index]["rung_out"] = step
-  if jax.process_index() == 0:
-    print(f"  rung at step {step}: keeping {len(survivors)} of "
-          f"{len(pop.members)} members by {name}/accuracy", flush=True)
-  new = pop_lib.build(config, total_steps=total,
-                      members=[m for m in pop.members
-                               if m.index in survivors], cached=cached)
-  return new, pop_lib.restack(pop, state, new)
