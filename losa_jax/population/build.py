@@ -115,14 +115,10 @@ def _structure(group_members: Sequence[members_lib.Member]):
 
 
 def _hp_arrays(group_members) -> Dict[str, np.ndarray]:
-  return {
-      "lr": np.array([m.hparams["lr"] for m in group_members], np.float32),
-      "wd": np.array([m.hparams["wd"] for m in group_members], np.float32),
-      "label_smoothing": np.array(
-          [m.hparams["label_smoothing"] for m in group_members], np.float32),
-      "grad_clip_norm": np.array(
-          [m.hparams["grad_clip_norm"] or np.inf for m in group_members],
-          np.float32)}
+  """{HP_KEYS: float32 [K_g]}; a member without clipping clips at inf."""
+  return {k: np.array([(m.hparams[k] or np.inf) if k == "grad_clip_norm"
+                       else m.hparams[k] for m in group_members], np.float32)
+          for k in HP_KEYS}
 
 
 class _SharedBackbone:
@@ -145,25 +141,8 @@ class _SharedBackbone:
         precomputed={**features, "layer_axis": self.layer_axis}, **kw)
 
 
-def build(config, *, total_steps: int, mesh=None, donate: bool = True,
-          members=None, cached: bool = False) -> PopulationBuilt:
-  """Compiles the population of `config.population` (LoSA only).
-
-  Args:
-    config: a trainer config with a `population` entry (see
-      losa_jax.population.members).
-    total_steps: the schedules' length (every member trains as long).
-    mesh: default from config.mesh.
-    donate: donate the state to the step.
-    members: a subset of `members.expand(config)` to build (the survivors
-      of a successive-halving rung); default all.
-    cached: the train step takes backbone features from a feature cache
-      ({"taps": [S, B, L, N, D] of every block (tap_every=1), optional
-      "final": [S, B, N, D], "label": [S, B]}) instead of images: no
-      backbone at all. Every group must use the same `tap` kind.
-  """
-  members = sorted(members if members is not None else
-                   members_lib.expand(config), key=lambda m: m.index)
+def _check(config, members) -> str:
+  """The population's `loop`, after checking it and the members' method."""
   loop = dict(config.get("population") or {}).get("loop", "vmap")
   if loop not in members_lib.LOOPS:
     raise ValueError(f"config.population.loop={loop!r}: use one of "
@@ -174,93 +153,121 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
                      f"'losa' (got {sorted(methods)}): other methods change "
                      "the backbone, so their members train one after another "
                      "(losa_jax.trainers.population does that).")
-  base = members[0].config
-  image_shape = build_lib.image_shape_of(base)
+  return loop
+
+
+def _groups(members, image_shape):
+  """(groups with one member's trainable tree, the distinct data seeds that
+  the groups' batch slots index, the backbone's param shapes)."""
   data_seeds: List[int] = []
   groups: List[Group] = []
+  bb_shape = None
   for _, seed, ms in members_lib.group_members(members):
     if seed not in data_seeds:
       data_seeds.append(seed)
     cfg = _structure(ms)
     model = build_lib.model_from_config(cfg)
+    shape = _init_shape(model, image_shape)
+    params_shape = {k: v for k, v in shape.items() if k != "backbone"}
+    # Every member's backbone is the same (only LoSA switches differ).
+    bb_shape = shape["backbone"] if bb_shape is None else bb_shape
     groups.append(Group(len(groups), ms, data_seeds.index(seed), cfg, model,
-                        model.tap_key(), None, 0))
+                        model.tap_key(), params_shape,
+                        tree_lib.count(params_shape)))
+  return groups, data_seeds, bb_shape
 
-  # The shared backbone: its kwargs are the same for every member (only
-  # LoSA switches differ), so any group's model names it.
-  model0 = groups[0].model
-  bb_module = model0.backbone_module()(**model0.backbone_kwargs())
-  depth = model0.depth()
-  full_shape = jax.eval_shape(
-      lambda r: model0.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
+
+def _init_shape(model, image_shape):
+  """The ShapeDtypeStructs of the full model's params."""
+  return jax.eval_shape(
+      lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
       jax.random.key(0))["params"]
-  param_dtype = build_lib.frozen_param_dtype(base)
-  bb_shape = full_shape["backbone"]
-  if param_dtype is not None:
-    bb_shape = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype)
-        if jnp.issubdtype(s.dtype, jnp.floating) else s, bb_shape)
 
-  def features(backbone, images):
+
+class _Program:
+  """The population's traced functions (init, train and eval step) over its
+  groups; `build` jits them."""
+
+  def __init__(self, groups: List[Group], num_slots: int, bb_shape, *,
+               total_steps: int, loop: str, cached: bool, base, image_shape):
+    self.groups, self.num_slots = groups, num_slots
+    self.total_steps, self.loop, self.cached = total_steps, loop, cached
+    # The shared backbone: its kwargs are the same for every member (only
+    # LoSA switches differ), so any group's model names it.
+    model0 = groups[0].model
+    self.bb_module = model0.backbone_module()(**model0.backbone_kwargs())
+    self.depth = model0.depth()
+    param_dtype = build_lib.frozen_param_dtype(base)
+    if param_dtype is not None:
+      bb_shape = jax.tree.map(
+          lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype)
+          if jnp.issubdtype(s.dtype, jnp.floating) else s, bb_shape)
+    self.bb_shape = bb_shape
+    self.feat_shape = jax.eval_shape(
+        self.features, bb_shape,
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+
+  def features(self, backbone, images):
     """One backbone pass -> {tap key: {"taps", "final"}}: the taps each
     group's single run computes, to the bit (`model.backbone_features`)."""
-    _, out = bb_module.apply({"params": backbone}, images, train=False)
+    _, out = self.bb_module.apply({"params": backbone}, images, train=False)
     feats = {}
-    for g in groups:
+    for g in self.groups:
       if g.tap not in feats:
         feats[g.tap] = model_lib.backbone_features(
-            out["encoder"], g.tap, depth=depth, backbone_params=backbone)
+            out["encoder"], g.tap, depth=self.depth, backbone_params=backbone)
     return feats
 
-  def tx_of(g: Group, hp, params_shape):
-    return optim.make(g.config, params_shape, total_steps, hparams=hp,
+  def cached_features(self, batch, s: int):
+    """Cached taps of every block -> each group's taps (subselected), kept
+    batch-major [B, L', N, D] in the cache's dtype: the side network reads
+    them in place, as the trainer's cached step does."""
+    taps = batch["image"]["taps"][s]                          # [B, L, N, D]
+    final = (batch["image"]["final"][s] if "final" in batch["image"]
+             else taps[:, -1])
+    feats = {}
+    for g in self.groups:
+      if g.tap not in feats:
+        idx = side_lib.tap_indices(self.depth, g.tap[1])
+        t = taps if len(idx) == taps.shape[1] else taps[:, jnp.asarray(idx)]
+        feats[g.tap] = {"taps": t, "final": side_lib.as_float32(final)}
+    return feats
+
+  def _tx(self, g: Group, hp):
+    return optim.make(g.config, g.params_shape, self.total_steps, hparams=hp,
                       log_rules=False)
 
-  # One member's trainable tree, from the full model's init shapes.
-  for g in groups:
-    shape = jax.eval_shape(
-        lambda r, m=g.model: m.init(r, jnp.zeros((1, *image_shape),
-                                                 jnp.float32)),
-        jax.random.key(0))["params"]
-    g.params_shape = {k: v for k, v in shape.items() if k != "backbone"}
-    g.num_params = tree_lib.count(g.params_shape)
-
-  feat_shape = jax.eval_shape(
-      features, bb_shape, jax.ShapeDtypeStruct((1, *image_shape),
-                                               jnp.float32))
-
-  def init_member(g: Group, seed, hp, backbone):
+  def _init_member(self, g: Group, seed, hp, backbone):
     """The trainer's init for one member: same rng splits, same values."""
-    rng = jax.random.key(seed)
-    init_rng, state_rng = jax.random.split(rng)
+    init_rng, state_rng = jax.random.split(jax.random.key(seed))
     dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         feat_shape[g.tap])
+                         self.feat_shape[g.tap])
     _, variables = g.model.apply(
         {"params": {"backbone": backbone}}, None, precomputed=dummy,
         rngs={"params": init_rng}, mutable=["params"])
     params = {k: v for k, v in variables["params"].items() if k != "backbone"}
-    tx, _, _ = tx_of(g, hp, g.params_shape)
+    tx, _, _ = self._tx(g, hp)
     return {"params": params, "opt": tx.init(params),
             "rng": jax.random.key_data(state_rng), "hp": hp,
             "alive": jnp.ones((), bool)}
 
-  def init_fn(backbone):
+  def init(self, backbone):
     state = {"params": {"backbone": backbone},
              "step": jnp.zeros((), jnp.int32), "groups": []}
-    for g in groups:
+    for g in self.groups:
       seeds = jnp.asarray([m.hparams["seed"] for m in g.members], jnp.uint32)
       hp = jax.tree.map(jnp.asarray, _hp_arrays(g.members))
       state["groups"].append(jax.vmap(
-          lambda s, h, g=g: init_member(g, s, h, backbone))(seeds, hp))
+          lambda s, h, g=g: self._init_member(g, s, h, backbone))(seeds, hp))
     return state
 
-  def member_step(g: Group, backbone, mstate, step, feats, labels):
+  def _member_step(self, g: Group, backbone, mstate, step, feats, labels):
     hp = mstate["hp"]
-    tx, sched_fns, mask = tx_of(g, hp, g.params_shape)
+    tx, sched_fns, mask = self._tx(g, hp)
     fn = steps.train_step_fn(
-        _SharedBackbone(g.model, backbone, layer_axis=1 if cached else 0),
-        tx, mask,
-        label_smoothing=hp["label_smoothing"], schedule_fns=sched_fns)
+        _SharedBackbone(g.model, backbone, layer_axis=1 if self.cached else 0),
+        tx, mask, label_smoothing=hp["label_smoothing"],
+        schedule_fns=sched_fns)
     state = {"params": mstate["params"], "opt": mstate["opt"], "step": step,
              "rng": jax.random.wrap_key_data(mstate["rng"])}
     new, metrics = fn(state, {"image": feats, "label": labels})
@@ -283,78 +290,88 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
     metrics["alive"] = keep.astype(jnp.float32)
     return out, metrics
 
-  def cached_features(batch, s):
-    """Cached taps of every block -> each group's taps (subselected), kept
-    batch-major [B, L', N, D] in the cache's dtype: the side network reads
-    them in place, as the trainer's cached step does."""
-    taps = batch["image"]["taps"][s]                          # [B, L, N, D]
-    final = (batch["image"]["final"][s] if "final" in batch["image"]
-             else taps[:, -1])
-    feats = {}
-    for g in groups:
-      if g.tap not in feats:
-        idx = side_lib.tap_indices(depth, g.tap[1])
-        t = taps if len(idx) == taps.shape[1] else taps[:, jnp.asarray(idx)]
-        feats[g.tap] = {"taps": t, "final": side_lib.as_float32(final)}
-    return feats
-
-  def step_fn(state, batch):
+  def train_step(self, state, batch):
     backbone = state["params"]["backbone"]
-    if cached:
-      feats = [cached_features(batch, s) for s in range(len(data_seeds))]
+    if self.cached:
+      feats = [self.cached_features(batch, s) for s in range(self.num_slots)]
     else:
-      feats = [features(backbone, batch["image"][s])
-               for s in range(len(data_seeds))]
+      feats = [self.features(backbone, batch["image"][s])
+               for s in range(self.num_slots)]
     new_groups, metrics = [], []
-    for g, gstate in zip(groups, state["groups"]):
-      f = feats[g.slot][g.tap]
-      fn = (lambda ms, g=g, f=f, s=g.slot: member_step(
-          g, backbone, ms, state["step"], f, batch["label"][s]))
+    for g, gstate in zip(self.groups, state["groups"]):
+      fn = (lambda ms, g=g, f=feats[g.slot][g.tap]: self._member_step(
+          g, backbone, ms, state["step"], f, batch["label"][g.slot]))
       # "vmap": members in parallel (fastest); "map": one member at a time
       # (peak memory of one member's backward; the backbone pass is still
       # shared).
-      ng, m = jax.vmap(fn)(gstate) if loop == "vmap" else jax.lax.map(
-          fn, gstate)
+      ng, m = (jax.vmap(fn)(gstate) if self.loop == "vmap" else
+               jax.lax.map(fn, gstate))
       new_groups.append(ng)
       metrics.append(m)
     return {"params": state["params"], "step": state["step"] + 1,
             "groups": new_groups}, metrics
 
-  def eval_fn(state, batch):
+  def eval_step(self, state, batch):
     backbone = state["params"]["backbone"]
     out = []
-    for g, gstate in zip(groups, state["groups"]):
+    for g, gstate in zip(self.groups, state["groups"]):
       # Eval batches come from one pass over a split: one slot.
-      f = features(backbone, batch["image"])[g.tap]
-      apply = _SharedBackbone(g.model, backbone)
-      ev = steps.eval_step_fn(apply)
+      f = self.features(backbone, batch["image"])[g.tap]
+      ev = steps.eval_step_fn(_SharedBackbone(g.model, backbone))
       out.append(jax.vmap(lambda p, f=f, ev=ev: ev(
           p, {"image": f, "label": batch["label"],
               "_mask": batch.get("_mask")}))(gstate["params"]))
     return out
 
-  state_shape = jax.eval_shape(init_fn, bb_shape)
+
+def build(config, *, total_steps: int, mesh=None, donate: bool = True,
+          members=None, cached: bool = False) -> PopulationBuilt:
+  """Compiles the population of `config.population` (LoSA only).
+
+  Args:
+    config: a trainer config with a `population` entry (see
+      losa_jax.population.members).
+    total_steps: the schedules' length (every member trains as long).
+    mesh: default from config.mesh.
+    donate: donate the state to the step.
+    members: a subset of `members.expand(config)` to build (the survivors
+      of a successive-halving rung); default all.
+    cached: the train step takes backbone features from a feature cache
+      ({"taps": [S, B, L, N, D] of every block (tap_every=1), optional
+      "final": [S, B, N, D], "label": [S, B]}) instead of images: no
+      backbone at all. Every group must use the same `tap` kind.
+  """
+  members = sorted(members if members is not None else
+                   members_lib.expand(config), key=lambda m: m.index)
+  loop = _check(config, members)
+  image_shape = build_lib.image_shape_of(members[0].config)
+  groups, data_seeds, bb_shape = _groups(members, image_shape)
+  if cached and len({g.tap[0] for g in groups}) > 1:
+    raise ValueError("A cached population needs one losa.tap kind for every "
+                     f"member (got {sorted({g.tap[0] for g in groups})}): "
+                     "the cache stores one kind of tap.")
+  prog = _Program(groups, len(data_seeds), bb_shape, total_steps=total_steps,
+                  loop=loop, cached=cached, base=members[0].config,
+                  image_shape=image_shape)
+  state_shape = jax.eval_shape(prog.init, prog.bb_shape)
   mesh, state_sharding = build_lib.mesh_and_state_sharding(
       config, state_shape, mesh)
   rep = sharding_lib.replicated(mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
   slot_sh = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(None, *batch_sh.spec))
-  if cached and len({g.tap[0] for g in groups}) > 1:
-    raise ValueError("A cached population needs one losa.tap kind for every "
-                     f"member (got {sorted({g.tap[0] for g in groups})}): "
-                     "the cache stores one kind of tap.")
   train_step = jax.jit(
-      step_fn, in_shardings=(state_sharding, slot_sh),
+      prog.train_step, in_shardings=(state_sharding, slot_sh),
       out_shardings=(state_sharding, rep),
       donate_argnums=(0,) if donate else ())
-  eval_step = jax.jit(eval_fn, in_shardings=(state_sharding, batch_sh),
+  eval_step = jax.jit(prog.eval_step, in_shardings=(state_sharding, batch_sh),
                       out_shardings=rep)
-  init = jax.jit(init_fn, in_shardings=(state_sharding["params"]["backbone"],),
+  init = jax.jit(prog.init,
+                 in_shardings=(state_sharding["params"]["backbone"],),
                  out_shardings=state_sharding)
   return PopulationBuilt(members, groups, data_seeds, mesh, image_shape,
                          state_shape, state_sharding, init, train_step,
-                         eval_step, features)
+                         eval_step, prog.features)
 
 
 def member_params(pop: PopulationBuilt, state, index: int):
