@@ -52,6 +52,7 @@ from losa_jax.trainers import population as population_train
 from losa_jax import train
 from losa_jax.models import model as model_lib
 from losa_jax.population import members as members_lib
+from losa_jax.utils import io
 
 FLAGS = flags.FLAGS
 STATE = "auto_state.json"
@@ -233,13 +234,6 @@ def _read_json(path: str) -> Optional[Dict]:
     return json.load(f)
 
 
-def _write_json(path: str, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
-
-
 def _plain(x) -> Dict[str, Any]:
   return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
 
@@ -257,7 +251,7 @@ def _timed(workdir: str, phase: str, fn):
   def record():
     state = _read_json(path) or {}
     state[key] = before + (time.time() - t0)
-    _write_json(path, state)
+    io.write_json(path, state, default=str)
 
   stop = threading.Event()
 
@@ -292,7 +286,7 @@ def _claim(workdir: str, phase: str, config):
                      f"another {phase} config (changed: {changed}): use a new "
                      "--workdir, or delete that folder.")
   if had is None and distributed.is_chief():
-    _write_json(path, {**state, f"{phase}_config": want})
+    io.write_json(path, {**state, f"{phase}_config": want}, default=str)
 
 
 def _search(config, workdir: str, members) -> Dict[str, Any]:
@@ -330,6 +324,21 @@ def _final(config, workdir: str) -> Dict[str, Any]:
       config, final_dir)["results"])
 
 
+def _member_rows(results_rows, members, board, curves, *, keys,
+                 metric: str) -> List[Dict[str, Any]]:
+  """selection.json's row of every member, in member order: its searched
+  values, position on the board, metric, curve and how it ended."""
+  position = {r["name"]: i + 1 for i, r in enumerate(board)}
+  return [{
+      "name": r["name"], "label": r["label"], "position": position[r["name"]],
+      "values": member_values(members[r["index"]], keys),
+      "hparams": r["hparams"], "trainable_params": r["trainable_params"],
+      metric: r.get(metric), "train/loss": r.get("train/loss"),
+      "finished": _finished(r), "curve": curves[r["name"]],
+      **{k: r[k] for k in ("died_at", "rung_out") if k in r}}
+          for r in sorted(results_rows, key=lambda r: r["index"])]
+
+
 def run(spec: str, workdir: str, *,
         overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Search, select, retrain; returns what <workdir>/selection.json holds.
@@ -365,16 +374,8 @@ def run(spec: str, workdir: str, *,
   state = _read_json(os.path.join(workdir, STATE)) or {}
   curves = _curves(os.path.join(workdir, "search"), results["members"],
                    metric)
-  position = {r["name"]: i + 1 for i, r in enumerate(board)}
-  rows = []
-  for r in sorted(results["members"], key=lambda r: r["index"]):
-    rows.append({
-        "name": r["name"], "label": r["label"], "position": position[r["name"]],
-        "values": member_values(members[r["index"]], keys),
-        "hparams": r["hparams"], "trainable_params": r["trainable_params"],
-        metric: r.get(metric), "train/loss": r.get("train/loss"),
-        "finished": _finished(r), "curve": curves[r["name"]],
-        **{k: r[k] for k in ("died_at", "rung_out") if k in r}})
+  rows = _member_rows(results["members"], members, board, curves,
+                      keys=keys, metric=metric)
   shared = results.get("shared_backbone", False)
   params = [r["trainable_params"] for r in rows]
   selection = {
@@ -409,11 +410,9 @@ def run(spec: str, workdir: str, *,
           "trainable_params_final": final.get("trainable_params")},
   }
   if distributed.is_chief():
-    _write_json(os.path.join(workdir, "selection.json"), selection)
-    tmp = os.path.join(workdir, "selection.md.tmp")
-    with open(tmp, "w") as f:
-      f.write(markdown(selection))
-    os.replace(tmp, os.path.join(workdir, "selection.md"))
+    io.write_json(os.path.join(workdir, "selection.json"), selection,
+                  default=str)
+    io.write_text(os.path.join(workdir, "selection.md"), markdown(selection))
   return selection
 
 

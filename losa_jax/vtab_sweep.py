@@ -35,6 +35,7 @@ from losa_jax import auto as auto_lib
 from losa_jax.config import schema as config_lib
 from losa_jax import train
 from losa_jax.datasets import vtab
+from losa_jax.utils import io
 
 
 def define_flags():
@@ -98,14 +99,13 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
   fields = (["task", "group", "tfds", "accuracy"] + chosen +
             ["trainable_params", "train_time_s"] + search +
             ["host_peak_rss_mib", "device_peak_mib"])
-  tmp = os.path.join(workdir, "results.csv.tmp")
-  with open(tmp, "w", newline="") as f:
+  with io.atomic_write(os.path.join(workdir, "results.csv"),
+                       newline="") as f:
     w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     for k, v in summary.items():
       w.writerow({"task": k, "group": "summary", "accuracy": v})
-  os.replace(tmp, os.path.join(workdir, "results.csv"))
 
   def pct(v):
     return "-" if v is None else f"{100 * v:.1f}"
@@ -124,10 +124,8 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "| summary | top-1 (%) |", "|---|---|"]
   lines += [f"| {k} | {pct(v)} |" for k, v in summary.items()]
-  tmp = os.path.join(workdir, "results.md.tmp")
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, os.path.join(workdir, "results.md"))
+  io.write_text(os.path.join(workdir, "results.md"),
+                "\n".join(lines) + "\n")
 
 
 def _auto_results(spec: str, task_dir: str) -> Tuple[Dict, List[str]]:

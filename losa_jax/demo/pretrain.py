@@ -11,8 +11,8 @@ Writes `<out>` (flat big_vision keys such as
 `Transformer/encoderblock_0/LayerNorm_0/scale`, `embedding/kernel`, `cls`,
 `pos_embedding`, `head/kernel`) and `<out without .npz>.json` with the config,
 command, held-out accuracy, linear-probe sanity checks, date, machine and the
-npz's sha256. Both files are written atomically (`npz.save_npz`, and a
-temp file + `os.replace` for the JSON).
+npz's sha256. Both files are written atomically (`npz.save_npz` and
+`utils.io.write_json`).
 
 Each step is the trainer's (`steps.train_step_fn`, every param trainable);
 the loop around it is not the trainer's, because pretraining is another job:
@@ -34,7 +34,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.utils import io
 from losa_jax.utils import npz
 from losa_jax.assembly import steps as steps_lib
 from losa_jax.utils import tree as tree_lib
@@ -129,20 +130,6 @@ def make_optimizer(config, total_steps):
       optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=config.wd,
                   mask=_wd_mask))
   return tx, sched
-
-
-def write_json_atomic(obj, path: str):
-  """The provenance JSON: sorted keys, a final newline, temp file + rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def extract_features(config, params, images_u8, batch_size=500):
@@ -251,14 +238,7 @@ def train(config, out_path: Optional[str] = None,
     and the trained params under the extra key "params" (not in the JSON).
   """
   t_start = time.time()
-  task = demo_data.get_task(config.task)
-  train_x, train_y = task["train"]["image"], task["train"]["label"]
-  test_x, test_y = task["test"]["image"], task["test"]["label"]
-  num_classes = task["num_classes"]
-  if config.get("num_train_examples"):
-    train_x = train_x[:config.num_train_examples]
-    train_y = train_y[:config.num_train_examples]
-
+  (train_x, train_y), (test_x, test_y), num_classes = _data(config)
   n = len(train_y)
   bs = config.batch_size
   steps_per_epoch = n // bs  # Drop the remainder: fixed shapes, one compile.
@@ -274,28 +254,9 @@ def train(config, out_path: Optional[str] = None,
   logging.info("ViT %s: %d params, %d steps (%d/epoch), batch %d",
                config.model.to_dict(),
                n_params, total_steps, steps_per_epoch, bs)
-  train_step = make_train_step(config, model, tx)
-
-  rng = np.random.default_rng(config.seed)
-  key = jax.random.PRNGKey(config.seed)
-  history = []
-  step = 0
-  order = np.zeros((0,), np.int64)
-  log_every = max(1, config.get("log_every_steps") or steps_per_epoch)
-  while step < total_steps:
-    if len(order) < bs:  # New epoch: fresh seeded permutation.
-      order = rng.permutation(n)
-    idx, order = order[:bs], order[bs:]
-    key, sub = jax.random.split(key)
-    state, metrics = train_step(state, train_x[idx], train_y[idx], sub)
-    step += 1
-    if step % log_every == 0 or step == total_steps:
-      rec = dict(step=step, epoch=round(step / max(steps_per_epoch, 1), 2),
-                 loss=float(metrics["loss"]),
-                 train_batch_acc=float(metrics["accuracy"]),
-                 lr=float(sched(step - 1)), seconds=round(time.time() - t_start, 1))
-      history.append(rec)
-      logging.info("%s", rec)
+  state, history = _fit(config, make_train_step(config, model, tx), state,
+                        sched, train_x, train_y, total_steps=total_steps,
+                        t_start=t_start)
 
   params = state["params"]
   holdout_acc = evaluate(model, params, test_x, test_y)
@@ -335,27 +296,73 @@ def train(config, out_path: Optional[str] = None,
       "command": command,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
-      "machine": {
-          "platform": platform.platform(),
-          "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(),
-          "jax_backend": jax.default_backend(),
-          "python": sys.version.split()[0],
-          "jax": jax.__version__,
-          "flax": flax.__version__,
-          "optax": optax.__version__,
-          "numpy": np.__version__,
-      },
+      "machine": _machine(),
   }
   if out_path:
     npz.save_npz(params, out_path)
     info["sha256"] = checkpointing.file_sha256(out_path)
     info["npz_bytes"] = os.path.getsize(out_path)
-    write_json_atomic(info, json_path_for(out_path))
+    io.write_json(json_path_for(out_path), info, sort_keys=True)
     logging.info("wrote %s (%d bytes, sha256 %s)", out_path, info["npz_bytes"],
                  info["sha256"])
   info["params"] = params
   return info
+
+
+def _data(config):
+  """((train images, labels), (held-out images, labels), num_classes) of
+  config.task; the first config.num_train_examples train ones if set."""
+  task = demo_data.get_task(config.task)
+  train_x, train_y = task["train"]["image"], task["train"]["label"]
+  if config.get("num_train_examples"):
+    train_x = train_x[:config.num_train_examples]
+    train_y = train_y[:config.num_train_examples]
+  return ((train_x, train_y), (task["test"]["image"], task["test"]["label"]),
+          task["num_classes"])
+
+
+def _fit(config, train_step, state, sched, train_x, train_y, *,
+         total_steps: int, t_start: float) -> Tuple[Any, List[Dict]]:
+  """`total_steps` steps over seeded epoch permutations (the remainder of an
+  epoch is dropped: fixed shapes, one compile); (state, logged records)."""
+  n, bs = len(train_y), config.batch_size
+  steps_per_epoch = n // bs
+  rng = np.random.default_rng(config.seed)
+  key = jax.random.PRNGKey(config.seed)
+  history = []
+  step = 0
+  order = np.zeros((0,), np.int64)
+  log_every = max(1, config.get("log_every_steps") or steps_per_epoch)
+  while step < total_steps:
+    if len(order) < bs:  # New epoch: fresh seeded permutation.
+      order = rng.permutation(n)
+    idx, order = order[:bs], order[bs:]
+    key, sub = jax.random.split(key)
+    state, metrics = train_step(state, train_x[idx], train_y[idx], sub)
+    step += 1
+    if step % log_every == 0 or step == total_steps:
+      rec = dict(step=step, epoch=round(step / max(steps_per_epoch, 1), 2),
+                 loss=float(metrics["loss"]),
+                 train_batch_acc=float(metrics["accuracy"]),
+                 lr=float(sched(step - 1)), seconds=round(time.time() - t_start, 1))
+      history.append(rec)
+      logging.info("%s", rec)
+  return state, history
+
+
+def _machine() -> Dict[str, Any]:
+  """Where the npz was made: platform, CPU and library versions."""
+  return {
+      "platform": platform.platform(),
+      "processor": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "jax_backend": jax.default_backend(),
+      "python": sys.version.split()[0],
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "numpy": np.__version__,
+  }
 
 
 def json_path_for(npz_path: str) -> str:
