@@ -46,14 +46,17 @@ def cached_step_for(config, built):
 
 
 class Stepper:
-  """Holds a donated train state and runs one blocking step per call."""
+  """Holds a donated train state and runs one blocking step per call, on
+  `batch` or, if it is an iterator, on its next batch."""
 
   def __init__(self, step, state, batch):
     self.step, self.state, self.batch = step, state, batch
 
   def __call__(self):
     import jax  # pylint: disable=g-import-not-at-top
-    self.state, metrics = self.step(self.state, self.batch)
+    batch = (next(self.batch) if hasattr(self.batch, "__next__")
+             else self.batch)
+    self.state, metrics = self.step(self.state, batch)
     jax.block_until_ready((self.state, metrics))
 
 
@@ -151,38 +154,22 @@ def section_cache(a) -> List[Dict[str, Any]]:
     steps_n = n // bsz
     uncached_it, _ = ip.training(source, batch_size=bsz, pp=pp, seed=0)
     cached_it = cache.batches(batch_size=bsz, seed=0)
-    step_u, step_c = b.train_step, cached_step_for(config, b)
-    state_u = b.init(jax.random.key(0))
-    state_c = b.init(jax.random.key(0))
-
-    def run_u(state):
-      raw = next(uncached_it)
-      batch = {"image": jnp.asarray(raw["image"]),
-               "label": jnp.asarray(raw["label"], jnp.int32)}
-      state, m = step_u(state, batch)
-      jax.block_until_ready((state, m))
-      return state
-
-    def run_c(state):
-      batch = jax.tree.map(jnp.asarray, next(cached_it))
-      state, m = step_c(state, batch)
-      jax.block_until_ready((state, m))
-      return state
-
-    state_u, state_c = run_u(state_u), run_c(state_c)     # compile + warm-up
-    t_u = t_c = 0.0
-    for _ in range(steps_n):
-      t0 = time.perf_counter()
-      state_u = run_u(state_u)
-      t_u += time.perf_counter() - t0
-      t0 = time.perf_counter()
-      state_c = run_c(state_c)
-      t_c += time.perf_counter() - t0
+    uncached = ({"image": jnp.asarray(r["image"]),
+                 "label": jnp.asarray(r["label"], jnp.int32)}
+                for r in uncached_it)
+    cached = (jax.tree.map(jnp.asarray, r) for r in cached_it)
+    # Each call fetches its batch (pp or the cache gather) and steps.
+    fns = {"uncached": Stepper(b.train_step, b.init(jax.random.key(0)),
+                               uncached),
+           "cached": Stepper(cached_step_for(config, b),
+                             b.init(jax.random.key(0)), cached)}
+    times = common.interleaved(fns, reps=steps_n, warmup=0)
     cache_mib = cache.nbytes / MIB
   finally:
     shutil.rmtree(root, ignore_errors=True)
   measured = steps_n * bsz
-  per_u, per_c, per_b = t_u / measured, t_c / measured, build_s / n
+  per_u, per_c, per_b = (times["uncached"]["mean_s"] / bsz,
+                         times["cached"]["mean_s"] / bsz, build_s / n)
   row = {"variant": variant, "batch": bsz, "images_measured": measured,
          "images_cached": n, "cache_dtype": "bfloat16", "storage": "disk",
          "cache_mib": cache_mib,
