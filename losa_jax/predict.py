@@ -32,6 +32,7 @@ import numpy as np
 
 from losa_jax.assembly import steps
 from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.config import flags as config_flags
 from losa_jax.config import schema as config_lib
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.evaluators import classification
@@ -190,11 +191,11 @@ def multiview_eval(config, workdir: str, *, pp: str,
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   """Defined on demand so importing this module claims no flag names.
 
-  --config is checked like train's (config_lib.define_config_flag).
+  --config is checked like train's (config_flags.define_config_flag).
   """
   fv = dict(flag_values=flag_values)
-  config_lib.define_config_flag("config", "The training config (default: "
-                                "<workdir>/config.json).", flag_values)
+  config_flags.define_config_flag("config", "The training config (default: "
+                                  "<workdir>/config.json).", flag_values)
   flags.DEFINE_string("workdir", None, "A finished training workdir.", **fv)
   flags.DEFINE_list("workdirs", None, "Several finished workdirs served on "
                     "one backbone pass (configs from <workdir>/config.json); "

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from losa_jax.config import schema as config_lib
+from losa_jax.config import flags as config_flags
 from losa_jax.trainers import common
 from losa_jax.trainers import population
 from losa_jax.trainers import single
@@ -45,7 +45,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 
   --config is ml_collections' config-file flag, except that an override of a
   key the config lacks (--config.bogus=1) is a flag error naming the full
-  key and the valid ones (config_lib.define_config_flag).
+  key and the valid ones (config_flags.define_config_flag).
   """
   define_config_and_workdir_flags(
       flag_values, config_help="Training config file (configs/*.py[:args]).",
@@ -55,9 +55,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 
 def define_config_and_workdir_flags(flag_values: flags.FlagValues, *,
                                     config_help: str, workdir_help: str):
-  """--config (a config file, `config_lib.define_config_flag`) and
+  """--config (a config file, `config_flags.define_config_flag`) and
   --workdir, the two flags of the commands that train (train, auto)."""
-  config_lib.define_config_flag("config", config_help, flag_values)
+  config_flags.define_config_flag("config", config_help, flag_values)
   flags.DEFINE_string("workdir", None, workdir_help, flag_values=flag_values)
 
 

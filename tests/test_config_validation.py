@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BACKBONE
+from losa_jax.config import flags as config_flags
 from losa_jax.config import schema as config_lib
 from losa_jax.config import input_check
 from losa_jax.models import model as model_lib
@@ -119,7 +120,7 @@ def test_unknown_override_names_full_key_and_valid_keys(
   assert repr(valid) in listed.group(1)
   if where == "config.model.losa":
     assert "'rank_time'" in listed.group(1) and "'tap'" in listed.group(1)
-  assert isinstance(err.value, config_lib.ConfigOverrideError)
+  assert isinstance(err.value, config_flags.ConfigOverrideError)
 
 
 @pytest.mark.parametrize("override,hint", [
@@ -133,7 +134,7 @@ def test_unknown_override_says_did_you_mean(override, hint, tmp_path,
                                             monkeypatch):
   argv = ["prog", "--config", _config_file(tmp_path),
           f"--config.{override}=1"]
-  with pytest.raises(config_lib.ConfigOverrideError, match=re.escape(hint)):
+  with pytest.raises(config_flags.ConfigOverrideError, match=re.escape(hint)):
     _parse("train", argv, monkeypatch)
 
 
@@ -141,7 +142,7 @@ def test_override_of_a_valid_key_the_file_leaves_out_says_where_to_set_it(
     tmp_path, monkeypatch):
   argv = ["prog", "--config", _config_file(tmp_path),
           "--config.model.losa.tap=attn"]
-  with pytest.raises(config_lib.ConfigOverrideError,
+  with pytest.raises(config_flags.ConfigOverrideError,
                      match=r"config.model.losa.tap is a valid key, but this "
                      r"config file does not set it.*Set model.losa.tap in "
                      r"the config file"):
@@ -150,7 +151,7 @@ def test_override_of_a_valid_key_the_file_leaves_out_says_where_to_set_it(
 
 def test_override_below_a_leaf_names_the_leaf(tmp_path, monkeypatch):
   argv = ["prog", "--config", _config_file(tmp_path), "--config.lr.foo=1"]
-  with pytest.raises(config_lib.ConfigOverrideError,
+  with pytest.raises(config_flags.ConfigOverrideError,
                      match=r"config.lr=0.01 is a float, not a dict"):
     _parse("train", argv, monkeypatch)
 

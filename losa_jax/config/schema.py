@@ -13,7 +13,7 @@ The table drives:
   `config.<path>=<value>: <what is allowed> (<help>)`), then the checks
   across keys; all before any compilation;
 * `with_defaults(config)`: the top-level defaults;
-* `define_config_flag()`: the `--config` flag of the CLIs, whose
+* `losa_jax.config.flags`: the `--config` flag of the CLIs, whose
   `--config.<path>=...` overrides are checked against SCHEMA and whose
   --help lists the keys (`describe`).
 
@@ -27,14 +27,10 @@ import importlib.util
 import math
 import numbers
 import os
-import re
-import sys
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 from typing import Sequence, Tuple
 
-from absl import flags
 import ml_collections
-from ml_collections import config_flags
 
 from losa_jax.parallel import distributed as distributed_lib
 from losa_jax.parallel import sharding as sharding_lib
@@ -401,7 +397,7 @@ def describe() -> str:
   return "\n".join(lines)
 
 
-# --- config files ----------------------------------------------------------------
+# --- config files -------------------------------------------------------------
 
 # The repo's configs/ folder (present in a source checkout, not in a wheel).
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -446,112 +442,3 @@ def load_config_module(path: str):
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} has no get_config(arg=None) function.")
   return module
-
-
-# --- the --config flag ----------------------------------------------------------
-
-
-class ConfigOverrideError(flags.Error):
-  """A `--config.<path>=...` override names a key the config does not hold.
-
-  A flags.Error, so that `absl.app.run` reports it as a flag error (one line
-  and exit status 1) instead of a traceback.
-  """
-
-
-def check_override(config, override: str, flag_name: str = "config") -> None:
-  """Raises ConfigOverrideError unless the dotted `override` is in `config`.
-
-  The error names the full key (`config.model.losa.bogus`), the valid keys
-  at that level (the config's and SCHEMA's) and the closest one. A key that
-  SCHEMA allows but the config file does not set cannot be added from the
-  command line either (the config is locked): the error says so.
-
-  Args:
-    config: the config as loaded from the file, before the overrides.
-    override: the path after `--<flag_name>.`, e.g. "model.losa.rank".
-    flag_name: the config flag's name, the root of the paths in messages.
-  """
-  walked = []
-  node = config
-  for part in override.split("."):
-    field, index = part.partition("[")[::2]
-    where = ".".join([flag_name, *walked])
-    full = f"{where}.{field}"
-    if node is None:
-      raise ConfigOverrideError(
-          f"--{full}: {where} is None in this config file, so it has no "
-          f"field {field!r} to override; set {where} to a dict in the config "
-          "file.")
-    if not isinstance(node, (ml_collections.ConfigDict, Mapping)):
-      raise ConfigOverrideError(
-          f"--{full}: {where}={node!r} is a {type(node).__name__}, not a "
-          f"dict, so it has no field {field!r}; override --{where} itself.")
-    if field in node:
-      if index:
-        return              # a list index: ml_collections checks those
-      node = node[field]
-      walked.append(field)
-      continue
-    allowed = set(schema_keys(walked) or ()) - {"*"}
-    if field in allowed:
-      raise ConfigOverrideError(
-          f"--{full}: {full} is a valid key, but this config file does not "
-          "set it, and only the keys a config sets can be overridden on the "
-          "command line (the config is locked). Set "
-          f"{full.split('.', 1)[1]} in the config file (or through its :args).")
-    valid = sorted(set(node.keys()) | allowed)
-    raise ConfigOverrideError(
-        f"--{full}: unknown config key {full}"
-        f"{did_you_mean(field, valid)}. Valid keys in {where}: {valid}.")
-
-
-class _CheckedParser(flags.ArgumentParser):
-  """The config file flag's parser, then `check_override` on each override.
-
-  ml_collections' flag loads the file with its parser and only then applies
-  the `--<name>.<path>` overrides of the command line (sys.argv), where a
-  missing key fails with a bare KeyError or AttributeError; this parser
-  checks them first.
-  """
-
-  def __init__(self, parser: flags.ArgumentParser, name: str):
-    super().__init__()
-    self.parser, self.name = parser, name
-
-  def parse(self, argument):
-    config = self.parser.parse(argument)
-    if isinstance(config, (ml_collections.ConfigDict, Mapping)):
-      argv = flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False)
-      for arg in argv[1:]:
-        match = re.match(rf"--?(no)?{re.escape(self.name)}\.([^=]+)", arg)
-        if match:
-          check_override(config, match.group(2), self.name)
-    return config
-
-  def flag_type(self):
-    return self.parser.flag_type()
-
-
-# The --config flag that define_config_flag() makes belongs to its caller
-# (train, predict): their --helpshort lists it.
-flags.disclaim_key_flags()
-
-
-def define_config_flag(
-    name: str = "config",
-    help_string: str = "Training config file (configs/*.py[:args]).",
-    flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
-  """`config_flags.DEFINE_config_file(name, lock_config=True)`, checked.
-
-  Same flag (`--config path.py[:args]`, `--config.a.b=value` overrides of a
-  locked config), except that an override of a key the config lacks fails
-  as a flag error naming the full key and the valid keys (`check_override`),
-  and its help lists the keys (`describe`).
-  """
-  holder = config_flags.DEFINE_config_file(
-      name, None, f"{help_string} Keys, with --{name}.<key>=value overrides "
-      f"of those the file sets:\n{describe()}",
-      flag_values=flag_values, lock_config=True)
-  flag_values[name].parser = _CheckedParser(flag_values[name].parser, name)
-  return holder
