@@ -87,9 +87,8 @@ def _memory(mem, m) -> List[str]:
          "peak is that method's" if iso == "method" else
          "one process per variant, methods in turn: running maxima, a "
          "later method's peak is at least the earlier ones'")
-  out += ["## Peak memory (memory_stats peak_bytes_in_use; " + how + ")",
-          ""]
-  out += _table(
+  return ["## Peak memory (memory_stats peak_bytes_in_use; " + how + ")",
+          ""] + _table(
       ["variant", "method", "batch", "peak GiB", "held before step GiB",
        "peak - held GiB", "compiled peak GiB"],
       [[r["variant"], r["method"], r["batch"],
