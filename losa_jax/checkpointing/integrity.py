@@ -62,6 +62,14 @@ def cause(e: BaseException, limit: int = 300) -> str:
   return f"{type(e).__name__}: {text}"
 
 
+def unreadable(step: int, root: str, e: BaseException,
+               what: str = "") -> DamagedCheckpointError:
+  """The error for step `step` at `root` that Orbax failed to read."""
+  return DamagedCheckpointError(
+      f"Cannot read {what}checkpoint step {step} at {root}: {cause(e)}. "
+      f"Move {root} out of the way to resume from an earlier step.")
+
+
 def write_manifest(root: str, step: int) -> None:
   """Writes `<root>/MANIFEST`: the size and sha256 of the step's other files.
 

@@ -239,10 +239,7 @@ class Checkpointer:
       return self._mngr.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
-      raise DamagedCheckpointError(
-          f"Cannot read the metadata of checkpoint step {step} at {path}: "
-          f"{integrity.cause(e)}. Move {path} out of the way to resume from "
-          "an earlier step.") from e
+      raise integrity.unreadable(step, path, e, "the metadata of ") from e
 
   def restore(self, step: int, abstract_state,
               check: Optional[Callable[[dict], None]] = None,
@@ -281,10 +278,7 @@ class Checkpointer:
           state=ocp.args.StandardRestore(target)))["state"]
     except Exception as e:  # pylint: disable=broad-except
       if not verified:
-        raise DamagedCheckpointError(
-            f"Cannot read checkpoint step {step} at {path}: "
-            f"{integrity.cause(e)}. Move {path} out of the way to resume "
-            "from an earlier step.") from e
+        raise integrity.unreadable(step, path, e) from e
       raise CheckpointError(
           f"Checkpoint step {step} at {path} is intact but does not fit this "
           f"run's state: {integrity.cause(e)}. A config change the "
