@@ -129,8 +129,9 @@ def _check_patch(patch, name: str, hint: str = "") -> None:
 
 
 # A backbone dict without a field gets the model's dataclass default.
-_BACKBONE_DEFAULTS = {f.name: f.default for kind in model_lib.BACKBONE_KINDS
-                      .values() for f in dataclasses.fields(kind)}
+_BACKBONE_DEFAULTS = {f.name: f.default
+                      for kind in model_lib.BACKBONE_KINDS.values()
+                      for f in dataclasses.fields(kind)}
 _EVERY = "every n steps; 0 = only at the end"
 
 
@@ -287,6 +288,8 @@ def _check_dict(node: Mapping[str, Any], path: Tuple[str, ...]) -> None:
       raise ValueError(f"{name} is required.")
     if k in node and key.check is not None:
       key.check(value, name, hint=f" ({key.help})" if key.help else "")
+    # A dict with a check of its own (model.losa: model_lib.losa_options)
+    # checks its keys there, with the model's messages.
     if value is not None and schema_keys((*path, k)) and key.check is None:
       _check_dict(_as_dict(value), (*path, k))
 
