@@ -186,9 +186,11 @@ def _frozen_reader(trainable: Optional[str]):
 
 def _stack_bf16(xs):
   """jnp.stack(xs).astype(bf16) without a float32 stack: each [B, N, D] is
-  converted as it is written into the bf16 stack (as 16-bit words, which
-  XLA:CPU does not move converts across; see side_fused._read)."""
-  words = jnp.zeros((len(xs),) + xs[0].shape, jnp.uint16)
+  converted as it is written into the bf16 stack (as 16-bit words on
+  XLA:CPU, which moves converts across bf16 updates; see
+  side_fused._as_words)."""
+  words = side_fused.to_words(jnp.zeros((len(xs),) + xs[0].shape,
+                                        jnp.bfloat16))
   for i, x in enumerate(xs):
     words = words.at[i].set(side_fused.to_words(x.astype(jnp.bfloat16)))
   return side_fused.from_words(words)

@@ -278,10 +278,11 @@ class SideNetwork(nn.Module):
 
   The params are stacked on a leading L' axis under side/layers/ (one
   `nn.scan` declares them, like big_vision's scanned encoder); the options
-  are checked by `model.losa_options`. The default structure
-  (a fused mixer, combine "add", state "delta", unshared) runs `side_fused.side_scan`: one hand-written
-  backward for the whole network, keeping one [L', B, N, D] stack of z_i
-  and low-rank activations, replaying nothing. Every other structure runs
+  are checked by `model.losa_options`. The default structure (a fused
+  mixer, combine "add", state "delta", unshared weights) runs
+  `side_fused.side_scan`: one hand-written backward for the whole network,
+  keeping one [L', B, N, D] stack of z_i and low-rank activations,
+  replaying nothing. Every other structure runs
   `_scan` with autodiff, each layer rematerialised when `remat` (the
   backward keeps each layer's input carry [B, N, D]).
   """

@@ -31,10 +31,11 @@ import jax.numpy as jnp
 EPSILON = 1e-6   # every LayerNorm of the side network
 
 
-# The default mixer's params (docs/side_fused.md, "Notation"; `side.fused_params`
-# reads them from the tree `side.Mixer.spec` declares): LN1 (s1, b1), the
-# channel MLP (Wd1 [D, r1], bd1, Wu1 [r1, D], bu1), LN2 (s2, b2) and the
-# token MLP (Wd2 [N, r2], bd2, Wu2 [r2, N], bu2); stacked: a leading [L'].
+# The default mixer's params (docs/side_fused.md, "Notation";
+# `side.fused_params` reads them from the tree `side.Mixer.spec` declares):
+# LN1 (s1, b1), the channel MLP (Wd1 [D, r1], bd1, Wu1 [r1, D], bu1), LN2
+# (s2, b2) and the token MLP (Wd2 [N, r2], bd2, Wu2 [r2, N], bu2); stacked:
+# a leading [L'].
 Params = collections.namedtuple(
     "Params", "s1 b1 wd1 bd1 wu1 bu1 s2 b2 wd2 bd2 wu2 bu2")
 # What the forward keeps for the backward besides z: LN1's row means and
@@ -190,11 +191,6 @@ def _mixer_fwd(params, z):
   return delta, (params, z, res)
 
 
-def _mixer_bwd(saved, dd):
-  params, z, res = saved
-  return _backward(params, z, res, dd)
-
-
 def _ln2_backward(p: Params, z, res: Residuals, g1, dh2):
   """LN2 and the token down projection (docs/side_fused.md, "Token MLP"):
   (e, beta2, gamma2, d_wd2) with du = i2 Wd2 e - beta2 u + gamma2."""
@@ -290,7 +286,7 @@ def _backward(p: Params, z, res: Residuals, dd, carry=None, null_bias=False):
   return grads, dz if carry is None else carry + dz
 
 
-mixer.defvjp(_mixer_fwd, _mixer_bwd)
+mixer.defvjp(_mixer_fwd, lambda saved, dd: _backward(*saved, dd))
 
 
 # --- the whole side network ----------------------------------------------------

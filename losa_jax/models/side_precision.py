@@ -82,9 +82,8 @@ def mixer(mixer_kw: Dict[str, Any], params, z, sites: Sites, prefix=""):
   """delta [B, N, D] of `side.reference_mixer` (autodiff of plain
   LayerNorm and Dense math), float64 for float64 inputs, with sites at z,
   delta, every param and every Dense's input and output."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-  params = flax.traverse_util.unflatten_dict(
-      {k: sites(f"{prefix}param:{k}", v) for k, v in flat.items()}, sep="/")
+  params = tree_lib.map_with_names(
+      lambda k, v: sites(f"{prefix}param:{k}", v), params)
   delta = side_lib.reference_mixer(
       side_lib.Mixer(**mixer_kw, parent=None), params,
       sites(prefix + "z", z), lambda name, x: sites(prefix + name, x))
