@@ -37,7 +37,7 @@ _CORE_WITHOUT_TF = textwrap.dedent("""
     from losa_jax.assembly import steps
     from losa_jax.models import model, vit
     from losa_jax.bench import __main__, registry
-    from losa_jax.bench import accelerator, accelerator_jobs, configs
+    from losa_jax.bench import accelerator, configs, harness
     cfg = configs.make_config("tiny", "losa", depth=1)
     b = build.build(cfg, total_steps=2)
     state = b.init(jax.random.key(0))
@@ -195,7 +195,7 @@ def test_help_lists_every_option():
 
 
 class _FakeMethod:
-  """Stands in for accelerator_model.Method: `full` runs out of memory above
+  """Stands in for harness.Method: `full` runs out of memory above
   batch 4 unless rematerialised; nothing is compiled."""
 
   def __init__(self, variant, method, spec, *, scan=None, remat=None):
@@ -221,15 +221,14 @@ class _FakeMethod:
 
 
 def test_timing_retries_an_out_of_memory_step_with_remat(monkeypatch):
-  from losa_jax.bench import accelerator_jobs  # pylint: disable=g-import-not-at-top
-  from losa_jax.bench import accelerator_model  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(accelerator_model, "Method", _FakeMethod)
+  from losa_jax.bench import harness  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(harness, "Method", _FakeMethod)
   spec = dict(variant="tiny", methods=["forward", "full"], batches=[4, 8],
               reps=1, warmup=0, scan=True, remat=False)
   rows = {(r["method"], r["batch"]): r
-          for r in accelerator_jobs.job_timing(spec)["rows"]}
+          for r in accelerator.job_timing(spec)["rows"]}
   assert rows[("full", 4)]["status"] == "ok"
   assert rows[("full", 8)]["status"] == "ok+remat"
   assert rows[("full", 8)]["median_s"] >= 0
-  assert accelerator_model.is_oom(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY"))
-  assert not accelerator_model.is_oom(ValueError("shape mismatch"))
+  assert harness.is_oom(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY"))
+  assert not harness.is_oom(ValueError("shape mismatch"))

@@ -18,7 +18,6 @@ plots are made from the JSON files by scripts/bench_report.py.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,10 +95,12 @@ def _child(name: str, argv: Sequence[str], flags: str, out: str
   if "--out" not in args and not any(a.startswith("--out=") for a in args):
     args += ["--out", out]
   common.log(f"{name}: child process with XLA_FLAGS={env['XLA_FLAGS']}")
-  subprocess.run([sys.executable, "-m", "losa_jax.bench", name, *args,
-                  "--in_process"], env=env, check=True)
-  with open(os.path.join(out, f"{name}.json")) as f:
-    return json.load(f)["rows"]
+  got = common.run_child(["losa_jax.bench", name, *args, "--in_process"],
+                         os.path.join(out, f"{name}.json"), env=env)
+  if "error" in got:
+    raise RuntimeError(f"section {name}: its child process failed, "
+                       f"{got['error']}.")
+  return got["rows"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:

@@ -1,7 +1,7 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """Correctness on the device, the cost guard and the largest-batch search
-of the accelerator section (losa_jax/bench/accelerator.py; run inside its job processes).
+of the accelerator section (losa_jax/bench/accelerator.py; run in its job processes).
 
 * compare_step: one tiny LoSA train step on the accelerator and on jax's CPU
   backend, same process, same initial state and batch; loss and the update
@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from losa_jax.bench import accelerator_model as am
+from losa_jax.bench import harness
 from losa_jax.bench import batch_search
 
-GIB = am.GIB
+GIB = harness.GIB
 # (loss, update) relative tolerances. f32 runs at "highest" matmul precision
 # (GPUs otherwise use TF32 for f32 dots); bf16 backbone matmuls round their
 # outputs to 8 bits of mantissa, differently summed on each backend.
@@ -84,7 +84,7 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   built["accel"] = built["cpu"] if accel == cpu else build.build(
       cfg, total_steps=10,
       mesh=sharding_lib.make_mesh([("data", 1)], [accel]))
-  p0 = jax.device_get(am.random_tree(built["cpu"].state_shape["params"]))
+  p0 = jax.device_get(harness.random_tree(built["cpu"].state_shape["params"]))
   rng = np.random.RandomState(0)
   n, s = spec["check_batch"], cfg.image_size
   batch = {"image": rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32),
@@ -95,7 +95,7 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
       b = built[name]
       # New buffers, so donating one backend's state never deletes the
       # other's.
-      state, m = b.train_step(am.state_from_params(
+      state, m = b.train_step(harness.state_from_params(
           b, jax.device_put(p0, b.state_sharding["params"])), batch)
       new[name] = tree_lib.flatten(jax.device_get(state["params"]))
       metrics[name] = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -203,7 +203,7 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
   while loop's body once, so a scanned backbone would show one block's
   FLOPs. Pass if ratio <= spec["guard_max_ratio"]."""
   from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
-  cfg = am.make_config(variant, "losa", spec, scan=False)
+  cfg = harness.make_config(variant, "losa", spec, scan=False)
   step = configs.step_cost(cfg, bsz)
   fwd = configs.forward_cost(cfg, bsz)
   ratio = step["flops"] / fwd["flops"] if fwd["flops"] else float("nan")
@@ -218,7 +218,7 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
 
 def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
               ran: bool, failed: Sequence[int] = ()) -> Dict[str, Any]:
-  """The largest batch of method `m` (an accelerator_model.Method) that runs.
+  """The largest batch of method `m` (a harness.Method) that runs.
 
   peaks: [batch, compiled peak bytes] pairs, for the first guess (an affine
   fit); ran: whether those batches' real steps ran (the memory section's),
@@ -228,7 +228,7 @@ def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
   Simulated mode (XLA:CPU, or a cap given): if its compiled peak is at most
   the cap, so the search logic runs where nothing ever runs out of memory.
   """
-  limit = am.mem_stats().get("bytes_limit")
+  limit = harness.mem_stats().get("bytes_limit")
   cap_bytes = float(spec.get("mem_cap_gib") or 0) * GIB
   simulated = not limit or cap_bytes > 0
   budget = cap_bytes if simulated else float(limit)
@@ -249,7 +249,7 @@ def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
       m.runner(compiled, batch)()
       return True
     except Exception as e:  # pylint: disable=broad-except
-      if not am.is_oom(e):
+      if not harness.is_oom(e):
         raise
       if m.state_deleted():
         m.reset_state()

@@ -72,6 +72,26 @@ def with_xla_flags(flags: str, env: Optional[MutableMapping[str, str]] = None
   return env
 
 
+def run_child(args: Sequence[str], out_path: str, *,
+              env: Mapping[str, str], timeout: Optional[float] = None
+              ) -> Dict[str, Any]:
+  """Runs `python -m ARGS` in a fresh process with `env` (XLA reads its
+  flags once; a device's peak memory is never reset); returns the JSON the
+  child wrote to `out_path`, or {"error": why} if it failed, wrote nothing
+  or overran `timeout` seconds (it is then killed)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    proc = subprocess.run([sys.executable, "-m", *args], env=dict(env),
+                          timeout=timeout, check=False)
+  except subprocess.TimeoutExpired:
+    return {"error": f"killed after {timeout:.0f} s (time budget)"}
+  if proc.returncode != 0 or not os.path.exists(out_path):
+    return {"error": f"exit status {proc.returncode} (see the log above)"}
+  with open(out_path) as f:
+    return json.load(f)
+
+
 # --- timing -------------------------------------------------------------------
 
 

@@ -37,17 +37,11 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from losa_jax.bench import common
+from losa_jax.bench import harness
 from losa_jax.bench.registry import SYSTEMS
 
 COPY_SYSTEMS = ("lora_merged", "full")
 _log = common.log
-
-
-def _random_like(shape_tree, seed: int):
-  """Random-looking arrays of `shape_tree`'s shapes, made on the device
-  (the accelerator section's maker: one compile per shape group)."""
-  from losa_jax.bench import accelerator_model  # pylint: disable=g-import-not-at-top
-  return accelerator_model.random_tree(shape_tree, seed=seed)
 
 
 def _nbytes(tree) -> int:
@@ -84,9 +78,9 @@ class _Variant:
     x = jnp.zeros((1, *self.image_shape), jnp.float32)
     shape = jax.eval_shape(lambda r: self.losa.init(r, x),
                            jax.random.key(0))["params"]
-    self.backbone = _random_like(shape["backbone"], 0)
-    self.sides = [_random_like({k: v for k, v in shape.items()
-                                if k != "backbone"}, 1 + i)
+    self.backbone = harness.random_tree(shape["backbone"], seed=0)
+    side = {k: v for k, v in shape.items() if k != "backbone"}
+    self.sides = [harness.random_tree(side, seed=1 + i)
                   for i in range(max_tasks)]
     self.bb_fn, _ = build.backbone_forward(cfg)
     self.bb_jit = jax.jit(self.bb_fn)
@@ -99,7 +93,8 @@ class _Variant:
     if any(s in systems for s in COPY_SYSTEMS):
       plain_shape = jax.eval_shape(lambda r: self.plain.init(r, x),
                                    jax.random.key(0))["params"]
-      copies = [_random_like(plain_shape, 100 + i) for i in range(max_tasks)]
+      copies = [harness.random_tree(plain_shape, seed=100 + i)
+                for i in range(max_tasks)]
     self.copies = {s: copies for s in COPY_SYSTEMS}
     lora_cfg = configs.make_config(variant, "lora", rank=rank,
                                    num_classes=num_classes)

@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from losa_jax.bench import common
+from losa_jax.bench import harness
 from losa_jax.bench.configs import make_config
 
 MIB = common.MIB
@@ -45,21 +46,6 @@ def cached_step_for(config, built):
   return _CACHED_STEPS[id(built)]
 
 
-class Stepper:
-  """Holds a donated train state and runs one blocking step per call, on
-  `batch` or, if it is an iterator, on its next batch."""
-
-  def __init__(self, step, state, batch):
-    self.step, self.state, self.batch = step, state, batch
-
-  def __call__(self):
-    import jax  # pylint: disable=g-import-not-at-top
-    batch = (next(self.batch) if hasattr(self.batch, "__next__")
-             else self.batch)
-    self.state, metrics = self.step(self.state, batch)
-    jax.block_until_ready((self.state, metrics))
-
-
 def timed_inputs(config, bsz: int):
   """What the timed sections share, for LoSA's `config` at batch `bsz`:
   (batch, backbone, cached batch, forward). A random batch (seed 0: image
@@ -87,38 +73,32 @@ def timed_inputs(config, bsz: int):
 
 
 def section_measured(a) -> List[Dict[str, Any]]:
-  """Median step time of every method, the forward and cached LoSA,
-  interleaved, per a.variants at a.batch."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """harness.time_methods of the forward, every method of a.methods and
+  LoSA from cached features, per a.variants at a.batch (f32, unrolled)."""
+  spec = dict(bf16=False, scan=False, remat=False, depth=0, reps=a.reps,
+              warmup=a.warmup, batches=[a.batch])
   rows = []
   for variant in a.variants:
-    bsz = a.batch
-    config = make_config(variant, "losa")
-    batch, _, cached_batch, forward = timed_inputs(config, bsz)
-    fns, trainable = {"forward": forward}, {"forward": 0}
-    for method in a.methods:
-      b = built_for(make_config(variant, method))
-      fns[method] = Stepper(b.train_step, b.init(jax.random.key(0)), batch)
-      trainable[method] = b.num_trainable()
-    # LoSA from cached features: the taps of this batch, bf16, on device.
-    losa_built = built_for(config)
-    fns["losa_cached"] = Stepper(
-        cached_step_for(config, losa_built),
-        losa_built.init(jax.random.key(0)), cached_batch)
-    trainable["losa_cached"] = losa_built.num_trainable()
-    _log(f"measured {variant}: compiling and timing {list(fns)}")
-    times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
-    fwd_med = times["forward"]["median_s"]
-    for name, t in times.items():
-      med = t["median_s"]
-      rows.append({"variant": variant, "method": name, "batch": bsz,
-                   "reps": t["reps"], "median_s": med, "min_s": t["min_s"],
-                   "max_s": t["max_s"], "examples_per_s": bsz / med,
-                   "vs_forward": med / fwd_med,
-                   "trainable_params": trainable[name]})
-      _log(f"  {name}: {med:.3f} s/step ({med / fwd_med:.2f}x forward)")
-    del fns
+    rows += harness.time_methods(
+        variant, ["forward", *a.methods], spec,
+        extra=lambda ms, bsz, v=variant: _losa_cached(v, ms, bsz, spec))
   return rows
+
+
+def _losa_cached(variant, methods, bsz: int, spec):
+  """{"losa_cached": (runner, cost fields, trainable)}: LoSA's cached step
+  on the bf16 taps of a random batch, as the feature cache stores them."""
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  m = methods.get("losa") or harness.Method(variant, "losa", spec)
+  batch = m.batch(bsz)
+  feats = fc.features_fn(m.built.model, "bfloat16", True)(
+      {"backbone": m.state["params"]["backbone"]}, batch["image"])
+  cached = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+  state = harness.random_state(m.built, seed=1)
+  compiled = cached_step_for(m.config, m.built).lower(state, cached).compile()
+  return {"losa_cached": (harness.Stepper(compiled, state, cached),
+                          cost.cost_of_compiled(compiled), m.trainable)}
 
 
 def section_cache(a) -> List[Dict[str, Any]]:
@@ -159,10 +139,10 @@ def section_cache(a) -> List[Dict[str, Any]]:
                 for r in uncached_it)
     cached = (jax.tree.map(jnp.asarray, r) for r in cached_it)
     # Each call fetches its batch (pp or the cache gather) and steps.
-    fns = {"uncached": Stepper(b.train_step, b.init(jax.random.key(0)),
-                               uncached),
-           "cached": Stepper(cached_step_for(config, b),
-                             b.init(jax.random.key(0)), cached)}
+    fns = {"uncached": harness.Stepper(
+        b.train_step, b.init(jax.random.key(0)), uncached),
+           "cached": harness.Stepper(cached_step_for(config, b),
+                                     b.init(jax.random.key(0)), cached)}
     times = common.interleaved(fns, reps=steps_n, warmup=0)
     cache_mib = cache.nbytes / MIB
   finally:

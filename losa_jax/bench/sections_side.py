@@ -25,7 +25,7 @@ from typing import Any, Dict, List
 
 from losa_jax.bench import common
 from losa_jax.bench.configs import make_config
-from losa_jax.bench.sections_measured import Stepper
+from losa_jax.bench.harness import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
 from losa_jax.bench.sections_measured import timed_inputs

@@ -1,12 +1,12 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""What the accelerator section measures with: random states made in
-place, random batches, one (variant, method) compiled per batch, memory
-stats and the out-of-memory test.
+"""What the timed and memory sections measure with: random states made in
+place, random batches, one (variant, method) compiled per batch, the one
+step-time loop (`time_methods`), memory stats and the out-of-memory test.
 
 Only jax, flax, optax, numpy, ml_collections and absl are imported (through
-losa_jax.assembly.build and losa_jax.bench.configs): this runs on a GPU image without
-TensorFlow.
+losa_jax.assembly.build and losa_jax.bench.configs): this runs on a GPU image
+without TensorFlow.
 """
 import gc
 import sys
@@ -18,9 +18,6 @@ from losa_jax.bench import common
 
 GIB = common.GIB
 _log = common.log
-
-
-# --- helpers ------------------------------------------------------------------
 
 
 def is_oom(err: BaseException) -> bool:
@@ -257,3 +254,116 @@ class Method:
         jax.block_until_ready((self.state, metrics))
 
     return run
+
+
+class Stepper:
+  """Holds a donated train state and runs one blocking step per call, on
+  `batch` or, if it is an iterator, on its next batch."""
+
+  def __init__(self, step, state, batch):
+    self.step, self.state, self.batch = step, state, batch
+
+  def __call__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    batch = (next(self.batch) if hasattr(self.batch, "__next__")
+             else self.batch)
+    self.state, metrics = self.step(self.state, batch)
+    jax.block_until_ready((self.state, metrics))
+
+
+def first_call(m: Method, bsz: int):
+  """Compiles and runs `m` once at `bsz`: (blocking runner, cost fields)."""
+  batch = m.batch(bsz)
+  compiled, c = m.compile(batch)
+  fn = m.runner(compiled, batch)
+  fn()   # the first real call: the one that may not fit
+  return fn, c
+
+
+def _runner_or_oom(m: Method, bsz: int):
+  """first_call(m, bsz), or None where it ran out of memory (the state is
+  then remade if the failed call deleted it)."""
+  try:
+    return first_call(m, bsz)
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_oom(e):
+      raise
+    if m.state_deleted():
+      m.reset_state()
+    return None
+
+
+def _ready(variant, methods, remats, spec, bsz):
+  """name -> (runner, cost fields, status) of every method that runs at
+  `bsz`; a train step out of memory is retried with per-block remat
+  (status "ok+remat": it then pays a second backbone forward)."""
+  out = {}
+  for name, m in methods.items():
+    got, status = _runner_or_oom(m, bsz), "ok"
+    if got is None:
+      _log(f"timing {variant} b{bsz} {name}: out of memory")
+      if name == "forward" or m.remat or not spec["scan"]:
+        continue
+      if name not in remats:
+        remats[name] = Method(variant, name, spec, remat=True)
+      got, status = _runner_or_oom(remats[name], bsz), "ok+remat"
+    if got is not None:
+      out[name] = (*got, status)
+    gc.collect()
+  return out
+
+
+def time_methods(variant: str, names, spec: Dict[str, Any], *,
+                 extra: Optional[Callable] = None):
+  """Interleaved step times (common.interleaved) of the methods `names` of
+  `variant` (see Method; "forward" among them for the vs_forward ratios) at
+  each of spec["batches"], with spec's bf16, scan, remat, depth, reps and
+  warmup. extra(methods, bsz, batch): more name -> (runner, cost fields,
+  trainable) timed in the same rounds.
+
+  Returns one row per (batch, name): status ("ok", "ok+remat", "oom"),
+  trainable_params, the time statistics, images_per_s, vs_forward,
+  compiled_peak_gib and, for unrolled blocks, gflop, tflops_per_s and
+  flops_vs_forward.
+  """
+  methods = {m: Method(variant, m, spec) for m in names}
+  remats: Dict[str, Method] = {}
+  rows = []
+  for bsz in spec["batches"]:
+    ready = _ready(variant, methods, remats, spec, bsz)
+    trainable = {n: m.trainable for n, m in methods.items()}
+    if extra is not None:
+      for name, (fn, c, n) in extra(methods, bsz).items():
+        ready[name], trainable[name] = (fn, c, "ok"), n
+    _log(f"timing {variant} b{bsz}: {list(ready)}")
+    times = common.interleaved({n: r[0] for n, r in ready.items()},
+                               reps=spec["reps"], warmup=spec["warmup"]
+                               ) if ready else {}
+    rows += [_time_row(variant, bsz, name, trainable[name], ready, times,
+                       spec["scan"]) for name in trainable]
+    del ready
+    gc.collect()
+  return rows
+
+
+def _time_row(variant, bsz, name, trainable, ready, times, scan):
+  """One row of time_methods."""
+  row = {"variant": variant, "method": name, "batch": bsz,
+         "status": ready[name][2] if name in ready else "oom",
+         "trainable_params": trainable}
+  if name not in times:
+    return row
+  t, c = times[name], ready[name][1]
+  med = t["median_s"]
+  row.update({k: v for k, v in t.items() if k != "times_s"},
+             images_per_s=bsz / med, compiled_peak_gib=c["peak_bytes"] / GIB)
+  fwd = times.get("forward", {}).get("median_s")
+  if fwd:
+    row["vs_forward"] = med / fwd
+  # XLA counts a scanned (while-loop) backbone's body once: its FLOPs are
+  # one block's, so they are only reported for unrolled blocks.
+  if not scan:
+    row.update(gflop=c["flops"] / 1e9, tflops_per_s=c["flops"] / med / 1e12)
+    if "forward" in ready:
+      row["flops_vs_forward"] = c["flops"] / ready["forward"][1]["flops"]
+  return row
