@@ -68,16 +68,13 @@ def _board_line(step: int, total: int, rows, metric: Optional[str],
   """The live leaderboard: by `metric` once evaluated, else by train loss."""
   alive = sum(1 for r in rows if r.get("alive", True))
   if metric is None:
+    key, what = "train/loss", "lowest train loss"
     top = sorted(rows, key=lambda r: (not r.get("alive", True),
-                                      r.get("train/loss", math.inf)))[:k]
-    cells = " | ".join(f"{r['name']} {r.get('train/loss', math.nan):.4f}"
-                       for r in top)
-    what = "lowest train loss"
+                                      r.get(key, math.inf)))[:k]
   else:
+    key, what = metric, f"best {metric}"
     top = leaderboard(rows, metric)[:k]
-    cells = " | ".join(f"{r['name']} {r.get(metric, math.nan):.4f}"
-                       for r in top)
-    what = f"best {metric}"
+  cells = " | ".join(f"{r['name']} {r.get(key, math.nan):.4f}" for r in top)
   return (f"step {step:>6}/{total} | {alive}/{len(rows)} alive | {what}: "
           f"{cells}")
 
@@ -130,16 +127,11 @@ def evaluate_members(pop: pop_lib.PopulationBuilt, state, data, *, pp,
   totals = None
   for batch in input_pipeline.device_batches(batches, pop.mesh):
     sums = pop_lib.per_member(pop, pop.eval_step(state, batch))
-    if totals is None:
-      totals = sums
-    else:
-      totals = [{k: a[k] + b[k] for k in a} for a, b in zip(totals, sums)]
-  out = []
-  for t in totals:
-    n = max(t["count"], 1.0)
-    out.append({"accuracy": t["correct"] / n, "loss": t["loss_sum"] / n,
-                "count": t["count"]})
-  return out
+    totals = sums if totals is None else [
+        {k: a[k] + b[k] for k in a} for a, b in zip(totals, sums)]
+  return [{"accuracy": t["correct"] / max(t["count"], 1.0),
+           "loss": t["loss_sum"] / max(t["count"], 1.0), "count": t["count"]}
+          for t in totals]
 
 
 def _sequential(config, workdir: str, members) -> Dict[str, Any]:
