@@ -1,36 +1,18 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-r"""Serving N tasks: one backbone pass + N side networks vs N models.
+r"""The `inference` section: serving N tasks with one backbone pass + N
+side networks (`losa_jax.serving.multitask`) vs N merged LoRA / full models.
 
   python -m losa_jax.bench inference [--variants B/16,S/16] [--batches 1,64]
       [--tasks 1,4,16] [--reps 3] [--out DIR] [--quick]
 
-For each ViT variant (224 px, random weights: only shapes matter) and
-batch size, these systems serve N tasks (100 classes each), every cell
-compiled once and timed with `common.interleaved` in one process:
-
-  losa          one backbone pass + N LoSA side networks and heads
-                (`losa_jax.serving.multitask`, the way trained workdirs are served)
-  lora_merged   N LoRA models merged into their weights (W + alpha/r A B,
-                `vit.merge_lora`): N plain-ViT passes, N weight copies
-  full          N fully fine-tuned models: the same program as lora_merged
-                (a merged LoRA model is a full-size ViT + head), on the
-                same weight buffers: a second timing of that program
-  backbone      the frozen backbone alone, once (N does not apply)
-
-Per cell: images/s (batch / median call), latency (median seconds of one
-call, all N tasks), XLA's compiled FLOPs and peak memory
-(`losa_jax.utils.cost`), params resident for the N-task service and bytes on
-disk per task (LoSA: a params-only npz of side network + head, written and
-measured; LoRA: its factors + head; merged LoRA / full: the whole model).
-
-An N-copy cell (lora_merged, full) whose N x batch exceeds --max_copy_images
-is not run: its time is N times its N=1 time (the copies run one after the
-other in one program), marked "scaled" in the `timed` column. Ratios
-printed at the end: LoSA N=16 vs 16 merged LoRA models (throughput), LoSA's
-marginal cost per extra task as a fraction of a backbone forward, per-task
-storage, and single-task LoSA vs merged LoRA. docs/serving.md has a
-measured table.
+Systems: losa, lora_merged (N LoRA models merged into their weights: N
+plain-ViT passes), full (the same program as lora_merged on the same weight
+buffers: a second timing of it) and backbone (the frozen backbone alone).
+Every cell of a (variant, batch) is compiled once and timed in the same
+interleaved rounds (`common.interleaved`); an N-copy cell with N x batch
+above --max_copy_images is scaled from N=1. docs/serving.md says what each
+column means and has a measured table.
 """
 import os
 import tempfile
@@ -68,6 +50,7 @@ class _Variant:
     from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
     from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
     from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+    from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = configs.make_config(variant, "losa", rank=rank,
                               num_classes=num_classes)
@@ -102,7 +85,7 @@ class _Variant:
         lambda r: build.model_from_config(lora_cfg).init(r, x),
         jax.random.key(0))["params"]
     self.lora_factor_params = sum(
-        int(v.size) for n, v in _flat(lora_shape).items()
+        int(v.size) for n, v in tree_lib.flatten(lora_shape).items()
         if "_lora/" in n or n.startswith("head/"))
     self.side_npz_bytes = _npz_bytes(self.sides[0])
 
@@ -131,9 +114,46 @@ class _Variant:
     return 0
 
 
-def _flat(tree):
+def _cell(v: _Variant, system: str, n: int, x):
+  """(row, blocking call) of `system` serving `n` tasks on images `x`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
-  return tree_lib.flatten(tree)
+  if system == "backbone":
+    compiled = v.bb_jit.lower(v.backbone, x).compile()
+    fn = lambda: jax.block_until_ready(compiled(v.backbone, x))
+    resident, passes = tree_lib.count(v.backbone), 1
+  else:
+    mt = v.multitask(system, n)
+    compiled = mt.fn.lower(mt.params, x).compile()
+    fn = lambda: jax.block_until_ready(compiled(mt.params, x))
+    resident = mt.param_counts()["resident"]
+    passes = mt.num_backbone_passes
+  c = cost.cost_of_compiled(compiled)
+  row = {"variant": v.variant, "batch": int(x.shape[0]), "system": system,
+         "tasks": n, "backbone_passes": passes, "flops": c["flops"],
+         "peak_bytes": c["peak_bytes"], "params_resident": resident,
+         "bytes_per_task": v.storage_per_task(system)}
+  if system == "lora_merged":
+    row["lora_factor_bytes_per_task"] = 4 * v.lora_factor_params
+  return row, fn
+
+
+def _timed(cells, times, batch: int) -> List[Dict[str, Any]]:
+  """The cells' rows with their times: measured, or N x the N=1 time."""
+  for key, row in cells.items():
+    if key in times:
+      t = times[key]
+      row.update(median_s=t["median_s"], q25_s=t["q25_s"], q75_s=t["q75_s"],
+                 reps=t["reps"], timed="measured")
+    else:
+      one = times[f"{row['system']}@1"]["median_s"]
+      row.update(median_s=row["tasks"] * one, reps=0, timed="scaled from N=1")
+    row["images_per_s"] = batch / row["median_s"]
+    row["latency_ms"] = 1e3 * row["median_s"]
+    _log(f"  {key}: {row['latency_ms']:.1f} ms/call ({row['images_per_s']:.1f}"
+         f" images/s, {row['timed']})", tag="inference")
+  return list(cells.values())
 
 
 def measure(variants: Sequence[str], *, batches: Sequence[int],
@@ -142,13 +162,12 @@ def measure(variants: Sequence[str], *, batches: Sequence[int],
             warmup: int = 1, max_copy_images: Optional[int] = None
             ) -> List[Dict[str, Any]]:
   """One row per (variant, batch, system, N); see the module doc."""
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   bad = sorted(set(systems) - set(SYSTEMS))
   if bad:
-    raise ValueError(f"Unknown system(s) {bad}: choose from {SYSTEMS}.")
+    raise ValueError(f"--systems: unknown system(s) {bad}; choose from "
+                     f"{SYSTEMS}.")
   rows = []
   for variant in variants:
     _log(f"{variant}: random params for up to {max(tasks)} tasks of "
@@ -162,58 +181,16 @@ def measure(variants: Sequence[str], *, batches: Sequence[int],
       for system in systems:
         for n in ([1] if system == "backbone" else tasks):
           key = f"{system}@{n}"
-          if system == "backbone":
-            compiled = v.bb_jit.lower(v.backbone, x).compile()
-            fn = (lambda c=compiled, bb=v.backbone, x=x: jax.block_until_ready(
-                c(bb, x)))
-            resident = _count(v.backbone)
-            passes = 1
-          else:
-            mt = v.multitask(system, n)
-            compiled = mt.fn.lower(mt.params, x).compile()
-            fn = (lambda c=compiled, p=mt.params: jax.block_until_ready(
-                c(p, x)))
-            resident = mt.param_counts()["resident"]
-            passes = mt.num_backbone_passes
-          c = cost.cost_of_compiled(compiled)
-          row = {"variant": variant, "batch": batch, "system": system,
-                 "tasks": n, "backbone_passes": passes,
-                 "flops": c["flops"], "peak_bytes": c["peak_bytes"],
-                 "params_resident": resident,
-                 "bytes_per_task": v.storage_per_task(system)}
-          if system == "lora_merged":
-            row["lora_factor_bytes_per_task"] = 4 * v.lora_factor_params
-          cells[key] = row
-          scaled = (system in COPY_SYSTEMS and n > 1 and max_copy_images
-                    and n * batch > max_copy_images)
-          if not scaled:
+          cells[key], fn = _cell(v, system, n, x)
+          if not (system in COPY_SYSTEMS and n > 1 and max_copy_images
+                  and n * batch > max_copy_images):
             fns[key] = fn
       _log(f"{variant} batch {batch}: timing {list(fns)} ({reps} rounds)",
            tag="inference")
-      times = common.interleaved(fns, reps=reps, warmup=warmup)
-      for key, row in cells.items():
-        if key in times:
-          t = times[key]
-          row.update(median_s=t["median_s"], q25_s=t["q25_s"],
-                     q75_s=t["q75_s"], reps=t["reps"], timed="measured")
-        else:
-          one = times[f"{row['system']}@1"]["median_s"]
-          row.update(median_s=row["tasks"] * one, reps=0,
-                     timed="scaled from N=1")
-        row["images_per_s"] = batch / row["median_s"]
-        row["latency_ms"] = 1e3 * row["median_s"]
-        rows.append(row)
-        _log(f"  {key}: {row['latency_ms']:.1f} ms/call "
-             f"({row['images_per_s']:.1f} images/s, {row['timed']})",
-             tag="inference")
-      del fns, cells
+      rows += _timed(cells, common.interleaved(fns, reps=reps, warmup=warmup),
+                     batch)
     del v
   return rows
-
-
-def _count(tree) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
 def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -256,10 +233,6 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def section_inference(a) -> List[Dict[str, Any]]:
   """The cells ("kind": "cell"), then the ratios of `summarize` ("summary")."""
-  bad = sorted(set(a.systems) - set(SYSTEMS))
-  if bad:
-    raise ValueError(f"--systems: unknown system(s) {bad}; choose from "
-                     f"{SYSTEMS}.")
   rows = measure(a.variants, batches=a.batches, tasks=a.tasks,
                  systems=a.systems, rank=a.rank, num_classes=a.num_classes,
                  reps=a.reps, warmup=a.warmup,

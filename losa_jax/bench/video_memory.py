@@ -3,36 +3,14 @@
 r"""The `video` section: compiled memory of one video train step, ViT-e.
 
   python -m losa_jax.bench video --out DIR      # DIR/video.json
-  python -m losa_jax.bench video --help         # every option
 
-Compile only: the train step of configs/video_kinetics400.py (`--config`
-picks another video config file; the trainer's
-own `build.build`, AdamW, masked gradient clipping) is lowered and compiled
-on abstract inputs (`losa_jax.utils.cost.compiled_cost`); no parameter or
-activation is ever allocated, so a 3.8B-parameter ViViT-e fits on a laptop.
-Defaults: ViT-e/14 ViViT, 16 frames, 2x14x14 tubelets at 224 px (8 x 256
-tokens), batch 1, bf16 backbone matmuls (`dtype_mm`), frozen params stored
-in bf16 (`model_load.param_dtype`; `full` keeps f32 params, it trains them),
-scanned blocks with per-block remat ("nothing_saveable").
-
-Rows: LoSA (rank 8, factorised space+time mixing), linear probe, bottleneck
-adapters (dim 8) with and without backbone remat, full fine-tuning with and
-without remat; then LoSA and adapters at larger batches, and every method at
-1/8, 1/4, 1/2 and full depth (the scanned layout compiles the full model in
-seconds, so nothing is extrapolated; the depth rows show that memory is
-linear in depth).
-
-Columns: `params` = argument bytes (params + optimizer state + batch),
-`temp` = XLA temporaries (activations kept for the backward, workspaces),
-`peak` = params + temp (outputs alias the donated state). XLA:CPU
-estimates: XLA:CPU has no native bf16 GEMM, so the run disables the
-while-loop-invariant code motion pass (which would hoist an f32 upcast of the
-whole scanned weight stack out of the layer loop, a copy a GPU never makes;
---licm keeps it). XLA's FLOP counts do not multiply a while
-loop's body by its trip count, so FLOPs are compiled separately on unrolled
-(scan=False, hence no remat) models of 2 and 4 blocks and extrapolated
-linearly to the full depth; remat would add about one more forward to the
-backprop methods.
+Compile only, on abstract inputs (`configs.step_cost`): the trainer's train
+step of configs/video_kinetics400.py (--config: another video config file)
+for LoSA, the linear probe, adapters and full fine-tuning, with and without
+backbone remat, at larger batches and at 1/8, 1/4, 1/2 of the depth (rows:
+`run`); FLOPs from unrolled models of a few blocks, extrapolated to the
+full depth (XLA counts a scanned body once; rows: `flops`).
+docs/video.md gives the defaults, the XLA flag and the columns' meaning.
 """
 import time
 from typing import Any, Dict, List, Optional, Sequence

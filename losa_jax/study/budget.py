@@ -5,36 +5,21 @@ r"""The study at equal tuning budgets: every method searches K configs.
   python -m losa_jax.study.budget --out docs/study_results/budget
   python -m losa_jax.study.budget --out /tmp/budget --quick     # smoke test
 
-Every method (LoSA, linear probe, LoRA, adapters, full fine-tuning; rank /
-bottleneck fixed at 8) gets the same search: |lr grid| x |wd grid| configs
-(3 x 2 = 6 by default; the lr grid is centred on the method's study lr,
-3e-3, or 3e-4 for full fine-tuning), trained on train[:80%] of each study
-task and selected by minival (train[80%:]) accuracy, ties to fewer params
-(`population_train.leaderboard`). The selected member's test accuracy is
-reported as it is (no retraining), for every method alike.
-
-LoSA's K configs train as ONE population (`population.build`: one backbone
-pass per batch for all K side networks); every other method trains its K
-configs as K separate runs, one after another (they change the backbone
-and cannot share its pass). Both are compiled once per class count (see
-`study.search`). Per method the study records the cost of the search:
-compiled FLOPs and peak memory of one search step (the population step,
-or K single steps), the wall time of each search (methods back to back in
-one process, order rotated per task, load average before and after), and
-an interleaved timing of every executable side by side.
-
-Then LoSA's structural switches are ablated, one population per task
-(`study.ablation`).
+Every method (rank / bottleneck 8) searches the same |lr grid| x |wd grid|
+configs on train[:80%] of each study task, selected by minival accuracy
+(`search.select`), the selected member's test accuracy reported as it is.
+LoSA's K configs train as ONE population (one backbone pass per batch), the
+others as K separate runs (`study.search`); the cost of each search is
+recorded (compiled FLOPs and peak, wall time, an interleaved timing). Then
+LoSA's structural switches are ablated, one population per task
+(`study.ablation`). docs/study.md gives the protocol and the tables.
 
 Writes into --out: searches.csv, members.csv, cost.csv, task_mean.csv,
-ablation_members.csv, ablation_effects.csv, meta.json (command, date,
-machine, load, wall time) and results.json, from which `python
-scripts/study_report.py DIR` makes results.md (the tables of docs/study.md)
-and accuracy_vs_tuning_cost.png, ablation.png.
+ablation_members.csv, ablation_effects.csv, meta.json and results.json, from
+which `python scripts/study_report.py DIR` makes results.md and plots.
 """
 import dataclasses
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -152,26 +137,8 @@ class Args:
 def args_from_flags(flag_values: flags.FlagValues = FLAGS,
                     argv: Optional[Sequence[str]] = None) -> Args:
   """Parsed flags -> Args (--quick applied); raises app.UsageError."""
-  f = flag_values
-  if not f.out:
-    raise app.UsageError("--out is required (the folder the results go to).")
-
-  def fl(xs):
-    return [float(x) for x in xs]
-  try:
-    return Args(out=f.out, tasks=list(f.tasks), methods=list(f.methods),
-                lrs=fl(f.lrs), full_lrs=fl(f.full_lrs), wds=fl(f.wds),
-                seeds=[int(s) for s in f.seeds], steps=f.steps,
-                batch=f.batch, val_percent=f.val_percent,
-                timing_reps=f.timing_reps, searches=f.searches,
-                ablation=f.ablation,
-                ablation_seeds=[int(s) for s in f.ablation_seeds],
-                ablation_lr=f.ablation_lr, ablation_lrs=fl(f.ablation_lrs),
-                switches=ablation.parse_switches(f.ablation_switches),
-                config=f.config, quick=f.quick,
-                argv=list(sys.argv[1:] if argv is None else argv))
-  except ValueError as e:
-    raise app.UsageError(f"Bad flag value: {e}") from None
+  return study_run.args_of(Args, flag_values, argv, switches=lambda f: (
+      ablation.parse_switches(f.ablation_switches)))
 
 
 # --- the searches -------------------------------------------------------------
@@ -306,24 +273,29 @@ def run_budget(a: Args) -> Dict[str, Any]:
              f"{ex.compile_s:.0f}s{'' if fresh else ', shared'}), load "
              f"{loads[0]:.1f}->{loads[1]:.1f}")
       if a.ablation:
-        abl = ablation.run_task(
-            search.base_config("losa", task, num_classes=nc, steps=a.steps,
-                               batch=a.batch, seed=seed,
-                               val_percent=a.val_percent,
-                               config_file=a.config, lr=a.ablation_lr),
-            a.switches, a.ablation_seeds, a.steps, data, a.ablation_lrs)
-        for r in abl["rows"]:
-          abl_rows.append({"task": task, **{kk: v for kk, v in r.items()
-                                            if kk != "structure"}})
-        abl_runs.append({"task": task, **{kk: abl[kk] for kk in (
-            "members", "groups", "backbone_passes_per_step", "compile_s",
-            "train_s", "eval_s")}, "gflop_step": abl["cost"]["flops"] / 1e9,
-                         "peak_mib": abl["cost"]["peak_bytes"] / common.MIB})
-        _log(f"  ablation: {abl['members']} members in {abl['groups']} "
-             f"groups, one population, {abl['train_s']:.0f}s train")
+        _ablate(a, task, nc, seed, data, abl_rows, abl_runs)
 
   return _finish(a, first, timing_data, searches, members_out, abl_rows,
                  abl_runs, t_start, load_start)
+
+
+def _ablate(a: Args, task: str, nc: int, seed: int, data, abl_rows,
+           abl_runs) -> None:
+  """LoSA's switches ablated on `task` in one population; appends its
+  member rows to abl_rows and its run record to abl_runs."""
+  abl = ablation.run_task(
+      search.base_config("losa", task, num_classes=nc, steps=a.steps,
+                         batch=a.batch, seed=seed, val_percent=a.val_percent,
+                         config_file=a.config, lr=a.ablation_lr),
+      a.switches, a.ablation_seeds, a.steps, data, a.ablation_lrs)
+  abl_rows += [{"task": task, **{k: v for k, v in r.items()
+                                 if k != "structure"}} for r in abl["rows"]]
+  abl_runs.append({"task": task, **{k: abl[k] for k in (
+      "members", "groups", "backbone_passes_per_step", "compile_s",
+      "train_s", "eval_s")}, "gflop_step": abl["cost"]["flops"] / 1e9,
+                   "peak_mib": abl["cost"]["peak_bytes"] / common.MIB})
+  _log(f"  ablation: {abl['members']} members in {abl['groups']} groups, "
+       f"one population, {abl['train_s']:.0f}s train")
 
 
 def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,

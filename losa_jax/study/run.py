@@ -7,43 +7,26 @@ r"""Small-scale study: every method, equal step budgets, several seeds, offline.
 
 For every task of `losa_jax.datasets.study_tasks` and every method (LoSA at
 several ranks, linear probe, full fine-tuning, LoRA, adapters) this adapts
-the shipped MNIST-pretrained tiny ViT (losa_jax/assets/vit_mnist5k_tiny.npz)
-with the demo's config (configs/default.py, or --config: AdamW, cosine
-schedule, lr 3e-3, 3e-4 for full fine-tuning, no augmentation), the same
-number of steps and batch size for every method, once per seed. Seeds change
-the initialisation and the data order, not the split.
-
-Every run is a trainer run of that config with `seed=<seed>`: the same
-`build.build` model, optimizer and train step, the same initial state, the
-same input pipeline (`input_pipeline.training` over
-`dict(name="study", task=..., split="train")`) and the same evaluator
-(`evaluators.classification.Evaluator` on the test split), so a run ends
-with the params `losa_jax.train` would reach (tests/test_study.py checks
-it). What differs from calling the trainer once per run, and why:
-
-* each (method, rank, number of classes) is compiled once, ahead of time,
-  and that executable trains every seed of every task with that class count
-  and gives the compiled cost (`cost.cost_of_compiled`); the trainer would
-  compile per run, and compiles dominate a 2-core CPU run of a tiny model;
-* every step is timed, and a loss curve is kept;
-* nothing is written but the outputs (no workdirs, checkpoints or logs);
-* after training, the step of every method is timed again, interleaved
-  round-robin (`bench.common.interleaved`), so that load from other jobs on
-  a shared machine hits every method alike; the tables use that timing.
+the shipped MNIST-pretrained tiny ViT with the demo's config
+(configs/default.py, or --config), the same steps and batch size for every
+method, once per seed. Every run is a trainer run of that config (model,
+optimizer, train step, initial state, input pipeline and evaluator are the
+trainer's: tests/test_study.py checks it), driven differently to fit one
+process on 2 cores: each (method, rank, class count) is compiled once, ahead
+of time; every step is timed; nothing is written but the outputs; and the
+steps are timed again side by side (`bench.common.interleaved`).
+docs/study.md gives the protocol and the tables.
 
 Writes into --out: runs.jsonl (one record per run, with loss curve),
-runs.csv, summary.csv (per task and method: mean / std / min / max over
-seeds), cost.csv (per method: params, FLOPs, memory, interleaved step time),
-task_mean.csv, meta.json (command, date, machine, versions, wall time,
-load) and results.json, from which `python scripts/study_report.py DIR`
-makes results.md (the tables of docs/study.md) and the plots
-accuracy_vs_cost.png, accuracy_per_task.png, loss_curves.png.
+runs.csv, summary.csv, cost.csv, task_mean.csv, meta.json and results.json,
+from which `python scripts/study_report.py DIR` makes results.md and plots.
 """
 import dataclasses
 import json
 import os
 import sys
 import time
+import typing
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from absl import app
@@ -59,6 +42,7 @@ from losa_jax import demo
 from losa_jax.assembly import input_pipeline
 from losa_jax.assembly import steps as steps_lib
 from losa_jax.bench import common
+from losa_jax.bench import harness
 from losa_jax.datasets import study_tasks
 from losa_jax.evaluators import classification
 from losa_jax.study import tables
@@ -153,20 +137,34 @@ class Args:
   argv: List[str] = dataclasses.field(default_factory=list)
 
 
-def args_from_flags(flag_values: flags.FlagValues = FLAGS,
-                    argv: Optional[Sequence[str]] = None) -> Args:
-  """Parsed flags -> Args (--quick applied); raises app.UsageError."""
+def args_of(cls, flag_values: flags.FlagValues, argv=None, **parse):
+  """A study's settings `cls(...)` (a dataclass) from parsed flags.
+
+  Every field named like a flag takes its value, list flags converted to
+  the field's element type (List[float], List[int]); `parse` maps the other
+  fields to functions of the flag values; argv (default sys.argv[1:]) is
+  kept for the provenance. Raises app.UsageError naming a bad value.
+  """
   f = flag_values
   if not f.out:
     raise app.UsageError("--out is required (the folder the results go to).")
-  a = Args(out=f.out, tasks=list(f.tasks), methods=list(f.methods),
-           ranks=[int(r) for r in f.ranks], seeds=[int(s) for s in f.seeds],
-           steps=f.steps, batch=f.batch, timing_reps=f.timing_reps,
-           config=f.config, resume=f.resume, quick=f.quick,
-           argv=list(sys.argv[1:] if argv is None else argv))
-  if a.quick:
-    a = dataclasses.replace(a, **QUICK)
-  return a
+  try:
+    kw = {k: fn(f) for k, fn in parse.items()}
+    for field in dataclasses.fields(cls):
+      if field.name not in kw and field.name in f:
+        v, item = f[field.name].value, typing.get_args(field.type)
+        kw[field.name] = ([item[0](x) for x in v]
+                          if isinstance(v, list) and item else v)
+    return cls(**kw, argv=list(sys.argv[1:] if argv is None else argv))
+  except ValueError as e:
+    raise app.UsageError(f"Bad flag value: {e}") from None
+
+
+def args_from_flags(flag_values: flags.FlagValues = FLAGS,
+                    argv: Optional[Sequence[str]] = None) -> Args:
+  """Parsed flags -> Args (--quick applied); raises app.UsageError."""
+  a = args_of(Args, flag_values, argv)
+  return dataclasses.replace(a, **QUICK) if a.quick else a
 
 
 # --- variants and configs -----------------------------------------------------
@@ -330,15 +328,9 @@ def interleaved_step_times(vars_: Sequence[Variant], batch, reps: int
 
   batch: one training batch on the mesh, the same for every variant.
   """
-  fns = {}
-  for var in vars_:
-    holder = {"state": var.fresh_state(0)}
-
-    def fn(var=var, holder=holder):
-      holder["state"], m = var.step(holder["state"], batch)
-      jax.block_until_ready((holder["state"], m))
-    fns[var.label] = fn
-  return common.interleaved(fns, reps=reps, warmup=1)
+  return common.interleaved(
+      {v.label: harness.Stepper(v.step, v.fresh_state(0), batch)
+       for v in vars_}, reps=reps, warmup=1)
 
 
 # --- driver -------------------------------------------------------------------
@@ -363,6 +355,46 @@ def _kept_runs(a: Args, runs_path: str) -> Dict[Any, Dict]:
   return done
 
 
+def _variant(built: Dict[Any, Variant], a: Args, spec, num_classes: int,
+             task: str) -> Variant:
+  """The Variant of spec (label, method, rank) at num_classes, compiled on
+  first use and kept in `built`."""
+  label, method, rank = spec
+  key = (label, num_classes)
+  if key not in built:
+    built[key] = v = Variant(label, method, rank, num_classes, a.steps,
+                             a.batch, task=task, config_file=a.config)
+    _log(f"  compiled {label} ({num_classes} classes) in {v.compile_s:.1f}s: "
+         f"{v.trainable:,} trainable, peak "
+         f"{v.cost['peak_bytes'] / common.MIB:.2f} MiB")
+  return built[key]
+
+
+def _seed_runs(a: Args, var: Variant, task: str, num_classes: int, source,
+               done, runs_path: str) -> List[Dict[str, Any]]:
+  """Every seed of `var` on `task` (kept ones from `done`), each new record
+  appended to runs.jsonl as it ends."""
+  runs = []
+  for seed in a.seeds:
+    if (task, var.label, seed) in done:
+      runs.append(done[(task, var.label, seed)])
+      continue
+    r = train_run(var, task, seed, a.steps, source=source)
+    del r["state"]
+    rec = {"task": task, "label": var.label, "method": var.method,
+           "rank": var.rank, "seed": seed, "steps": a.steps,
+           "batch": a.batch, "num_classes": num_classes,
+           "trainable_params": var.trainable, **var.cost,
+           "compile_s": var.compile_s, **r}
+    runs.append(rec)
+    with open(runs_path, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+    _log(f"  {task} {var.label} seed {seed}: acc {100 * r['accuracy']:.1f}% "
+         f"loss {r['final_loss']:.3f} step {1e3 * r['step_s_median']:.1f}"
+         f" ms, {r['train_s']:.0f}s")
+  return runs
+
+
 def run_study(a: Args) -> Dict[str, Any]:
   """Trains every (task, variant, seed), times, writes the outputs."""
   if not os.path.exists(demo.BACKBONE_NPZ):
@@ -374,12 +406,9 @@ def run_study(a: Args) -> Dict[str, Any]:
   t_start, load_start = time.time(), os.getloadavg()
   runs_path = os.path.join(a.out, "runs.jsonl")
   done = _kept_runs(a, runs_path)
-
-  specs = variants(a.methods, a.ranks)
   built: Dict[Any, Variant] = {}     # (label, num_classes) -> Variant
   runs: List[Dict] = []
   first_task_vars: List[Variant] = []
-  timing_batch = None
   for task in a.tasks:
     t0 = time.time()
     # One source per task, shared by all its runs (a task renders in ~1 s).
@@ -387,39 +416,20 @@ def run_study(a: Args) -> Dict[str, Any]:
     num_classes = study_tasks.get_task(task)["num_classes"]
     _log(f"task {task}: {source.num_examples()} train examples, "
          f"{num_classes} classes ({time.time() - t0:.1f}s to build)")
-    for label, method, rank in specs:
-      key = (label, num_classes)
-      if key not in built:
-        built[key] = Variant(label, method, rank, num_classes, a.steps,
-                             a.batch, task=task, config_file=a.config)
-        _log(f"  compiled {label} ({num_classes} classes) in "
-             f"{built[key].compile_s:.1f}s: {built[key].trainable:,} "
-             f"trainable, peak {built[key].cost['peak_bytes'] / common.MIB:.2f}"
-             " MiB")
-      var = built[key]
+    for spec in variants(a.methods, a.ranks):
+      var = _variant(built, a, spec, num_classes, task)
       if task == a.tasks[0]:
         first_task_vars.append(var)
-        if timing_batch is None:
-          timing_batch = next(train_batches(source, var.config, 0,
-                                            var.built.mesh))
-      for seed in a.seeds:
-        if (task, label, seed) in done:
-          runs.append(done[(task, label, seed)])
-          continue
-        r = train_run(var, task, seed, a.steps, source=source)
-        del r["state"]
-        rec = {"task": task, "label": label, "method": method, "rank": rank,
-               "seed": seed, "steps": a.steps, "batch": a.batch,
-               "num_classes": num_classes,
-               "trainable_params": var.trainable, **var.cost,
-               "compile_s": var.compile_s, **r}
-        runs.append(rec)
-        with open(runs_path, "a") as f:
-          f.write(json.dumps(rec) + "\n")
-        _log(f"  {task} {label} seed {seed}: acc {100 * r['accuracy']:.1f}% "
-             f"loss {r['final_loss']:.3f} step {1e3 * r['step_s_median']:.1f}"
-             f" ms, {r['train_s']:.0f}s")
+      runs += _seed_runs(a, var, task, num_classes, source, done, runs_path)
+    if task == a.tasks[0]:
+      timing_batch = next(train_batches(source, first_task_vars[0].config, 0,
+                                        first_task_vars[0].built.mesh))
+  return _finish(a, runs, first_task_vars, timing_batch, t_start, load_start)
 
+
+def _finish(a: Args, runs, first_task_vars, timing_batch, t_start,
+            load_start) -> Dict[str, Any]:
+  """The interleaved timing and the tables; writes the outputs."""
   _log(f"interleaved timing of {len(first_task_vars)} methods, "
        f"{a.timing_reps} reps")
   timing = interleaved_step_times(first_task_vars, timing_batch,

@@ -2,25 +2,19 @@
 # Licensed under the Apache License, Version 2.0.
 """Equal-budget searches: every method tries the same K configs of lr x wd.
 
-The building blocks of `losa_jax.study.budget` (and `study.ablation`):
+The building blocks of `losa_jax.study.budget` (and `study.ablation`);
+docs/study.md gives the protocol:
 
-* `TaskData`: one task's train[:80%] batches (the trainer's input pipeline,
-  one data order) and its minival (train[80%:]) and test batches, made once
-  and put on the device once, so every method and member reads the very
-  same arrays and no method pays for data.
-* `Single`: one non-shared method (or LoSA alone) compiled ONCE with lr and
-  wd as runtime values (`optim.make(hparams=...)`, as the population does),
-  then run K times one after another: K separate runs, each with the params
-  a trainer run of that member's config reaches (to float rounding: the lr is
-  an f32 array, not a Python constant). The trainer itself would compile
-  each of the K configs again (`python -m losa_jax.train` on a population of
-  a non-LoSA method); the study compiles once so that compile time does not
-  decide the comparison, and reports the compile time separately.
-* `Population`: LoSA's K members as ONE population (`population.build`):
-  one backbone pass per batch feeds every member's side network.
-* `select`: the same rule for every method: best minival accuracy, ties to
-  fewer params then to the lower member index (`population_train.
-  leaderboard`); members that diverged are ranked after those that finished.
+* `TaskData`: one task's train[:80%] batches per data order, its minival
+  (train[80%:]) and test batches, made and put on the device once, so every
+  method and member reads the very same arrays.
+* `Single`: one non-shared method compiled ONCE with lr and wd as runtime
+  values (`optim.make(hparams=...)`, as the population does), then run K
+  times one after another: K separate runs, each reaching a trainer run's
+  params (to float rounding), without K compiles deciding the comparison.
+* `Population`: LoSA's K members as ONE population (`population.build`).
+* `select`: the same rule for every method (`population_train.leaderboard`);
+  members that diverged rank after those that finished.
 """
 import ast
 import copy
@@ -354,22 +348,11 @@ def timed_steps(singles: Dict[str, Single], pop: Population, member,
   """One train step of every method and one population step, timed side by
   side (`bench.common.interleaved`: rotated order, same batch)."""
   from losa_jax.bench import common  # pylint: disable=g-import-not-at-top
-  seed = member.hparams["data_seed"]
-  batch = data.train[seed][0]
-  fns = {}
-  for name, single in singles.items():
-    holder = {"state": single.fresh_state(0)}
-    hp = single.hp(member)
-
-    def fn(single=single, holder=holder, hp=hp):
-      holder["state"], m = single.step(holder["state"], batch, hp)
-      jax.block_until_ready((holder["state"], m))
-    fns[name] = fn
-  pop_holder = {"state": pop.fresh_state()}
-  pop_batch = data.stacked(pop.pop.data_seeds)[0]
-
-  def pop_fn():
-    pop_holder["state"], m = pop.step(pop_holder["state"], pop_batch)
-    jax.block_until_ready((pop_holder["state"], m))
-  fns["losa population"] = pop_fn
+  from losa_jax.bench import harness  # pylint: disable=g-import-not-at-top
+  batch = data.train[member.hparams["data_seed"]][0]
+  fns = {name: harness.Stepper(
+      lambda st, b, s=single, hp=single.hp(member): s.step(st, b, hp),
+      single.fresh_state(0), batch) for name, single in singles.items()}
+  fns["losa population"] = harness.Stepper(
+      pop.step, pop.fresh_state(), data.stacked(pop.pop.data_seeds)[0])
   return common.interleaved(fns, reps=reps, warmup=1)
