@@ -218,7 +218,7 @@ def test_every_section_option_has_help():
   for name, section in registry.SECTIONS.items():
     assert set(section.quick) <= set(section.defaults), name
     for key in section.defaults:
-      assert len(registry.OPTIONS[key].help) > 10, (name, key)
+      assert len(registry.OPTIONS[key]) > 10, (name, key)
     text = cli._parser(name).format_help()
     for key in section.defaults:
       assert f"--{key}" in text, (name, key)

@@ -51,10 +51,11 @@ def _parser(name: str) -> argparse.ArgumentParser:
   p = _Parser(prog=f"{PROG} {name}", description=s.doc, allow_abbrev=False)
   shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v
   for key, default in s.defaults.items():
-    opt = registry.OPTIONS[key]
-    p.add_argument(f"--{key}", metavar=opt.kind.upper(),
-                   help=f"{opt.help} Default: {shown(default)!r}; --quick: "
-                   f"{shown(s.quick.get(key, default))!r}.")
+    choices = registry.CHOICES.get(key)
+    p.add_argument(f"--{key}", metavar=s.kind(key).upper(), help=(
+        registry.OPTIONS[key] + (f" From {list(choices)}." if choices else "")
+        + f" Default: {shown(default)!r}; --quick: "
+        f"{shown(s.quick.get(key, default))!r}."))
   p.add_argument("--out", help="Folder for SECTION.json (made if missing).")
   p.add_argument("--quick", action="store_true", help="A tiny ViT: a smoke "
                  "test of the section; its numbers mean nothing.")
@@ -76,7 +77,8 @@ def parse(argv: Sequence[str]):
   given = {k: v for k, v in vars(ns).items()
            if v is not None and k in registry.SECTIONS[name].defaults}
   try:
-    parsed = {k: registry.parse_value(k, v) for k, v in given.items()}
+    parsed = {k: registry.parse_value(k, v, registry.SECTIONS[name].kind(k))
+              for k, v in given.items()}
   except ValueError as e:
     raise UsageError(f"{name}: {e}") from None
   return name, parsed, ns

@@ -1,22 +1,10 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Correctness on the device, the cost guard and the largest-batch search
-of the accelerator section (losa_jax/bench/accelerator.py; run in its job processes).
-
-* compare_step: one tiny LoSA train step on the accelerator and on jax's CPU
-  backend, same process, same initial state and batch; loss and the update
-  of every trainable param compared within f32 / bf16 tolerance (f32 at
-  "highest" precision: a check that the backends agree).
-* compare_precision: the fused side network's gradients at the device's
-  default matmul precision (TF32 on GPUs) against a float64 reference,
-  within the bound the tests hold emulated TF32 / bf16 dots to
-  (`losa_jax.models.side_precision.emulation_bound`).
-* cost_guard: XLA FLOPs of the compiled LoSA train step over those of the
-  frozen backbone's forward (`.lower().compile().cost_analysis()`); LoSA
-  never runs the backbone's backward, so the ratio stays near 1.
-* max_batch: the largest batch whose real step runs, found by catching
-  XLA's out-of-memory error, starting from an affine fit of the compiled
-  memory of the batches already measured, within a time budget.
+"""What the accelerator section (losa_jax/bench/accelerator.py) checks in
+its job processes: the accelerator's step against the CPU's
+(`compare_step`), the fused side network's precision (`compare_precision`),
+the cost guard (`cost_guard`), and the largest batch that runs
+(`max_batch`, by catching XLA's out-of-memory error).
 """
 import contextlib
 import gc

@@ -55,97 +55,69 @@ def make_config(variant: str, method: str, spec: Dict[str, Any], *,
 
 
 _MAKERS: Dict[Any, Callable] = {}
-_GROUP = 2**26   # elements per generating program (256 MiB of f32)
+_BIG = 2**26   # elements above which a leaf is made row by row (256 MiB f32)
 
 
 def _maker(key, build: Callable) -> Callable:
-  """Jitted makers cached by what they make (shapes, dtypes), so the same
-  tree made twice, or the equal blocks of a ViT, compile once."""
+  """Jitted makers cached by what they make (shape, dtype), so the equal
+  blocks of a ViT, or the same tree made twice, compile once."""
   if key not in _MAKERS:
     _MAKERS[key] = build()
   return _MAKERS[key]
 
 
-def _noise(n: int, offset):
-  """[n] f32 uniform-looking in [-0.035, 0.035] (std 0.02): a sine hash of
-  the element index + offset. XLA:CPU compiles threefry's normal for a tree
-  of 100 leaves in seconds; this in a fraction, and values do not matter
-  for time or memory."""
+def _noise(shape, dtype, offset):
+  """A [shape] array of `dtype`, uniform-looking in [-0.035, 0.035] (std
+  0.02): a sine hash of the element index + offset. XLA:CPU compiles
+  threefry's normal for a tree of 100 leaves in seconds; this in a
+  fraction, and values do not matter for time or memory."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n = int(np.prod(shape))
   u = jnp.sin((jax.lax.iota(jnp.float32, n) + offset) * 12.9898) * 43758.5453
-  return 0.035 * (2.0 * (u - jnp.floor(u)) - 1.0)
+  return (0.035 * (2.0 * (u - jnp.floor(u)) - 1.0)).reshape(shape).astype(
+      dtype)
 
 
-def _group_fn(sig) -> Callable:
-  """fn(offset) -> arrays of shapes/dtypes `sig`, from one flat noise."""
+def _leaf(shape, dtype, offset):
+  """One leaf of random_tree: noise, zeros for a non-float dtype, and a big
+  stack ([L, ...] above _BIG elements) row by row into a donated buffer."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  sizes = [int(np.prod(shape)) for shape, _ in sig]
-
-  def make(offset):
-    flat, out, at = _noise(max(sum(sizes), 1), offset), [], 0
-    for (shape, dtype), n in zip(sig, sizes):
-      x = flat[at:at + n].reshape(shape)
-      out.append(x.astype(dtype) if jnp.issubdtype(dtype, jnp.floating)
-                 else jnp.zeros(shape, dtype))
-      at += n
-    return out
-
-  return jax.jit(make)
-
-
-def _row_fill_fn(shape, dtype) -> Callable:
-  """fn(buf [n, ...], r, offset) -> buf with row r filled (buf donated)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  row = int(np.prod(shape[1:]))
-  return jax.jit(lambda buf, r, off: buf.at[r].set(
-      _noise(row, off).reshape(shape[1:]).astype(dtype)), donate_argnums=0)
+  key = (shape, dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    return _maker(("zeros",) + key, lambda: jax.jit(
+        lambda: jnp.zeros(shape, dtype)))()
+  if np.prod(shape) <= _BIG or len(shape) < 2 or shape[0] == 1:
+    return _maker(("noise",) + key, lambda: jax.jit(
+        lambda off: _noise(shape, dtype, off)))(offset)
+  fill = _maker(("row",) + key, lambda: jax.jit(
+      lambda buf, r, off: buf.at[r].set(_noise(shape[1:], dtype, off)),
+      donate_argnums=0))
+  x = _maker(("zeros",) + key, lambda: jax.jit(
+      lambda: jnp.zeros(shape, dtype)))()
+  for r in range(shape[0]):
+    x = fill(x, r, offset + r)
+  return x
 
 
 def random_tree(shape_tree, shardings=None, seed: int = 0):
   """Random-looking arrays (see _noise) of `shape_tree`'s shapes and dtypes,
-  made on the device; non-float leaves are zeros.
-
-  Leaves are made in groups of up to 2**26 elements, one program each; a
-  bigger leaf (a scanned [L, ...] stack) row by row into a donated buffer.
-  Making a tree thus needs little more memory than the tree: building a
-  ViT-e/14 state must not set the peak its step is measured by.
-  """
+  made on the device, one program per distinct (shape, dtype); non-float
+  leaves are zeros. A big leaf is made row by row, so making a tree needs
+  little more memory than the tree: building a ViT-e/14 state must not set
+  the peak its step is measured by."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   leaves, treedef = jax.tree.flatten(shape_tree)
   shs = (jax.tree.leaves(shardings, is_leaf=lambda x: x is None)
          if shardings is not None else [None] * len(leaves))
-  sig = [(tuple(s.shape), jnp.dtype(s.dtype)) for s in leaves]
-  out: Dict[int, Any] = {}
-  group: list = []
-
-  def flush():
-    if group:
-      g = tuple(sig[i] for i in group)
-      made = _maker(("group", g), lambda: _group_fn(g))(
-          float(seed * 7919 + group[0]))
-      out.update(zip(group, made))
-      group.clear()
-
-  for i, (shape, dtype) in enumerate(sig):
-    n = int(np.prod(shape))
-    if n > _GROUP and len(shape) >= 2 and shape[0] > 1:
-      x = _maker(("zeros",) + sig[i], lambda: jax.jit(
-          lambda: jnp.zeros(shape, dtype)))()   # pylint: disable=cell-var-from-loop
-      fill = _maker(("row",) + sig[i], lambda: _row_fill_fn(shape, dtype))  # pylint: disable=cell-var-from-loop
-      for r in range(shape[0]):
-        x = fill(x, r, float(seed * 7919 + i * 131 + r))
-      out[i] = x
-      continue
-    if group and sum(int(np.prod(sig[j][0])) for j in group) + n > _GROUP:
-      flush()
-    group.append(i)
-  flush()
-  return jax.tree.unflatten(treedef, [
-      out[i] if shs[i] is None else jax.device_put(out[i], shs[i])
-      for i in range(len(leaves))])
+  out = []
+  for i, (leaf, sh) in enumerate(zip(leaves, shs)):
+    x = _leaf(tuple(leaf.shape), jnp.dtype(leaf.dtype),
+              float(seed * 7919 + i * 131))
+    out.append(x if sh is None else jax.device_put(x, sh))
+  return jax.tree.unflatten(treedef, out)
 
 
 def state_from_params(built, params, seed: int = 0):

@@ -26,111 +26,95 @@ FSDP_DEVICES = 8   # fake CPU devices of the fsdp section
 COMPILE_ONLY = f"{common.LICM_OFF} {common.FAST_COMPILE}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Option:
-  """kind: int, float, bool, str, strs or ints (comma lists); choices: the
-  values a str / strs option accepts (empty: any)."""
-  kind: str
-  help: str
-  choices: Sequence[str] = ()
-
-
-OPTIONS: Dict[str, Option] = {
-    "variants": Option("strs", "ViT variants (224 px; 'tiny' is a 4-block "
-                       "width-32 ViT at 32 px)."),
-    "variant": Option("str", "ViT variant (224 px; 'tiny' as in --variants)."),
-    "batch": Option("int", "Batch size."),
-    "batches": Option("ints", "Batch sizes."),
-    "methods": Option("strs", f"Methods, from {METHODS}.", METHODS),
-    "reps": Option("int", "Timed interleaved rounds (every timed call once "
-                   "per round, the order rotated)."),
-    "warmup": Option("int", "Untimed rounds after the compiling call."),
-    "images": Option("int", "Images of the synthetic task the feature cache "
-                     "caches and trains on."),
-    "budget_gib": Option("float", "Memory budget (GiB) the compiled peak "
-                         "must fit."),
-    "multiple": Option("int", "Batches tried are multiples of this."),
-    "cap": Option("int", "Largest batch tried."),
-    "configs": Option("strs", f"Big-backbone configs, from {BIG}.", BIG),
-    "linearity_variant": Option("str", "Variant compiled at 1/8, 1/4, 1/2 "
-                                "depth to show memory is linear in depth "
-                                "('' skips)."),
-    "linearity_configs": Option("strs", "Configs of the linearity check.", BIG),
-    "fsdp": Option("ints", f"Mesh sizes on the 'fsdp' axis, each <= "
-                   f"{FSDP_DEVICES} (fake CPU devices)."),
-    "depths": Option("ints", "Depths to compile at (empty: the variant's "
-                     "own); several fit peak ~ a + b * depth."),
-    "batch_per_device": Option("int", "Images per device (the global batch "
-                               "is this times the mesh size)."),
-    "licm": Option("bool", "Keep XLA's while-loop-invariant code motion "
-                   "(XLA:CPU then hoists an f32 copy of a scanned bf16 "
-                   "weight stack out of the layer loop: a copy GPUs and TPUs "
-                   "never make)."),
-    "config": Option("str", "Video config file (path.py) whose get_config "
-                     "takes variant=, method=, frames=, batch=; empty: "
-                     "configs/video_kinetics400.py."),
-    "arg": Option("str", "Extra get_config args of the config file, e.g. "
-                  "rank=16."),
-    "frames": Option("int", "Frames per clip."),
-    "depth_fracs": Option("ints", "Also compile at depth // k for these k."),
-    "flops_depths": Option("ints", "Blocks of the unrolled models whose "
-                           "FLOPs are extrapolated (empty: no FLOPs)."),
-    "tasks": Option("ints", "Numbers of served tasks N."),
-    "systems": Option("strs", f"Serving systems, from {SYSTEMS}.", SYSTEMS),
-    "rank": Option("int", "LoSA / LoRA rank."),
-    "num_classes": Option("int", "Classes per task."),
-    "max_copy_images": Option("int", "N-copy cells with N x batch above this "
-                              "are scaled from N=1, not run (0: run all)."),
-    "parts": Option("strs", f"Parts of the accelerator section, from "
-                    f"{ACCEL_PARTS} (they always run in that order).",
-                    ACCEL_PARTS),
-    "accel_methods": Option("strs", f"Methods, from {ACCEL_METHODS} "
-                            "('forward': the frozen backbone's inference "
-                            "forward).", ACCEL_METHODS),
-    "scan": Option("bool", "Scanned backbone blocks (lax.scan) in the timing "
-                   "and memory parts: XLA then counts one block's FLOPs, so "
-                   "FLOP columns are left out (the guard always unrolls)."),
-    "remat": Option("bool", "Per-block remat of the scanned backbone (costs "
-                    "LoRA / adapters / full a second forward)."),
-    "depth": Option("int", "If > 0, overrides the depth of every variant "
-                    "but --vit_e_variant's."),
-    "mem_cap_gib": Option("float", "If > 0, a batch 'fits' when its compiled "
-                          "peak is at most this (a simulated search; also "
-                          "where the backend reports no memory, XLA:CPU, "
-                          "with 16 GiB if unset)."),
-    "resolution": Option("float", "The batch search stops once the first "
-                         "failing batch is within this fraction of the "
-                         "largest that ran."),
-    "budget_s": Option("float", "Wall-time budget of the whole section, "
-                       "seconds: each job gets a share of what is left, a "
-                       "batch search stops at its share, a job past the "
-                       "budget is killed."),
-    "maxbatch_variants": Option("strs", "Variants whose largest batch is "
-                                "searched (2-5 programs per method)."),
-    "maxbatch_methods": Option("strs", "Methods whose largest batch is "
-                               "searched.", ACCEL_METHODS),
-    "vit_e_variant": Option("str", "Backbone of the vit_e part (scanned, "
-                            "per-block remat)."),
-    "vit_e_batch": Option("int", "Batch of the vit_e part."),
-    "vit_e_reps": Option("int", "Timed steps of the vit_e part."),
-    "guard_variant": Option("str", "Variant of the cost guard."),
-    "guard_batches": Option("ints", "Batches of the cost guard."),
-    "guard_max_ratio": Option("float", "The guard holds if LoSA step FLOPs "
-                              "<= this x the backbone forward's."),
-    "check_variant": Option("str", "Variant of the accelerator vs CPU step "
-                            "(it runs on the CPU too: keep it small)."),
-    "check_batch": Option("int", "Batch of the accelerator vs CPU step."),
-    "isolation": Option("str", "Process per job: 'method' (memory / "
-                        "maxbatch: one per variant and method, so each peak "
-                        "is that method's), 'section' (one per part and "
-                        "variant: peaks are running maxima), 'none' "
-                        "(everything in this process).",
-                        ("method", "section", "none")),
-    "mem_fraction": Option("float", "XLA_PYTHON_CLIENT_MEM_FRACTION of the "
-                           "job processes, unless already set (jax's 0.75 "
-                           "would hide a quarter of the GPU from the batch "
-                           "search)."),
+# What each option means, once. Its kind is its default's type (a list is a
+# comma list of its items' type); CHOICES are the values a str / strs option
+# accepts.
+OPTIONS: Dict[str, str] = {
+    "variants": "ViT variants (224 px; 'tiny' is a 4-block width-32 ViT at "
+                "32 px).",
+    "variant": "ViT variant (224 px; 'tiny' as in --variants).",
+    "batch": "Batch size.",
+    "batches": "Batch sizes.",
+    "methods": "Training methods.",
+    "reps": "Timed interleaved rounds (every timed call once per round, the "
+            "order rotated).",
+    "warmup": "Untimed rounds after the compiling call.",
+    "images": "Images of the synthetic task the feature cache caches and "
+              "trains on.",
+    "budget_gib": "Memory budget (GiB) the compiled peak must fit.",
+    "multiple": "Batches tried are multiples of this.",
+    "cap": "Largest batch tried.",
+    "configs": "Big-backbone configs.",
+    "linearity_variant": "Variant compiled at 1/8, 1/4, 1/2 depth to show "
+                         "memory is linear in depth ('' skips).",
+    "linearity_configs": "Configs of the linearity check.",
+    "fsdp": f"Mesh sizes on the 'fsdp' axis, each <= {FSDP_DEVICES} (fake "
+            "CPU devices).",
+    "depths": "Depths to compile at (empty: the variant's own); several fit "
+              "peak ~ a + b * depth.",
+    "batch_per_device": "Images per device (the global batch is this times "
+                        "the mesh size).",
+    "licm": "Keep XLA's while-loop-invariant code motion (XLA:CPU then "
+            "hoists an f32 copy of a scanned bf16 weight stack out of the "
+            "layer loop: a copy GPUs and TPUs never make).",
+    "config": "Video config file (path.py) whose get_config takes variant=, "
+              "method=, frames=, batch=; empty: configs/video_kinetics400.py.",
+    "arg": "Extra get_config args of the config file, e.g. rank=16.",
+    "frames": "Frames per clip.",
+    "depth_fracs": "Also compile at depth // k for these k.",
+    "flops_depths": "Blocks of the unrolled models whose FLOPs are "
+                    "extrapolated (empty: no FLOPs).",
+    "tasks": "Numbers of served tasks N.",
+    "systems": "Serving systems.",
+    "rank": "LoSA / LoRA rank.",
+    "num_classes": "Classes per task.",
+    "max_copy_images": "N-copy cells with N x batch above this are scaled "
+                       "from N=1, not run (0: run all).",
+    "parts": "Parts of the accelerator section (they always run in this "
+             "order).",
+    "accel_methods": "Methods ('forward': the frozen backbone's inference "
+                     "forward).",
+    "scan": "Scanned backbone blocks (lax.scan) in the timing and memory "
+            "parts: XLA then counts one block's FLOPs, so FLOP columns are "
+            "left out (the guard always unrolls).",
+    "remat": "Per-block remat of the scanned backbone (costs LoRA / adapters "
+             "/ full a second forward).",
+    "depth": "If > 0, overrides the depth of every variant but "
+             "--vit_e_variant's.",
+    "mem_cap_gib": "If > 0, a batch 'fits' when its compiled peak is at most "
+                   "this (a simulated search; also where the backend reports "
+                   "no memory, XLA:CPU, with 16 GiB if unset).",
+    "resolution": "The batch search stops once the first failing batch is "
+                  "within this fraction of the largest that ran.",
+    "budget_s": "Wall-time budget of the whole section, seconds: each job "
+                "gets a share of what is left, a batch search stops at its "
+                "share, a job past the budget is killed.",
+    "maxbatch_variants": "Variants whose largest batch is searched (2-5 "
+                         "programs per method).",
+    "maxbatch_methods": "Methods whose largest batch is searched.",
+    "vit_e_variant": "Backbone of the vit_e part (scanned, per-block remat).",
+    "vit_e_batch": "Batch of the vit_e part.",
+    "vit_e_reps": "Timed steps of the vit_e part.",
+    "guard_variant": "Variant of the cost guard.",
+    "guard_batches": "Batches of the cost guard.",
+    "guard_max_ratio": "The guard holds if LoSA step FLOPs <= this x the "
+                       "backbone forward's.",
+    "check_variant": "Variant of the accelerator vs CPU step (it runs on the "
+                     "CPU too: keep it small).",
+    "check_batch": "Batch of the accelerator vs CPU step.",
+    "isolation": "Process per job: 'method' (memory / maxbatch: one per "
+                 "variant and method, so each peak is that method's), "
+                 "'section' (one per part and variant: peaks are running "
+                 "maxima), 'none' (everything in this process).",
+    "mem_fraction": "XLA_PYTHON_CLIENT_MEM_FRACTION of the job processes, "
+                    "unless already set (jax's 0.75 would hide a quarter of "
+                    "the GPU from the batch search).",
 }
+CHOICES: Dict[str, Sequence[str]] = {
+    "methods": METHODS, "configs": BIG, "linearity_configs": BIG,
+    "systems": SYSTEMS, "parts": ACCEL_PARTS, "accel_methods": ACCEL_METHODS,
+    "maxbatch_methods": ACCEL_METHODS, "isolation": ("method", "section",
+                                                     "none")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +136,15 @@ class Section:
 
   def flags_for(self, a) -> str:
     return self.xla_flags(a) if callable(self.xla_flags) else self.xla_flags
+
+  def kind(self, key: str) -> str:
+    """Option `key`'s kind: bool, int, float, str, or ints / strs (comma
+    lists), from its default (or, for an empty list, its --quick value)."""
+    v = self.defaults[key]
+    if isinstance(v, list):
+      item = (v or self.quick.get(key) or [""])[0]
+      return "ints" if isinstance(item, int) else "strs"
+    return type(v).__name__
 
 
 def _fast_if_quick(a) -> str:
@@ -271,29 +264,23 @@ def section(name: str) -> Section:
   return SECTIONS[name]
 
 
-def parse_value(name: str, text: str) -> Any:
-  """The value of option `name` from its command-line text; raises
-  ValueError naming the option and the bad value."""
-  opt = OPTIONS[name]
+def parse_value(name: str, text: str, kind: str) -> Any:
+  """The value of option `name` of `kind` (Section.kind) from its
+  command-line text; raises ValueError naming the option and the value."""
   try:
-    if opt.kind == "int":
-      return int(text)
-    if opt.kind == "float":
-      return float(text)
-    if opt.kind == "bool":
-      if text.lower() not in ("1", "0", "true", "false"):
-        raise ValueError(f"{text!r} is not true / false")
-      return text.lower() in ("1", "true")
-    if opt.kind == "ints":
-      return common.int_list(text)
-    value = common.csv_list(text) if opt.kind == "strs" else text
+    if kind == "bool" and text.lower() not in ("1", "0", "true", "false"):
+      raise ValueError(f"{text!r} is not true / false")
+    value = {"int": int, "float": float, "ints": common.int_list,
+             "strs": common.csv_list, "str": str,
+             "bool": lambda t: t.lower() in ("1", "true")}[kind](text)
   except ValueError as e:
     raise ValueError(f"--{name}: {e}") from None
-  bad = [v for v in ([value] if opt.kind == "str" else value)
-         if opt.choices and v not in opt.choices]
+  choices = CHOICES.get(name, ())
+  bad = [v for v in (value if kind == "strs" else [value])
+         if choices and v not in choices]
   if bad:
     raise ValueError(f"--{name}: unknown value(s) {bad}; choose from "
-                     f"{list(opt.choices)}.")
+                     f"{list(choices)}.")
   return value
 
 

@@ -2,17 +2,12 @@
 # Licensed under the Apache License, Version 2.0.
 """The `fsdp` section: per-device memory of a LoSA train step under FSDP.
 
-Compiles the real train step (`build.build`) of LoSA on a scanned, bf16
-backbone (bf16 matmuls, frozen params stored in bf16; side network, head
-and AdamW state in f32) on abstract inputs, nothing materialised, for
-meshes [("fsdp", n)] over n of 8 fake CPU devices, with the default
-strategy (backbone FSDP over "fsdp", the rest replicated) and the batch
-split over the same axis, so each device sees a.batch_per_device images.
-XLA's memory analysis of an SPMD executable is per device. Rows: params /
-opt = bytes of this device's shards (from the shardings); argument, temp,
-output bytes and peak = args + out + temp - aliased (the state is donated).
-With several a.depths, "fit" rows fit peak ~ a + b * depth per mesh and
-extrapolate to the full depth.
+Compiles (on abstract inputs) the real LoSA train step of a scanned, bf16
+backbone on meshes [("fsdp", n)] of 8 fake CPU devices with the default
+strategy, a.batch_per_device images per device; XLA's memory analysis of an
+SPMD executable is per device. With several a.depths, "fit" rows fit
+peak ~ a + b * depth per mesh. docs/scaling.md ("FSDP memory") has the
+figures and the columns.
 """
 import time
 from typing import Any, Dict, List, Sequence

@@ -46,29 +46,29 @@ def cached_step_for(config, built):
   return _CACHED_STEPS[id(built)]
 
 
+def cached_batch(built, backbone, batch):
+  """`batch` with its images replaced by their bf16 taps under `backbone`,
+  as the feature cache stores them."""
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  feats = fc.features_fn(built.model, "bfloat16", True)(
+      {"backbone": backbone}, batch["image"])
+  return {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+
+
 def timed_inputs(config, bsz: int):
   """What the timed sections share, for LoSA's `config` at batch `bsz`:
-  (batch, backbone, cached batch, forward). A random batch (seed 0: image
-  [bsz, s, s, 3] f32 in [-1, 1], label [bsz] int32), a copy of LoSA's
-  random backbone params, the batch's bf16 taps as the feature cache stores
-  them, and a blocking call of the frozen backbone's forward."""
+  (batch, backbone, cached batch, forward): a random batch
+  (harness.make_batch), random backbone params (harness.random_tree), the
+  batch's cached taps (`cached_batch`) and a blocking call of the frozen
+  backbone's forward."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  rng = np.random.RandomState(0)
-  s = config.image_size
-  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (bsz, s, s, 3)),
-                                jnp.float32),
-           "label": jnp.asarray(rng.randint(0, 100, (bsz,)), jnp.int32)}
   built = built_for(config)
-  bb = jax.tree.map(jnp.copy, built.init(
-      jax.random.key(0))["params"]["backbone"])
-  feats = fc.features_fn(built.model, "bfloat16", True)({"backbone": bb},
-                                                        batch["image"])
-  cached = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+  batch = harness.make_batch(built, bsz, config.num_classes)
+  bb = harness.random_tree(built.state_shape["params"]["backbone"],
+                           built.state_sharding["params"]["backbone"])
   fwd = jax.jit(build.backbone_forward(config)[0])
-  return (batch, bb, cached,
+  return (batch, bb, cached_batch(built, bb, batch),
           lambda: jax.block_until_ready(fwd(bb, batch["image"])))
 
 
@@ -87,14 +87,10 @@ def section_measured(a) -> List[Dict[str, Any]]:
 
 def _losa_cached(variant, methods, bsz: int, spec):
   """{"losa_cached": (runner, cost fields, trainable)}: LoSA's cached step
-  on the bf16 taps of a random batch, as the feature cache stores them."""
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  on the cached taps of a random batch (`cached_batch`)."""
   from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   m = methods.get("losa") or harness.Method(variant, "losa", spec)
-  batch = m.batch(bsz)
-  feats = fc.features_fn(m.built.model, "bfloat16", True)(
-      {"backbone": m.state["params"]["backbone"]}, batch["image"])
-  cached = {"image": {"taps": feats["taps"]}, "label": batch["label"]}
+  cached = cached_batch(m.built, m.state["params"]["backbone"], m.batch(bsz))
   state = harness.random_state(m.built, seed=1)
   compiled = cached_step_for(m.config, m.built).lower(state, cached).compile()
   return {"losa_cached": (harness.Stepper(compiled, state, cached),
@@ -117,7 +113,8 @@ def section_cache(a) -> List[Dict[str, Any]]:
       "label": rng.randint(0, 100, (n,)).astype(np.int64)}, name="bench")
   pp = "decode|value_range(-1, 1)|keep('image', 'label')"
   b = built_for(config)
-  params = b.init(jax.random.key(0))["params"]
+  params = harness.random_tree(b.state_shape["params"],
+                               b.state_sharding["params"])
   bb = jax.device_get(params["backbone"])
   costs = _cache_step_costs(config, b, bsz)
   # Compile the feature fn first: the build time below is the steady-state
@@ -139,10 +136,10 @@ def section_cache(a) -> List[Dict[str, Any]]:
                 for r in uncached_it)
     cached = (jax.tree.map(jnp.asarray, r) for r in cached_it)
     # Each call fetches its batch (pp or the cache gather) and steps.
-    fns = {"uncached": harness.Stepper(
-        b.train_step, b.init(jax.random.key(0)), uncached),
+    fns = {"uncached": harness.Stepper(b.train_step,
+                                       harness.random_state(b), uncached),
            "cached": harness.Stepper(cached_step_for(config, b),
-                                     b.init(jax.random.key(0)), cached)}
+                                     harness.random_state(b), cached)}
     times = common.interleaved(fns, reps=steps_n, warmup=0)
     cache_mib = cache.nbytes / MIB
   finally:
@@ -168,34 +165,19 @@ def _cache_step_costs(config, built, bsz) -> Dict[str, float]:
   """XLA FLOPs and bytes accessed of the forward, the uncached and the
   cached LoSA step at batch `bsz`: what the wall-time ratio is bound by."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side as side_lib  # pylint: disable=g-import-not-at-top
-
-  def analyse(jitted, *args):
-    c = cost.compiled_cost(jitted, *args)
-    return c["flops"], c["bytes_accessed"]
-
-  s = config.image_size
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  batch = steps.abstract_batch(bsz, built.image_shape)
   fwd_fn, bb_shape = build.backbone_forward(config)
-  images = jax.ShapeDtypeStruct((bsz, s, s, 3), jnp.float32)
+  feats = jax.eval_shape(lambda bb, b: cached_batch(built, bb, b),
+                         bb_shape, batch)
   out = {}
-  out["forward_gflop"], out["forward_gb"] = analyse(jax.jit(fwd_fn),
-                                                    bb_shape, images)
-  out["uncached_gflop"], out["uncached_gb"] = analyse(
-      built.train_step, built.state_shape,
-      steps.abstract_batch(bsz, built.image_shape))
-  bb_kw = built.model.backbone_kwargs()
-  losa = model_lib.merged(model_lib.LOSA_DEFAULTS, built.model.losa, "losa")
-  taps = len(side_lib.tap_indices(bb_kw["depth"], losa["tap_every"]))
-  width, patch = bb_kw["width"], bb_kw["patch_size"][0]
-  tokens = (s // patch) ** 2 + 1
-  feats = {"image": {"taps": jax.ShapeDtypeStruct(
-      (bsz, taps, tokens, width), jnp.bfloat16)},
-           "label": jax.ShapeDtypeStruct((bsz,), jnp.int32)}
-  out["cached_gflop"], out["cached_gb"] = analyse(
-      cached_step_for(config, built), built.state_shape, feats)
-  return {k: v / 1e9 for k, v in out.items()}
+  for name, jitted, args in (
+      ("forward", jax.jit(fwd_fn), (bb_shape, batch["image"])),
+      ("uncached", built.train_step, (built.state_shape, batch)),
+      ("cached", cached_step_for(config, built), (built.state_shape, feats))):
+    c = cost.compiled_cost(jitted, *args)
+    out[f"{name}_gflop"], out[f"{name}_gb"] = (c["flops"] / 1e9,
+                                              c["bytes_accessed"] / 1e9)
+  return out

@@ -3,18 +3,11 @@
 """The `population` section of `python -m losa_jax.bench`: K side networks on one
 backbone pass, against one LoSA step and K separate ones.
 
-Two parts, per variant of a.variants at batch a.batch:
-
-* compiled FLOPs and peak memory of a population step of K = 1, 2, 4, 8, 16
-  members (K learning rates, one vmapped group), beside one LoSA step and
-  the frozen forward (XLA's figures: deterministic);
-* interleaved wall times (`common.interleaved`, one process, rotated order)
-  of: one LoSA step; a K=8 vmapped population (8 lrs); a K=8 mixed
-  population (rank x token_mixer x tap_every: 8 groups of 1); 8 separate
-  LoSA steps; and the cached variants (one cached LoSA step, a cached K=8
-  population: no backbone at all).
-
-Only ratios within one run mean anything (the machine is shared).
+Per variant at a.batch: compiled FLOPs and peak of a population step of
+K = 1..16 members (vmapped, and looped for 8 and 16), beside one LoSA step
+and the frozen forward; and one interleaved timing of one LoSA step, K=8
+vmapped and mixed populations, 8 separate steps and the cached variants.
+docs/benchmarks.md ("Populations") has the figures.
 """
 import copy
 from typing import Any, Dict, List
@@ -25,6 +18,7 @@ from losa_jax.bench import common
 from losa_jax.bench.configs import forward_cost
 from losa_jax.bench.configs import make_config
 from losa_jax.bench.configs import step_cost
+from losa_jax.bench import harness
 from losa_jax.bench.harness import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
@@ -109,8 +103,8 @@ def _timed_rows(config, variant: str, a) -> List[Dict[str, Any]]:
   batch, backbone, fb, _ = timed_inputs(config, bsz)
   single = built_for(config)
   fns = {"losa x1": Stepper(single.train_step,
-                            single.init(jax.random.key(0)), batch)}
-  holders = [Stepper(single.train_step, single.init(jax.random.key(i)),
+                            harness.random_state(single), batch)}
+  holders = [Stepper(single.train_step, harness.random_state(single, i),
                      batch) for i in range(8)]
   fns["8 separate losa"] = lambda: [h() for h in holders]
   slot = jax.tree.map(lambda x: x[None], batch)
@@ -120,7 +114,7 @@ def _timed_rows(config, variant: str, a) -> List[Dict[str, Any]]:
     fns[name] = Stepper(pop.train_step, pop.init(backbone), slot)
   # Cached: the taps of this batch, as the feature cache stores them.
   fns["losa x1 cached"] = Stepper(cached_step_for(config, single),
-                                  single.init(jax.random.key(9)), fb)
+                                  harness.random_state(single, 9), fb)
   pop = pop_build.build(_pop_config(config, k=8, cached=True),
                         total_steps=1000, cached=True)
   fns["pop K=8 cached"] = Stepper(pop.train_step, pop.init(backbone),

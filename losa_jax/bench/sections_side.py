@@ -2,29 +2,20 @@
 # Licensed under the Apache License, Version 2.0.
 """The `side` section of `python -m losa_jax.bench`: what the side network moves.
 
-Per variant of a.variants at batch a.batch, for three
-implementations of the same side network (same params, same function):
-
-* "autodiff": autodiff of the branch modules, each layer rematerialised,
-  float32 side stream (`model.losa.fused=False, dtype="float32"`);
-* "fused f32": `models/side_fused.py` (hand-written backward with folded
-  LayerNorms, no replay, z_i written over the tap stack), float32 stores;
-* "fused": the default, the same with the taps and the side stream stored
-  in bf16 (`model.losa.dtype="bfloat16"`).
-
-Compiled (deterministic): memory traffic of the uncached and the cached
-(feature-cache) train step from `cost.hlo_traffic` (loop trips counted;
-XLA's own "bytes accessed" counts a scanned body once and is printed
-beside it), split by phase, in GB and in full float32 [B, N, D] passes per
-side layer; XLA's temporaries and peak. Timed: one interleaved run
-(`common.interleaved`) of the frozen forward and every step above, so the
-targets (LoSA step / forward, cached / uncached) are ratios measured side
-by side. Only ratios within one run mean anything (the machine is shared).
+Per variant at a.batch, three implementations of the same side network
+(`IMPLEMENTATIONS`: autodiff with per-layer remat and f32 stores; the fused
+backward of models/side_fused.py with f32 stores; the default, fused with
+bf16 stores): compiled memory traffic of the uncached and the cached train
+step (`cost.hlo_traffic`, loop trips counted), by phase and in full f32
+[B, N, D] passes per side layer, and one interleaved timing of the forward
+and every step. docs/benchmarks.md ("The side network moves fewer bytes")
+has the figures and what each column means.
 """
 from typing import Any, Dict, List
 
 from losa_jax.bench import common
 from losa_jax.bench.configs import make_config
+from losa_jax.bench import harness
 from losa_jax.bench.harness import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
@@ -85,8 +76,8 @@ def section_side(a) -> List[Dict[str, Any]]:
               cached_batch)).compile()
       info[impl] = _traffic(uncached, full, layers)
       info[f"{impl}, cached"] = _traffic(cached, full, layers)
-      fns[impl] = Stepper(uncached, b.init(jax.random.key(0)), batch)
-      fns[f"{impl}, cached"] = Stepper(cached, b.init(jax.random.key(0)),
+      fns[impl] = Stepper(uncached, harness.random_state(b), batch)
+      fns[f"{impl}, cached"] = Stepper(cached, harness.random_state(b),
                                        cached_batch)
     _log(f"side {variant}: timing {list(fns)}")
     times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
