@@ -20,6 +20,7 @@ which `python scripts/study_report.py DIR` makes results.md and plots.
 """
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -56,69 +57,56 @@ def _log(msg: str):
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """The study's flags; defined on demand, so importing claims no names."""
-  study_run.define_out_task_method_flags(flag_values, tasks=TASKS,
-                                        methods=METHODS)
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_list("lrs", [f"{x:g}" for x in LRS], "Learning rates every "
-                    "method but full fine-tuning searches.", **fv)
-  flags.DEFINE_list("full_lrs", [f"{x:g}" for x in FULL_LRS], "Learning "
-                    "rates of full fine-tuning (as many as --lrs).", **fv)
-  flags.DEFINE_list("wds", [f"{x:g}" for x in WDS], "Weight decays every "
-                    "method searches (decoupled, scaled by the lr).", **fv)
-  flags.DEFINE_list("seeds", ["0"], "Seeds of the searches (init and data "
-                    "order); each seed is a search of its own.", **fv)
-  flags.DEFINE_integer("steps", 100, "Training steps of every config.", **fv)
-  flags.DEFINE_integer("batch", 32, "Batch size of every config.", **fv)
-  flags.DEFINE_integer("val_percent", 20, "Percent of each task's train split"
-                       " held out as minival (the end of the split).", **fv)
-  flags.DEFINE_integer("timing_reps", 10, "Rounds of the interleaved step "
-                       "timing.", **fv)
-  flags.DEFINE_bool("searches", True, "Run the equal-budget searches (off: "
-                    "only the ablation).", **fv)
-  flags.DEFINE_bool("ablation", True, "Also ablate LoSA's switches.", **fv)
-  flags.DEFINE_list("ablation_seeds", ["0", "1"], "Seeds of the ablation "
-                    "(init and data order, in one population).", **fv)
-  flags.DEFINE_float("ablation_lr", 1e-2, "Learning rate of the ablation's "
-                     "members (without --ablation_lrs).", **fv)
+  study_run.define_flags_of(Args, flag_values)
   flags.DEFINE_list("ablation_switches", [
       f"{k}={v}" for k, vs in ablation.SWITCHES.items() for v in vs],
                     "The alternatives to ablate, as switch=value (each "
-                    "changed alone from LOSA_DEFAULTS).", **fv)
-  flags.DEFINE_list("ablation_lrs", [], "If set, every ablated structure "
-                    "tries each of these lrs (in the same population) and "
-                    "keeps its best by minival accuracy.", **fv)
-  flags.DEFINE_string("config", None, "Config file (default "
-                      "configs/default.py); see study.run --config.", **fv)
-  flags.DEFINE_bool("quick", False, "Smoke size: digits, LoSA and linear, "
-                    "K = 2, 3 steps at batch 8, one switch (tests).", **fv)
+                    "changed alone from LOSA_DEFAULTS).",
+                    flag_values=flag_values, module_name=(
+                        sys.argv[0] if __name__ == "__main__" else __name__))
+
+
+_opt = study_run.option
 
 
 @dataclasses.dataclass
 class Args:
-  """The study's settings, from the flags (see `define_flags`)."""
-  out: str
-  tasks: List[str] = dataclasses.field(default_factory=lambda: list(TASKS))
-  methods: List[str] = dataclasses.field(
-      default_factory=lambda: list(METHODS))
-  lrs: List[float] = dataclasses.field(default_factory=lambda: list(LRS))
-  full_lrs: List[float] = dataclasses.field(
-      default_factory=lambda: list(FULL_LRS))
-  wds: List[float] = dataclasses.field(default_factory=lambda: list(WDS))
-  seeds: List[int] = dataclasses.field(default_factory=lambda: [0])
-  steps: int = 100
-  batch: int = 32
-  val_percent: int = 20
-  timing_reps: int = 10
-  searches: bool = True
-  ablation: bool = True
-  ablation_seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1])
-  ablation_lr: float = 1e-2
-  ablation_lrs: List[float] = dataclasses.field(default_factory=list)
+  """The study's settings: each `option` field is a --flag of the study."""
+  out: Optional[str] = _opt(None, "Output folder (required).")
+  tasks: List[str] = _opt(TASKS, "Study tasks.", sorted(study_tasks.TASKS))
+  methods: List[str] = _opt(METHODS, "Methods.", METHODS)
+  lrs: List[float] = _opt(LRS, "Learning rates every method but full "
+                          "fine-tuning searches.")
+  full_lrs: List[float] = _opt(FULL_LRS, "Learning rates of full "
+                               "fine-tuning (as many as --lrs).")
+  wds: List[float] = _opt(WDS, "Weight decays every method searches "
+                          "(decoupled, scaled by the lr).")
+  seeds: List[int] = _opt([0], "Seeds of the searches (init and data "
+                          "order); each seed is a search of its own.")
+  steps: int = _opt(100, "Training steps of every config.")
+  batch: int = _opt(32, "Batch size of every config.")
+  val_percent: int = _opt(20, "Percent of each task's train split held out "
+                          "as minival (the end of the split).")
+  timing_reps: int = _opt(10, "Rounds of the interleaved step timing.")
+  searches: bool = _opt(True, "Run the equal-budget searches (off: only the "
+                        "ablation).")
+  ablation: bool = _opt(True, "Also ablate LoSA's switches.")
+  ablation_seeds: List[int] = _opt([0, 1], "Seeds of the ablation (init and "
+                                   "data order, in one population).")
+  ablation_lr: float = _opt(1e-2, "Learning rate of the ablation's members "
+                            "(without --ablation_lrs).")
+  ablation_lrs: List[float] = _opt([], "If set, every ablated structure "
+                                   "tries each of these lrs (in the same "
+                                   "population) and keeps its best by "
+                                   "minival accuracy.")
+  config: Optional[str] = _opt(None, "Config file (default "
+                               "configs/default.py); see study.run --config.")
+  quick: bool = _opt(False, "Smoke size: digits, LoSA and linear, K = 2, 3 "
+                     "steps at batch 8, one switch (tests).")
+  # From --ablation_switches.
   switches: Dict[str, Any] = dataclasses.field(
       default_factory=lambda: dict(ablation.SWITCHES))
   losa_separate: bool = True   # also time / cost LoSA as K separate runs
-  config: Optional[str] = None
-  quick: bool = False
   argv: List[str] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):

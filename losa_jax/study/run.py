@@ -69,71 +69,78 @@ def _log(msg: str):
 # --- command line -------------------------------------------------------------
 
 
-def define_out_task_method_flags(flag_values: flags.FlagValues, *,
-                                 tasks: Sequence[str],
-                                 methods: Sequence[str]):
-  """--out, --tasks (default `tasks`, any of study_tasks.TASKS) and --methods
-  (default and choices: `methods`), each value checked; the studies' shared
-  flags (this one and study.budget)."""
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_string("out", None, "Output folder (required).", **fv)
-  flags.DEFINE_list("tasks", list(tasks), "Study tasks "
-                    "(losa_jax.datasets.study_tasks.TASKS).", **fv)
-  flags.DEFINE_list("methods", list(methods),
-                    f"Methods, among {list(methods)}.", **fv)
-  flags.register_validator(
-      "tasks", lambda v: not set(v) - set(study_tasks.TASKS),
-      message=f"unknown task; use some of {sorted(study_tasks.TASKS)}.",
-      **fv)
-  flags.register_validator(
-      "methods", lambda v: not set(v) - set(methods),
-      message=f"unknown method; use some of {list(methods)}.", **fv)
+def option(default, help_text: str, choices: Sequence[str] = ()):
+  """A settings field that is also a --flag: its default, help and, for a
+  list of names, the values it accepts (checked by the flag parser)."""
+  meta = {"help": help_text, "choices": tuple(choices)}
+  if isinstance(default, (list, tuple)):
+    return dataclasses.field(default_factory=lambda: list(default),
+                             metadata=meta)
+  return dataclasses.field(default=default, metadata=meta)
+
+
+def define_flags_of(cls, flag_values: flags.FlagValues):
+  """One absl flag per `option` field of the dataclass `cls`, typed by the
+  field (a List field is a comma list, its items checked), attributed to
+  cls's module so that its --help lists them."""
+  # absl names the main module's flags by its file (what --help lists).
+  kw = dict(flag_values=flag_values, module_name=(
+      sys.argv[0] if cls.__module__ == "__main__" else cls.__module__))
+  for f in dataclasses.fields(cls):
+    if "help" not in f.metadata:
+      continue
+    default = (f.default_factory() if f.default is dataclasses.MISSING
+               else f.default)
+    item = typing.get_args(f.type)[:1]
+    if typing.get_origin(f.type) is not list:
+      define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+                float: flags.DEFINE_float}.get(f.type, flags.DEFINE_string)
+      define(f.name, default, f.metadata["help"], **kw)
+      continue
+    flags.DEFINE_list(f.name, [f"{x:g}" if isinstance(x, float) else str(x)
+                               for x in default], f.metadata["help"], **kw)
+    choices, parse = f.metadata["choices"], item[0] if item else str
+    flags.register_validator(
+        f.name, lambda v, c=choices, t=parse: _items_ok(v, c, t),
+        message=(f"--{f.name}: use some of {list(choices)}." if choices else
+                 f"--{f.name} must be a comma list of {parse.__name__}s, "
+                 "e.g. 0,1,2."), flag_values=flag_values)
+
+
+def _items_ok(values, choices, parse) -> bool:
+  try:
+    return all(not choices or v in choices for v in map(parse, values))
+  except ValueError:
+    return False
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """The study's flags; defined on demand, so importing claims no names."""
-  define_out_task_method_flags(flag_values, tasks=DEFAULT_TASKS,
-                               methods=DEFAULT_METHODS)
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_list("ranks", [str(r) for r in DEFAULT_RANKS],
-                    "LoSA ranks (one row per rank).", **fv)
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (init and data order).",
-                    **fv)
-  flags.DEFINE_integer("steps", 100, "Training steps of every run.", **fv)
-  flags.DEFINE_integer("batch", 32, "Batch size of every run.", **fv)
-  flags.DEFINE_integer("timing_reps", 20, "Rounds of the interleaved step "
-                       "timing.", **fv)
-  flags.DEFINE_string("config", None, "Config file the runs use (default: the"
-                      " repo's configs/default.py), optionally with args of "
-                      "its own (configs/default.py:side_dtype=bfloat16); the "
-                      "study appends method=...,rank=...,steps=...,batch=... "
-                      "to them.", **fv)
-  flags.DEFINE_bool("resume", False, "Keep the runs already in "
-                    "--out/runs.jsonl (same steps and batch) and train only "
-                    "the missing ones.", **fv)
-  flags.DEFINE_bool("quick", False, "Smoke size: 1 task, LoSA and linear, 1 "
-                    "seed, 8 steps at batch 16 (tests).", **fv)
-  for name in ("ranks", "seeds"):
-    flags.register_validator(
-        name, lambda v: all(x.strip().isdigit() for x in v),
-        message=f"--{name} must be a comma list of integers >= 0, e.g. 0,1,2.",
-        **fv)
+  define_flags_of(Args, flag_values)
 
 
 @dataclasses.dataclass
 class Args:
-  """The study's settings, from the flags (see `define_flags`)."""
-  out: str
-  tasks: List[str]
-  methods: List[str]
-  ranks: List[int]
-  seeds: List[int]
-  steps: int = 100
-  batch: int = 32
-  timing_reps: int = 20
-  config: Optional[str] = None
-  resume: bool = False
-  quick: bool = False
+  """The study's settings: each `option` field is a --flag of the study."""
+  out: Optional[str] = option(None, "Output folder (required).")
+  tasks: List[str] = option(DEFAULT_TASKS, "Study tasks.",
+                            sorted(study_tasks.TASKS))
+  methods: List[str] = option(DEFAULT_METHODS, "Methods.", DEFAULT_METHODS)
+  ranks: List[int] = option(DEFAULT_RANKS, "LoSA ranks (one row per rank).")
+  seeds: List[int] = option([0, 1, 2], "Seeds (init and data order).")
+  steps: int = option(100, "Training steps of every run.")
+  batch: int = option(32, "Batch size of every run.")
+  timing_reps: int = option(20, "Rounds of the interleaved step timing.")
+  config: Optional[str] = option(
+      None, "Config file the runs use (default: the repo's "
+      "configs/default.py), optionally with args of its own "
+      "(configs/default.py:side_dtype=bfloat16); the study appends "
+      "method=...,rank=...,steps=...,batch=... to them.")
+  resume: bool = option(False, "Keep the runs already in --out/runs.jsonl "
+                        "(same steps and batch) and train only the missing "
+                        "ones.")
+  quick: bool = option(False, "Smoke size: 1 task, LoSA and linear, 1 seed, "
+                       "8 steps at batch 16 (tests).")
   argv: List[str] = dataclasses.field(default_factory=list)
 
 
