@@ -132,6 +132,15 @@ def state_from_params(built, params, seed: int = 0):
           "rng": jax.device_put(jax.random.key(seed), sh["rng"])}
 
 
+def abstract_state(built):
+  """built's train state (a Built or PopulationBuilt) as ShapeDtypeStructs
+  in its shardings: what a compile-only cost analysis lowers with."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      built.state_shape, built.state_sharding)
+
+
 def random_state(built, seed: int = 0):
   """A train state like built.init's, with random params made by groups
   in their final dtype (build.init makes f32 params, then casts the frozen

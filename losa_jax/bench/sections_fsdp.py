@@ -13,6 +13,7 @@ import time
 from typing import Any, Dict, List, Sequence
 
 from losa_jax.bench import common
+from losa_jax.bench import harness
 from losa_jax.bench.configs import make_config
 from losa_jax.bench.registry import FSDP_DEVICES
 
@@ -45,12 +46,10 @@ def measure(variant: str, depth: int, fsdp: int,
   mesh = sharding.make_mesh([("fsdp", fsdp)], devices=jax.devices()[:fsdp])
   built = build.build(config, total_steps=1000, mesh=mesh)
   state_sh = built.state_sharding
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      built.state_shape, state_sh)
   batch = steps.abstract_batch(batch_per_device * fsdp, built.image_shape)
   t0 = time.time()
-  c = cost.compiled_cost(built.train_step, abstract_state, batch)
+  c = cost.compiled_cost(built.train_step, harness.abstract_state(built),
+                         batch)
   params = built.state_shape["params"]
   return {
       "kind": "compiled", "variant": variant, "depth": depth, "fsdp": fsdp,

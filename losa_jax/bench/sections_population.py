@@ -47,16 +47,13 @@ def _pop_config(config, *, k: int = 0, mixed: bool = False, cached=False,
   return c
 
 
-def _abstract(pop, bsz: int, cached_shape=None):
+def _abstract_batch(pop, bsz: int):
+  """One data slot's [1, bsz, ...] batch as ShapeDtypeStructs."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  state = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      pop.state_shape, pop.state_sharding)
-  image = (jax.ShapeDtypeStruct((1, bsz, *pop.image_shape), jnp.float32)
-           if cached_shape is None else cached_shape)
-  return state, {"image": image,
-                 "label": jax.ShapeDtypeStruct((1, bsz), jnp.int32)}
+  return {"image": jax.ShapeDtypeStruct((1, bsz, *pop.image_shape),
+                                        jnp.float32),
+          "label": jax.ShapeDtypeStruct((1, bsz), jnp.int32)}
 
 
 def population_cost(config, k: int, bsz: int,
@@ -66,7 +63,8 @@ def population_cost(config, k: int, bsz: int,
   from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
   pop = pop_build.build(_pop_config(config, k=k, loop=loop),
                         total_steps=1000)
-  return cost.compiled_cost(pop.train_step, *_abstract(pop, bsz))
+  return cost.compiled_cost(pop.train_step, harness.abstract_state(pop),
+                            _abstract_batch(pop, bsz))
 
 
 def _compiled_rows(config, variant: str, bsz: int) -> List[Dict[str, Any]]:

@@ -46,6 +46,7 @@ from losa_jax.bench import harness
 from losa_jax.datasets import study_tasks
 from losa_jax.evaluators import classification
 from losa_jax.study import tables
+from losa_jax.utils import io as io_lib
 
 FLAGS = flags.FLAGS
 
@@ -356,9 +357,8 @@ def _kept_runs(a: Args, runs_path: str) -> Dict[Any, Dict]:
   elif os.path.exists(runs_path):
     os.remove(runs_path)
   if done:   # rewrite only the kept runs, so the file matches this study
-    with open(runs_path, "w") as f:
-      for r in done.values():
-        f.write(json.dumps(r) + "\n")
+    io_lib.write_text(runs_path, "".join(json.dumps(r) + "\n"
+                                         for r in done.values()))
   return done
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from losa_jax.assembly import build
+from losa_jax.bench import harness
 from losa_jax.utils import cost
 from losa_jax import datasets
 from losa_jax.assembly import input_pipeline
@@ -263,9 +264,7 @@ class Population:
     self.config = config
     self.pop = pop_lib.build(config, total_steps=total_steps,
                              members=members)
-    state = cost.abstract(jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        self.pop.state_shape, self.pop.state_sharding))
+    state = harness.abstract_state(self.pop)
     b, shape = config.input.batch_size, self.pop.image_shape
     s = len(self.pop.data_seeds)
     batch = {"image": jax.ShapeDtypeStruct((s, b, *shape), jnp.float32),
