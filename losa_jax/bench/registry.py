@@ -182,9 +182,11 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
             dict(variants=["tiny"], batch=4, configs=["losa", "full+remat"],
                  linearity_variant="tiny", linearity_configs=["losa"]),
             COMPILE_ONLY),
-    Section("big_default", _S + "sections_compiled:section_big_default_flags",
+    Section("big_default", _S + "sections_compiled:section_big",
             "LoSA's big-backbone memory under XLA:CPU's default flags.",
-            dict(variants=["H/14", "g/14", "G/14", "e/14"], batch=8),
+            dict(variants=["H/14", "g/14", "G/14", "e/14"], batch=8,
+                 configs=["losa"], linearity_variant="",
+                 linearity_configs=["losa"]),
             dict(variants=["tiny"], batch=4), common.FAST_COMPILE),
     Section("measured", _S + "sections_measured:section_measured",
             "Median step time of every method, the backbone forward and "

@@ -1,12 +1,13 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Compile-only sections: compiled, dtype, maxbatch, big, big_default.
+"""Compile-only sections: compiled, dtype, maxbatch, big (and big_default).
 
 Each takes its options (losa_jax/bench/registry.py) and returns its rows;
 nothing is executed, only lowered and compiled on abstract inputs, so the
 numbers are deterministic for a jax/XLA version and backend. They run under
 the XLA flags the registry names (LICM_OFF: see common.LICM_OFF).
 """
+import os
 import time
 from typing import Any, Dict, List
 
@@ -93,7 +94,11 @@ def section_maxbatch(a) -> List[Dict[str, Any]]:
 
 
 def section_big(a) -> List[Dict[str, Any]]:
-  """Big backbones (scanned, bf16): memory per config, and vs depth."""
+  """Big backbones (scanned, bf16): memory per config, and vs depth; the
+  rows name the XLA flags they were compiled under (the `big_default`
+  section is this one under XLA:CPU's default flags)."""
+  flags = ("licm_off" if common.LICM_OFF in os.environ.get("XLA_FLAGS", "")
+           else "default")
   rows = []
   for variant in a.variants:
     for label, method, remat in BIG_CONFIGS:
@@ -106,7 +111,7 @@ def section_big(a) -> List[Dict[str, Any]]:
         config.model.losa.dtype = "float32"
       c = step_cost(config, a.batch)
       rows.append(_big_row(variant, label, a.batch, depth_of(variant), c,
-                           "licm_off", time.time() - t0))
+                           flags, time.time() - t0))
   if a.linearity_variant:
     full_depth = depth_of(a.linearity_variant)
     depths = sorted({max(1, full_depth // k) for k in (8, 4, 2)})
@@ -119,19 +124,7 @@ def section_big(a) -> List[Dict[str, Any]]:
                                   scan=True, remat=remat, depth=d),
                       a.batch)
         rows.append(_big_row(a.linearity_variant, label, a.batch, d, c,
-                             "licm_off", time.time() - t0, linearity=True))
-  return rows
-
-
-def section_big_default_flags(a) -> List[Dict[str, Any]]:
-  """LoSA's big-model memory under XLA:CPU's default flags (for reference)."""
-  rows = []
-  for variant in a.variants:
-    t0 = time.time()
-    c = step_cost(make_config(variant, "losa", bf16=True, scan=True),
-                  a.batch)
-    rows.append(_big_row(variant, "losa", a.batch, depth_of(variant), c,
-                         "default", time.time() - t0))
+                             flags, time.time() - t0, linearity=True))
   return rows
 
 

@@ -31,6 +31,10 @@ CONFIGS = (
 )
 
 
+def _log(msg: str) -> None:
+  common.log(msg, tag="video")
+
+
 def video_config(variant: str, method: str, *, frames: int, batch: int,
                  remat_policy: str = "nothing_saveable",
                  depth: Optional[int] = None, arg: str = "",
@@ -70,7 +74,7 @@ def step_memory(config, batch: int) -> Dict[str, Any]:
 
 def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
         batches: Sequence[int] = (2, 4), depth_fracs: Sequence[int] = (8, 4, 2),
-        arg: str = "", log=print, config: str = "") -> List[Dict[str, Any]]:
+        arg: str = "", config: str = "") -> List[Dict[str, Any]]:
   """All rows (see the module docstring)."""
   from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(variant)["depth"]
@@ -90,7 +94,7 @@ def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
            "depth": depth or full_depth,
            "clip": tuple(cfg.image_size), **step_memory(cfg, b)}
     row["fits_16gib"] = row["peak_gib"] <= BUDGET_GIB
-    log(f"{label:28s} batch {b} depth {row['depth']:>2}: params "
+    _log(f"{label:28s} batch {b} depth {row['depth']:>2}: params "
         f"{row['params_gib']:7.2f} GiB, temp {row['temp_gib']:6.2f} GiB, "
         f"peak {row['peak_gib']:7.2f} GiB ({row['compile_s']:.0f} s)")
     rows.append(row)
@@ -99,7 +103,7 @@ def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
 
 def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
           depths: Sequence[int] = (2, 4), arg: str = "",
-          log=print, config: str = "") -> List[Dict[str, Any]]:
+          config: str = "") -> List[Dict[str, Any]]:
   """XLA FLOPs of one train step on unrolled blocks (no scan, no remat).
 
   XLA counts a scanned body once, so the FLOPs come from unrolled models of
@@ -123,7 +127,7 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
            "gflops_per_block": slope,
            "full_depth": full_depth,
            "gflops_full_extrapolated": per[d0] + slope * (full_depth - d0)}
-    log(f"flops {method:8s}: " + ", ".join(
+    _log(f"flops {method:8s}: " + ", ".join(
         f"depth {d} {v:.0f}" for d, v in per.items()) +
         f" -> depth {full_depth} {row['gflops_full_extrapolated']:.0f} "
         "GFLOP")
@@ -136,8 +140,7 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
 
 def section_video(a) -> List[Dict[str, Any]]:
   """Memory rows (module docstring), then "flops" rows if a.flops_depths."""
-  kw = dict(arg=a.arg, config=a.config,
-            log=lambda m: common.log(m, tag="video"))
+  kw = dict(arg=a.arg, config=a.config)
   rows = run(a.variant, a.frames, a.batch, a.batches, a.depth_fracs, **kw)
   for r in rows:
     r["kind"] = "memory"
