@@ -25,7 +25,7 @@ Exact commands (the image checkpoint is your own file; any npz that
       --config configs/video_kinetics400.py:variant=B/16,frames_root=/data/k400_frames,init=/ckpts/vivit_B16_32f.npz
 
   # 3. Multi-view test (4 temporal clips x 3 spatial crops, logits averaged):
-  python -c "from losa_jax import predict; \
+  python -c "from losa_jax.serving import predict; \
   from configs import video_kinetics400 as c; \
   a = 'variant=B/16,frames_root=/data/k400_frames,init=/ckpts/vivit_B16_32f.npz'; \
   print(predict.multiview_eval(c.get_config(a), '/tmp/k400_losa_B16', \
@@ -115,7 +115,7 @@ def make_config(arg, *, dataset: str, num_classes: int, train_split: str,
   c.input = dict(data=dict(data, split=train_split), batch_size=batch,
                  pp=train_pp, shuffle=True)
   # Single view per clip during training; the multi-view protocol is
-  # `losa_jax.predict.multiview_eval` (see the module docstring).
+  # `losa_jax.serving.predict.multiview_eval` (see the module docstring).
   c.evals = dict(val=dict(data=dict(data, split=eval_split), pp=eval_pp,
                           batch_size=batch))
 

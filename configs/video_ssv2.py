@@ -23,7 +23,7 @@ Exact commands:
       --num_frames 32 --image_size 224 --method central
   python -m losa_jax.train --workdir /tmp/ssv2_losa_L16 \
       --config configs/video_ssv2.py:variant=L/16,frames_root=/data/ssv2_frames,init=/ckpts/vivit_L16_32f.npz
-  python -c "from losa_jax import predict; \
+  python -c "from losa_jax.serving import predict; \
   from configs import video_ssv2 as c; \
   a = 'variant=L/16,frames_root=/data/ssv2_frames,init=/ckpts/vivit_L16_32f.npz'; \
   print(predict.multiview_eval(c.get_config(a), '/tmp/ssv2_losa_L16', \

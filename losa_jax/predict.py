@@ -11,181 +11,24 @@ r"""Inference from finished workdirs: backbone file + side checkpoints.
   python -m losa_jax.predict --workdirs /tmp/digits,/tmp/parity \
       --split test --out preds.csv
 
-The config must be the one the workdir was trained with (the checkpoint's
-metadata is checked against it, as on resume); without --config (--configs
-with --workdirs) it is read from `<workdir>/config.json`, which the trainer
-writes. Images go through the eval pp (`multitask.serving_pp`: the first
-eval's pp, else input.pp), as in `losa_jax.serving.export`'s artifacts; a line
-names it.
+Without --config (--configs with --workdirs) the config is read from
+`<workdir>/config.json`, which the trainer writes. A line names the eval pp
+the images go through. The library: `losa_jax.serving.predict`.
 """
 import csv
-import os
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from losa_jax.assembly import steps
-from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import flags as config_flags
-from losa_jax.config import schema as config_lib
 from losa_jax.config import workdir as workdir_lib
-from losa_jax.evaluators import classification
-from losa_jax.evaluators import video as video_eval
-from losa_jax import pp as pp_lib
 from losa_jax.serving import multitask
+from losa_jax.serving import predict as predict_lib
 from losa_jax.utils import io as io_lib
-
-
-class Predictor:
-  """Loads a workdir once; `__call__(images [B, H, W, 3] float) -> probs [B, C]`.
-
-  `pp` is the eval pp that `preprocess` and `predict_split` apply
-  (`multitask.serving_pp`): the training pp may hold random ops.
-  """
-
-  def __init__(self, config, workdir: str, step: Optional[int] = None):
-    config_lib.validate(config)
-    self.config = config = config_lib.with_defaults(config)
-    state = None
-
-    def abstract_of(built):
-      # The full state (frozen backbone loaded) that the restored trainable
-      # leaves are merged into.
-      nonlocal state
-      state = built.init_loaded(jax.random.key(0), config)
-      return checkpointing.abstract_trainable_state(state, built.mask)
-
-    # Read-only, and first: a mistyped --workdir fails fast, creating nothing.
-    built, restored, self.step = multitask.restore_checked(
-        config, workdir, step, abstract_of, advice="check --workdir and "
-        "--step, or train first (python -m losa_jax.train ...).")
-    self.built = built
-    self.params = checkpointing.merge_restored(state, restored,
-                                               built.mask)["params"]
-    self._fn = jax.jit(steps.predict_fn(built.model))
-    self.pp = multitask.serving_pp(config)
-
-  def __call__(self, images) -> np.ndarray:
-    return np.asarray(self._fn(self.params, jnp.asarray(images, jnp.float32)))
-
-  def preprocess(self, examples: Iterable[Dict]) -> np.ndarray:
-    """Applies the eval pp (`self.pp`) to raw examples ({"image": ...})."""
-    return preprocess(self.pp, examples)
-
-
-def preprocess(pp, examples: Iterable[Dict]) -> np.ndarray:
-  """Applies a pp spec to raw examples ({"image": bytes or array}) ->
-  stacked model input [N, ...]."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  fn = pp_lib.get_preprocess_fn(pp)
-  out = []
-  for ex in examples:
-    ex = {"label": tf.constant(0, tf.int64),
-          **{k: tf.constant(v) for k, v in ex.items()}}
-    out.append(np.asarray(fn(ex)["image"]))
-  return np.stack(out)
-
-
-def _read_files(paths: Sequence[str]) -> List[Dict]:
-  examples = []
-  for p in paths:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f"Image file not found: {p}")
-    with open(p, "rb") as f:
-      examples.append({"image": f.read()})
-  return examples
-
-
-def predict_files(predictor: Predictor, paths: Sequence[str]) -> List[Dict]:
-  """Classifies image files (png/jpg); returns one record per file."""
-  probs = predictor(predictor.preprocess(_read_files(paths)))
-  return [{"file": p, "label": int(np.argmax(pr)), "prob": float(np.max(pr))}
-          for p, pr in zip(paths, probs)]
-
-
-def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
-  """Classifies a whole split (config data dict), in order."""
-  batches = classification.eval_batches(
-      dict(data), pp=predictor.pp,
-      batch_size=predictor.config.input.batch_size,
-      process_index=0, process_count=1)
-  return list(classification.predictions(lambda _, x: predictor(x), None,
-                                         batches))
-
-
-def _task_columns(probs: Dict[str, np.ndarray], i: int) -> Dict:
-  out = {}
-  for name, pr in probs.items():
-    out[f"{name}/label"] = int(np.argmax(pr[i]))
-    out[f"{name}/prob"] = float(np.max(pr[i]))
-  return out
-
-
-def multi_predict_files(mt: multitask.MultiTask, paths: Sequence[str]
-                        ) -> List[Dict]:
-  """Every task on image files: {"file", "<task>/label", "<task>/prob"}."""
-  probs = mt.probs(preprocess(mt.pp, _read_files(paths)))
-  return [{"file": p, **_task_columns(probs, i)} for i, p in enumerate(paths)]
-
-
-def multi_predict_split(mt: multitask.MultiTask, data: Dict, *,
-                        batch_size: int = 256) -> List[Dict]:
-  """Every task on one split, in order (one backbone pass per batch).
-
-  Records: {"index", "true" (the split's label), "<task>/label",
-  "<task>/prob" for every task}.
-  """
-  batches = classification.eval_batches(
-      dict(data), pp=mt.pp, batch_size=batch_size, process_index=0,
-      process_count=1)
-  records, index = [], 0
-  for batch in batches:
-    probs = mt.probs(batch["image"])
-    for i, m in enumerate(batch["_mask"]):
-      if m:
-        records.append({"index": index, "true": int(batch["label"][i]),
-                        **_task_columns(probs, i)})
-        index += 1
-  return records
-
-
-def multiview_eval(config, workdir: str, *, pp: str,
-                   data: Optional[Dict] = None,
-                   batch_size: Optional[int] = None,
-                   average: str = "logits") -> Dict[str, float]:
-  """Multi-view accuracy of a finished video training workdir.
-
-  Args:
-    config: the config the workdir was trained with.
-    workdir: the training workdir (backbone from config.model_init + the
-      side/head checkpoint).
-    pp: a multi-view pp spec (`video_multiview` op), e.g. the config
-      module's `multiview_pp(arg)`.
-    data: source dict; default the config's first eval's data.
-    batch_size: videos per batch (each is V clips); default the eval batch
-      size divided by V, at least 1.
-    average: "logits" or "probs".
-
-  Returns:
-    {"accuracy", "count", "views"}.
-  """
-  predictor = Predictor(config, workdir)
-  first = next(iter(config.evals.values()))
-  data = dict(data if data is not None else first["data"])
-  if batch_size is None:
-    views = video_eval.num_views(data, pp)
-    batch_size = max(1, first.get("batch_size", config.input.batch_size) //
-                     max(views, 1))
-  ev = video_eval.Evaluator(video_eval.logits_fn(predictor.built.model),
-                            data=data, pp=pp, batch_size=batch_size,
-                            average=average)
-  return ev.run(predictor.params)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
@@ -258,7 +101,7 @@ def _main_multi(cfg, images: Sequence[str]):
   print(f"Serving {mt.names} with {mt.num_backbone_passes} backbone "
         f"pass(es) per batch; eval pp {mt.pp!r}.")
   if images:
-    records = multi_predict_files(mt, images)
+    records = predict_lib.multi_predict_files(mt, images)
   elif cfg.split:
     by_name = {t.name: t for t in mt.tasks}
     task = by_name.get(cfg.data_task or mt.names[0])
@@ -266,7 +109,8 @@ def _main_multi(cfg, images: Sequence[str]):
       raise app.UsageError(f"--data_task={cfg.data_task!r}: use one of "
                            f"{mt.names}.")
     data = dict(task.config.input.data, split=cfg.split)
-    records = multi_predict_split(mt, data, batch_size=cfg.batch_size)
+    records = predict_lib.multi_predict_split(mt, data,
+                                              batch_size=cfg.batch_size)
   else:
     raise app.UsageError("Give --images FILE... or --split NAME.")
   _write(records, cfg.out)
@@ -292,13 +136,13 @@ def run_main(cfg: flags.FlagValues, argv: Sequence[str]):
   config = cfg.config
   if config is None:
     config = workdir_lib.read_config(cfg.workdir)
-  predictor = Predictor(config, cfg.workdir, cfg.step)
+  predictor = predict_lib.Predictor(config, cfg.workdir, cfg.step)
   print(f"Step {predictor.step} of {cfg.workdir}; eval pp {predictor.pp!r}.")
   if images:
-    records = predict_files(predictor, images)
+    records = predict_lib.predict_files(predictor, images)
   elif cfg.split:
     data = dict(config.input.data, split=cfg.split)
-    records = predict_split(predictor, data)
+    records = predict_lib.predict_split(predictor, data)
   else:
     raise app.UsageError("Give --images FILE... or --split NAME.")
   _write(records, cfg.out)

@@ -1,7 +1,9 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """The house rules of docs/architecture.md, checked."""
+import ast
 import builtins
+import configparser
 import importlib
 import os
 import re
@@ -45,6 +47,45 @@ def test_modules_stay_small():
   big = {p: src.count("\n") for p, src in _library_sources()
          if src.count("\n") > 600}
   assert not big, big
+
+
+def test_functions_stay_short():
+  """A function a reader holds in one view: none over 100 lines."""
+  long = {}
+  for path, src in _library_sources():
+    for node in ast.walk(ast.parse(src)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        n = node.end_lineno - node.lineno + 1
+        if n > 100:
+          long[f"{path}:{node.lineno} {node.name}"] = n
+  assert not long, long
+
+
+def _layers():
+  cfg = configparser.ConfigParser()
+  cfg.read(os.path.join(REPO, ".importlinter"))
+  text = cfg["importlinter:contract:layers"]["layers"]
+  return [[m.strip() for m in line.split(":")]
+          for line in text.strip().splitlines()]
+
+
+def test_every_folder_and_module_has_a_layer():
+  """`ls losa_jax` shows the layers: each entry is placed in one."""
+  placed = {m for layer in _layers() for m in layer}
+  entries = {f"losa_jax.{f[:-3] if f.endswith('.py') else f}"
+             for f in os.listdir(LIB)
+             if (f.endswith(".py") and f != "__init__.py")
+             or os.path.isfile(os.path.join(LIB, f, "__init__.py"))}
+  assert entries == placed, (sorted(entries - placed), sorted(placed - entries))
+
+
+def test_top_level_modules_are_thin_commands():
+  """Library code lives in folders; a top-level module is a command."""
+  for f in os.listdir(LIB):
+    if f.endswith(".py") and f != "__init__.py":
+      src = open(os.path.join(LIB, f), encoding="utf-8").read()
+      assert 'if __name__ == "__main__":' in src, f
+      assert re.search(r"^def main\(", src, re.M), f
 
 
 # Config args that make each config's get_config cover its main branches.

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from losa_jax.checkpointing import manager as checkpointing
-from losa_jax import predict
+from losa_jax.serving import predict
 from losa_jax import train
 from losa_jax.trainers import common
 from test_train import digits_config

@@ -27,7 +27,8 @@ from losa_jax.checkpointing import manager as checkpointing
 from losa_jax import demo
 from losa_jax.serving import export
 from losa_jax.serving import multitask
-from losa_jax import predict
+from losa_jax import predict as predict_cli
+from losa_jax.serving import predict
 from losa_jax import train
 from losa_jax.utils import tree as tree_lib
 from losa_jax.config import workdir as workdir_lib
@@ -342,12 +343,12 @@ def test_predict_one_csv_for_many_tasks(workdirs, tmp_path, capsys):
   out = str(tmp_path / "preds.csv")
   names = ["digits", "parity", "probe"]
   fv = flags.FlagValues()
-  predict.define_flags(fv)
+  predict_cli.define_flags(fv)
   fv(["predict", "--workdirs", ",".join(workdirs[n] for n in names),
       "--split", "test[:20]", "--out", out])
   verbosity = logging.get_verbosity()
   try:
-    predict.run_main(fv, ["predict"])
+    predict_cli.run_main(fv, ["predict"])
   finally:
     logging.set_verbosity(verbosity)   # run_main quiets absl like the CLI
   text = capsys.readouterr().out

@@ -24,6 +24,7 @@ import pytest
 
 from losa_jax import export as export_cli
 from losa_jax.serving import export
+from losa_jax.serving import predict as predict_lib
 from losa_jax.serving import multitask
 from losa_jax import predict
 from losa_jax import train
@@ -114,10 +115,10 @@ def _orbax_info(caplog):
 
 def test_predict_applies_the_eval_pp(workdir):
   config = workdir_lib.read_config(workdir)
-  predictor = predict.Predictor(config, workdir)
+  predictor = predict_lib.Predictor(config, workdir)
   assert predictor.pp == EVAL_PP and config.input.pp == TRAIN_PP
   data = dict(config.input.data, split="test[:24]")
-  rows = predict.predict_split(predictor, data)
+  rows = predict_lib.predict_split(predictor, data)
   batches = list(classification.eval_batches(
       data, pp=EVAL_PP, batch_size=24, process_index=0, process_count=1))
   images = batches[0]["image"][:24]

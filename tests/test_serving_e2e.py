@@ -149,7 +149,7 @@ _NO_LOSA = textwrap.dedent("""
 
 def test_exported_artifacts_equal_predict_without_losa_jax(
     served, single_predictions, tmp_path):
-  from losa_jax import predict  # pylint: disable=g-import-not-at-top
+  from losa_jax.serving import predict  # pylint: disable=g-import-not-at-top
   from losa_jax.config import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "export")
   _run("-m", "losa_jax.export", "--workdirs",

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 import helpers_train
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
-from losa_jax import predict
+from losa_jax.serving import predict
 from losa_jax import train
 from losa_jax.models import model as model_lib
 
