@@ -318,8 +318,7 @@ def test_moving_digits_config_validates(tmp_path, monkeypatch):
 
 def test_video_ops_resolve_after_importing_only_the_trainer():
   """Video pp ops are found by name in a fresh process that imported only the
-  trainer (they used to register only when losa_jax.video.data was imported,
-  so a TFDS video config could not find its ops)."""
+  trainer: a TFDS video config names its ops and imports nothing else."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   code = ("import losa_jax.train\n"
