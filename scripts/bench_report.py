@@ -522,6 +522,7 @@ def markdown(results, meta, lin) -> str:
     parts += md(results, lin)
   parts += population_markdown(_rows(results, "population"))
   parts += side_markdown(_rows(results, "side"))
+  parts += side_backward_markdown(_rows(results, "side_backward"))
   return "\n".join(parts)
 
 
@@ -551,6 +552,25 @@ def side_markdown(rows) -> List[str]:
          f"{r['backward_passes_per_layer']:.0f}") if "traffic_gb" in r
         else "",
         _mibs(r, "temp_bytes")[0] if "traffic_gb" in r else ""]
+       for r in rows])
+
+
+def side_backward_markdown(rows) -> List[str]:
+  """The side_backward section: hand-written vs autodiff backward."""
+  if not rows:
+    return []
+  mib = lambda r, k: f"{r.get(k, 0) / 2**20:,.1f}"
+  return _section(
+      f"side_scan's backward: hand-written vs autodiff (cached step, batch "
+      f"{rows[0]['batch']})",
+      "Compile only. Traffic from `cost.hlo_traffic` (loop trips counted); "
+      "docs/side_fused.md weighs the two.",
+      ["variant", "backward", "temp MiB", "peak MiB", "XLA bytes MiB",
+       "forward / backward traffic MiB", "GFLOP"],
+      [[r["variant"], r["backward"], mib(r, "temp_bytes"),
+        mib(r, "peak_bytes"), mib(r, "bytes_accessed"),
+        f"{mib(r, 'forward_traffic_bytes')} / "
+        f"{mib(r, 'backward_traffic_bytes')}", f"{r['flops'] / 1e9:.2f}"]
        for r in rows])
 
 

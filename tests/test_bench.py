@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # accelerator's are in tests/test_bench_accelerator.py; every other section
 # runs at --quick size in test_every_other_section_runs_tiny.
 SUITE = ("compiled", "dtype", "measured", "cache", "maxbatch", "big")
-DETAILED = SUITE + ("accelerator",)
+DETAILED = SUITE + ("accelerator", "side_backward")
 
 
 def _script(name):
@@ -143,6 +143,21 @@ def test_every_other_section_runs_tiny(section, tmp_path):
   assert data["section"] == section and len(data["rows"]) == len(rows)
   assert data["meta"]["command"].startswith(
       f"python -m losa_jax.bench {section} --quick")
+  assert bench_report.main([str(tmp_path)])
+
+
+def test_hand_backward_moves_fewer_bytes_than_autodiff(tmp_path):
+  """docs/side_fused.md's reason to keep side_scan's hand-written backward,
+  on compiled (deterministic) traffic; the section restores that backward."""
+  from losa_jax.models import side_fused as sf  # pylint: disable=g-import-not-at-top
+  rows = cli.main(["side_backward", "--quick", "--out", str(tmp_path),
+                   "--in_process"])
+  by = {r["backward"]: r for r in rows}
+  assert set(by) == {"hand-written", "autodiff"}
+  hand, auto = by["hand-written"], by["autodiff"]
+  assert hand["backward_traffic_bytes"] < 0.8 * auto["backward_traffic_bytes"]
+  assert hand["flops"] < auto["flops"]
+  assert sf.side_scan.fwd is sf._scan_fwd and sf.side_scan.bwd is sf._scan_bwd
   assert bench_report.main([str(tmp_path)])
 
 

@@ -42,7 +42,8 @@ class _Parser(argparse.ArgumentParser):
 
 def listing() -> str:
   """One line per section: its name and what it measures."""
-  return "\n".join(f"{s.name:12s} {s.doc}"
+  width = max(map(len, registry.SECTIONS))
+  return "\n".join(f"{s.name:{width}s} {s.doc}"
                    for s in registry.SECTIONS.values())
 
 

@@ -206,6 +206,10 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
             "Memory traffic and step time of the side network's "
             "implementations (autodiff, fused f32, fused bf16).",
             _TIMED, _TIMED_QUICK, _fast_if_quick),
+    Section("side_backward", _S + "sections_side:section_side_backward",
+            "Compiled cost of the cached LoSA step: side_scan's hand-written "
+            "backward vs autodiff of the folded forward (docs/side_fused.md).",
+            dict(variants=["B/16"], batch=32), dict(variants=["tiny"], batch=2)),
     Section("fsdp", _S + "sections_fsdp:section_fsdp",
             "Per-device compiled memory of a LoSA step under FSDP over 8 "
             "fake CPU devices (scanned, bf16), fit against depth.",

@@ -96,3 +96,74 @@ def section_side(a) -> List[Dict[str, Any]]:
            f"forward)" + (f", side {row['side_passes_per_layer']:.1f} "
                           f"passes/layer" if name in info else ""))
   return rows
+
+
+def _autodiff_vjp():
+  """`side_scan`'s custom VJP with autodiff of `_forward` as its backward:
+  the forward keeps only z_i, the backward replays each layer's folded
+  forward under `jax.vjp`. The alternative docs/side_fused.md weighs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side_fused as sf  # pylint: disable=g-import-not-at-top
+
+  def fwd(params, taps, layer_axis, dtype):
+    a, (params, zs, _, taps_dtype) = sf._scan_fwd(params, taps, layer_axis,
+                                                  dtype)
+    return a, (params, zs, None, taps_dtype)
+
+  def bwd(layer_axis, dtype, saved, da):
+    params, zs, _, taps_dtype = saved
+    axis = layer_axis if sf._in_place(taps_dtype.dtype, dtype) else 0
+
+    def body(da, i):
+      _, vjp = jax.vjp(lambda p, z: sf._forward(p, z)[0],
+                       sf._layer(params, i), sf._read(zs, i, axis))
+      dp, dz = vjp(da)
+      # The token MLP's up bias is a null direction: exactly 0, as by hand.
+      return da + dz, dp._replace(bu2=jnp.zeros_like(dp.bu2))
+
+    _, dparams = jax.lax.scan(body, da.astype(jnp.float32),
+                              jnp.arange(zs.shape[axis]), reverse=True)
+    shape = list(zs.shape)
+    shape.insert(layer_axis, shape.pop(axis))
+    return dparams, jnp.zeros(shape, taps_dtype.dtype)
+
+  return fwd, bwd
+
+
+def section_side_backward(a) -> List[Dict[str, Any]]:
+  """Compiled cost of the cached LoSA step with side_scan's hand-written
+  backward and with autodiff of the folded forward in the same custom VJP,
+  per a.variants at a.batch (bf16 taps; compile only)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax.models import side_fused as sf  # pylint: disable=g-import-not-at-top
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  rows = []
+  for variant in a.variants:
+    config = make_config(variant, "losa")
+    b = built_for(config)
+    kw = b.model.backbone_kwargs()
+    tokens = (config.image_size // kw["patch_size"][0]) ** 2 + 1
+    feats = {"image": {"taps": jax.ShapeDtypeStruct(
+        (a.batch, kw["depth"], tokens, kw["width"]), jnp.bfloat16)},
+             "label": jax.ShapeDtypeStruct((a.batch,), jnp.int32)}
+    for name, vjp in (("hand-written", (sf._scan_fwd, sf._scan_bwd)),
+                      ("autodiff", _autodiff_vjp())):
+      sf.side_scan.defvjp(*vjp)
+      try:
+        from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+        compiled = fc.train_step(config, b).lower(b.state_shape,
+                                                  feats).compile()
+      finally:
+        sf.side_scan.defvjp(sf._scan_fwd, sf._scan_bwd)
+      c = cost.cost_of_compiled(compiled)
+      phases = cost.traffic_by(cost.hlo_traffic(compiled), cost.phase)
+      rows.append({"variant": variant, "batch": a.batch, "backward": name,
+                   "temp_bytes": c["temp_bytes"], "peak_bytes": c["peak_bytes"],
+                   "bytes_accessed": c["bytes_accessed"], "flops": c["flops"],
+                   **{f"{p}_traffic_bytes": v for p, v in phases.items()}})
+      _log(f"side_backward {variant} {name}: peak "
+           f"{c['peak_bytes'] / 2**20:.1f} MiB, backward traffic "
+           f"{phases.get('backward', 0) / 2**20:.0f} MiB")
+  return rows
