@@ -389,6 +389,39 @@ def per_member(pop: PopulationBuilt, group_values) -> List[Dict[str, float]]:
           for gi, j in pop.member_order()]
 
 
+def eval_members(pop: PopulationBuilt, eval_step, state,
+                 batches) -> List[Dict[str, float]]:
+  """`eval_step(state, batch)`'s sums over `batches`, per member in the
+  order of `members`: [{"loss_sum", "correct", "count"}]."""
+  totals = None
+  for batch in batches:
+    sums = per_member(pop, eval_step(state, batch))
+    totals = sums if totals is None else [
+        {k: a[k] + b[k] for k in a} for a, b in zip(totals, sums)]
+  return totals
+
+
+def backbone_loader(config, pop: PopulationBuilt) -> Callable[[], Any]:
+  """() -> the frozen backbone as each member's single run loads it: init
+  from the first split of key(config.seed) (so without a model_init the
+  members whose seed is config.seed get their single run's random backbone),
+  then config.model_init, in the frozen param dtype, placed in the
+  population's shardings. The init is jitted once for every call."""
+  model = pop.groups[0].model
+  init = jax.jit(lambda r: model.init(
+      r, jnp.zeros((1, *pop.image_shape), jnp.float32))["params"])
+  dtype = build_lib.frozen_param_dtype(config)
+
+  def load():
+    init_rng, _ = jax.random.split(jax.random.key(config.seed))
+    bb = build_lib.load_backbone(init(init_rng), config)["backbone"]
+    if dtype is not None:
+      bb = jax.tree.map(lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(
+          jnp.asarray(x).dtype, jnp.floating) else x, bb)
+    return jax.device_put(bb, pop.state_sharding["params"]["backbone"])
+  return load
+
+
 def restack(old: PopulationBuilt, old_state, new: PopulationBuilt):
   """The state of `new` (a subset of `old`'s members) taken from `old_state`:
   each surviving member keeps its params, optimizer state, rng and values."""

@@ -240,21 +240,6 @@ class Single:
 # --- one population -----------------------------------------------------------
 
 
-def backbone_loader(config, pop: pop_lib.PopulationBuilt):
-  """() -> the frozen backbone, loaded like the trainer's (population_train:
-  init from the config's seed, then model_init), jitted once."""
-  model = pop.groups[0].model
-  init = jax.jit(lambda r: model.init(
-      r, jnp.zeros((1, *pop.image_shape), jnp.float32))["params"])
-
-  def load():
-    init_rng, _ = jax.random.split(jax.random.key(config.seed))
-    params = build.load_backbone(init(init_rng), config)
-    return jax.device_put(params["backbone"],
-                          pop.state_sharding["params"]["backbone"])
-  return load
-
-
 class Population:
   """LoSA members (a config's population, or a subset) as one compiled
   population step: one backbone pass per batch and data order."""
@@ -275,7 +260,7 @@ class Population:
     # As for `Single`: eval step and init compiled here, not in a search.
     self.eval_step = self.pop.eval_step.lower(
         state, _abstract_eval_batch(shape)).compile()
-    self._load_backbone = backbone_loader(config, self.pop)
+    self._load_backbone = pop_lib.backbone_loader(config, self.pop)
     self.fresh_state()
     self.compile_s = time.perf_counter() - t0
 
@@ -314,11 +299,8 @@ class Population:
     eval_s = {}
     for name in EVALS:
       t0 = time.perf_counter()
-      tot = None
-      for batch in data.evals[name]:
-        sums = pop_lib.per_member(self.pop, self.eval_step(state, batch))
-        tot = sums if tot is None else [
-            {k: a[k] + b[k] for k in a} for a, b in zip(tot, sums)]
+      tot = pop_lib.eval_members(self.pop, self.eval_step, state,
+                                 data.evals[name])
       for row, t in zip(rows, tot):
         if not row["diverged"]:
           row[f"{name}/accuracy"] = t["correct"] / max(t["count"], 1.0)

@@ -29,10 +29,8 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from losa_jax.assembly import build as build_lib
 from losa_jax.assembly import input_pipeline
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
@@ -124,11 +122,9 @@ def evaluate_members(pop: pop_lib.PopulationBuilt, state, data, *, pp,
   batch); in the order of `pop.members`."""
   batches = classification.eval_batches(dict(data), pp=pp,
                                         batch_size=batch_size)
-  totals = None
-  for batch in input_pipeline.device_batches(batches, pop.mesh):
-    sums = pop_lib.per_member(pop, pop.eval_step(state, batch))
-    totals = sums if totals is None else [
-        {k: a[k] + b[k] for k in a} for a, b in zip(totals, sums)]
+  totals = pop_lib.eval_members(pop, pop.eval_step, state,
+                                input_pipeline.device_batches(batches,
+                                                              pop.mesh))
   return [{"accuracy": t["correct"] / max(t["count"], 1.0),
            "loss": t["loss_sum"] / max(t["count"], 1.0), "count": t["count"]}
           for t in totals]
@@ -235,7 +231,7 @@ class PopulationTrainer(common.Trainer):
                 self._build(self.members).groups for m in g.members}
     self.rows = {m.index: _member_row(m, counts[m.index])
                  for m in self.members}
-    self.backbone = _load_backbone(self.config, pop)
+    self.backbone = pop_lib.backbone_loader(self.config, pop)()
     self.state = pop.init(self.backbone)
     if start is not None:
       treedef = jax.tree.structure(self.state["groups"])
@@ -389,19 +385,3 @@ def _savable(state):
   config on resume)."""
   return {"groups": jax.tree.leaves(state["groups"]), "step": state["step"]}
 
-
-def _load_backbone(config, pop: pop_lib.PopulationBuilt):
-  """The frozen backbone, loaded from config.model_init like the trainer's."""
-  model = pop.groups[0].model
-  # The trainer's split of key(seed): without a model_init, members whose
-  # seed is config.seed get the random backbone their single run gets.
-  init_rng, _ = jax.random.split(jax.random.key(config.seed))
-  params = jax.jit(lambda r: model.init(
-      r, jnp.zeros((1, *pop.image_shape), jnp.float32))["params"])(init_rng)
-  params = build_lib.load_backbone(params, config)
-  dtype = build_lib.frozen_param_dtype(config)
-  bb = params["backbone"]
-  if dtype is not None:
-    bb = jax.tree.map(lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(
-        jnp.asarray(x).dtype, jnp.floating) else x, bb)
-  return jax.device_put(bb, pop.state_sharding["params"]["backbone"])
