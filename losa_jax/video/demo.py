@@ -36,7 +36,6 @@ backbone instead (same conclusions; both tables are in docs/video.md).
 Prints a table (test accuracy, trainable params, wall time incl. compile and
 cache building) and writes it as JSON next to the workdirs.
 """
-import json
 import os
 import tempfile
 import time
@@ -46,6 +45,7 @@ from absl import app
 from absl import flags
 
 from losa_jax.bench import common
+from losa_jax.utils import io as io_lib
 
 FLAGS = flags.FLAGS
 
@@ -79,8 +79,7 @@ def run(steps: Optional[int] = None, runs: Sequence = RUNS,
                  "trainable_params": res["trainable_params"],
                  "steps": res["steps"], "time_s": time.time() - t0})
     print(f"-> {name}: test accuracy {res['test/accuracy']:.3f}", flush=True)
-  with open(os.path.join(root, "video_demo_results.json"), "w") as f:
-    json.dump(rows, f, indent=2)
+  io_lib.write_json(os.path.join(root, "video_demo_results.json"), rows)
   return rows
 
 
