@@ -99,6 +99,21 @@ def frozen_param_dtype(config):
   return jnp.dtype(name)
 
 
+def cast_floats(tree, dtype):
+  """Every float leaf of `tree` (arrays, or ShapeDtypeStructs for shapes) in
+  `dtype`; other leaves, and everything when `dtype` is None, as they are."""
+  if dtype is None:
+    return tree
+
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype)
+    return jnp.asarray(x, dtype)
+  return jax.tree.map(cast, tree)
+
+
 def cast_frozen(params, mask: Dict[str, bool], dtype):
   """Frozen float leaves -> `dtype`; trainable leaves keep their dtype.
 
@@ -192,11 +207,7 @@ def backbone_forward(config) -> Tuple[Callable, Any]:
   shape = jax.eval_shape(
       lambda r: bb.init(r, jnp.zeros((1, *res, 3), jnp.float32)),
       jax.random.key(0))["params"]
-  dtype = frozen_param_dtype(config)
-  if dtype is not None:
-    shape = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, dtype) if jnp.issubdtype(
-            s.dtype, jnp.floating) else s, shape)
+  shape = cast_floats(shape, frozen_param_dtype(config))
   return (lambda p, x: bb.apply({"params": p}, x, train=False)[0]), shape
 
 

@@ -197,12 +197,8 @@ class _Program:
     model0 = groups[0].model
     self.bb_module = model0.backbone_module()(**model0.backbone_kwargs())
     self.depth = model0.depth()
-    param_dtype = build_lib.frozen_param_dtype(base)
-    if param_dtype is not None:
-      bb_shape = jax.tree.map(
-          lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype)
-          if jnp.issubdtype(s.dtype, jnp.floating) else s, bb_shape)
-    self.bb_shape = bb_shape
+    self.bb_shape = build_lib.cast_floats(
+        bb_shape, build_lib.frozen_param_dtype(base))
     self.feat_shape = jax.eval_shape(
         self.features, bb_shape,
         jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
@@ -415,10 +411,8 @@ def backbone_loader(config, pop: PopulationBuilt) -> Callable[[], Any]:
   def load():
     init_rng, _ = jax.random.split(jax.random.key(config.seed))
     bb = build_lib.load_backbone(init(init_rng), config)["backbone"]
-    if dtype is not None:
-      bb = jax.tree.map(lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(
-          jnp.asarray(x).dtype, jnp.floating) else x, bb)
-    return jax.device_put(bb, pop.state_sharding["params"]["backbone"])
+    return jax.device_put(build_lib.cast_floats(bb, dtype),
+                          pop.state_sharding["params"]["backbone"])
   return load
 
 
