@@ -329,7 +329,6 @@ def timed_steps(singles: Dict[str, Single], pop: Population, member,
   """One train step of every method and one population step, timed side by
   side (`bench.common.interleaved`: rotated order, same batch)."""
   from losa_jax.bench import common  # pylint: disable=g-import-not-at-top
-  from losa_jax.bench import harness  # pylint: disable=g-import-not-at-top
   batch = data.train[member.hparams["data_seed"]][0]
   fns = {name: harness.Stepper(
       lambda st, b, s=single, hp=single.hp(member): s.step(st, b, hp),

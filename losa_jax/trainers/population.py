@@ -175,8 +175,6 @@ def train(config, workdir: str) -> Dict[str, Any]:
   config_lib.validate(config)
   members_lib.validate(config.population, config)
   config = config_lib.with_defaults(config)
-  distributed.initialize(config.get("distributed"))
-  os.makedirs(workdir, exist_ok=True)
   members = members_lib.expand(config)
   if config.model.get("method", "losa") != "losa":
     return {"results": _sequential(config, workdir, members)}
