@@ -164,10 +164,11 @@ def make_batch(built, bsz: int, num_classes: int, seed: int = 0):
   from losa_jax.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   sh = sharding_lib.batch_sharding(built.mesh)
   shape = (bsz, *built.image_shape)
-  make = jax.jit(lambda k: {
-      "image": jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0),
-      "label": jax.random.randint(k, (bsz,), 0, num_classes, jnp.int32)},
-                 out_shardings=sh)
+  make = _maker(("batch", shape, num_classes, sh), lambda: jax.jit(
+      lambda k: {
+          "image": jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0),
+          "label": jax.random.randint(k, (bsz,), 0, num_classes, jnp.int32)},
+      out_shardings=sh))
   return make(jax.random.key(seed))
 
 

@@ -18,6 +18,7 @@ from losa_jax.bench.configs import make_config
 from losa_jax.bench import harness
 from losa_jax.bench.harness import Stepper
 from losa_jax.bench.sections_measured import built_for
+from losa_jax.bench.sections_measured import cached_batch
 from losa_jax.bench.sections_measured import cached_step_for
 from losa_jax.bench.sections_measured import timed_inputs
 
@@ -136,18 +137,19 @@ def section_side_backward(a) -> List[Dict[str, Any]]:
   backward and with autodiff of the folded forward in the same custom VJP,
   per a.variants at a.batch (bf16 taps; compile only)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   from losa_jax.models import side_fused as sf  # pylint: disable=g-import-not-at-top
   from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.variants:
     config = make_config(variant, "losa")
     b = built_for(config)
-    kw = b.model.backbone_kwargs()
-    tokens = (config.image_size // kw["patch_size"][0]) ** 2 + 1
-    feats = {"image": {"taps": jax.ShapeDtypeStruct(
-        (a.batch, kw["depth"], tokens, kw["width"]), jnp.bfloat16)},
-             "label": jax.ShapeDtypeStruct((a.batch,), jnp.int32)}
+    # The feature cache's batch (bf16 taps), shapes only.
+    feats = jax.eval_shape(
+        lambda bb, x: cached_batch(b, bb, x),
+        build.backbone_forward(config)[1],
+        steps.abstract_batch(a.batch, b.image_shape))
     for name, vjp in (("hand-written", (sf._scan_fwd, sf._scan_bwd)),
                       ("autodiff", _autodiff_vjp())):
       sf.side_scan.defvjp(*vjp)
