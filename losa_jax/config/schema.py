@@ -140,6 +140,12 @@ def _backbone_key(name: str, check=None, help_: str = "") -> Key:
   return Key(int if default is None else type(default), default, check, help_)
 
 
+# config.feature_cache's defaults, applied where the cache reads them
+# (losa_jax.feature_cache.options); here so that --help shows them.
+FEATURE_CACHE_DEFAULTS = dict(enabled=False, dir=None, dtype="bfloat16",
+                              memory_budget_mb=2048, storage="auto",
+                              batch_size=None)
+
 SCHEMA: Dict[str, Key] = {
     "seed": Key(int, 0, _int(0), "the init seed", member=True),
     # Members that differ in init seed but share data_seed share the backbone
@@ -241,9 +247,10 @@ SCHEMA: Dict[str, Key] = {
     "distributed": Key(dict, None, _call(distributed_lib.validate),
                        "multi-process launch (losa_jax.parallel.distributed):"
                        " None: from the environment"),
-    "feature_cache": Key(dict, None, None, "losa_jax.feature_cache.DEFAULTS"),
-    **{f"feature_cache.{k}": Key(object) for k in (
-        "enabled", "dir", "dtype", "memory_budget_mb", "storage")},
+    "feature_cache": Key(dict, None, None, "backbone features computed once "
+                         "per example (losa_jax.feature_cache)"),
+    **{f"feature_cache.{k}": Key(object if v is None else type(v), v)
+       for k, v in FEATURE_CACHE_DEFAULTS.items() if k != "batch_size"},
     "feature_cache.batch_size": Key(int, None, _int(optional=True)),
     "pp_modules": Key(object, None, None, "extra pp op modules to import "
                       "(family names or dotted paths)"),

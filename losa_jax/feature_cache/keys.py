@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 import jax
 import numpy as np
 
+from losa_jax.config import schema as config_lib
 from losa_jax.datasets import core
 from losa_jax.models import model as model_lib
 from losa_jax import pp as pp_lib
@@ -19,8 +20,7 @@ FORMAT_VERSION = 2
 COMPLETE = "COMPLETE"
 DTYPES = ("bfloat16", "float16", "float32")
 STORAGES = ("auto", "memory", "disk")
-DEFAULTS = dict(enabled=False, dir=None, dtype="bfloat16",
-                memory_budget_mb=2048, storage="auto", batch_size=None)
+DEFAULTS = config_lib.FEATURE_CACHE_DEFAULTS
 
 class RandomPreprocessingError(ValueError):
   """The training pp is random, so backbone features differ every epoch."""
