@@ -190,6 +190,15 @@ def test_mixer_shapes():
   assert hid["token_1/mlp/down:out"].shape == (2, 32, 5)
 
 
+def test_token_width_zero_is_not_read_from_the_grid():
+  """CLS alone, left out of token mixing: a token MLP over 0 tokens."""
+  mixer = side_lib.Mixer(rank_channel=3, rank_token=5, num_prefix=1,
+                         token_mixer="exclude_cls")
+  spec = mixer.spec(1, 32)["token_1"]["mlp"]
+  assert spec["down"]["kernel"][0] == (0, 5)
+  assert spec["up"]["kernel"][0] == (5, 0)
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(combine="mul"), "combine"), (dict(token_mixer="conv"), "token_mixer"),
     (dict(tap="qkv"), "tap"), (dict(ranks=3), "Unknown losa option"),
@@ -201,13 +210,16 @@ def test_bad_switch_is_named(bad, match):
     _init(model)
 
 
-def test_token_mixer_output_bias_is_a_null_direction_with_zero_gradient():
+@pytest.mark.parametrize("fused", [True, False])
+def test_token_mixer_output_bias_is_a_null_direction_with_zero_gradient(
+    fused):
   """The token MLP's output bias adds one value per token to every channel,
   and every reader of the side stream normalises each token over its
   channels: shifting it changes no logit (float32), so its exact gradient
-  is 0, which the fused backward returns (autodiff returns rounding noise,
-  which Adam would turn into drift)."""
-  config = tiny_config(losa=dict(dtype="float32", zero_init=False))
+  is 0, which both paths return (not rounding noise, which Adam would turn
+  into drift)."""
+  config = tiny_config(losa=dict(dtype="float32", zero_init=False,
+                                 fused=fused))
   model = build.model_from_config(config)
   params = _randomize(_init(model), "head/")
   name = "side/layers/mixer/token_1/mlp/up/bias"

@@ -25,6 +25,7 @@ layers (a_i, and z_i where the backward keeps it); inside a mixer the math
 is float32 on float32 params, on both paths. The head's input
 LN_out(sg(b_L) + a_L) is float32.
 """
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -160,8 +161,8 @@ class Mixer(nn.Module):
                 else nn.initializers.normal(stddev=1e-3))
     spec = {}
     for j, (kind, rank) in enumerate(self.branches()):
-      width = {"channel": d, "token": n - self.prefix(kind)}.get(kind) or (
-          dict(zip(("time", "space"), self.grid))[kind])
+      width = {"channel": d, "token": n - self.prefix(kind),
+               **dict(zip(("time", "space"), self.grid or ()))}[kind]
       mlp = {"up": _dense_spec(rank or width, width, out_init)}
       if rank is not None:
         mlp = {"down": _dense_spec(width, rank, nn.initializers.lecun_normal()),
@@ -172,14 +173,15 @@ class Mixer(nn.Module):
     return spec
 
   def fn(self) -> Callable:
-    """(params, z) -> delta, the implementation the options pick."""
-    if self.uses_fused_vjp():
-      return fused_mixer
-    return lambda params, z: reference_mixer(self, params, z)
+    """(params, z) -> delta, the implementation the options pick, on z
+    promoted to at least float32."""
+    impl = fused_mixer if self.uses_fused_vjp() else functools.partial(
+        reference_mixer, self)
+    return lambda params, z: impl(params, z.astype(
+        jnp.promote_types(z.dtype, jnp.float32)))
 
   @nn.compact
   def __call__(self, z):
-    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
     return self.fn()(_declare(self, self.spec(*z.shape[1:])), z)
 
 
@@ -265,6 +267,24 @@ class _LayerParams(nn.Module):
     return carry, _declare(self, spec)
 
 
+def _stop_token_biases(tree):
+  """The mixer params with every token MLP's up bias stop_gradient'ed.
+
+  That bias adds one value per token to every channel; where each reader of
+  its output normalises tokens over channels (the mixers' LayerNorms, the
+  output norm; a "concat" combine does not), its exact gradient is 0, and
+  autodiff's float32 noise would become lr-sized Adam steps
+  (docs/side_fused.md, "The token MLP's output bias").
+  """
+  def stop(name, branch):
+    if name.startswith("channel"):
+      return branch
+    up = {**branch["mlp"]["up"],
+          "bias": lax.stop_gradient(branch["mlp"]["up"]["bias"])}
+    return {**branch, "mlp": {**branch["mlp"], "up": up}}
+  return {k: stop(k, v) for k, v in tree.items()}
+
+
 class SideNetwork(nn.Module):
   """Runs the mixers over the taps and returns the head's token features.
 
@@ -307,6 +327,9 @@ class SideNetwork(nn.Module):
     _, layers = nn.scan(_LayerParams, in_axes=(), length=n_layers, **scan_kw)(
         self.mixer, self.combine, final.shape[1:], name="layers")(
             jnp.zeros(()))
+    if mixer.norms == "post" or (mixer.norms == "pre"
+                                 and self.combine != "concat"):
+      layers = {**layers, "mixer": _stop_token_biases(layers["mixer"])}
     if mixer.uses_fused_vjp() and (self.combine, self.state) == (
         "add", "delta") and not self.share_weights:
       carry = side_fused.side_scan(fused_params(layers["mixer"]), taps,
@@ -324,8 +347,7 @@ class SideNetwork(nn.Module):
     else:
       z = _dense(p["combine"], jnp.concatenate([b, a], -1).astype(
           jnp.float32), _no_site, "combine").astype(a.dtype)
-    y = mixer.fn()(p["mixer"], z.astype(jnp.promote_types(z.dtype,
-                                                           jnp.float32)))
+    y = mixer.fn()(p["mixer"], z)
     new = a + y if self.state == "delta" else z + y
     return new.astype(a.dtype)
 
@@ -335,12 +357,9 @@ class SideNetwork(nn.Module):
       p, i = xs
       b = lax.dynamic_index_in_dim(taps, i, layer_axis, keepdims=False)
       return self._layer(mixer, p, a, b.astype(a.dtype)), None
-    if self.remat:
-      # The fused mixer keeps only z and low-rank activations for its
-      # backward, what remat would keep (the carry): nothing is replayed.
-      body = jax.checkpoint(body, prevent_cse=False, policy=(
-          jax.checkpoint_policies.everything_saveable
-          if mixer.uses_fused_vjp() else None))
+    if self.remat and not mixer.uses_fused_vjp():
+      # The fused mixer already keeps only z and low-rank activations.
+      body = jax.checkpoint(body, prevent_cse=False)
     n_layers = taps.shape[layer_axis]
     carry, _ = lax.scan(body, jnp.zeros(final.shape, dtype),
                         (layers, jnp.arange(n_layers)))
