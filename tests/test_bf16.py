@@ -30,6 +30,7 @@ from losa_jax.assembly import steps
 from losa_jax.utils import tree as tree_lib
 from losa_jax.bench import common
 from losa_jax.bench import configs
+from losa_jax.models import layouts
 from losa_jax.models import porting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +120,7 @@ def test_scanned_losa_equals_unrolled():
                      total_steps=10)
   state = loop.init(jax.random.key(0))
   params = jax.device_get(state["params"])
-  scanned = dict(params, backbone=porting.loop_to_scan(params["backbone"]))
+  scanned = dict(params, backbone=layouts.loop_to_scan(params["backbone"]))
   s_state = scan.init(jax.random.key(0))
   s_state["params"] = jax.device_put(scanned)
   batch = _batch(seed=1)

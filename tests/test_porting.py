@@ -14,6 +14,7 @@ import scipy.ndimage
 
 from losa_jax.utils import npz
 from losa_jax.models import model as model_lib
+from losa_jax.models import layouts
 from losa_jax.models import porting
 
 try:
@@ -169,12 +170,12 @@ def test_scan_checkpoint_into_loop_model_and_back(tmp_path, loop_model,
   scan_init = h.random_params(scan_model, seed=9)
   back = porting.load(scan_init, tmp_path / "loop.npz", {"scan": True})
   _assert_trees_equal(back, scan_ckpt)
-  _assert_trees_equal(porting.loop_to_scan(porting.scan_to_loop(scan_ckpt)),
+  _assert_trees_equal(layouts.loop_to_scan(layouts.scan_to_loop(scan_ckpt)),
                       scan_ckpt)
   with pytest.raises(ValueError, match="model_cfg\\['scan'\\]=True"):
     porting.load(loop_init, tmp_path / "loop.npz", {"scan": True})
   with pytest.raises(ValueError, match="3 stacked encoder blocks"):
-    stacked3 = porting.loop_to_scan(npz.unflatten({
+    stacked3 = layouts.loop_to_scan(npz.unflatten({
         **npz.flatten(as_loop),
         **{k.replace("encoderblock_1", "encoderblock_2"): v
            for k, v in npz.flatten(as_loop).items() if "encoderblock_1" in k}
@@ -239,7 +240,7 @@ def test_fix_old_checkpoints_renaming_rules():
   # 12 blocks: natural order keeps encoderblock_10 after encoderblock_9.
   tree = {"Transformer": {f"encoderblock_{i}": dict(old_block, tag=np.full(
       1, i)) for i in range(12)}}
-  fixed = porting.fix_old_checkpoints(tree)
+  fixed = layouts.fix_old_checkpoints(tree)
   blk = fixed["Transformer"]["encoderblock_10"]
   assert sorted(blk) == ["LayerNorm_0", "LayerNorm_1", "MlpBlock_0",
                          "MultiHeadDotProductAttention_0", "tag"]
@@ -250,18 +251,18 @@ def test_fix_old_checkpoints_renaming_rules():
   new = {"Transformer": {"encoderblock_0": {"LayerNorm_0": leaf,
                                             "LayerNorm_1": leaf}},
          "pos_embedding": np.zeros((1, 4, 2))}
-  assert porting.fix_old_checkpoints(new)["Transformer"] == new["Transformer"]
-  assert porting.fix_old_checkpoints(new)["pos_embedding"].shape == (1, 4, 2)
+  assert layouts.fix_old_checkpoints(new)["Transformer"] == new["Transformer"]
+  assert layouts.fix_old_checkpoints(new)["pos_embedding"].shape == (1, 4, 2)
   # A top-level posemb already of the model's length (2x5 grid) keeps its
   # first row even though 10 = 3*3 + 1.
   odd = {"pos_embedding": np.zeros((1, 10, 2)), "cls": np.zeros((1, 1, 2))}
-  assert porting.fix_old_checkpoints(odd, expected_posemb_len=10)[
+  assert layouts.fix_old_checkpoints(odd, expected_posemb_len=10)[
       "pos_embedding"].shape == (1, 10, 2)
-  assert porting.fix_old_checkpoints(odd)["pos_embedding"].shape == (1, 9, 2)
+  assert layouts.fix_old_checkpoints(odd)["pos_embedding"].shape == (1, 9, 2)
   # An old-location posemb always had the cls slot, whatever the model wants.
   moved = {"Transformer": {"posembed_input": {
       "pos_embedding": np.ones((1, 10, 2))}}, "cls": np.ones((1, 1, 2))}
-  fixed = porting.fix_old_checkpoints(moved, expected_posemb_len=10)
+  fixed = layouts.fix_old_checkpoints(moved, expected_posemb_len=10)
   assert fixed["pos_embedding"].shape == (1, 9, 2)
   np.testing.assert_array_equal(fixed["cls"], 2.0)
   assert "Transformer" not in fixed  # emptied containers are pruned
@@ -283,7 +284,7 @@ def test_inlined_map_head_is_regrouped(loop_init):
 def test_resample_square_matches_scipy_zoom():
   old = np.random.default_rng(0).standard_normal((1, 16, D)).astype(
       np.float32)
-  new = porting.resample_posemb(old, (6, 6))
+  new = layouts.resample_posemb(old, (6, 6))
   assert new.shape == (1, 36, D) and new.dtype == np.float32
   want = scipy.ndimage.zoom(old.reshape(4, 4, D), (1.5, 1.5, 1), order=1)
   np.testing.assert_array_equal(new, want.reshape(1, 36, D))
@@ -291,8 +292,8 @@ def test_resample_square_matches_scipy_zoom():
   for (i, j), (oi, oj) in zip([(0, 0), (0, 5), (5, 0), (5, 5)],
                               [(0, 0), (0, 3), (3, 0), (3, 3)]):
     np.testing.assert_array_equal(grid[i, j], old_grid[oi, oj])
-  assert porting.resample_posemb(old, 4) is old
-  bf = porting.resample_posemb(old.astype(ml_dtypes.bfloat16), (6, 6))
+  assert layouts.resample_posemb(old, 4) is old
+  bf = layouts.resample_posemb(old.astype(ml_dtypes.bfloat16), (6, 6))
   assert bf.dtype == ml_dtypes.bfloat16
 
 
@@ -321,12 +322,12 @@ def test_resample_non_square(tmp_path, ckpt):
   # ... and back from the non-square checkpoint, given its grid.
   npz.save_npz(loaded, tmp_path / "wide.npz")
   with pytest.raises(ValueError, match="old_grid=\\(h, w\\)"):
-    porting.resample_posemb(pe, (4, 4))
+    layouts.resample_posemb(pe, (4, 4))
   back = porting.load(h.random_params(h.tiny_vit()), tmp_path / "wide.npz",
                       ckpt_posemb_grid=(4, 6))
   np.testing.assert_allclose(
       back["pos_embedding"],
-      porting.resample_posemb(pe, (4, 4), old_grid=(4, 6)))
+      layouts.resample_posemb(pe, (4, 4), old_grid=(4, 6)))
   # Same token count, transposed grid: resampled because the grids differ.
   tall = porting.load(h.random_params(h.tiny_vit(), hw=(48, 32)), tmp_path /
                       "wide.npz", posemb_grid=(6, 4), ckpt_posemb_grid=(4, 6))

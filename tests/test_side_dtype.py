@@ -86,10 +86,10 @@ def test_bf16_taps_are_the_rounded_float32_taps():
                                                            (2, 5, 8))}
          for i in range(3)}
   enc["pre_ln"] = enc["block02"]["+mlp"]
-  kw = dict(tap="block", tap_every=1, depth=3)
-  t16, _ = jax.jit(lambda e: model_lib.taps_from_encoder(
-      e, dtype="bfloat16", **kw))(enc)
-  t32, final = model_lib.taps_from_encoder(enc, dtype="float32", **kw)
+  t16 = jax.jit(lambda e: model_lib.backbone_features(
+      e, ("block", 1, "bfloat16"), depth=3)["taps"])(enc)
+  out = model_lib.backbone_features(enc, ("block", 1, "float32"), depth=3)
+  t32, final = out["taps"], out["final"]
   assert t16.dtype == jnp.bfloat16 and final.dtype == jnp.float32
   np.testing.assert_array_equal(t16, t32.astype(jnp.bfloat16))
 

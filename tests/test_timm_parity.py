@@ -9,6 +9,7 @@ import pytest
 import scipy.ndimage
 
 from losa_jax.utils import npz
+from losa_jax.models import layouts
 from losa_jax.models import porting
 
 try:
@@ -71,7 +72,7 @@ def test_logits_match_timm(tmp_path, ckpt, layout):
   model = h.tiny_vit()
   tree, no_embed_class = ckpt, True
   if layout == "big_vision_scan":
-    tree = porting.loop_to_scan(ckpt)
+    tree = layouts.loop_to_scan(ckpt)
   elif layout.startswith("old"):
     # timm reads the 2020 layout from Transformer/posembed_input (cls slot).
     tree = h.to_old_naming(ckpt, posemb_at="posembed_input",

@@ -9,6 +9,7 @@ import pytest
 from losa_jax.utils import npz as npz_lib
 from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
+from losa_jax.models import layouts
 from losa_jax.models import porting
 from losa_jax.models import vit
 from losa_jax.models import vivit
@@ -111,7 +112,7 @@ def test_posemb_resampled_spatially_then_tiled_time_major():
       img, dict(TINY, pool_type="tok"), clip_shape=(4, 48, 48))   # 6x6
   pe = vparams["pos_embedding"]
   assert pe.shape == (1, 2 * 36, 32)
-  want = porting.resample_posemb(np.asarray(img["pos_embedding"]), (6, 6))
+  want = layouts.resample_posemb(np.asarray(img["pos_embedding"]), (6, 6))
   for t in range(2):
     np.testing.assert_array_equal(pe[:, t * 36:(t + 1) * 36], want)
   np.testing.assert_array_equal(vparams["cls"], img["cls"])

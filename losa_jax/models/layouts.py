@@ -54,13 +54,6 @@ def listing(names: Sequence[str]) -> str:
   return f"[{shown}]"
 
 
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-  # Works for dicts, ml_collections.ConfigDict and None.
-  if cfg is None:
-    return default
-  return cfg.get(key, default)
-
-
 def shape(x: Any) -> Tuple[int, ...]:
   return tuple(int(d) for d in np.shape(x))
 

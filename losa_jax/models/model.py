@@ -196,43 +196,6 @@ def _stack_bf16(xs):
   return side_fused.from_words(words)
 
 
-def taps_from_encoder(encoder_out, *, tap: str, tap_every: int, depth: int,
-                      encoder_norm=None, dtype="float32"):
-  """The side network's inputs from one backbone forward's encoder outputs
-  (the arrays of `backbone_features`, which callers use).
-
-  Args:
-    encoder_out: `out["encoder"]` of the backbone (per-block "+sa"/"+mlp"
-      [B, N, D], stacked [L, B, N, D] when scanned, and "pre_ln" [B, N, D]).
-    tap, tap_every: the LoSA options of that name.
-    depth: the backbone's number of blocks.
-    encoder_norm: the frozen `encoder_norm` params (tap="block_ln" only).
-    dtype: of the stacked taps (the LoSA option `dtype`): with "bfloat16" no
-      float32 copy of [L', B, N, D] is made.
-
-  Returns:
-    (taps [L', B, N, D] in `dtype`, final [B, N, D] float32), constants
-    (stop_gradient: the side network only ever sees constants). Populations
-    call it, through `backbone_features`, once per `tap_key`.
-  """
-  idx = side_lib.tap_indices(depth, tap_every)
-  key = "+sa" if tap == "attn" else "+mlp"
-  if "stacked" in encoder_out:     # scanned backbone: already [L, B, N, D]
-    taps = encoder_out["stacked"][key]
-    if len(idx) != depth:
-      taps = taps[jnp.asarray(idx)]
-  elif tap != "block_ln" and jnp.dtype(dtype) == jnp.bfloat16:
-    taps = _stack_bf16([jax.lax.stop_gradient(encoder_out[f"block{i:02d}"][key])
-                        for i in idx])
-  else:
-    taps = jnp.stack([encoder_out[f"block{i:02d}"][key] for i in idx])
-  if tap == "block_ln":
-    taps = nn.LayerNorm().apply({"params": encoder_norm}, taps)
-  taps = jax.lax.stop_gradient(taps).astype(jnp.dtype(dtype))
-  final = side_lib.as_float32(jax.lax.stop_gradient(encoder_out["pre_ln"]))
-  return taps, final
-
-
 TapKey = Tuple[str, int, str]
 
 
@@ -249,7 +212,7 @@ def tap_key(losa: Optional[dict]) -> TapKey:
 
 
 def backbone_features(encoder_out, key: TapKey, *, depth: int,
-                      backbone_params) -> Dict[str, Any]:
+                      backbone_params=None) -> Dict[str, Any]:
   """The side network's inputs from one backbone forward: the one function
   that `Model`, populations, multi-task serving, export and the feature cache
   use, so that every path stores the same taps in the same dtype.
@@ -257,23 +220,34 @@ def backbone_features(encoder_out, key: TapKey, *, depth: int,
   Args:
     encoder_out: `out["encoder"]` of the backbone (per-block "+sa"/"+mlp"
       [B, N, D], stacked [L, B, N, D] when scanned, and "pre_ln" [B, N, D]).
-    key: `tap_key(losa options)`.
+    key: `tap_key(losa options)`; with dtype "bfloat16" no float32 copy of
+      [L', B, N, D] is made.
     depth: the backbone's number of blocks.
     backbone_params: the frozen backbone params (its `encoder_norm` is read
-      for tap="block_ln").
+      for tap="block_ln" only).
 
   Returns:
     {"taps": [L', B, N, D] in the key's dtype, "final": [B, N, D] float32},
     constants (stop_gradient'ed).
   """
   tap, tap_every, dtype = key
-  enc_norm = None
+  idx = side_lib.tap_indices(depth, tap_every)
+  out = "+sa" if tap == "attn" else "+mlp"
+  if "stacked" in encoder_out:     # scanned backbone: already [L, B, N, D]
+    taps = encoder_out["stacked"][out]
+    if len(idx) != depth:
+      taps = taps[jnp.asarray(idx)]
+  elif tap != "block_ln" and jnp.dtype(dtype) == jnp.bfloat16:
+    taps = _stack_bf16([jax.lax.stop_gradient(encoder_out[f"block{i:02d}"][out])
+                        for i in idx])
+  else:
+    taps = jnp.stack([encoder_out[f"block{i:02d}"][out] for i in idx])
   if tap == "block_ln":
-    enc_norm = jax.lax.stop_gradient(
-        backbone_params["Transformer"]["encoder_norm"])
-  taps, final = taps_from_encoder(encoder_out, tap=tap, tap_every=tap_every,
-                                  depth=depth, encoder_norm=enc_norm,
-                                  dtype=dtype)
+    enc_norm = backbone_params["Transformer"]["encoder_norm"]
+    taps = nn.LayerNorm().apply({"params": jax.lax.stop_gradient(enc_norm)},
+                                taps)
+  taps = jax.lax.stop_gradient(taps).astype(jnp.dtype(dtype))
+  final = side_lib.as_float32(jax.lax.stop_gradient(encoder_out["pre_ln"]))
   return {"taps": taps, "final": final}
 
 
@@ -353,7 +327,9 @@ class Model(nn.Module):
     pre_logits, out = backbone(images, train=bb_train)
     if self.method != "losa":
       return self._head(pre_logits, out)
-    out["taps"], out["final"] = self._taps(out)
+    out.update(backbone_features(out["encoder"], self.tap_key(),
+                                 depth=self.depth(),
+                                 backbone_params=self._backbone_params()))
     if taps_only:
       return {"taps": out["taps"], "final": out["final"]}
     return self._head(self._losa(out), out)
@@ -366,9 +342,6 @@ class Model(nn.Module):
     return logits, out
 
   # --- LoSA -----------------------------------------------------------------
-
-  def _cfg(self):
-    return losa_options(self.losa, "losa")
 
   def _backbone_params(self):
     # Read from this module's scope so it also works when the backbone was
@@ -387,16 +360,8 @@ class Model(nn.Module):
     """The backbone's number of blocks."""
     return self.backbone_kwargs().get("depth", 12)
 
-  def _taps(self, out):
-    """Backbone outputs -> (taps [L', B, N, D] in the LoSA dtype,
-    final [B, N, D] float32)."""
-    feats = backbone_features(out["encoder"], self.tap_key(),
-                              depth=self.depth(),
-                              backbone_params=self._backbone_params())
-    return feats["taps"], feats["final"]
-
   def _losa(self, out):
-    cfg = self._cfg()
+    cfg = losa_options(self.losa, "losa")
     bb_kw = self.backbone_kwargs()
     pool_type = bb_kw.get("pool_type", "gap")
     frozen_ln = self._frozen_ln()
@@ -450,16 +415,13 @@ class Model(nn.Module):
       x = f[:, 0]
     elif pool == "gap":
       x = jnp.mean(f[:, prefix:], axis=1)
-    elif pool == "map":
+    else:                  # "map" (losa_options checked the choice)
       if f.shape[-1] != bb_kw["width"]:
         raise ValueError("LoSA pool='map' uses the frozen MAP head, which "
                          "needs head_input 'sum' or 'side'.")
       x = vit.MAPHead(num_heads=bb_kw.get("num_heads", 12),
                       mlp_dim=bb_kw.get("mlp_dim")).apply(
                           {"params": bb_params["MAPHead_0"]}, f)
-    else:
-      raise ValueError(f"LoSA option pool={pool!r}: use 'auto', 'tok', 'gap'"
-                       " or 'map'.")
     if "pre_logits" in bb_params:
       # The backbone's frozen pre-logits, on each width-D part of the pooled
       # features: head_input="concat" pools [LN(b_L), LN_out(a_L)], and its

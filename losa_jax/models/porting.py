@@ -2,21 +2,13 @@
 # Licensed under the Apache License, Version 2.0.
 """Loads big_vision / vision_transformer ViT checkpoints into losa_jax params.
 
-Equivalent to big_vision's `vit.load`, with stricter checks:
-
-    params = vit_model.init(rng, images)["params"]
-    params = porting.load(params, "/ckpts/ViT-B_16.npz", model_cfg,
-                          dont_load=["head/.*"])
-
-    params = adapt_model.init(rng, images)["params"]      # backbone/side/head
-    params = porting.load_into_model(params, "/ckpts/vit.npz", backbone_cfg)
-
-The pipeline is: read the npz (`losa_jax.utils.npz.load_npz`, which resolves the
-`params/` / `opt/target/` prefixes and `:img` sub-keys) -> rename the older
-vision_transformer naming (`fix_old_checkpoints`) -> convert between the
-scanned and python-loop block layouts -> drop `pre_logits` if the model has
-none -> resample `pos_embedding` to the model's patch grid -> merge into the
-init params, checking that names and shapes agree exactly.
+Equivalent to big_vision's `vit.load`, with stricter checks: `load` fills a
+bare `vit.Model`'s params, `load_into_model` an adaptation model's
+{"backbone", "side", "head"}. The pipeline: read the npz (`npz.load_npz`)
+-> rename older layouts (`layouts.fix_old_checkpoints`) -> convert between
+the scanned and python-loop block layouts -> drop `pre_logits` if the model
+has none -> resample `pos_embedding` to the model's patch grid -> merge into
+the init params, checking that names and shapes agree exactly.
 """
 import collections.abc
 import re
@@ -29,11 +21,6 @@ import numpy as np
 from losa_jax.models import layouts
 from losa_jax.models import vit
 from losa_jax.utils import npz as npz_lib
-# Public here too: porting is where users look for them.
-from losa_jax.models.layouts import fix_old_checkpoints
-from losa_jax.models.layouts import loop_to_scan
-from losa_jax.models.layouts import resample_posemb
-from losa_jax.models.layouts import scan_to_loop
 
 Tree = Mapping[str, Any]
 
@@ -45,8 +32,9 @@ _DROPPABLE = (r"pre_logits/.*", r"head/.*")
 
 
 
-def _read(path_or_tree: Any) -> Tuple[Dict[str, Any], str]:
-  """(checkpoint tree, a name for messages)."""
+def read_checkpoint(path_or_tree: Any) -> Tuple[Dict[str, Any], str]:
+  """(checkpoint tree, a name for messages) of an npz path or a tree (its
+  dict structure copied, leaves shared)."""
   if isinstance(path_or_tree, collections.abc.Mapping):
     return layouts.copy_tree(path_or_tree), "the given param tree"
   source = str(path_or_tree)
@@ -81,20 +69,20 @@ def _prepare(init_flat: Mapping[str, Any], path_or_tree: Any, model_cfg: Any,
       k.startswith("embedding/") for k in init_flat):
     raise ValueError("init_params has a top-level 'params' collection: pass "
                      "variables['params'], not the whole variables dict.")
-  tree, source = _read(path_or_tree)
+  tree, source = read_checkpoint(path_or_tree)
   init_pe = init_flat.get("pos_embedding")
-  tree = fix_old_checkpoints(
+  tree = layouts.fix_old_checkpoints(
       tree, expected_posemb_len=None if init_pe is None else
       layouts.shape(init_pe)[1])
 
   scan = _is_scan(init_flat)
-  cfg_scan = layouts.cfg_get(model_cfg, "scan")
+  cfg_scan = None if model_cfg is None else model_cfg.get("scan")
   if cfg_scan is not None and bool(cfg_scan) != scan:
     raise ValueError(f"model_cfg['scan']={cfg_scan} but init_params are in "
                      f"the {'scanned' if scan else 'python-loop'} layout: "
                      "initialise the model from the same config.")
-  tree = (loop_to_scan(tree) if scan else
-          scan_to_loop(tree, _depth(init_flat)))
+  tree = (layouts.loop_to_scan(tree) if scan else
+          layouts.scan_to_loop(tree, _depth(init_flat)))
 
   if "pre_logits" in tree and not any(
       k.startswith("pre_logits/") for k in init_flat):
@@ -111,7 +99,7 @@ def _prepare(init_flat: Mapping[str, Any], path_or_tree: Any, model_cfg: Any,
       new_grid = (layouts.as_grid(posemb_grid) if posemb_grid is not None else
                   layouts.square_grid(n_new, "the model posemb",
                                "pass posemb_grid=(h, w) of the model"))
-      tree["pos_embedding"] = resample_posemb(pe, new_grid, ckpt_posemb_grid)
+      tree["pos_embedding"] = layouts.resample_posemb(pe, new_grid, ckpt_posemb_grid)
   return tree, source
 
 
@@ -130,19 +118,12 @@ def _compile(patterns: Union[str, Iterable[str]], what: str) -> list:
 def _merge(init_flat: Mapping[str, Any], ckpt_flat: Mapping[str, Any],
            dont_load: Iterable[str], optional: Iterable[str],
            droppable: Iterable[str], source: str) -> Dict[str, Any]:
-  """Flat merge: model names from the checkpoint, with strict checks.
-
-  Args:
-    init_flat: the model's params by flat name (values or ShapeDtypeStructs).
-    ckpt_flat: checkpoint params by flat name.
-    dont_load: regexes (full match) of names kept from init / ignored.
-    optional: regexes of model names loaded when the checkpoint has them,
-      else kept from init (model-only params like LoRA).
-    droppable: regexes of checkpoint names the model may lack.
-    source: checkpoint name for messages.
-
-  Returns:
-    {name: array} for every name of `init_flat`, cast to the init dtype.
+  """{name: array} for every name of `init_flat` (the model's params by flat
+  name, values or ShapeDtypeStructs), from `ckpt_flat` cast to the init
+  dtype, with strict checks. Regexes (full match): `dont_load`, names kept
+  from init / ignored; `optional`, model names kept from init when the
+  checkpoint lacks them (LoRA); `droppable`, checkpoint names the model may
+  lack. `source` names the checkpoint in messages.
   """
   dont_load = _compile(dont_load, "dont_load")
   optional = [re.compile(p) for p in optional]
@@ -253,26 +234,15 @@ def load_into_model(params: Tree, path: Any, backbone_cfg: Any = None,
                     posemb_grid: Optional[Sequence[int]] = None,
                     ckpt_posemb_grid: Optional[Sequence[int]] = None
                     ) -> Dict[str, Any]:
-  """Loads a ViT checkpoint into an adaptation model's `{"backbone", ...}`.
+  """`load` for an adaptation model's params (a new dict).
 
-  `params["backbone"]` gets the checkpoint ViT (without its head) under the
-  same checks as `load`. LoRA / adapter leaves (`model_only_patterns()`) are
-  model-only: taken from the checkpoint if it has them (a re-loaded export),
-  else kept from init. The checkpoint's `head` replaces `params["head"]` only
-  if every head shape matches and no head param is dont_load'ed; otherwise the
-  init head is kept. Everything outside `backbone`/`head` (e.g. `side`) is
-  kept from init.
-
-  Args:
-    params: the model's initial params, with a `backbone` sub-tree.
-    path: npz path (`path.npz[:subkey]`), or an already-loaded ViT tree.
-    backbone_cfg: the backbone's `vit.Model` kwargs (for the `scan` check).
-    dont_load: regexes over checkpoint-side ViT names (`head/kernel`,
-      `Transformer/encoderblock_0/...`), not prefixed with `backbone/`.
-    posemb_grid, ckpt_posemb_grid: as in `load`.
-
-  Returns:
-    A new params dict.
+  `params["backbone"]` gets the checkpoint ViT (without its head); LoRA /
+  adapter leaves (`model_only_patterns()`) come from the checkpoint if it
+  has them (a re-loaded export), else from init. The checkpoint's `head`
+  replaces `params["head"]` only if every head shape matches and no head
+  param is dont_load'ed. Everything else (e.g. `side`) is kept from init.
+  `dont_load` regexes name checkpoint-side ViT params (`head/kernel`), not
+  prefixed with `backbone/`; the other arguments are `load`'s.
   """
   if "backbone" not in params:
     raise ValueError("load_into_model expects the adaptation model's params "

@@ -14,16 +14,11 @@ and the token MLP's [B, D, r_t] (for video, [B, T, D, r_s] spatial and
 [B, S, D, r_t] temporal). With `zero_init` every mixer output projection
 starts at zero, so a_i = 0 at step 0 and the model is a linear probe.
 
-The params are declared once, `Mixer.spec` (names, shapes, inits); the
-mixer is a pure function of (params, z) with two implementations, picked
-by the `fused` option: `reference_mixer` (plain math, autodiff, every
-structure) and `side_fused.mixer` (the default structure; hand-written
-backward derived in docs/side_fused.md). Init and apply run the same code.
-
-`dtype` is the storage dtype of the taps and of the side stream between
-layers (a_i, and z_i where the backward keeps it); inside a mixer the math
-is float32 on float32 params, on both paths. The head's input
-LN_out(sg(b_L) + a_L) is float32.
+`Mixer.spec` declares the params once; `fused` picks the implementation
+that init and apply both run: `reference_mixer` (autodiff, every structure)
+or `side_fused.mixer` (the default structure, hand-written backward).
+`dtype` stores the taps and the side stream between layers; mixer math and
+the head's input LN_out(sg(b_L) + a_L) are float32.
 """
 import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -107,7 +102,6 @@ class Mixer(nn.Module):
   returned delta is c + t, accumulated branch by branch so that zero branches
   give an exact zero. z may be stored in any float dtype; the math and the
   returned delta are float32 (float64 stays float64: the tests' reference).
-  `fused` picks the implementation (`fn`) where the structure has one.
   """
   rank_channel: int = 8
   rank_token: int = 8
@@ -297,14 +291,10 @@ class SideNetwork(nn.Module):
   for head_input="concat") and a = a_L [B, N, D].
 
   The params are stacked on a leading L' axis under side/layers/ (one
-  `nn.scan` declares them, like big_vision's scanned encoder); the options
-  are checked by `model.losa_options`. The default structure (a fused
-  mixer, combine "add", state "delta", unshared weights) runs
-  `side_fused.side_scan`: one hand-written backward for the whole network,
-  keeping one [L', B, N, D] stack of z_i and low-rank activations,
-  replaying nothing. Every other structure runs
-  `_scan` with autodiff, each layer rematerialised when `remat` (the
-  backward keeps each layer's input carry [B, N, D]).
+  `nn.scan` declares them); `model.losa_options` checks the options. The
+  default structure (a fused mixer, combine "add", state "delta", unshared
+  weights) runs `side_fused.side_scan`; every other one runs `_scan` with
+  autodiff, each layer rematerialised when `remat`.
   """
   mixer: dict
   combine: str = "add"

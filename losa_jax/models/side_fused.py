@@ -12,16 +12,13 @@ z [B, N, D] and the params of `Params`:
 
 Neither LN(z), u nor c is formed: the LayerNorms are folded into the
 low-rank products, forward and backward, so every full-size [B, N, D]
-tensor is touched only by a rank-r product or one elementwise pass. The
-derivation, each equation with the variable that holds it, the precision
-argument and the measured cost against autodiff are in docs/side_fused.md.
-Gradients equal autodiff's within float32 rounding
-(tests/test_side_fused.py), and the float64 bounds of docs/method.md,
-"Precision of the default path", hold (tests/test_side_grads.py).
+tensor is touched only by a rank-r product or one elementwise pass
+(derivation and precision argument: docs/side_fused.md).
 """
 import collections
 import contextlib
 import functools
+import itertools
 from typing import Optional, Sequence
 
 import jax
@@ -47,11 +44,7 @@ Residuals = collections.namedtuple("Residuals", "m1 i1 z_proj m2 i2 wx2")
 def _split(x, sizes: Sequence[int], axis: int = -1):
   """x cut along `axis` into consecutive parts of these sizes (the parts of
   one concatenated product)."""
-  bounds, at = [], 0
-  for size in sizes[:-1]:
-    at += size
-    bounds.append(at)
-  return jnp.split(x, bounds, axis)
+  return jnp.split(x, list(itertools.accumulate(sizes[:-1])), axis)
 
 
 def _row_sums(x):

@@ -2,23 +2,18 @@
 # Licensed under the Apache License, Version 2.0.
 """Float64 references of the side network and first-order rounding bounds.
 
-Used by tests/test_side_grads.py and the device check
-(`losa_jax.bench.accelerator_check.compare_precision`), so that both hold
-the library to one bound.
+One bound for tests/test_side_grads.py and the device check
+(`losa_jax.bench.accelerator_check.compare_precision`). The reference is
+autodiff of `side.reference_mixer` in float64; a rounding at a "site" x is
+x (1 + d), |d| <= u, forward and on the cotangent through x, so per
+gradient entry
 
-The reference is autodiff of `side.reference_mixer` in float64. A
-rounding at a "site" x (a value the float32 library rounds: every Dense's
-input and output and every param of each mixer, each z_i, delta, a_i, and
-the head's input and output) is x (1 + d), |d| <= u, forward and on the
-cotangent through x; to first order the gradient moves by d |dg/de|,
-computed exactly by reverse mode through the reference's own backward:
+    bound = SLACK * sum_s u_s |dg/de_s|
 
-    bound = SLACK * sum_s u_s |dg/de_s|          (per gradient entry)
-
-with SLACK = 2 for second-order terms and fused products of several
-sites; many independent roundings (bf16 stores) may instead be bounded in
-probability (`storage_bound`). Derivation and measured ratios:
-docs/method.md, "Precision of the default path".
+with dg/de by reverse mode through the reference's own backward; many
+independent roundings (bf16 stores) may instead be bounded in probability
+(`storage_bound`). Derivation: docs/method.md, "Precision of the default
+path".
 """
 import re
 from typing import Any, Callable, Dict, Optional, Tuple

@@ -198,22 +198,22 @@ class Adapter(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Peft:
-  """What LoRA and adapters add inside the blocks (nothing by default).
-
-  One hashable value, so the block and the encoder carry the PEFT switches
-  as a single field instead of repeating them.
-  """
+  """What LoRA and adapters add inside the blocks (nothing by default): one
+  hashable field for the block, the encoder and their projections."""
   lora_rank: int = 0
   lora_targets: Tuple[str, ...] = ()
   lora_alpha: Optional[float] = None
   adapter_dim: int = 0
   adapter_placement: str = "mlp"
 
-  @property
-  def lora(self) -> dict:
-    """The LoRA kwargs of MultiHeadAttention / MlpBlock."""
-    return dict(lora_rank=self.lora_rank, lora_targets=self.lora_targets,
-                lora_alpha=self.lora_alpha)
+  def lora(self, name: str, x, y, features: Tuple[int, ...], in_axes=1):
+    """y plus the LoRA delta of projection `name` (x -> y) if it is a target
+    (call inside the projecting module's compact method)."""
+    if not self.lora_rank or name not in self.lora_targets:
+      return y
+    return y + LoRA(self.lora_rank, features, in_axes=in_axes,
+                    alpha=self.lora_alpha, name=f"{name}_lora")(
+                        x.astype(y.dtype))
 
 
 class MultiHeadAttention(nn.Module):
@@ -221,9 +221,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   dtype_mm: Any = "float32"
   kernel_init: Any = nn.initializers.xavier_uniform()
-  lora_rank: int = 0
-  lora_targets: Tuple[str, ...] = ()
-  lora_alpha: Optional[float] = None
+  peft: Peft = Peft()
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv):
@@ -235,12 +233,9 @@ class MultiHeadAttention(nn.Module):
     def proj(name, x, features, axis):
       y = nn.DenseGeneral(features=features, axis=axis, dtype=self.dtype_mm,
                           kernel_init=self.kernel_init, name=name)(x)
-      if self.lora_rank and name in self.lora_targets:
-        f = features if isinstance(features, tuple) else (features,)
-        y = y + LoRA(self.lora_rank, f, in_axes=len(axis) if isinstance(
-            axis, tuple) else 1, alpha=self.lora_alpha,
-                     name=f"{name}_lora")(x.astype(y.dtype))
-      return y
+      f = features if isinstance(features, tuple) else (features,)
+      return self.peft.lora(name, x, y, f, in_axes=len(axis) if isinstance(
+          axis, tuple) else 1)
 
     q = proj("query", inputs_q, (self.num_heads, hd), -1)
     k = proj("key", inputs_kv, (self.num_heads, hd), -1)
@@ -254,9 +249,7 @@ class MlpBlock(nn.Module):
   mlp_dim: Optional[int] = None
   dropout: float = 0.0
   dtype_mm: Any = "float32"
-  lora_rank: int = 0
-  lora_targets: Tuple[str, ...] = ()
-  lora_alpha: Optional[float] = None
+  peft: Peft = Peft()
 
   @nn.compact
   def __call__(self, x, deterministic=True):
@@ -266,10 +259,7 @@ class MlpBlock(nn.Module):
 
     def dense(name, x, features):
       y = nn.Dense(features, dtype=self.dtype_mm, name=name, **inits)(x)
-      if self.lora_rank and name in self.lora_targets:
-        y = y + LoRA(self.lora_rank, (features,), alpha=self.lora_alpha,
-                     name=f"{name}_lora")(x.astype(y.dtype))
-      return y
+      return self.peft.lora(name, x, y, (features,))
 
     x = dense("Dense_0", x, self.mlp_dim or 4 * d)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_mlp"))
@@ -289,13 +279,12 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic=True):
     out = {}
-    lora = self.peft.lora
     adapter_dim = self.peft.adapter_dim
     x = nn.with_logical_constraint(x, _ACT)
     y = nn.LayerNorm(name="LayerNorm_0")(x)
     y = out["sa"] = MultiHeadAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-        name="MultiHeadDotProductAttention_0", **lora)(y, y)
+        name="MultiHeadDotProductAttention_0", peft=self.peft)(y, y)
     y = nn.with_logical_constraint(y, _ACT)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     if adapter_dim and self.peft.adapter_placement == "both":
@@ -305,7 +294,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.LayerNorm(name="LayerNorm_1")(x)
     y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                               dtype_mm=self.dtype_mm, name="MlpBlock_0",
-                              **lora)(y, deterministic)
+                              peft=self.peft)(y, deterministic)
     y = nn.with_logical_constraint(y, _ACT)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     if adapter_dim:
@@ -414,11 +403,24 @@ class _Model(nn.Module):
 
   @nn.compact
   def __call__(self, image, *, train=False):
+    """image [B, H, W, 3] -> (logits [B, C] or pre-logits [B, D], out)."""
     if self.pool_type not in POOL_TYPES:
       raise ValueError(f"Unknown pool_type {self.pool_type!r}: use one of {POOL_TYPES}.")
     if self.adapter_placement not in ("mlp", "both"):
       raise ValueError(f"adapter_placement={self.adapter_placement!r}: use 'mlp' or 'both'.")
     out = {}
+    x, grid = self.embed(image, out)
+    if self.pool_type == "tok":
+      n, _, c = x.shape
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), x.dtype)
+      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+
+    x, out["encoder"] = self.encode(x, train=train)
+    return self.finish(x, out, grid)
+
+  def embed(self, image, out):
+    """The stem and posemb: (tokens [B, h * w, D], the patch grid (h, w))."""
     image = jnp.asarray(image, self.dtype_mm)
     x = out["stem"] = nn.Conv(self.width, tuple(self.patch_size),
                               strides=tuple(self.patch_size), padding="VALID",
@@ -428,13 +430,7 @@ class _Model(nn.Module):
     # Add posemb before the cls token, as big_vision does (no cls slot).
     x = out["with_posemb"] = x + get_posemb(self, self.posemb, (h, w), c,
                                              "pos_embedding", x.dtype)
-    if self.pool_type == "tok":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), x.dtype)
-      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
-    x = nn.Dropout(rate=self.dropout)(x, not train)
-
-    x, out["encoder"] = self.encode(x, train=train)
-    return self.finish(x, out, (h, w))
+    return x, (h, w)
 
   def encode(self, x, *, train=False):
     """The transformer ("Transformer"): [B, N, D] -> ([B, N, D], out)."""

@@ -25,18 +25,10 @@ Token order in every [B, N, D] tensor: optional CLS first, then the time-major
 n_t * n_s grid.
 
 `inflate_from_image` turns any image checkpoint that `porting` can load into
-params of this model (Scenic's filter inflation, implemented here from its
-description): central-frame or average-frame 3-D kernels, position
-embeddings resampled to the new patch grid and tiled over time.
-
-To write an inflated big_vision-layout npz that the trainer's
-`config.model_init` loads like any ViT checkpoint, use the tool:
-
-  python -m losa_jax.tools.inflate_vivit --image_ckpt vit.npz \
-      --out vivit.npz --variant B/16 --num_frames 32 --image_size 224 \
-      --pool_type tok
+params of this model (Scenic's filter inflation): central-frame or
+average-frame 3-D kernels, position embeddings resampled to the new patch
+grid and tiled over time (docs/video.md; the tool `tools.inflate_vivit`).
 """
-import collections.abc
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -45,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from losa_jax.models import layouts
+from losa_jax.models import porting
 from losa_jax.models import vit
 from losa_jax.utils import npz as npz_lib
 
@@ -84,15 +77,9 @@ class _Model(vit._Model):  # pylint: disable=protected-access
   temporal_patch_size: int = 2
   num_frames: Optional[int] = None
 
-  @nn.compact
-  def __call__(self, video, *, train=False):
-    """video [B, T, H, W, 3] -> (logits [B, C] or pre-logits [B, D], out)."""
-    if self.pool_type not in vit.POOL_TYPES:
-      raise ValueError(f"Unknown pool_type {self.pool_type!r}: use one of "
-                       f"{vit.POOL_TYPES}.")
-    if self.adapter_placement not in ("mlp", "both"):
-      raise ValueError(f"adapter_placement={self.adapter_placement!r}: use "
-                       "'mlp' or 'both'.")
+  def embed(self, video, out):
+    """video [B, T, H, W, 3] -> (time-major tokens [B, n_t * n_s, D], the
+    grid (n_t, gh, gw) of the `*_2d` outputs); out["token_grid"] = (n_t, n_s)."""
     if jnp.ndim(video) != 5:
       raise ValueError(f"ViViT expects clips [B, T, H, W, 3], got shape "
                        f"{jnp.shape(video)}; images go to vit.Model.")
@@ -102,13 +89,13 @@ class _Model(vit._Model):  # pylint: disable=protected-access
                        f"{video.shape}); sample that many frames in the pp.")
     n_t, gh, gw, n_s = token_grid(video.shape[1:4], self.patch_size,
                                   self.temporal_patch_size)
-    out = {"token_grid": (n_t, n_s)}
+    out["token_grid"] = (n_t, n_s)
     video = jnp.asarray(video, self.dtype_mm)
     tube = (self.temporal_patch_size, *self.patch_size)
     x = out["stem"] = nn.Conv(self.width, tube, strides=tube, padding="VALID",
                               name="embedding", dtype=self.dtype_mm)(video)
     n, _, _, _, c = x.shape
-    x = jnp.reshape(x, [n, n_t * n_s, c])          # time-major tokens
+    x = jnp.reshape(x, [n, n_t * n_s, c])
     if self.posemb == "sincos2d":
       # A fixed 2-D table has no time axis: the same table for every frame.
       pe = jnp.tile(vit.posemb_sincos_2d(gh, gw, c, dtype=x.dtype),
@@ -118,14 +105,7 @@ class _Model(vit._Model):  # pylint: disable=protected-access
                           "pos_embedding", x.dtype)
     # Posemb before cls, as in the image model (no cls slot).
     x = out["with_posemb"] = x + pe
-    if self.pool_type == "tok":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), x.dtype)
-      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
-    x = nn.Dropout(rate=self.dropout)(x, not train)
-
-    x, out["encoder"] = self.encode(x, train=train)
-    # The `*_2d` outputs are [B, n_t, gh, gw, D] here.
-    return self.finish(x, out, (n_t, gh, gw))
+    return x, (n_t, gh, gw)
 
 
 def Model(num_classes=None, *, variant=None, **kw):  # pylint: disable=invalid-name
@@ -200,13 +180,6 @@ def inflate_posemb(posemb: Any, n_t: int, grid: Tuple[int, int], *,
   return np.tile(pe, (1, n_t, 1))
 
 
-def _read(image_params: Any) -> Dict[str, Any]:
-  if isinstance(image_params, collections.abc.Mapping):
-    # Copies the dict structure (never the caller's tree); leaves are shared.
-    return npz_lib.unflatten(npz_lib.flatten(image_params))
-  return npz_lib.load_npz(image_params)
-
-
 def inflate_from_image(image_params: Any, video_cfg: Any,
                        method: str = "central", *,
                        clip_shape: Sequence[int],
@@ -244,12 +217,10 @@ def inflate_from_image(image_params: Any, video_cfg: Any,
   target = npz_lib.flatten(abstract_params(kw, clip_shape, num_classes))
   n_t, gh, gw, _ = token_grid(clip_shape, kw.get("patch_size", (16, 16)),
                               kw.get("temporal_patch_size", 2))
-  tree = _read(image_params)
-  if image_grid is not None:
-    tree = layouts.fix_old_checkpoints(
-        tree, expected_posemb_len=int(np.prod(image_grid)))
-  else:
-    tree = layouts.fix_old_checkpoints(tree)
+  tree = layouts.fix_old_checkpoints(
+      porting.read_checkpoint(image_params)[0],
+      expected_posemb_len=None if image_grid is None else int(
+          np.prod(image_grid)))
   scan = any(k.startswith("Transformer/encoderblock/") for k in target)
   depth = kw.get("depth", 12)
   tree = layouts.loop_to_scan(tree) if scan else layouts.scan_to_loop(
