@@ -60,15 +60,11 @@ class Built:
   def init_loaded(self, rng, config):
     """The trainer's initial state: init(rng), backbone from config.model_init.
 
-    Equal, bit for bit and in its shardings, to
-      state = init(rng)
-      state["params"] = load_backbone(state["params"], config)
-      state = jax.device_put(state, state_sharding)
-    but the checkpoint is merged into the params' shapes first, and only the
-    params it does not replace (side network, new head, LoRA / adapter
-    leaves, dont_load'ed ones) are initialised: the random init of a
-    backbone is compiled and run for nothing, and its values were copied to
-    the host and back. Without a model_init it is init(rng).
+    Equal, bit for bit and in its shardings, to `init(rng)` with its params
+    replaced by `load_backbone` and `device_put` back, but only the params
+    the checkpoint does not replace (side network, new head, LoRA / adapter
+    leaves, dont_load'ed ones) are initialised, and nothing goes through
+    the host. Without a model_init it is init(rng).
     """
     params_shape = self.state_shape["params"]
     loaded = tree_lib.flatten(load_backbone(params_shape, config))
@@ -120,19 +116,12 @@ def cast_frozen(params, mask: Dict[str, bool], dtype):
   Storing the frozen backbone in bf16 halves its memory (it is never
   updated, so no precision accumulates); the side net and head stay f32.
   """
-  if dtype is None:
-    return params
-  return tree_lib.unflatten({
-      n: v if mask[n] or not jnp.issubdtype(v.dtype, jnp.floating)
-      else v.astype(dtype) for n, v in tree_lib.flatten(params).items()})
+  return tree_lib.map_with_names(
+      lambda n, v: v if mask[n] else cast_floats(v, dtype), params)
 
 
 def mesh_and_state_sharding(config, state_shape, mesh=None):
-  """(mesh, state shardings): config.mesh, and config.sharding_strategy.
-
-  The default strategy FSDP-shards the frozen backbone over a "fsdp" axis
-  when the mesh has one and replicates everything else.
-  """
+  """(mesh, state shardings): config.mesh, and config.sharding_strategy."""
   if mesh is None:
     mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
   strategy = (config.get("sharding_strategy")
@@ -202,10 +191,9 @@ def backbone_forward(config) -> Tuple[Callable, Any]:
   """
   model = model_from_config(config)
   bb = vit.Model(None, **model.backbone_kwargs())
-  res = config.get("image_size", 224)
-  res = (res, res) if isinstance(res, int) else tuple(res)
   shape = jax.eval_shape(
-      lambda r: bb.init(r, jnp.zeros((1, *res, 3), jnp.float32)),
+      lambda r: bb.init(r, jnp.zeros((1, *image_shape_of(config)),
+                                     jnp.float32)),
       jax.random.key(0))["params"]
   shape = cast_floats(shape, frozen_param_dtype(config))
   return (lambda p, x: bb.apply({"params": p}, x, train=False)[0]), shape

@@ -11,7 +11,7 @@ masked to the trainable params: a global norm over all params would make XLA
 compute the backbone's gradients (docs/method.md, section 3.2).
 """
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -118,10 +118,8 @@ def make(config, params, total_steps: int, hparams=None, *,
   hparams = dict(hparams or {})
   rules = get_rules(config)
   assignment, matched = tree_lib.match_rules(params, rules, "config.schedule")
-  for i, (pattern, sched) in enumerate(rules):
+  for i, (pattern, sched) in enumerate(rules if log_rules else ()):
     what = "frozen" if sched is None else f"trained ({sched})"
-    if not log_rules:
-      continue
     if matched[i]:
       logging.info("Rule %r (%s) matched %d params, e.g. %s", pattern, what,
                    len(matched[i]), matched[i][:3])
@@ -149,7 +147,7 @@ def make(config, params, total_steps: int, hparams=None, *,
     return default
 
   # One optimizer group per (schedule rule, lr mult) so mults stay exact.
-  groups, labels, sched_fns = {}, {}, {}
+  labels, sched_fns = {}, {}
   name = config.get("optax_name", "adamw")
   wd = float(config.get("wd", 0.0))
   lr = hparams.get("lr", config.lr)
@@ -161,14 +159,12 @@ def make(config, params, total_steps: int, hparams=None, *,
     mult = first(n, lr_mults, 1.0)
     key = f"{label}_x{mult:g}" if mult != 1.0 else label
     labels[n] = key
-    if key not in groups:
-      sched_kw = dict(rules[assignment[n]][1])
-      fn = create_schedule(lr, total_steps, **sched_kw)
+    if key not in sched_fns:
+      fn = create_schedule(lr, total_steps, **rules[assignment[n]][1])
       sched_fns[key] = (lambda f, m: (lambda s: f(s) * m))(fn, mult)
-      groups[key] = None
 
   transforms = {FROZEN: optax.set_to_zero()}
-  for key in groups:
+  for key in sched_fns:
     parts = [_base(name, config.get("optax", {}) or {})]
     if wd:
       parts.append(_decay(wd_value, lambda n: first(n, wd_mults, 0.0)))

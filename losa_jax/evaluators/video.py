@@ -27,12 +27,9 @@ def multiview_logits(predict_fn: Callable, params: Any, views,
                      average: str = "logits"):
   """Scores of V views per example, averaged: [B, V, T, H, W, C] -> [B, K].
 
-  Args:
-    predict_fn: fn(params, clips [N, T, H, W, C]) -> logits [N, K].
-    params: passed through to predict_fn.
-    views: [B, V, T, H, W, C] (e.g. from the `video_multiview` pp op).
-    average: "logits" (mean logits, Scenic's test protocol) or "probs" (mean
-      softmax probabilities, returned as their log so argmax still works).
+  predict_fn(params, clips [N, T, H, W, C]) -> logits [N, K]. average:
+  "logits" (mean logits, Scenic's test protocol) or "probs" (mean softmax
+  probabilities, returned as their log so argmax still works).
   """
   if average not in ("logits", "probs"):
     raise ValueError(f"multiview average={average!r}: use 'logits' or "
@@ -52,17 +49,11 @@ def evaluate_multiview(predict_fn: Callable, params: Any,
                        batches: Iterable[Dict[str, Any]], *,
                        average: str = "logits",
                        jit: bool = True) -> Dict[str, float]:
-  """Top-1 accuracy of view-averaged predictions over padded eval batches.
+  """{"accuracy", "count"}: top-1 of view-averaged predictions.
 
-  Args:
-    predict_fn, params, average: as in `multiview_logits`.
-    batches: dicts with "image" [B, V, T, H, W, C], "label" [B] and optional
-      "_mask" [B] (e.g. `input_pipeline.evaluation` with a `video_multiview`
-      pp).
-    jit: compile the view-averaging forward once.
-
-  Returns:
-    {"accuracy", "count"}.
+  predict_fn, params, average: as in `multiview_logits`; batches: dicts with
+  "image" [B, V, T, H, W, C], "label" [B] and optional "_mask" [B]; jit:
+  compile the view-averaging forward once.
   """
   fn = lambda p, x: multiview_logits(predict_fn, p, x, average)
   fn = jax.jit(fn) if jit else fn
@@ -73,7 +64,6 @@ def evaluate_multiview(predict_fn: Callable, params: Any,
     correct += float(np.sum((pred == np.asarray(batch["label"])) * mask))
     count += float(np.sum(mask))
   return {"accuracy": correct / max(count, 1.0), "count": count}
-
 
 
 def num_views(data: Dict[str, Any], pp) -> int:

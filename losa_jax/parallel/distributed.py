@@ -3,29 +3,11 @@
 """Multi-process (multi-host) JAX on JAX's own distributed runtime.
 
 Every host runs the same program; `initialize` connects the processes before
-JAX touches a device, after which `jax.devices()` lists the devices of all
-hosts and one mesh spans them. Where the settings come from, first found wins:
-
-1. `config.distributed` with `coordinator_address` ("host:port" of process
-   0), `num_processes`, `process_id` and optionally `local_device_ids`
-   (explicit; any field left out is read from the environment, item 2).
-2. Environment variables LOSA_COORDINATOR, LOSA_NUM_PROCESSES,
-   LOSA_PROCESS_ID, LOSA_LOCAL_DEVICE_IDS ("0,1"); handy when one launch
-   command starts every process.
-3. A cluster JAX can read itself (Cloud TPU pod slices, SLURM `srun`, Open
-   MPI `mpirun`): `jax.distributed.initialize()` with no arguments.
-   `config.distributed = dict(auto=True)` (or LOSA_DISTRIBUTED=auto) forces
-   this; dict(auto=False) (or LOSA_DISTRIBUTED=off) forces a single process.
-4. Otherwise: a single process, nothing to do.
-
-Other fields of `config.distributed`: `initialization_timeout` (s, default
-300), `heartbeat_timeout_seconds` (default 100; a process that stops
-answering takes the others down after this long instead of leaving them
-hanging in a collective), `cluster_detection_method` (passed through).
-
-The helpers below keep the processes in lockstep: `agree` checks that all of
-them hold the same value (e.g. the step to resume from), `sync` is a barrier,
-`fetch` copies a global array (even one sharded across hosts) to host numpy.
+JAX touches a device, after which one mesh spans the devices of all hosts.
+The settings come, first found wins, from `config.distributed`, the LOSA_*
+environment variables (`ENV`, `ENV_MODE`), a cluster JAX detects itself
+(SLURM, Open MPI, TPU), else a single process: docs/scaling.md, "Multi-host".
+`agree`, `sync` and `fetch` keep the processes in lockstep.
 """
 import os
 import re
@@ -153,11 +135,9 @@ def resolve(cfg=None, environ: Mapping[str, str] = os.environ
     auto = mode == "auto"
   if auto is False:
     return None
-  explicit = {k: d.get(k) for k in EXPLICIT_KEYS}
-  for k in EXPLICIT_KEYS:
-    if explicit[k] is None:
-      explicit[k] = _env_value(k, environ)
-  given = {k: v for k, v in explicit.items() if v is not None}
+  given = {k: _env_value(k, environ) if d.get(k) is None else d[k]
+           for k in EXPLICIT_KEYS}
+  given = {k: v for k, v in given.items() if v is not None}
   if given.get("coordinator_address") is not None:
     missing = [k for k in ("num_processes", "process_id") if k not in given]
     if missing:

@@ -2,35 +2,13 @@
 # Licensed under the Apache License, Version 2.0.
 """Device meshes and regex sharding rules over param names (big_vision style).
 
-Mesh. `config.mesh` is a list of (axis_name, size) with at most one -1 ("all
-remaining devices"), e.g. [("data", -1)] or [("data", 4), ("fsdp", 2)]. Axes
-are `AxisType.Auto` (GSPMD: the compiler propagates shardings from the
-jit boundaries), which is what regex rules over a linen param tree need.
-
-Batches. The leading (batch) dim is split over every data-holding axis in
-mesh order, ("data", "fsdp"): FSDP devices see different examples and only
-share the weights. Because the split follows the device order, every process
-owns a contiguous block of rows, which is what
-`jax.make_array_from_process_local_data` needs for per-host input.
-
-Rules. `config.sharding_strategy` is a list of (regex, rule); the first regex
-that fully matches a param name wins and every param must match one. A rule
-is one op or a chain "op1|op2" applied left to right:
-
-  replicate                          the whole tensor on every device.
-  fsdp(axis='fsdp', min_size_mb=4)   shard the largest still-free dim that is
-                                     divisible by the axis size; tensors under
-                                     min_size_mb stay replicated (gathering
-                                     them costs more than they save). `axis`
-                                     may be a tuple, e.g. ('data', 'fsdp') for
-                                     ZeRO-3 over every device.
-  shard_dim(axis='model', dim=-1)    shard dim `dim` over `axis`; an error if
-                                     it does not divide.
-
-Mesh axes that are absent or of size 1 are skipped, so one strategy serves
-every mesh: `DEFAULT_STRATEGY` FSDP-shards the frozen backbone over "fsdp"
-when the mesh has that axis and replicates everything otherwise. Optimizer
-state leaves follow the sharding of the param they belong to.
+`config.mesh` is [(axis_name, size)] with at most one -1 ("the remaining
+devices"); axes are `AxisType.Auto` (GSPMD), which regex rules over a linen
+param tree need. The batch dim is split over every data-holding axis
+("data", "fsdp") in mesh order, so every process owns a contiguous block of
+rows (`jax.make_array_from_process_local_data`). `config.sharding_strategy`
+is [(regex, rule)], first full match wins; the rule ops (`RULES`) and
+examples are in docs/scaling.md.
 """
 import ast
 import re
@@ -92,16 +70,8 @@ def check_mesh(axes) -> List[Tuple[str, int]]:
 
 def mesh_shape(axes, num_devices: int) -> Tuple[Tuple[str, ...],
                                                  Tuple[int, ...]]:
-  """Validates `config.mesh` against a device count; resolves the -1.
-
-  Args:
-    axes: [(name, size)], size a positive int or -1 (at most once); None
-      means DEFAULT_MESH.
-    num_devices: devices the mesh must cover exactly.
-
-  Returns:
-    (names, sizes) with prod(sizes) == num_devices.
-  """
+  """`config.mesh` (see `check_mesh`) resolved for `num_devices`:
+  (names, sizes) with prod(sizes) == num_devices."""
   pairs = check_mesh(axes)
   names = tuple(n for n, _ in pairs)
   sizes = [s for _, s in pairs]
@@ -137,10 +107,6 @@ def batch_axes(mesh) -> Tuple[str, ...]:
   return tuple(a for a in mesh.axis_names if a in DATA_AXES)
 
 
-def num_batch_shards(mesh) -> int:
-  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
-
-
 def batch_sharding(mesh) -> NamedSharding:
   """Leading (batch) dimension over all data-holding axes."""
   axes = batch_axes(mesh)
@@ -150,7 +116,7 @@ def batch_sharding(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh, what: str = "config.input."
                      "batch_size"):
   """The global batch must split evenly over the batch shards and hosts."""
-  shards = num_batch_shards(mesh)
+  shards = int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
   if batch_size % shards:
     raise ValueError(
         f"{what}={batch_size} is not divisible by the {shards} batch shards "
@@ -216,10 +182,6 @@ def check_strategy(strategy, what: str = "config.sharding_strategy"):
     parse_rule(rule)
 
 
-def _axes(axis) -> Tuple[str, ...]:
-  return (axis,) if isinstance(axis, str) else tuple(axis)
-
-
 def spec_for(name: str, rule: str, shape: Sequence[int], dtype,
              mesh_shape_: Mapping[str, int]) -> P:
   """The PartitionSpec that `rule` gives param `name` of `shape` and `dtype`.
@@ -234,7 +196,8 @@ def spec_for(name: str, rule: str, shape: Sequence[int], dtype,
     if op == "replicate":
       continue
     # Absent or trivial axes are dropped: one strategy fits every mesh.
-    axes = tuple(a for a in _axes(kw["axis"])
+    axis = kw["axis"]
+    axes = tuple(a for a in ((axis,) if isinstance(axis, str) else axis)
                  if mesh_shape_.get(a, 1) > 1 and a not in used)
     if not axes:
       continue
@@ -288,26 +251,19 @@ def infer_specs(tree, mesh_shape_: Mapping[str, int],
       for n, v in tree_lib.flatten(tree).items()})
 
 
-def infer_sharding(tree, mesh, strategy=None):
-  """NamedSharding for every leaf of a nested dict (params), first rule wins.
-
-  Non-dict leaves such as optimizer states are handled by
-  `infer_state_sharding`. `strategy=None` means DEFAULT_STRATEGY.
-  """
-  specs = infer_specs(tree, dict(mesh.shape), strategy)
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
-
-
 def infer_state_sharding(state_shape, mesh, strategy=None):
   """Shardings for {"params", "opt", "step", "rng"}.
 
+  Params get the first matching rule of `strategy` (None: DEFAULT_STRATEGY).
   Optimizer leaves shaped like a param follow that param's sharding (matched
   by the longest path suffix that names a param of the same shape), so Adam
   moments of an FSDP-sharded param are FSDP-sharded too. Everything else
   (counts, step, rng) is replicated.
   """
-  params_sh = infer_sharding(state_shape["params"], mesh, strategy)
+  params_sh = jax.tree.map(
+      lambda s: NamedSharding(mesh, s),
+      infer_specs(state_shape["params"], dict(mesh.shape), strategy),
+      is_leaf=lambda x: isinstance(x, P))
   by_name = tree_lib.flatten(params_sh)
   shapes = {n: tuple(v.shape) for n, v in
             tree_lib.flatten(state_shape["params"]).items()}
@@ -327,9 +283,3 @@ def infer_state_sharding(state_shape, mesh, strategy=None):
     if k != "params":
       out[k] = jax.tree_util.tree_map_with_path(opt_leaf, v)
   return out
-
-
-def describe(params_sharding) -> Dict[str, Tuple]:
-  """{param name: partition spec as a tuple}, for logs and tests."""
-  return {n: tuple(s.spec) for n, s in
-          tree_lib.flatten(params_sharding).items()}

@@ -2,31 +2,14 @@
 # Licensed under the Apache License, Version 2.0.
 """Writes served tasks as a StableHLO artifact and a TF SavedModel.
 
-The command is `python -m losa_jax.export` (losa_jax/export.py). One or
-several finished workdirs (`losa_jax.serving.multitask.load`: one backbone
-pass for every LoSA / linear task) are written to --out, a new or empty
-folder (--overwrite: one that holds a previous export and nothing else), as
-
-  model.jax_export   `jax.export` serialized StableHLO of
-                     images [b, H, W, 3] float32 -> {task: logits [b, C]},
-                     params embedded, batch b symbolic. Runs without the
-                     model code: jax.export.deserialize(bytes).call(images).
-  saved_model/       TF SavedModel (jax2tf, params as variables), signatures
-                     "serving_default": images float32 [b, H, W, 3] ->
-                     {task: logits}, and "serve_image_bytes": encoded
-                     png/jpeg strings [b] -> {task: logits}, the tasks'
-                     eval pp (decode, resize, value_range, ...) inside.
-  tasks/<task>.npz   each task's own params (side network + head; the
-                     whole model for LoRA / adapters / full), params only.
-  serving.json       tasks, classes, input shape, pp, backbone sha256,
-                     source workdirs and steps, platforms, versions, and
-                     the files written.
-
-Everything is written into a temporary sibling folder that then takes the
-place of --out, so --out never holds half an export, and nothing export
-did not write is deleted.
-
-docs/serving.md says how to put the SavedModel behind TF Serving.
+`python -m losa_jax.export` (losa_jax/export.py) writes the tasks of
+`multitask.load` to --out: `model.jax_export` (StableHLO, params embedded,
+batch symbolic), `saved_model/` (jax2tf; signatures "serving_default" on
+float32 images and "serve_image_bytes" on encoded images through the eval
+pp), `tasks/<task>.npz` (each task's own params) and `serving.json` (the
+manifest). docs/serving.md describes each file and TF Serving. The files
+are written into a temporary sibling folder that then takes --out's place
+(`export`), so --out never holds half an export.
 """
 import contextlib
 import datetime
@@ -56,17 +39,10 @@ def polymorphic_spec(mt: multitask.MultiTask) -> str:
 
 def export_jax(mt: multitask.MultiTask,
                platforms: Optional[Sequence[str]] = None) -> bytes:
-  """The multi-task function as serialized `jax.export` StableHLO.
-
-  Args:
-    mt: the tasks.
-    platforms: lowering platforms, e.g. ("cpu", "cuda"); default the
-      current backend. One artifact may carry several.
-
-  Returns:
-    bytes for `jax.export.deserialize(...).call(images [b, *image_shape])`,
-    valid for every batch size b >= 1 (shape-polymorphic).
-  """
+  """The multi-task function as serialized `jax.export` StableHLO, for
+  `jax.export.deserialize(...).call(images [b, *image_shape])` at every
+  batch size b >= 1. platforms: e.g. ("cpu", "cuda"); default the current
+  backend."""
   shape = jax.export.symbolic_shape(polymorphic_spec(mt)[1:-1])
   exp = jax.export.export(jax.jit(mt.bound()), platforms=platforms)(
       jax.ShapeDtypeStruct(shape, jnp.float32))
@@ -178,14 +154,9 @@ def stablehlo_for_tf():
 def save_tf(mt: multitask.MultiTask, path: str, *,
             platforms: Optional[Sequence[str]] = None,
             image_bytes: bool = True) -> str:
-  """Writes a TF SavedModel of `mt` (see the module doc) to `path`, a new or
-  empty folder; returns `path`.
-
-  The params are tf.Variables (saved under variables/, not inlined in the
-  graph, so there is no 2 GiB GraphDef limit); the computation is the
-  jax2tf-serialized StableHLO, polymorphic in the batch, called once the
-  images' shape is checked (`checked_images`).
-  """
+  """Writes a TF SavedModel of `mt` to `path`, a new or empty folder;
+  returns `path`. The params are tf.Variables (under variables/: no 2 GiB
+  GraphDef limit); images are shape-checked (`checked_images`) first."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   spec = polymorphic_spec(mt)
@@ -237,11 +208,6 @@ def save_task_params(mt: multitask.MultiTask, folder: str) -> Dict[str, int]:
                                                             f"{name}.npz"))
     sizes[name] = os.path.getsize(path)
   return sizes
-
-
-def _write_bytes(path: str, data: bytes):
-  with open(path, "wb") as f:
-    f.write(data)
 
 
 def _files(folder: str) -> List[str]:
@@ -309,13 +275,9 @@ def export(mt: multitask.MultiTask, out: str, *,
            platforms: Optional[Sequence[str]] = None,
            saved_model: bool = True, image_bytes: bool = True,
            overwrite: bool = False) -> Dict[str, Any]:
-  """Writes every artifact of the module doc to `out`; returns the manifest.
-
-  `out` must be new or empty, or (overwrite) hold a previous export and
-  nothing else (`check_out`). The artifacts are written into a temporary
-  sibling folder that then takes `out`'s place; on an error it is removed
-  and `out` is left as it was.
-  """
+  """Writes every artifact of the module doc to `out` (see `check_out`);
+  returns the manifest. On an error the temporary folder is removed and
+  `out` is left as it was."""
   out = os.path.normpath(out)
   check_out(out, overwrite)
   tmp = _sibling(out, "tmp")
@@ -335,7 +297,8 @@ def _write_all(mt: multitask.MultiTask, out: str, *, platforms,
                saved_model: bool, image_bytes: bool) -> Dict[str, Any]:
   """Writes the artifacts into the new folder `out`; returns the manifest."""
   data = export_jax(mt, platforms)
-  _write_bytes(os.path.join(out, JAX_FILE), data)
+  with open(os.path.join(out, JAX_FILE), "wb") as f:
+    f.write(data)
   sizes = save_task_params(mt, os.path.join(out, "tasks"))
   counts = mt.param_counts()
   manifest = {

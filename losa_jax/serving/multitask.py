@@ -1,33 +1,19 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Many adapted tasks served on one backbone pass.
+"""Many adapted tasks served on one backbone pass (docs/serving.md).
 
-LoSA's side network and the linear probe read the frozen backbone and never
-change it, so N such tasks trained on one backbone file need ONE backbone
-forward per batch: its encoder outputs feed every side network (taps
-computed once per distinct `Model.tap_key()`, as in a population) and its
-pre-logits feed every linear head. LoRA, adapters and full fine-tuning
-change the backbone's features, so each of those tasks runs its own model
-(a backbone pass per task); they are served here for comparison, LoRA
-optionally merged into the weights (`vit.merge_lora`).
+LoSA's side network and the linear probe never change the frozen backbone,
+so N such tasks trained on one backbone file share ONE backbone forward per
+batch (taps computed once per distinct `Model.tap_key()`); LoRA, adapters
+and full fine-tuning change its features, so each of those runs its own
+model (LoRA optionally merged, `vit.merge_lora`).
 
   mt = multitask.load(["/tmp/digits", "/tmp/parity"])
   logits = mt(images)        # {"digits": [B, 10], "parity": [B, 2]}
 
-`load` reads each workdir's `config.json` (written by the trainer; pass
-`configs=` for older workdirs), restores its newest checkpoint read-only,
-and refuses, naming both workdirs, tasks trained on another backbone file
-(sha256 of the checkpoint metadata), for another image size, or with
-another eval pp. The backbone is read once per distinct backbone.
-
-Batch polymorphism: `mt.fn` is `jax.jit(mt.apply)`; it compiles once per
-distinct batch size (and caches it), so a server should use a few fixed
-batch sizes and pad the last batch. `losa_jax.serving.export` writes the same
-function as a shape-polymorphic artifact (symbolic batch dimension), which
-compiles once for every batch size.
-
-This module is TensorFlow-free (the core runs on GPU images without TF);
-the image-bytes path lives in `losa_jax.serving.export`.
+`mt.fn` compiles once per batch size; `serving.export` writes the same
+function with a symbolic batch. TensorFlow-free: the image-bytes path lives
+in `serving.export`.
 """
 import dataclasses
 import json
@@ -93,10 +79,6 @@ def group_key(model: model_lib.Model, param_dtype=None) -> str:
                     default=str)
 
 
-def _backbone_module(model: model_lib.Model):
-  return model.backbone_module()(**model.backbone_kwargs())
-
-
 def make_apply(tasks: Sequence[Task]) -> Callable:
   """The pure multi-task function.
 
@@ -116,7 +98,8 @@ def make_apply(tasks: Sequence[Task]) -> Callable:
     for key, members in groups.items():
       bb = params["backbones"][key]
       model0 = members[0].model
-      pre_logits, enc = _backbone_module(model0).apply(
+      backbone = model0.backbone_module()(**model0.backbone_kwargs())
+      pre_logits, enc = backbone.apply(
           {"params": bb}, images, train=False)
       feats = {}
       depth = model0.depth()
@@ -207,10 +190,8 @@ class MultiTask:
 
   def probs(self, images) -> Dict[str, np.ndarray]:
     """Softmax of each task's logits (float32), like `predict.Predictor`."""
-    self._check(images)
-    out = self.fn(self.params, jnp.asarray(images, jnp.float32))
-    return {k: np.asarray(jax.nn.softmax(v.astype(jnp.float32), -1))
-            for k, v in out.items()}
+    return {k: np.asarray(jax.nn.softmax(v.astype(np.float32), -1))
+            for k, v in self(images).items()}
 
   def bound(self) -> Callable:
     """fn(images) -> {name: logits} with the params closed over (exported
@@ -236,12 +217,9 @@ def _norm_pp(pp) -> str:
   return "".join(pp.split())
 
 
-def default_name(workdir: str) -> str:
-  return os.path.basename(os.path.normpath(workdir))
-
-
 def _names(workdirs, names) -> List[str]:
-  names = list(names) if names else [default_name(w) for w in workdirs]
+  names = list(names) if names else [
+      os.path.basename(os.path.normpath(w)) for w in workdirs]
   if len(names) != len(workdirs):
     raise ValueError(f"{len(names)} names {names} for {len(workdirs)} "
                      f"workdirs {list(workdirs)}: give one name per workdir.")
@@ -274,19 +252,18 @@ def _refuse_mix(ref, other, what: str, a, b, advice: str):
       f"{what} {b}. {advice}")
 
 
-def restore_checked(config, workdir: str, step: Optional[int],
-                    abstract_of: Callable[[Any], Any], *, advice: str):
-  """Restores `workdir`'s trainable state read-only, checked against `config`
-  (its backbone record and config fingerprint).
+def restore_checked(config, workdir: str, step: Optional[int], *,
+                    advice: str):
+  """Restores `workdir`'s trainable params read-only (replicated), checked
+  against `config` (its backbone record and config fingerprint).
 
   step: the checkpoint step; None: the newest intact one (damaged ones are
   skipped with a warning). The kept steps are looked at first, so a mistyped
   workdir fails fast, creating nothing; `advice` ends that error. Then
   `built = build.build(config)` (the schedule is irrelevant here but must be
-  valid for the config) and `abstract_of(built)` gives the abstract
-  trainable state to restore into.
+  valid for the config).
 
-  Returns (built, restored trainable state, step).
+  Returns (built, trainable params, step).
   """
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     read_only=True)
@@ -298,7 +275,12 @@ def restore_checked(config, workdir: str, step: Optional[int],
           f"{ckpt.directory} (kept steps: {kept}): {advice}")
     built = build.build(config, total_steps=int(
         config.get("total_steps") or 10**9))
-    abstract = abstract_of(built)
+    # From shapes alone: nothing is initialised to be replaced.
+    rep = sharding_lib.replicated(built.mesh)
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+        jax.eval_shape(lambda s: checkpointing.trainable_state(s, built.mask),
+                       built.state_shape))
     expected = {"backbone": build.backbone_record(config),
                 "config": checkpointing.config_fingerprint(config)}
     check = lambda meta: checkpointing.check_meta(meta, expected,
@@ -309,26 +291,6 @@ def restore_checked(config, workdir: str, step: Optional[int],
       restored, _ = ckpt.restore(step, abstract, check=check)
   finally:
     ckpt.close()
-  return built, restored, step
-
-
-def _restore(config, workdir: str, step: Optional[int]):
-  """Restores a workdir's trainable params read-only, checked like predict.
-
-  Returns (built, trainable params, step).
-  """
-
-  def abstract_of(built):
-    # Replicated, from shapes alone: nothing is initialised to be replaced.
-    rep = sharding_lib.replicated(built.mesh)
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-        jax.eval_shape(lambda s: checkpointing.trainable_state(s, built.mask),
-                       built.state_shape))
-
-  built, restored, step = restore_checked(
-      config, workdir, step, abstract_of,
-      advice="train it first or pick another step.")
   return built, restored["params"], step
 
 
@@ -426,7 +388,9 @@ def load(workdirs: Sequence[str], names: Optional[Sequence[str]] = None, *,
   group_names: Dict[str, str] = {}
   for name, info, step in zip(names, infos, steps):
     config = info["config"]
-    built, trainable, step = _restore(config, info["workdir"], step)
+    built, trainable, step = restore_checked(
+        config, info["workdir"], step,
+        advice="train it first or pick another step.")
     model = built.model
     frozen = (_frozen_backbone(config, built, cache)
               if model.method != "full" else {})

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from losa_jax.assembly import steps
-from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
 from losa_jax.evaluators import classification
 from losa_jax.evaluators import video as video_eval
 from losa_jax import pp as pp_lib
 from losa_jax.serving import multitask
+from losa_jax.utils import tree as tree_lib
 
 
 class Predictor:
@@ -37,23 +37,15 @@ class Predictor:
   def __init__(self, config, workdir: str, step: Optional[int] = None):
     config_lib.validate(config)
     self.config = config = config_lib.with_defaults(config)
-    state = None
-
-    def abstract_of(built):
-      # The full state (frozen backbone loaded) that the restored trainable
-      # leaves are merged into.
-      nonlocal state
-      state = built.init_loaded(jax.random.key(0), config)
-      return checkpointing.abstract_trainable_state(state, built.mask)
-
     # Read-only, and first: a mistyped --workdir fails fast, creating nothing.
-    built, restored, self.step = multitask.restore_checked(
-        config, workdir, step, abstract_of, advice="check --workdir and "
-        "--step, or train first (python -m losa_jax.train ...).")
-    self.built = built
-    self.params = checkpointing.merge_restored(state, restored,
-                                               built.mask)["params"]
-    self._fn = jax.jit(steps.predict_fn(built.model))
+    self.built, trainable, self.step = multitask.restore_checked(
+        config, workdir, step, advice="check --workdir and --step, or train "
+        "first (python -m losa_jax.train ...).")
+    # The frozen params, loaded from config.model_init as the trainer does.
+    state = self.built.init_loaded(jax.random.key(0), config)
+    _, frozen = tree_lib.partition(state["params"], self.built.mask)
+    self.params = tree_lib.combine(trainable, frozen)
+    self._fn = jax.jit(steps.predict_fn(self.built.model))
     self.pp = multitask.serving_pp(config)
 
   def __call__(self, images) -> np.ndarray:

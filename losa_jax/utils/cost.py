@@ -13,20 +13,12 @@ import jax
 
 
 def cost_of_compiled(compiled) -> Dict[str, float]:
-  """FLOPs and memory of an executable that is already compiled.
+  """FLOPs and memory of a `jax.stages.Compiled` (no second compile).
 
-  For callers that keep the executable (e.g. to train with it): reading the
-  numbers from it saves a second compile.
-
-  Args:
-    compiled: a `jax.stages.Compiled` (`jitted.lower(...).compile()`).
-
-  Returns:
-    flops, bytes_accessed (XLA's estimate of memory traffic), temp_bytes (XLA
-    temporaries: activations kept for backward, workspace), argument_bytes,
-    output_bytes, alias_bytes, generated_code_bytes, and
-    peak_bytes = argument + output + temp - alias (an upper bound of what the
-    executable holds at once).
+  Returns flops, bytes_accessed (XLA's estimate of memory traffic),
+  temp_bytes (activations kept for backward, workspace), argument_bytes,
+  output_bytes, alias_bytes, generated_code_bytes, and peak_bytes =
+  argument + output + temp - alias (an upper bound of what it holds at once).
   """
   ca = compiled.cost_analysis()
   if isinstance(ca, (list, tuple)):  # older jax returned one dict per device
@@ -43,19 +35,18 @@ def cost_of_compiled(compiled) -> Dict[str, float]:
 
 
 def compiled_cost(jitted, *abstract_args) -> Dict[str, float]:
-  """Lowers and compiles `jitted` on abstract args; nothing is materialised.
-
-  Returns the fields of `cost_of_compiled`.
-  """
+  """`cost_of_compiled` of `jitted` compiled on abstract args."""
   return cost_of_compiled(jitted.lower(*abstract_args).compile())
 
 
-def abstract(tree) -> Any:
-  """Arrays -> ShapeDtypeStructs (shardings kept)."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=getattr(x, "sharding", None)),
-      tree)
+def abstract(tree, shardings=None) -> Any:
+  """Arrays (or shapes) -> ShapeDtypeStructs in `shardings` (a tree like
+  `tree`, e.g. a built state's state_sharding), else in their own."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=sh), tree, shardings)
 
 
 # --- memory traffic, loops counted ------------------------------------------
@@ -149,21 +140,16 @@ def hlo_traffic(compiled) -> List[Dict[str, Any]]:
   """Memory traffic of every top-level op, loop trip counts included.
 
   XLA's `cost_analysis()["bytes accessed"]` counts a while loop's body once,
-  so a scanned model's traffic is undercounted by about its depth (a LoSA
-  step over 12 scanned side layers: 0.88 GB reported, 6.0 GB counted here).
-  This walks the optimised HLO from the entry computation, multiplies each
-  loop body by its known trip count and charges each op its output bytes
-  plus its operands' (slices only, where a fusion only slices an operand;
-  the update only, for in-place dynamic-update-slices). A static estimate
-  of reads and writes to memory, not a measurement: caches are ignored.
+  so a scanned model's traffic is undercounted by about its depth. This
+  walks the optimised HLO (of a `jax.stages.Compiled`, or its `as_text()`)
+  from the entry, multiplies each loop body by its known trip count and
+  charges each op its output bytes plus its operands' (slices only, where a
+  fusion only slices an operand; the update only, for in-place
+  dynamic-update-slices): a static estimate, caches ignored.
 
-  Args:
-    compiled: a `jax.stages.Compiled`, or its `as_text()`.
-
-  Returns:
-    One dict per op: op ("fusion:<root op>" for fusions), name (the
-    op_name metadata: the jax source path), shape (output), trips (how
-    often it runs per call), bytes (per call, trips included).
+  Returns one dict per op: op ("fusion:<root op>" for fusions), name (the
+  op_name metadata: the jax source path), shape (output), trips (runs per
+  call), bytes (per call, trips included).
   """
   text = compiled if isinstance(compiled, str) else compiled.as_text()
   comps, entry = _computations(text)

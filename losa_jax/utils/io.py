@@ -2,11 +2,8 @@
 # Licensed under the Apache License, Version 2.0.
 """Atomic file writes: a reader sees the old file or the new one, never half.
 
-Every file losa_jax writes for a later reader (results, manifests, configs,
-CSV and Markdown reports, npz params) goes through `atomic_write`: the bytes
-go to a unique hidden temporary file in the same folder, are flushed and fsynced,
-and `os.replace` (atomic within one filesystem) puts it in place. A crash or
-kill mid-write leaves the previous file and, at worst, a `.*.tmp-*` file.
+Every file losa_jax writes for a later reader goes through `atomic_write`. A
+crash or kill mid-write leaves the previous file and at worst a `.*.tmp-*`.
 """
 import contextlib
 import json
@@ -17,17 +14,9 @@ import uuid
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-  """Opens a temporary sibling of `path`; on a clean exit it replaces `path`.
-
-  Args:
-    path: the file to write; its folder is made if missing.
-    mode: "w" (text) or "wb" (bytes).
-    **open_kwargs: passed to `open` (e.g. newline="" for csv).
-
-  Yields:
-    The open temporary file. On an exception it is removed and `path` is
-    left as it was.
-  """
+  """Yields a temporary sibling of `path` opened with `mode` ("w" or "wb")
+  and `open_kwargs`; on a clean exit it is fsynced and replaces `path` (its
+  folder made if missing), on an exception it is removed."""
   if mode not in ("w", "wb"):
     raise ValueError(f"atomic_write mode {mode!r}: use 'w' or 'wb'.")
   path = os.fspath(path)

@@ -141,18 +141,14 @@ def _subtree(tree: Mapping[str, Any], key: str, what: str) -> Any:
 
 
 def load_npz(path: PathLike, *, find_params: bool = True) -> Dict[str, Any]:
-  """Loads an npz param file into a nested dict of numpy arrays.
+  """Loads an npz param file into a nested dict of numpy arrays (bfloat16
+  leaves as `ml_dtypes.bfloat16`).
 
   Args:
     path: file path, optionally with a `:subkey` suffix (e.g. `ckpt.npz:img`)
       that selects a sub-tree after the prefix below is resolved.
-    find_params: if the archive nests its params under `params/` or
-      `opt/target/` (full training checkpoints), return only that sub-tree;
-      otherwise the whole archive.
-
-  Returns:
-    Nested dict of numpy arrays; bfloat16 leaves have dtype
-    `ml_dtypes.bfloat16`.
+    find_params: return only the sub-tree under `PARAM_PREFIXES` (full
+      training checkpoints) where the archive has one.
 
   Raises:
     FileNotFoundError: no such file.
@@ -187,20 +183,13 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def save_npz(tree: Mapping[str, Any], path: PathLike,
              compressed: bool = False) -> str:
-  """Writes `tree` as an npz with flat `/`-joined names, atomically.
+  """Writes `tree` (nested arrays: numpy, jax or scalars) as an npz with
+  flat `/`-joined names to `path` (no extension appended), atomically
+  (`io.atomic_write`); returns `path`.
 
-  The archive is first written to a temporary file next to `path`, fsync'ed,
-  then renamed over `path`, so a reader never sees a half-written file.
-  bfloat16 leaves are written the way numpy writes ml_dtypes arrays (`<V2`),
-  which big_vision, timm and `load_npz` read back as bfloat16.
-
-  Args:
-    tree: nested mapping of arrays (numpy, jax or scalars).
-    path: destination file (used as given; no extension is appended).
-    compressed: deflate the members (smaller, slower), like `savez_compressed`.
-
-  Returns:
-    The path written.
+  bfloat16 leaves are written as numpy writes ml_dtypes arrays (`<V2`),
+  which big_vision, timm and `load_npz` read back as bfloat16. compressed:
+  deflate the members, like `savez_compressed`.
   """
   path = os.fspath(path)
   flat = {k: _to_numpy(v) for k, v in flatten(tree).items()}
