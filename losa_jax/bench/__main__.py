@@ -6,14 +6,11 @@ r"""The one benchmark command line.
   python -m losa_jax.bench SECTION --help        # its options and defaults
   python -m losa_jax.bench SECTION [--option value ...] [--out DIR] [--quick]
 
-Runs one section of losa_jax.bench.registry and writes its rows with their
-provenance to DIR/SECTION.json (and prints them, one JSON object a line).
-A section that needs XLA flags this process lacks (compile-only sections
-disable a pass XLA:CPU alone needs; the fsdp section fakes 8 devices) runs
-in a child process with them, since XLA reads its flags once, when the
-backend starts; --in_process runs it here regardless. --quick shrinks the
-section to a tiny ViT (a smoke test: its numbers mean nothing). Reports and
-plots are made from the JSON files by scripts/bench_report.py.
+Runs one section of losa_jax.bench.registry, writes its rows and their
+provenance to DIR/SECTION.json and prints them, one JSON object a line. A
+section that needs XLA flags this process lacks runs in a child process
+with them (XLA reads its flags once, when the backend starts); --in_process
+runs it here regardless. scripts/bench_report.py makes the reports.
 """
 import argparse
 import json
@@ -111,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
   section's rows. Raises UsageError for a bad command line."""
   argv = list(sys.argv[1:] if argv is None else argv)
   name, given, ns = parse(argv)
-  a = registry.options(name, given, quick=ns.quick)
+  a = registry.options(name, given, quick=ns.quick, out=ns.out)
   flags = registry.section(name).flags_for(a)
   current = os.environ.get("XLA_FLAGS", "").split()
   missing = [f for f in flags.split() if f not in current]
@@ -120,20 +117,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
       return _child(name, argv, flags, ns.out)
     with tempfile.TemporaryDirectory(prefix="losa_bench_") as tmp:
       return _child(name, argv, flags, tmp)
-  if missing:
-    if "jax" in sys.modules:
-      common.log(f"{name}: jax is imported already; XLA_FLAGS {missing} only "
-                 "apply if its backend has not started.")
-    common.with_xla_flags(" ".join(missing))
+  if missing and "jax" in sys.modules:
+    common.log(f"{name}: jax is imported already; XLA_FLAGS {missing} only "
+               "apply if its backend has not started.")
+  common.with_xla_flags(flags)
   t0, load0 = time.time(), os.getloadavg()
-  a.out = ns.out
   rows = registry.section(name).function()(a)
-  del a.out
   if ns.out:
-    meta = common.provenance(" ".join([PROG, *_user_argv(argv)]), t_start=t0,
-                             load_start=load0, quick=ns.quick)
-    common.write_json(os.path.join(ns.out, f"{name}.json"), {
-        "section": name, "rows": rows, "options": vars(a), "meta": meta})
+    common.write_section(a, name, rows, common.provenance(
+        " ".join([PROG, *_user_argv(argv)]), t_start=t0, load_start=load0,
+        quick=ns.quick))
     common.log(f"{name}: {len(rows)} rows -> {ns.out}/{name}.json")
   return rows
 

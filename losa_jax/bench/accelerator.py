@@ -84,7 +84,7 @@ def plan(a) -> List[Dict[str, Any]]:
 
 def _child_env(a, cache_dir: str) -> Dict[str, str]:
   """The job processes' environment: memory fraction, a shared persistent
-  compilation cache (unless the caller set one), the repo on PYTHONPATH."""
+  compilation cache (unless the caller set one)."""
   env = dict(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(a.mem_fraction))
   env.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
@@ -93,10 +93,6 @@ def _child_env(a, cache_dir: str) -> Dict[str, str]:
   platforms = env.get("JAX_PLATFORMS", "")
   if platforms and "cpu" not in platforms.split(","):
     env["JAX_PLATFORMS"] = platforms + ",cpu"   # the check compares with it
-  root = os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
-  env["PYTHONPATH"] = os.pathsep.join(
-      [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   return env
 
 
@@ -150,10 +146,9 @@ def section_accelerator(a) -> List[Dict[str, Any]]:
           spec, env, workdir, hard)
       done.append(dict(out, job=spec["job"], label=spec["label"],
                        elapsed_s=time.time() - t0))
-      if getattr(a, "out", None):
-        common.write_json(os.path.join(a.out, "accelerator.json"), {
-            "section": "accelerator", "rows": rows_of(done),
-            "options": vars(a), "meta": {"partial": True}})
+      if a.out:
+        common.write_section(a, "accelerator", rows_of(done),
+                             {"partial": True})
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   return rows_of(done)
@@ -208,25 +203,6 @@ def job_timing(spec) -> Dict[str, Any]:
                                        spec)}
 
 
-def _memory_row(m, bsz: int, base: Dict[str, int]) -> Dict[str, Any]:
-  """Measured peak of method `m`'s step at `bsz` (run twice), beside its
-  compiled peak and the bytes held before it."""
-  batch = m.batch(bsz)
-  resident = harness.mem_stats().get("bytes_in_use") or 0
-  compiled, c = m.compile(batch)
-  fn = m.runner(compiled, batch)
-  fn()
-  fn()
-  st = harness.mem_stats()
-  row = {"status": "ok", "compiled_peak_gib": c["peak_bytes"] / GIB}
-  if st:
-    row.update(peak_gib=st["peak_bytes_in_use"] / GIB,
-               resident_gib=resident / GIB,
-               peak_over_resident_gib=(st["peak_bytes_in_use"] - resident)
-               / GIB, process_start_gib=base.get("bytes_in_use", 0) / GIB)
-  return row
-
-
 def job_memory(spec) -> Dict[str, Any]:
   """Peak memory of each method at each batch, batches ascending (so the
   process's running peak is the batch's own; with one method per process,
@@ -236,16 +212,22 @@ def job_memory(spec) -> Dict[str, Any]:
     base = harness.mem_stats()
     m = harness.Method(variant, name, spec)
     for bsz in sorted(spec["batches"]):
+      # Run twice: the measured peak, beside the compiled one and the bytes
+      # held before compiling.
+      got = harness.first_call(m, bsz, runs=2)
+      st = harness.mem_stats()
       row = {"variant": variant, "method": name, "batch": bsz,
-             "isolation": spec["isolation"]}
-      try:
-        row.update(_memory_row(m, bsz, base))
-      except Exception as e:  # pylint: disable=broad-except
-        if not harness.is_oom(e):
-          raise
-        row["status"] = "oom"
-        if m.state_deleted():
-          m.reset_state()
+             "isolation": spec["isolation"],
+             "status": "oom" if got is None else "ok"}
+      if got is not None:
+        row["compiled_peak_gib"] = got[1]["peak_bytes"] / GIB
+      if got is not None and st:
+        resident = got[2]
+        row.update(peak_gib=st["peak_bytes_in_use"] / GIB,
+                   resident_gib=resident / GIB,
+                   peak_over_resident_gib=(st["peak_bytes_in_use"] - resident)
+                   / GIB, process_start_gib=base.get("bytes_in_use", 0) / GIB)
+      del got
       gc.collect()
       rows.append(row)
     del m
@@ -283,14 +265,14 @@ def job_vit_e(spec) -> Dict[str, Any]:
   t0 = time.perf_counter()
   m = harness.Method(variant, "losa", spec, scan=True, remat=True)
   after_state = harness.mem_stats()
-  batch = m.batch(bsz)
-  compiled, c = m.compile(batch)
-  fn = m.runner(compiled, batch)
-  fn()
+  got = harness.first_call(m, bsz)
+  if got is None:
+    raise MemoryError(f"vit_e {variant} batch {bsz}: out of memory")
+  fn, c, _ = got
   setup_s = time.perf_counter() - t0
   times = common.interleaved({"losa": fn}, reps=spec["reps"], warmup=0)
   st = harness.mem_stats()
-  m.state, metrics = compiled(m.state, batch)
+  metrics = fn()
   row = {"variant": variant, "method": "losa", "batch": bsz,
          "image_size": m.config.image_size,
          "params": tree_lib.count(m.built.state_shape["params"]),

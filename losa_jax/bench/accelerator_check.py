@@ -23,27 +23,6 @@ GIB = harness.GIB
 TOLERANCE = {"float32": (1e-4, 1e-3), "bfloat16": (2e-2, 5e-2)}
 
 
-@contextlib.contextmanager
-def _precision(dtype: str):
-  """f32: matmuls at "highest" precision (on GPUs the default lets f32 dots
-  run in TF32 or bf16 passes); bf16: the default, as the benchmark runs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if dtype != "float32":
-    yield
-    return
-  scope = getattr(jax, "default_matmul_precision", None)
-  if scope is not None:
-    with scope("highest"):
-      yield
-    return
-  old = jax.config.jax_default_matmul_precision
-  jax.config.update("jax_default_matmul_precision", "highest")
-  try:
-    yield
-  finally:
-    jax.config.update("jax_default_matmul_precision", old)
-
-
 def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   """One LoSA step (SGD: an update linear in the gradient, so update
   differences are gradient differences; Adam's first step is lr * sign(g),
@@ -78,7 +57,10 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   batch = {"image": rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32),
            "label": rng.randint(0, cfg.num_classes, (n,)).astype(np.int32)}
   new, metrics = {}, {}
-  with _precision(dtype):
+  # f32: matmuls at "highest" precision (on GPUs the default lets f32 dots
+  # run in TF32 or bf16 passes); bf16: the default, as the benchmark runs.
+  with (jax.default_matmul_precision("highest") if dtype == "float32"
+        else contextlib.nullcontext()):
     for name in ("accel", "cpu"):
       b = built[name]
       # New buffers, so donating one backend's state never deletes the
@@ -191,7 +173,8 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
   while loop's body once, so a scanned backbone would show one block's
   FLOPs. Pass if ratio <= spec["guard_max_ratio"]."""
   from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
-  cfg = harness.make_config(variant, "losa", spec, scan=False)
+  cfg = configs.make_config(variant, "losa", bf16=spec["bf16"], scan=False,
+                            remat=spec["remat"], depth=spec.get("depth"))
   step = configs.step_cost(cfg, bsz)
   fwd = configs.forward_cost(cfg, bsz)
   ratio = step["flops"] / fwd["flops"] if fwd["flops"] else float("nan")
@@ -228,31 +211,17 @@ def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
   bad = [b for b, p in peaks if simulated and p > budget] + list(failed)
 
   def fits(b):
-    batch = compiled = None
-    try:
-      batch = m.batch(b)
-      compiled, c = m.compile(batch)
-      if simulated and c["peak_bytes"] > budget:
-        return False
-      m.runner(compiled, batch)()
-      return True
-    except Exception as e:  # pylint: disable=broad-except
-      if not harness.is_oom(e):
-        raise
-      if m.state_deleted():
-        m.reset_state()
-      return False
-    finally:
-      del batch, compiled
-      gc.collect()
+    ok = harness.first_call(m, b, max_peak=budget if simulated else None)
+    gc.collect()
+    return ok is not None
 
   t0 = time.perf_counter()
   # Fragmentation and the runtime's own buffers: aim a little below.
-  res = batch_search.search(fits, lo=max(known_ok, default=0),
-               hi=min(bad, default=None), guess=batch_search.affine_guess(peaks, 0.97 * budget),
-               cap=spec["cap"], mult=spec["multiple"],
-               resolution=spec["resolution"],
-               deadline=spec["maxbatch_deadline"])
+  res = batch_search.search(
+      fits, lo=max(known_ok, default=0), hi=min(bad, default=None),
+      guess=batch_search.affine_guess(peaks, 0.97 * budget), cap=spec["cap"],
+      mult=spec["multiple"], resolution=spec["resolution"],
+      deadline=spec["maxbatch_deadline"])
   return {"variant": m.variant, "method": m.method, "kind": "max_batch",
           "mode": ("simulated: compiled peak <= cap" if simulated
                    else "real: XLA out-of-memory caught"),

@@ -1,13 +1,8 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Helpers shared by the benchmarks (losa_jax.bench.*) and the study.
-
-Interleaved wall-time measurement, run provenance, progress lines, XLA flag
-handling and output writers (CSV, JSON). Everything heavy (jax, flax,
-matplotlib) is imported inside the function that needs it, so importing this
-module is cheap and never starts a JAX backend (XLA_FLAGS must be set before
-that happens).
-"""
+"""Helpers of the benchmarks and the study: interleaved wall time, run
+provenance, progress lines, XLA flags, child processes, writers. Imports no
+jax (XLA_FLAGS must be set before its backend starts)."""
 import csv
 import datetime
 import os
@@ -30,9 +25,6 @@ LICM_OFF = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
 # LLVM -O0: halves XLA:CPU compile time; the HLO passes, hence FLOPs and
 # memory, are unchanged (checked on B/16). Never for timed measurements.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
-
-
-# --- progress and flag parsing ------------------------------------------------
 
 
 def log(msg: str, *, tag: str = "bench") -> None:
@@ -59,11 +51,8 @@ def int_list(s: str) -> List[int]:
 
 def with_xla_flags(flags: str, env: Optional[MutableMapping[str, str]] = None
                    ) -> MutableMapping[str, str]:
-  """Appends `flags` to env["XLA_FLAGS"] (os.environ by default), once.
-
-  Only effective before the JAX backend starts (for os.environ) or for a
-  child process (for a copied env). Returns `env`.
-  """
+  """Appends `flags` to env["XLA_FLAGS"] (os.environ by default), once;
+  only effective before the backend starts or for a child. Returns env."""
   env = os.environ if env is None else env
   current = env.get("XLA_FLAGS", "")
   missing = [f for f in flags.split() if f not in current.split()]
@@ -75,14 +64,20 @@ def with_xla_flags(flags: str, env: Optional[MutableMapping[str, str]] = None
 def run_child(args: Sequence[str], out_path: str, *,
               env: Mapping[str, str], timeout: Optional[float] = None
               ) -> Dict[str, Any]:
-  """Runs `python -m ARGS` in a fresh process with `env` (XLA reads its
-  flags once; a device's peak memory is never reset); returns the JSON the
-  child wrote to `out_path`, or {"error": why} if it failed, wrote nothing
-  or overran `timeout` seconds (it is then killed)."""
+  """Runs `python -m ARGS` in a fresh process with `env` and this checkout
+  first on PYTHONPATH (XLA reads its flags once; a device's peak memory is
+  never reset); returns the JSON the child wrote to `out_path`, or
+  {"error": why} if it failed, wrote nothing or overran `timeout` seconds
+  (it is then killed)."""
   import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(env)
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  env["PYTHONPATH"] = os.pathsep.join(
+      [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   try:
-    proc = subprocess.run([sys.executable, "-m", *args], env=dict(env),
+    proc = subprocess.run([sys.executable, "-m", *args], env=env,
                           timeout=timeout, check=False)
   except subprocess.TimeoutExpired:
     return {"error": f"killed after {timeout:.0f} s (time budget)"}
@@ -92,29 +87,13 @@ def run_child(args: Sequence[str], out_path: str, *,
     return json.load(f)
 
 
-# --- timing -------------------------------------------------------------------
-
-
 def interleaved(fns: Dict[str, Callable[[], Any]], *, reps: int, warmup: int
                 ) -> Dict[str, Dict[str, Any]]:
-  """Round-robin wall time: every round runs every fn once, in rotated order.
-
-  Machine noise (other jobs, thermal drift) then hits every fn alike, so
-  ratios between fns measured in one call are meaningful; absolute times
-  are not comparable across calls. The first call of each fn (compilation)
-  and `warmup` further rounds are untimed. Each fn must block until its
-  result is ready (jax.block_until_ready).
-
-  Args:
-    fns: name -> zero-argument callable.
-    reps: timed rounds (>= 1).
-    warmup: untimed rounds after the first (compiling) call.
-
-  Returns:
-    name -> {"median_s", "q25_s", "q75_s", "min_s", "max_s", "mean_s":
-    seconds per call; "reps": timed calls; "times_s": the [reps] list of
-    every timed call, in round order}.
-  """
+  """Round-robin wall time of zero-argument, blocking `fns` (name -> fn):
+  each of `reps` rounds runs every fn once, in rotated order, so machine
+  noise hits every fn alike (ratios within one call mean something, absolute
+  times across calls do not). The first (compiling) call and `warmup`
+  further rounds are untimed. Returns name -> time_stats of its calls."""
   if reps < 1:
     raise ValueError(f"interleaved needs reps >= 1, got {reps}.")
   names = list(fns)
@@ -132,7 +111,8 @@ def interleaved(fns: Dict[str, Callable[[], Any]], *, reps: int, warmup: int
 
 
 def time_stats(times: Sequence[float]) -> Dict[str, Any]:
-  """Median / quartiles / range / mean of seconds (see `interleaved`)."""
+  """{median_s, q25_s, q75_s, min_s, max_s, mean_s, reps, times_s (every
+  call, in order)} of seconds per call."""
   t = np.asarray(times, np.float64)
   return {"median_s": float(np.median(t)),
           "q25_s": float(np.percentile(t, 25)),
@@ -142,45 +122,26 @@ def time_stats(times: Sequence[float]) -> Dict[str, Any]:
           "times_s": [float(x) for x in t]}
 
 
-# --- provenance ---------------------------------------------------------------
-
-
-def cpu_name() -> str:
-  """The CPU model from /proc/cpuinfo, or "unknown CPU"."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown CPU"
-
-
 def machine() -> str:
   """"<cores> x <CPU model>, <OS>": what a result table's reader needs."""
-  return f"{os.cpu_count()} x {cpu_name()}, {platform.system()}"
+  cpu = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return f"{os.cpu_count()} x {cpu}, {platform.system()}"
 
 
 def provenance(command: str, *, t_start: Optional[float] = None,
                load_start: Optional[Sequence[float]] = None,
                **extra) -> Dict[str, Any]:
-  """Where, when and with what a result was produced.
-
-  Args:
-    command: the command line that reproduces the result, e.g.
-      "python -m losa_jax.bench compiled --out docs/bench_results".
-    t_start: time.time() at the start of the run; adds wall_s.
-    load_start: os.getloadavg() at the start; adds load_avg_start (the load
-      average says how busy the shared machine was while timing).
-    **extra: run-specific fields (flags, backbone hash, ...), added last.
-
-  Returns:
-    {command, date, machine, devices, backend, jax, flax, python, xla_flags,
-    load_avg_start?, load_avg_end, wall_s?, **extra}. Devices and backend
-    only where this process imported jax: a process whose work ran in child
-    processes (the accelerator's jobs) must not take the device from them.
-  """
+  """{command (that reproduces the result), date, machine, python,
+  xla_flags, devices, backend, jax, jaxlib, flax, optax, load_avg_start
+  (of `load_start`: how busy the machine was), load_avg_end, wall_s (since
+  `t_start`), **extra}. Devices and backend only where this process imported
+  jax: a parent whose jobs run in child processes must not take the device."""
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   out: Dict[str, Any] = {
       "command": command, "date": datetime.date.today().isoformat(),
@@ -204,17 +165,11 @@ def provenance(command: str, *, t_start: Optional[float] = None,
   return out
 
 
-# --- writers ------------------------------------------------------------------
-
-
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]], *,
               float_format: Optional[str] = None) -> None:
-  """Rows -> CSV with the union of their scalar columns, written atomically.
-
-  Columns keep first-seen order; dict / list / tuple values (curves, probe
-  tables) are left out. `float_format` (e.g. ".6g") formats floats; None
-  writes repr. Nothing is written for no rows.
-  """
+  """Rows -> CSV of the union of their scalar columns (first-seen order;
+  dicts, lists, tuples left out), floats in `float_format` (e.g. ".6g") or
+  repr, written atomically; nothing for no rows."""
   if not rows:
     return
   keys: List[str] = []
@@ -236,17 +191,16 @@ def write_json(path: str, payload: Any, *, indent: int = 1) -> None:
   io_lib.write_json(path, payload, indent=indent, default=str)
 
 
-# --- command lines ---------------------------------------------------------------
+def write_section(a, name: str, rows, meta: Mapping[str, Any]) -> None:
+  """a.out/NAME.json: section NAME's rows, its options `a` and `meta`."""
+  write_json(os.path.join(a.out, f"{name}.json"), {
+      "section": name, "rows": rows, "options": vars(a), "meta": meta})
 
 
 def parse_private_flags(prog: str, define_flags: Callable, argv=None):
-  """Parses `argv` (default: sys.argv[1:]) into a fresh FlagValues that
-  `define_flags(fv)` fills: programmatic entries (tests call them
-  in-process) neither need nor touch the global absl FLAGS.
-
-  Returns (flag values, argv).
-  """
-  import sys  # pylint: disable=g-import-not-at-top
+  """(a fresh FlagValues that `define_flags(fv)` fills, parsed from argv
+  (default: sys.argv[1:]), argv): programmatic entries (tests call them
+  in-process) neither need nor touch the global absl FLAGS."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -264,12 +218,9 @@ def start_flags_only_main(argv: Sequence[str]) -> None:
   refuses positional arguments (argv[1:]), and unless --verbosity was given
   keeps the terminal to progress lines (Orbax, porting and optim log at
   INFO)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}: every setting is "
-                         "a --flag (see --help).")
+  _no_positional(argv)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
 
@@ -278,12 +229,15 @@ def absl_main(run_flags: Callable) -> Callable:
   """The `app.run` main of a CLI whose work is `run_flags(FLAGS, argv)`."""
 
   def main(argv) -> None:
-    import sys  # pylint: disable=g-import-not-at-top
-    from absl import app  # pylint: disable=g-import-not-at-top
     from absl import flags  # pylint: disable=g-import-not-at-top
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
-                           "option is a --flag (see --help).")
+    _no_positional(argv)
     run_flags(flags.FLAGS, sys.argv[1:])
 
   return main
+
+
+def _no_positional(argv: Sequence[str]) -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
+                         "option is a --flag (see --help).")

@@ -1,13 +1,11 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """What the timed and memory sections measure with: random states made in
-place, random batches, one (variant, method) compiled per batch, the one
-step-time loop (`time_methods`), memory stats and the out-of-memory test.
-
-Only jax, flax, optax, numpy, ml_collections and absl are imported (through
-losa_jax.assembly.build and losa_jax.bench.configs): this runs on a GPU image
-without TensorFlow.
-"""
+place, random batches, one (variant, method) compiled per batch and run once
+or caught out of memory (`first_call`), and the step-time loop
+(`time_methods`). Imports no TensorFlow (a GPU image may lack it) and jax
+only inside functions (the accelerator's parent process must not start a
+backend)."""
 import gc
 import sys
 from typing import Any, Callable, Dict, Optional
@@ -40,18 +38,6 @@ def mem_stats(device=None) -> Dict[str, int]:
 def tf_loaded() -> bool:
   """True if TensorFlow or TFDS got imported into this process."""
   return any(m in sys.modules for m in ("tensorflow", "tensorflow_datasets"))
-
-
-def make_config(variant: str, method: str, spec: Dict[str, Any], *,
-                scan: Optional[bool] = None, remat: Optional[bool] = None):
-  """losa_jax.bench.configs.make_config with the spec's dtype, scan, remat
-  and depth (0: the variant's own)."""
-  from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
-  return configs.make_config(
-      variant, method, bf16=spec["bf16"],
-      scan=spec["scan"] if scan is None else scan,
-      remat=spec["remat"] if remat is None else remat,
-      depth=spec.get("depth") or None)
 
 
 _MAKERS: Dict[Any, Callable] = {}
@@ -133,12 +119,9 @@ def state_from_params(built, params, seed: int = 0):
 
 
 def abstract_state(built):
-  """built's train state (a Built or PopulationBuilt) as ShapeDtypeStructs
-  in its shardings: what a compile-only cost analysis lowers with."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      built.state_shape, built.state_sharding)
+  """built's train state as ShapeDtypeStructs in its shardings."""
+  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
+  return cost.abstract(built.state_shape, built.state_sharding)
 
 
 def random_state(built, seed: int = 0):
@@ -184,10 +167,13 @@ class Method:
                scan: Optional[bool] = None, remat: Optional[bool] = None):
     import jax  # pylint: disable=g-import-not-at-top
     from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
+    from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
     self.variant, self.method = variant, method
     self.remat = spec["remat"] if remat is None else remat
-    self.config = make_config(variant, "losa" if method == "forward"
-                              else method, spec, scan=scan, remat=remat)
+    self.config = configs.make_config(
+        variant, "losa" if method == "forward" else method, bf16=spec["bf16"],
+        scan=spec["scan"] if scan is None else scan, remat=self.remat,
+        depth=spec.get("depth"))
     self.built = build.build(self.config, total_steps=1000)
     if method == "forward":
       fn, shape = build.backbone_forward(self.config)
@@ -224,16 +210,16 @@ class Method:
     compiled = self.jitted.lower(self.state, batch).compile()
     return compiled, cost.cost_of_compiled(compiled)
 
-  def runner(self, compiled, batch) -> Callable[[], None]:
-    """A zero-argument call that runs one blocking step / forward."""
+  def runner(self, compiled, batch) -> Callable[[], Any]:
+    """A zero-argument call that runs one blocking step (returning its
+    metrics) or forward."""
     import jax  # pylint: disable=g-import-not-at-top
 
     def run():
       if self.method == "forward":
-        jax.block_until_ready(compiled(self.state, batch))
-      else:
-        self.state, metrics = compiled(self.state, batch)
-        jax.block_until_ready((self.state, metrics))
+        return jax.block_until_ready(compiled(self.state, batch))
+      self.state, metrics = compiled(self.state, batch)
+      return jax.block_until_ready((self.state, metrics))[1]
 
     return run
 
@@ -253,20 +239,22 @@ class Stepper:
     jax.block_until_ready((self.state, metrics))
 
 
-def first_call(m: Method, bsz: int):
-  """Compiles and runs `m` once at `bsz`: (blocking runner, cost fields)."""
-  batch = m.batch(bsz)
-  compiled, c = m.compile(batch)
-  fn = m.runner(compiled, batch)
-  fn()   # the first real call: the one that may not fit
-  return fn, c
-
-
-def _runner_or_oom(m: Method, bsz: int):
-  """first_call(m, bsz), or None where it ran out of memory (the state is
-  then remade if the failed call deleted it)."""
+def first_call(m: Method, bsz: int, *, runs: int = 1,
+               max_peak: Optional[float] = None):
+  """Compiles `m` at `bsz` and runs it `runs` times: (blocking runner, cost
+  fields, device bytes in use before compiling), or None where it ran out
+  of memory (the state is remade if the failed call deleted it) or its
+  compiled peak is above `max_peak` (then it never runs)."""
   try:
-    return first_call(m, bsz)
+    batch = m.batch(bsz)
+    resident = mem_stats().get("bytes_in_use") or 0
+    compiled, c = m.compile(batch)
+    if max_peak is not None and c["peak_bytes"] > max_peak:
+      return None
+    fn = m.runner(compiled, batch)
+    for _ in range(runs):
+      fn()
+    return fn, c, resident
   except Exception as e:  # pylint: disable=broad-except
     if not is_oom(e):
       raise
@@ -281,16 +269,16 @@ def _ready(variant, methods, remats, spec, bsz):
   (status "ok+remat": it then pays a second backbone forward)."""
   out = {}
   for name, m in methods.items():
-    got, status = _runner_or_oom(m, bsz), "ok"
+    got, status = first_call(m, bsz), "ok"
     if got is None:
       _log(f"timing {variant} b{bsz} {name}: out of memory")
       if name == "forward" or m.remat or not spec["scan"]:
         continue
       if name not in remats:
         remats[name] = Method(variant, name, spec, remat=True)
-      got, status = _runner_or_oom(remats[name], bsz), "ok+remat"
+      got, status = first_call(remats[name], bsz), "ok+remat"
     if got is not None:
-      out[name] = (*got, status)
+      out[name] = (*got[:2], status)
     gc.collect()
   return out
 

@@ -18,23 +18,31 @@ import os
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from losa_jax.assembly import build
 from losa_jax.bench import common
+from losa_jax.bench import configs
 from losa_jax.bench import harness
 from losa_jax.bench.registry import SYSTEMS
+from losa_jax.models import model as model_lib
+from losa_jax.serving import multitask
+from losa_jax.utils import cost
+from losa_jax.utils import npz as npz_lib
+from losa_jax.utils import tree as tree_lib
 
 COPY_SYSTEMS = ("lora_merged", "full")
 _log = common.log
 
 
 def _nbytes(tree) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 def _npz_bytes(tree) -> int:
   """Size of a params-only npz of `tree`, written to a temporary folder."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import npz as npz_lib  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as d:
     path = npz_lib.save_npz(jax.device_get(tree), os.path.join(d, "t.npz"))
     return os.path.getsize(path)
@@ -45,12 +53,6 @@ class _Variant:
 
   def __init__(self, variant: str, *, rank: int, num_classes: int,
                max_tasks: int, systems: Sequence[str]):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-    from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
-    from losa_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
-    from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = configs.make_config(variant, "losa", rank=rank,
                               num_classes=num_classes)
@@ -91,7 +93,6 @@ class _Variant:
 
   def multitask(self, system: str, n: int):
     """A MultiTask serving n tasks of `system`."""
-    from losa_jax.serving import multitask  # pylint: disable=g-import-not-at-top
     if system == "losa":
       tasks = [multitask.Task(f"t{i}", self.losa, "backbone0")
                for i in range(n)]
@@ -116,9 +117,6 @@ class _Variant:
 
 def _cell(v: _Variant, system: str, n: int, x):
   """(row, blocking call) of `system` serving `n` tasks on images `x`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   if system == "backbone":
     compiled = v.bb_jit.lower(v.backbone, x).compile()
     fn = lambda: jax.block_until_ready(compiled(v.backbone, x))
@@ -162,8 +160,6 @@ def measure(variants: Sequence[str], *, batches: Sequence[int],
             warmup: int = 1, max_copy_images: Optional[int] = None
             ) -> List[Dict[str, Any]]:
   """One row per (variant, batch, system, N); see the module doc."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   bad = sorted(set(systems) - set(SYSTEMS))
   if bad:
     raise ValueError(f"--systems: unknown system(s) {bad}; choose from "

@@ -13,7 +13,8 @@ needs, for which `python -m losa_jax.bench` starts a child process.
 import dataclasses
 import importlib
 import types
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Union)
 
 from losa_jax.bench import common
 from losa_jax.bench.configs import BIG_CONFIGS, METHODS
@@ -290,10 +291,11 @@ def parse_value(name: str, text: str, kind: str) -> Any:
   return value
 
 
-def options(name: str, given: Mapping[str, Any], *, quick: bool = False
-            ) -> types.SimpleNamespace:
+def options(name: str, given: Mapping[str, Any], *, quick: bool = False,
+            out: Optional[str] = None) -> types.SimpleNamespace:
   """Section `name`'s options: its defaults, then --quick's sizes, then the
-  values `given` (already parsed); rejects options it does not read."""
+  values `given` (already parsed), with `quick` and `out` (the --out
+  folder, or None); rejects options it does not read."""
   s = section(name)
   unknown = sorted(set(given) - set(s.defaults))
   if unknown:
@@ -304,7 +306,7 @@ def options(name: str, given: Mapping[str, Any], *, quick: bool = False
   if quick:
     values.update(s.quick)
   values.update(given)
-  return types.SimpleNamespace(quick=quick, **values)
+  return types.SimpleNamespace(quick=quick, out=out, **values)
 
 
 def run(name: str, given: Mapping[str, Any] = (), *, quick: bool = False

@@ -12,18 +12,24 @@ figures and the columns.
 import time
 from typing import Any, Dict, List, Sequence
 
+import jax
+import numpy as np
+
+from losa_jax.assembly import build
+from losa_jax.assembly import steps
 from losa_jax.bench import common
-from losa_jax.bench import harness
 from losa_jax.bench.configs import make_config
 from losa_jax.bench.registry import FSDP_DEVICES
+from losa_jax.models import vit
+from losa_jax.parallel import sharding
+from losa_jax.utils import cost
+from losa_jax.utils import tree as tree_lib
 
 GIB = common.GIB
 
 
 def _local_bytes(tree_shape, tree_sharding) -> int:
   """Bytes one device holds of a tree, from each leaf's shard shape."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   total = 0
   for x, s in zip(jax.tree.leaves(tree_shape), jax.tree.leaves(tree_sharding)):
     shard = s.shard_shape(x.shape)
@@ -34,12 +40,6 @@ def _local_bytes(tree_shape, tree_sharding) -> int:
 def measure(variant: str, depth: int, fsdp: int,
             batch_per_device: int) -> Dict[str, Any]:
   """Compiled per-device memory of one train step on a ("fsdp", n) mesh."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   config = make_config(variant, "losa", bf16=True, scan=True, depth=depth,
                        num_classes=1000)
   config.sharding_strategy = sharding.DEFAULT_STRATEGY
@@ -48,8 +48,8 @@ def measure(variant: str, depth: int, fsdp: int,
   state_sh = built.state_sharding
   batch = steps.abstract_batch(batch_per_device * fsdp, built.image_shape)
   t0 = time.time()
-  c = cost.compiled_cost(built.train_step, harness.abstract_state(built),
-                         batch)
+  c = cost.compiled_cost(built.train_step, cost.abstract(
+      built.state_shape, state_sh), batch)
   params = built.state_shape["params"]
   return {
       "kind": "compiled", "variant": variant, "depth": depth, "fsdp": fsdp,
@@ -68,7 +68,6 @@ def measure(variant: str, depth: int, fsdp: int,
 
 def fit(rows: Sequence[Dict[str, Any]], full_depth: int):
   """Per fsdp size: least squares peak ~ a + b * depth; predicted full."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   out = []
   for n in sorted({r["fsdp"] for r in rows}):
     rs = sorted((r for r in rows if r["fsdp"] == n), key=lambda r: r["depth"])
@@ -94,8 +93,6 @@ def section_fsdp(a) -> List[Dict[str, Any]]:
   if bad:
     raise ValueError(f"--fsdp sizes {bad} are outside 1..{FSDP_DEVICES} (the "
                      "fake CPU devices); pass smaller mesh sizes.")
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")   # the fake devices are CPUs
   if len(jax.devices()) < max(a.fsdp):
     raise ValueError(f"--fsdp {a.fsdp} needs {max(a.fsdp)} devices, this "

@@ -13,11 +13,17 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from losa_jax import feature_cache as fc
+from losa_jax.assembly import build
+from losa_jax.assembly import steps
 from losa_jax.bench import common
 from losa_jax.bench import harness
 from losa_jax.bench.configs import make_config
+from losa_jax.utils import cost
 
 MIB = common.MIB
 _log = common.log
@@ -28,7 +34,6 @@ _BUILT: Dict[str, Any] = {}
 
 def built_for(config):
   """build.build memoised by config, so sections share compiled steps."""
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   key = json.dumps(config.to_dict(), sort_keys=True, default=str)
   if key not in _BUILT:
     _BUILT[key] = build.build(config, total_steps=1000)
@@ -40,7 +45,6 @@ _CACHED_STEPS: Dict[int, Any] = {}
 
 def cached_step_for(config, built):
   """feature_cache.train_step memoised per Built."""
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   if id(built) not in _CACHED_STEPS:
     _CACHED_STEPS[id(built)] = fc.train_step(config, built)
   return _CACHED_STEPS[id(built)]
@@ -49,7 +53,6 @@ def cached_step_for(config, built):
 def cached_batch(built, backbone, batch):
   """`batch` with its images replaced by their bf16 taps under `backbone`,
   as the feature cache stores them."""
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   feats = fc.features_fn(built.model, "bfloat16", True)(
       {"backbone": backbone}, batch["image"])
   return {"image": {"taps": feats["taps"]}, "label": batch["label"]}
@@ -61,8 +64,6 @@ def timed_inputs(config, bsz: int):
   (harness.make_batch), random backbone params (harness.random_tree), the
   batch's cached taps (`cached_batch`) and a blocking call of the frozen
   backbone's forward."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
   built = built_for(config)
   batch = harness.make_batch(built, bsz, config.num_classes)
   bb = harness.random_tree(built.state_shape["params"]["backbone"],
@@ -88,7 +89,6 @@ def section_measured(a) -> List[Dict[str, Any]]:
 def _losa_cached(variant, methods, bsz: int, spec):
   """{"losa_cached": (runner, cost fields, trainable)}: LoSA's cached step
   on the cached taps of a random batch (`cached_batch`)."""
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   m = methods.get("losa") or harness.Method(variant, "losa", spec)
   cached = cached_batch(m.built, m.state["params"]["backbone"], m.batch(bsz))
   state = harness.random_state(m.built, seed=1)
@@ -99,9 +99,6 @@ def _losa_cached(variant, methods, bsz: int, spec):
 
 def section_cache(a) -> List[Dict[str, Any]]:
   """Epoch time with and without the feature cache, steps interleaved."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
   from losa_jax.assembly import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
   variant, bsz, n = a.variant, a.batch, a.images
@@ -164,10 +161,6 @@ def section_cache(a) -> List[Dict[str, Any]]:
 def _cache_step_costs(config, built, bsz) -> Dict[str, float]:
   """XLA FLOPs and bytes accessed of the forward, the uncached and the
   cached LoSA step at batch `bsz`: what the wall-time ratio is bound by."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   batch = steps.abstract_batch(bsz, built.image_shape)
   fwd_fn, bb_shape = build.backbone_forward(config)
   feats = jax.eval_shape(lambda bb, b: cached_batch(built, bb, b),

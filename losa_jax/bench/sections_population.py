@@ -12,6 +12,8 @@ docs/benchmarks.md ("Populations") has the figures.
 import copy
 from typing import Any, Dict, List
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from losa_jax.bench import common
@@ -23,6 +25,8 @@ from losa_jax.bench.harness import Stepper
 from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_step_for
 from losa_jax.bench.sections_measured import timed_inputs
+from losa_jax.population import build as pop_build
+from losa_jax.utils import cost
 
 MIB = common.MIB
 _log = common.log
@@ -49,8 +53,6 @@ def _pop_config(config, *, k: int = 0, mixed: bool = False, cached=False,
 
 def _abstract_batch(pop, bsz: int):
   """One data slot's [1, bsz, ...] batch as ShapeDtypeStructs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return {"image": jax.ShapeDtypeStruct((1, bsz, *pop.image_shape),
                                         jnp.float32),
           "label": jax.ShapeDtypeStruct((1, bsz), jnp.int32)}
@@ -59,12 +61,10 @@ def _abstract_batch(pop, bsz: int):
 def population_cost(config, k: int, bsz: int,
                     loop: str = "vmap") -> Dict[str, float]:
   """Compiled cost of a K-member (K lrs) population train step."""
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
   pop = pop_build.build(_pop_config(config, k=k, loop=loop),
                         total_steps=1000)
-  return cost.compiled_cost(pop.train_step, harness.abstract_state(pop),
-                            _abstract_batch(pop, bsz))
+  return cost.compiled_cost(pop.train_step, cost.abstract(
+      pop.state_shape, pop.state_sharding), _abstract_batch(pop, bsz))
 
 
 def _compiled_rows(config, variant: str, bsz: int) -> List[Dict[str, Any]]:
@@ -95,8 +95,6 @@ def _compiled_rows(config, variant: str, bsz: int) -> List[Dict[str, Any]]:
 
 def _timed_rows(config, variant: str, a) -> List[Dict[str, Any]]:
   """Every timed row on the same batch, interleaved."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.population import build as pop_build  # pylint: disable=g-import-not-at-top
   bsz = a.batch
   batch, backbone, fb, _ = timed_inputs(config, bsz)
   single = built_for(config)

@@ -13,6 +13,12 @@ has the figures and what each column means.
 """
 from typing import Any, Dict, List
 
+import jax
+import jax.numpy as jnp
+
+from losa_jax import feature_cache as fc
+from losa_jax.assembly import build
+from losa_jax.assembly import steps
 from losa_jax.bench import common
 from losa_jax.bench.configs import make_config
 from losa_jax.bench import harness
@@ -21,6 +27,8 @@ from losa_jax.bench.sections_measured import built_for
 from losa_jax.bench.sections_measured import cached_batch
 from losa_jax.bench.sections_measured import cached_step_for
 from losa_jax.bench.sections_measured import timed_inputs
+from losa_jax.models import side_fused as sf
+from losa_jax.utils import cost
 
 _log = common.log
 IMPLEMENTATIONS = {"autodiff": dict(fused=False, dtype="float32"),
@@ -28,7 +36,6 @@ IMPLEMENTATIONS = {"autodiff": dict(fused=False, dtype="float32"),
 
 
 def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   rows = cost.hlo_traffic(compiled)
   total = sum(r["bytes"] for r in rows)
   rows = [r for r in rows if "/side/" in r["name"]]
@@ -48,8 +55,6 @@ def _traffic(compiled, full_bytes: float, layers: int) -> Dict[str, float]:
 def section_side(a) -> List[Dict[str, Any]]:
   """Compiled traffic and interleaved step times of the three side-network
   implementations (module docstring), per a.variants."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.variants:
     bsz = a.batch
@@ -103,9 +108,6 @@ def _autodiff_vjp():
   """`side_scan`'s custom VJP with autodiff of `_forward` as its backward:
   the forward keeps only z_i, the backward replays each layer's folded
   forward under `jax.vjp`. The alternative docs/side_fused.md weighs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side_fused as sf  # pylint: disable=g-import-not-at-top
 
   def fwd(params, taps, layer_axis, dtype):
     a, (params, zs, _, taps_dtype) = sf._scan_fwd(params, taps, layer_axis,
@@ -136,11 +138,6 @@ def section_side_backward(a) -> List[Dict[str, Any]]:
   """Compiled cost of the cached LoSA step with side_scan's hand-written
   backward and with autodiff of the folded forward in the same custom VJP,
   per a.variants at a.batch (bf16 taps; compile only)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side_fused as sf  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   rows = []
   for variant in a.variants:
     config = make_config(variant, "losa")
@@ -154,7 +151,6 @@ def section_side_backward(a) -> List[Dict[str, Any]]:
                       ("autodiff", _autodiff_vjp())):
       sf.side_scan.defvjp(*vjp)
       try:
-        from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
         compiled = fc.train_step(config, b).lower(b.state_shape,
                                                   feats).compile()
       finally:

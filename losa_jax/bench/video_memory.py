@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from losa_jax.bench import common
 from losa_jax.bench import configs
+from losa_jax.config import schema as config_lib
+from losa_jax.models import vit
 
 GIB = common.GIB
 BUDGET_GIB = 16.0
@@ -49,7 +51,6 @@ def video_config(variant: str, method: str, *, frames: int, batch: int,
     config: a video config file (path.py); "" is the checkout's
       configs/video_kinetics400.py.
   """
-  from losa_jax.config import schema as config_lib  # pylint: disable=g-import-not-at-top
   path = config or config_lib.config_path("video_kinetics400")
   c = config_lib.load_config(path + ":" + ",".join(
       a for a in (f"variant={variant}", f"method={method}",
@@ -76,7 +77,6 @@ def run(variant: str = "e/14", frames: int = 16, batch: int = 1,
         batches: Sequence[int] = (2, 4), depth_fracs: Sequence[int] = (8, 4, 2),
         arg: str = "", config: str = "") -> List[Dict[str, Any]]:
   """All rows (see the module docstring)."""
-  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(variant)["depth"]
   cells = [(label, m, r, batch, None) for label, m, r in CONFIGS]
   cells += [(label, m, r, b, None) for b in batches
@@ -110,7 +110,6 @@ def flops(variant: str = "e/14", frames: int = 16, batch: int = 1,
   `depths` blocks, extrapolated linearly to the full depth (FLOPs are affine
   in depth: stem + head + depth x block); the rows report the fit.
   """
-  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   full_depth = vit.decode_variant(variant)["depth"]
   rows = []
   for method in ("losa", "linear", "adapter", "full"):
