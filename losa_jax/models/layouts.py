@@ -3,10 +3,7 @@
 """ViT checkpoint layouts: old naming generations, scan vs loop, posemb grids.
 
 Pure functions on nested dicts of arrays, used by `porting` (loading) and
-`vivit` (inflation): `fix_old_checkpoints` renames the older
-vision_transformer / pre-linen layouts to big_vision's, `scan_to_loop` /
-`loop_to_scan` convert the block layout, and `resample_posemb` resizes a
-position embedding to another patch grid (non-square grids included).
+`vivit` (inflation).
 """
 import collections.abc
 import math
@@ -85,16 +82,12 @@ def _renumber_per_class(tree: Tree) -> Dict[str, Any]:
   out, counts = {}, {}
   for name in sorted(tree, key=natural_key):
     value = tree[name]
-    m = _NUMBERED.fullmatch(name)
-    if m:
-      cls = m.group(1)
-      new_name = f"{cls}_{counts.get(cls, 0)}"
-      counts[cls] = counts.get(cls, 0) + 1
-    else:
-      new_name = name
+    if m := _NUMBERED.fullmatch(name):
+      counts[m.group(1)] = counts.get(m.group(1), -1) + 1
+      name = f"{m.group(1)}_{counts[m.group(1)]}"
     if isinstance(value, collections.abc.Mapping):
       value = _renumber_per_class(value)
-    out[new_name] = value
+    out[name] = value
   return out
 
 
@@ -118,10 +111,7 @@ def fix_old_checkpoints(tree: Tree, *,
                         ) -> Dict[str, Any]:
   """Rewrites older ViT checkpoints into the current big_vision layout.
 
-  * Pre-linen numbering (detected by `_has_pre_linen_numbering`) is renumbered
-    per class: an old block's `LayerNorm_0, MultiHeadDotProductAttention_1,
-    LayerNorm_2, MlpBlock_3` become `LayerNorm_0,
-    MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0`.
+  * Pre-linen numbering is renumbered per class (`_renumber_per_class`).
   * `Transformer/posembed_input/pos_embedding` or `Transformer/pos_embedding`
     moves to the top-level `pos_embedding`.
   * A posemb of length k*k + 1 has a slot for the cls token (old models added
@@ -265,9 +255,8 @@ def resample_posemb(old: Any, new_grid: Union[int, Sequence[int]],
                     old_grid: Optional[Sequence[int]] = None) -> np.ndarray:
   """Bilinearly resizes a posemb [1, gh*gw, D] to `new_grid`, like big_vision.
 
-  Uses `scipy.ndimage.zoom(order=1)` on the [gh, gw, D] grid, which aligns the
-  corners (the corner rows are kept exactly), so it matches big_vision's
-  `resample_posemb` on square grids. Unlike it, non-square grids work.
+  `scipy.ndimage.zoom(order=1)` aligns the corners, as big_vision's
+  `resample_posemb` does on square grids; non-square grids work too.
 
   Args:
     old: [1, N, D] posemb without a cls row.
@@ -304,6 +293,3 @@ def resample_posemb(old: Any, new_grid: Union[int, Sequence[int]],
     raise ValueError(f"Resampling a {(oh, ow)} posemb grid to {(gh, gw)} "
                      f"produced {grid.shape[:2]}; please report this.")
   return grid.reshape(1, gh * gw, d).astype(old.dtype)
-
-
-# --- Loading --------------------------------------------------------------

@@ -116,16 +116,14 @@ def losa_options(given: Optional[dict], what: str = "losa") -> dict:
   cfg = merged(LOSA_DEFAULTS, given, what)
   # A zero or negative rank would reach flax as Dense(0) / a negative shape
   # (ZeroDivisionError or a broadcasting TypeError deep in init).
-  check_int(cfg["rank"], f"{what}.rank",
-            hint=" (the side network's rank r, >= 1)")
-  for key in ("rank_channel", "rank_token", "rank_time"):
-    check_int(cfg[key], f"{what}.{key}", optional=True,
-              hint=" (None uses rank" + (
-                  "_token)" if key == "rank_time" else ")"))
-  check_int(cfg["tap_every"], f"{what}.tap_every",
-            hint=" (tap every n-th block)")
-  check_int(cfg["num_pairs"], f"{what}.num_pairs",
-            hint=" (channel/token mixer pairs per layer)")
+  for key, optional, hint in (
+      ("rank", False, " (the side network's rank r, >= 1)"),
+      ("rank_channel", True, " (None uses rank)"),
+      ("rank_token", True, " (None uses rank)"),
+      ("rank_time", True, " (None uses rank_token)"),
+      ("tap_every", False, " (tap every n-th block)"),
+      ("num_pairs", False, " (channel/token mixer pairs per layer)")):
+    check_int(cfg[key], f"{what}.{key}", optional=optional, hint=hint)
   for key, choices in (("tap", TAPS), ("combine", side_lib.COMBINES),
                        ("state", side_lib.STATES),
                        ("mixer_order", side_lib.MIXER_ORDERS),

@@ -34,11 +34,9 @@ from losa_jax.models import side as side_lib
 UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8,
                  "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
 SLACK = 2.0
-# Roundings to nearest of independent values, modelled as independent
-# mean-zero errors |d_s| <= u_s (Higham and Mary, SIAM J. Sci. Comput.
-# 2019): by Hoeffding's inequality |sum_s d_s J_s| exceeds
-# LAMBDA sqrt(sum_s (u_s J_s)^2) with probability at most
-# 2 exp(-LAMBDA^2 / 2) = 3e-8 per gradient entry.
+# Independent roundings |d_s| <= u_s: |sum_s d_s J_s| exceeds LAMBDA
+# sqrt(sum_s (u_s J_s)^2) with probability <= 2 exp(-LAMBDA^2 / 2) = 3e-8
+# per gradient entry (Hoeffding; docs/method.md).
 LAMBDA = 6.0
 
 
@@ -194,7 +192,6 @@ def worst_ratio(got, ref, bound, floor: float = 0.0) -> Tuple[float, str]:
     if r > worst:
       worst, where = r, name
   return worst, where
-
 
 
 def as_float64(tree):

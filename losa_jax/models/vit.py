@@ -146,10 +146,8 @@ class LoRA(nn.Module):
 
 
 def merge_lora(params, *, rank: int, alpha: Optional[float] = None):
-  """LoRA folded into the weights: W + alpha / rank * down @ up, per target.
-
-  Serving a LoRA model merged costs exactly a plain ViT's forward (no extra
-  low-rank matmuls), at the price of one full copy of the weights per task.
+  """LoRA folded into the weights: W + alpha / rank * down @ up, per target
+  (a plain ViT's forward cost, one full copy of the weights per task).
 
   Args:
     params: a LoRA ViT's params (the tree under `backbone/`), with
@@ -160,7 +158,7 @@ def merge_lora(params, *, rank: int, alpha: Optional[float] = None):
   Returns:
     The plain ViT's params (no `*_lora` leaves; each kernel keeps its dtype):
     a model with lora_rank=0 gives the LoRA model's outputs to float
-    rounding (tests/test_multitask.py checks 1e-5).
+    rounding.
   """
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = dict(traverse_util.flatten_dict(params, sep="/"))
@@ -188,12 +186,9 @@ class Adapter(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    d = x.shape[-1]
-    h = nn.Dense(self.dim, name="down", dtype=x.dtype)(x)
-    h = nn.gelu(h)
-    h = nn.Dense(d, name="up", kernel_init=nn.initializers.zeros,
-                 dtype=x.dtype)(h)
-    return x + h
+    h = nn.gelu(nn.Dense(self.dim, name="down", dtype=x.dtype)(x))
+    return x + nn.Dense(x.shape[-1], name="up", dtype=x.dtype,
+                        kernel_init=nn.initializers.zeros)(h)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,14 +122,6 @@ def _kw(video_cfg: Any) -> Dict[str, Any]:
   return kw
 
 
-def abstract_params(video_cfg: Any, clip_shape: Sequence[int],
-                    num_classes: Optional[int] = None) -> Dict[str, Any]:
-  """ShapeDtypeStructs of `Model(num_classes, **video_cfg)` on clips (T, H, W)."""
-  model = _Model(num_classes, **_kw(video_cfg))
-  x = jax.ShapeDtypeStruct((1, *clip_shape, 3), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-
-
 # --- Inflation ------------------------------------------------------------
 
 
@@ -214,7 +206,9 @@ def inflate_from_image(image_params: Any, video_cfg: Any,
     ValueError: naming every param whose name or shape does not fit.
   """
   kw = _kw(video_cfg)
-  target = npz_lib.flatten(abstract_params(kw, clip_shape, num_classes))
+  target = npz_lib.flatten(jax.eval_shape(
+      _Model(num_classes, **kw).init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, *clip_shape, 3), jnp.float32))["params"])
   n_t, gh, gw, _ = token_grid(clip_shape, kw.get("patch_size", (16, 16)),
                               kw.get("temporal_patch_size", 2))
   tree = layouts.fix_old_checkpoints(
