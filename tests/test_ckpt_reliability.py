@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from losa_jax.checkpointing import integrity
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.serving import predict
 from losa_jax import train
@@ -90,7 +91,7 @@ def test_flipped_bytes_are_detected_and_resume_falls_back(workdir, caplog,
   assert sorted(os.listdir(ckdir)) == ["1", "2"]
   for step in ("1", "2"):       # written once Orbax finalised each step
     manifest = json.load(open(os.path.join(ckdir, step,
-                                           checkpointing.MANIFEST)))
+                                           integrity.MANIFEST)))
     assert any(f.startswith("state/") for f in manifest["files"])
   victim = _largest_data_file(os.path.join(ckdir, "2"))
   size = os.path.getsize(victim)
@@ -99,7 +100,7 @@ def test_flipped_bytes_are_detected_and_resume_falls_back(workdir, caplog,
   rel = os.path.relpath(victim, os.path.join(ckdir, "2"))
 
   ck = checkpointing.Checkpointer(ckdir, read_only=True)
-  with pytest.raises(checkpointing.DamagedCheckpointError) as e:
+  with pytest.raises(integrity.DamagedCheckpointError) as e:
     ck.verify(2)
   assert os.path.join(ckdir, "2") in str(e.value) and rel in str(e.value)
   assert ck.verify(1)
@@ -123,7 +124,7 @@ def test_no_good_step_left_raises_with_the_way_out(workdir):
   ckdir = os.path.join(workdir, "checkpoints")
   for step in ("1", "2"):
     _flip_bytes(_largest_data_file(os.path.join(ckdir, step)))
-  with pytest.raises(checkpointing.CheckpointError,
+  with pytest.raises(integrity.CheckpointError,
                      match="No usable checkpoint.*new --workdir"):
     train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS), workdir)
 
@@ -135,7 +136,7 @@ def test_manifest_is_written_once_the_step_is_final_and_checked(
   leaves no step unverified. The trainer is held before step 7's batch
   until the manifest appears (or 120 s pass, then the test fails)."""
   from losa_jax.assembly import input_pipeline  # pylint: disable=g-import-not-at-top
-  manifest = tmp_path / "checkpoints" / "4" / checkpointing.MANIFEST
+  manifest = tmp_path / "checkpoints" / "4" / integrity.MANIFEST
   seen = {}
   real = input_pipeline.device_batches
 
@@ -161,14 +162,14 @@ def test_step_without_manifest_is_used_with_a_warning_naming_it(
   """The warning names the step and says only what is known: no reason for
   the missing manifest is asserted."""
   step_dir = os.path.join(workdir, "checkpoints", "2")
-  os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+  os.remove(os.path.join(step_dir, integrity.MANIFEST))
   caplog.set_level(logging.WARNING)
   train.train_and_evaluate(tiny_config(steps=3, **BASE_HPARAMS), workdir)
   assert "Resumed from step 2 " in capsys.readouterr().out
   [msg] = [r.getMessage() for r in caplog.records
-           if checkpointing.MANIFEST in r.getMessage()]
+           if integrity.MANIFEST in r.getMessage()]
   assert msg.startswith(f"Checkpoint step 2 at {step_dir} has no "
-                        f"{checkpointing.MANIFEST}"), msg
+                        f"{integrity.MANIFEST}"), msg
   assert "used unverified" in msg and "right after saving" not in msg, msg
 
 
@@ -182,7 +183,7 @@ def test_deleted_data_file_is_named_and_resume_falls_back(
   victim = _largest_data_file(step_dir)
   os.remove(victim)
   if not with_manifest:         # as a run from before manifests: Orbax fails
-    os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+    os.remove(os.path.join(step_dir, integrity.MANIFEST))
     # Every data file: OCDBT may leave a file no longer referenced (seen
     # once under load), so removing only the largest need not break it.
     for path in _data_files(step_dir):
@@ -208,11 +209,11 @@ def test_only_step_damaged_raises_checkpoint_error(tmp_path):
   ck.close()
   step_dir = str(tmp_path / "5")
   os.remove(_largest_data_file(step_dir))
-  os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+  os.remove(os.path.join(step_dir, integrity.MANIFEST))
   ck = checkpointing.Checkpointer(str(tmp_path), read_only=True)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           state)
-  with pytest.raises(checkpointing.CheckpointError) as e:
+  with pytest.raises(integrity.CheckpointError) as e:
     ck.restore_newest(abstract)
   ck.close()
   msg = str(e.value)
@@ -243,7 +244,7 @@ def test_resume_after_an_optimizer_change_the_state_cannot_hold_is_refused(
   """Adam's first moment in bf16 (config.optax.mu_dtype): as many arrays as
   before, so a restore by position would cast them; refused by name, before
   any array is read, like a changed rank."""
-  with pytest.raises(checkpointing.CheckpointError) as e:
+  with pytest.raises(integrity.CheckpointError) as e:
     train.train_and_evaluate(
         tiny_config(steps=3, optax={"mu_dtype": "bfloat16"}, **BASE_HPARAMS),
         workdir)
@@ -343,7 +344,7 @@ def test_predict_on_a_missing_workdir_creates_nothing(tmp_path):
   missing = tmp_path / "typo"
   with pytest.raises(FileNotFoundError, match="check --workdir") as e:
     predict.Predictor(tiny_config(), str(missing))
-  assert isinstance(e.value, checkpointing.CheckpointError)
+  assert isinstance(e.value, integrity.CheckpointError)
   assert str(missing / "checkpoints") in str(e.value)
   assert not os.path.exists(missing)
 
@@ -406,6 +407,6 @@ def test_optimizer_state_is_stored_by_leaves_and_restored_into_any_chain(
 def test_read_only_checkpointer_refuses_to_save(tmp_path):
   checkpointing.Checkpointer(str(tmp_path), async_save=False).close()
   ck = checkpointing.Checkpointer(str(tmp_path), read_only=True)
-  with pytest.raises(checkpointing.CheckpointError, match="read-only"):
+  with pytest.raises(integrity.CheckpointError, match="read-only"):
     ck.save(1, {"x": jnp.zeros(2)}, {})
   ck.close()

@@ -11,7 +11,7 @@ from absl import flags
 import numpy as np
 import pytest
 
-from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import integrity
 from losa_jax.config import schema as config_lib
 from losa_jax import demo
 from losa_jax.utils import npz
@@ -148,7 +148,7 @@ def _expected_shapes(model_kw, num_classes, image_size):
 def test_shipped_backbone_matches_provenance():
   assert os.path.exists(demo.BACKBONE_NPZ), demo.BACKBONE_NPZ
   info = demo.backbone_info()
-  assert info["sha256"] == checkpointing.file_sha256(demo.BACKBONE_NPZ)
+  assert info["sha256"] == integrity.file_sha256(demo.BACKBONE_NPZ)
   assert info["npz_bytes"] == os.path.getsize(demo.BACKBONE_NPZ)
   assert os.path.getsize(demo.BACKBONE_NPZ) < 5 * 2**20
   expected = _expected_shapes(info["model"], info["num_classes"],
@@ -193,7 +193,7 @@ def test_pretrain_smoke_two_steps(tmp_path):
   assert info["total_steps"] == 2 and len(info["history"]) == 2
   assert os.path.exists(out) and os.path.exists(str(tmp_path / "vit.json"))
   saved = json.load(open(str(tmp_path / "vit.json")))
-  assert saved["sha256"] == checkpointing.file_sha256(out)
+  assert saved["sha256"] == integrity.file_sha256(out)
   assert "params" not in saved
   with np.load(out) as z:
     got = {k: z[k].shape for k in z.files}

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import integrity
 from losa_jax import demo
 from losa_jax.serving import export
 from losa_jax.serving import multitask
@@ -249,7 +249,7 @@ def test_workdir_without_config_json_and_a_swapped_backbone(workdirs,
   other = _other_backbone(str(tmp_path / "other.npz"))
   workdir_lib.write_config(old, demo_config(losa=TASKS["digits"][2],
                                             model_init=other))
-  with pytest.raises(checkpointing.CheckpointError, match="sha256"):
+  with pytest.raises(integrity.CheckpointError, match="sha256"):
     multitask.load([old])
 
 

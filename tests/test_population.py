@@ -574,13 +574,20 @@ def test_bad_population_keys_are_refused_by_name(population, match):
 # --- successive halving -------------------------------------------------------
 
 
-def test_successive_halving_keeps_the_best_half(adam_pop, tmp_path):
+def test_successive_halving_keeps_the_best_half(adam_pop, tmp_path,
+                                                monkeypatch):
   """A rung at step 2 keeps the best half by val accuracy; the survivors
   train on, re-stacked, to where the same members of the full population
-  (no rung) end."""
+  (no rung) end. The rung at an eval step reuses that step's eval."""
   c = pop_config(dict(grid=dict(lr=[3e-3, 1e-2], wd=[0.0, 1e-4]),
-                      rungs=dict(steps=[2], keep=0.5, eval="val")))
+                      rungs=dict(steps=[2], keep=0.5, eval="val")),
+                 eval_every=2)
+  evals = []
+  run_eval = population_train.evaluate_members
+  monkeypatch.setattr(population_train, "evaluate_members",
+                      lambda *a, **kw: evals.append(1) or run_eval(*a, **kw))
   out = train.train_and_evaluate(c, str(tmp_path))
+  assert len(evals) == 3        # steps 2 (eval and rung), 4 and the end
   rows = out["results"]["members"]
   assert len(rows) == 4 and int(out["state"]["step"]) == STEPS
   at_rung = {r["index"]: r["curve"]["val"][0] for r in rows}
@@ -593,9 +600,9 @@ def test_successive_halving_keeps_the_best_half(adam_pop, tmp_path):
                                        r["trainable_params"], r["index"]))
   assert survivors == {r["index"] for r in ranked[:2]}
   assert {m.index for m in out["population"].members} == survivors
-  # Only survivors were evaluated at the end.
+  # Only survivors were evaluated after the rung (at step 4 and the end).
   for r in rows:
-    assert len(r["curve"]["val"]) == (2 if r["index"] in survivors else 1)
+    assert len(r["curve"]["val"]) == (3 if r["index"] in survivors else 1)
   # Re-stacking kept each survivor's state: it ends where the same config
   # ends in the full population (same tolerance rule as above).
   full = adam_pop["population"].members

@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
+from losa_jax.checkpointing import integrity
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.trainers import population as population_train
 from losa_jax import train
@@ -128,7 +129,7 @@ def test_newest_step_without_its_metadata_file_falls_back(
   step_dir = os.path.join(_ckdir(workdir), "3")
   os.remove(os.path.join(step_dir, "meta", "metadata"))
   if not manifest:
-    os.remove(os.path.join(step_dir, checkpointing.MANIFEST))
+    os.remove(os.path.join(step_dir, integrity.MANIFEST))
   caplog.set_level(logging.WARNING)
   out = train.train_and_evaluate(pop_config(), workdir)
   assert "Resumed the population from step 2 " in capsys.readouterr().out
@@ -144,7 +145,7 @@ def test_newest_step_without_its_metadata_file_falls_back(
 
 def test_resume_with_an_optimizer_the_state_cannot_hold_is_refused(workdir):
   """SGD with momentum holds a trace per param; the saved state has none."""
-  with pytest.raises(checkpointing.CheckpointError) as e:
+  with pytest.raises(integrity.CheckpointError) as e:
     train.train_and_evaluate(pop_config(optax={"momentum": 0.9}), workdir)
   msg = str(e.value)
   assert "optimizer state this run's optimizer cannot take" in msg, msg

@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import helpers_train
+from losa_jax.checkpointing import integrity
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.config import schema as config_lib
 from losa_jax.serving import predict
@@ -153,7 +154,7 @@ def test_resume_refuses_another_config_or_backbone(tmp_path):
   train.train_and_evaluate(c, str(tmp_path))
   c2 = digits_config(steps=8)
   c2.model.losa.rank = 8
-  with pytest.raises(checkpointing.CheckpointError,
+  with pytest.raises(integrity.CheckpointError,
                      match="model.losa.rank: was 4, now 8"):
     train.train_and_evaluate(c2, str(tmp_path))
   # Another backbone file (same shapes, other values) is refused by hash.
@@ -164,7 +165,7 @@ def test_resume_refuses_another_config_or_backbone(tmp_path):
   npz = str(tmp_path / "other.npz")
   porting.save_vit(params["params"], npz)
   c3 = digits_config(steps=8, model_init=npz)
-  with pytest.raises(checkpointing.CheckpointError, match="sha256"):
+  with pytest.raises(integrity.CheckpointError, match="sha256"):
     train.train_and_evaluate(c3, str(tmp_path))
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from losa_jax.assembly import optim
 from losa_jax.assembly import steps
-from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import integrity
 from losa_jax.models import model as model_lib
 from losa_jax.models import porting
 from losa_jax.models import vit
@@ -214,7 +214,7 @@ def backbone_record(config) -> Dict[str, Optional[str]]:
   if not os.path.exists(file_path):
     raise FileNotFoundError(f"config.model_init: no checkpoint file at "
                             f"{file_path!r}.")
-  return {"path": path, "sha256": checkpointing.file_sha256(file_path)}
+  return {"path": path, "sha256": integrity.file_sha256(file_path)}
 
 
 def load_backbone(params, config):

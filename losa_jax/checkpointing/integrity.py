@@ -2,28 +2,19 @@
 # Licensed under the Apache License, Version 2.0.
 """Checkpoint integrity: each step's manifest, its check, and damaged steps.
 
-A step is final once Orbax has written and renamed it (Orbax saves
-asynchronously), and checked once its caller says its loss is finite
-(`Checkpointer.save(..., checked=False)`, then `confirm` or `discard`: a
-step's loss is known only at the next training step). As soon as a step is
-both, a background thread of process 0 writes `<step>/losa_manifest.json`
-(`write_manifest`) with the size and sha256 of every other file in the
-step's folder, so a kill leaves at most the step being written or checked
-without one. `Checkpointer.restore` checks the manifest (`verify`) before
-reading any array; a missing, resized or changed file raises
-`DamagedCheckpointError` naming the step's path and the file.
-`Checkpointer.restore_newest` (the trainer's resume) then falls back to the
-previous step with a logged warning, so damaged values are never trained
-on; a writable Checkpointer moves each damaged step to
-`<workdir>/damaged_checkpoints/` (`set_aside`: the rerun can save that step
-again, and the evidence is kept). When no usable step remains it raises
-`CheckpointError` saying what to do.
+Once a step is final (Orbax saves asynchronously) and its loss is known to
+be finite (`Checkpointer.confirm`), a thread of process 0 writes
+`<step>/losa_manifest.json` (`write_manifest`): the size and sha256 of
+every other file of the step. `Checkpointer.restore` checks it (`verify`)
+before reading any array; `restore_newest` falls back over damaged steps
+with a warning and moves them to `<workdir>/damaged_checkpoints/`
+(`set_aside`), so damaged values are never trained on and the evidence is
+kept.
 
-Steps without a manifest (a kill before the step was final and checked, an
-older version, or a deleted manifest) are accepted with a warning that names
-them. Orbax's atomic rename already guarantees they are complete; bit-level
-damage and a non-finite loss go undetected, and an Orbax read error on such
-a step is treated as damage (fallback as above).
+A step without a manifest (killed before it was checked, or a deleted
+manifest) is used with a warning: Orbax's atomic rename guarantees it is
+complete, but bit-level damage goes undetected, and an Orbax read error on
+it is treated as damage.
 """
 import hashlib
 import json
@@ -32,10 +23,13 @@ import time
 
 from absl import logging
 
-from losa_jax.checkpointing.resume import CheckpointError
 from losa_jax.utils import io as io_lib
 
 MANIFEST = "losa_manifest.json"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used for this run (the message says why)."""
 
 
 class DamagedCheckpointError(CheckpointError):

@@ -2,36 +2,23 @@
 # Licensed under the Apache License, Version 2.0.
 """Orbax checkpoints of the trainable state; the backbone is referenced.
 
-A checkpoint holds the trainable params, the optimizer state, the step, the
-rng and the data iterator's position, plus JSON metadata naming the backbone
-file by path and sha256 and fingerprinting the config. The frozen backbone is
-never copied: on resume it is re-read from `model_init` and its hash must
-match. Orbax writes each step into a temporary folder and renames it when
-complete, so a killed run never leaves a half-written step that looks valid.
-This module is the only one that imports Orbax (a V1 move is one file).
+A checkpoint holds the trainable params, the optimizer state, the step and
+the rng, plus JSON metadata naming the backbone file by path and sha256 and
+fingerprinting the config (`resume`): the frozen backbone is never copied.
+Orbax writes each step into a temporary folder and renames it when
+complete. This module is the only one that imports Orbax.
 
-Integrity (`integrity`). Each step, once on disk and its loss checked, gets
-a manifest of its files' sizes and sha256, checked before any array is read;
-`restore_newest` falls back over damaged steps and sets them aside.
+Each step, once on disk and its loss checked, gets a manifest (`integrity`);
+a discarded step (its loss was not finite) is deleted, and old steps go
+beyond `max_to_keep` checked ones: a step whose check is still due never
+pushes out an older one.
 
-Kept steps. A discarded step (its loss was not finite) is deleted. Old
-steps are deleted beyond `max_to_keep` checked ones, at the next save and
-at `close`: a step whose check is still due never pushes out an older one.
-
-Optimizer state layout. The optimizer state is stored as the list of its
-leaves in `jax.tree.leaves` order (meta `layout` = 2), and restored into the
-current run's tree structure. Hyper-parameters that only add or remove
-leafless optax states (`config.wd` 0 <-> non-zero, `config.grad_clip_norm`
-unset <-> set) therefore resume; the saved values are in the metadata
-(`hparams`) and a change is logged. The metadata also describes every leaf
-(`opt_layout`: path without chain positions, dtype, shape); a change the
-stored state cannot hold (e.g. `config.optax`) is refused by name before any
-array is read. Checkpoints of the older nested layout (no `layout` key) are
-restored as saved.
-
-Health. `save` stores whatever metadata the trainer hands it, such as the
-trainer's NaN diagnostics (losa_jax.trainers.common.health_meta), and
-`read_meta` gives it back.
+The optimizer state is stored as its list of leaves (meta `layout` = 2) and
+restored into this run's tree structure, so hyper-parameters that only add
+or remove leafless optax states (`config.wd` 0 <-> non-zero,
+`config.grad_clip_norm` unset <-> set) resume; `resume.check_opt_layout`
+refuses the changes it cannot hold. Steps of the older nested layout (no
+`layout` key) are restored as saved.
 """
 import os
 import threading
@@ -43,24 +30,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from losa_jax.checkpointing import integrity
+from losa_jax.checkpointing import resume
 from losa_jax.utils import tree as tree_lib
-# The names callers use from integrity and resume, re-exported: one checkpoint
-# API.
-from losa_jax.checkpointing.integrity import MANIFEST  # pylint: disable=unused-import
-from losa_jax.checkpointing.integrity import DamagedCheckpointError
-from losa_jax.checkpointing.integrity import file_sha256  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import CheckpointError
-from losa_jax.checkpointing.resume import check_meta  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import check_opt_layout  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import config_fingerprint  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import config_hparams  # pylint: disable=unused-import
-from losa_jax.checkpointing.resume import opt_layout
 
 WATCH_S = 0.05          # how often the manifest thread asks Orbax
 LAYOUT = 2              # meta["layout"]: the opt state is a list of leaves
 
 
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+class CheckpointNotFoundError(integrity.CheckpointError, FileNotFoundError):
   """A read-only Checkpointer was pointed at a folder that does not exist."""
 
 
@@ -127,14 +104,15 @@ class Checkpointer:
       Whether a save was started.
     """
     if self.read_only:
-      raise CheckpointError(f"Checkpointer({self.directory}) is read-only: "
-                            f"cannot save step {step}.")
+      raise integrity.CheckpointError(
+          f"Checkpointer({self.directory}) is read-only: cannot save step "
+          f"{step}.")
     # Orbax itself waits for the previous save here; meanwhile the finished
     # steps get their manifests and old steps go.
     self.wait()
     state = dict(state)
     if "opt" in state:
-      meta = {"opt_layout": opt_layout(state["opt"]), **meta}
+      meta = {"opt_layout": resume.opt_layout(state["opt"]), **meta}
       state["opt"] = jax.tree.leaves(state["opt"])
     started = self._mngr.save(
         step, args=ocp.args.Composite(
@@ -210,12 +188,6 @@ class Checkpointer:
       if os.path.isdir(self.step_dir(step)):     # else deleted meanwhile
         integrity.write_manifest(self.step_dir(step), step)
 
-  def _finalize(self):
-    """Waits for Orbax, then writes the manifests of the checked steps."""
-    self._mngr.wait_until_finished()
-    with self._lock:
-      self._write_ready_locked()
-
   def _prune(self):
     """Deletes the oldest checked steps beyond max_to_keep. Called by every
     process at the same point (Orbax's delete syncs them), with no save in
@@ -279,14 +251,14 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       if not verified:
         raise integrity.unreadable(step, path, e) from e
-      raise CheckpointError(
+      raise integrity.CheckpointError(
           f"Checkpoint step {step} at {path} is intact but does not fit this "
           f"run's state: {integrity.cause(e)}. A config change the "
           "fingerprint does not cover (e.g. config.optax) can cause this: "
           "resume with the original config or use a new --workdir.") from e
     if treedef is not None:
       if len(state["opt"]) != treedef.num_leaves:
-        raise CheckpointError(
+        raise integrity.CheckpointError(
             f"Checkpoint step {step} at {path} holds {len(state['opt'])} "
             f"optimizer-state arrays, this run's optimizer has "
             f"{treedef.num_leaves} (config.optax changed?). Resume with the "
@@ -325,7 +297,7 @@ class Checkpointer:
       error = None
       try:
         state, meta = self.restore(step, abstract_state, check=check)
-      except DamagedCheckpointError as e:
+      except integrity.DamagedCheckpointError as e:
         error = e
       agree(int(error is None), f"whether checkpoint step {step} is readable")
       if error is None:
@@ -338,7 +310,7 @@ class Checkpointer:
       agree(step, f"the damaged checkpoint step set aside in {self.directory}")
       self._mngr.reload()
     if damaged:
-      raise CheckpointError(
+      raise integrity.CheckpointError(
           f"No usable checkpoint in {self.directory}: " +
           " ".join(damaged.values()) +
           " Restore the files from a backup, or start afresh with a new "
@@ -348,7 +320,9 @@ class Checkpointer:
   def wait(self):
     """Waits for the saves in flight; writes their manifests, prunes."""
     if not self.read_only:
-      self._finalize()
+      self._mngr.wait_until_finished()
+      with self._lock:
+        self._write_ready_locked()
       self._prune()
 
   def close(self):

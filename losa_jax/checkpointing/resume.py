@@ -3,8 +3,8 @@
 """What a resume must agree on: the config fingerprint, the hyper-parameters
 a resume may change, and the optimizer state's layout.
 
-`checkpointing` records these in every step's metadata and checks them (with
-`check_meta`) before any array is read; it re-exports this module's names.
+The trainers record these in every step's metadata and check them (with
+`check_meta`) before any array is read.
 """
 import json
 from typing import Any, Dict, List
@@ -13,6 +13,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+from losa_jax.checkpointing.integrity import CheckpointError
+
 # Config keys whose change makes an old checkpoint meaningless for this run.
 FINGERPRINT_KEYS = ("model", "num_classes", "image_size", "optax_name",
                     "schedule", "seed", "data_seed", "lr_mults",
@@ -20,10 +22,6 @@ FINGERPRINT_KEYS = ("model", "num_classes", "image_size", "optax_name",
 # Config keys recorded in each checkpoint whose change a resume accepts (the
 # optimizer state does not depend on their values); a change is logged.
 HPARAM_KEYS = ("lr", "wd", "wd_mults", "grad_clip_norm", "optax")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be used for this run (the message says why)."""
 
 
 def _plain(config, keys) -> Dict[str, Any]:

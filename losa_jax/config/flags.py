@@ -9,13 +9,12 @@ config lacks fails as a flag error naming the full key, the valid keys at
 that level (the config's and `schema.SCHEMA`'s) and the closest one, and that
 its help lists every key (`schema.describe`).
 """
-import re
-import sys
 from typing import Mapping
 
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from losa_jax.config import schema
 
@@ -29,22 +28,22 @@ class ConfigOverrideError(flags.Error):
 
 
 def check_override(config, override: str, flag_name: str = "config") -> None:
-  """Raises ConfigOverrideError unless the dotted `override` is in `config`.
+  """Raises ConfigOverrideError unless the `override` path is in `config`.
 
-  The error names the full key (`config.model.losa.bogus`), the valid keys
-  at that level (the config's and SCHEMA's) and the closest one. A key that
-  SCHEMA allows but the config file does not set cannot be added from the
-  command line either (the config is locked): the error says so.
+  A key that SCHEMA allows but the config file does not set cannot be added
+  from the command line either (the config is locked): the error says so.
 
   Args:
     config: the config as loaded from the file, before the overrides.
-    override: the path after `--<flag_name>.`, e.g. "model.losa.rank".
+    override: the path after `--<flag_name>.`, e.g. "model.losa.rank" or
+      "input.data[0]" (ml_collections checks the indices).
     flag_name: the config flag's name, the root of the paths in messages.
   """
   walked = []
   node = config
-  for part in override.split("."):
-    field, index = part.partition("[")[::2]
+  for field in config_path.split(override):
+    if not isinstance(field, str):
+      return              # a list index: ml_collections checks those
     where = ".".join([flag_name, *walked])
     full = f"{where}.{field}"
     if node is None:
@@ -57,8 +56,6 @@ def check_override(config, override: str, flag_name: str = "config") -> None:
           f"--{full}: {where}={node!r} is a {type(node).__name__}, not a "
           f"dict, so it has no field {field!r}; override --{where} itself.")
     if field in node:
-      if index:
-        return              # a list index: ml_collections checks those
       node = node[field]
       walked.append(field)
       continue
@@ -79,23 +76,21 @@ class _CheckedParser(flags.ArgumentParser):
   """The config file flag's parser, then `check_override` on each override.
 
   ml_collections' flag loads the file with its parser and only then applies
-  the `--<name>.<path>` overrides of the command line (sys.argv), where a
-  missing key fails with a bare KeyError or AttributeError; this parser
-  checks them first.
+  the overrides, where a missing key fails with a bare KeyError or
+  AttributeError; this parser checks them first. It reads them as the flag
+  does (`_GetOverrides`: the same list, `--flagfile`s expanded).
   """
 
-  def __init__(self, parser: flags.ArgumentParser, name: str):
+  def __init__(self, flag: flags.Flag):
     super().__init__()
-    self.parser, self.name = parser, name
+    self.flag, self.parser = flag, flag.parser
 
   def parse(self, argument):
     config = self.parser.parse(argument)
     if isinstance(config, (ml_collections.ConfigDict, Mapping)):
-      argv = flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False)
-      for arg in argv[1:]:
-        match = re.match(rf"--?(no)?{re.escape(self.name)}\.([^=]+)", arg)
-        if match:
-          check_override(config, match.group(2), self.name)
+      # pylint: disable-next=protected-access
+      for override in self.flag._GetOverrides(self.flag._GetArgv()):
+        check_override(config, override, self.flag.name)
     return config
 
   def flag_type(self):
@@ -111,16 +106,11 @@ def define_config_flag(
     name: str = "config",
     help_string: str = "Training config file (configs/*.py[:args]).",
     flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
-  """`config_flags.DEFINE_config_file(name, lock_config=True)`, checked.
-
-  Same flag (`--config path.py[:args]`, `--config.a.b=value` overrides of a
-  locked config), except that an override of a key the config lacks fails
-  as a flag error naming the full key and the valid keys (`check_override`),
-  and its help lists the keys (`schema.describe`).
-  """
+  """`config_flags.DEFINE_config_file(name, lock_config=True)`, checked (see
+  the module docstring)."""
   holder = config_flags.DEFINE_config_file(
       name, None, f"{help_string} Keys, with --{name}.<key>=value overrides "
       f"of those the file sets:\n{schema.describe()}",
       flag_values=flag_values, lock_config=True)
-  flag_values[name].parser = _CheckedParser(flag_values[name].parser, name)
+  flag_values[name].parser = _CheckedParser(flag_values[name])
   return holder

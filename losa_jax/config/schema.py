@@ -87,7 +87,8 @@ def _check_real(value, name: str, *, minimum: float = 0.0,
                      f"{' or None' if optional else ''}{hint}.")
 
 
-def _as_dict(x):
+def as_dict(x) -> dict:
+  """A ConfigDict, mapping or None as a plain dict ({} for None)."""
   if x is None:
     return {}
   return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
@@ -117,7 +118,7 @@ def _call(fn: Callable[[Any], Any]):
 
 def _options(fn: Callable[[Optional[dict], str], dict]):
   """A check of a method's options dict (`model_lib.*_options`)."""
-  return lambda value, name, hint="": fn(_as_dict(value), name)
+  return lambda value, name, hint="": fn(as_dict(value), name)
 
 
 def _check_patch(patch, name: str, hint: str = "") -> None:
@@ -282,7 +283,7 @@ def _check_dict(node: Mapping[str, Any], path: Tuple[str, ...]) -> None:
   valid = schema_keys(path)
   if valid == ("*",):                   # named entries (config.evals)
     for name, entry in node.items():
-      _check_dict(_as_dict(entry), (*path, name))
+      _check_dict(as_dict(entry), (*path, name))
     return
   bad = sorted(set(node) - set(valid))
   if bad:
@@ -298,21 +299,21 @@ def _check_dict(node: Mapping[str, Any], path: Tuple[str, ...]) -> None:
     # A dict with a check of its own (model.losa: model_lib.losa_options)
     # checks its keys there, with the model's messages.
     if value is not None and schema_keys((*path, k)) and key.check is None:
-      _check_dict(_as_dict(value), (*path, k))
+      _check_dict(as_dict(value), (*path, k))
 
 
 def validate(config) -> None:
   """Raises ValueError naming the first bad key; cheap (no compilation)."""
-  _check_dict(_as_dict(config), ())
+  _check_dict(as_dict(config), ())
   if config.get("total_steps") is None and config.get("total_epochs") is None:
     raise ValueError("Set config.total_steps or config.total_epochs.")
-  model = _as_dict(config.model)
-  _check_heads(_as_dict(model.get("backbone")))
+  model = as_dict(config.model)
+  _check_heads(as_dict(model.get("backbone")))
   input_shape(config)          # config.image_size against the backbone kind
   method = model.get("method", "losa")
   if method == "lora":
-    vit.lora_targets(_as_dict(model.get("lora")).get("targets", "qv"))
-  if _as_dict(config.get("feature_cache")).get("enabled") and method != "losa":
+    vit.lora_targets(as_dict(model.get("lora")).get("targets", "qv"))
+  if as_dict(config.get("feature_cache")).get("enabled") and method != "losa":
     raise ValueError(f"config.feature_cache.enabled needs model.method='losa' "
                      f"(got {method!r}): other methods change the backbone's "
                      "features, so there is nothing fixed to cache.")
@@ -346,7 +347,7 @@ def input_shape(config) -> Tuple[int, ...]:
   Raises ValueError naming config.image_size when it does not fit.
   """
   size = config.get("image_size", SCHEMA["image_size"].default)
-  backbone = _as_dict((config.get("model") or {}).get("backbone"))
+  backbone = as_dict((config.get("model") or {}).get("backbone"))
   video = backbone.get("kind", "vit") == "vivit"
   want = ("(num_frames, height, width), e.g. (8, 224, 224): a ViViT backbone "
           "(config.model.backbone.kind='vivit') takes clips" if video else
@@ -389,7 +390,7 @@ def with_defaults(config) -> ml_collections.ConfigDict:
   the keys are read, so that the checkpoint's config fingerprint stays that
   of the config as written.
   """
-  c = ml_collections.ConfigDict(_as_dict(config))
+  c = ml_collections.ConfigDict(as_dict(config))
   for k, key in SCHEMA.items():
     if "." not in k and k not in c and key.default not in (None, REQUIRED):
       c[k] = key.default

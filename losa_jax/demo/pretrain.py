@@ -46,7 +46,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import integrity
 from losa_jax.utils import io
 from losa_jax.utils import npz
 from losa_jax.assembly import steps as steps_lib
@@ -300,7 +300,7 @@ def train(config, out_path: Optional[str] = None,
   }
   if out_path:
     npz.save_npz(params, out_path)
-    info["sha256"] = checkpointing.file_sha256(out_path)
+    info["sha256"] = integrity.file_sha256(out_path)
     info["npz_bytes"] = os.path.getsize(out_path)
     io.write_json(json_path_for(out_path), info, sort_keys=True)
     logging.info("wrote %s (%d bytes, sha256 %s)", out_path, info["npz_bytes"],

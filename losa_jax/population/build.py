@@ -2,23 +2,15 @@
 # Licensed under the Apache License, Version 2.0.
 """A population step: K side networks trained on one frozen backbone pass.
 
-LoSA's backbone never sees the side network, so its forward pass is the
-same for every side network that reads the same batch. The population step
-runs the backbone once per distinct data order (usually once) and feeds its
-taps to every member:
-
-* Members with one structure (rank, LoSA switches, tap_every) form a group:
-  their params, optimizer states and hyper-parameters (lr, wd,
-  label_smoothing, grad_clip_norm) are stacked on a leading member axis and
-  the member's step is vmapped. The hyper-parameters are arrays of the
-  state, so one program serves every value.
-* Groups of different structures are traced into the same jitted step.
-* Each member's step is the trainer's step (`steps.train_step_fn`) on the
-  member's own optimizer (`optim.make` with the member's values), fed the
-  shared taps instead of images: after N steps a member holds the params a
-  single run of its config holds (tested to 1e-5).
-* A member whose loss or update turns NaN/Inf keeps its last finite
-  state and is marked dead (`alive` False); the others go on.
+LoSA's backbone never sees the side network, so the step runs it once per
+distinct data order and feeds its taps to every member. Members of one
+structure (rank, LoSA switches, tap_every) form a group: their params,
+optimizer states and hyper-parameters (`HP_KEYS`, arrays of the state, so
+one program serves every value) are stacked on a member axis and the
+trainer's own step is vmapped over them; groups of other structures are
+traced into the same jitted step. A member whose loss or update turns
+NaN/Inf keeps its last finite state (`alive` False). docs/population.md
+says what is guaranteed and tested.
 
 State (a pytree; sharded like the trainer's: batch over the data axes, the
 backbone by `config.sharding_strategy`, members replicated):
@@ -398,19 +390,28 @@ def eval_members(pop: PopulationBuilt, eval_step, state,
 
 
 def backbone_loader(config, pop: PopulationBuilt) -> Callable[[], Any]:
-  """() -> the frozen backbone as each member's single run loads it: init
-  from the first split of key(config.seed) (so without a model_init the
-  members whose seed is config.seed get their single run's random backbone),
-  then config.model_init, in the frozen param dtype, placed in the
-  population's shardings. The init is jitted once for every call."""
+  """() -> the frozen backbone as each member's single run loads it, in the
+  frozen param dtype, placed in the population's shardings.
+
+  As `Built.init_loaded` does, config.model_init is loaded into the params'
+  shapes first; only when it leaves backbone leaves unset (always, without
+  a model_init) is the model initialised, from the first split of
+  key(config.seed) (so the members whose seed is config.seed get their
+  single run's random backbone). The init is jitted once for every call.
+  """
   model = pop.groups[0].model
   init = jax.jit(lambda r: model.init(
       r, jnp.zeros((1, *pop.image_shape), jnp.float32))["params"])
   dtype = build_lib.frozen_param_dtype(config)
+  is_shape = lambda x: isinstance(x, jax.ShapeDtypeStruct)
 
   def load():
     init_rng, _ = jax.random.split(jax.random.key(config.seed))
-    bb = build_lib.load_backbone(init(init_rng), config)["backbone"]
+    bb = build_lib.load_backbone(jax.eval_shape(init, init_rng),
+                                 config)["backbone"]
+    if any(is_shape(x) for x in jax.tree.leaves(bb)):
+      bb = jax.tree.map(lambda x, fresh: fresh if is_shape(x) else x, bb,
+                        init(init_rng)["backbone"])
     return jax.device_put(build_lib.cast_floats(bb, dtype),
                           pop.state_sharding["params"]["backbone"])
   return load

@@ -53,7 +53,7 @@ class Member:
   name: e.g. "m03"; label: the values that differ, e.g. "lr=0.003,rank=8".
   config: the complete single-run config of this member.
   hparams: its HPARAMS values (grad_clip_norm None = off).
-  structure: the losa switches that differ between members.
+  structure: its losa switches, sorted (its group's key).
   """
   index: int
   name: str
@@ -61,12 +61,6 @@ class Member:
   config: ml_collections.ConfigDict
   hparams: Dict[str, Any]
   structure: Tuple[Tuple[str, Any], ...]
-
-
-def _as_dict(x) -> dict:
-  if x is None:
-    return {}
-  return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
 
 
 def _values(where: str, v) -> list:
@@ -101,22 +95,22 @@ def _fmt(v) -> str:
 
 def validate(population, config=None):
   """Checks the form of config.population; raises ValueError naming keys."""
-  pop = _as_dict(population)
+  pop = config_lib.as_dict(population)
   bad = sorted(set(pop) - set(POPULATION_KEYS))
   if bad:
     raise ValueError(f"Unknown config.population key(s) {bad}; valid: "
                      f"{list(POPULATION_KEYS)}.")
-  for k in _as_dict(pop.get("grid")):
+  for k in config_lib.as_dict(pop.get("grid")):
     if k not in HPARAMS or k in ("seed", "data_seed"):
       raise ValueError(
           f"config.population.grid.{k}: not a per-member hyper-parameter; "
           f"use one of {[h for h in HPARAMS if 'seed' not in h]} (seeds go "
           "in population.seeds / data_seeds, structure in population.losa).")
-  for k in _as_dict(pop.get("losa")):
+  for k in config_lib.as_dict(pop.get("losa")):
     if k not in model_lib.LOSA_DEFAULTS:
       raise ValueError(f"config.population.losa.{k}: not a LoSA switch; "
                        f"valid: {sorted(model_lib.LOSA_DEFAULTS)}.")
-  rungs = _as_dict(pop.get("rungs"))
+  rungs = config_lib.as_dict(pop.get("rungs"))
   bad = sorted(set(rungs) - set(RUNG_KEYS))
   if bad:
     raise ValueError(f"Unknown config.population.rungs key(s) {bad}; valid: "
@@ -133,7 +127,7 @@ def validate(population, config=None):
                        "of members kept at each rung, in (0, 1).")
     if config is not None:
       ev = rungs.get("eval")
-      evals = _as_dict(config.get("evals"))
+      evals = config_lib.as_dict(config.get("evals"))
       if ev not in evals:
         raise ValueError(f"config.population.rungs.eval={ev!r}: name the "
                          f"config.evals entry to rank members by; have "
@@ -144,11 +138,11 @@ def validate(population, config=None):
 
 def expand(config) -> List[Member]:
   """The members of `config.population` (in a fixed, reproducible order)."""
-  pop = _as_dict(config.get("population"))
-  base = _as_dict(config)
+  pop = config_lib.as_dict(config.get("population"))
+  base = config_lib.as_dict(config)
   base.pop("population", None)
   rows: List[Tuple[Dict[str, Any], Dict[str, Any]]] = []   # (hp, losa)
-  rand = _as_dict(pop.get("random"))
+  rand = config_lib.as_dict(pop.get("random"))
   if rand:
     budget = rand.pop("budget", None)
     if not isinstance(budget, int) or budget <= 0:
@@ -169,9 +163,9 @@ def expand(config) -> List[Member]:
       rows.append((hp, losa))
   else:
     grid = {k: _values(f"config.population.grid.{k}", v)
-            for k, v in sorted(_as_dict(pop.get("grid")).items())}
+            for k, v in sorted(config_lib.as_dict(pop.get("grid")).items())}
     struct = {k: _values(f"config.population.losa.{k}", v)
-              for k, v in sorted(_as_dict(pop.get("losa")).items())}
+              for k, v in sorted(config_lib.as_dict(pop.get("losa")).items())}
     for s_vals in itertools.product(*struct.values()):
       for h_vals in itertools.product(*grid.values()):
         rows.append((dict(zip(grid, h_vals)), dict(zip(struct, s_vals))))
@@ -197,7 +191,7 @@ def expand(config) -> List[Member]:
     c.data_seed = int(base_data_seed if data_seed is None else data_seed)
     if losa:
       c.model.losa = ml_collections.ConfigDict(
-          {**_as_dict(c.model.get("losa")), **losa})
+          {**config_lib.as_dict(c.model.get("losa")), **losa})
     config_lib.validate(c)
     i = len(members)
     shown = {k: v for k, v in {**hp, **losa}.items()
@@ -210,31 +204,21 @@ def expand(config) -> List[Member]:
     member_hp = {"lr": float(c.lr), "wd": float(c.get("wd", 0.0)),
                  "label_smoothing": float(c.get("label_smoothing", 0.0)),
                  "grad_clip_norm": c.get("grad_clip_norm"),
-                 "seed": int(c.seed),
-                 "data_seed": int(c.data_seed)}
-    members.append(Member(i, f"m{i:02d}", label, c, member_hp,
-                          tuple(sorted((k, repr(v)) for k, v in
-                                       _as_dict(c.model.get("losa")).items()))))
+                 "seed": int(c.seed), "data_seed": int(c.data_seed)}
+    losa_all = config_lib.as_dict(c.model.get("losa"))
+    members.append(Member(i, f"m{i:02d}", label, c, member_hp, tuple(
+        sorted((k, repr(v)) for k, v in losa_all.items()))))
   if not members:
     raise ValueError("config.population expands to no member.")
   return members
 
 
-def structure_key(member: Member) -> Tuple:
-  """Members with equal keys share one compiled, vmapped group."""
-  return member.structure
-
-
-def data_key(member: Member) -> int:
-  """Members with equal data seeds see the same batches (one backbone pass)."""
-  return member.hparams["data_seed"]
-
-
 def group_members(members: Sequence[Member]
                   ) -> List[Tuple[Tuple, int, List[Member]]]:
-  """[(structure key, data seed, members)] in first-appearance order."""
+  """[(structure, data seed, members)] in first-appearance order: members
+  of one structure share a vmapped group, of one data seed a backbone pass."""
   groups: Dict[Tuple, List[Member]] = {}
   for m in members:
-    groups.setdefault((structure_key(m), data_key(m)), []).append(m)
+    groups.setdefault((m.structure, m.hparams["data_seed"]), []).append(m)
   return [(k[0], k[1], v) for k, v in groups.items()]
 

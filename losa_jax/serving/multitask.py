@@ -28,6 +28,7 @@ import numpy as np
 
 from losa_jax.assembly import build
 from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import resume
 from losa_jax.config import schema as config_lib
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.models import model as model_lib
@@ -282,9 +283,8 @@ def restore_checked(config, workdir: str, step: Optional[int], *,
         jax.eval_shape(lambda s: checkpointing.trainable_state(s, built.mask),
                        built.state_shape))
     expected = {"backbone": build.backbone_record(config),
-                "config": checkpointing.config_fingerprint(config)}
-    check = lambda meta: checkpointing.check_meta(meta, expected,
-                                                  ckpt.directory)
+                "config": resume.config_fingerprint(config)}
+    check = lambda meta: resume.check_meta(meta, expected, ckpt.directory)
     if step is None:
       step, restored, _ = ckpt.restore_newest(abstract, check=check)
     else:
@@ -344,7 +344,7 @@ def load(workdirs: Sequence[str], names: Optional[Sequence[str]] = None, *,
   Raises:
     ValueError: names clash, or workdirs that cannot share a backbone pass
       (another backbone sha256, image size or eval pp), naming both.
-    FileNotFoundError / checkpointing.CheckpointError: as `predict`.
+    FileNotFoundError / integrity.CheckpointError: as `predict`.
   """
   workdirs = list(workdirs)
   if not workdirs:

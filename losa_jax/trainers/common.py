@@ -1,24 +1,9 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""The training loop that single runs and populations share.
-
-A trainer (`single.SingleTrainer`, `population.PopulationTrainer`) is a
-state and a step (`Trainer` lists what it defines); `Trainer.train` runs
-the loop around it:
-
-* a step's metrics are fetched at log, checkpoint and last steps, at the
-  trainer's `sync_steps` (rungs) and after a checkpoint; a single run also
-  checks every step's loss at the next step (ready by then, so the device
-  pipeline never stalls);
-* a checkpoint is kept once the next step shows its params gave a finite
-  loss (`Checkpointer.confirm`; `discard` when not);
-* eval every `config.eval_every` steps, then `after_step` (rungs), then a
-  checkpoint every `config.ckpt_every` steps and at the end.
-
-Here too is what both write (`metrics.jsonl` and TensorBoard events,
-results.json, peak memory) and the NaN diagnostics that a checkpoint's
-metadata carries (`health_meta`) and a NaN stop's message reads back
-(`nonfinite_report`).
+"""The training loop that single runs and populations share (`Trainer`);
+what both write (metrics.jsonl, TensorBoard events, results.json, peak
+memory); the NaN diagnostics a checkpoint's metadata carries
+(`health_meta`) and a NaN stop's message reads back (`nonfinite_report`).
 """
 import itertools
 import json
@@ -35,7 +20,9 @@ import jax.numpy as jnp
 from losa_jax import datasets
 from losa_jax.assembly import build as build_lib
 from losa_jax.assembly import input_pipeline
+from losa_jax.checkpointing import integrity
 from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import resume
 from losa_jax.config import input_check
 from losa_jax.config import schema as config_lib
 from losa_jax.parallel import distributed
@@ -107,7 +94,7 @@ def nonfinite_report(ckpt: checkpointing.Checkpointer) -> str:
   for s in steps:
     try:
       m = ckpt.read_meta(s)
-    except checkpointing.CheckpointError:
+    except integrity.CheckpointError:
       m = {}
     info[s] = (m.get("max_abs_param"), m.get("loss"))
   first = info[steps[0]][0]
@@ -283,7 +270,7 @@ class Trainer:
     self.writer = MetricWriter(workdir)
     self.expected_meta = {
         "backbone": build_lib.backbone_record(config),
-        "config": checkpointing.config_fingerprint(config)}
+        "config": resume.config_fingerprint(config)}
     self.sync_steps = set()
 
   def after_step(self, step: int):
@@ -330,6 +317,10 @@ class Trainer:
     return out
 
   def _loop(self, start: int, batches):
+    """Steps `start` + 1 to `total`. A step's metrics are fetched at log,
+    checkpoint, sync and last steps and after a checkpoint, whose step is
+    kept once the next step's loss is finite (`Checkpointer.confirm`).
+    Then eval, `after_step`, checkpoint."""
     config, total = self.config, self.total
     pending, unchecked = None, []
     for step in range(start + 1, total + 1):

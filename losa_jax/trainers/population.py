@@ -5,23 +5,11 @@
     python -m losa_jax.train --workdir /tmp/pop \\
         --config configs/default.py:population=default
 
-LoSA members share one backbone pass per batch (losa_jax.population.build);
-other methods change the backbone, so their members train one after another
-through the single-run trainer, each in <workdir>/<member>. Either way:
-
-* `metrics.jsonl` gets one record per member and log step ({"member": "m03",
-  "loss", "accuracy", "lr", ...}), TensorBoard one run per member
-  (tensorboard/<member>), and the terminal a leaderboard line;
-* a member whose loss turns NaN/Inf is frozen at its last finite state and
-  reported once; the others go on (if all die, the run stops like a single
-  run's NaN stop);
-* optional successive halving (`population.rungs`): at each rung step every
-  live member is evaluated on `rungs.eval`, the best `keep` fraction goes
-  on (re-stacked and recompiled), the rest stop there;
-* the whole population is checkpointed (Orbax, like the trainer: verified,
-  atomic) and a killed run resumes to the same params;
-* `results.json` holds every member's config values, final metrics and
-  trainable params, and the leaderboard (best first).
+LoSA members share one backbone pass per batch (losa_jax.population.build)
+in the single run's loop; other methods change the backbone, so their
+members train one after another through the single-run trainer, each in
+<workdir>/<member>. docs/population.md describes what it writes, NaN
+members, successive halving (`population.rungs`) and resume.
 """
 import math
 import os
@@ -33,6 +21,7 @@ import numpy as np
 
 from losa_jax.assembly import input_pipeline
 from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import resume
 from losa_jax.config import schema as config_lib
 from losa_jax.evaluators import classification
 from losa_jax.parallel import distributed
@@ -47,18 +36,15 @@ class PopulationDiedError(FloatingPointError):
   """Every member's loss turned NaN/Inf."""
 
 
-def _rank_key(row: Dict[str, Any], metric: str):
-  """Best first: live members before diverged ones, then higher metric, then
-  fewer params, then member index."""
-  value = row.get(metric)
-  value = -math.inf if value is None or not np.isfinite(value) else value
-  return (not row.get("alive", True), -value, row.get("trainable_params", 0),
-          row["index"])
-
-
 def leaderboard(rows: List[Dict[str, Any]], metric: str) -> List[Dict]:
-  """Rows sorted best first by `metric` (ties go to fewer params)."""
-  return sorted(rows, key=lambda r: _rank_key(r, metric))
+  """Rows sorted best first: live members before diverged ones, then higher
+  `metric`, then fewer params, then member index."""
+  def key(row):
+    value = row.get(metric)
+    value = -math.inf if value is None or not np.isfinite(value) else value
+    return (not row.get("alive", True), -value,
+            row.get("trainable_params", 0), row["index"])
+  return sorted(rows, key=key)
 
 
 def _board_line(step: int, total: int, rows, metric: Optional[str],
@@ -193,6 +179,7 @@ class PopulationTrainer(common.Trainer):
     self.sync_steps = {s for s in self.rungs.get("steps", [])
                        if s < self.total}
     self.metric = _selection_metric(config)
+    self._evals = {}      # (eval name, step) -> `_evaluate`'s results
 
   def _build(self, members) -> pop_lib.PopulationBuilt:
     return pop_lib.build(self.config, total_steps=self.total,
@@ -204,9 +191,9 @@ class PopulationTrainer(common.Trainer):
     metadata is verified; its optimizer layout must fit the step's."""
     alive = set(meta.get("members", [m.index for m in self.members]))
     self.pop = self._build([m for m in self.members if m.index in alive])
-    checkpointing.check_opt_layout(
+    resume.check_opt_layout(
         meta, _opt_layout(self.pop.state_shape),
-        checkpointing.config_hparams(self.config), self.ckpt.directory)
+        resume.config_hparams(self.config), self.ckpt.directory)
     return _savable(jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
         self.pop.state_shape, self.pop.state_sharding))
@@ -215,7 +202,7 @@ class PopulationTrainer(common.Trainer):
     # Damaged steps fall back as a single run's do.
     start, restored, meta = self.ckpt.restore_newest(
         self._target, agree=distributed.agree,
-        check=lambda meta: checkpointing.check_meta(
+        check=lambda meta: resume.check_meta(
             meta, self.expected_meta, self.ckpt.directory))
     if start is None:
       self.pop = self._build(self.members)
@@ -302,15 +289,17 @@ class PopulationTrainer(common.Trainer):
 
   def _evaluate(self, name: str, step: int) -> List[Dict[str, float]]:
     """Every member's {accuracy, loss, count} on eval `name` (in the order
-    of `pop.members`), its accuracy appended to the member's curve."""
-    ev, c = dict(self.config.evals[name]), self.config
-    res = evaluate_members(self.pop, self.state, ev["data"],
-                           pp=ev.get("pp", c.input.pp),
-                           batch_size=ev.get("batch_size", c.input.batch_size))
-    for m, r in zip(self.pop.members, res):
-      self.rows[m.index].setdefault("curve", {}).setdefault(name, []).append(
-          [step, r["accuracy"]])
-    return res
+    of `pop.members`), its accuracy appended to the member's curve; run
+    once per step (a rung at an eval step reuses the eval's)."""
+    if (name, step) not in self._evals:
+      ev, c = dict(self.config.evals[name]), self.config
+      self._evals[name, step] = res = evaluate_members(
+          self.pop, self.state, ev["data"], pp=ev.get("pp", c.input.pp),
+          batch_size=ev.get("batch_size", c.input.batch_size))
+      for m, r in zip(self.pop.members, res):
+        self.rows[m.index].setdefault("curve", {}).setdefault(
+            name, []).append([step, r["accuracy"]])
+    return self._evals[name, step]
 
   def evaluate(self, step, *, log: bool = True):
     for name, ev in (self.config.get("evals") or {}).items():
@@ -349,7 +338,7 @@ class PopulationTrainer(common.Trainer):
   def save(self, step, *, final=False):
     meta = {**self.expected_meta, "step": step, "data_step": step,
             "members": [m.index for m in self.pop.members],
-            "hparams": checkpointing.config_hparams(self.config),
+            "hparams": resume.config_hparams(self.config),
             "opt_layout": _opt_layout(self.state),
             "rows": {str(k): {kk: vv for kk, vv in v.items()
                               if kk in ("alive", "died_at", "rung_out",
@@ -373,8 +362,8 @@ class PopulationTrainer(common.Trainer):
 
 
 def _opt_layout(state):
-  """`checkpointing.opt_layout` of every group's stacked optimizer state."""
-  return checkpointing.opt_layout([g["opt"] for g in state["groups"]])
+  """`resume.opt_layout` of every group's stacked optimizer state."""
+  return resume.opt_layout([g["opt"] for g in state["groups"]])
 
 
 def _savable(state):

@@ -1,12 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""A single run: one model's state and step in the shared loop.
-
-Resumes from the newest usable checkpoint of the workdir; writes the run's
-config (`config.json`, see losa_jax.config.workdir), `metrics.jsonl`,
-TensorBoard events, a progress line and `results.json` (final metrics,
-trainable params, time, memory).
-"""
+"""A single run: one model's state and step in the shared loop (common)."""
 import time
 from typing import Any, Dict
 
@@ -17,6 +11,7 @@ from losa_jax import evaluators
 from losa_jax.assembly import build
 from losa_jax.assembly import input_pipeline
 from losa_jax.checkpointing import manager as checkpointing
+from losa_jax.checkpointing import resume
 from losa_jax.config import schema as config_lib
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.parallel import distributed
@@ -45,23 +40,21 @@ class SingleTrainer(common.Trainer):
     sharding_lib.check_batch_size(config.input.batch_size, self.built.mesh)
     self.evals = evaluators.from_config(self.built, config)
     self.progress = common.Progress(self.total, config.input.batch_size)
-    self.state, self.metrics = None, {}
+    self.state = None
+    self.metrics = {}     # the last checked step's
 
   def restore(self) -> int:
     config, built, ckpt = self.config, self.built, self.ckpt
     # init + load_backbone, without computing the random backbone.
     self.state = built.init_loaded(jax.random.key(config.seed), config)
-    # Every host must resume from the same step, or their collectives would
-    # pair up different steps; `agree` raises on all hosts otherwise.
-    # Damaged steps (named in a warning) are set aside, falling back to the
-    # previous one. The metadata is checked before any array is read: a
-    # changed model would otherwise fail with a less helpful Orbax error.
+    # Every host resumes from the same step (`agree`), or their collectives
+    # would pair up different steps.
     start, restored, _ = ckpt.restore_newest(
         checkpointing.abstract_trainable_state(self.state, built.mask),
-        check=lambda meta: checkpointing.check_meta(
+        check=lambda meta: resume.check_meta(
             meta, {**self.expected_meta,
-                   "hparams": checkpointing.config_hparams(config),
-                   "opt_layout": checkpointing.opt_layout(self.state["opt"])},
+                   "hparams": resume.config_hparams(config),
+                   "opt_layout": resume.opt_layout(self.state["opt"])},
             ckpt.directory),
         agree=distributed.agree)
     if start is not None:
@@ -96,8 +89,8 @@ class SingleTrainer(common.Trainer):
     return batches
 
   def step(self, batch):
-    self.state, self.metrics = self.train_step(self.state, batch)
-    return self.metrics
+    self.state, metrics = self.train_step(self.state, batch)
+    return metrics
 
   def _advice(self) -> str:
     return (f"Lower config.lr (now {self.config.get('lr')}) or set "
@@ -108,6 +101,7 @@ class SingleTrainer(common.Trainer):
     # all processes raise at the same step and none hangs in a collective.
     loss = float(metrics["loss"])
     if np.isfinite(loss):
+      self.metrics = metrics
       return metrics
     dropped = ""
     if unchecked and unchecked[0] == step - 1:
@@ -140,7 +134,7 @@ class SingleTrainer(common.Trainer):
           f"The params are not finite after the last step {step}; not "
           f"saved. {common.nonfinite_report(self.ckpt)} {self._advice()}")
     meta = {**self.expected_meta, "step": step, "data_step": step,
-            "hparams": checkpointing.config_hparams(self.config), **health}
+            "hparams": resume.config_hparams(self.config), **health}
     # Kept only once the next step has shown its loss to be finite.
     self.ckpt.save(step, saved, meta, force=final, checked=final)
 
