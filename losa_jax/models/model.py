@@ -346,10 +346,6 @@ class Model(nn.Module):
     # not run (precomputed features).
     return jax.lax.stop_gradient(self.variables["params"]["backbone"])
 
-  def _frozen_ln(self):
-    enc_norm = self._backbone_params()["Transformer"]["encoder_norm"]
-    return lambda x: nn.LayerNorm().apply({"params": enc_norm}, x)
-
   def tap_key(self) -> TapKey:
     """(tap, tap_every, dtype) of this LoSA model (see `tap_key`)."""
     return tap_key(self.losa)
@@ -362,29 +358,24 @@ class Model(nn.Module):
     cfg = losa_options(self.losa, "losa")
     bb_kw = self.backbone_kwargs()
     pool_type = bb_kw.get("pool_type", "gap")
-    frozen_ln = self._frozen_ln()
-    rank = cfg["rank"]
+    bb_params = self._backbone_params()
+    enc_norm = bb_params["Transformer"]["encoder_norm"]
+    frozen_ln = lambda x: nn.LayerNorm().apply({"params": enc_norm}, x)
     mixer = dict(
-        rank_channel=cfg["rank_channel"] or rank,
-        rank_token=cfg["rank_token"] or rank,
-        rank_time=cfg["rank_time"],
-        mixer_order=cfg["mixer_order"], num_pairs=cfg["num_pairs"],
-        token_mixer=cfg["token_mixer"], norms=cfg["norms"],
-        zero_init=cfg["zero_init"],
-        num_prefix=1 if pool_type == "tok" else 0,
-        grid=self._token_grid(out),
-        video_token_mixing=cfg["video_token_mixing"], fused=cfg["fused"])
-    side = side_lib.SideNetwork(
-        mixer=mixer, combine=cfg["combine"], state=cfg["state"],
-        share_weights=cfg["share_weights"], head_input=cfg["head_input"],
-        out_norm=cfg["out_norm"], remat=cfg["remat"], dtype=cfg["dtype"],
-        name="side")
+        rank_channel=cfg["rank_channel"] or cfg["rank"],
+        rank_token=cfg["rank_token"] or cfg["rank"],
+        num_prefix=1 if pool_type == "tok" else 0, grid=self._token_grid(out),
+        **{k: cfg[k] for k in ("rank_time", "mixer_order", "num_pairs",
+                               "token_mixer", "norms", "zero_init",
+                               "video_token_mixing", "fused")})
+    side = side_lib.SideNetwork(mixer=mixer, name="side", **{
+        k: cfg[k] for k in ("combine", "state", "share_weights", "head_input",
+                            "out_norm", "remat", "dtype")})
     f, out["side_state"] = side(
         jax.lax.stop_gradient(out["taps"]),
         jax.lax.stop_gradient(out["final"]), frozen_ln,
         layer_axis=out.get("layer_axis", 0))
-    return self._pool(cfg["pool"], pool_type, f, bb_kw,
-                      self._backbone_params())
+    return self._pool(cfg["pool"], pool_type, f, bb_kw, bb_params)
 
   def _token_grid(self, out):
     """(n_t, n_s) of a video backbone's tokens (static ints); None for images."""

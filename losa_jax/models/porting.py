@@ -29,6 +29,8 @@ Tree = Mapping[str, Any]
 # (the 2020 i21k files carry one that transfer models drop) and `head` (the
 # caller decides: copied when it fits, re-initialised otherwise).
 _DROPPABLE = (r"pre_logits/.*", r"head/.*")
+# Backbone params only adaptation models have (LoRA, adapters).
+_MODEL_ONLY = tuple(vit.PEFT_PARAM_PATTERNS.values())
 
 
 
@@ -224,11 +226,6 @@ def load(init_params: Tree, path_or_tree: Any, model_cfg: Any = None,
   return npz_lib.unflatten(merged)
 
 
-def model_only_patterns() -> Tuple[str, ...]:
-  """Regexes of backbone params only adaptation models have (LoRA, adapters)."""
-  return tuple(vit.PEFT_PARAM_PATTERNS.values())
-
-
 def load_into_model(params: Tree, path: Any, backbone_cfg: Any = None,
                     dont_load: Sequence[str] = (), *,
                     posemb_grid: Optional[Sequence[int]] = None,
@@ -237,7 +234,7 @@ def load_into_model(params: Tree, path: Any, backbone_cfg: Any = None,
   """`load` for an adaptation model's params (a new dict).
 
   `params["backbone"]` gets the checkpoint ViT (without its head); LoRA /
-  adapter leaves (`model_only_patterns()`) come from the checkpoint if it
+  adapter leaves (`_MODEL_ONLY`) come from the checkpoint if it
   has them (a re-loaded export), else from init. The checkpoint's `head`
   replaces `params["head"]` only if every head shape matches and no head
   param is dont_load'ed. Everything else (e.g. `side`) is kept from init.
@@ -255,7 +252,7 @@ def load_into_model(params: Tree, path: Any, backbone_cfg: Any = None,
   # counts as used) and is placed separately below.
   ckpt_head = tree.get("head")
   ckpt_flat = npz_lib.flatten(tree)
-  extras = model_only_patterns()
+  extras = _MODEL_ONLY
   merged = _merge(init_flat, ckpt_flat, dont_load, extras,
                   (*_DROPPABLE, *extras), source)
   kept = [k for k in init_flat if k not in ckpt_flat and
@@ -326,8 +323,7 @@ def save_vit(params: Tree, path: npz_lib.PathLike, *, compressed: bool = False,
     raise ValueError("save_vit expects a ViT param tree (with 'embedding'), "
                      f"got top-level keys {sorted(tree)}.")
   flat = npz_lib.flatten(tree)
-  pats = model_only_patterns()
-  extra = [k for k in flat if any(re.fullmatch(p, k) for p in pats)]
+  extra = [k for k in flat if any(re.fullmatch(p, k) for p in _MODEL_ONLY)]
   if extra and extras == "error":
     raise ValueError(
         f"{len(extra)} LoRA/adapter params {layouts.listing(extra)} are not part of "

@@ -180,12 +180,10 @@ def inflate_from_image(image_params: Any, video_cfg: Any,
                        num_classes: Optional[int] = None) -> Dict[str, Any]:
   """Image ViT params -> params of `vivit.Model(num_classes, **video_cfg)`.
 
-  Everything is copied by name except `embedding/kernel` (inflated with
-  `inflate_kernel`) and `pos_embedding` (`inflate_posemb`); old checkpoint
-  layouts (cls posemb row, pre-linen names, scan vs loop) are fixed first
-  with `porting`. A `head` / `pre_logits` the video model lacks is passed
-  through unchanged, so `porting.load_into_model` can still decide about it.
-  Nothing is materialised for the target: shapes come from `jax.eval_shape`.
+  Everything is copied by name except `embedding/kernel` (`inflate_kernel`)
+  and `pos_embedding` (`inflate_posemb`), after `layouts` fixes old layouts.
+  A `head` / `pre_logits` the video model lacks is passed through, for
+  `porting.load_into_model` to decide about.
 
   Args:
     image_params: an image ViT param tree or an npz path (`path.npz[:key]`).
