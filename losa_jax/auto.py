@@ -5,34 +5,23 @@ r"""AutoLoSA: search a population, select the best member, retrain it.
     python -m losa_jax.auto --workdir /tmp/auto/dtd \
         --config configs/vtab.py:task=dtd,population=default,init=...,data_dir=...
 
-One command, three phases, each resumable:
+Three phases, each resumable (rerunning the command resumes from
+checkpoints; a finished phase is read back from its results.json):
 
 1. search (<workdir>/search): the config's population
-   (losa_jax.trainers.population, one backbone pass per batch for LoSA) on the
-   tuning split. A config file declares its protocols in a module-level
-   `AUTO_ARGS = dict(search="...", final="...")`, args appended to the
-   command's (configs/vtab.py: `protocol=tune`, train800 -> val200, then
-   `protocol=final`, train800val200 -> test; configs/default.py: train[:80%]
-   -> train[80%:], then train -> test). A config without them searches on
-   its own train split and is ranked on its eval named "val", else on its
-   first eval; its final run keeps that data. The search evaluates only that
-   eval (it never looks at a test split).
-2. selection: the best member by `<eval>/accuracy`, ties to fewer trainable
-   params, then to the lower member index (population_train.leaderboard);
-   members that diverged or stopped at a successive-halving rung are ranked
-   after those that finished.
-3. final (<workdir>/final): the single-run trainer on `final_config`, the
-   config file's get_config with the final args and without the population,
-   given the chosen member's values (every per-member hyper-parameter and
-   its LoSA switches). It leaves a standard checkpoint for losa_jax.predict.
+   (losa_jax.trainers.population) on the tuning split. A config file
+   declares its protocols in a module-level `AUTO_ARGS = dict(search="...",
+   final="...")`, args appended to the command's (configs/vtab.py:
+   train800 -> val200, then train800val200 -> test). A config without them
+   searches on its own train split. Only the selection eval ("val", else the
+   first eval) is kept: the search never looks at a test split.
+2. selection: `select`.
+3. final (<workdir>/final): the single-run trainer on `final_config`; it
+   leaves a standard checkpoint for losa_jax.predict.
 
-Rerunning the command resumes: a finished search is read back from
-search/results.json, an interrupted one (or final run) resumes from its
-checkpoints. <workdir>/selection.json and selection.md hold every member's
-values and val curve, the choice, the final results and the cost (wall time
-of each phase, members, backbone passes per step, trainable params).
-`--config.<key>=value` overrides apply to both phases (`population.*` only
-to the search).
+<workdir>/selection.json and selection.md hold every member's values and val
+curve, the choice, the final results and the cost. `--config.<key>=value`
+overrides apply to both phases (`population.*` only to the search).
 """
 import json
 import math
@@ -45,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from absl import app
 from absl import flags
 import ml_collections
+from ml_collections.config_flags import config_path
 
 from losa_jax.config import schema as config_lib
 from losa_jax.parallel import distributed
@@ -64,62 +54,41 @@ HEARTBEAT_S = 10.0
 # --- configs ------------------------------------------------------------------
 
 
-def split_spec(spec: str) -> Tuple[str, str]:
-  """"configs/vtab.py:task=dtd" -> ("configs/vtab.py", "task=dtd")."""
+def _phase_config(spec: str, phase: str,
+                  overrides: Optional[Mapping[str, Any]]):
+  """The config file's get_config(<args>,<AUTO_ARGS[phase]>) (the final run
+  without `population=...`), with the dotted `overrides` set ({"lr": 0.01,
+  "model.losa.rank": 4}; population.* only in the search)."""
   path, _, args = spec.partition(".py:")
-  return (path if path.endswith(".py") else path + ".py"), args
-
-
-def _join(*parts: str) -> str:
-  return ",".join(p for p in parts if p)
-
-
-def _without_population(args: str) -> str:
-  """The config args without `population=...` (the final run is single)."""
-  return ",".join(a for a in args.split(",")
-                  if a.strip() and a.partition("=")[0].strip() != "population")
-
-
-def _apply(config, overrides: Mapping[str, Any], *, population: bool):
-  """Sets dotted `overrides` ({"lr": 0.01, "model.losa.rank": 4}) in place."""
-  for path, value in (overrides or {}).items():
-    if not population and path.split(".")[0] == "population":
-      continue
-    *parents, leaf = path.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-
-
-def selection_eval(config, where: str = "config") -> str:
-  """The eval that ranks the members: "val" if the config has it, else its
-  first eval."""
-  evals = list(config.get("evals") or {})
-  if not evals:
-    raise ValueError(f"{where}: config.evals is empty, but AutoLoSA selects "
-                     "members by an eval's accuracy; add a validation eval.")
-  return "val" if "val" in evals else evals[0]
+  module = config_lib.load_config_module(
+      path if path.endswith(".py") else path + ".py")
+  if phase == "final":    # a single run
+    args = ",".join(a for a in args.split(",") if a.strip() and
+                    a.partition("=")[0].strip() != "population")
+  extra = getattr(module, "AUTO_ARGS", {}).get(phase, "")
+  args = ",".join(a for a in (args, extra) if a)
+  config = module.get_config(args) if args else module.get_config()
+  for key, value in (overrides or {}).items():
+    if phase == "search" or key.split(".")[0] != "population":
+      config_path.set_value(key, config, value, accept_new_attributes=True)
+  return config
 
 
 def search_config(spec: str, overrides: Optional[Mapping[str, Any]] = None
                   ) -> Tuple[ml_collections.ConfigDict, str]:
-  """The population config of the search and the name of its eval.
-
-  The config file's get_config(<args>,<AUTO_ARGS["search"]>), with only the
-  selection eval kept: the search must never look at a test split.
-  """
-  path, args = split_spec(spec)
-  module = config_lib.load_config_module(path)
-  args = _join(args, getattr(module, "AUTO_ARGS", {}).get("search", ""))
-  config = module.get_config(args) if args else module.get_config()
-  _apply(config, overrides, population=True)
+  """The population config of the search (`_phase_config`) with only the
+  eval that ranks the members kept ("val", else the first), and its name."""
+  config = _phase_config(spec, "search", overrides)
   if not config.get("population"):
     raise ValueError(
         f"{spec}: the config has no population to search; add "
         "population=default (or random) to its args, or set "
         "config.population (docs/population.md).")
-  name = selection_eval(config, spec)
+  evals = list(config.get("evals") or {})
+  if not evals:
+    raise ValueError(f"{spec}: config.evals is empty, but AutoLoSA selects "
+                     "members by an eval's accuracy; add a validation eval.")
+  name = "val" if "val" in evals else evals[0]
   rung_eval = (config.population.get("rungs") or {}).get("eval")
   if rung_eval not in (None, name):
     raise ValueError(f"{spec}: config.population.rungs.eval={rung_eval!r}, "
@@ -154,20 +123,10 @@ def member_values(member: members_lib.Member, keys) -> Dict[str, Any]:
 def final_config(spec: str, member: members_lib.Member,
                  overrides: Optional[Mapping[str, Any]] = None
                  ) -> ml_collections.ConfigDict:
-  """The single-run config of the final run of `member`.
-
-  The config file's get_config with the command's args minus `population`
-  plus its AUTO_ARGS["final"] (VTAB: protocol=final, train800val200 ->
-  test), the overrides (but population.*), then the member's per-member
-  hyper-parameters (members.HPARAMS) and LoSA switches. For a config
-  without AUTO_ARGS this is the member's own config without the population.
-  """
-  path, args = split_spec(spec)
-  module = config_lib.load_config_module(path)
-  args = _join(_without_population(args),
-               getattr(module, "AUTO_ARGS", {}).get("final", ""))
-  config = module.get_config(args) if args else module.get_config()
-  _apply(config, overrides, population=False)
+  """The single-run config of the final run of `member`: `_phase_config`
+  given the member's per-member hyper-parameters (members.HPARAMS) and LoSA
+  switches, without the population."""
+  config = _phase_config(spec, "final", overrides)
   if "population" in config:
     del config["population"]
   for k in members_lib.HPARAMS:
@@ -190,10 +149,8 @@ def select(rows: List[Dict[str, Any]], metric: str) -> List[Dict[str, Any]]:
   """The rows best first: finished members by `metric` (ties to fewer
   trainable params, then lower index), then the diverged or rung-stopped
   ones; rows[0] is the choice."""
-  done = [r for r in rows if _finished(r)]
-  rest = [r for r in rows if not _finished(r)]
-  return (population_train.leaderboard(done, metric) +
-          population_train.leaderboard(rest, metric))
+  return sorted(population_train.leaderboard(rows, metric),
+                key=lambda r: not _finished(r))   # stable: ranks kept
 
 
 def _curves(search_dir: str, rows, metric: str) -> Dict[str, List]:
@@ -269,16 +226,13 @@ def _timed(workdir: str, phase: str, fn):
     record()
 
 
-def _as_json(config) -> Dict[str, Any]:
-  return json.loads(json.dumps(config.to_dict(), default=str))
-
-
 def _claim(workdir: str, phase: str, config):
   """Records `config` as the one the phase trains in <workdir>/auto_state.json;
   refuses, by name, a phase already trained with another config."""
   path = os.path.join(workdir, STATE)
   state = _read_json(path) or {}
-  want, had = _as_json(config), state.get(f"{phase}_config")
+  want = json.loads(json.dumps(config.to_dict(), default=str))
+  had = state.get(f"{phase}_config")
   if had not in (None, want):
     changed = sorted(k for k in set(want) | set(had)
                      if want.get(k) != had.get(k))
@@ -289,39 +243,18 @@ def _claim(workdir: str, phase: str, config):
     io.write_json(path, {**state, f"{phase}_config": want}, default=str)
 
 
-def _search(config, workdir: str, members) -> Dict[str, Any]:
-  """The search's results.json, trained (or resumed) unless finished."""
-  search_dir = os.path.join(workdir, "search")
-  done = os.path.join(search_dir, "results.json")
-  _claim(workdir, "search", config)
+def _phase(config, workdir: str, phase: str) -> Dict[str, Any]:
+  """<workdir>/<phase>/results.json, trained (or resumed) unless finished."""
+  phase_dir = os.path.join(workdir, phase)
+  done = os.path.join(phase_dir, "results.json")
+  _claim(workdir, phase, config)
   results = _read_json(done)
   if results is None:
-    results = _timed(workdir, "search", lambda: train.train_and_evaluate(
-        config, search_dir)["results"])
-  else:
-    print(f"AutoLoSA: the search is finished, reading {done}", flush=True)
-  # A search trained by `python -m losa_jax.train` has no recorded config:
-  # its members must at least be this population's.
-  got = [(r["name"], r["label"]) for r in sorted(results["members"],
-                                                 key=lambda r: r["index"])]
-  want = [(m.name, m.label) for m in members]
-  if got != want:
-    raise ValueError(f"{done} holds another population ({got[:3]}...) than "
-                     f"this config's ({want[:3]}...): use a new --workdir or "
-                     "delete that search.")
+    return _timed(workdir, phase, lambda: train.train_and_evaluate(
+        config, phase_dir)["results"])
+  print(f"AutoLoSA: the {phase} phase is finished, reading {done}",
+        flush=True)
   return results
-
-
-def _final(config, workdir: str) -> Dict[str, Any]:
-  """The final run's results.json, trained (or resumed) unless finished."""
-  final_dir = os.path.join(workdir, "final")
-  done = os.path.join(final_dir, "results.json")
-  _claim(workdir, "final", config)
-  if os.path.exists(done):
-    print(f"AutoLoSA: the final run is finished, reading {done}", flush=True)
-    return _read_json(done)
-  return _timed(workdir, "final", lambda: train.train_and_evaluate(
-      config, final_dir)["results"])
 
 
 def _member_rows(results_rows, members, board, curves, *, keys,
@@ -360,7 +293,17 @@ def run(spec: str, workdir: str, *,
   print(f"AutoLoSA: searching {len(members)} members ({', '.join(keys)}) on "
         f"{search_cfg.input.data.get('split')} -> {ev} in "
         f"{os.path.join(workdir, 'search')}", flush=True)
-  results = _search(search_cfg, workdir, members)
+  results = _phase(search_cfg, workdir, "search")
+  # A search trained by `python -m losa_jax.train` has no recorded config:
+  # its members must at least be this population's.
+  got = [(r["name"], r["label"]) for r in sorted(results["members"],
+                                                 key=lambda r: r["index"])]
+  want = [(m.name, m.label) for m in members]
+  if got != want:
+    raise ValueError(f"{os.path.join(workdir, 'search', 'results.json')} "
+                     f"holds another population ({got[:3]}...) than this "
+                     f"config's ({want[:3]}...): use a new --workdir or "
+                     "delete that search.")
 
   board = select(results["members"], metric)
   chosen = members[board[0]["index"]]
@@ -369,7 +312,7 @@ def run(spec: str, workdir: str, *,
         f"{board[0].get(metric, math.nan):.4f}; retraining it on "
         f"{final_cfg.input.data.get('split')} -> "
         f"{', '.join(final_cfg.get('evals') or {})}", flush=True)
-  final = _final(final_cfg, workdir)
+  final = _phase(final_cfg, workdir, "final")
 
   state = _read_json(os.path.join(workdir, STATE)) or {}
   curves = _curves(os.path.join(workdir, "search"), results["members"],

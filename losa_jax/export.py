@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from losa_jax import predict
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.serving import export as export_lib
 from losa_jax.serving import multitask
@@ -22,14 +23,8 @@ from losa_jax.serving import multitask
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   """Defined on demand so importing this module claims no flag names."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_list("workdirs", None, "Finished training workdirs (configs "
-                    "from <workdir>/config.json); one is fine.", **fv)
-  flags.DEFINE_list("names", None, "Task names (default: each workdir's "
-                    "base name).", **fv)
-  flags.DEFINE_multi_string(
-      "configs", [], "The training config of each workdir, in order (repeat "
-      "the flag; '' reads that workdir's config.json). Default: every "
-      "<workdir>/config.json.", **fv)
+  predict.define_workdirs_flags(flag_values, "Finished training workdirs "
+                                "(configs: --configs); one is fine.")
   flags.DEFINE_string("out", None, "Output folder: new or empty, or see "
                       "--overwrite.", **fv)
   flags.DEFINE_bool("overwrite", False, "Replace the export in --out (only "

@@ -32,23 +32,14 @@ from losa_jax.utils import io as io_lib
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
-  """Defined on demand so importing this module claims no flag names.
-
-  --config is checked like train's (config_flags.define_config_flag).
-  """
+  """Defined on demand so importing this module claims no flag names."""
   fv = dict(flag_values=flag_values)
   config_flags.define_config_flag("config", "The training config (default: "
                                   "<workdir>/config.json).", flag_values)
   flags.DEFINE_string("workdir", None, "A finished training workdir.", **fv)
-  flags.DEFINE_list("workdirs", None, "Several finished workdirs served on "
-                    "one backbone pass (configs from <workdir>/config.json); "
-                    "the CSV gets a column group per task.", **fv)
-  flags.DEFINE_list("names", None, "With --workdirs: the task names "
-                    "(default: each workdir's base name).", **fv)
-  flags.DEFINE_multi_string(
-      "configs", [], "With --workdirs: the training config of each workdir, "
-      "in order (repeat the flag; '' reads that workdir's config.json). "
-      "Default: every <workdir>/config.json.", **fv)
+  define_workdirs_flags(flag_values, "Several finished workdirs served on "
+                        "one backbone pass (then --names, --configs, "
+                        "--data_task); the CSV gets a column group per task.")
   flags.DEFINE_string("data_task", None, "With --workdirs --split: whose "
                       "config.input.data to read (default: the first task).",
                       **fv)
@@ -65,6 +56,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
                        **fv)
 
 
+def define_workdirs_flags(flag_values: flags.FlagValues, workdirs_help: str):
+  """--workdirs, --names and --configs of the commands that serve finished
+  workdirs together (predict, export)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_list("workdirs", None, workdirs_help, **fv)
+  flags.DEFINE_list("names", None, "Task names (default: each workdir's "
+                    "base name).", **fv)
+  flags.DEFINE_multi_string(
+      "configs", [], "The training config of each workdir, in order (repeat "
+      "the flag; '' reads that workdir's config.json). Default: every "
+      "<workdir>/config.json.", **fv)
+
+
 def _write(records: List[Dict], out: Optional[str]):
   if out:
     with io_lib.atomic_write(out, newline="") as f:
@@ -79,11 +83,8 @@ def _write(records: List[Dict], out: Optional[str]):
 
 def image_paths(images: Sequence[str], extra: Sequence[str]) -> List[str]:
   """Every image file given: --images values (comma lists split) and the
-  positional arguments after them (`--images a.png b.png`).
-
-  Raises:
-    app.UsageError: positional arguments without --images, named.
-  """
+  positional arguments after them (`--images a.png b.png`); raises
+  app.UsageError naming positional arguments given without --images."""
   paths = [p for v in images for p in v.split(",") if p]
   if extra and not paths:
     raise app.UsageError(f"Unexpected arguments {list(extra)}: image files "

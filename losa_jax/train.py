@@ -26,14 +26,10 @@ NonFiniteLossError = common.NonFiniteLossError
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if possible); returns results.
-
-  Returns:
-    {"results", "state", "built"}; results is also written to
-    <workdir>/results.json. A config with a `population` trains every member
-    (losa_jax.trainers.population): {"results" with the leaderboard,
-    "state", "population"}.
-  """
+  """Trains `config` in `workdir` (resuming if possible); returns
+  {"results" (also written to <workdir>/results.json), "state", "built"}; for
+  a config with a `population` (every member trains), "population" instead
+  of "built" and results with the leaderboard."""
   if config.get("population"):
     return population.train(config, workdir)
   return single.train(config, workdir)
@@ -41,12 +37,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """--config and --workdir; defined on demand so that importing this module
-  (predict, vtab_sweep, tests) does not claim those flag names.
-
-  --config is ml_collections' config-file flag, except that an override of a
-  key the config lacks (--config.bogus=1) is a flag error naming the full
-  key and the valid ones (config_flags.define_config_flag).
-  """
+  does not claim those flag names."""
   define_config_and_workdir_flags(
       flag_values, config_help="Training config file (configs/*.py[:args]).",
       workdir_help="Where checkpoints and logs go; a run resumes from the "
@@ -55,16 +46,15 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 
 def define_config_and_workdir_flags(flag_values: flags.FlagValues, *,
                                     config_help: str, workdir_help: str):
-  """--config (a config file, `config_flags.define_config_flag`) and
-  --workdir, the two flags of the commands that train (train, auto)."""
+  """--config (`config_flags.define_config_flag`) and --workdir, the flags
+  of the commands that train (train, auto)."""
   config_flags.define_config_flag("config", config_help, flag_values)
   flags.DEFINE_string("workdir", None, workdir_help, flag_values=flag_values)
 
 
 def start_config_and_workdir_main():
-  """The first lines of the main of a --config / --workdir command: unless
-  --verbosity was given keeps the terminal to progress lines (Orbax logs
-  every write at INFO), and requires both flags."""
+  """Requires --config and --workdir; unless --verbosity was given keeps the
+  terminal to progress lines (Orbax logs every write at INFO)."""
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   if FLAGS.config is None or FLAGS.workdir is None:

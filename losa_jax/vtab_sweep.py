@@ -14,13 +14,10 @@ values (lr, wd, rank, ...) and the search's wall time per task:
   python -m losa_jax.vtab_sweep --auto --workdir /tmp/vtab_auto \
       --config configs/vtab.py:population=default,init=...,data_dir=...
 
-Each task trains in <workdir>/<task> with the trainer (so an interrupted
-sweep resumes: finished tasks are read back from their results.json, the
-interrupted one resumes from its checkpoint). The table has, per task, the
-top-1 accuracy, trainable params, train time and peak memory; then the three
-group means, the mean over the 19 tasks and the mean of the group means (PETL
-papers differ on which "Mean" they report). Each row names the TFDS dataset
-version read (pinned in losa_jax/datasets/vtab.py).
+Each task trains in <workdir>/<task> with the trainer; a rerun resumes. The
+table has, per task, the TFDS version read, top-1 accuracy, trainable
+params, train time and peak memory; then the group means, the mean over
+tasks and the mean of the group means (PETL papers report either).
 """
 import csv
 import json
@@ -59,13 +56,6 @@ def task_spec(spec: str, task: str) -> str:
 def load_config(spec: str, task: str):
   """'configs/vtab.py:a=1' + task -> ConfigDict (task appended to the args)."""
   return config_lib.load_config(task_spec(spec, task))
-
-
-def eval_accuracy(results: Dict) -> Optional[float]:
-  for key in ("test/accuracy", "val/accuracy"):
-    if key in results:
-      return float(results[key])
-  return None
 
 
 def summarize(rows: List[Dict]) -> Dict[str, Optional[float]]:
@@ -181,7 +171,8 @@ def sweep(config_spec: str, workdir: str, tasks: Sequence[str], *,
     extra = ("search_time_s", *chosen) if auto else ()
     rows.append({"task": t, "group": vtab.task(t)["group"],
                  "tfds": tfds_version,
-                 "accuracy": eval_accuracy(results),
+                 "accuracy": next((float(results[k]) for k in (
+                     "test/accuracy", "val/accuracy") if k in results), None),
                  **{k: results.get(k) for k in ROW_KEYS + extra}})
   summary = summarize(rows)
   method = configs[tasks[0]].model.method

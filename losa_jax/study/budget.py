@@ -20,15 +20,12 @@ which `python scripts/study_report.py DIR` makes results.md and plots.
 """
 import dataclasses
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
 
-from losa_jax.assembly import build
-from losa_jax import demo
 from losa_jax.bench import common
 from losa_jax.datasets import study_tasks
 from losa_jax.population import members as members_lib
@@ -58,15 +55,10 @@ def _log(msg: str):
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """The study's flags; defined on demand, so importing claims no names."""
   study_run.define_flags_of(Args, flag_values)
-  flags.DEFINE_list("ablation_switches", [
-      f"{k}={v}" for k, vs in ablation.SWITCHES.items() for v in vs],
-                    "The alternatives to ablate, as switch=value (each "
-                    "changed alone from LOSA_DEFAULTS).",
-                    flag_values=flag_values, module_name=(
-                        sys.argv[0] if __name__ == "__main__" else __name__))
 
 
 _opt = study_run.option
+SWITCH_ITEMS = [f"{k}={v}" for k, vs in ablation.SWITCHES.items() for v in vs]
 
 
 @dataclasses.dataclass
@@ -103,6 +95,9 @@ class Args:
                                "configs/default.py); see study.run --config.")
   quick: bool = _opt(False, "Smoke size: digits, LoSA and linear, K = 2, 3 "
                      "steps at batch 8, one switch (tests).")
+  ablation_switches: List[str] = _opt(
+      SWITCH_ITEMS, "The alternatives to ablate, as switch=value (each "
+      "changed alone from LOSA_DEFAULTS).")
   # From --ablation_switches.
   switches: Dict[str, Any] = dataclasses.field(
       default_factory=lambda: dict(ablation.SWITCHES))
@@ -161,18 +156,18 @@ def _summary(task, seed, method, res, compile_s, loads, default_lr, wds
       "load_before": loads[0], "load_after": loads[1]}
 
 
-def _cost_rows(singles, pops, timing, k: int) -> List[Dict[str, Any]]:
-  """Per method: one config's step and the search step (K of them, or the
-  population's), compiled and interleaved."""
+def _cost_rows(compiled, timing, k: int) -> List[Dict[str, Any]]:
+  """Per method: one config's step and the search step (K of them, or
+  LoSA's population's), compiled and interleaved."""
   rows = []
-  for label, ex in list(singles.items()) + list(pops.items()):
+  for label, ex in compiled.items():
     is_pop = label == "losa"
     t = timing.get("losa population" if is_pop else label, {})
     step_ms = 1e3 * t.get("median_s", float("nan"))
     rows.append({
         "label": label, "kind": "population" if is_pop else "separate runs",
         "runs": 1 if is_pop else k,
-        "backbone_passes": ex.backbone_passes if is_pop else k,
+        "backbone_passes": ex.backbone_passes_per_step if is_pop else k,
         "trainable_params": ex.trainable,
         "gflop_step": ex.cost["flops"] / (k if is_pop else 1) / 1e9,
         "gflop_search_step": ex.cost["flops"] * (1 if is_pop else k) / 1e9,
@@ -188,26 +183,12 @@ def _cost_rows(singles, pops, timing, k: int) -> List[Dict[str, Any]]:
   return sorted(rows, key=lambda r: order.get(r["label"], 99))
 
 
-class _Pop:
-  """A compiled LoSA population and what the cost table needs of it."""
-
-  def __init__(self, config, steps):
-    self.p = search.Population(config, steps)
-    self.compile_s, self.cost = self.p.compile_s, self.p.cost
-    self.backbone_passes = self.p.backbone_passes_per_step
-    self.trainable = self.p.pop.groups[0].num_params
-
-
 def run_budget(a: Args) -> Dict[str, Any]:
   """Every search, the ablation, the timing; writes the outputs."""
-  if not os.path.exists(demo.BACKBONE_NPZ):
-    raise FileNotFoundError(f"The shipped backbone {demo.BACKBONE_NPZ} is "
-                            "missing (see losa_jax/assets/README.md).")
-  os.makedirs(a.out, exist_ok=True)
-  t_start, load_start = time.time(), os.getloadavg()
+  t_start, load_start = study_run.start(a.out)
   k = len(a.lrs) * len(a.wds)
-  singles: Dict[Any, search.Single] = {}   # (method, classes) -> executable
-  pops: Dict[Any, _Pop] = {}               # (classes, seed) -> population
+  # (method, classes) -> search.Single; (classes, seed) -> LoSA's Population
+  compiled: Dict[Any, Any] = {}
   searches, members_out, abl_rows, abl_runs = [], [], [], []
   first = {}                                # the first task's executables
   timing_data = None
@@ -217,10 +198,7 @@ def run_budget(a: Args) -> Dict[str, Any]:
     # method first or last.
     order = a.methods[ti % len(a.methods):] + a.methods[:ti % len(a.methods)]
     for seed in a.seeds:
-      cfg = {m: search.search_config(search.base_config(
-          m, task, num_classes=nc, steps=a.steps, batch=a.batch, seed=seed,
-          val_percent=a.val_percent, config_file=a.config), **a.grid(m))
-             for m in a.methods}
+      cfg = {m: search_cfg(a, m, task, seed) for m in a.methods}
       data_seeds = sorted({seed, *(a.ablation_seeds if a.ablation else [])})
       data = search.TaskData(cfg[a.methods[0]], a.steps, data_seeds)
       timing_data = timing_data or data
@@ -228,24 +206,17 @@ def run_budget(a: Args) -> Dict[str, Any]:
            f"{nc} classes" + (f", K = {k}; order {order}" if a.searches
                               else ""))
       for method in order if a.searches else ():
-        members = members_lib.expand(cfg[method])
         loads = [os.getloadavg()[0]]
-        if method == "losa":
-          key = (nc, seed)
-          fresh = key not in pops
-          if fresh:
-            pops[key] = _Pop(cfg[method], a.steps)
-          ex = pops[key]
-          res = ex.p.search(data)
-          first.setdefault("losa", ex)
-        else:
-          key = (method, nc)
-          fresh = key not in singles
-          if fresh:
-            singles[key] = search.Single(cfg[method], a.steps)
-          ex = singles[key]
-          res = ex.search(members, data)
-          first.setdefault(method, ex)
+        pop = method == "losa"
+        key = (nc, seed) if pop else (method, nc)
+        fresh = key not in compiled
+        if fresh:
+          compiled[key] = (search.Population if pop else search.Single)(
+              cfg[method], a.steps)
+        ex = compiled[key]
+        first.setdefault(method, ex)
+        res = (ex.search(data) if pop else
+               ex.search(members_lib.expand(cfg[method]), data))
         loads.append(os.getloadavg()[0])
         s = _summary(task, seed, method, res, ex.compile_s, loads,
                      float(cfg[method].lr), a.wds)
@@ -294,26 +265,22 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
   timed = {m: ex for m, ex in first.items() if m != "losa"}
   if a.losa_separate and "losa" in first:
     # The reference: LoSA's K configs as K separate runs.
-    c = cfg_of_first_task(a, "losa")
+    c = search_cfg(a, "losa", a.tasks[0], a.seeds[0])
     timed["losa (K separate runs)"] = search.Single(c, a.steps)
   timing = {}
   if "losa" in first:
     _log(f"interleaved timing of {len(timed) + 1} executables, "
          f"{a.timing_reps} rounds")
-    member = first["losa"].p.members[0]
-    timing = search.timed_steps(timed, first["losa"].p, member, timing_data,
+    member = first["losa"].members[0]
+    timing = search.timed_steps(timed, first["losa"], member, timing_data,
                                 a.timing_reps)
-  costs = _cost_rows(timed, {"losa": first["losa"]} if "losa" in first
-                     else {}, timing, k)
+  costs = _cost_rows({**timed, **{m: ex for m, ex in first.items()
+                                  if m == "losa"}}, timing, k)
   effects = ablation.effects(abl_rows) if abl_rows else []
   per_task = ablation.per_task(abl_rows, a.tasks) if abl_rows else []
-  meta = common.provenance(
-      "python -m losa_jax.study.budget " + " ".join(a.argv), t_start=t_start,
-      load_start=load_start,
-      backbone=os.path.relpath(demo.BACKBONE_NPZ, os.getcwd()),
-      backbone_sha256=build.backbone_record(cfg_of_first_task(a, "losa"))[
-          "sha256"],
-      tasks=a.tasks, methods=a.methods, seeds=a.seeds, steps=a.steps,
+  meta = study_run.provenance(
+      "budget", a, search_cfg(a, "losa", a.tasks[0], a.seeds[0]), t_start,
+      load_start, tasks=a.tasks, methods=a.methods, seeds=a.seeds, steps=a.steps,
       batch=a.batch, val_percent=a.val_percent, configs_per_method=k,
       grids={m: a.grid(m) for m in a.methods}, rank=search.RANK,
       timing_reps=a.timing_reps, searches=a.searches,
@@ -339,13 +306,12 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
           "meta": meta}
 
 
-def cfg_of_first_task(a: Args, method: str):
-  """The search config of `method` on the first task and seed."""
-  task = a.tasks[0]
+def search_cfg(a: Args, method: str, task: str, seed: int):
+  """The search config of `method` on `task` at `seed`."""
   return search.search_config(search.base_config(
       method, task, num_classes=study_tasks.get_task(task)["num_classes"],
-      steps=a.steps, batch=a.batch, seed=a.seeds[0],
-      val_percent=a.val_percent, config_file=a.config), **a.grid(method))
+      steps=a.steps, batch=a.batch, seed=seed, val_percent=a.val_percent,
+      config_file=a.config), **a.grid(method))
 
 
 def main(argv):

@@ -7,15 +7,12 @@ r"""Small-scale study: every method, equal step budgets, several seeds, offline.
 
 For every task of `losa_jax.datasets.study_tasks` and every method (LoSA at
 several ranks, linear probe, full fine-tuning, LoRA, adapters) this adapts
-the shipped MNIST-pretrained tiny ViT with the demo's config
-(configs/default.py, or --config), the same steps and batch size for every
-method, once per seed. Every run is a trainer run of that config (model,
-optimizer, train step, initial state, input pipeline and evaluator are the
-trainer's: tests/test_study.py checks it), driven differently to fit one
-process on 2 cores: each (method, rank, class count) is compiled once, ahead
-of time; every step is timed; nothing is written but the outputs; and the
-steps are timed again side by side (`bench.common.interleaved`).
-docs/study.md gives the protocol and the tables.
+the shipped tiny ViT with configs/default.py (or --config), equal steps and
+batch for every method, once per seed. Every run uses the trainer's model,
+optimizer, train step, initial state, input pipeline and evaluator, driven
+to fit one process on 2 cores: each (method, rank, class count) compiles
+once, ahead of time, and the steps are also timed side by side
+(`bench.common.interleaved`). docs/study.md gives the protocol and tables.
 
 Writes into --out: runs.jsonl (one record per run, with loss curve),
 runs.csv, summary.csv, cost.csv, task_mean.csv, meta.json and results.json,
@@ -182,14 +179,10 @@ def variants(methods: Sequence[str], ranks: Sequence[int]):
   """[(label, method, rank)]: LoSA once per rank, the others at rank 8."""
   out = []
   for m in methods:
-    if m == "losa":
-      out += [(f"losa r={r}", "losa", r) for r in ranks]
-    elif m == "lora":
-      out.append((f"lora r={BASELINE_RANK}", m, BASELINE_RANK))
-    elif m == "adapter":
-      out.append((f"adapter d={BASELINE_RANK}", m, BASELINE_RANK))
-    else:
-      out.append((m, m, BASELINE_RANK))
+    for r in ranks if m == "losa" else [BASELINE_RANK]:
+      label = {"losa": f"losa r={r}", "lora": f"lora r={r}",
+               "adapter": f"adapter d={r}"}.get(m, m)
+      out.append((label, m, r))
   return out
 
 
@@ -201,19 +194,10 @@ def task_data(task: str, split: str) -> Dict[str, str]:
 def make_config(method: str, rank: int, num_classes: int, steps: int,
                 batch: int, *, task: str = "digits", seed: int = 0,
                 config_file: Optional[str] = None):
-  """The trainer config of one run: configs/default.py + the study's args.
-
-  Args:
-    method, rank: the variant; rank is LoSA's rank, LoRA's rank or the
-      adapter's bottleneck.
-    num_classes: of `task`.
-    steps, batch: the run's length and batch size.
-    task: a `losa_jax.datasets.study_tasks` task (its train and test splits).
-    seed: init and data-order seed (`config.seed`).
-    config_file: another config file taking the same args, optionally with
-      args of its own ("configs/default.py:side_dtype=bfloat16"); the run's
-      args are appended.
-  """
+  """The trainer config of one run: configs/default.py (or `config_file`,
+  optionally with args of its own) + the study's args, trained on `task`'s
+  train split and evaluated on its test split. rank is LoSA's rank, LoRA's
+  rank or the adapter's bottleneck; seed is `config.seed`."""
   arg = f"method={method},rank={rank},steps={steps},batch={batch},seed={seed}"
   if method in LR:
     arg += f",lr={LR[method]}"
@@ -254,10 +238,6 @@ class Variant:
     """The trainer's initial state: init(seed), then the shipped backbone."""
     return self.built.init_loaded(jax.random.key(seed), self.config)
 
-  def put(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
-    """A numpy batch -> global arrays on the mesh, as the trainer feeds them."""
-    return next(input_pipeline.device_batches(iter([batch]), self.built.mesh))
-
   def evaluator(self, task: str):
     """The trainer's evaluator of `task`'s test split (built once per task)."""
     if task not in self._evaluators:
@@ -265,12 +245,6 @@ class Variant:
           self.built.eval_step, self.built.mesh, data=task_data(task, "test"),
           pp=self.config.input.pp, batch_size=EVAL_BATCH)
     return self._evaluators[task]
-
-  def info(self) -> Dict[str, Any]:
-    """What `tables.cost_rows` needs."""
-    return {"label": self.label, "method": self.method, "rank": self.rank,
-            "trainable_params": self.trainable, "cost": self.cost,
-            "compile_s": self.compile_s}
 
 
 # --- one run ------------------------------------------------------------------
@@ -288,21 +262,11 @@ def train_batches(source, config, seed: int, mesh) -> Iterator:
 
 def train_run(var: Variant, task: str, seed: int, steps: int, *,
               source=None, curve_every: int = 10) -> Dict[str, Any]:
-  """Trains one seed on `task`; returns accuracy, step times, loss curve.
-
-  Args:
-    var: the method, built and compiled.
-    task: a study task; its test split is evaluated at the end.
-    seed: init and data-order seed.
-    steps: training steps (the schedule is `var`'s).
-    source: `task`'s train split as a Source, when the caller already has
-      it (a task renders in about a second); None builds it.
-    curve_every: loss-curve sampling, in steps.
-
-  Returns:
-    {"accuracy", "final_loss", "step_s_median", "train_s", "curve":
-    [(step, loss, batch accuracy)], "state": the final train state}.
-  """
+  """Trains `var` for one seed (init and data order) on `task`, then
+  evaluates its test split; source: `task`'s train split if the caller has
+  it (None builds it). Returns {"accuracy", "final_loss", "step_s_median",
+  "train_s", "curve": [(step, loss, batch accuracy)] every `curve_every`
+  steps, "state": the final train state}."""
   t_start = time.perf_counter()
   if source is None:
     source = datasets.get_source(task_data(task, "train"))
@@ -328,17 +292,6 @@ def train_run(var: Variant, task: str, seed: int, steps: int, *,
           "step_s_median": float(np.median(times[min(3, steps - 1):])),
           "train_s": time.perf_counter() - t_start, "curve": curve,
           "state": state}
-
-
-def interleaved_step_times(vars_: Sequence[Variant], batch, reps: int
-                           ) -> Dict[str, Dict[str, float]]:
-  """Median / quartiles of one train step per variant, timed side by side.
-
-  batch: one training batch on the mesh, the same for every variant.
-  """
-  return common.interleaved(
-      {v.label: harness.Stepper(v.step, v.fresh_state(0), batch)
-       for v in vars_}, reps=reps, warmup=1)
 
 
 # --- driver -------------------------------------------------------------------
@@ -402,15 +355,31 @@ def _seed_runs(a: Args, var: Variant, task: str, num_classes: int, source,
   return runs
 
 
-def run_study(a: Args) -> Dict[str, Any]:
-  """Trains every (task, variant, seed), times, writes the outputs."""
+def start(out: str):
+  """Checks the shipped backbone, makes `out`; (start time, load average)."""
   if not os.path.exists(demo.BACKBONE_NPZ):
     raise FileNotFoundError(
         f"The shipped backbone {demo.BACKBONE_NPZ} is missing; produce it with"
         " `python -m losa_jax.demo.pretrain --config configs/pretrain_mnist.py"
         " --out losa_jax/assets/vit_mnist5k_tiny.npz`.")
-  os.makedirs(a.out, exist_ok=True)
-  t_start, load_start = time.time(), os.getloadavg()
+  os.makedirs(out, exist_ok=True)
+  return time.time(), os.getloadavg()
+
+
+def provenance(command: str, a, config, t_start, load_start,
+               **fields) -> Dict[str, Any]:
+  """meta.json of `python -m losa_jax.study.<command>` with settings `a`, on
+  the backbone of `config` (`bench.common.provenance`, plus `fields`)."""
+  return common.provenance(
+      f"python -m losa_jax.study.{command} " + " ".join(a.argv),
+      t_start=t_start, load_start=load_start,
+      backbone=os.path.relpath(demo.BACKBONE_NPZ, os.getcwd()),
+      backbone_sha256=build.backbone_record(config)["sha256"], **fields)
+
+
+def run_study(a: Args) -> Dict[str, Any]:
+  """Trains every (task, variant, seed), times, writes the outputs."""
+  t_start, load_start = start(a.out)
   runs_path = os.path.join(a.out, "runs.jsonl")
   done = _kept_runs(a, runs_path)
   built: Dict[Any, Variant] = {}     # (label, num_classes) -> Variant
@@ -439,19 +408,16 @@ def _finish(a: Args, runs, first_task_vars, timing_batch, t_start,
   """The interleaved timing and the tables; writes the outputs."""
   _log(f"interleaved timing of {len(first_task_vars)} methods, "
        f"{a.timing_reps} reps")
-  timing = interleaved_step_times(first_task_vars, timing_batch,
-                                  a.timing_reps)
-  meta = common.provenance(
-      "python -m losa_jax.study.run " + " ".join(a.argv), t_start=t_start,
-      load_start=load_start,
-      backbone=os.path.relpath(demo.BACKBONE_NPZ, os.getcwd()),
-      backbone_sha256=build.backbone_record(first_task_vars[0].config)[
-          "sha256"],
-      tasks=a.tasks, methods=a.methods, ranks=a.ranks, seeds=a.seeds,
+  # One train step per variant, on the same batch, timed side by side.
+  timing = common.interleaved(
+      {v.label: harness.Stepper(v.step, v.fresh_state(0), timing_batch)
+       for v in first_task_vars}, reps=a.timing_reps, warmup=1)
+  meta = provenance(
+      "run", a, first_task_vars[0].config, t_start, load_start, tasks=a.tasks, methods=a.methods, ranks=a.ranks, seeds=a.seeds,
       steps=a.steps, batch=a.batch, lr={"default": 3e-3, **LR},
       timing_reps=a.timing_reps, quick=a.quick)
   summary = tables.summarize(runs, timing)
-  costs = tables.cost_rows([v.info() for v in first_task_vars], timing)
+  costs = tables.cost_rows(first_task_vars, timing)
   avg = tables.task_average(runs, [c["label"] for c in costs], a.tasks)
   tables.write(a.out, {
       "runs.csv": runs, "summary.csv": summary, "cost.csv": costs,

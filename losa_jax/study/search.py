@@ -2,19 +2,16 @@
 # Licensed under the Apache License, Version 2.0.
 """Equal-budget searches: every method tries the same K configs of lr x wd.
 
-The building blocks of `losa_jax.study.budget` (and `study.ablation`);
-docs/study.md gives the protocol:
+The building blocks of `losa_jax.study.budget` and `study.ablation`
+(docs/study.md gives the protocol):
 
-* `TaskData`: one task's train[:80%] batches per data order, its minival
-  (train[80%:]) and test batches, made and put on the device once, so every
-  method and member reads the very same arrays.
+* `TaskData`: one task's batches, put on the device once, so every method
+  and member reads the very same arrays.
 * `Single`: one non-shared method compiled ONCE with lr and wd as runtime
-  values (`optim.make(hparams=...)`, as the population does), then run K
-  times one after another: K separate runs, each reaching a trainer run's
-  params (to float rounding), without K compiles deciding the comparison.
+  values, then run K times one after another (K separate runs, without K
+  compiles deciding the comparison).
 * `Population`: LoSA's K members as ONE population (`population.build`).
-* `select`: the same rule for every method (`population_train.leaderboard`);
-  members that diverged rank after those that finished.
+* `select`: the same rule for every method.
 """
 import ast
 import copy
@@ -26,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from losa_jax.assembly import build
+from losa_jax.bench import common
 from losa_jax.bench import harness
 from losa_jax.utils import cost
 from losa_jax import datasets
@@ -54,9 +52,9 @@ def splits(val_percent: int) -> Dict[str, str]:
 def base_config(method: str, task: str, *, num_classes: int, steps: int,
                 batch: int, seed: int, val_percent: int,
                 config_file: Optional[str] = None, **overrides):
-  """The trainer config of one method on one task: the study's config
-  (configs/default.py, rank 8) trained on train[:80%] with minival and test
-  evals; `overrides` set top-level fields (lr, wd, ...)."""
+  """The study's config of one method on one task (`run.make_config`, rank
+  8), trained on train[:80%] with minival and test evals; `overrides` set
+  top-level fields (lr, wd, ...)."""
   c = run.make_config(method, RANK, num_classes, steps, batch, task=task,
                       seed=seed, config_file=config_file)
   sp = splits(val_percent)
@@ -89,22 +87,17 @@ def search_config(config, lr: Sequence[float], wd: Sequence[float]):
 
 
 class TaskData:
-  """A task's batches, made once: `steps` training batches per data seed
-  (the trainer's pipeline), minival and test eval batches, on the device."""
+  """`steps` training batches per data seed (the trainer's pipeline) and the
+  minival and test eval batches, on the device."""
 
   def __init__(self, config, steps: int, data_seeds: Sequence[int]):
     t0 = time.perf_counter()
-    data = dict(config.input.data)
-    source = datasets.get_source(data)
-    pp = datasets.pp_for(data, config.input.pp)
+    source = datasets.get_source(dict(config.input.data))
     mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
     self.num_train = source.num_examples()
     self.train = {}
     for seed in data_seeds:
-      it, _ = input_pipeline.training(
-          source, batch_size=config.input.batch_size, pp=pp, seed=seed,
-          shuffle=config.input.get("shuffle", True))
-      dev = input_pipeline.device_batches(it, mesh)
+      dev = run.train_batches(source, config, seed, mesh)
       self.train[seed] = [next(dev) for _ in range(steps)]
     self.evals = {}
     for name in EVALS:
@@ -161,15 +154,13 @@ class Single:
       del config["population"]
     self.config, self.method = config, config.model.method
     self.built = build.build(config, total_steps=total_steps)
-    params_shape = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
-        self.built.state_shape["params"])
+    state = cost.abstract(self.built.state_shape)
     model, ls = self.built.model, config.get("label_smoothing", 0.0)
 
     def step(state, batch, hp):
       # The trainer's step on the trainer's optimizer, with this member's
       # values as traced scalars instead of constants.
-      tx, sched, mask = optim.make(config, params_shape, total_steps,
+      tx, sched, mask = optim.make(config, state["params"], total_steps,
                                    hparams=hp, log_rules=False)
       return steps_lib.train_step_fn(model, tx, mask, label_smoothing=ls,
                                      schedule_fns=sched)(state, batch)
@@ -180,7 +171,6 @@ class Single:
         sh, sharding_lib.batch_sharding(mesh), rep), out_shardings=(sh, rep),
                      donate_argnums=(0,))
     hp = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in ("lr", "wd")}
-    state = cost.abstract(self.built.state_shape)
     t0 = time.perf_counter()
     self.step = jitted.lower(state, steps_lib.abstract_batch(
         config.input.batch_size, self.built.image_shape), hp).compile()
@@ -263,6 +253,7 @@ class Population:
     self._load_backbone = pop_lib.backbone_loader(config, self.pop)
     self.fresh_state()
     self.compile_s = time.perf_counter() - t0
+    self.trainable = self.pop.groups[0].num_params
 
   @property
   def members(self) -> List[members_lib.Member]:
@@ -318,17 +309,14 @@ def select(rows: Sequence[Dict[str, Any]], metric: str = SELECT
            ) -> List[Dict[str, Any]]:
   """The leaderboard of a search, best first: finished members by `metric`
   (ties to fewer params, then lower index), then the diverged ones."""
-  done = [r for r in rows if not r["diverged"]]
-  dead = [r for r in rows if r["diverged"]]
-  return (population_train.leaderboard(done, metric) +
-          population_train.leaderboard(dead, metric))
+  return sorted(population_train.leaderboard(rows, metric),
+                key=lambda r: r["diverged"])   # stable: ranks kept
 
 
 def timed_steps(singles: Dict[str, Single], pop: Population, member,
                 data: TaskData, reps: int) -> Dict[str, Dict[str, Any]]:
   """One train step of every method and one population step, timed side by
   side (`bench.common.interleaved`: rotated order, same batch)."""
-  from losa_jax.bench import common  # pylint: disable=g-import-not-at-top
   batch = data.train[member.hparams["data_seed"]][0]
   fns = {name: harness.Stepper(
       lambda st, b, s=single, hp=single.hp(member): s.step(st, b, hp),

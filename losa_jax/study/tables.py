@@ -36,11 +36,7 @@ def summarize(runs: List[Dict], timing: Dict[str, Dict[str, float]]
               ) -> List[Dict]:
   """Per (task, label): mean / std / min / max over seeds, plus costs."""
   out = []
-  keys = []
-  for r in runs:
-    if (r["task"], r["label"]) not in keys:
-      keys.append((r["task"], r["label"]))
-  for task, label in keys:
+  for task, label in dict.fromkeys((r["task"], r["label"]) for r in runs):
     rs = [r for r in runs if r["task"] == task and r["label"] == label]
     acc = np.array([r["accuracy"] for r in rs])
     out.append({
@@ -83,18 +79,14 @@ def task_average(runs: List[Dict], labels: Sequence[str],
   return out
 
 
-def cost_rows(variants: Sequence[Dict], timing) -> List[Dict]:
-  """Per variant: params, compiled cost and interleaved step time.
-
-  variants: `run.Variant.info()` dicts {label, method, rank,
-  trainable_params, cost (`cost.cost_of_compiled`), compile_s}; timing:
-  `bench.common.interleaved`'s result, by label.
-  """
+def cost_rows(variants: Sequence[Any], timing) -> List[Dict]:
+  """Per `run.Variant`: params, compiled cost and interleaved step time
+  (timing: `bench.common.interleaved`'s result, by label)."""
   rows = []
   for v in variants:
-    t, c = timing.get(v["label"], {}), v["cost"]
-    rows.append({"label": v["label"], "method": v["method"],
-                 "rank": v["rank"], "trainable_params": v["trainable_params"],
+    t, c = timing.get(v.label, {}), v.cost
+    rows.append({"label": v.label, "method": v.method, "rank": v.rank,
+                 "trainable_params": v.trainable,
                  "gflop_per_step": c["flops"] / 1e9,
                  "peak_mib": c["peak_bytes"] / MIB,
                  "temp_mib": c["temp_bytes"] / MIB,
@@ -103,7 +95,7 @@ def cost_rows(variants: Sequence[Dict], timing) -> List[Dict]:
                  "interleaved_q25_ms": 1e3 * t.get("q25_s", float("nan")),
                  "interleaved_q75_ms": 1e3 * t.get("q75_s", float("nan")),
                  "timing_reps": t.get("reps", 0),
-                 "compile_s": v["compile_s"]})
+                 "compile_s": v.compile_s})
   return rows
 
 

@@ -72,8 +72,10 @@ def _pair(name: str, values: Sequence[str]) -> Tuple[int, ...]:
   return ints * 2 if len(ints) == 1 else ints
 
 
-def inflate(fv: flags.FlagValues) -> str:
-  """Inflates as the flags say; returns the path written."""
+def inflate(fv: flags.FlagValues, argv=None) -> str:
+  """Inflates as the flags say; prints and returns the path written (argv:
+  what `common.absl_main` passes, unused)."""
+  del argv
   cfg: Dict[str, Union[str, int, bool, Tuple[int, ...]]] = dict(
       pool_type=fv.pool_type, temporal_patch_size=fv.temporal_patch_size,
       scan=fv.scan)
@@ -82,25 +84,20 @@ def inflate(fv: flags.FlagValues) -> str:
   if fv.patch_size:
     cfg["patch_size"] = _pair("patch_size", fv.patch_size)
   hw = _pair("image_size", fv.image_size)
-  return vivit.inflate_checkpoint(fv.image_ckpt, fv.out, cfg, fv.method,
+  path = vivit.inflate_checkpoint(fv.image_ckpt, fv.out, cfg, fv.method,
                                   clip_shape=(fv.num_frames, *hw),
                                   posemb=fv.posemb)
+  print(f"Wrote {path}")
+  return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
   """Programmatic entry: `argv` = the flags (a private FlagValues parses
   them); returns the path written."""
-  return _inflate_and_report(*common.parse_private_flags(
+  return inflate(*common.parse_private_flags(
       "losa_jax.tools.inflate_vivit", define_flags, argv))
-
-
-def _inflate_and_report(fv, argv=None) -> str:
-  del argv
-  path = inflate(fv)
-  print(f"Wrote {path}")
-  return path
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(common.absl_main(_inflate_and_report))
+  app.run(common.absl_main(inflate))

@@ -8,30 +8,11 @@ r"""Video LoSA demo, offline: does the side network's temporal mixing matter?
       --extra side_dtype=float32                # one row, three seeds
 
 Task: `losa_jax.datasets.moving_digits` (8 frames of 28x28; the label is the
-direction a real MNIST digit moves in: right / left / down / up; 1,000
-training clips, 500 test clips from held-out digits). Backbone: the shipped
-MNIST ViT (losa_jax/assets/vit_mnist5k_tiny.npz) inflated in memory to a
-ViViT with 2x4x4 tubelets (4 x 49 tokens + CLS), average-frame 3-D kernels and the
-position embedding tiled over time. Every run goes through the normal
-trainer (`losa_jax.train.train_and_evaluate`) with
-configs/video_moving_digits.py, one config arg per row:
-
-  losa, space+time   mixing=space_time   factorised spatial + temporal MLPs
-  losa, space only   mixing=space        same, without the temporal MLP
-  losa, space+time,  pool=tok            pools CLS, which factorised mixing
-    CLS pooled                           never updates (docs/video.md)
-  linear probe       method=linear       head on the frozen CLS feature
-
-Why average-frame inflation here: with central-frame kernels a tubelet sees
-only its second frame, which makes the frames a clip shows depend on the
-direction (a leak a frame-order-blind model could exploit); averaging the
-two frames is symmetric in time.
-
-LoSA rows train from the trainer's in-memory backbone feature cache
-(config arg `cache`; the demo's pp has no random op, so every epoch feeds the
-backbone the same clips): the backbone runs once per clip instead of once
-per step (docs/video.md has the timings). `--no_cache` runs every step through the
-backbone instead (same conclusions; both tables are in docs/video.md).
+direction a real MNIST digit moves in). Backbone: the shipped MNIST ViT
+inflated in memory to a ViViT (2x4x4 tubelets, average-frame kernels; why:
+docs/video.md). Every row (`RUNS`: one config arg of
+configs/video_moving_digits.py each) trains with the normal trainer; LoSA
+rows train from the trainer's backbone feature cache unless --no_cache.
 
 Prints a table (test accuracy, trainable params, wall time incl. compile and
 cache building) and writes it as JSON next to the workdirs.
