@@ -9,11 +9,16 @@ rows with their job and kind (rows, guard, precision).
 from typing import Any, Dict, Iterable, List, Sequence
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+  """A Markdown table (scripts/bench_report.py's too)."""
   lines = ["| " + " | ".join(header) + " |",
-           "| " + " | ".join("---" for _ in header) + " |"]
-  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-  return lines + [""]
+           "|" + "|".join(" --- " for _ in header) + "|"]
+  return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |"
+                            for r in rows])
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
+  return [md_table(header, rows), ""]
 
 
 def _f(x, fmt: str = ".3g") -> str:

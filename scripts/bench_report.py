@@ -27,18 +27,11 @@ from losa_jax.utils import io as io_lib
 
 MIB, GIB = common.MIB, common.GIB
 write_csv = common.write_csv
+md_table = accelerator_report.md_table
 
 
 def _rows(results, section) -> List[Dict[str, Any]]:
   return list((results.get(section) or {}).get("rows", []))
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(" --- " for _ in header) + "|"]
-  for r in rows:
-    lines.append("| " + " | ".join(str(x) for x in r) + " |")
-  return "\n".join(lines)
 
 
 def _section(title: str, text: str, header: Sequence[str],
@@ -71,13 +64,6 @@ def _num(x, sig: int = 3) -> str:
   return f"{x:,.{digits}f}"
 
 
-def linear_fit(depths: Sequence[float], values: Sequence[float]):
-  """Least-squares (slope, intercept) of values ~ depth."""
-  slope, intercept = np.polyfit(np.asarray(depths, float),
-                                np.asarray(values, float), 1)
-  return float(slope), float(intercept)
-
-
 def linearity(results) -> List[Dict[str, Any]]:
   """Per config: fit on the reduced depths, predict the full depth."""
   big = _rows(results, "big")
@@ -89,7 +75,7 @@ def linearity(results) -> List[Dict[str, Any]]:
             r["variant"] == next(x["variant"] for x in big if x["linearity"])]
     if len(pts) < 2:
       continue
-    slope, icpt = linear_fit(*zip(*pts))
+    slope, icpt = common.linear_fit(*zip(*pts))
     resid = max(abs(p - (slope * d + icpt)) for d, p in pts)
     row = {"config": cfg, "variant": full[0]["variant"] if full else "",
            "depths": [d for d, _ in pts], "peaks_gib": [p for _, p in pts],

@@ -334,5 +334,5 @@ def test_child_process_only_for_missing_xla_flags():
 
 
 def test_linear_fit():
-  assert bench_report.linear_fit([1, 2, 4], [3, 5, 9]) == pytest.approx(
+  assert common.linear_fit([1, 2, 4], [3, 5, 9]) == pytest.approx(
       (2, 1))

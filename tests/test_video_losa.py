@@ -269,14 +269,15 @@ def test_unknown_backbone_kind_is_named():
 
 
 def test_video_memory_bench_smoke():
-  from losa_jax.bench import video_memory  # pylint: disable=g-import-not-at-top
+  from losa_jax.bench import sections_compiled  # pylint: disable=g-import-not-at-top
   rows = []
   for method in ("losa", "full"):
-    cfg = video_memory.video_config("B/16", method, frames=2, batch=1,
-                                    depth=1, arg="res=32")
+    cfg = sections_compiled.video_config("B/16", method, frames=2, batch=1,
+                                         depth=1, arg="res=32")
     assert cfg.model.backbone.kind == "vivit"
     rows.append({"config": method, "batch": 1, "depth": 1,
-                 **video_memory.step_memory(cfg, 1), "fits_16gib": True})
+                 **sections_compiled.step_memory(cfg, 1),
+                 "fits_16gib": True})
   losa, full = rows
   assert losa["trainable_params"] < full["trainable_params"] / 10
   assert losa["temp_gib"] < full["temp_gib"]

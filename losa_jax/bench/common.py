@@ -122,6 +122,12 @@ def time_stats(times: Sequence[float]) -> Dict[str, Any]:
           "times_s": [float(x) for x in t]}
 
 
+def linear_fit(x: Sequence[float], y: Sequence[float]):
+  """Least-squares (slope, intercept) of y ~ x."""
+  slope, intercept = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+  return float(slope), float(intercept)
+
+
 def machine() -> str:
   """"<cores> x <CPU model>, <OS>": what a result table's reader needs."""
   cpu = "unknown CPU"

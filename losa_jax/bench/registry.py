@@ -199,19 +199,19 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
             "interleaved, and the cache's build cost.",
             dict(variant="B/16", batch=8, images=128),
             dict(variant="tiny", batch=4, images=16), _fast_if_quick),
-    Section("population", _S + "sections_population:section_population",
+    Section("population", _S + "sections_measured:section_population",
             "K side networks on one backbone pass: compiled FLOPs and peak "
             "for K = 1..16, interleaved step times.", _TIMED, _TIMED_QUICK,
             _fast_if_quick),
-    Section("side", _S + "sections_side:section_side",
+    Section("side", _S + "sections_measured:section_side",
             "Memory traffic and step time of the side network's "
             "implementations (autodiff, fused f32, fused bf16).",
             _TIMED, _TIMED_QUICK, _fast_if_quick),
-    Section("side_backward", _S + "sections_side:section_side_backward",
+    Section("side_backward", _S + "sections_measured:section_side_backward",
             "Compiled cost of the cached LoSA step: side_scan's hand-written "
             "backward vs autodiff of the folded forward (docs/side_fused.md).",
             dict(variants=["B/16"], batch=32), dict(variants=["tiny"], batch=2)),
-    Section("fsdp", _S + "sections_fsdp:section_fsdp",
+    Section("fsdp", _S + "sections_compiled:section_fsdp",
             "Per-device compiled memory of a LoSA step under FSDP over 8 "
             "fake CPU devices (scanned, bf16), fit against depth.",
             dict(variant="e/14", fsdp=[1, 4, 8], depths=[],
@@ -222,7 +222,7 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
                 [f"--xla_force_host_platform_device_count={FSDP_DEVICES}",
                  common.FAST_COMPILE if a.quick else ""] +
                 ([] if a.licm else [common.LICM_OFF]))),
-    Section("video", _S + "video_memory:section_video",
+    Section("video", _S + "sections_compiled:section_video",
             "Compiled memory and FLOPs of one video train step: LoSA vs "
             "linear, adapters, full (ViViT, scanned, bf16).",
             dict(config="", variant="e/14", frames=16, batch=1,

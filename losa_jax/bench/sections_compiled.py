@@ -1,21 +1,34 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Compile-only sections: compiled, dtype, maxbatch, big (and big_default).
+"""Compile-only sections: compiled, dtype, maxbatch, big (and big_default),
+fsdp, video.
 
-Each takes its options (losa_jax/bench/registry.py) and returns its rows;
-nothing is executed, only lowered and compiled on abstract inputs, so the
+Nothing is executed, only lowered and compiled on abstract inputs, so the
 numbers are deterministic for a jax/XLA version and backend. They run under
 the XLA flags the registry names (LICM_OFF: see common.LICM_OFF).
+docs/benchmarks.md, docs/scaling.md ("FSDP memory") and docs/video.md have
+the figures and the columns.
 """
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import numpy as np
+
+from losa_jax.assembly import build
+from losa_jax.assembly import steps
 from losa_jax.bench import common
 from losa_jax.bench.batch_search import largest_batch
 from losa_jax.bench.configs import BIG_CONFIGS, FIT_GIB, METHODS
 from losa_jax.bench.configs import depth_of, forward_cost, make_config
 from losa_jax.bench.configs import step_cost, variant_backbone
+from losa_jax.bench.registry import FSDP_DEVICES
+from losa_jax.config import schema as config_lib
+from losa_jax.models import vit
+from losa_jax.parallel import sharding
+from losa_jax.utils import cost
+from losa_jax.utils import tree as tree_lib
 
 GIB, MIB = common.GIB, common.MIB
 _log = common.log
@@ -144,3 +157,195 @@ def _big_row(variant, label, batch, depth, c, flags, seconds,
   _log(f"big {variant} {label} depth {depth} ({flags}): peak "
        f"{row['peak_gib']:.2f} GiB")
   return row
+
+
+# --- fsdp: per-device memory of a LoSA step (scanned, bf16) on meshes
+# [("fsdp", n)] of fake CPU devices; XLA's memory analysis of an SPMD
+# executable is per device.
+
+def _local_bytes(tree_shape, tree_sharding) -> int:
+  """Bytes one device holds of a tree, from each leaf's shard shape."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(tree_shape), jax.tree.leaves(tree_sharding)):
+    shard = s.shard_shape(x.shape)
+    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def fsdp_measure(variant: str, depth: int, fsdp: int,
+                 batch_per_device: int) -> Dict[str, Any]:
+  """Compiled per-device memory of one train step on a ("fsdp", n) mesh."""
+  config = make_config(variant, "losa", bf16=True, scan=True, depth=depth,
+                       num_classes=1000)
+  config.sharding_strategy = sharding.DEFAULT_STRATEGY
+  mesh = sharding.make_mesh([("fsdp", fsdp)], devices=jax.devices()[:fsdp])
+  built = build.build(config, total_steps=1000, mesh=mesh)
+  state_sh = built.state_sharding
+  batch = steps.abstract_batch(batch_per_device * fsdp, built.image_shape)
+  t0 = time.time()
+  c = cost.compiled_cost(built.train_step, cost.abstract(
+      built.state_shape, state_sh), batch)
+  params = built.state_shape["params"]
+  return {
+      "kind": "compiled", "variant": variant, "depth": depth, "fsdp": fsdp,
+      "global_batch": batch_per_device * fsdp,
+      "total_params": tree_lib.count(params),
+      "trainable_params": built.num_trainable(),
+      "params_bytes": _local_bytes(params, state_sh["params"]),
+      "frozen_bytes_total": sum(
+          int(v.size) * v.dtype.itemsize
+          for n, v in tree_lib.flatten(params).items() if not built.mask[n]),
+      "opt_bytes": _local_bytes(built.state_shape["opt"], state_sh["opt"]),
+      **{k: c[k] for k in ("argument_bytes", "temp_bytes", "output_bytes",
+                           "alias_bytes", "peak_bytes")},
+      "compile_s": time.time() - t0}
+
+
+def fsdp_fit(rows: Sequence[Dict[str, Any]], full_depth: int):
+  """Per fsdp size: least squares peak ~ a + b * depth; predicted full."""
+  out = []
+  for n in sorted({r["fsdp"] for r in rows}):
+    rs = sorted((r for r in rows if r["fsdp"] == n), key=lambda r: r["depth"])
+    if len(rs) < 2:
+      continue
+    d = np.array([r["depth"] for r in rs], float)
+    row = {"kind": "fit", "fsdp": n, "depths": d.tolist(),
+           "full_depth": full_depth}
+    for key in ("peak_bytes", "params_bytes", "temp_bytes"):
+      y = np.array([r[key] for r in rs], float)
+      b, a = common.linear_fit(d, y)
+      resid = float(np.max(np.abs(a + b * d - y)) / max(np.max(y), 1.0))
+      row[key] = {"per_block": float(b), "intercept": float(a),
+                  "max_rel_residual": resid,
+                  "at_full_depth": float(a + b * full_depth)}
+    out.append(row)
+  return out
+
+
+def section_fsdp(a) -> List[Dict[str, Any]]:
+  """Every (depth, mesh size) of a.depths x a.fsdp, then the fits."""
+  bad = [n for n in a.fsdp if not 1 <= n <= FSDP_DEVICES]
+  if bad:
+    raise ValueError(f"--fsdp sizes {bad} are outside 1..{FSDP_DEVICES} (the "
+                     "fake CPU devices); pass smaller mesh sizes.")
+  jax.config.update("jax_platforms", "cpu")   # the fake devices are CPUs
+  if len(jax.devices()) < max(a.fsdp):
+    raise ValueError(f"--fsdp {a.fsdp} needs {max(a.fsdp)} devices, this "
+                     f"process has {len(jax.devices())}: run it without "
+                     "--in_process (the child fakes 8 CPU devices).")
+  full_depth = vit.decode_variant(a.variant)["depth"]
+  depths = list(a.depths) or [full_depth]
+  rows: List[Dict[str, Any]] = []
+  for depth in depths:
+    for n in a.fsdp:
+      rows.append(fsdp_measure(a.variant, depth, n, a.batch_per_device))
+      common.log(f"fsdp {a.variant} depth {depth} fsdp {n}: peak "
+                 f"{rows[-1]['peak_bytes'] / GIB:.2f} GiB/dev")
+  return rows + (fsdp_fit(rows, full_depth) if len(depths) > 1 else [])
+
+
+# --- video: the train step of configs/video_kinetics400.py (or --config) for
+# LoSA, the linear probe, adapters and full fine-tuning, with and without
+# backbone remat, at larger batches and fractions of the depth; FLOPs from
+# unrolled models of a few blocks, extrapolated to the full depth.
+
+VIDEO_CONFIGS = (   # (label, method, backbone remat policy)
+    ("LoSA (r=8, space+time)", "losa", "nothing_saveable"),
+    ("linear probe", "linear", "nothing_saveable"),
+    ("adapter (dim 8) + remat", "adapter", "nothing_saveable"),
+    ("adapter (dim 8), no remat", "adapter", "none"),
+    ("full fine-tuning + remat", "full", "nothing_saveable"),
+    ("full fine-tuning, no remat", "full", "none"),
+)
+
+
+def video_config(variant: str, method: str, *, frames: int, batch: int,
+                 remat_policy: str = "nothing_saveable",
+                 depth: Optional[int] = None, arg: str = "",
+                 config: str = ""):
+  """The config of video config file `config` (path.py; "": the checkout's
+  configs/video_kinetics400.py) for variant, method, frames, batch and the
+  extra get_config args `arg` ("rank=16,..."), with the backbone's remat
+  policy and depth (None: the variant's) overridden."""
+  path = config or config_lib.config_path("video_kinetics400")
+  c = config_lib.load_config(path + ":" + ",".join(
+      a for a in (f"variant={variant}", f"method={method}",
+                  f"frames={frames}", f"batch={batch}", arg) if a))
+  c.model.backbone.remat_policy = remat_policy
+  if depth:
+    c.model.backbone.depth = depth
+  return c
+
+
+def step_memory(config, batch: int) -> Dict[str, Any]:
+  """Compiled memory of the trainer's train step on abstract inputs."""
+  t0 = time.time()
+  c = step_cost(config, batch)
+  return {"total_params": c["total_params"],
+          "trainable_params": c["trainable_params"],
+          "params_gib": c["argument_bytes"] / GIB,
+          "temp_gib": c["temp_bytes"] / GIB,
+          "peak_gib": c["peak_bytes"] / GIB,
+          "compile_s": time.time() - t0}
+
+
+def _video_memory(a, full_depth: int) -> List[Dict[str, Any]]:
+  cells = [(label, m, r, a.batch, None) for label, m, r in VIDEO_CONFIGS]
+  cells += [(label, m, r, b, None) for b in a.batches
+            for label, m, r in VIDEO_CONFIGS[:4:2]]   # LoSA, adapter+remat
+  depths = sorted({max(1, full_depth // k) for k in a.depth_fracs})
+  cells += [(label, m, r, a.batch, d) for d in depths
+            for label, m, r in VIDEO_CONFIGS]
+  rows = []
+  for label, method, remat, b, depth in cells:
+    cfg = video_config(a.variant, method, frames=a.frames, batch=b,
+                       remat_policy=remat, depth=depth, arg=a.arg,
+                       config=a.config)
+    row = {"config": label, "method": method, "remat_policy": remat,
+           "variant": a.variant, "frames": a.frames, "batch": b,
+           "depth": depth or full_depth,
+           "clip": tuple(cfg.image_size), **step_memory(cfg, b)}
+    row.update(fits_16gib=row["peak_gib"] <= 16.0, kind="memory")
+    common.log(f"{label:28s} batch {b} depth {row['depth']:>2}: params "
+               f"{row['params_gib']:7.2f} GiB, temp {row['temp_gib']:6.2f} "
+               f"GiB, peak {row['peak_gib']:7.2f} GiB "
+               f"({row['compile_s']:.0f} s)", tag="video")
+    rows.append(row)
+  return rows
+
+
+def _video_flops(a, full_depth: int) -> List[Dict[str, Any]]:
+  """XLA counts a scanned body once, so FLOPs come from unrolled models of
+  a.flops_depths blocks, extrapolated linearly (stem + head + depth x
+  block) to the full depth; the rows report the fit."""
+  rows = []
+  for method in ("losa", "linear", "adapter", "full"):
+    per = {}
+    for d in a.flops_depths:
+      cfg = video_config(a.variant, method, frames=a.frames, batch=a.batch,
+                         depth=d, arg=a.arg, config=a.config)
+      cfg.model.backbone.scan = False
+      per[d] = step_cost(cfg, a.batch)["flops"] / 1e9
+    d0, d1 = min(per), max(per)
+    slope = (per[d1] - per[d0]) / (d1 - d0)
+    row = {"method": method, "batch": a.batch,
+           **{f"gflops_depth{d}": v for d, v in per.items()},
+           "gflops_per_block": slope, "full_depth": full_depth,
+           "gflops_full_extrapolated": per[d0] + slope * (full_depth - d0)}
+    common.log(f"flops {method:8s}: " + ", ".join(
+        f"depth {d} {v:.0f}" for d, v in per.items()) +
+        f" -> depth {full_depth} {row['gflops_full_extrapolated']:.0f} "
+        "GFLOP", tag="video")
+    rows.append(row)
+  for r in rows:
+    r.update(vs_losa=r["gflops_full_extrapolated"] /
+             rows[0]["gflops_full_extrapolated"], kind="flops")
+  return rows
+
+
+def section_video(a) -> List[Dict[str, Any]]:
+  """Memory rows ("kind": "memory"), then FLOPs rows ("flops") if
+  a.flops_depths."""
+  full_depth = vit.decode_variant(a.variant)["depth"]
+  return _video_memory(a, full_depth) + (
+      _video_flops(a, full_depth) if a.flops_depths else [])
