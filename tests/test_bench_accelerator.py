@@ -226,7 +226,7 @@ def test_timing_retries_an_out_of_memory_step_with_remat(monkeypatch):
   spec = dict(variant="tiny", methods=["forward", "full"], batches=[4, 8],
               reps=1, warmup=0, scan=True, remat=False)
   rows = {(r["method"], r["batch"]): r
-          for r in accelerator.job_timing(spec)["rows"]}
+          for r in accelerator_check.job_timing(spec)["rows"]}
   assert rows[("full", 4)]["status"] == "ok"
   assert rows[("full", 8)]["status"] == "ok+remat"
   assert rows[("full", 8)]["median_s"] >= 0

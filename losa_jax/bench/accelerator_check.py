@@ -1,20 +1,31 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""What the accelerator section (losa_jax/bench/accelerator.py) checks in
-its job processes: the accelerator's step against the CPU's
-(`compare_step`), the fused side network's precision (`compare_precision`),
-the cost guard (`cost_guard`), and the largest batch that runs
-(`max_batch`, by catching XLA's out-of-memory error).
+"""The accelerator section's jobs (`JOBS`; `python -m
+losa_jax.bench.accelerator_check SPEC OUT` runs one) and what they check:
+the accelerator's step against the CPU's (`compare_step`), the fused side
+network's precision (`compare_precision`), the cost guard (`cost_guard`),
+and the largest batch that runs (`max_batch`, catching XLA's out of memory).
 """
 import contextlib
 import gc
+import json
+import sys
 import time
 from typing import Any, Dict, List, Sequence
 
+import jax
 import numpy as np
 
-from losa_jax.bench import harness
+from losa_jax.assembly import build
 from losa_jax.bench import batch_search
+from losa_jax.bench import common
+from losa_jax.bench import configs
+from losa_jax.bench import harness
+from losa_jax.models import side as side_lib
+from losa_jax.models import side_fused
+from losa_jax.models import side_precision
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import tree as tree_lib
 
 GIB = harness.GIB
 # (loss, update) relative tolerances. f32 runs at "highest" matmul precision
@@ -32,11 +43,6 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   grad_norm_rel_diff, update_rel_diff (L2 over all trainable leaves),
   update_max_abs_diff, frozen_changed, tolerances, pass}.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
-  from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
   cfg = configs.make_config(spec["check_variant"], "losa",
                             bf16=dtype == "bfloat16",
                             depth=spec.get("depth") or None)
@@ -121,11 +127,6 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
   err_highest_rel (max |g - g_ref| / max |g_ref|), ratio (worst
   |g - g_ref| / bound), where (its leaf), pass}.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side as side_lib  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side_fused  # pylint: disable=g-import-not-at-top
-  from losa_jax.models import side_precision  # pylint: disable=g-import-not-at-top
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
   mode = DEFAULT_DOT_PRECISION.get(accel.platform, "tf32")
   emulate = mode if accel.platform == "cpu" else None
@@ -172,7 +173,6 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
   the timing section but with unrolled blocks: XLA's cost analysis counts a
   while loop's body once, so a scanned backbone would show one block's
   FLOPs. Pass if ratio <= spec["guard_max_ratio"]."""
-  from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
   cfg = configs.make_config(variant, "losa", bf16=spec["bf16"], scan=False,
                             remat=spec["remat"], depth=spec.get("depth"))
   step = configs.step_cost(cfg, bsz)
@@ -227,3 +227,137 @@ def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
                    else "real: XLA out-of-memory caught"),
           "limit_gib": budget / GIB, "cap": spec["cap"],
           "search_s": time.perf_counter() - t0, **res}
+
+
+# --- the jobs (a process each, or the section's with --isolation none) --------
+
+
+def job_check(spec) -> Dict[str, Any]:
+  """A tiny LoSA step on the accelerator vs jax's CPU backend, f32 and bf16;
+  the fused side network's gradients at the default matmul precision vs
+  float64; and the cost guard (accelerator_check)."""
+  rows = [compare_step(spec, dtype)
+          for dtype in ("float32", "bfloat16")]
+  guard = [cost_guard(spec, spec["guard_variant"], bsz)
+           for bsz in spec["guard_batches"]]
+  return {"rows": rows, "guard": guard,
+          "precision": compare_precision()}
+
+
+def job_timing(spec) -> Dict[str, Any]:
+  """harness.time_methods of one variant (remat retried on out of memory)."""
+  return {"rows": harness.time_methods(spec["variant"], spec["methods"],
+                                       spec)}
+
+
+def job_memory(spec) -> Dict[str, Any]:
+  """Peak memory of each method at each batch, batches ascending (so the
+  process's running peak is the batch's own; with one method per process,
+  --isolation=method, it is that method's)."""
+  variant, rows = spec["variant"], []
+  for name in spec["methods"]:
+    base = harness.mem_stats()
+    m = harness.Method(variant, name, spec)
+    for bsz in sorted(spec["batches"]):
+      # Run twice: the measured peak, beside the compiled one and the bytes
+      # held before compiling.
+      got = harness.first_call(m, bsz, runs=2)
+      st = harness.mem_stats()
+      row = {"variant": variant, "method": name, "batch": bsz,
+             "isolation": spec["isolation"],
+             "status": "oom" if got is None else "ok"}
+      if got is not None:
+        row["compiled_peak_gib"] = got[1]["peak_bytes"] / GIB
+      if got is not None and st:
+        resident = got[2]
+        row.update(peak_gib=st["peak_bytes_in_use"] / GIB,
+                   resident_gib=resident / GIB,
+                   peak_over_resident_gib=(st["peak_bytes_in_use"] - resident)
+                   / GIB, process_start_gib=base.get("bytes_in_use", 0) / GIB)
+      del got
+      gc.collect()
+      rows.append(row)
+    del m
+    gc.collect()
+  return {"rows": rows}
+
+
+def job_maxbatch(spec) -> Dict[str, Any]:
+  """The largest batch that runs, per method (max_batch).
+
+  spec["fitted"][method]: [[batch, compiled peak bytes], ...] from the
+  memory part, and spec["failed"][method]: its out-of-memory batches;
+  without them the batches' compiled peaks are taken here (compile only).
+  """
+  rows = []
+  for name in spec["methods"]:
+    m = harness.Method(spec["variant"], name, spec)
+    measured = spec.get("fitted", {}).get(name)
+    peaks = measured if measured is not None else [
+        [b, m.compile(m.batch(b))[1]["peak_bytes"]]
+        for b in sorted(spec["batches"])]
+    rows.append(max_batch(
+        m, spec, peaks, ran=measured is not None,
+        failed=spec.get("failed", {}).get(name, ())))
+    del m
+    gc.collect()
+  return {"rows": rows}
+
+
+def job_vit_e(spec) -> Dict[str, Any]:
+  """A real LoSA train step of a big scanned backbone (ViT-e/14, bf16 frozen,
+  random init) at a small batch: measured peak memory and step time."""
+  variant, bsz = spec["variant"], spec["batch"]
+  t0 = time.perf_counter()
+  m = harness.Method(variant, "losa", spec, scan=True, remat=True)
+  after_state = harness.mem_stats()
+  got = harness.first_call(m, bsz)
+  if got is None:
+    raise MemoryError(f"vit_e {variant} batch {bsz}: out of memory")
+  fn, c, _ = got
+  setup_s = time.perf_counter() - t0
+  times = common.interleaved({"losa": fn}, reps=spec["reps"], warmup=0)
+  st = harness.mem_stats()
+  metrics = fn()
+  row = {"variant": variant, "method": "losa", "batch": bsz,
+         "image_size": m.config.image_size,
+         "params": tree_lib.count(m.built.state_shape["params"]),
+         "trainable_params": m.trainable, "median_s": times["losa"]["median_s"],
+         "reps": times["losa"]["reps"],
+         "compiled_peak_gib": c["peak_bytes"] / GIB, "setup_s": setup_s,
+         "loss_finite": bool(np.isfinite(np.asarray(metrics["loss"])))}
+  if st:
+    row.update(peak_gib=st["peak_bytes_in_use"] / GIB,
+               state_gib=after_state.get("bytes_in_use", 0) / GIB,
+               state_peak_gib=after_state.get("peak_bytes_in_use", 0) / GIB)
+    # The state is made first; if making it set the peak, the step's own
+    # peak is at most this (the two cannot be told apart).
+    row["peak_set_by_step"] = (st["peak_bytes_in_use"] >
+                               after_state.get("peak_bytes_in_use", 0))
+  return {"rows": [row]}
+
+
+JOBS = {"check": job_check, "timing": job_timing, "memory": job_memory,
+        "maxbatch": job_maxbatch, "vit_e": job_vit_e}
+
+
+def run_job(spec: Dict[str, Any]) -> Dict[str, Any]:
+  """Runs spec["job"]; adds backend, devices and the TensorFlow check."""
+  t0 = time.perf_counter()
+  out = JOBS[spec["job"]](spec)
+  out.update(job=spec["job"], wall_s=time.perf_counter() - t0,
+             backend=jax.default_backend(), device=str(jax.devices()[0]),
+             device_kind=jax.devices()[0].device_kind,
+             memory_limit_gib=harness.mem_stats().get("bytes_limit", 0) / GIB,
+             tensorflow_loaded=harness.tf_loaded())
+  return out
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 3:
+    raise SystemExit("usage: python -m losa_jax.bench.accelerator_check "
+                     "SPEC.json "
+                     "OUT.json (written by the accelerator section; run "
+                     "`python -m losa_jax.bench accelerator` instead)")
+  with open(sys.argv[1]) as f:
+    common.write_json(sys.argv[2], run_job(json.load(f)))

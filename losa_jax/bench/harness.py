@@ -3,16 +3,20 @@
 """What the timed and memory sections measure with: random states made in
 place, random batches, one (variant, method) compiled per batch and run once
 or caught out of memory (`first_call`), and the step-time loop
-(`time_methods`). Imports no TensorFlow (a GPU image may lack it) and jax
-only inside functions (the accelerator's parent process must not start a
-backend)."""
+(`time_methods`). Imports no TensorFlow (a GPU image may lack it)."""
 import gc
 import sys
 from typing import Any, Callable, Dict, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from losa_jax.assembly import build
 from losa_jax.bench import common
+from losa_jax.bench import configs
+from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import cost
 
 GIB = common.GIB
 _log = common.log
@@ -28,7 +32,6 @@ def is_oom(err: BaseException) -> bool:
 def mem_stats(device=None) -> Dict[str, int]:
   """device.memory_stats() (default: the first device), {} where the
   backend keeps none (XLA:CPU)."""
-  import jax  # pylint: disable=g-import-not-at-top
   try:
     return dict((device or jax.devices()[0]).memory_stats() or {})
   except Exception:  # pylint: disable=broad-except
@@ -44,11 +47,11 @@ _MAKERS: Dict[Any, Callable] = {}
 _BIG = 2**26   # elements above which a leaf is made row by row (256 MiB f32)
 
 
-def _maker(key, build: Callable) -> Callable:
+def _maker(key, make: Callable) -> Callable:
   """Jitted makers cached by what they make (shape, dtype), so the equal
   blocks of a ViT, or the same tree made twice, compile once."""
   if key not in _MAKERS:
-    _MAKERS[key] = build()
+    _MAKERS[key] = make()
   return _MAKERS[key]
 
 
@@ -57,8 +60,6 @@ def _noise(shape, dtype, offset):
   0.02): a sine hash of the element index + offset. XLA:CPU compiles
   threefry's normal for a tree of 100 leaves in seconds; this in a
   fraction, and values do not matter for time or memory."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   n = int(np.prod(shape))
   u = jnp.sin((jax.lax.iota(jnp.float32, n) + offset) * 12.9898) * 43758.5453
   return (0.035 * (2.0 * (u - jnp.floor(u)) - 1.0)).reshape(shape).astype(
@@ -68,8 +69,6 @@ def _noise(shape, dtype, offset):
 def _leaf(shape, dtype, offset):
   """One leaf of random_tree: noise, zeros for a non-float dtype, and a big
   stack ([L, ...] above _BIG elements) row by row into a donated buffer."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   key = (shape, dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     return _maker(("zeros",) + key, lambda: jax.jit(
@@ -93,8 +92,6 @@ def random_tree(shape_tree, shardings=None, seed: int = 0):
   leaves are zeros. A big leaf is made row by row, so making a tree needs
   little more memory than the tree: building a ViT-e/14 state must not set
   the peak its step is measured by."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   leaves, treedef = jax.tree.flatten(shape_tree)
   shs = (jax.tree.leaves(shardings, is_leaf=lambda x: x is None)
          if shardings is not None else [None] * len(leaves))
@@ -109,8 +106,6 @@ def random_tree(shape_tree, shardings=None, seed: int = 0):
 def state_from_params(built, params, seed: int = 0):
   """A train state of `built` around `params` (already in its sharding):
   the optimizer's fresh state, step 0, rng key `seed`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   sh = built.state_sharding
   return {"params": params,
           "opt": jax.jit(built.tx.init, out_shardings=sh["opt"])(params),
@@ -120,7 +115,6 @@ def state_from_params(built, params, seed: int = 0):
 
 def abstract_state(built):
   """built's train state as ShapeDtypeStructs in its shardings."""
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
   return cost.abstract(built.state_shape, built.state_sharding)
 
 
@@ -128,7 +122,6 @@ def random_state(built, seed: int = 0):
   """A train state like built.init's, with random params made by groups
   in their final dtype (build.init makes f32 params, then casts the frozen
   ones: a transient 1.5x the state that would mask a small step's peak)."""
-  import jax  # pylint: disable=g-import-not-at-top
   state = state_from_params(built, random_tree(
       built.state_shape["params"], built.state_sharding["params"], seed),
                             seed)
@@ -142,9 +135,6 @@ def random_state(built, seed: int = 0):
 def make_batch(built, bsz: int, num_classes: int, seed: int = 0):
   """A random {"image": [bsz, H, W, 3] f32 in [-1, 1], "label": [bsz]
   int32} made on the device in the train step's batch sharding."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   sh = sharding_lib.batch_sharding(built.mesh)
   shape = (bsz, *built.image_shape)
   make = _maker(("batch", shape, num_classes, sh), lambda: jax.jit(
@@ -165,9 +155,6 @@ class Method:
 
   def __init__(self, variant: str, method: str, spec: Dict[str, Any], *,
                scan: Optional[bool] = None, remat: Optional[bool] = None):
-    import jax  # pylint: disable=g-import-not-at-top
-    from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-    from losa_jax.bench import configs  # pylint: disable=g-import-not-at-top
     self.variant, self.method = variant, method
     self.remat = spec["remat"] if remat is None else remat
     self.config = configs.make_config(
@@ -197,7 +184,6 @@ class Method:
       self.state = random_state(self.built)
 
   def state_deleted(self) -> bool:
-    import jax  # pylint: disable=g-import-not-at-top
     return any(x.is_deleted() for x in jax.tree.leaves(self.state))
 
   def batch(self, bsz: int):
@@ -206,14 +192,12 @@ class Method:
 
   def compile(self, batch):
     """(compiled executable, losa_jax.utils.cost fields of it) for this batch."""
-    from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
     compiled = self.jitted.lower(self.state, batch).compile()
     return compiled, cost.cost_of_compiled(compiled)
 
   def runner(self, compiled, batch) -> Callable[[], Any]:
     """A zero-argument call that runs one blocking step (returning its
     metrics) or forward."""
-    import jax  # pylint: disable=g-import-not-at-top
 
     def run():
       if self.method == "forward":
@@ -232,7 +216,6 @@ class Stepper:
     self.step, self.state, self.batch = step, state, batch
 
   def __call__(self):
-    import jax  # pylint: disable=g-import-not-at-top
     batch = (next(self.batch) if hasattr(self.batch, "__next__")
              else self.batch)
     self.state, metrics = self.step(self.state, batch)
