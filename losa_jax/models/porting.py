@@ -277,23 +277,21 @@ def _pick_head(init_head: Optional[Tree], ckpt_head: Optional[Tree],
     return None
   init_flat = npz_lib.flatten(init_head)
   ckpt_flat = npz_lib.flatten(ckpt_head)
+  pats = _compile(dont_load, "dont_load")
   blocked = [f"head/{k}" for k in init_flat
-             if any(p.fullmatch(f"head/{k}")
-                    for p in _compile(dont_load, "dont_load"))]
+             if any(p.fullmatch(f"head/{k}") for p in pats)]
   if blocked:
     logging.info("porting: dont_load covers %s; keeping the init head.",
                  blocked)
     return init_head
-  fits = set(init_flat) == set(ckpt_flat) and all(
-      layouts.shape(ckpt_flat[k]) == layouts.shape(v) for k, v in init_flat.items())
-  if not fits:
+  init_shapes, ckpt_shapes = ({k: layouts.shape(v) for k, v in f.items()}
+                              for f in (init_flat, ckpt_flat))
+  if init_shapes != ckpt_shapes:
     logging.info("porting: checkpoint head %s does not fit the model head %s;"
-                 " keeping the (re-initialised) init head.",
-                 {k: layouts.shape(v) for k, v in ckpt_flat.items()},
-                 {k: layouts.shape(v) for k, v in init_flat.items()})
+                 " keeping the (re-initialised) init head.", ckpt_shapes,
+                 init_shapes)
     return init_head
-  logging.info("porting: copied the checkpoint head %s.",
-               {k: layouts.shape(v) for k, v in ckpt_flat.items()})
+  logging.info("porting: copied the checkpoint head %s.", ckpt_shapes)
   return npz_lib.unflatten({
       k: np.asarray(ckpt_flat[k]).astype(v.dtype, copy=False)
       for k, v in init_flat.items()})

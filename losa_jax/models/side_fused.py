@@ -91,11 +91,9 @@ def emulated_precision(mode: Optional[str]):
                      f"{sorted(EMULATED_MANTISSA_BITS)} or None.")
   old, _emulated = _emulated, mode
   try:
-    if mode is None:
+    with (contextlib.nullcontext() if mode is None else
+          jax.default_matmul_precision(_JAX_PRECISION[mode])):
       yield
-    else:
-      with jax.default_matmul_precision(_JAX_PRECISION[mode]):
-        yield
   finally:
     _emulated = old
 
