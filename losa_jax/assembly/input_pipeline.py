@@ -15,18 +15,22 @@ straight to epoch/offset of step s without replaying earlier batches.
 
 How the permutation is realised (the documented choice):
 
-* Random access (default for ArraySource, FolderSource, and TFDS splits with
-  at most `in_memory_max_examples` examples - VTAB-1k, demos): the split is
-  enumerated once into memory (encoded images, or file paths for folders);
-  epoch e visits `epoch_permutation(seed, e, n)` (a stateless shuffle of
-  [0, n), computed once per epoch inside tf.data), an exact permutation, and
-  each process only gathers and preprocesses its own rows. No Python runs
-  per example or per batch.
-* Streaming (big TFDS splits): each epoch is the TFDS split in file order
-  through `tf.data` `shuffle(shuffle_buffer_size, seed=f(seed, e))`, which is
-  deterministic but only a windowed shuffle; resuming skips the raw (not yet
-  preprocessed) examples of the current epoch only. Every process reads the
-  whole stream and keeps its rows; fine for the sizes this project uses.
+* Random access (ArraySource, FolderSource, TFDS splits with at most
+  `in_memory_max_examples` examples, and TFDS splits of any size stored as
+  ArrayRecord): epoch e visits `epoch_permutation(seed, e, n)` (a stateless
+  shuffle of [0, n), computed once per epoch inside tf.data), an exact
+  permutation. The index stream is cut to this process's rows before any
+  example is read, so each process reads and preprocesses only its own rows
+  (1/P of the split per epoch), and a resume skips indices, not examples.
+  Small splits are enumerated once into memory; ArrayRecord records are read
+  by index, a local batch at a time. No Python runs per example.
+* Streaming (big TFDS splits stored as TFRecord only): process p reads its
+  own 1/P of each split term (`Source.shard`, `tfds.even_splits`) through
+  `tf.data` `shuffle(shuffle_buffer_size, seed=f(seed, e, p))`: deterministic,
+  but a windowed shuffle within the share, so the P-process stream is not
+  the 1-process one. Resuming skips the raw (not yet preprocessed) examples
+  of the current epoch of the share. Epochs hold whole local batches only
+  (as with drop_remainder).
 
 Batches. A global batch holds `batch_size` examples; process p of P receives
 rows [p * b, (p + 1) * b) with b = batch_size // P, as numpy dicts with the
@@ -221,6 +225,8 @@ def training(source: Source, *, batch_size: int, pp: PpSpec, seed: int,
   local = batch_size // process_count
 
   table = source.table()
+  shard = None if table is not None or process_count == 1 else source.shard(
+      process_index, process_count)
   n = table.num_examples if table is not None else source.count()
   if n == 0:
     raise ValueError(f"{source.name} has no examples.")
@@ -228,16 +234,64 @@ def training(source: Source, *, batch_size: int, pp: PpSpec, seed: int,
     raise ValueError(
         f"{source.name} has {n} examples, fewer than batch_size {batch_size}:"
         " use a smaller batch or drop_remainder=False.")
+  if shard is not None:
+    ds, spe = _streamed_shard(shard, n, local=local, process_count=process_count,
+                              seed=seed, shuffle=shuffle, start_step=start_step,
+                              shuffle_buffer_size=shuffle_buffer_size,
+                              salt=process_index)
+  else:
+    ds = _global_stream(source, table, n, batch_size=batch_size, seed=seed,
+                        shuffle=shuffle, start_step=start_step,
+                        drop_remainder=drop_remainder,
+                        shuffle_buffer_size=shuffle_buffer_size)
+    ds = _own_rows(ds, batch_size, process_index * local,
+                   (process_index + 1) * local)
+    spe = n // batch_size if drop_remainder else n / batch_size
+  ds, fetch = _fetcher(ds, table, local)
+  ds = ds.map(lambda e, k, x: _with_pp(pp_fn, seed, e, k)(fetch(x)),
+              num_parallel_calls=num_parallel_calls)
+  ds = ds.batch(local, drop_remainder=True).prefetch(prefetch)
+  ds = ds.with_options(_options())
+  it = TrainIterator(ds, start_step=start_step, num_examples=n,
+                     steps_per_epoch=spe, random_access=table is not None,
+                     source=source)
+  return it, n
+
+
+def _fetcher(ds: tf.data.Dataset, table, chunk: int):
+  """(ds, fetch): `fetch(x)` maps the last element of ds's (.., x) tuples to
+  the raw example. ArrayRecord tables read `chunk` records per call."""
+  if table is None:
+    return ds, lambda ex: ex
+  if not hasattr(table, "read"):
+    return ds, table.lookup
+  ds = ds.batch(chunk).map(lambda *t: (*t[:-1], table.read(t[-1]))).unbatch()
+  return ds, table.decode
+
+
+def raw_examples(source: Source, start: int, stop: int) -> tf.data.Dataset:
+  """The raw examples [start, stop) of `source`'s order, reading only those
+  where the source has random access."""
+  table = source.table()
+  if table is None:
+    return source.as_dataset().skip(start).take(stop - start)
+  ds = tf.data.Dataset.range(start, stop).map(lambda i: (i,))
+  ds, fetch = _fetcher(ds, table, 256)
+  return ds.map(lambda i: fetch(i))
+
+
+def _global_stream(source, table, n, *, batch_size, seed, shuffle, start_step,
+                   drop_remainder, shuffle_buffer_size) -> tf.data.Dataset:
+  """(epoch, position, index or raw example) of the global order from
+  `start_step` on: a permutation of indices, or a windowed shuffle."""
   per_epoch = (n // batch_size) * batch_size if drop_remainder else n
   e0, k0 = start_position(start_step, batch_size, n, drop_remainder)
-
   if table is not None:
     def epoch_ds(e):
       order = (epoch_permutation(seed, e, n) if shuffle
                else tf.range(n, dtype=tf.int64))
       d = tf.data.Dataset.from_tensor_slices(order[:per_epoch]).enumerate()
       return d.map(lambda k, i: (e, k, i))
-    fetch = table.lookup
   else:
     raw = source.as_dataset()
     base = (seed * 1_000_003) % 2**61  # Epoch e shuffles with seed base + e.
@@ -248,22 +302,34 @@ def training(source: Source, *, batch_size: int, pp: PpSpec, seed: int,
         d = d.shuffle(shuffle_buffer_size, seed=base + e,
                       reshuffle_each_iteration=False)
       return d.take(per_epoch).enumerate().map(lambda k, ex: (e, k, ex))
-    fetch = lambda ex: ex
-
   # Jump straight to epoch e0 and skip only within it: for the streaming
   # mode that reads k0 raw examples, for random access it is free.
+  return tf.data.Dataset.range(e0, 2**62).flat_map(epoch_ds).skip(k0)
+
+
+def _streamed_shard(shard: Source, n: int, *, local, process_count, seed,
+                    shuffle, start_step, shuffle_buffer_size, salt
+                    ) -> Tuple[tf.data.Dataset, int]:
+  """This process's own stream: (epoch, position, raw example), and steps
+  per epoch. Every process takes the same whole number of local batches per
+  epoch from its share (the smallest share has at least n // P - terms)."""
+  terms = len(core.parse_split(getattr(shard, "split", "x")))
+  per_epoch = (max(n // process_count - terms, 0) // local) * local
+  if per_epoch == 0:
+    raise ValueError(f"{shard.name}: {n} examples over {process_count} "
+                     f"processes leave no full batch of {local} per process.")
+  e0, k0 = divmod(start_step * local, per_epoch)
+  raw = shard.as_dataset()
+  base = (seed * 1_000_003 + salt * 7_919) % 2**61
+
+  def epoch_ds(e):
+    d = raw
+    if shuffle:
+      d = d.shuffle(shuffle_buffer_size, seed=base + e,
+                    reshuffle_each_iteration=False)
+    return d.take(per_epoch).enumerate().map(lambda k, ex: (e, k, ex))
   ds = tf.data.Dataset.range(e0, 2**62).flat_map(epoch_ds).skip(k0)
-  ds = _own_rows(ds, batch_size, process_index * local,
-                 (process_index + 1) * local)
-  ds = ds.map(lambda e, k, x: _with_pp(pp_fn, seed, e, k)(fetch(x)),
-              num_parallel_calls=num_parallel_calls)
-  ds = ds.batch(local, drop_remainder=True).prefetch(prefetch)
-  ds = ds.with_options(_options())
-  spe = n // batch_size if drop_remainder else n / batch_size
-  it = TrainIterator(ds, start_step=start_step, num_examples=n,
-                     steps_per_epoch=spe, random_access=table is not None,
-                     source=source)
-  return it, n
+  return ds, per_epoch // local
 
 
 # ----------------------------------------------------------------------------
@@ -294,17 +360,22 @@ class EvalIterable:
     self._template = None
 
   def _dataset(self) -> tf.data.Dataset:
-    ds = _own_rows(self._source.as_dataset().enumerate(), self._bs,
-                   self._lo, self._lo + self._local)
-    ds = ds.map(lambda j, ex: _with_pp(self._pp_fn, self._seed, 0, j)(ex),
-                num_parallel_calls=self._npc)
+    # With random access, rows are cut before they are read.
+    table = self._source.table()
+    ds = (tf.data.Dataset.range(self.num_examples).map(lambda j: (j, j))
+          if table is not None else self._source.as_dataset().enumerate())
+    ds = _own_rows(ds, self._bs, self._lo, self._lo + self._local)
+    ds, fetch = _fetcher(ds, table, self._local)
+    ds = ds.map(
+        lambda j, x: _with_pp(self._pp_fn, self._seed, 0, j)(fetch(x)),
+        num_parallel_calls=self._npc)
     ds = ds.batch(self._local).prefetch(self._prefetch)
     return ds.with_options(_options())
 
   def _zeros(self) -> Dict[str, np.ndarray]:
     """One padding row, shaped like a preprocessed example."""
     if self._template is None:
-      raw = self._source.as_dataset().take(1)
+      raw = raw_examples(self._source, 0, 1)
       ex = next(raw.map(_with_pp(self._pp_fn, self._seed, 0, 0))
                 .as_numpy_iterator())
       self._template = tf.nest.map_structure(_zeros_like, ex)

@@ -211,8 +211,16 @@ class Source:
     """All raw examples, in the same fixed order every time."""
     raise NotImplementedError
 
-  def table(self) -> Optional[Table]:
-    """A random-access form, or None when the source is too big for one."""
+  def table(self):
+    """Random access: a `Table`, an object with `read(indices)` and
+    `decode(record)` (see `tfds.RecordTable`), or None (streamed)."""
+    return None
+
+  def shard(self, process_index: int, process_count: int
+            ) -> Optional["Source"]:
+    """The share of a streamed source that process p of P reads, or None
+    (every process reads the whole stream and keeps its rows)."""
+    del process_index, process_count
     return None
 
   def diagnose(self, error: Exception) -> Optional[str]:

@@ -1,10 +1,24 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""TFDS: any prepared TFDS dataset (the default for unregistered names)."""
+"""TFDS: any prepared TFDS dataset (the default for unregistered names).
+
+How a split is read (`TfdsSource.table`, used by `input_pipeline`):
+
+| split stored as     | size                       | access                    | a process reads |
+|---------------------|----------------------------|---------------------------|-----------------|
+| ArrayRecord         | any                        | by index (`RecordTable`)  | its own rows    |
+| TFRecord            | <= in_memory_max_examples  | in memory (`core.Table`)  | the split, once |
+| TFRecord            | larger                     | streamed (`shard`)        | its 1/P share   |
+
+ArrayRecord splits get the exact global permutation at any size, as small
+splits do; big TFRecord splits get a windowed shuffle of each process's own
+share. `in_memory=True` loads any split into memory.
+"""
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from losa_jax.datasets import core
@@ -27,7 +41,8 @@ class TfdsSource(core.Source):
     manual_dir: where manually downloaded archives live (datasets like
       diabetic_retinopathy_detection need them); only used with download.
     in_memory: True / False / None (auto: random access when the split has
-      at most `in_memory_max_examples` examples).
+      at most `in_memory_max_examples` examples). False reads an ArrayRecord
+      split by index from its files and streams a TFRecord one.
     in_memory_max_examples: size limit of the auto mode.
   """
 
@@ -80,6 +95,10 @@ class TfdsSource(core.Source):
   def as_dataset(self) -> tf.data.Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = self._builder()
+    if self._array_record():   # TFDS reads ArrayRecord by index only.
+      records = RecordTable(self)
+      return tf.data.Dataset.range(records.num_examples).batch(256).map(
+          records.read).unbatch().map(records.decode)
     try:
       return builder.as_dataset(
           split=self.split, shuffle_files=False,
@@ -112,13 +131,22 @@ class TfdsSource(core.Source):
       self._count = super().count()
     return self._count
 
-  def table(self) -> Optional[core.Table]:
+  def _array_record(self) -> bool:
+    fmt = self._builder().info.file_format
+    return getattr(fmt, "value", fmt) == "array_record"
+
+  def table(self):
+    """`core.Table` (in memory), `RecordTable` (ArrayRecord) or None."""
     with self._lock:
-      if self._table is not None or self.in_memory is False:
+      if self._table is not None:
         return self._table
       limit = self.in_memory_max_examples
       n = self.num_examples()
-      if self.in_memory is None and n is not None and n > limit:
+      if self._array_record() and not self.in_memory:
+        self._table = RecordTable(self)
+        return self._table
+      if self.in_memory is False or (
+          self.in_memory is None and n is not None and n > limit):
         return None
       cap = None if self.in_memory else limit + 1
       examples = list(self.as_dataset().take(cap or -1).as_numpy_iterator())
@@ -129,6 +157,62 @@ class TfdsSource(core.Source):
       self._count = len(examples)
       self._table = core.Table.from_examples(examples)
       return self._table
+
+  def shard(self, process_index: int, process_count: int) -> "TfdsSource":
+    """This process's share of a streamed split: 1/P of every split term.
+
+    Each `+` term is cut into P contiguous example ranges (like
+    `tfds.even_splits`), so a process opens only the files, and file ranges,
+    of its own part.
+    """
+    splits = self._builder().info.splits
+    terms = []
+    for s in core.parse_split(self.split):
+      lo, hi = s.resolve(splits[s.name].num_examples)
+      cut = [lo + (hi - lo) * i // process_count
+             for i in range(process_count + 1)]
+      terms.append(f"{s.name}[{cut[process_index]}:{cut[process_index + 1]}]")
+    out = TfdsSource(self.name, "+".join(terms), data_dir=self.data_dir,
+                     in_memory=False)
+    out._builder_obj = self._builder()  # pylint: disable=protected-access
+    return out
+
+
+class RecordTable:
+  """Random access to an ArrayRecord split: records are read when gathered.
+
+  `read(indices)` (tf int64 [k] -> serialized string [k]) reads only the
+  records asked for, through `tfds`' ArrayRecord data source (no TensorFlow
+  in the read); `decode(serialized)` parses one record in the graph, images
+  left encoded for the pp's `decode`. `records_read` counts what this
+  process read.
+  """
+
+  def __init__(self, source: TfdsSource):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = source._builder()  # pylint: disable=protected-access
+    self._records = builder.as_data_source(
+        split=source.split,
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    self._features = builder.info.features
+    self._decoders = source._decoders(self._features)  # pylint: disable=protected-access
+    self.num_examples = len(self._records)
+    self.records_read = 0
+    self._lock = threading.Lock()
+
+  def _read(self, indices: np.ndarray) -> np.ndarray:
+    with self._lock:
+      self.records_read += len(indices)
+    records: List[bytes] = self._records.__getitems__(indices.tolist())
+    return np.array(records, dtype=object)
+
+  def read(self, indices: tf.Tensor) -> tf.Tensor:
+    out = tf.numpy_function(self._read, [indices], tf.string, stateful=False)
+    return tf.ensure_shape(out, indices.shape)
+
+  def decode(self, serialized: tf.Tensor) -> dict:
+    return self._features.deserialize_example(serialized,
+                                              decoders=self._decoders)
 
 
 
