@@ -257,21 +257,6 @@ def _phase(config, workdir: str, phase: str) -> Dict[str, Any]:
   return results
 
 
-def _member_rows(results_rows, members, board, curves, *, keys,
-                 metric: str) -> List[Dict[str, Any]]:
-  """selection.json's row of every member, in member order: its searched
-  values, position on the board, metric, curve and how it ended."""
-  position = {r["name"]: i + 1 for i, r in enumerate(board)}
-  return [{
-      "name": r["name"], "label": r["label"], "position": position[r["name"]],
-      "values": member_values(members[r["index"]], keys),
-      "hparams": r["hparams"], "trainable_params": r["trainable_params"],
-      metric: r.get(metric), "train/loss": r.get("train/loss"),
-      "finished": _finished(r), "curve": curves[r["name"]],
-      **{k: r[k] for k in ("died_at", "rung_out") if k in r}}
-          for r in sorted(results_rows, key=lambda r: r["index"])]
-
-
 def run(spec: str, workdir: str, *,
         overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Search, select, retrain; returns what <workdir>/selection.json holds.
@@ -317,8 +302,15 @@ def run(spec: str, workdir: str, *,
   state = _read_json(os.path.join(workdir, STATE)) or {}
   curves = _curves(os.path.join(workdir, "search"), results["members"],
                    metric)
-  rows = _member_rows(results["members"], members, board, curves,
-                      keys=keys, metric=metric)
+  position = {r["name"]: i + 1 for i, r in enumerate(board)}
+  rows = [{    # every member, in member order
+      "name": r["name"], "label": r["label"], "position": position[r["name"]],
+      "values": member_values(members[r["index"]], keys),
+      "hparams": r["hparams"], "trainable_params": r["trainable_params"],
+      metric: r.get(metric), "train/loss": r.get("train/loss"),
+      "finished": _finished(r), "curve": curves[r["name"]],
+      **{k: r[k] for k in ("died_at", "rung_out") if k in r}}
+          for r in sorted(results["members"], key=lambda r: r["index"])]
   shared = results.get("shared_backbone", False)
   params = [r["trainable_params"] for r in rows]
   selection = {
@@ -362,7 +354,7 @@ def run(spec: str, workdir: str, *,
 # --- report -------------------------------------------------------------------
 
 
-def _fmt(v) -> str:
+def format_value(v) -> str:
   """Searched values: 0.003, 16; counts with thousands separators."""
   if v is None:
     return "-"
@@ -407,7 +399,7 @@ def markdown(sel: Dict[str, Any]) -> str:
         " (diverged)" if "died_at" in r else " (stopped at a rung)")
     lines.append(
         f"| {r['position']} | {r['name']}{note} | " +
-        " | ".join(_fmt(r["values"].get(k)) for k in keys) +
+        " | ".join(format_value(r["values"].get(k)) for k in keys) +
         f" | {_acc(r[metric])} | {r['trainable_params']:,} | {curve} |")
   lines += [
       "", "## Cost", "",
@@ -419,7 +411,7 @@ def markdown(sel: Dict[str, Any]) -> str:
       f"{'' if cost['shared_backbone'] else ' (members in turn)'} | "
       f"{cost['trainable_params_chosen']:,} / "
       f"{cost['trainable_params_population']:,} / "
-      f"{_fmt(cost['trainable_params_final'])} |", ""]
+      f"{format_value(cost['trainable_params_final'])} |", ""]
   return "\n".join(lines)
 
 

@@ -71,12 +71,6 @@ def summarize(rows: List[Dict]) -> Dict[str, Optional[float]]:
   return out
 
 
-def _fmt(v) -> str:
-  if v is None:
-    return "-"
-  return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
                  chosen: Sequence[str] = ()):
   """results.md and results.csv in workdir, each written atomically.
@@ -84,34 +78,33 @@ def write_tables(rows: List[Dict], summary: Dict, workdir: str, title: str,
   chosen: the columns of AutoLoSA's chosen values (e.g. lr, wd, rank); with
   them the tables also give the search's wall time.
   """
-  chosen = list(chosen)
-  search = ["search_time_s"] if chosen else []
-  fields = (["task", "group", "tfds", "accuracy"] + chosen +
-            ["trainable_params", "train_time_s"] + search +
-            ["host_peak_rss_mib", "device_peak_mib"])
+  def pct(v):
+    return "-" if v is None else f"{100 * v:.1f}"
+
+  def whole(v):
+    return f"{v or 0:.0f}"
+  # (CSV field, Markdown head or None, Markdown format)
+  cols = ([("task", "task", str), ("group", "group", str),
+           ("tfds", "TFDS", str), ("accuracy", "top-1 (%)", pct)] +
+          [(k, k, auto_lib.format_value) for k in chosen] +
+          [("trainable_params", "trainable params", lambda v: f"{v or 0:,}"),
+           ("train_time_s", "train time (s)", whole)] +
+          [("search_time_s", "search time (s)", whole)] * bool(chosen) +
+          [("host_peak_rss_mib", "peak host RSS (MiB)", whole),
+           ("device_peak_mib", None, None)])
   with io.atomic_write(os.path.join(workdir, "results.csv"),
                        newline="") as f:
-    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    w = csv.DictWriter(f, fieldnames=[c[0] for c in cols],
+                       extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     for k, v in summary.items():
       w.writerow({"task": k, "group": "summary", "accuracy": v})
-
-  def pct(v):
-    return "-" if v is None else f"{100 * v:.1f}"
-  heads = (["task", "group", "TFDS", "top-1 (%)"] + chosen +
-           ["trainable params", "train time (s)"] +
-           ["search time (s)"] * bool(chosen) + ["peak host RSS (MiB)"])
-  lines = [f"# {title}", "", "| " + " | ".join(heads) + " |",
-           "|" + "---|" * len(heads)]
+  md = [c for c in cols if c[1]]
+  lines = [f"# {title}", "", "| " + " | ".join(c[1] for c in md) + " |",
+           "|" + "---|" * len(md)]
   for r in rows:
-    cells = ([r["task"], r["group"], r["tfds"], pct(r["accuracy"])] +
-             [_fmt(r.get(k)) for k in chosen] +
-             [f"{r.get('trainable_params') or 0:,}",
-              f"{r.get('train_time_s') or 0:.0f}"] +
-             [f"{r.get('search_time_s') or 0:.0f}"] * bool(chosen) +
-             [f"{r.get('host_peak_rss_mib') or 0:.0f}"])
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| " + " | ".join(fmt(r.get(k)) for k, _, fmt in md) + " |")
   lines += ["", "| summary | top-1 (%) |", "|---|---|"]
   lines += [f"| {k} | {pct(v)} |" for k, v in summary.items()]
   io.write_text(os.path.join(workdir, "results.md"),

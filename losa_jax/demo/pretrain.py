@@ -262,7 +262,13 @@ def train(config, out_path: Optional[str] = None,
       "command": command,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
-      "machine": _machine(),
+      "machine": {    # where the npz was made
+          "platform": platform.platform(),
+          "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+          "python": sys.version.split()[0], "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "numpy": np.__version__},
   }
   if out_path:
     npz.save_npz(params, out_path)
@@ -304,21 +310,6 @@ def _fit(config, train_step, state, sched, train_x, train_y, *,
       history.append(rec)
       logging.info("%s", rec)
   return state, history
-
-
-def _machine() -> Dict[str, Any]:
-  """Where the npz was made: platform, CPU and library versions."""
-  return {
-      "platform": platform.platform(),
-      "processor": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "jax_backend": jax.default_backend(),
-      "python": sys.version.split()[0],
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "optax": optax.__version__,
-      "numpy": np.__version__,
-  }
 
 
 def main(argv):

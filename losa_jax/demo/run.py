@@ -42,22 +42,20 @@ EVAL_BATCH = 800
 
 def define_flags(flag_values: flags.FlagValues = FLAGS):
   """Defined on demand, so that importing this module claims no flag names."""
+  fv = dict(flag_values=flag_values)
   flags.DEFINE_string("workdir", "/tmp/losa_demo", "One subfolder per method;"
-                      " delete it to retrain from scratch.",
-                      flag_values=flag_values)
+                      " delete it to retrain from scratch.", **fv)
   flags.DEFINE_integer("steps", 300, "Training steps of LoSA and the linear "
-                       "probe.", flag_values=flag_values)
+                       "probe.", **fv)
   flags.DEFINE_integer("full_steps", 150, "Training steps of full "
-                       "fine-tuning.", flag_values=flag_values)
-  flags.DEFINE_list("methods", ["losa", "linear", "full"],
-                    "Methods to compare (losa, linear, full, lora, adapter).",
-                    flag_values=flag_values)
+                       "fine-tuning.", **fv)
+  flags.DEFINE_list("methods", ["losa", "linear", "full"], "Methods to "
+                    "compare (losa, linear, full, lora, adapter).", **fv)
   flags.DEFINE_string("task", "digits", "Demo task (digits, digits_parity).",
-                      flag_values=flag_values)
+                      **fv)
   flags.DEFINE_string("config", None, "Config file (default: the repo's "
                       "configs/default.py); the demo appends "
-                      ":method=...,steps=...,task=... to it.",
-                      flag_values=flag_values)
+                      ":method=...,steps=...,task=... to it.", **fv)
 
 
 def demo_config(method: str, steps: int, task: str = "digits",

@@ -5,14 +5,12 @@ r"""The study at equal tuning budgets: every method searches K configs.
   python -m losa_jax.study.budget --out docs/study_results/budget
   python -m losa_jax.study.budget --out /tmp/budget --quick     # smoke test
 
-Every method (rank / bottleneck 8) searches the same |lr grid| x |wd grid|
-configs on train[:80%] of each study task, selected by minival accuracy
-(`search.select`), the selected member's test accuracy reported as it is.
-LoSA's K configs train as ONE population (one backbone pass per batch), the
-others as K separate runs (`study.search`); the cost of each search is
-recorded (compiled FLOPs and peak, wall time, an interleaved timing). Then
-LoSA's structural switches are ablated, one population per task
-(`study.ablation`). docs/study.md gives the protocol and the tables.
+Every method (rank / bottleneck 8) searches the same lr x wd grid on
+train[:80%] of each study task and reports the test accuracy of the config
+with the best minival accuracy; LoSA's K configs train as ONE population,
+the others as K separate runs (`study.search`), each search's cost recorded.
+Then LoSA's switches are ablated (`study.ablation`). docs/study.md gives the
+protocol and the tables.
 
 Writes into --out: searches.csv, members.csv, cost.csv, task_mean.csv,
 ablation_members.csv, ablation_effects.csv, meta.json and results.json, from
@@ -232,20 +230,17 @@ def run_budget(a: Args) -> Dict[str, Any]:
              f"{ex.compile_s:.0f}s{'' if fresh else ', shared'}), load "
              f"{loads[0]:.1f}->{loads[1]:.1f}")
       if a.ablation:
-        _ablate(a, task, nc, seed, data, abl_rows, abl_runs)
+        _ablate(a, task, seed, data, abl_rows, abl_runs)
 
   return _finish(a, first, timing_data, searches, members_out, abl_rows,
                  abl_runs, t_start, load_start)
 
 
-def _ablate(a: Args, task: str, nc: int, seed: int, data, abl_rows,
-           abl_runs) -> None:
+def _ablate(a: Args, task: str, seed: int, data, abl_rows, abl_runs):
   """LoSA's switches ablated on `task` in one population; appends its
   member rows to abl_rows and its run record to abl_runs."""
   abl = ablation.run_task(
-      search.base_config("losa", task, num_classes=nc, steps=a.steps,
-                         batch=a.batch, seed=seed, val_percent=a.val_percent,
-                         config_file=a.config, lr=a.ablation_lr),
+      search_cfg(a, "losa", task, seed, grid=False, lr=a.ablation_lr),
       a.switches, a.ablation_seeds, a.steps, data, a.ablation_lrs)
   abl_rows += [{"task": task, **{k: v for k, v in r.items()
                                  if k != "structure"}} for r in abl["rows"]]
@@ -306,12 +301,15 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
           "meta": meta}
 
 
-def search_cfg(a: Args, method: str, task: str, seed: int):
-  """The search config of `method` on `task` at `seed`."""
-  return search.search_config(search.base_config(
+def search_cfg(a: Args, method: str, task: str, seed: int, *,
+               grid: bool = True, **overrides):
+  """The search config of `method` on `task` at `seed` (without `grid`: its
+  base config, `overrides` set)."""
+  c = search.base_config(
       method, task, num_classes=study_tasks.get_task(task)["num_classes"],
       steps=a.steps, batch=a.batch, seed=seed, val_percent=a.val_percent,
-      config_file=a.config), **a.grid(method))
+      config_file=a.config, **overrides)
+  return search.search_config(c, **a.grid(method)) if grid else c
 
 
 def main(argv):

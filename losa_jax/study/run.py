@@ -36,6 +36,7 @@ from losa_jax.config import schema as config_lib
 from losa_jax.utils import cost
 from losa_jax import datasets
 from losa_jax import demo
+from losa_jax.demo import run as demo_run
 from losa_jax.assembly import input_pipeline
 from losa_jax.assembly import steps as steps_lib
 from losa_jax.bench import common
@@ -51,9 +52,7 @@ DEFAULT_TASKS = ("digits", "mnist_10shot", "dsprites_loc", "dsprites_ori")
 DEFAULT_METHODS = ("losa", "linear", "full", "lora", "adapter")
 DEFAULT_RANKS = (2, 8, 32)
 BASELINE_RANK = 8            # LoRA rank / adapter bottleneck of the baselines
-# As in losa_jax/demo/run.py: full fine-tuning moves every weight, so it gets
-# the usual smaller step; everything else uses configs/default.py's 3e-3.
-LR = {"full": 3e-4}
+LR = demo_run.LR    # full fine-tuning's smaller step; others: the config's
 EVAL_BATCH = 200
 # --quick: what tests/test_study.py runs.
 QUICK = dict(tasks=["digits"], methods=["losa", "linear"], ranks=[8],
@@ -282,7 +281,7 @@ def train_run(var: Variant, task: str, seed: int, steps: int, *,
     if not np.isfinite(loss):
       raise FloatingPointError(
           f"{var.label} on {task}, seed {seed}: loss {loss} at step {step}; "
-          "lower the learning rate (LR in losa_jax/study/run.py).")
+          "lower the learning rate (LR in losa_jax/demo/run.py).")
     if step % curve_every == 0 or step == steps:
       curve.append((step, loss, float(metrics["accuracy"])))
   acc = var.evaluator(task).run(state["params"])["accuracy"]
@@ -313,21 +312,6 @@ def _kept_runs(a: Args, runs_path: str) -> Dict[Any, Dict]:
     io_lib.write_text(runs_path, "".join(json.dumps(r) + "\n"
                                          for r in done.values()))
   return done
-
-
-def _variant(built: Dict[Any, Variant], a: Args, spec, num_classes: int,
-             task: str) -> Variant:
-  """The Variant of spec (label, method, rank) at num_classes, compiled on
-  first use and kept in `built`."""
-  label, method, rank = spec
-  key = (label, num_classes)
-  if key not in built:
-    built[key] = v = Variant(label, method, rank, num_classes, a.steps,
-                             a.batch, task=task, config_file=a.config)
-    _log(f"  compiled {label} ({num_classes} classes) in {v.compile_s:.1f}s: "
-         f"{v.trainable:,} trainable, peak "
-         f"{v.cost['peak_bytes'] / common.MIB:.2f} MiB")
-  return built[key]
 
 
 def _seed_runs(a: Args, var: Variant, task: str, num_classes: int, source,
@@ -392,8 +376,15 @@ def run_study(a: Args) -> Dict[str, Any]:
     num_classes = study_tasks.get_task(task)["num_classes"]
     _log(f"task {task}: {source.num_examples()} train examples, "
          f"{num_classes} classes ({time.time() - t0:.1f}s to build)")
-    for spec in variants(a.methods, a.ranks):
-      var = _variant(built, a, spec, num_classes, task)
+    for label, method, rank in variants(a.methods, a.ranks):
+      if (label, num_classes) not in built:    # compiled on first use
+        built[label, num_classes] = v = Variant(
+            label, method, rank, num_classes, a.steps, a.batch, task=task,
+            config_file=a.config)
+        _log(f"  compiled {label} ({num_classes} classes) in "
+             f"{v.compile_s:.1f}s: {v.trainable:,} trainable, peak "
+             f"{v.cost['peak_bytes'] / common.MIB:.2f} MiB")
+      var = built[label, num_classes]
       if task == a.tasks[0]:
         first_task_vars.append(var)
       runs += _seed_runs(a, var, task, num_classes, source, done, runs_path)

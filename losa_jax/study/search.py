@@ -43,12 +43,6 @@ EVALS = ("minival", "test")
 CHECK_EVERY = 10               # steps between divergence checks
 
 
-def splits(val_percent: int) -> Dict[str, str]:
-  """The split of each role: train[:80%] trains, train[80%:] selects."""
-  return {"train": f"train[:{100 - val_percent}%]",
-          "minival": f"train[{100 - val_percent}%:]", "test": "test"}
-
-
 def base_config(method: str, task: str, *, num_classes: int, steps: int,
                 batch: int, seed: int, val_percent: int,
                 config_file: Optional[str] = None, **overrides):
@@ -57,7 +51,9 @@ def base_config(method: str, task: str, *, num_classes: int, steps: int,
   top-level fields (lr, wd, ...)."""
   c = run.make_config(method, RANK, num_classes, steps, batch, task=task,
                       seed=seed, config_file=config_file)
-  sp = splits(val_percent)
+  cut = 100 - val_percent
+  sp = {"train": f"train[:{cut}%]", "minival": f"train[{cut}%:]",
+        "test": "test"}
   c.input.data = run.task_data(task, sp["train"])
   # "minival" (big_vision's name for a split held out of train) sorts before
   # "test", so a population's own leaderboard also ranks by it.
@@ -123,15 +119,6 @@ class TaskData:
 def _abstract_eval_batch(image_shape):
   return steps_lib.abstract_batch(run.EVAL_BATCH, image_shape,
                                   with_mask=True)
-
-
-def _eval_sums(eval_step, params, batches) -> Dict[str, float]:
-  tot = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-  for b in batches:
-    sums = eval_step(params, b)
-    for k in tot:
-      tot[k] += float(sums[k])
-  return tot
 
 
 def _row(m: members_lib.Member, params: int) -> Dict[str, Any]:
@@ -218,8 +205,9 @@ class Single:
       train_s += time.perf_counter() - t0
       for name in EVALS if not row["diverged"] else ():
         t0 = time.perf_counter()
-        tot = _eval_sums(self.eval_step, state["params"], data.evals[name])
-        row[f"{name}/accuracy"] = tot["correct"] / max(tot["count"], 1.0)
+        sums = [self.eval_step(state["params"], b) for b in data.evals[name]]
+        row[f"{name}/accuracy"] = sum(float(s["correct"]) for s in sums) / max(
+            sum(float(s["count"]) for s in sums), 1.0)
         eval_s[name] += time.perf_counter() - t0
       rows.append(row)
     return {"rows": rows, "train_s": train_s, "eval_s": eval_s["minival"],

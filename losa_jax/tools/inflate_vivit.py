@@ -62,13 +62,12 @@ def _pair(name: str, values: Sequence[str]) -> Tuple[int, ...]:
   """["224"] -> (224, 224); ["224", "320"] -> (224, 320)."""
   try:
     ints = tuple(int(v) for v in values)
+    if len(ints) not in (1, 2):
+      raise ValueError
   except ValueError:
     raise app.UsageError(f"--{name}={','.join(values)}: expected one or two "
-                         f"integers, e.g. --{name}=224 or --{name}=224,320."
-                         ) from None
-  if len(ints) not in (1, 2):
-    raise app.UsageError(f"--{name}={','.join(values)}: expected one or two "
-                         "integers (square, or h,w).")
+                         f"integers (square, or h,w), e.g. --{name}=224 or "
+                         f"--{name}=224,320.") from None
   return ints * 2 if len(ints) == 1 else ints
 
 
