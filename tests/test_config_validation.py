@@ -149,6 +149,17 @@ def test_override_of_a_valid_key_the_file_leaves_out_says_where_to_set_it(
     _parse("train", argv, monkeypatch)
 
 
+def test_override_paths_are_split_as_ml_collections_splits_them():
+  c = ml_collections.ConfigDict({"mesh": [("data", -1)],
+                                 "model": {"losa": {"rank": 4}}})
+  config_flags.check_override(c, "mesh[0]")   # indices: ml_collections'
+  config_flags.check_override(c, 'model["losa"].rank')
+  with pytest.raises(config_flags.ConfigOverrideError,
+                     match=r"unknown config key config\.model\.losa\.rnak "
+                     r"\(did you mean 'rank'\?\)"):
+    config_flags.check_override(c, 'model["losa"].rnak')
+
+
 def test_override_below_a_leaf_names_the_leaf(tmp_path, monkeypatch):
   argv = ["prog", "--config", _config_file(tmp_path), "--config.lr.foo=1"]
   with pytest.raises(config_flags.ConfigOverrideError,

@@ -1,12 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Checks a batch of the data against the input the model is built for.
-
-The trainer, the population trainer and the evaluators call `check_batch`
-on the first batch of every split: data that does not fit the model (wrong
-size, channels, rank, dtype, labels out of range) fails there by name
-instead of deep inside the first compiled step.
-"""
+"""Checks a batch of the data against the input the model is built for."""
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -17,11 +11,10 @@ from losa_jax.config import schema as config_lib
 
 def check_batch(batch: Mapping[str, Any], config, *,
                 where: str = "config.input", multiview: bool = False) -> None:
-  """Checks a batch of the data against the input the model is built for.
+  """Checks the first (per-process) batch of a split, before the first step.
 
-  Call it on the first (per-process) batch, before the first step: a
-  mismatch otherwise surfaces as a flax ScopeParamShapeError deep in the
-  first step, or, for labels >= num_classes, not at all (one_hot of an
+  A mismatch would otherwise surface as a flax ScopeParamShapeError deep in
+  the first step, or, for labels >= num_classes, not at all (one_hot of an
   out-of-range label is all zeros).
 
   Args:

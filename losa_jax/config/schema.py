@@ -2,21 +2,12 @@
 # Licensed under the Apache License, Version 2.0.
 """The trainer config's schema: every key with its type, default, check, help.
 
-A trainer config is an `ml_collections.ConfigDict` (see configs/*.py).
-`SCHEMA` lists every key the trainer reads, by dotted path ("evals.*.data":
-the data of any named eval). A dict key with keys of its own in SCHEMA takes
-only those; the other dicts (input.data, schedule, optax, ...) are free-form.
-The table drives:
-
-* `validate(config)`: unknown keys refused by name with the closest known
-  one, required keys, each key's check (errors read
-  `config.<path>=<value>: <what is allowed> (<help>)`), then the checks
-  across keys; all before any compilation;
-* `with_defaults(config)`: the top-level defaults;
-* `losa_jax.config.flags`: the `--config` flag of the CLIs, whose
-  `--config.<path>=...` overrides are checked against SCHEMA and whose
-  --help lists the keys (`describe`).
-
+`SCHEMA` lists every key of a trainer config (an `ml_collections.ConfigDict`,
+see configs/*.py) by dotted path ("evals.*.data": the data of any named
+eval). A dict key with keys of its own in SCHEMA takes only those; the other
+dicts (input.data, schedule, optax, ...) are free-form. The table drives
+`validate` (before any compilation), `with_defaults`, and the `--config`
+flag's override checks and --help (`losa_jax.config.flags`, `describe`).
 It also loads config files (`load_config`).
 """
 import dataclasses
@@ -367,14 +358,6 @@ def input_shape(config) -> Tuple[int, ...]:
                      f"config.model.backbone.num_frames={frames}: make them "
                      "agree.")
   return (*(int(d) for d in dims), 3)
-
-
-def total_steps_of(config, num_examples: int) -> int:
-  """config.total_steps, or total_epochs over `num_examples` examples."""
-  if config.get("total_steps"):
-    return int(config.total_steps)
-  return int(math.ceil(config.total_epochs * num_examples /
-                       config.input.batch_size))
 
 
 def data_seed_of(config) -> int:

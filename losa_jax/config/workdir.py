@@ -1,14 +1,11 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""What a training workdir says about itself: its config, as JSON.
+"""A training workdir's config, as `<workdir>/config.json`.
 
-The trainer writes the run's complete config (`config_lib.with_defaults`)
-to `<workdir>/config.json` before training, atomically, so that a finished
-workdir can be served (`losa_jax.serving.multitask`, `python -m losa_jax.predict
---workdirs ...`, `python -m losa_jax.export`) without the config file and
-args it was trained with. The checkpoint's metadata still fingerprints the
-config: a config.json edited by hand is refused at restore like a changed
-`--config`.
+The trainer writes it so that a finished workdir can be served (serving,
+predict --workdirs, export) without the config file and args it was trained
+with. The checkpoint's metadata still fingerprints the config: a
+config.json edited by hand is refused at restore like a changed `--config`.
 """
 import json
 import os
@@ -25,16 +22,6 @@ def config_file(workdir: str) -> str:
   return os.path.join(workdir, CONFIG_FILE)
 
 
-def _json_config(config) -> str:
-  try:
-    return config.to_json(indent=1, sort_keys=True)
-  except (TypeError, ValueError):
-    # A value JSON cannot hold (a callable, a dtype object): kept as its
-    # repr, which the reader cannot turn back into the object; such a
-    # workdir is served by passing its config explicitly.
-    return config.to_json_best_effort(indent=1, sort_keys=True)
-
-
 def write_config(workdir: str, config) -> str:
   """Writes `config` (a ConfigDict) to `<workdir>/config.json`, atomically.
 
@@ -42,7 +29,14 @@ def write_config(workdir: str, config) -> str:
   (which the checkpoint metadata has accepted as compatible).
   """
   path = config_file(workdir)
-  io_lib.write_text(path, _json_config(config) + "\n")
+  try:
+    text = config.to_json(indent=1, sort_keys=True)
+  except (TypeError, ValueError):
+    # A value JSON cannot hold (a callable, a dtype object): kept as its
+    # repr, which the reader cannot turn back into the object; such a
+    # workdir is served by passing its config explicitly.
+    text = config.to_json_best_effort(indent=1, sort_keys=True)
+  io_lib.write_text(path, text + "\n")
   return path
 
 

@@ -106,13 +106,6 @@ def _structure(group_members: Sequence[members_lib.Member]):
   return c
 
 
-def _hp_arrays(group_members) -> Dict[str, np.ndarray]:
-  """{HP_KEYS: float32 [K_g]}; a member without clipping clips at inf."""
-  return {k: np.array([(m.hparams[k] or np.inf) if k == "grad_clip_norm"
-                       else m.hparams[k] for m in group_members], np.float32)
-          for k in HP_KEYS}
-
-
 class _SharedBackbone:
   """`Model.apply` look-alike: member params + the shared frozen backbone,
   fed precomputed taps (so `steps.train_step_fn` runs unchanged).
@@ -159,7 +152,7 @@ def _groups(members, image_shape):
       data_seeds.append(seed)
     cfg = _structure(ms)
     model = build_lib.model_from_config(cfg)
-    shape = _init_shape(model, image_shape)
+    shape = jax.eval_shape(_init_fn(model, image_shape), jax.random.key(0))
     params_shape = {k: v for k, v in shape.items() if k != "backbone"}
     # Every member's backbone is the same (only LoSA switches differ).
     bb_shape = shape["backbone"] if bb_shape is None else bb_shape
@@ -169,11 +162,10 @@ def _groups(members, image_shape):
   return groups, data_seeds, bb_shape
 
 
-def _init_shape(model, image_shape):
-  """The ShapeDtypeStructs of the full model's params."""
-  return jax.eval_shape(
-      lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
-      jax.random.key(0))["params"]
+def _init_fn(model, image_shape):
+  """rng -> the full model's initial params."""
+  return lambda r: model.init(
+      r, jnp.zeros((1, *image_shape), jnp.float32))["params"]
 
 
 class _Program:
@@ -244,7 +236,10 @@ class _Program:
              "step": jnp.zeros((), jnp.int32), "groups": []}
     for g in self.groups:
       seeds = jnp.asarray([m.hparams["seed"] for m in g.members], jnp.uint32)
-      hp = jax.tree.map(jnp.asarray, _hp_arrays(g.members))
+      # A member without clipping clips at inf.
+      hp = {k: jnp.asarray(np.array(
+          [(m.hparams[k] or np.inf) if k == "grad_clip_norm" else m.hparams[k]
+           for m in g.members], np.float32)) for k in HP_KEYS}
       state["groups"].append(jax.vmap(
           lambda s, h, g=g: self._init_member(g, s, h, backbone))(seeds, hp))
     return state
@@ -346,10 +341,8 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
       config, state_shape, mesh)
   rep = sharding_lib.replicated(mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
-  slot_sh = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(None, *batch_sh.spec))
   train_step = jax.jit(
-      prog.train_step, in_shardings=(state_sharding, slot_sh),
+      prog.train_step, in_shardings=(state_sharding, slot_sharding(mesh)),
       out_shardings=(state_sharding, rep),
       donate_argnums=(0,) if donate else ())
   eval_step = jax.jit(prog.eval_step, in_shardings=(state_sharding, batch_sh),
@@ -360,6 +353,12 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
   return PopulationBuilt(members, groups, data_seeds, mesh, image_shape,
                          state_shape, state_sharding, init, train_step,
                          eval_step, prog.features)
+
+
+def slot_sharding(mesh) -> jax.sharding.NamedSharding:
+  """A train batch's sharding: [S, B, ...], B split as a trainer's batch."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+      None, *sharding_lib.batch_sharding(mesh).spec))
 
 
 def member_params(pop: PopulationBuilt, state, index: int):
@@ -399,9 +398,7 @@ def backbone_loader(config, pop: PopulationBuilt) -> Callable[[], Any]:
   key(config.seed) (so the members whose seed is config.seed get their
   single run's random backbone). The init is jitted once for every call.
   """
-  model = pop.groups[0].model
-  init = jax.jit(lambda r: model.init(
-      r, jnp.zeros((1, *pop.image_shape), jnp.float32))["params"])
+  init = jax.jit(_init_fn(pop.groups[0].model, pop.image_shape))
   dtype = build_lib.frozen_param_dtype(config)
   is_shape = lambda x: isinstance(x, jax.ShapeDtypeStruct)
 

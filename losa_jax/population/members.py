@@ -18,10 +18,8 @@ each member the params a single run of that config gives (same seeds). Keys:
 * hyper-parameters (`HPARAMS`): lr (the schedule's peak), wd,
   label_smoothing, grad_clip_norm (None: no clipping), seed (init), and
   data_seed (the data order; members that share it share a backbone pass);
-* structure (`losa=` and `STRUCTURE_KEYS`): any `config.model.losa` switch
-  (rank, tap_every, token_mixer, ...). Members of one structure are stacked
-  on a member axis and vmapped; different structures form groups of the same
-  jitted step.
+* structure (`losa=`): any `config.model.losa` switch (rank, tap_every,
+  token_mixer, ...); members of one structure form one vmapped group.
 """
 import dataclasses
 import itertools

@@ -24,7 +24,6 @@ from losa_jax.checkpointing import integrity
 from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.checkpointing import resume
 from losa_jax.config import input_check
-from losa_jax.config import schema as config_lib
 from losa_jax.parallel import distributed
 from losa_jax.utils import io
 
@@ -47,17 +46,6 @@ def _max_abs(leaves):
                             for x in leaves]))
 
 
-def max_abs(tree) -> Optional[float]:
-  """max |x| over a tree's (possibly cross-host sharded) arrays; None if empty.
-
-  Every process must call it (it is one jitted reduction); all get the value.
-  """
-  leaves = [x for x in jax.tree.leaves(tree) if getattr(x, "size", 0)]
-  if not leaves:
-    return None
-  return float(jax.device_get(_max_abs(leaves)))
-
-
 def _finite_or_none(x) -> Optional[float]:
   # JSON has no NaN/Inf; None reads as "unknown" in the reports.
   return float(x) if x is not None and math.isfinite(float(x)) else None
@@ -66,12 +54,15 @@ def _finite_or_none(x) -> Optional[float]:
 def health_meta(params, loss) -> Dict[str, Optional[float]]:
   """A checkpoint's metadata for `nonfinite_report`: {"loss", "max_abs_param"}.
 
+  Every process must call it (max |param| is one jitted reduction).
+
   Args:
     params: the trainable params being saved (arrays, maybe sharded).
     loss: the last finite training loss (a scalar), or None.
   """
-  return {"loss": _finite_or_none(loss),
-          "max_abs_param": _finite_or_none(max_abs(params))}
+  leaves = [x for x in jax.tree.leaves(params) if getattr(x, "size", 0)]
+  top = float(jax.device_get(_max_abs(leaves))) if leaves else None
+  return {"loss": _finite_or_none(loss), "max_abs_param": _finite_or_none(top)}
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -262,9 +253,10 @@ class Trainer:
     self.train_src, self.train_pp = datasets.training_source(config)
     num_examples = (self.train_src.num_examples() or
                     self.train_src.count())
-    self.total = distributed.agree(
-        config_lib.total_steps_of(config, num_examples),
-        "total_steps (same data on every host?)")
+    total = config.get("total_steps") or math.ceil(
+        config.total_epochs * num_examples / config.input.batch_size)
+    self.total = distributed.agree(int(total),
+                                   "total_steps (same data on every host?)")
     self.ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_ckpts)
     self.writer = MetricWriter(workdir)

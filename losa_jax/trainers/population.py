@@ -72,9 +72,7 @@ def _member_row(m: members_lib.Member, num_params: int) -> Dict[str, Any]:
 def _stack_slots(its, mesh):
   """One numpy batch per data seed -> [S, B, ...] global arrays ("image"
   may be a dict of cached features)."""
-  sh = sharding_lib.batch_sharding(mesh)
-  slot_sh = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(None, *sh.spec))
+  slot_sh = pop_lib.slot_sharding(mesh)
   while True:
     parts = [next(it) for it in its]
     batch = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
@@ -116,17 +114,6 @@ def evaluate_members(pop: pop_lib.PopulationBuilt, state, data, *, pp,
           for t in totals]
 
 
-def _sequential(config, workdir: str, members) -> Dict[str, Any]:
-  """Non-LoSA methods: each member is a single run in <workdir>/<member>."""
-  rows = []
-  for m in members:
-    res = single.train(m.config, os.path.join(workdir, m.name))["results"]
-    row = _member_row(m, res["trainable_params"])
-    row.update({k: v for k, v in res.items() if isinstance(v, float)})
-    rows.append(row)
-  return _finish(config, workdir, rows, shared_backbone=False)
-
-
 def _finish(config, workdir, rows, *, shared_backbone: bool) -> Dict:
   metric = _selection_metric(config)
   board = leaderboard(rows, metric)
@@ -162,9 +149,16 @@ def train(config, workdir: str) -> Dict[str, Any]:
   members_lib.validate(config.population, config)
   config = config_lib.with_defaults(config)
   members = members_lib.expand(config)
-  if config.model.get("method", "losa") != "losa":
-    return {"results": _sequential(config, workdir, members)}
-  return PopulationTrainer(config, workdir, members).train()
+  if config.model.get("method", "losa") == "losa":
+    return PopulationTrainer(config, workdir, members).train()
+  # Other methods change the backbone: each member is a single run in
+  # <workdir>/<member>.
+  rows = []
+  for m in members:
+    res = single.train(m.config, os.path.join(workdir, m.name))["results"]
+    rows.append({**_member_row(m, res["trainable_params"]),
+                 **{k: v for k, v in res.items() if isinstance(v, float)}})
+  return {"results": _finish(config, workdir, rows, shared_backbone=False)}
 
 
 class PopulationTrainer(common.Trainer):
@@ -217,11 +211,12 @@ class PopulationTrainer(common.Trainer):
     self.rows = {m.index: _member_row(m, counts[m.index])
                  for m in self.members}
     self.backbone = pop_lib.backbone_loader(self.config, pop)()
-    self.state = pop.init(self.backbone)
-    if start is not None:
-      treedef = jax.tree.structure(self.state["groups"])
+    if start is None:
+      self.state = pop.init(self.backbone)
+    else:
+      treedef = jax.tree.structure(pop.state_shape["groups"])
       self.state = jax.device_put(
-          {"params": self.state["params"], "step": restored["step"],
+          {"params": {"backbone": self.backbone}, "step": restored["step"],
            "groups": jax.tree.unflatten(treedef, restored["groups"])},
           pop.state_sharding)
       for name, r in (meta.get("rows") or {}).items():
