@@ -162,8 +162,10 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
                              label_smoothing=config.get("label_smoothing", 0.0),
                              schedule_fns=schedule_fns)
   train_step = steps.jit_train_step(step, mesh, state_sharding, donate=donate)
-  eval_step = steps.jit_eval_step(steps.eval_step_fn(model), mesh,
-                                  state_sharding["params"])
+  eval_step = jax.jit(
+      steps.eval_step_fn(model),
+      in_shardings=(state_sharding["params"], sharding_lib.batch_sharding(mesh)),
+      out_shardings=sharding_lib.replicated(mesh))
   init = jax.jit(init_fn, out_shardings=state_sharding)
 
   def init_with_fn(rng, overrides):

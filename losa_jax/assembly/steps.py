@@ -125,13 +125,6 @@ def jit_train_step(step, mesh, state_sharding, *, donate: bool = True):
                  donate_argnums=(0,) if donate else ())
 
 
-def jit_eval_step(step, mesh, params_sharding):
-  return jax.jit(step,
-                 in_shardings=(params_sharding,
-                               sharding_lib.batch_sharding(mesh)),
-                 out_shardings=sharding_lib.replicated(mesh))
-
-
 def abstract_batch(batch_size: int, image_shape, *, with_mask=False) -> Dict[str, Any]:
   """ShapeDtypeStructs of a batch, for compile-only cost analysis."""
   b = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32),

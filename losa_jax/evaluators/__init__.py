@@ -2,15 +2,9 @@
 # Licensed under the Apache License, Version 2.0.
 """Evaluators by name: `config.evals.<name> = dict(type=..., data=..., ...)`.
 
-| type               | what it reports                         | module        |
-|--------------------|-----------------------------------------|---------------|
-| "classification"   | top-1 accuracy and mean loss (default)  | classification|
-| "video_multiview"  | top-1 of view-averaged logits           | video         |
-
-Every evaluator has one contract, as in big_vision: it is built once from
-the model's functions and its config entry, and `run(params)` returns a
-dict of floats. The trainer, `predict`, the study and the video demo all
-evaluate through here.
+Each type ("classification", the default; "video_multiview") names a module
+with an `Evaluator` whose `run(params)` returns a dict of floats, and a
+`from_built(built, **entry)` constructor (docs/architecture.md).
 """
 import importlib
 

@@ -4,7 +4,6 @@
 from typing import Any, Callable, Dict, Iterator, Optional
 
 import jax
-import numpy as np
 
 from losa_jax.assembly import input_pipeline
 from losa_jax import datasets
@@ -31,12 +30,9 @@ def eval_batches(data: Dict[str, Any], *, pp, batch_size: int, seed: int = 0,
 class Evaluator:
   """Accuracy and loss of `eval_step` on one split.
 
-  Args:
-    eval_step: fn(params, batch) -> {"loss_sum", "correct", "count"} of one
-      global batch, masked by batch["_mask"] (`steps.make_eval_step`, i.e.
-      `build.Built.eval_step`).
-    mesh: the device mesh the batches are sharded over.
-    data, pp, batch_size: the config entry (`config.evals.<name>`).
+  eval_step(params, batch) -> {"loss_sum", "correct", "count"} of one global
+  batch sharded over `mesh` (`build.Built.eval_step`); data, pp, batch_size:
+  the config entry (`config.evals.<name>`).
   """
 
   def __init__(self, eval_step: Callable, mesh, *, data: Dict[str, Any],
@@ -58,25 +54,6 @@ class Evaluator:
     n = max(totals["count"], 1.0)
     return {"accuracy": totals["correct"] / n,
             "loss": totals["loss_sum"] / n, "count": totals["count"]}
-
-
-def predictions(predict_fn: Callable, params, batches) -> Iterator[dict]:
-  """Per-example records {"index", "label", "prob", "true"} in split order.
-
-  predict_fn: fn(params, images) -> probabilities [b, C] (numpy-able);
-  batches: numpy batches with "_mask" (e.g. `eval_batches`).
-  """
-  index = 0
-  for batch in batches:
-    probs = np.asarray(predict_fn(params, batch["image"]))
-    mask = batch.get("_mask", np.ones(len(probs)))
-    labels = batch.get("label", [None] * len(probs))
-    for pr, m, y in zip(probs, mask, labels):
-      if m:
-        yield {"index": index, "label": int(np.argmax(pr)),
-               "prob": float(np.max(pr)),
-               "true": None if y is None else int(y)}
-        index += 1
 
 
 def from_built(built, *, data, pp, batch_size, **kw) -> Evaluator:

@@ -259,18 +259,6 @@ def _sibling(out: str, what: str) -> str:
                       f"{what}-{uuid.uuid4().hex[:8]}")
 
 
-def _swap_in(tmp: str, out: str):
-  """Puts the folder `tmp` in the place of `out` (missing, empty, or a
-  previous export that `check_out` accepted)."""
-  if not _files(out):
-    os.replace(tmp, out)    # atomic; replaces an empty folder
-    return
-  old = _sibling(out, "old")
-  os.rename(out, old)
-  os.rename(tmp, out)
-  shutil.rmtree(old)        # a previous export's files only (check_out)
-
-
 def export(mt: multitask.MultiTask, out: str, *,
            platforms: Optional[Sequence[str]] = None,
            saved_model: bool = True, image_bytes: bool = True,
@@ -286,7 +274,13 @@ def export(mt: multitask.MultiTask, out: str, *,
     manifest = _write_all(mt, tmp, platforms=platforms,
                           saved_model=saved_model, image_bytes=image_bytes)
     check_out(out, overwrite)   # what --out holds now, just before the swap
-    _swap_in(tmp, out)
+    if not _files(out):
+      os.replace(tmp, out)    # atomic; replaces an empty folder
+    else:
+      old = _sibling(out, "old")
+      os.rename(out, old)
+      os.rename(tmp, out)
+      shutil.rmtree(old)      # a previous export's files only (check_out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

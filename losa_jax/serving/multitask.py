@@ -49,12 +49,13 @@ class Task:
   name: output key. model: the model it runs (a merged LoRA task runs a
   plain `full` model). group: the shared backbone pass it reads (a key of
   params["backbones"]), None for an own-model task (params["tasks"][name]
-  then holds the whole model, backbone included). method: as trained.
+  then holds the whole model, backbone included). method: as trained
+  (default: the model's).
   """
   name: str
   model: model_lib.Model
   group: Optional[str]
-  method: Optional[str] = None    # as trained (default: the model's)
+  method: Optional[str] = None
   workdir: Optional[str] = None
   config: Any = None
   step: Optional[int] = None
@@ -132,16 +133,10 @@ class MultiTask:
   """N tasks, each distinct backbone run once per batch.
 
   `__call__(images [B, *image_shape] float32) -> {name: logits [B, C]}`
-  (numpy); `probs` gives softmaxes. `apply` / `fn` / `params` are the pure,
-  jitted and parameter parts (what `losa_jax.serving.export` serialises).
-
-  Attributes:
-    tasks: the Tasks, in output order.
-    params: {"backbones": {...}, "tasks": {...}} (see `make_apply`).
-    image_shape: one example's input shape, e.g. (224, 224, 3).
-    pp: the eval pp every task was trained with (None when built from
-      parts): how raw images become model input.
-    backbone: {"path", "sha256"} of the shared backbone file (or None).
+  (numpy); `probs` gives softmaxes. `apply` / `fn` / `params` (see
+  `make_apply`) are the pure, jitted and parameter parts (what
+  `serving.export` serialises). pp: the tasks' eval pp (None when built from
+  parts). backbone: {"path", "sha256"} of the shared backbone file.
   """
 
   def __init__(self, tasks: Sequence[Task], params, *,
@@ -255,16 +250,12 @@ def _refuse_mix(ref, other, what: str, a, b, advice: str):
 
 def restore_checked(config, workdir: str, step: Optional[int], *,
                     advice: str):
-  """Restores `workdir`'s trainable params read-only (replicated), checked
-  against `config` (its backbone record and config fingerprint).
+  """(built, trainable params, step): `workdir`'s params restored read-only
+  (replicated), checked against `config` (backbone record, fingerprint).
 
-  step: the checkpoint step; None: the newest intact one (damaged ones are
-  skipped with a warning). The kept steps are looked at first, so a mistyped
-  workdir fails fast, creating nothing; `advice` ends that error. Then
-  `built = build.build(config)` (the schedule is irrelevant here but must be
-  valid for the config).
-
-  Returns (built, trainable params, step).
+  step: None is the newest intact one (damaged ones are skipped with a
+  warning). The kept steps are looked at first, so a mistyped workdir fails
+  fast, creating nothing; `advice` ends that error.
   """
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     read_only=True)

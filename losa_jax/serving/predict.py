@@ -2,17 +2,14 @@
 # Licensed under the Apache License, Version 2.0.
 """Inference from finished workdirs: backbone file + side checkpoints.
 
-`Predictor(config, workdir)` loads a workdir once and maps images to class
-probabilities; `predict_split` / `predict_files` give one record per example,
-`multi_predict_*` the same for several tasks on one backbone pass
-(`serving.multitask`), and `multiview_eval` a video workdir's multi-view
-accuracy. The config must be the one the workdir was trained with (the
-checkpoint's metadata is checked against it, as on resume). Images go through
-the eval pp (`multitask.serving_pp`: the first eval's pp, else input.pp), as
-in `serving.export`'s artifacts. The command is `python -m losa_jax.predict`.
+`Predictor(config, workdir)` maps images to class probabilities (the config
+is checked against the checkpoint's metadata, as on resume); `predict_*`
+give one record per example, `multi_predict_*` the same for several tasks
+on one backbone pass (`serving.multitask`). Images go through the eval pp
+(`multitask.serving_pp`). The command is `python -m losa_jax.predict`.
 """
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,28 +76,46 @@ def _read_files(paths: Sequence[str]) -> List[Dict]:
   return examples
 
 
+def _top1(pr, prefix: str = "") -> Dict:
+  """{"<prefix>label", "<prefix>prob"} of one row of probabilities."""
+  return {f"{prefix}label": int(np.argmax(pr)),
+          f"{prefix}prob": float(np.max(pr))}
+
+
 def predict_files(predictor: Predictor, paths: Sequence[str]) -> List[Dict]:
   """Classifies image files (png/jpg); returns one record per file."""
   probs = predictor(predictor.preprocess(_read_files(paths)))
-  return [{"file": p, "label": int(np.argmax(pr)), "prob": float(np.max(pr))}
-          for p, pr in zip(paths, probs)]
+  return [{"file": p, **_top1(pr)} for p, pr in zip(paths, probs)]
+
+
+def _split_rows(data: Dict, pp, batch_size: int, probs_of: Callable):
+  """(index, true label, probs_of(batch images), row) per example of a split
+  (config data dict), in order."""
+  batches = classification.eval_batches(
+      dict(data), pp=pp, batch_size=batch_size, process_index=0,
+      process_count=1)
+  index = 0
+  for batch in batches:
+    probs = probs_of(batch["image"])
+    for i, m in enumerate(batch["_mask"]):
+      if m:
+        yield index, int(batch["label"][i]), probs, i
+        index += 1
 
 
 def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
-  """Classifies a whole split (config data dict), in order."""
-  batches = classification.eval_batches(
-      dict(data), pp=predictor.pp,
-      batch_size=predictor.config.input.batch_size,
-      process_index=0, process_count=1)
-  return list(classification.predictions(lambda _, x: predictor(x), None,
-                                         batches))
+  """Classifies a whole split (config data dict), in order: records
+  {"index", "label", "prob", "true"}."""
+  return [{"index": n, **_top1(pr[i]), "true": y}
+          for n, y, pr, i in _split_rows(data, predictor.pp,
+                                         predictor.config.input.batch_size,
+                                         predictor)]
 
 
 def _task_columns(probs: Dict[str, np.ndarray], i: int) -> Dict:
   out = {}
   for name, pr in probs.items():
-    out[f"{name}/label"] = int(np.argmax(pr[i]))
-    out[f"{name}/prob"] = float(np.max(pr[i]))
+    out.update(_top1(pr[i], f"{name}/"))
   return out
 
 
@@ -118,39 +133,25 @@ def multi_predict_split(mt: multitask.MultiTask, data: Dict, *,
   Records: {"index", "true" (the split's label), "<task>/label",
   "<task>/prob" for every task}.
   """
-  batches = classification.eval_batches(
-      dict(data), pp=mt.pp, batch_size=batch_size, process_index=0,
-      process_count=1)
-  records, index = [], 0
-  for batch in batches:
-    probs = mt.probs(batch["image"])
-    for i, m in enumerate(batch["_mask"]):
-      if m:
-        records.append({"index": index, "true": int(batch["label"][i]),
-                        **_task_columns(probs, i)})
-        index += 1
-  return records
+  return [{"index": n, "true": y, **_task_columns(probs, i)}
+          for n, y, probs, i in _split_rows(data, mt.pp, batch_size,
+                                            mt.probs)]
 
 
 def multiview_eval(config, workdir: str, *, pp: str,
                    data: Optional[Dict] = None,
                    batch_size: Optional[int] = None,
                    average: str = "logits") -> Dict[str, float]:
-  """Multi-view accuracy of a finished video training workdir.
+  """{"accuracy", "count", "views"} of a finished video training workdir.
 
   Args:
-    config: the config the workdir was trained with.
-    workdir: the training workdir (backbone from config.model_init + the
-      side/head checkpoint).
+    config, workdir: as for `Predictor`.
     pp: a multi-view pp spec (`video_multiview` op), e.g. the config
       module's `multiview_pp(arg)`.
     data: source dict; default the config's first eval's data.
     batch_size: videos per batch (each is V clips); default the eval batch
       size divided by V, at least 1.
     average: "logits" or "probs".
-
-  Returns:
-    {"accuracy", "count", "views"}.
   """
   predictor = Predictor(config, workdir)
   first = next(iter(config.evals.values()))

@@ -42,16 +42,12 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
 
 def fsync_folder(folder: str) -> None:
   """Persists a rename in `folder`; best effort (not every platform can)."""
-  try:
+  with contextlib.suppress(OSError):
     fd = os.open(folder, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
 
 
 def write_text(path: str, text: str) -> None:

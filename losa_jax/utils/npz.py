@@ -185,11 +185,8 @@ def save_npz(tree: Mapping[str, Any], path: PathLike,
              compressed: bool = False) -> str:
   """Writes `tree` (nested arrays: numpy, jax or scalars) as an npz with
   flat `/`-joined names to `path` (no extension appended), atomically
-  (`io.atomic_write`); returns `path`.
-
-  bfloat16 leaves are written as numpy writes ml_dtypes arrays (`<V2`),
-  which big_vision, timm and `load_npz` read back as bfloat16. compressed:
-  deflate the members, like `savez_compressed`.
+  (`io.atomic_write`); returns `path`. compressed: deflate the members,
+  like `savez_compressed`.
   """
   path = os.fspath(path)
   flat = {k: _to_numpy(v) for k, v in flatten(tree).items()}
