@@ -59,7 +59,7 @@ LOSA_DEFAULTS = dict(
     out_norm="new",         # new (trainable LN_out) | backbone (frozen encoder_norm)
     pool="auto",            # auto (match backbone) | tok | gap
     video_token_mixing="space_time",
-    remat=True,             # recompute each mixer in backward: far less memory
+    remat=True,             # autodiff structures: recompute each layer in backward
     dtype="bfloat16",       # taps + side stream storage: bfloat16 | float32
     fused=True,             # side_fused's hand-written backward where the
                             # structure is the default; False: autodiff
