@@ -48,8 +48,8 @@ _BIG = 2**26   # elements above which a leaf is made row by row (256 MiB f32)
 
 
 def _maker(key, make: Callable) -> Callable:
-  """Jitted makers cached by what they make (shape, dtype), so the equal
-  blocks of a ViT, or the same tree made twice, compile once."""
+  """make() cached by `key` (what it makes), so the equal blocks of a ViT,
+  or the same tree made twice, compile once."""
   if key not in _MAKERS:
     _MAKERS[key] = make()
   return _MAKERS[key]
@@ -57,9 +57,8 @@ def _maker(key, make: Callable) -> Callable:
 
 def _noise(shape, dtype, offset):
   """A [shape] array of `dtype`, uniform-looking in [-0.035, 0.035] (std
-  0.02): a sine hash of the element index + offset. XLA:CPU compiles
-  threefry's normal for a tree of 100 leaves in seconds; this in a
-  fraction, and values do not matter for time or memory."""
+  0.02): a sine hash of the element index + offset, which compiles far
+  faster than threefry (values do not matter for time or memory)."""
   n = int(np.prod(shape))
   u = jnp.sin((jax.lax.iota(jnp.float32, n) + offset) * 12.9898) * 43758.5453
   return (0.035 * (2.0 * (u - jnp.floor(u)) - 1.0)).reshape(shape).astype(
@@ -87,11 +86,10 @@ def _leaf(shape, dtype, offset):
 
 
 def random_tree(shape_tree, shardings=None, seed: int = 0):
-  """Random-looking arrays (see _noise) of `shape_tree`'s shapes and dtypes,
-  made on the device, one program per distinct (shape, dtype); non-float
-  leaves are zeros. A big leaf is made row by row, so making a tree needs
-  little more memory than the tree: building a ViT-e/14 state must not set
-  the peak its step is measured by."""
+  """Random-looking arrays (_noise; zeros for non-float leaves) of
+  `shape_tree`'s shapes and dtypes, made on the device in `shardings`. A big
+  leaf is made row by row, so making a ViT-e/14 state does not set the peak
+  its step is measured by."""
   leaves, treedef = jax.tree.flatten(shape_tree)
   shs = (jax.tree.leaves(shardings, is_leaf=lambda x: x is None)
          if shardings is not None else [None] * len(leaves))
@@ -119,9 +117,9 @@ def abstract_state(built):
 
 
 def random_state(built, seed: int = 0):
-  """A train state like built.init's, with random params made by groups
-  in their final dtype (build.init makes f32 params, then casts the frozen
-  ones: a transient 1.5x the state that would mask a small step's peak)."""
+  """A train state like built.init's, with random params made in their
+  final dtype (built.init makes f32 params, then casts the frozen ones: a
+  transient 1.5x the state that would mask a small step's peak)."""
   state = state_from_params(built, random_tree(
       built.state_shape["params"], built.state_sharding["params"], seed),
                             seed)
@@ -146,12 +144,9 @@ def make_batch(built, bsz: int, num_classes: int, seed: int = 0):
 
 
 class Method:
-  """One (variant, method): its config, state and compiled calls per batch.
-
-  method "forward" is the frozen backbone's inference forward
-  (build.backbone_forward, on LoSA's config); every other method is the real
-  train step of build.build, its state donated from call to call.
-  """
+  """One (variant, method): its config, state and compiled calls per batch;
+  "forward" is the frozen backbone's inference forward (on LoSA's config),
+  every other method the real train step, its state donated."""
 
   def __init__(self, variant: str, method: str, spec: Dict[str, Any], *,
                scan: Optional[bool] = None, remat: Optional[bool] = None):
@@ -163,25 +158,19 @@ class Method:
         depth=spec.get("depth"))
     self.built = build.build(self.config, total_steps=1000)
     if method == "forward":
-      fn, shape = build.backbone_forward(self.config)
-      self.jitted = jax.jit(fn)
-      self.shape = shape
-      self.trainable = 0
+      fn, self.shape = build.backbone_forward(self.config)
+      self.jitted, self.trainable = jax.jit(fn), 0
     else:
       self.jitted = self.built.train_step
       self.trainable = self.built.num_trainable()
-    self.state = None
     self.reset_state()
 
   def reset_state(self):
-    """(Re)makes the params / train state (a failed donated call may have
-    deleted it)."""
+    """(Re)makes the state (a failed donated call may have deleted it)."""
     self.state = None
     gc.collect()
-    if self.method == "forward":
-      self.state = random_tree(self.shape)
-    else:
-      self.state = random_state(self.built)
+    self.state = (random_tree(self.shape) if self.method == "forward"
+                  else random_state(self.built))
 
   def state_deleted(self) -> bool:
     return any(x.is_deleted() for x in jax.tree.leaves(self.state))
@@ -268,17 +257,13 @@ def _ready(variant, methods, remats, spec, bsz):
 
 def time_methods(variant: str, names, spec: Dict[str, Any], *,
                  extra: Optional[Callable] = None):
-  """Interleaved step times (common.interleaved) of the methods `names` of
-  `variant` (see Method; "forward" among them for the vs_forward ratios) at
-  each of spec["batches"], with spec's bf16, scan, remat, depth, reps and
-  warmup. extra(methods, bsz, batch): more name -> (runner, cost fields,
-  trainable) timed in the same rounds.
-
-  Returns one row per (batch, name): status ("ok", "ok+remat", "oom"),
-  trainable_params, the time statistics, images_per_s, vs_forward,
-  compiled_peak_gib and, for unrolled blocks, gflop, tflops_per_s and
-  flops_vs_forward.
-  """
+  """Interleaved step times of the methods `names` of `variant` (Method;
+  "forward" among them for the vs_forward ratios) at each of
+  spec["batches"], with spec's bf16, scan, remat, depth, reps and warmup;
+  extra(methods, bsz): more name -> (runner, cost fields, trainable) timed
+  in the same rounds. One row per (batch, name): status ("ok", "ok+remat",
+  "oom"), trainable_params, time statistics, images_per_s, vs_forward,
+  compiled_peak_gib and, unrolled, gflop, tflops_per_s, flops_vs_forward."""
   methods = {m: Method(variant, m, spec) for m in names}
   remats: Dict[str, Method] = {}
   rows = []

@@ -1,18 +1,14 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-r"""The `inference` section: serving N tasks with one backbone pass + N
+"""The `inference` section: serving N tasks with one backbone pass + N
 side networks (`losa_jax.serving.multitask`) vs N merged LoRA / full models.
 
-  python -m losa_jax.bench inference [--variants B/16,S/16] [--batches 1,64]
-      [--tasks 1,4,16] [--reps 3] [--out DIR] [--quick]
-
 Systems: losa, lora_merged (N LoRA models merged into their weights: N
-plain-ViT passes), full (the same program as lora_merged on the same weight
-buffers: a second timing of it) and backbone (the frozen backbone alone).
-Every cell of a (variant, batch) is compiled once and timed in the same
-interleaved rounds (`common.interleaved`); an N-copy cell with N x batch
-above --max_copy_images is scaled from N=1. docs/serving.md says what each
-column means and has a measured table.
+plain-ViT passes), full (lora_merged's program on the same weight buffers:
+a second timing of it) and backbone (the frozen backbone alone). The cells
+of a (variant, batch) are timed in the same interleaved rounds; an N-copy
+cell with N x batch above --max_copy_images is scaled from N=1.
+docs/serving.md says what each column means.
 """
 import os
 import tempfile
@@ -190,17 +186,12 @@ def measure(variants: Sequence[str], *, batches: Sequence[int],
 
 
 def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """The issue's ratios per (variant, batch), from the largest N measured.
-
-  losa_vs_merged_lora: throughput of LoSA with N tasks over N merged-LoRA
-  models; marginal_task_time / _flops: (cost(N) - cost(1)) / (N - 1) of
-  LoSA as a fraction of one backbone forward; single_task_overhead:
-  LoSA N=1 time over merged LoRA N=1 time, minus 1; bytes_per_task: LoSA's.
-  """
+  """Per (variant, batch), at the largest N measured: losa_vs_merged_lora
+  (throughput ratio), marginal_task_time / _flops ((cost(N) - cost(1)) /
+  (N - 1) of LoSA, in backbone forwards), single_task_(flops_)overhead
+  (LoSA N=1 / merged LoRA N=1 - 1), bytes_per_task (LoSA's)."""
   out = []
-  keys = sorted({(r["variant"], r["batch"]) for r in rows},
-                key=lambda k: (k[0], k[1]))
-  for variant, batch in keys:
+  for variant, batch in sorted({(r["variant"], r["batch"]) for r in rows}):
     cell = {(r["system"], r["tasks"]): r for r in rows
             if r["variant"] == variant and r["batch"] == batch}
     n = max(t for s, t in cell if s == "losa") if any(

@@ -2,13 +2,11 @@
 # Licensed under the Apache License, Version 2.0.
 """The benchmark sections: name -> function(options) -> rows (dicts).
 
-`SECTIONS` names each section's function as "module:function", imported only
-when it runs, so that listing the sections, parsing options and starting a
-child process never import jax, TensorFlow or a section's dependencies (a GPU
-image without TensorFlow lists and starts them). Each section lists
-the options it reads with its defaults (their meaning is in `OPTIONS`, once)
-and the sizes `--quick` shrinks them to; `xla_flags` are the XLA flags it
-needs, for which `python -m losa_jax.bench` starts a child process.
+Each names its function as "module:function", imported only when it runs
+(listing, parsing and starting a child import no jax nor TensorFlow), the
+options it reads with their defaults (their meaning: `OPTIONS`, once), the
+sizes `--quick` shrinks them to, and the XLA flags it needs, for which
+`python -m losa_jax.bench` starts a child process.
 """
 import dataclasses
 import importlib
@@ -27,9 +25,8 @@ FSDP_DEVICES = 8   # fake CPU devices of the fsdp section
 COMPILE_ONLY = f"{common.LICM_OFF} {common.FAST_COMPILE}"
 
 
-# What each option means, once. Its kind is its default's type (a list is a
-# comma list of its items' type); CHOICES are the values a str / strs option
-# accepts.
+# What each option means. Its kind is its default's type (a list: a comma
+# list); CHOICES are the values a str / strs option accepts.
 OPTIONS: Dict[str, str] = {
     "variants": "ViT variants (224 px; 'tiny' is a 4-block width-32 ViT at "
                 "32 px).",
@@ -55,9 +52,8 @@ OPTIONS: Dict[str, str] = {
               "peak ~ a + b * depth.",
     "batch_per_device": "Images per device (the global batch is this times "
                         "the mesh size).",
-    "licm": "Keep XLA's while-loop-invariant code motion (XLA:CPU then "
-            "hoists an f32 copy of a scanned bf16 weight stack out of the "
-            "layer loop: a copy GPUs and TPUs never make).",
+    "licm": "Keep XLA's while-loop-invariant code motion (see "
+            "common.LICM_OFF).",
     "config": "Video config file (path.py) whose get_config takes variant=, "
               "method=, frames=, batch=; empty: configs/video_kinetics400.py.",
     "arg": "Extra get_config args of the config file, e.g. rank=16.",
@@ -120,10 +116,8 @@ CHOICES: Dict[str, Sequence[str]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-  """target: "module:function" taking the options namespace, returning rows;
-  defaults: the options it reads; quick: what --quick sets them to;
-  xla_flags: the XLA flags it runs under (a function of the options, or a
-  string)."""
+  """target: "module:function" of the options, returning rows; xla_flags:
+  the XLA flags it runs under (a string, or a function of the options)."""
   name: str
   target: str
   doc: str
@@ -139,8 +133,8 @@ class Section:
     return self.xla_flags(a) if callable(self.xla_flags) else self.xla_flags
 
   def kind(self, key: str) -> str:
-    """Option `key`'s kind: bool, int, float, str, or ints / strs (comma
-    lists), from its default (or, for an empty list, its --quick value)."""
+    """bool, int, float, str, or ints / strs (comma lists), from the
+    default (or, for an empty list, the --quick value)."""
     v = self.defaults[key]
     if isinstance(v, list):
       item = (v or self.quick.get(key) or [""])[0]
