@@ -417,8 +417,7 @@ def backbone_loader(config, pop: PopulationBuilt) -> Callable[[], Any]:
 def restack(old: PopulationBuilt, old_state, new: PopulationBuilt):
   """The state of `new` (a subset of `old`'s members) taken from `old_state`:
   each surviving member keeps its params, optimizer state, rng and values."""
-  where = {m.index: loc for m, loc in zip(
-      sorted(old.members, key=lambda m: m.index), old.member_order())}
+  where = {m.index: loc for m, loc in zip(old.members, old.member_order())}
   groups = []
   for g in new.groups:
     rows = [where[m.index] for m in g.members]
