@@ -32,6 +32,8 @@ from losa_jax.utils import tree as tree_lib
 
 GIB, MIB = common.GIB, common.MIB
 _log = common.log
+_MEMORY = ("argument_bytes", "temp_bytes", "output_bytes", "alias_bytes",
+           "peak_bytes")   # of utils.cost's fields
 
 
 def section_compiled(a) -> List[Dict[str, Any]]:
@@ -47,8 +49,7 @@ def section_compiled(a) -> List[Dict[str, Any]]:
           "variant": variant, "method": method, "batch": a.batch,
           "image_size": variant_backbone(variant)[1],
           **{k: c[k] for k in ("trainable_params", "total_params", "flops",
-                               "temp_bytes", "argument_bytes", "output_bytes",
-                               "alias_bytes", "peak_bytes")},
+                               *_MEMORY)},
           "flops_vs_forward": c["flops"] / fwd["flops"],
           "peak_vs_forward": c["peak_bytes"] / fwd["peak_bytes"],
           "temp_vs_forward": c["temp_bytes"] / max(fwd["temp_bytes"], 1.0),
@@ -77,9 +78,7 @@ def section_dtype(a) -> List[Dict[str, Any]]:
     rows.append({"variant": a.variant, "method": "losa",
                  "batch": a.batch, "backbone": dtype,
                  "blocks": "scan" if scan else "unrolled", "donate": donate,
-                 **{k: c[k] for k in ("argument_bytes", "temp_bytes",
-                                      "output_bytes", "alias_bytes",
-                                      "peak_bytes")}})
+                 **{k: c[k] for k in _MEMORY}})
     _log(f"dtype {dtype} scan={scan} donate={donate}: peak "
          f"{c['peak_bytes'] / MIB:.0f} MiB")
   return rows
@@ -107,56 +106,42 @@ def section_maxbatch(a) -> List[Dict[str, Any]]:
 
 
 def section_big(a) -> List[Dict[str, Any]]:
-  """Big backbones (scanned, bf16): memory per config, and vs depth; the
-  rows name the XLA flags they were compiled under (the `big_default`
-  section is this one under XLA:CPU's default flags)."""
+  """Big backbones (scanned, bf16): memory per config, and vs depth (1/8,
+  1/4, 1/2 of a.linearity_variant's); the rows name the XLA flags they were
+  compiled under (`big_default` is this section under XLA:CPU's defaults)."""
   flags = ("licm_off" if common.LICM_OFF in os.environ.get("XLA_FLAGS", "")
            else "default")
-  rows = []
-  for variant in a.variants:
-    for label, method, remat in BIG_CONFIGS:
-      if label not in a.configs:
-        continue
-      t0 = time.time()
-      config = make_config(variant, method, bf16=True, scan=True,
-                           remat=remat)
-      if label == "losa f32":   # taps and side stream stored in float32
-        config.model.losa.dtype = "float32"
-      c = step_cost(config, a.batch)
-      rows.append(_big_row(variant, label, a.batch, depth_of(variant), c,
-                           flags, time.time() - t0))
+  cells = [(v, label, None) for v in a.variants
+           for label, _, _ in BIG_CONFIGS if label in a.configs]
   if a.linearity_variant:
-    full_depth = depth_of(a.linearity_variant)
-    depths = sorted({max(1, full_depth // k) for k in (8, 4, 2)})
-    for label, method, remat in BIG_CONFIGS:
-      if label not in a.linearity_configs:
-        continue
-      for d in depths:
-        t0 = time.time()
-        c = step_cost(make_config(a.linearity_variant, method, bf16=True,
-                                  scan=True, remat=remat, depth=d),
-                      a.batch)
-        rows.append(_big_row(a.linearity_variant, label, a.batch, d, c,
-                             flags, time.time() - t0, linearity=True))
+    full = depth_of(a.linearity_variant)
+    cells += [(a.linearity_variant, label, d) for label, _, _ in BIG_CONFIGS
+              if label in a.linearity_configs
+              for d in sorted({max(1, full // k) for k in (8, 4, 2)})]
+  by_label = {label: (m, r) for label, m, r in BIG_CONFIGS}
+  rows = []
+  for variant, label, depth in cells:
+    t0 = time.time()
+    method, remat = by_label[label]
+    config = make_config(variant, method, bf16=True, scan=True, remat=remat,
+                         depth=depth)
+    if label == "losa f32":   # taps and side stream stored in float32
+      config.model.losa.dtype = "float32"
+    c = step_cost(config, a.batch)
+    row = {"variant": variant, "config": label, "batch": a.batch,
+           "depth": depth or depth_of(variant),
+           "image_size": variant_backbone(variant)[1],
+           "xla_flags": flags, "linearity": depth is not None,
+           "total_params": c["total_params"],
+           "trainable_params": c["trainable_params"],
+           "argument_gib": c["argument_bytes"] / GIB,
+           "temp_gib": c["temp_bytes"] / GIB,
+           "peak_gib": c["peak_bytes"] / GIB, "compile_s": time.time() - t0}
+    rows.append(dict(row, **{f"fits_{g}gib": row["peak_gib"] <= g
+                             for g in FIT_GIB}))
+    _log(f"big {variant} {label} depth {row['depth']} ({flags}): peak "
+         f"{row['peak_gib']:.2f} GiB")
   return rows
-
-
-def _big_row(variant, label, batch, depth, c, flags, seconds,
-             linearity=False):
-  """One row of the big section from a step_cost result `c`."""
-  row = {"variant": variant, "config": label, "batch": batch, "depth": depth,
-         "image_size": variant_backbone(variant)[1],
-         "xla_flags": flags, "linearity": linearity,
-         "total_params": c["total_params"],
-         "trainable_params": c["trainable_params"],
-         "argument_gib": c["argument_bytes"] / GIB,
-         "temp_gib": c["temp_bytes"] / GIB, "peak_gib": c["peak_bytes"] / GIB,
-         "compile_s": seconds}
-  for g in FIT_GIB:
-    row[f"fits_{g}gib"] = row["peak_gib"] <= g
-  _log(f"big {variant} {label} depth {depth} ({flags}): peak "
-       f"{row['peak_gib']:.2f} GiB")
-  return row
 
 
 # --- fsdp: per-device memory of a LoSA step (scanned, bf16) on meshes
@@ -196,8 +181,7 @@ def fsdp_measure(variant: str, depth: int, fsdp: int,
           int(v.size) * v.dtype.itemsize
           for n, v in tree_lib.flatten(params).items() if not built.mask[n]),
       "opt_bytes": _local_bytes(built.state_shape["opt"], state_sh["opt"]),
-      **{k: c[k] for k in ("argument_bytes", "temp_bytes", "output_bytes",
-                           "alias_bytes", "peak_bytes")},
+      **{k: c[k] for k in _MEMORY},
       "compile_s": time.time() - t0}
 
 
