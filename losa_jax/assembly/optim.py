@@ -41,13 +41,6 @@ def default_rules(method: str, schedule: dict) -> List[Tuple[str, Any]]:
   return rules + [("backbone/.*", None), (".*", schedule)]
 
 
-def get_rules(config) -> List[Tuple[str, Any]]:
-  sched = config.get("schedule", {})
-  if isinstance(sched, (list, tuple)):
-    return [(r, None if s is None else dict(s)) for r, s in sched]
-  return default_rules(config.model.method, dict(sched))
-
-
 def create_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
                     warmup_percent: Optional[float] = None,
                     decay_type: str = "cosine", mult: float = 1.0,
@@ -116,7 +109,10 @@ def make(config, params, total_steps: int, hparams=None, *,
   the bit, so the optimizer state has one structure for every member.
   """
   hparams = dict(hparams or {})
-  rules = get_rules(config)
+  sched = config.get("schedule", {})
+  rules = ([(r, None if s is None else dict(s)) for r, s in sched]
+           if isinstance(sched, (list, tuple))
+           else default_rules(config.model.method, dict(sched)))
   assignment, matched = tree_lib.match_rules(params, rules, "config.schedule")
   for i, (pattern, sched) in enumerate(rules if log_rules else ()):
     what = "frozen" if sched is None else f"trained ({sched})"

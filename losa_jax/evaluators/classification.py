@@ -1,7 +1,7 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """Top-1 accuracy and mean cross-entropy over one split."""
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 
@@ -41,13 +41,10 @@ class Evaluator:
     self.batches = eval_batches(dict(data), pp=pp, batch_size=batch_size,
                                 seed=seed)
 
-  def device_batches(self) -> Iterator[Dict[str, jax.Array]]:
-    return input_pipeline.device_batches(self.batches, self._mesh)
-
   def run(self, params) -> Dict[str, float]:
     """{"accuracy", "loss", "count"} over the whole split."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in self.device_batches():
+    for batch in input_pipeline.device_batches(self.batches, self._mesh):
       sums = self._step(params, batch)
       for k in totals:
         totals[k] += float(sums[k])

@@ -79,13 +79,8 @@ def num_views(data: Dict[str, Any], pp) -> int:
 
 class Evaluator:
   """`config.evals.X = dict(type="video_multiview", data=..., pp=<a
-  video_multiview pp>, batch_size=<videos per batch>, average="logits")`.
-
-  Args:
-    predict_fn: fn(params, clips [N, T, H, W, C]) -> logits [N, K]
-      (`logits_fn(model)`).
-    data, pp, batch_size, average: the config entry; batch_size counts
-      videos (each is V views); None = 1.
+  video_multiview pp>, batch_size=<videos per batch, None: 1>,
+  average="logits")`; predict_fn as in `multiview_logits` (`logits_fn`).
   """
 
   def __init__(self, predict_fn: Callable, *, data: Dict[str, Any], pp,

@@ -278,8 +278,6 @@ def infer_state_sharding(state_shape, mesh, strategy=None):
         return by_name[name]
     return replicated(mesh)
 
-  out = {"params": params_sh}
-  for k, v in state_shape.items():
-    if k != "params":
-      out[k] = jax.tree_util.tree_map_with_path(opt_leaf, v)
-  return out
+  return {k: params_sh if k == "params" else
+          jax.tree_util.tree_map_with_path(opt_leaf, v)
+          for k, v in state_shape.items()}

@@ -44,7 +44,9 @@ def export_jax(mt: multitask.MultiTask,
   batch size b >= 1. platforms: e.g. ("cpu", "cuda"); default the current
   backend."""
   shape = jax.export.symbolic_shape(polymorphic_spec(mt)[1:-1])
-  exp = jax.export.export(jax.jit(mt.bound()), platforms=platforms)(
+  # The params are closed over: the artifact embeds them as constants.
+  fn = jax.jit(lambda images: mt.apply(mt.params, images))
+  exp = jax.export.export(fn, platforms=platforms)(
       jax.ShapeDtypeStruct(shape, jnp.float32))
   return bytes(exp.serialize())
 
@@ -225,15 +227,6 @@ def _few(paths: Sequence[str]) -> str:
                                  if len(paths) > 5 else "")
 
 
-def _written_by_export(out: str) -> List[str]:
-  """What a previous export lists in its serving.json ([] if none)."""
-  try:
-    with open(os.path.join(out, MANIFEST)) as f:
-      return list(json.load(f).get("files") or [])
-  except (OSError, ValueError, AttributeError):
-    return []
-
-
 def check_out(out: str, overwrite: bool = False):
   """Refuses an `out` that holds anything unless `overwrite`, and even then
   anything that a previous export there did not write (serving.json's
@@ -246,7 +239,12 @@ def check_out(out: str, overwrite: bool = False):
         f"--out {out} is not empty ({_few(held)}): give a new or empty "
         "folder, or --overwrite (overwrite=True) to replace the export "
         "there.")
-  foreign = sorted(set(held) - set(_written_by_export(out)))
+  try:   # what a previous export lists in its serving.json
+    with open(os.path.join(out, MANIFEST)) as f:
+      written = list(json.load(f).get("files") or [])
+  except (OSError, ValueError, AttributeError):
+    written = []
+  foreign = sorted(set(held) - set(written))
   if foreign:
     raise FileExistsError(
         f"--out {out} holds what no export wrote there ({_few(foreign)}): "
@@ -297,7 +295,7 @@ def _write_all(mt: multitask.MultiTask, out: str, *, platforms,
   counts = mt.param_counts()
   manifest = {
       "tasks": [{"name": t.name, "method": t.method,
-                 "num_classes": t.num_classes, "workdir": t.workdir,
+                 "num_classes": t.model.num_classes, "workdir": t.workdir,
                  "step": t.step, "shared_backbone": t.group is not None,
                  "merged_lora": t.merged_lora,
                  "params": counts["tasks"][t.name],

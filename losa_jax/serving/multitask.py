@@ -68,18 +68,6 @@ class Task:
       raise ValueError(f"Task {self.name!r}: method {self.method!r} changes "
                        f"the backbone; only {SHARED_METHODS} share a pass.")
 
-  @property
-  def num_classes(self) -> int:
-    return self.model.num_classes
-
-
-def group_key(model: model_lib.Model, param_dtype=None) -> str:
-  """Which backbone pass a shared task reads: its backbone's kwargs + dtype."""
-  return json.dumps({"kind": (model.backbone or {}).get("kind", "vit"),
-                     **model.backbone_kwargs(),
-                     "param_dtype": str(param_dtype)}, sort_keys=True,
-                    default=str)
-
 
 def make_apply(tasks: Sequence[Task]) -> Callable:
   """The pure multi-task function.
@@ -109,7 +97,7 @@ def make_apply(tasks: Sequence[Task]) -> Callable:
         p = params["tasks"][t.name]
         if t.method == "linear":
           # Model._head on the backbone's pre-logits, exactly.
-          out[t.name] = nn.Dense(t.num_classes).apply(
+          out[t.name] = nn.Dense(t.model.num_classes).apply(
               {"params": p["head"]}, pre_logits)
           continue
         # The task's own taps (`Model.tap_key`), as its `predict` computes
@@ -189,11 +177,6 @@ class MultiTask:
     return {k: np.asarray(jax.nn.softmax(v.astype(np.float32), -1))
             for k, v in self(images).items()}
 
-  def bound(self) -> Callable:
-    """fn(images) -> {name: logits} with the params closed over (exported
-    artifacts embed them as constants)."""
-    params = self.params
-    return lambda images: self.apply(params, images)
 
 
 # --- loading finished workdirs ------------------------------------------------
@@ -387,7 +370,11 @@ def load(workdirs: Sequence[str], names: Optional[Sequence[str]] = None, *,
               if model.method != "full" else {})
     merged = False
     if model.method in SHARED_METHODS:
-      key = group_key(model, build.frozen_param_dtype(config))
+      # The backbone pass a shared task reads: its backbone's kwargs + dtype.
+      key = json.dumps({"kind": (model.backbone or {}).get("kind", "vit"),
+                        **model.backbone_kwargs(), "param_dtype": str(
+                            build.frozen_param_dtype(config))},
+                       sort_keys=True, default=str)
       if key not in group_names:
         group_names[key] = f"backbone{len(group_names)}"
         params["backbones"][group_names[key]] = frozen

@@ -6,6 +6,7 @@
 deterministic for a given jax/XLA version and backend, so tests may assert
 their ratios (never wall time).
 """
+import collections
 import re
 from typing import Any, Dict, List
 
@@ -197,11 +198,10 @@ def hlo_traffic(compiled) -> List[Dict[str, Any]]:
 
 def traffic_by(rows, key) -> Dict[str, float]:
   """Sums `hlo_traffic` rows' bytes by key(row) (e.g. a phase or module)."""
-  out: Dict[str, float] = {}
+  out = collections.defaultdict(float)
   for r in rows:
-    k = key(r)
-    out[k] = out.get(k, 0.0) + r["bytes"]
-  return out
+    out[key(r)] += r["bytes"]
+  return dict(out)
 
 
 def phase(row) -> str:

@@ -155,30 +155,19 @@ def load_npz(path: PathLike, *, find_params: bool = True) -> Dict[str, Any]:
     ValueError: the file is not a readable npz, or `subkey` is absent.
   """
   fname, subkey = split_path(path)
-  tree = unflatten(_read_flat(fname))
-  if find_params:
-    for prefix in PARAM_PREFIXES:
-      try:
-        node = _subtree(tree, prefix, "")
-      except ValueError:
-        continue
-      if isinstance(node, collections.abc.Mapping):
-        tree = node
-        break
+  flat = _read_flat(fname)
+  for prefix in PARAM_PREFIXES if find_params else ():
+    inner = {k[len(prefix) + 1:]: v for k, v in flat.items()
+             if k.startswith(prefix + "/")}
+    if inner:
+      flat = inner
+      break
+  tree = unflatten(flat)
   if subkey:
     tree = _subtree(tree, subkey, f"Sub-key {subkey!r} of {fname!r}")
     if not isinstance(tree, collections.abc.Mapping):
       tree = {subkey.split("/")[-1]: tree}
   return tree
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-  # np.asarray fetches jax arrays to host and keeps ml_dtypes dtypes.
-  a = np.asarray(x)
-  if a.dtype == object:
-    raise TypeError(f"Cannot store an object array (got {type(x).__name__}) "
-                    "in an npz without pickles.")
-  return a
 
 
 def save_npz(tree: Mapping[str, Any], path: PathLike,
@@ -189,7 +178,12 @@ def save_npz(tree: Mapping[str, Any], path: PathLike,
   like `savez_compressed`.
   """
   path = os.fspath(path)
-  flat = {k: _to_numpy(v) for k, v in flatten(tree).items()}
+  flat = flatten(tree)
+  for k, v in flat.items():
+    flat[k] = np.asarray(v)   # jax arrays to host; ml_dtypes dtypes kept
+    if flat[k].dtype == object:
+      raise TypeError(f"Cannot store an object array (got {type(v).__name__}) "
+                      "in an npz without pickles.")
   mode = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
   with io_lib.atomic_write(path, "wb") as f:
     with zipfile.ZipFile(f, "w", compression=mode, allowZip64=True) as zf:
