@@ -12,6 +12,9 @@ import time
 from typing import (Any, Callable, Dict, List, Mapping, MutableMapping,
                     Optional, Sequence)
 
+from absl import app
+from absl import flags
+from absl import logging
 import numpy as np
 
 from losa_jax.utils import io as io_lib
@@ -207,15 +210,10 @@ def parse_private_flags(prog: str, define_flags: Callable, argv=None):
   """(a fresh FlagValues that `define_flags(fv)` fills, parsed from argv
   (default: sys.argv[1:]), argv): programmatic entries (tests call them
   in-process) neither need nor touch the global absl FLAGS."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   argv = list(sys.argv[1:] if argv is None else argv)
   fv = flags.FlagValues()
   define_flags(fv)
-  extra = fv([prog] + argv)[1:]
-  if extra:
-    raise app.UsageError(f"unexpected arguments {extra}; every option is a "
-                         "--flag (see --help).")
+  _no_positional(fv([prog] + argv))
   return fv, argv
 
 
@@ -224,8 +222,6 @@ def start_flags_only_main(argv: Sequence[str]) -> None:
   refuses positional arguments (argv[1:]), and unless --verbosity was given
   keeps the terminal to progress lines (Orbax, porting and optim log at
   INFO)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   _no_positional(argv)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -235,7 +231,6 @@ def absl_main(run_flags: Callable) -> Callable:
   """The `app.run` main of a CLI whose work is `run_flags(FLAGS, argv)`."""
 
   def main(argv) -> None:
-    from absl import flags  # pylint: disable=g-import-not-at-top
     _no_positional(argv)
     run_flags(flags.FLAGS, sys.argv[1:])
 
@@ -243,7 +238,7 @@ def absl_main(run_flags: Callable) -> Callable:
 
 
 def _no_positional(argv: Sequence[str]) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
+  """Refuses argv[1:] (argv[0] is the program)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {list(argv[1:])}; every "
                          "option is a --flag (see --help).")

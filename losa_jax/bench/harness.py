@@ -43,16 +43,16 @@ def tf_loaded() -> bool:
   return any(m in sys.modules for m in ("tensorflow", "tensorflow_datasets"))
 
 
-_MAKERS: Dict[Any, Callable] = {}
+_CACHE: Dict[Any, Any] = {}
 _BIG = 2**26   # elements above which a leaf is made row by row (256 MiB f32)
 
 
-def _maker(key, make: Callable) -> Callable:
-  """make() cached by `key` (what it makes), so the equal blocks of a ViT,
-  or the same tree made twice, compile once."""
-  if key not in _MAKERS:
-    _MAKERS[key] = make()
-  return _MAKERS[key]
+def cached(key, make: Callable) -> Any:
+  """make() cached by `key` (what it makes): the jitted makers of equal
+  ViT blocks compile once, and sections share built steps."""
+  if key not in _CACHE:
+    _CACHE[key] = make()
+  return _CACHE[key]
 
 
 def _noise(shape, dtype, offset):
@@ -70,15 +70,15 @@ def _leaf(shape, dtype, offset):
   stack ([L, ...] above _BIG elements) row by row into a donated buffer."""
   key = (shape, dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
-    return _maker(("zeros",) + key, lambda: jax.jit(
+    return cached(("zeros",) + key, lambda: jax.jit(
         lambda: jnp.zeros(shape, dtype)))()
   if np.prod(shape) <= _BIG or len(shape) < 2 or shape[0] == 1:
-    return _maker(("noise",) + key, lambda: jax.jit(
+    return cached(("noise",) + key, lambda: jax.jit(
         lambda off: _noise(shape, dtype, off)))(offset)
-  fill = _maker(("row",) + key, lambda: jax.jit(
+  fill = cached(("row",) + key, lambda: jax.jit(
       lambda buf, r, off: buf.at[r].set(_noise(shape[1:], dtype, off)),
       donate_argnums=0))
-  x = _maker(("zeros",) + key, lambda: jax.jit(
+  x = cached(("zeros",) + key, lambda: jax.jit(
       lambda: jnp.zeros(shape, dtype)))()
   for r in range(shape[0]):
     x = fill(x, r, offset + r)
@@ -135,7 +135,7 @@ def make_batch(built, bsz: int, num_classes: int, seed: int = 0):
   int32} made on the device in the train step's batch sharding."""
   sh = sharding_lib.batch_sharding(built.mesh)
   shape = (bsz, *built.image_shape)
-  make = _maker(("batch", shape, num_classes, sh), lambda: jax.jit(
+  make = cached(("batch", shape, num_classes, sh), lambda: jax.jit(
       lambda k: {
           "image": jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0),
           "label": jax.random.randint(k, (bsz,), 0, num_classes, jnp.int32)},

@@ -35,25 +35,17 @@ MIB = common.MIB
 _log = common.log
 
 
-_BUILT: Dict[str, Any] = {}
-
-
 def built_for(config):
   """build.build memoised by config, so sections share compiled steps."""
   key = json.dumps(config.to_dict(), sort_keys=True, default=str)
-  if key not in _BUILT:
-    _BUILT[key] = build.build(config, total_steps=1000)
-  return _BUILT[key]
-
-
-_CACHED_STEPS: Dict[int, Any] = {}
+  return harness.cached(("built", key),
+                        lambda: build.build(config, total_steps=1000))
 
 
 def cached_step_for(config, built):
   """feature_cache.train_step memoised per Built."""
-  if id(built) not in _CACHED_STEPS:
-    _CACHED_STEPS[id(built)] = fc.train_step(config, built)
-  return _CACHED_STEPS[id(built)]
+  return harness.cached(("cached_step", id(built)),
+                        lambda: fc.train_step(config, built))
 
 
 def cached_batch(built, backbone, batch):
