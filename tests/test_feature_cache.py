@@ -212,18 +212,37 @@ def test_partial_or_foreign_cache_is_never_read(setup, tmp_path):
   path = good.location
   with open(os.path.join(path, "meta.json")) as f:
     assert json.load(f)["key"] == good.key
-  # 1) no COMPLETE marker (e.g. a half copy): ignored and rebuilt in place.
+  part = os.path.join(path, fc.part_name(0, 1))
+  assert sorted(os.listdir(path)) == [fc.COMPLETE, "meta.json",
+                                      fc.part_name(0, 1)]
+  # 1) no COMPLETE marker on the cache: its complete parts verify and are
+  # reused, not recomputed.
   os.remove(os.path.join(path, fc.COMPLETE))
-  np.save(os.path.join(path, "taps.npy"), np.zeros((1,), np.uint8))
+  reopened = _cache(setup, tmp_path)
+  assert not reopened.built and fc.read_marker(path) == good.key
+  np.testing.assert_array_equal(
+      reopened.gather(np.arange(N))["image"]["taps"], ref["image"]["taps"])
+  # 1b) a part without its marker (e.g. a half copy): recomputed in place.
+  os.remove(os.path.join(path, fc.COMPLETE))
+  os.remove(os.path.join(part, fc.COMPLETE))
+  np.save(os.path.join(part, "taps.npy"), np.zeros((1,), np.uint8))
   rebuilt = _cache(setup, tmp_path)
   assert rebuilt.built and rebuilt.location == path
   np.testing.assert_array_equal(rebuilt.gather(np.arange(N))["image"]["taps"],
                                 ref["image"]["taps"])
-  # 2) a marker holding another key: ignored.
+  # 1c) a part whose rows do not match its meta (a copy cut short): the
+  # cache does not open, with the part named; the rebuild replaces it.
+  np.save(os.path.join(part, "labels.npy"), np.zeros((1,), np.int32))
+  with pytest.raises(fc.CacheError, match=fc.part_name(0, 1)):
+    fc.FeatureCache.from_folder(path, good.key)
+  assert _cache(setup, tmp_path).built
+  # 2) a marker holding another key: the cache is not read; its parts,
+  # which hold this key and verify, are, and the marker is rewritten.
   with open(os.path.join(path, fc.COMPLETE), "w") as f:
     f.write("not-this-key\n")
   assert fc.FeatureCache.load(str(tmp_path), good.key) is None
-  assert _cache(setup, tmp_path).built
+  assert not _cache(setup, tmp_path).built
+  assert fc.read_marker(path) == good.key
   # 3) a killed build's temp folder is never picked up.
   os.makedirs(os.path.join(tmp_path, f".tmp-{good.key}-1-dead"))
   assert not _cache(setup, tmp_path).built

@@ -292,18 +292,24 @@ def _global_stream(source, table, n, *, batch_size, seed, shuffle, start_step,
                else tf.range(n, dtype=tf.int64))
       d = tf.data.Dataset.from_tensor_slices(order[:per_epoch]).enumerate()
       return d.map(lambda k, i: (e, k, i))
-  else:
-    raw = source.as_dataset()
-    base = (seed * 1_000_003) % 2**61  # Epoch e shuffles with seed base + e.
+    return tf.data.Dataset.range(e0, 2**62).flat_map(epoch_ds).skip(k0)
+  return _windowed_epochs(source.as_dataset(), per_epoch, e0, k0, seed=seed,
+                          shuffle=shuffle, buffer=shuffle_buffer_size)
 
-    def epoch_ds(e):
-      d = raw
-      if shuffle:
-        d = d.shuffle(shuffle_buffer_size, seed=base + e,
-                      reshuffle_each_iteration=False)
-      return d.take(per_epoch).enumerate().map(lambda k, ex: (e, k, ex))
-  # Jump straight to epoch e0 and skip only within it: for the streaming
-  # mode that reads k0 raw examples, for random access it is free.
+
+def _windowed_epochs(raw: tf.data.Dataset, per_epoch: int, e0: int, k0: int,
+                     *, seed: int, shuffle: bool, buffer: int, salt: int = 0
+                     ) -> tf.data.Dataset:
+  """(epoch, position, raw example) from position k0 of epoch e0 on: each
+  epoch takes `per_epoch` examples of a windowed shuffle of `raw`."""
+  base = (seed * 1_000_003 + salt * 7_919) % 2**61   # Epoch e: seed base + e.
+
+  def epoch_ds(e):
+    d = raw
+    if shuffle:
+      d = d.shuffle(buffer, seed=base + e, reshuffle_each_iteration=False)
+    return d.take(per_epoch).enumerate().map(lambda k, ex: (e, k, ex))
+  # Jump straight to epoch e0; skipping k0 within it reads k0 raw examples.
   return tf.data.Dataset.range(e0, 2**62).flat_map(epoch_ds).skip(k0)
 
 
@@ -319,16 +325,9 @@ def _streamed_shard(shard: Source, n: int, *, local, process_count, seed,
     raise ValueError(f"{shard.name}: {n} examples over {process_count} "
                      f"processes leave no full batch of {local} per process.")
   e0, k0 = divmod(start_step * local, per_epoch)
-  raw = shard.as_dataset()
-  base = (seed * 1_000_003 + salt * 7_919) % 2**61
-
-  def epoch_ds(e):
-    d = raw
-    if shuffle:
-      d = d.shuffle(shuffle_buffer_size, seed=base + e,
-                    reshuffle_each_iteration=False)
-    return d.take(per_epoch).enumerate().map(lambda k, ex: (e, k, ex))
-  ds = tf.data.Dataset.range(e0, 2**62).flat_map(epoch_ds).skip(k0)
+  ds = _windowed_epochs(shard.as_dataset(), per_epoch, e0, k0, seed=seed,
+                        shuffle=shuffle, buffer=shuffle_buffer_size,
+                        salt=salt)
   return ds, per_epoch // local
 
 

@@ -25,9 +25,21 @@ params (their bytes), the data source (name, split, count, a hash of the raw
 examples), the pp spec, the model's backbone and tap config, the image shape
 and the cache dtype; any change gives a new key and therefore a rebuild.
 
-A disk cache is written atomically: into `<dir>/.tmp-<key>-<pid>-<rand>/`,
-then `meta.json` and a `COMPLETE` marker (holding the key), then one rename
-to `<dir>/<key>/`. A folder without a valid marker is never read.
+On disk, `<dir>/<key>/` holds one part per building process,
+`part-<p>-of-<P>/` (taps.npy, final.npy, labels.npy and indices.npy, the
+rows it holds), plus `meta.json` and a `COMPLETE` marker holding the key.
+With P processes each computes the rows it owns (`input_pipeline.evaluation`'s
+sharding, so each reads 1/P of the examples), into a temporary folder that
+one rename turns into its part once whole; after a barrier every process
+verifies every part (marker, shapes, and that the parts' indices cover
+[0, n) exactly once), and process 0 writes the marker. Later epochs read any
+row from whichever part holds it, so `dir` must be a folder every process
+reads (a shared filesystem). A folder or part without a valid marker is
+never read; a complete part is reused when a build is restarted. When
+processes disagree (different keys: another backbone, data or pp; a cache
+complete for some and not others; a part missing or bad after the build),
+every process raises an error naming it, and nothing unverified is used.
+In-memory storage is for one process.
 
 Training order: `batch_indices` reproduces `input_pipeline.training`'s
 random-access order (`epoch_permutation(seed, epoch, n)`, the same
@@ -54,6 +66,7 @@ from losa_jax.feature_cache.keys import RandomPreprocessingError
 from losa_jax.feature_cache.order import batch_indices
 from losa_jax.feature_cache.store import FeatureCache
 from losa_jax.feature_cache.store import features_fn
+from losa_jax.feature_cache.store import part_name
 from losa_jax.feature_cache.store import read_marker
 from losa_jax.feature_cache.training import FeatureModel
 from losa_jax.feature_cache.training import for_trainer
@@ -70,6 +83,7 @@ __all__ = [
     "batch_indices",
     "FeatureCache",
     "features_fn",
+    "part_name",
     "read_marker",
     "FeatureModel",
     "for_trainer",

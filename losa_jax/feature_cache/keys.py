@@ -6,8 +6,10 @@ import json
 from typing import Any, Dict, List, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
+from losa_jax.assembly import input_pipeline
 from losa_jax.config import schema as config_lib
 from losa_jax.datasets import core
 from losa_jax.models import model as model_lib
@@ -15,8 +17,8 @@ from losa_jax import pp as pp_lib
 from losa_jax.utils import tree as tree_lib
 
 # 2: the final features are stored in float32 unless the last float32 tap
-# holds them.
-FORMAT_VERSION = 2
+# holds them. 3: parts with their row indices; the data hash over chunks.
+FORMAT_VERSION = 3
 COMPLETE = "COMPLETE"
 DTYPES = ("bfloat16", "float16", "float32")
 STORAGES = ("auto", "memory", "disk")
@@ -90,7 +92,7 @@ def check_deterministic(pp, source: Optional[core.Source] = None):
   """Raises RandomPreprocessingError naming the random op of `pp`, if any."""
   example = None
   if source is not None:
-    example = next(iter(source.as_dataset().take(1)))
+    example = next(iter(input_pipeline.raw_examples(source, 0, 1)))
   random_ops = find_random_ops(pp, example)
   if random_ops:
     raise RandomPreprocessingError(
@@ -122,23 +124,40 @@ def _raw_bytes(x) -> bytes:
   return f"{x.dtype}{x.shape}".encode() + np.ascontiguousarray(x).tobytes()
 
 
+# Examples per hashed chunk: the content hash does not depend on how many
+# processes computed it.
+HASH_CHUNK = 4096
+
+
 def data_fingerprint(source: core.Source) -> Dict[str, Any]:
   """Identity of a source: name, split, count and a hash of its raw examples.
 
   The raw examples are read once (encoded images are not decoded), so two
   sources with the same name but different contents get different keys.
+  The hash is a sha256 over per-chunk sha256s (HASH_CHUNK examples each);
+  with several processes each hashes every P-th chunk, reading only those
+  rows, and the digests are gathered.
   """
-  h = hashlib.sha256()
-  n = 0
-  for ex in source.as_dataset().as_numpy_iterator():
-    for path, v in sorted(core.flatten(ex).items()):
-      h.update("/".join(map(str, path)).encode())
-      h.update(_raw_bytes(v))
-    n += 1
+  table = source.table()
+  n = table.num_examples if table is not None else source.count()
+  p, num = jax.process_index(), jax.process_count()
+  digests = np.zeros((-(-n // HASH_CHUNK), 32), np.uint8)
+  for c in range(p, len(digests), num):
+    h = hashlib.sha256()
+    stop = min(n, (c + 1) * HASH_CHUNK)
+    for ex in input_pipeline.raw_examples(
+        source, c * HASH_CHUNK, stop).as_numpy_iterator():
+      for path, v in sorted(core.flatten(ex).items()):
+        h.update("/".join(map(str, path)).encode())
+        h.update(_raw_bytes(v))
+    digests[c] = np.frombuffer(h.digest(), np.uint8)
+  if num > 1:   # Each chunk's digest is non-zero on one process only.
+    digests = np.asarray(multihost_utils.process_allgather(digests)).astype(
+        np.int64).sum(axis=0).astype(np.uint8)
   return {"name": source.name, "split": getattr(source, "split", None),
           "data_dir": getattr(source, "data_dir", None),
           "root": getattr(source, "root", None), "num_examples": n,
-          "content_sha256": h.hexdigest()}
+          "content_sha256": hashlib.sha256(digests.tobytes()).hexdigest()}
 
 
 def tap_config(model: model_lib.Model) -> Dict[str, Any]:
