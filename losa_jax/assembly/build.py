@@ -124,9 +124,8 @@ def mesh_and_state_sharding(config, state_shape, mesh=None):
   """(mesh, state shardings): config.mesh, and config.sharding_strategy."""
   if mesh is None:
     mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
-  strategy = (config.get("sharding_strategy")
-              or sharding_lib.DEFAULT_STRATEGY)
-  return mesh, sharding_lib.infer_state_sharding(state_shape, mesh, strategy)
+  return mesh, sharding_lib.infer_state_sharding(
+      state_shape, mesh, config.get("sharding_strategy") or None)
 
 
 def image_shape_of(config) -> Tuple[int, ...]:

@@ -89,8 +89,7 @@ def make_apply(tasks: Sequence[Task]) -> Callable:
       bb = params["backbones"][key]
       model0 = members[0].model
       backbone = model0.backbone_module()(**model0.backbone_kwargs())
-      pre_logits, enc = backbone.apply(
-          {"params": bb}, images, train=False)
+      pre_logits, enc = backbone.apply({"params": bb}, images, train=False)
       feats = {}
       depth = model0.depth()
       for t in members:
