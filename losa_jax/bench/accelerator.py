@@ -127,8 +127,13 @@ def section_accelerator(a) -> List[Dict[str, Any]]:
       if a.isolation == "none":
         from losa_jax.bench import accelerator_check  # pylint: disable=g-import-not-at-top
         out = accelerator_check.run_job(spec)
-      else:
-        out = _in_child(spec, env, workdir, hard)
+      else:   # accelerator_check.run_job(spec) in a fresh process
+        spec_path, out_path = (os.path.join(workdir, f"{k}_{i}.json")
+                               for k in ("spec", "out"))
+        common.write_json(spec_path, spec)
+        out = common.run_child(["losa_jax.bench.accelerator_check",
+                                spec_path, out_path], out_path, env=env,
+                               timeout=hard)
       done.append(dict(out, job=spec["job"], label=spec["label"],
                        elapsed_s=time.time() - t0))
       if a.out:
@@ -137,16 +142,6 @@ def section_accelerator(a) -> List[Dict[str, Any]]:
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   return rows_of(done)
-
-
-def _in_child(spec, env, workdir: str, timeout: float) -> Dict[str, Any]:
-  """accelerator_check.run_job(spec) in a fresh process."""
-  spec_path, out_path = (os.path.join(workdir, f"{k}_{spec['index']}.json")
-                         for k in ("spec", "out"))
-  common.write_json(spec_path, spec)
-  return common.run_child(["losa_jax.bench.accelerator_check", spec_path,
-                           out_path],
-                          out_path, env=env, timeout=timeout)
 
 
 def _measured(done: List[Dict[str, Any]], spec: Dict[str, Any]

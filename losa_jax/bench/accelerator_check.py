@@ -187,18 +187,23 @@ def cost_guard(spec: Dict[str, Any], variant: str, bsz: int
 # --- the largest batch ------------------------------------------------------------
 
 
-def max_batch(m, spec: Dict[str, Any], peaks: Sequence[Sequence[float]], *,
-              ran: bool, failed: Sequence[int] = ()) -> Dict[str, Any]:
+def max_batch(m, spec: Dict[str, Any]) -> Dict[str, Any]:
   """The largest batch of method `m` (a harness.Method) that runs.
 
-  peaks: [batch, compiled peak bytes] pairs, for the first guess (an affine
-  fit); ran: whether those batches' real steps ran (the memory section's),
-  so the largest is known to fit; failed: batches that ran out of memory.
-  Real mode (the backend reports memory_stats and no --mem_cap_gib): a
-  batch fits if its real step runs without XLA's out-of-memory error.
-  Simulated mode (XLA:CPU, or a cap given): if its compiled peak is at most
-  the cap, so the search logic runs where nothing ever runs out of memory.
+  The first guess is an affine fit of [batch, compiled peak bytes] pairs:
+  spec["fitted"][method], of the memory part's real steps (so the largest
+  is known to fit; spec["failed"][method]: those out of memory), or else
+  compiled here at spec["batches"]. Real mode (the backend reports
+  memory_stats and no --mem_cap_gib): a batch fits if its real step runs
+  without XLA's out-of-memory error. Simulated mode (XLA:CPU, or a cap
+  given): if its compiled peak is at most the cap, so the search logic runs
+  where nothing ever runs out of memory.
   """
+  measured = spec.get("fitted", {}).get(m.method)
+  ran = measured is not None
+  peaks = measured if ran else [[b, m.compile(m.batch(b))[1]["peak_bytes"]]
+                                for b in sorted(spec["batches"])]
+  failed = spec.get("failed", {}).get(m.method, ())
   limit = harness.mem_stats().get("bytes_limit")
   cap_bytes = float(spec.get("mem_cap_gib") or 0) * GIB
   simulated = not limit or cap_bytes > 0
@@ -283,22 +288,11 @@ def job_memory(spec) -> Dict[str, Any]:
 
 
 def job_maxbatch(spec) -> Dict[str, Any]:
-  """The largest batch that runs, per method (max_batch).
-
-  spec["fitted"][method]: [[batch, compiled peak bytes], ...] from the
-  memory part, and spec["failed"][method]: its out-of-memory batches;
-  without them the batches' compiled peaks are taken here (compile only).
-  """
+  """The largest batch that runs, per method (max_batch)."""
   rows = []
   for name in spec["methods"]:
     m = harness.Method(spec["variant"], name, spec)
-    measured = spec.get("fitted", {}).get(name)
-    peaks = measured if measured is not None else [
-        [b, m.compile(m.batch(b))[1]["peak_bytes"]]
-        for b in sorted(spec["batches"])]
-    rows.append(max_batch(
-        m, spec, peaks, ran=measured is not None,
-        failed=spec.get("failed", {}).get(name, ())))
+    rows.append(max_batch(m, spec))
     del m
     gc.collect()
   return {"rows": rows}

@@ -25,7 +25,6 @@ from losa_jax.bench.configs import depth_of, forward_cost, make_config
 from losa_jax.bench.configs import step_cost, variant_backbone
 from losa_jax.bench.registry import FSDP_DEVICES
 from losa_jax.config import schema as config_lib
-from losa_jax.models import vit
 from losa_jax.parallel import sharding
 from losa_jax.utils import cost
 from losa_jax.utils import tree as tree_lib
@@ -217,7 +216,7 @@ def section_fsdp(a) -> List[Dict[str, Any]]:
     raise ValueError(f"--fsdp {a.fsdp} needs {max(a.fsdp)} devices, this "
                      f"process has {len(jax.devices())}: run it without "
                      "--in_process (the child fakes 8 CPU devices).")
-  full_depth = vit.decode_variant(a.variant)["depth"]
+  full_depth = depth_of(a.variant)
   depths = list(a.depths) or [full_depth]
   rows: List[Dict[str, Any]] = []
   for depth in depths:
@@ -330,6 +329,6 @@ def _video_flops(a, full_depth: int) -> List[Dict[str, Any]]:
 def section_video(a) -> List[Dict[str, Any]]:
   """Memory rows ("kind": "memory"), then FLOPs rows ("flops") if
   a.flops_depths."""
-  full_depth = vit.decode_variant(a.variant)["depth"]
+  full_depth = depth_of(a.variant)
   return _video_memory(a, full_depth) + (
       _video_flops(a, full_depth) if a.flops_depths else [])
