@@ -151,6 +151,24 @@ def test_random_crop_seeded():
   assert any(not np.array_equal(c, crops[0]) for c in crops[1:])
 
 
+def test_inception_crop_seeded_window_of_the_area_range():
+  img = _img(40, 30)
+  runs = [_run("inception_crop(area_min=20, area_max=60)", image=img,
+               _seed=_seed(s))["image"] for s in range(8)]
+  for c in runs:
+    h, w, _ = c.shape
+    assert 0.2 * 1200 * 0.9 <= h * w <= 0.6 * 1200 * 1.1, (h, w)
+    # A window of the image, uncut (no resize asked for).
+    assert any(np.array_equal(c, win) for win in _windows(img, h, w))
+  np.testing.assert_array_equal(
+      _run("inception_crop(area_min=20, area_max=60)", image=img,
+           _seed=_seed(0))["image"], runs[0])
+  assert len({r.shape for r in runs}) > 1
+  out = _run("inception_crop(16)", image=img, _seed=_seed(1))["image"]
+  assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+  assert "inception_crop(16)" in pp.random_ops(["decode", "inception_crop(16)"])
+
+
 def test_flip_lr_seeded():
   img = _img(4, 6)
   outs = [_run("flip_lr", image=img, _seed=_seed(s))["image"]

@@ -124,6 +124,31 @@ def _random_crop(size, key: str = "image"):
   return fn
 
 
+@register("inception_crop", random=True)
+def _inception_crop(size=None, area_min: float = 5, area_max: float = 100,
+                    key: str = "image", method: str = "bilinear",
+                    antialias: bool = False):
+  """Inception-style crop, as big_vision's: a random window covering
+  [area_min, area_max] percent of the image with aspect ratio in [3/4, 4/3],
+  resized to `size` (int or (h, w); None keeps the crop's size), seeded
+  from `_seed`."""
+  hw = None if size is None else _hw(size, "inception_crop")
+
+  def fn(ex):
+    image = ex[key]
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32),
+        seed=_next_seed(ex, "inception_crop"), min_object_covered=0.0,
+        area_range=(area_min / 100, area_max / 100),
+        use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop)
+    image = tf.ensure_shape(image, [None, None, ex[key].shape[-1]])
+    ex[key] = image if hw is None else _resize(image, hw, method, antialias)
+    return ex
+
+  return fn
+
+
 @register("flip_lr", random=True)
 def _flip_lr(key: str = "image"):
   """Flips left-right with probability 1/2, seeded from `_seed`."""
