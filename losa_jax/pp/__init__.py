@@ -10,24 +10,16 @@ Each op is `name` or `name(args)`; the args are Python literals parsed with
 `ast.literal_eval` (never `eval`). Ops act on ONE example (a dict of
 unbatched tensors) and return a new dict; they never mutate their input.
 
-Ops live in one module per family, found by name as in big_vision's
-`pp_modules`: `image` (losa_jax.pp.image: decode, resize, resize_small,
-central_crop, random_crop, flip_lr, value_range, onehot, keep, copy),
-`video` (losa_jax.pp.video: video_*), `vtab` (losa_jax.pp.vtab: the VTAB
-label ops). `get_preprocess_fn` imports the built-in families on demand, a
-config may list more modules in `config.pp_modules` (a family name or a
-dotted module path), and a dataset module imports the families it needs
-(`PP_MODULES`).
+Ops live in one module per family, as big_vision's `pp_modules`: `image`,
+`video` and `vtab` (losa_jax.pp.<family>), imported on demand; a config may
+list more in `config.pp_modules` (a family name or a dotted module path), and
+a dataset module lists the families it needs in `PP_MODULES`.
 
-Each op declares whether it is random (`register(name, random=True)`).
-Random ops draw from `_seed`, the per-example seed (int64 [2]) that the
-input pipeline adds: they split it with
-`tf.random.experimental.stateless_split`, use one half and store the other
-back, so several random ops get independent streams and the whole
-augmentation is a pure function of the seed (a restarted run reproduces it
-exactly). `random_ops(spec)` lists a spec's random ops (the feature cache
-refuses them: a cached tap must not depend on the epoch). Keys that start
-with `_` are pipeline-internal and survive `keep`.
+Random ops (`register(name, random=True)`) draw from `_seed`, the int64 [2]
+per-example seed the input pipeline adds (`next_seed`), so the augmentation
+is a pure function of the seed and a restarted run reproduces it.
+`random_ops(spec)` lists a spec's random ops (the feature cache refuses
+them). Keys that start with `_` are pipeline-internal and survive `keep`.
 """
 import ast
 import importlib
@@ -96,11 +88,7 @@ def is_random(op: str) -> bool:
   """Whether an op (e.g. "flip_lr" or "video_sample(8, mode='central')")
   draws from the per-example seed, as its registration declares."""
   name, args, kwargs = parse_op(op)
-  if name not in _REGISTRY:
-    _import_builtin()
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown pp op {name!r} (in {op!r}). Registered ops: "
-                     f"{', '.join(registered_ops())}.")
+  _factory(name, op)
   rand = _RANDOM[name]
   return bool(rand(*args, **kwargs)) if callable(rand) else rand
 
@@ -188,15 +176,20 @@ def random_ops(spec: Spec) -> List[str]:
   return [op for op in split_ops(spec) if is_random(op)]
 
 
-def _build_op(op: str) -> OpFn:
-  name, args, kwargs = parse_op(op)
+def _factory(name: str, op: str) -> Callable[..., OpFn]:
   if name not in _REGISTRY:
     _import_builtin()   # An op of a family nobody imported yet.
   if name not in _REGISTRY:
     raise ValueError(f"Unknown pp op {name!r} (in {op!r}). Registered ops: "
                      f"{', '.join(registered_ops())}.")
+  return _REGISTRY[name]
+
+
+def _build_op(op: str) -> OpFn:
+  name, args, kwargs = parse_op(op)
+  factory = _factory(name, op)
   try:
-    fn = _REGISTRY[name](*args, **kwargs)
+    fn = factory(*args, **kwargs)
   except (TypeError, ValueError) as e:
     raise ValueError(f"pp op {name!r}: bad arguments in {op!r}: {e}") from None
 
@@ -263,11 +256,42 @@ def next_seed(example: Example, op: str) -> tf.Tensor:
   return seeds[1]
 
 
-def resize(image: tf.Tensor, hw, method: str, antialias: bool) -> tf.Tensor:
-  """Resizes [H, W, C], keeping the input dtype (ints are rounded)."""
+def resize(image: tf.Tensor, hw, method: str = "bilinear",
+           antialias: bool = False) -> tf.Tensor:
+  """Resizes [H, W, C] or [F, H, W, C], keeping the dtype (ints are rounded)."""
   dtype = image.dtype
   out = tf.image.resize(image, hw, method=method, antialias=antialias)
   if dtype.is_integer:
     return tf.saturate_cast(tf.round(out), dtype)
   return tf.cast(out, dtype)
 
+
+
+def short_side_hw(image: tf.Tensor, smaller_size) -> tf.Tensor:
+  """int32 (h, w) that make the shorter side of [..., H, W, C] `smaller_size`
+  (an int or a float scalar tensor), keeping the aspect ratio."""
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[-3], tf.float32), tf.cast(shape[-2], tf.float32)
+  ratio = tf.cast(smaller_size, tf.float32) / tf.minimum(h, w)
+  return tf.stack([tf.cast(tf.round(h * ratio), tf.int32),
+                   tf.cast(tf.round(w * ratio), tf.int32)])
+
+
+def fix_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+  """[..., C] -> [..., channels]: 3 tiles gray and drops alpha, 1 takes the
+  luma of RGB, 0 keeps C."""
+  c = image.shape[-1]
+  if channels == 3:
+    tile = lambda: tf.tile(image, [1] * (image.shape.rank - 1) + [3])
+    if c == 3:
+      return image
+    if c == 1:
+      return tile()
+    if c is not None:
+      return image[..., :3]
+    image = tf.cond(tf.shape(image)[-1] == 1, tile, lambda: image[..., :3])
+    return tf.ensure_shape(image, [None] * (image.shape.rank - 1) + [3])
+  if channels == 1 and c != 1:
+    return tf.cast(tf.round(tf.image.rgb_to_grayscale(
+        tf.cast(image[..., :3], tf.float32))), image.dtype)
+  return image

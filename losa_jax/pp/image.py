@@ -3,10 +3,12 @@
 """Image, label and dict pp ops (family "image")."""
 import tensorflow as tf
 
+from losa_jax.pp import fix_channels as _fix_channels
 from losa_jax.pp import hw as _hw
 from losa_jax.pp import next_seed as _next_seed
 from losa_jax.pp import register
 from losa_jax.pp import resize as _resize
+from losa_jax.pp import short_side_hw as _short_side_hw
 
 # ----------------------------------------------------------------------------
 # Image ops.
@@ -29,24 +31,6 @@ def _decode(channels: int = 3, key: str = "image"):
     raise ValueError(f"decode: channels must be 0, 1 or 3, got {channels!r}.")
   channels = channels or 0
 
-  def fix_channels(image):
-    c = image.shape[-1]
-    if channels == 3:
-      if c == 3:
-        return image
-      if c == 1:
-        return tf.tile(image, [1, 1, 3])
-      if c is not None:
-        return image[..., :3]
-      image = tf.cond(tf.shape(image)[-1] == 1,
-                      lambda: tf.tile(image, [1, 1, 3]),
-                      lambda: image[..., :3])
-      return tf.ensure_shape(image, [None, None, 3])
-    if channels == 1 and c != 1:
-      return tf.cast(tf.round(tf.image.rgb_to_grayscale(
-          tf.cast(image[..., :3], tf.float32))), image.dtype)
-    return image
-
   def fn(ex):
     image = ex[key]
     if image.dtype == tf.string:
@@ -55,7 +39,7 @@ def _decode(channels: int = 3, key: str = "image"):
     else:
       if image.shape.rank == 2:
         image = image[..., None]
-      image = fix_channels(image)
+      image = _fix_channels(image, channels)
     ex[key] = image
     return ex
 
@@ -83,12 +67,8 @@ def _resize_small(smaller_size: int, key: str = "image",
 
   def fn(ex):
     image = ex[key]
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    ratio = smaller_size / tf.minimum(h, w)
-    new_h = tf.cast(tf.round(h * ratio), tf.int32)
-    new_w = tf.cast(tf.round(w * ratio), tf.int32)
-    ex[key] = _resize(image, tf.stack([new_h, new_w]), method, antialias)
+    ex[key] = _resize(image, _short_side_hw(image, smaller_size), method,
+                      antialias)
     return ex
 
   return fn

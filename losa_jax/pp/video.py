@@ -2,29 +2,13 @@
 # Licensed under the Apache License, Version 2.0.
 """Video pp ops on clips (family "video").
 
-pp ops (registered in `losa_jax.pp`, so they compose with the image ops in
-one spec string) act on `example["video"]`: uint8 [F, H, W, C] decoded frames
-(what a TFDS `Video` feature decodes to) or tf.string [F] encoded frames (what
-`datasets.frames` yields; `video_decode` decodes them). Random ops draw from
-the per-example `_seed` exactly like `pp.random_crop` (split, use one half,
-store the other), so a clip's augmentation is a pure function of the seed.
-
-    video_sample(num_frames, stride=1, mode="random"|"central"|"clip"|"uniform",
-                 num_clips=1, clip_index=0)        [F, ...] -> [num_frames, ...]
-    video_decode(channels=3)                       -> uint8 [T, H, W, channels]
-    video_resize(size) / video_resize_small(smaller_size)
-    video_scale_jitter(smaller_size, min_scale, max_scale)   random short side
-    video_random_crop(size) / video_central_crop(size)   one window, all frames
-    video_spatial_crop(size, index, num_crops=3)   the index-th of num_crops
-                                                   windows along the long side
-    video_flip_lr()                                all frames or none
-    video_multiview(num_frames, stride, num_clips, crop_size, num_crops=3)
-                                                   -> [V, T, s, s, C], V = clips
-                                                   x crops, clip-major
-
-Then the usual `value_range(-1, 1, key="video")|copy("video", "image")|
-keep("image", "label")`: the trainer feeds `example["image"]` [T, H, W, 3] (or
-[V, T, H, W, 3] for multi-view) to the model.
+The ops act on `example["video"]`: uint8 [F, H, W, C] decoded frames (what a
+TFDS `Video` feature decodes to) or tf.string [F] encoded frames (what
+`datasets.frames` yields; `video_decode` decodes them). All frames of a clip
+get the same geometry; random ops draw from `_seed` like the image ops. End a
+spec with `value_range(-1, 1, key="video")|copy("video", "image")|keep(...)`:
+the trainer feeds `example["image"]` [T, H, W, 3] (or [V, T, H, W, 3] for
+`video_multiview`) to the model.
 
 Training spec (Kinetics-style):
 
@@ -120,7 +104,7 @@ def _video_sample(num_frames: int, stride: int = 1, mode: str = "random",
 
   def fn(ex):
     video = ex[key]
-    seed = _next_seed(ex) if mode == "random" else None
+    seed = pp_lib.next_seed(ex, "video_sample") if mode == "random" else None
     idx = frame_indices(tf.shape(video)[0], num_frames, stride, mode,
                         num_clips=num_clips, clip_index=clip_index, seed=seed)
     ex[key] = tf.gather(video, idx)
@@ -129,26 +113,9 @@ def _video_sample(num_frames: int, stride: int = 1, mode: str = "random",
   return fn
 
 
-def _next_seed(ex):
-  # The same seed discipline as pp's random ops (one shared helper).
-  return pp_lib.next_seed(ex, "video")
-
-
 # ----------------------------------------------------------------------------
-# Decoding and spatial ops. All frames of a clip get the same geometry.
+# Decoding and spatial ops.
 # ----------------------------------------------------------------------------
-
-
-def _fix_channels(video, channels):
-  c = video.shape[-1]
-  if channels == 3 and c == 1:
-    return tf.tile(video, [1, 1, 1, 3])
-  if channels == 3 and c is not None and c > 3:
-    return video[..., :3]
-  if channels == 1 and c not in (None, 1):
-    return tf.cast(tf.round(tf.image.rgb_to_grayscale(
-        tf.cast(video[..., :3], tf.float32))), video.dtype)
-  return video
 
 
 @pp_lib.register("video_decode")
@@ -176,29 +143,11 @@ def _video_decode(channels: int = 3, key: str = "video"):
       if video.shape.rank != 4:
         raise ValueError(f"video_decode: {key!r} must be [F, H, W(, C)], "
                          f"got rank {video.shape.rank}.")
-      video = _fix_channels(video, channels)
+      video = pp_lib.fix_channels(video, channels)
     ex[key] = video
     return ex
 
   return fn
-
-
-def _resize(video, hw, method="bilinear", antialias=False):
-  """[F, H, W, C] -> [F, h, w, C], keeping the dtype (ints are rounded)."""
-  dtype = video.dtype
-  out = tf.image.resize(video, hw, method=method, antialias=antialias)
-  if dtype.is_integer:
-    return tf.saturate_cast(tf.round(out), dtype)
-  return tf.cast(out, dtype)
-
-
-def _short_side(video, smaller_size):
-  """Sizes (h, w) that make the short side `smaller_size` (float tensor ok)."""
-  shape = tf.shape(video)
-  h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-  ratio = tf.cast(smaller_size, tf.float32) / tf.minimum(h, w)
-  return tf.stack([tf.cast(tf.round(h * ratio), tf.int32),
-                   tf.cast(tf.round(w * ratio), tf.int32)])
 
 
 @pp_lib.register("video_resize")
@@ -208,7 +157,7 @@ def _video_resize(size, key: str = "video", method: str = "bilinear",
   hw = pp_lib.hw(size, "video_resize")
 
   def fn(ex):
-    ex[key] = _resize(ex[key], hw, method, antialias)
+    ex[key] = pp_lib.resize(ex[key], hw, method, antialias)
     return ex
 
   return fn
@@ -221,8 +170,8 @@ def _video_resize_small(smaller_size: int, key: str = "video",
   _positive_int(smaller_size, "video_resize_small: smaller_size")
 
   def fn(ex):
-    ex[key] = _resize(ex[key], _short_side(ex[key], smaller_size), method,
-                      antialias)
+    hw = pp_lib.short_side_hw(ex[key], smaller_size)
+    ex[key] = pp_lib.resize(ex[key], hw, method, antialias)
     return ex
 
   return fn
@@ -243,9 +192,10 @@ def _video_scale_jitter(smaller_size: int, min_scale: float = 0.9,
                      f"got {min_scale}, {max_scale}.")
 
   def fn(ex):
-    s = tf.random.stateless_uniform([], _next_seed(ex), min_scale, max_scale)
+    seed = pp_lib.next_seed(ex, "video_scale_jitter")
+    s = tf.random.stateless_uniform([], seed, min_scale, max_scale)
     size = tf.round(smaller_size * s)
-    ex[key] = _resize(ex[key], _short_side(ex[key], size))
+    ex[key] = pp_lib.resize(ex[key], pp_lib.short_side_hw(ex[key], size))
     return ex
 
   return fn
@@ -295,7 +245,8 @@ def _video_random_crop(size, key: str = "video"):
 
   def offsets(ex, height, width):
     off = tf.random.stateless_uniform(
-        [2], _next_seed(ex), minval=0, maxval=tf.int32.max, dtype=tf.int32)
+        [2], pp_lib.next_seed(ex, "video_random_crop"), minval=0,
+        maxval=tf.int32.max, dtype=tf.int32)
     return off[0] % (height - h + 1), off[1] % (width - w + 1)
 
   return _window_op("video_random_crop", h, w, key, offsets)
@@ -344,7 +295,8 @@ def _video_flip_lr(key: str = "video"):
   """Flips every frame left-right, or none, with probability 1/2 (seeded)."""
 
   def fn(ex):
-    flip = tf.random.stateless_uniform([], _next_seed(ex)) < 0.5
+    flip = tf.random.stateless_uniform(
+        [], pp_lib.next_seed(ex, "video_flip_lr")) < 0.5
     video = ex[key]
     ex[key] = tf.cond(flip, lambda: tf.reverse(video, axis=[2]),
                       lambda: video)
