@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from losa_jax.datasets import core
 
+
 class ArraySource(core.Source):
   """In-memory numpy arrays; row i of every array is example i.
 
@@ -58,8 +59,6 @@ class ArraySource(core.Source):
 
   def table(self) -> core.Table:
     return core.Table({(k,): v for k, v in self._arrays.items()}, self._n)
-
-
 
 
 PP_MODULES = ("image",)

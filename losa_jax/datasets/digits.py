@@ -178,23 +178,23 @@ def stratified_split(labels: np.ndarray, num_train: int, seed: int = SPLIT_SEED)
   return train, test
 
 
-def _split(data, num_train):
+def split_task(data: Dict[str, np.ndarray], num_train: int) -> dict:
+  """A 10-class task: `data` ({key: [N, ...]}) split by `stratified_split`."""
   tr, te = stratified_split(data["label"], num_train)
-  take = lambda idx: {k: v[idx] for k, v in data.items()}
-  return take(tr), take(te)
+  return {"train": {k: v[tr] for k, v in data.items()},
+          "test": {k: v[te] for k, v in data.items()},
+          "num_classes": 10}
 
 
 def mnist5k_task():
   """MNIST-5k split for pretraining: 4,500 train / 500 held out (50 per class)."""
   data = mnist5k()
-  train, test = _split(data, len(data["label"]) - MNIST5K_NUM_TEST)
-  return {"train": train, "test": test, "num_classes": 10}
+  return split_task(data, len(data["label"]) - MNIST5K_NUM_TEST)
 
 
 def digits_task():
   """sklearn digits at 28x28: 1,000 train / 797 test, stratified, 10 classes."""
-  train, test = _split(digits(), DIGITS_NUM_TRAIN)
-  return {"train": train, "test": test, "num_classes": 10}
+  return split_task(digits(), DIGITS_NUM_TRAIN)
 
 
 def digits_parity_task():
@@ -213,11 +213,16 @@ TASKS: Dict[str, Callable[[], dict]] = {
 }
 
 
+def lookup_task(tasks: Dict[str, Callable[..., dict]], kind: str, name: str,
+                **kwargs) -> dict:
+  """`tasks[name](**kwargs)`, naming the valid tasks on a typo."""
+  if name not in tasks:
+    raise KeyError(f"Unknown {kind} task {name!r}; available: {sorted(tasks)}.")
+  return tasks[name](**kwargs)
+
+
 def get_task(name: str) -> dict:
-  """`TASKS[name]()` with a helpful error for unknown names."""
-  if name not in TASKS:
-    raise KeyError(f"Unknown demo task {name!r}; available: {sorted(TASKS)}.")
-  return TASKS[name]()
+  return lookup_task(TASKS, "demo", name)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -246,7 +251,7 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
 PP_MODULES = ("image",)
 
 
-def make(task: str, split: str = "train", **kw):
+def make(task: str, split: str = "train"):
   """dict(name="demo", task="digits", split="train[:800]")."""
   from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
-  return arrays.ArraySource(get_task(task), split, name=f"demo:{task}", **kw)
+  return arrays.ArraySource(get_task(task), split, name=f"demo:{task}")

@@ -71,21 +71,15 @@ class FolderSource(core.Source):
                        f"{root!r} (expected root/<split>/<class>/<image>).")
     self.skipped: List[Tuple[str, str]] = []
     if skip_bad_images:
-      keep = []
-      for i, f in enumerate(files):
-        problem = image_problem(os.path.join(root, f))
-        if problem:
-          self.skipped.append((f, problem))
-        else:
-          keep.append(i)
+      problems = self._problems(files)
+      self.skipped = [(f, p) for f, p in zip(files, problems) if p]
       if self.skipped:
         logging.warning(
             "%s: skipped %d of %d files that do not decode (skip_bad_images):"
-            " %s%s", self.name, len(self.skipped), len(files),
-            ", ".join(f for f, _ in self.skipped[:_LISTED]),
-            " ..." if len(self.skipped) > _LISTED else "")
-      files = [files[i] for i in keep]
-      labels = [labels[i] for i in keep]
+            " %s", self.name, len(self.skipped), len(files),
+            _listed([f for f, _ in self.skipped], ", "))
+      files = [f for f, p in zip(files, problems) if not p]
+      labels = [l for l, p in zip(labels, problems) if not p]
       if not files:
         raise ValueError(f"{self.name}: none of the files decodes as an "
                          f"image; e.g. {self.skipped[0][0]}: "
@@ -118,18 +112,21 @@ class FolderSource(core.Source):
     nothing) and names the ones that do not decode.
     """
     del error
-    bad = []
-    for f in self._files:
-      problem = image_problem(os.path.join(self.root, f))
-      if problem:
-        bad.append(f"{os.path.join(self.root, f)} ({problem})")
+    bad = [f"{os.path.join(self.root, f)} ({p})"
+           for f, p in zip(self._files, self._problems(self._files)) if p]
     if not bad:
       return None
     return (f"{len(bad)} file(s) of {self.name} do not decode as images: "
-            + "; ".join(bad[:_LISTED]) + (" ..." if len(bad) > _LISTED else "")
-            + ". Remove or replace them, or set skip_bad_images=True in the "
-            "data config to leave them out.")
+            f"{_listed(bad, '; ')}. Remove or replace them, or set "
+            "skip_bad_images=True in the data config to leave them out.")
 
+  def _problems(self, files) -> List[Optional[str]]:
+    return [image_problem(os.path.join(self.root, f)) for f in files]
+
+
+def _listed(items: Sequence[str], sep: str) -> str:
+  """The first _LISTED items joined, with " ..." when there are more."""
+  return sep.join(items[:_LISTED]) + (" ..." if len(items) > _LISTED else "")
 
 
 

@@ -16,12 +16,6 @@ import tensorflow as tf
 from losa_jax.datasets import core
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# Video builders of tensorflow-datasets 4.9.10 (`tfds.list_builders()`,
-# checked offline). Kinetics-400/600/700 and Something-Something v2 are not
-# among them: use frame folders, or build your own TFDS dataset with a
-# `video` (tfds.features.Video) and a `label` feature.
-TFDS_VIDEO_BUILDERS = ("ucf101", "moving_mnist", "starcraft_video",
-                       "asimov_v2_videos")
 
 
 class FrameFolderSource(core.Source):
@@ -97,7 +91,6 @@ class FrameFolderSource(core.Source):
 
   def as_dataset(self) -> tf.data.Dataset:
     return tf.data.Dataset.range(self.num_examples()).map(self.table().lookup)
-
 
 
 PP_MODULES = ("image", "video")

@@ -121,11 +121,7 @@ TASKS = {"moving_digits": moving_digits_task}
 
 
 def get_task(name: str, **kwargs) -> dict:
-  """`TASKS[name](**kwargs)`, naming the valid tasks on a typo."""
-  if name not in TASKS:
-    raise KeyError(f"Unknown video demo task {name!r}; available: "
-                   f"{sorted(TASKS)}.")
-  return TASKS[name](**kwargs)
+  return demo_data.lookup_task(TASKS, "video demo", name, **kwargs)
 
 
 PP_MODULES = ("image", "video")

@@ -153,11 +153,6 @@ def dsprites_ori_task(num_train: int = DSPRITES_TRAIN,
 # --- real digits --------------------------------------------------------------
 
 
-def digits_task() -> dict:
-  """sklearn digits at 28x28, 1,000 train / 797 test (the demo's task)."""
-  return demo_data.digits_task()
-
-
 def mnist_10shot_task(per_class: int = 10) -> dict:
   """10 labelled MNIST digits per class, from the 500 held out of pretraining.
 
@@ -165,13 +160,11 @@ def mnist_10shot_task(per_class: int = 10) -> dict:
   400 test, stratified with the demo's fixed split seed.
   """
   held_out = demo_data.mnist5k_task()["test"]     # 50 per class, never seen
-  tr, te = demo_data.stratified_split(held_out["label"], 10 * per_class)
-  take = lambda idx: {k: v[idx] for k, v in held_out.items()}
-  return {"train": take(tr), "test": take(te), "num_classes": 10}
+  return demo_data.split_task(held_out, 10 * per_class)
 
 
 TASKS: Dict[str, Callable[[], dict]] = {
-    "digits": digits_task,
+    "digits": demo_data.digits_task,
     "mnist_10shot": mnist_10shot_task,
     "dsprites_loc": dsprites_loc_task,
     "dsprites_ori": dsprites_ori_task,
@@ -191,15 +184,13 @@ TASK_INFO = {
 
 
 def get_task(name: str) -> dict:
-  if name not in TASKS:
-    raise KeyError(f"Unknown study task {name!r}; available: {sorted(TASKS)}.")
-  return TASKS[name]()
+  return demo_data.lookup_task(TASKS, "study", name)
 
 
 PP_MODULES = ("image",)
 
 
-def make(task: str, split: str = "train", **kw):
+def make(task: str, split: str = "train"):
   """dict(name="study", task="dsprites_loc", split="train")."""
   from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
-  return arrays.ArraySource(get_task(task), split, name=f"study:{task}", **kw)
+  return arrays.ArraySource(get_task(task), split, name=f"study:{task}")
