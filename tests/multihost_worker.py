@@ -42,6 +42,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 NUM_TRAIN, NUM_TEST, NUM_CLASSES, RES, BATCH = 64, 20, 5, 32, 8
 PP = "value_range(-1, 1)|keep('image', 'label')"
+RECORDS = "losa_synthetic_records"
+RECORDS_PP = f"decode|resize({RES})|value_range(-1, 1)|keep('image', 'label')"
+PROBE_BATCH = 64
 # FSDP everything big enough to shard in the tiny model (threshold 0) so the
 # cross-host paths (sharded params, sharded Adam moments) are exercised.
 STRATEGY = [("backbone/.*", "fsdp(axis='fsdp', min_size_mb=0)"),
@@ -95,6 +98,18 @@ def make_config(args) -> ml_collections.ConfigDict:
       batch_size=BATCH))
   c.mesh = [("data", 2), ("fsdp", -1)]
   c.sharding_strategy = STRATEGY
+  if getattr(args, "records", ""):
+    # The ArrayRecord dataset (losa_jax.datasets.records.synthetic): read by
+    # index, each process its own rows; a data-parallel mesh over them all.
+    data = dict(name="tfds", dataset=RECORDS, data_dir=args.records)
+    c.input = dict(data=dict(data, split="train"), batch_size=BATCH,
+                   pp=RECORDS_PP)
+    c.evals = dict(test=dict(data=dict(data, split="test[:40]"),
+                             pp=RECORDS_PP, batch_size=BATCH))
+    c.mesh = [("data", -1)]
+    c.sharding_strategy = [(".*", "replicate")]
+  if getattr(args, "feature_cache", ""):
+    c.feature_cache = dict(enabled=True, dir=args.feature_cache)
   if args.num_processes > 1 and not args.via_env:
     c.distributed = dict(coordinator_address=f"127.0.0.1:{args.port}",
                          num_processes=args.num_processes,
@@ -104,6 +119,34 @@ def make_config(args) -> ml_collections.ConfigDict:
   elif args.num_processes == 1:
     c.distributed = dict(auto=False)
   return c
+
+
+def probe(args):
+  """One epoch and a fifth of the records' train order as this process
+  reads it (PROBE_BATCH global rows per step, only the "index" feature),
+  the records it read, and resumes at several steps compared with the
+  uninterrupted stream."""
+  from losa_jax.assembly import input_pipeline  # pylint: disable=g-import-not-at-top
+  from losa_jax.datasets import tfds as ds_tfds  # pylint: disable=g-import-not-at-top
+
+  def source():
+    return ds_tfds.TfdsSource(RECORDS, "train", data_dir=args.records)
+  kw = dict(batch_size=PROBE_BATCH, pp="keep('index')", seed=5,
+            process_index=jax.process_index(),
+            process_count=jax.process_count())
+  src = source()
+  it, n = input_pipeline.training(src, **kw)
+  steps = n // PROBE_BATCH
+  epoch = np.stack([next(it)["index"] for _ in range(steps)])
+  read = src.table().records_read
+  more = np.stack([next(it)["index"] for _ in range(steps // 5)])
+  stream = np.concatenate([epoch, more])
+  resumed = {}
+  for s in (1, 37, steps - 1, steps, steps + 3):
+    again, _ = input_pipeline.training(source(), start_step=s, **kw)
+    resumed[s] = bool(np.array_equal(next(again)["index"], stream[s]))
+  np.savez(f"{args.probe}.{jax.process_index()}.npz", epoch=epoch,
+           records_read=read, resumed=json.dumps(resumed))
 
 
 def main():
@@ -123,6 +166,15 @@ def main():
                  help="after the run, train again here with a NaN loss")
   p.add_argument("--then_nan_at_step", type=int, default=3,
                  help="the step of --nan_workdir's run whose loss is NaN")
+  p.add_argument("--records", default="",
+                 help="train on the synthetic ArrayRecord dataset in this "
+                 "TFDS data dir")
+  p.add_argument("--feature_cache", default="",
+                 help="train from a feature cache in this folder")
+  p.add_argument("--probe", default="",
+                 help="first read 1.2 epochs of --records' train split "
+                 "(indices only) and write what this process read to "
+                 "PROBE.<process>.npz")
   p.add_argument("--cache_dir", default="",
                  help="JAX persistent compilation cache (reruns skip XLA)")
   p.add_argument("--stack_dump_s", type=float, default=0,
@@ -149,6 +201,9 @@ def main():
   from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
 
   config = make_config(args)
+  if args.probe:
+    distributed.initialize(config.get("distributed"))
+    probe(args)
   out = train.train_and_evaluate(config, args.workdir)
   assert jax.process_count() == args.num_processes, jax.process_count()
   state, built = out["state"], out["built"]

@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 def _launch(workdir, steps, *, tmp_path, cache_dir, num_processes=2,
             ckpt_every=0, dump=None, nan_workdir=None, nan_at_step=0,
-            expect_ok=True, timeout_s=TIMEOUT_S):
+            expect_ok=True, timeout_s=TIMEOUT_S, local_devices=2, extra=()):
   """Starts the processes, waits for all; returns [(returncode, log text)].
 
   Process 1 connects through the LOSA_* environment variables, process 0
@@ -56,9 +56,11 @@ def _launch(workdir, steps, *, tmp_path, cache_dir, num_processes=2,
     for i in range(num_processes):
       cmd = [sys.executable, WORKER, "--workdir", str(workdir),
              "--steps", str(steps), "--ckpt_every", str(ckpt_every),
-             "--local_devices", "2", "--num_processes", str(num_processes),
+             "--local_devices", str(local_devices),
+             "--num_processes", str(num_processes),
              "--process_id", str(i), "--port", str(port),
              "--cache_dir", str(cache_dir)]
+      cmd += [str(a) for a in extra]
       if nan_workdir:
         cmd += ["--nan_workdir", str(nan_workdir),
                 "--then_nan_at_step", str(nan_at_step)]
@@ -133,8 +135,8 @@ def _assert_moved(final, init, what):
         f"{what}: {k} moved {moved:.3g} from init, tolerance {tol:.3g}")
 
 
-def _reference(tmp_path, steps, ckpt_every):
-  """The same config, one process, one device, in this pytest process."""
+def _reference(tmp_path, steps, ckpt_every, records=""):
+  """The same config, one process, in this pytest process."""
   sys.path.insert(0, HERE)
   import jax  # pylint: disable=g-import-not-at-top
   import multihost_worker  # pylint: disable=g-import-not-at-top
@@ -143,10 +145,10 @@ def _reference(tmp_path, steps, ckpt_every):
   from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   args = argparse.Namespace(steps=steps, ckpt_every=ckpt_every,
                             num_processes=1, process_id=0, port=0,
-                            via_env=False, nan_at_step=0)
+                            via_env=False, nan_at_step=0, records=records)
   config = multihost_worker.make_config(args)
   config.mesh = [("data", -1)]
-  workdir = tmp_path / "ref"
+  workdir = tmp_path / ("ref_records" if records else "ref")
   out = train.train_and_evaluate(config, str(workdir))
   state, built = out["state"], out["built"]
   trainable, _ = tree_lib.partition(state["params"], built.mask)
@@ -244,6 +246,83 @@ def test_nan_stops_every_process_at_the_same_step(runs):
     text = text.split(f"process {i} done")[-1]    # the NaN run's part
     assert "NonFiniteLossError" in text and "at step 3" in text, (
         f"process {i}:\n{text[-3000:]}")
+
+
+# --- pod-scale input: an ArrayRecord split, 2 and 4 processes ---------------
+
+NUM_RECORDS = 20_000
+R_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def record_runs(tmp_path_factory):
+  """A 20,000-example ArrayRecord dataset; the one-process reference on it;
+  4 processes (1 device each) that probe 1.2 epochs of the input and then
+  train; 4 and 2 processes that train from a feature cache (the 2 probe
+  too). The tests below assert."""
+  from losa_jax.datasets import records  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp("records")
+  data_dir = tmp / "tfds"
+  records.synthetic(str(data_dir), NUM_RECORDS, num_classes=5)
+  cache_dir = tmp / "jax_cache"
+  ref, _ = _reference(tmp, steps=R_STEPS, ckpt_every=0, records=str(data_dir))
+  runs = {"ref": ref, "tmp": tmp}
+  for name, procs, extra in (
+      ("four", 4, ["--probe", tmp / "probe4"]),
+      ("four_cached", 4, ["--feature_cache", tmp / "fc4"]),
+      ("two_cached", 2, ["--feature_cache", tmp / "fc2",
+                         "--probe", tmp / "probe2"])):
+    _launch(tmp / name, R_STEPS, tmp_path=tmp, cache_dir=cache_dir,
+            num_processes=procs, local_devices=4 // procs,
+            dump=tmp / f"{name}.npz", timeout_s=3 * TIMEOUT_S,
+            extra=["--records", data_dir, *extra])
+    runs[name] = np.load(tmp / f"{name}.npz")
+  return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [2, 4])
+def test_records_each_process_reads_only_its_rows(record_runs, procs):
+  import multihost_worker  # pylint: disable=g-import-not-at-top
+  from losa_jax.assembly import input_pipeline  # pylint: disable=g-import-not-at-top
+  probes = [np.load(record_runs["tmp"] / f"probe{procs}.{p}.npz")
+            for p in range(procs)]
+  b = multihost_worker.PROBE_BATCH
+  steps = NUM_RECORDS // b
+  # Process p's rows of each global batch, side by side: the global order.
+  order = np.concatenate([pr["epoch"] for pr in probes], axis=1).reshape(-1)
+  assert order.size == steps * b == len(np.unique(order))
+  expected = input_pipeline.epoch_permutation(5, 0, NUM_RECORDS).numpy()
+  np.testing.assert_array_equal(order, expected[:steps * b])
+  for p, pr in enumerate(probes):
+    # Read ahead: the prefetched batches of the next epoch (<= 4 batches).
+    read, share = int(pr["records_read"]), steps * b // procs
+    assert share <= read <= share + 4 * b // procs, (p, read, share)
+    assert all(json.loads(str(pr["resumed"])).values()), pr["resumed"]
+
+
+@pytest.mark.slow
+def test_records_four_processes_equal_one(record_runs):
+  ref, four = record_runs["ref"], record_runs["four"]
+  assert json.loads(str(four["mesh"])) == {"data": 4}
+  _assert_close(_params(four, "final"), ref["final"], "4 processes, records")
+  _assert_moved(_params(four, "final"), _params(four, "init"), "4 processes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,procs", [("four_cached", 4),
+                                        ("two_cached", 2)])
+def test_records_cached_processes_equal_uncached(record_runs, name, procs):
+  from losa_jax import feature_cache as fc  # pylint: disable=g-import-not-at-top
+  run = record_runs[name]
+  _assert_close(_params(run, "final"), record_runs["ref"]["final"],
+                f"{procs} processes from the feature cache")
+  _assert_moved(_params(run, "final"), _params(run, "init"), name)
+  root = record_runs["tmp"] / f"fc{procs}"
+  (key,) = os.listdir(root)
+  assert fc.read_marker(str(root / key)) == key
+  assert sorted(n for n in os.listdir(root / key) if n.startswith("part")) == [
+      fc.part_name(p, procs) for p in range(procs)]
 
 
 # --- distributed.resolve: where the settings come from (no processes) --------

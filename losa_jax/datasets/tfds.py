@@ -184,8 +184,8 @@ class RecordTable:
   `read(indices)` (tf int64 [k] -> serialized string [k]) reads only the
   records asked for, through `tfds`' ArrayRecord data source (no TensorFlow
   in the read); `decode(serialized)` parses one record in the graph, images
-  left encoded for the pp's `decode`. `records_read` counts what this
-  process read.
+  left encoded for the pp's `decode`. `records_read` and `bytes_read` count
+  what this process read.
   """
 
   def __init__(self, source: TfdsSource):
@@ -197,13 +197,14 @@ class RecordTable:
     self._features = builder.info.features
     self._decoders = source._decoders(self._features)  # pylint: disable=protected-access
     self.num_examples = len(self._records)
-    self.records_read = 0
+    self.records_read = self.bytes_read = 0
     self._lock = threading.Lock()
 
   def _read(self, indices: np.ndarray) -> np.ndarray:
+    records: List[bytes] = self._records.__getitems__(indices.tolist())
     with self._lock:
       self.records_read += len(indices)
-    records: List[bytes] = self._records.__getitems__(indices.tolist())
+      self.bytes_read += sum(len(r) for r in records)
     return np.array(records, dtype=object)
 
   def read(self, indices: tf.Tensor) -> tf.Tensor:

@@ -269,6 +269,8 @@ class FeatureCache:
     data = input_pipeline.evaluation(source, batch_size=batch_size, pp=pp,
                                      process_index=p, process_count=num)
     n = data.num_examples
+    if num > 1:   # Every process reads rows that others computed.
+      storage = "disk"
     path = os.path.join(root, key) if root else None
     part = os.path.join(path, part_name(p, num)) if path else None
     specs = _reusable_part(part, key, log) if part else None
