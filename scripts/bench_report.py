@@ -509,7 +509,37 @@ def markdown(results, meta, lin) -> str:
   parts += population_markdown(_rows(results, "population"))
   parts += side_markdown(_rows(results, "side"))
   parts += side_backward_markdown(_rows(results, "side_backward"))
+  parts += input_markdown(_rows(results, "input"))
   return "\n".join(parts)
+
+
+def input_markdown(rows) -> List[str]:
+  """The input section: images/s vs plain tf.data, bytes per process."""
+  if not rows:
+    return []
+  tput = [r for r in rows if r["part"] == "throughput"]
+  parts = _section(
+      "Input pipeline: images/s, ours vs plain tf.data",
+      "Same encoded data and pp; pipelines one at a time, order rotated.",
+      ["pp", "pipeline", "cores", "images/s", "per core", "vs tf.data"],
+      [[r["pp"], r["pipeline"], r["cores"], f"{r['images_per_s']:,.1f}",
+        f"{r['images_per_s_per_core']:,.1f}", f"{r['vs_tf_data']:.2f}x"]
+       for r in tput])
+  parts += _section(
+      "Bytes each process reads in one epoch (ArrayRecord, by index)", "",
+      ["processes", "records read (max)", "MiB read (max)",
+       "share of the split's bytes"],
+      [[r["processes"], r["records_read_max"], f"{r['mib_read_max']:.1f}",
+        f"{r['fraction_of_epoch_max']:.3f}"]
+       for r in rows if r["part"] == "bytes"])
+  need = [r for r in rows if r["part"] == "cores_needed"]
+  if need:
+    r = need[0]
+    parts += [f"Feeding {r['accel_images_per_s']:,.0f} images/s of the "
+              f"image pp takes {r['cores_needed']:.1f} cores of this "
+              f"machine ({r['images_per_s_per_core']:,.0f} images/s per "
+              "core).", ""]
+  return parts
 
 
 def side_markdown(rows) -> List[str]:

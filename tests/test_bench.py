@@ -146,6 +146,28 @@ def test_every_other_section_runs_tiny(section, tmp_path):
   assert bench_report.main([str(tmp_path)])
 
 
+@pytest.mark.slow
+def test_input_section_reads_a_share_per_process(tmp_path):
+  """Run by test_every_other_section_runs_tiny too; here its invariants:
+  each of P processes reads about 1/P of the split's bytes, both pipelines
+  deliver images, and the report renders the tables."""
+  rows = cli.main(["input", "--quick", "--out", str(tmp_path),
+                   "--in_process"])
+  share = {r["processes"]: r["fraction_of_epoch_max"]
+           for r in rows if r["part"] == "bytes"}
+  assert sorted(share) == [1, 2, 4]
+  for procs, frac in share.items():
+    # Its 64 / P rows, plus at most two local batches (16 / P rows each)
+    # read ahead into the next epoch; records differ in size by < 10%.
+    assert 1 / procs <= frac + 1e-9 and frac <= 1.1 * (1 + 32 / 64) / procs
+  tput = [r for r in rows if r["part"] == "throughput"]
+  assert {(r["pp"], r["pipeline"]) for r in tput} == {
+      (pp, p) for pp in ("image", "video16") for p in ("ours", "tf.data")}
+  assert all(r["images_per_s"] > 0 for r in tput)
+  md = "\n".join(bench_report.input_markdown(rows))
+  assert "vs tf.data" in md and "share of the split's bytes" in md
+
+
 def test_hand_backward_moves_fewer_bytes_than_autodiff(tmp_path):
   """docs/side_fused.md's reason to keep side_scan's hand-written backward,
   on compiled (deterministic) traffic; the section restores that backward."""

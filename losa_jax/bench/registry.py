@@ -37,6 +37,13 @@ OPTIONS: Dict[str, str] = {
     "reps": "Timed interleaved rounds (every timed call once per round, the "
             "order rotated).",
     "warmup": "Untimed rounds after the compiling call.",
+    "input_images": "JPEG images (4:3) of the input section's split.",
+    "image_px": "Short side of the input section's images and frames.",
+    "clips": "Clips (32 JPEG frames each) of the input section's video.",
+    "video_batch": "Clips per batch of the input section's video pp.",
+    "timed_batches": "Timed batches per pipeline and round.",
+    "accel_images_per_s": "Images/s an accelerator runs LoSA at, for the "
+                          "host cores that feed it.",
     "images": "Images of the synthetic task the feature cache caches and "
               "trains on.",
     "budget_gib": "Memory budget (GiB) the compiled peak must fit.",
@@ -226,6 +233,15 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
                  depth_fracs=[12], flops_depths=[1, 2]),
             lambda a: " ".join(([] if a.licm else [common.LICM_OFF]) +
                                ([common.FAST_COMPILE] if a.quick else []))),
+    Section("input", _S + "sections_input:section_input",
+            "Input images/s: the project's pipeline vs plain tf.data on the "
+            "VTAB train pp and a 16-frame video pp, on 1 and all cores; "
+            "bytes each of P = 1, 2, 4 processes reads.",
+            dict(input_images=2048, image_px=256, clips=16, batch=64,
+                 video_batch=4, timed_batches=8, reps=5,
+                 accel_images_per_s=2000.0),
+            dict(input_images=64, clips=2, batch=16, video_batch=2,
+                 timed_batches=2, reps=1)),
     Section("inference", _S + "inference:section_inference",
             "Serving N tasks: one backbone pass + N side networks vs N "
             "merged LoRA / full models, interleaved.",
