@@ -242,6 +242,12 @@ def hw(size, op: str) -> Tuple[int, int]:
   return int(size[0]), int(size[1])
 
 
+def positive_int(x, what: str) -> int:
+  if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
+    raise ValueError(f"{what} must be a positive int, got {x!r}.")
+  return x
+
+
 def next_seed(example: Example, op: str) -> tf.Tensor:
   """Splits `example[_seed]`: returns a seed for this op, stores the rest."""
   if SEED_KEY not in example:

@@ -6,6 +6,7 @@ import tensorflow as tf
 from losa_jax.pp import fix_channels as _fix_channels
 from losa_jax.pp import hw as _hw
 from losa_jax.pp import next_seed as _next_seed
+from losa_jax.pp import positive_int as _positive_int
 from losa_jax.pp import register
 from losa_jax.pp import resize as _resize
 from losa_jax.pp import short_side_hw as _short_side_hw
@@ -47,9 +48,10 @@ def _decode(channels: int = 3, key: str = "image"):
 
 
 @register("resize")
-def _resize_op(size, key: str = "image", method: str = "bilinear",
-               antialias: bool = False):
-  """Resizes [H, W, C] to `size` (int or (h, w)); keeps the dtype."""
+def resize_op(size, key: str = "image", method: str = "bilinear",
+              antialias: bool = False):
+  """Resizes [H, W, C] (or every frame of [F, H, W, C]) to `size` (int or
+  (h, w)); keeps the dtype."""
   hw = _hw(size, "resize")
 
   def fn(ex):
@@ -60,10 +62,10 @@ def _resize_op(size, key: str = "image", method: str = "bilinear",
 
 
 @register("resize_small")
-def _resize_small(smaller_size: int, key: str = "image",
-                  method: str = "bilinear", antialias: bool = False):
+def resize_small_op(smaller_size: int, key: str = "image",
+                    method: str = "bilinear", antialias: bool = False):
   """Resizes so the shorter side is `smaller_size`, keeping aspect ratio."""
-  _hw(smaller_size, "resize_small")
+  _positive_int(smaller_size, "resize_small: smaller_size")
 
   def fn(ex):
     image = ex[key]

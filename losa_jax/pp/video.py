@@ -22,9 +22,12 @@ Multi-view test (4 clips x 3 crops = 12 views, logits averaged by
     video_decode|video_resize_small(224)|video_multiview(32, 2, 4, 224, 3)|
     value_range(-1, 1, key='video')|copy('video', 'image')|keep('image', 'label')
 """
+import functools
+
 import tensorflow as tf
 
 from losa_jax import pp as pp_lib
+from losa_jax.pp import image as image_ops
 
 SAMPLE_MODES = ("random", "central", "clip", "uniform")
 
@@ -32,12 +35,6 @@ SAMPLE_MODES = ("random", "central", "clip", "uniform")
 # ----------------------------------------------------------------------------
 # Frame sampling.
 # ----------------------------------------------------------------------------
-
-
-def _positive_int(x, what):
-  if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
-    raise ValueError(f"{what} must be a positive int, got {x!r}.")
-  return x
 
 
 def frame_indices(num_available, num_frames: int, stride: int = 1,
@@ -60,12 +57,12 @@ def frame_indices(num_available, num_frames: int, stride: int = 1,
     num_clips, clip_index: for mode "clip".
     seed: int [2] stateless seed for mode "random".
   """
-  _positive_int(num_frames, "video_sample: num_frames")
-  _positive_int(stride, "video_sample: stride")
+  pp_lib.positive_int(num_frames, "video_sample: num_frames")
+  pp_lib.positive_int(stride, "video_sample: stride")
   if mode not in SAMPLE_MODES:
     raise ValueError(f"video_sample: mode={mode!r}: use one of "
                      f"{SAMPLE_MODES}.")
-  _positive_int(num_clips, "video_sample: num_clips")
+  pp_lib.positive_int(num_clips, "video_sample: num_clips")
   if not 0 <= clip_index < num_clips:
     raise ValueError(f"video_sample: clip_index={clip_index} not in "
                      f"[0, {num_clips}).")
@@ -150,31 +147,11 @@ def _video_decode(channels: int = 3, key: str = "video"):
   return fn
 
 
-@pp_lib.register("video_resize")
-def _video_resize(size, key: str = "video", method: str = "bilinear",
-                  antialias: bool = False):
-  """Resizes every frame to `size` (int or (h, w))."""
-  hw = pp_lib.hw(size, "video_resize")
-
-  def fn(ex):
-    ex[key] = pp_lib.resize(ex[key], hw, method, antialias)
-    return ex
-
-  return fn
-
-
-@pp_lib.register("video_resize_small")
-def _video_resize_small(smaller_size: int, key: str = "video",
-                        method: str = "bilinear", antialias: bool = False):
-  """Resizes every frame so the shorter side is `smaller_size`."""
-  _positive_int(smaller_size, "video_resize_small: smaller_size")
-
-  def fn(ex):
-    hw = pp_lib.short_side_hw(ex[key], smaller_size)
-    ex[key] = pp_lib.resize(ex[key], hw, method, antialias)
-    return ex
-
-  return fn
+# The image ops work on [..., H, W, C], so every frame gets the same resize.
+pp_lib.register("video_resize")(
+    functools.partial(image_ops.resize_op, key="video"))
+pp_lib.register("video_resize_small")(
+    functools.partial(image_ops.resize_small_op, key="video"))
 
 
 @pp_lib.register("video_scale_jitter", random=True)
@@ -186,7 +163,7 @@ def _video_scale_jitter(smaller_size: int, min_scale: float = 0.9,
   fits; below 1 the crop needs the frame to be at least that big, so put a
   crop size <= smaller_size * min_scale after it.
   """
-  _positive_int(smaller_size, "video_scale_jitter: smaller_size")
+  pp_lib.positive_int(smaller_size, "video_scale_jitter: smaller_size")
   if not 0 < min_scale <= max_scale:
     raise ValueError("video_scale_jitter: need 0 < min_scale <= max_scale, "
                      f"got {min_scale}, {max_scale}.")
@@ -281,8 +258,8 @@ def spatial_crop_offsets(height, width, size: int, index: int,
 def _video_spatial_crop(size: int, index: int, num_crops: int = 3,
                         key: str = "video"):
   """The `index`-th of `num_crops` square windows (see spatial_crop_offsets)."""
-  _positive_int(size, "video_spatial_crop: size")
-  _positive_int(num_crops, "video_spatial_crop: num_crops")
+  pp_lib.positive_int(size, "video_spatial_crop: size")
+  pp_lib.positive_int(num_crops, "video_spatial_crop: num_crops")
   spatial_crop_offsets(size, size, size, index, num_crops)   # checks index
   return _window_op(
       "video_spatial_crop", size, size, key,
@@ -315,8 +292,8 @@ def _video_multiview(num_frames: int, stride: int, num_clips: int,
   windows. Resize the short side to crop_size first.
   """
   frame_indices(8, num_frames, stride, "clip", num_clips=num_clips)  # checks
-  _positive_int(crop_size, "video_multiview: crop_size")
-  _positive_int(num_crops, "video_multiview: num_crops")
+  pp_lib.positive_int(crop_size, "video_multiview: crop_size")
+  pp_lib.positive_int(num_crops, "video_multiview: num_crops")
 
   def fn(ex):
     video = ex[key]
