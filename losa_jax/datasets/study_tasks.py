@@ -2,32 +2,24 @@
 # Licensed under the Apache License, Version 2.0.
 """Study tasks built offline: real digits from installed wheels + dSprites-style.
 
-Every task returns the demo layout (`losa_jax.datasets.digits`):
-`{"train": {"image", "label"}, "test": {"image", "label"}, "num_classes"}`
-with uint8 images [N, 28, 28, 1] (the shipped backbone's resolution) and
-int32 labels; `losa_jax.datasets.digits.to_model_input` turns them into ViT input.
-All are seeded pure numpy, identical on every machine.
+Every task returns the demo layout (`losa_jax.datasets.digits`) with uint8
+images [N, 28, 28, 1] and int32 labels; all are seeded pure numpy, identical
+on every machine. `TASK_INFO` says what each is. Relative to the shipped
+backbone (pretrained on 4,500 MNIST-5k digits, see losa_jax/assets/README.md):
 
-How each relates to the shipped backbone (pretrained on 4,500 MNIST-5k
-digits, see losa_jax/assets/README.md):
-
-* `digits`: sklearn's 8x8 digits upsampled to 28x28, 1,000 train / 797 test.
-  Same label space as the pretraining, different source of handwriting:
-  a near-domain task (the "natural"-like group of this study).
-* `mnist_10shot`: 10 labelled digits per class. IN-DOMAIN: same distribution
-  as the pretraining data. Only the 500 digits held out from pretraining are
-  used (100 train / 400 test), so no image of this task was seen in
-  pretraining, but the backbone's features already separate these classes.
+* `digits`: same label space, different handwriting: near-domain (the
+  "natural"-like group of this study).
+* `mnist_10shot`: IN-DOMAIN, but only from the 500 digits held out of
+  pretraining, so no image of the task was seen there.
 * `dsprites_loc` / `dsprites_ori`: VTAB's "structured" dSprites tasks
-  re-rendered at 28x28 (dSprites itself is 64x64 and needs a download):
-  white shapes on black at random position, scale and orientation, labelled
-  by binned x-position / binned orientation. Far from the pretraining domain,
-  and the label is a geometric property the MNIST classifier was trained to
-  be invariant to (it saw +-2 px shifts as augmentation). VTAB uses 16 bins;
-  we use 8 because at 28 px a 16-way x-bin is under one pixel wide. The
-  orientation task uses only shapes without rotational symmetry (heart and
-  an isosceles "arrow"), so its label is always recoverable from the image;
-  dSprites' square (4-fold) and ellipse (2-fold) would make it ambiguous.
+  re-rendered at 28x28 (dSprites itself is 64x64 and needs a download). Far
+  from the pretraining domain, and the label is a geometric property the
+  MNIST classifier was trained to be invariant to (it saw +-2 px shifts as
+  augmentation). VTAB uses 16 bins; we use 8 because at 28 px a 16-way
+  x-bin is under one pixel wide. The orientation task uses only shapes
+  without rotational symmetry (heart and an isosceles "arrow"), so its label
+  is always recoverable; dSprites' square (4-fold) and ellipse (2-fold)
+  would make it ambiguous.
 """
 from typing import Callable, Dict, Sequence
 
@@ -154,11 +146,8 @@ def dsprites_ori_task(num_train: int = DSPRITES_TRAIN,
 
 
 def mnist_10shot_task(per_class: int = 10) -> dict:
-  """10 labelled MNIST digits per class, from the 500 held out of pretraining.
-
-  In-domain for the shipped backbone (see the module docstring); 100 train /
-  400 test, stratified with the demo's fixed split seed.
-  """
+  """10 labelled MNIST digits per class (100 train / 400 test) from the 500
+  held out of pretraining, stratified with the demo's fixed split seed."""
   held_out = demo_data.mnist5k_task()["test"]     # 50 per class, never seen
   return demo_data.split_task(held_out, 10 * per_class)
 

@@ -17,21 +17,15 @@
   {"image", "label"}; run them BEFORE the model pp, e.g.
   `pp.get_preprocess_fn([t["label_pp"], "decode|resize(224)|..."])`.
 
-Splits follow google-research/task_adaptation as best known here: train800 is
-the first 800 examples of the training split; val200 is the first 200 of the
-split task_adaptation validates on - the official "validation" split where
-the TFDS dataset has one (DTD, Flowers102, Sun397, Camelyon, Retinopathy,
-DMLab, KITTI), the first half of "test" for smallNORB, and otherwise the
-held-out tail of "train" that starts after task_adaptation's train
-percentage (CIFAR-100 90%, Caltech101 90%, Pets 80%, SVHN 90%, EuroSAT 60%,
-Resisc45 60%, CLEVR 90%, dSprites 80%). These offsets are written as
-absolute indices computed from the TFDS split sizes (listed next to each
-task), so they do not depend on `builder.info` (empty under
-tfds.testing.mock_data). train800val200 = train800 + val200; test is the
-official test split, except CLEVR (its test has no labels: "validation"),
-EuroSAT/Resisc45/dSprites (last 20%/20%/10% of "train") and smallNORB
-(second half of "test"). The NOAH/VPT "vtab-1k" image lists were produced
-from these same task_adaptation splits.
+Splits follow google-research/task_adaptation as best known here (the
+NOAH/VPT "vtab-1k" image lists come from the same splits): train800 is the
+first 800 of "train"; val200 the first 200 of the split task_adaptation
+validates on: "validation" where TFDS has one (`_official_val`), else the tail
+of "train" after task_adaptation's train percentage (`_carved_val`), or the
+first half of smallNORB's "test"; test is "test" unless the task's table
+entry says otherwise. Carved offsets are absolute indices computed from the
+TFDS split sizes (in each task's `note`), so they do not depend on
+`builder.info` (empty under tfds.testing.mock_data).
 """
 import copy
 from typing import Any, Dict, List
