@@ -265,7 +265,8 @@ def _fetcher(ds: tf.data.Dataset, table, chunk: int):
     return ds, lambda ex: ex
   if not hasattr(table, "read"):
     return ds, table.lookup
-  ds = ds.batch(chunk).map(lambda *t: (*t[:-1], table.read(t[-1]))).unbatch()
+  ds = ds.batch(chunk).map(lambda *t: (*t[:-1], table.read(t[-1])),
+                           num_parallel_calls=AUTOTUNE).unbatch()
   return ds, table.decode
 
 
