@@ -62,7 +62,4 @@ class ArraySource(core.Source):
 
 
 PP_MODULES = ("image",)
-
-
-def make(arrays, split: Optional[str] = None, name: str = "arrays"):
-  return ArraySource(arrays, split, name=name)
+make = ArraySource  # dict(name="arrays", arrays=..., split=None)

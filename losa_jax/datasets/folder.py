@@ -131,7 +131,4 @@ def _listed(items: Sequence[str], sep: str) -> str:
 
 
 PP_MODULES = ("image",)
-
-
-def make(root: str, split: str, **kw) -> FolderSource:
-  return FolderSource(root, split, **kw)
+make = FolderSource  # dict(name="folder", root=..., split=...)

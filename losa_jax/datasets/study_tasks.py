@@ -4,22 +4,13 @@
 
 Every task returns the demo layout (`losa_jax.datasets.digits`) with uint8
 images [N, 28, 28, 1] and int32 labels; all are seeded pure numpy, identical
-on every machine. `TASK_INFO` says what each is. Relative to the shipped
-backbone (pretrained on 4,500 MNIST-5k digits, see losa_jax/assets/README.md):
-
-* `digits`: same label space, different handwriting: near-domain (the
-  "natural"-like group of this study).
-* `mnist_10shot`: IN-DOMAIN, but only from the 500 digits held out of
-  pretraining, so no image of the task was seen there.
-* `dsprites_loc` / `dsprites_ori`: VTAB's "structured" dSprites tasks
-  re-rendered at 28x28 (dSprites itself is 64x64 and needs a download). Far
-  from the pretraining domain, and the label is a geometric property the
-  MNIST classifier was trained to be invariant to (it saw +-2 px shifts as
-  augmentation). VTAB uses 16 bins; we use 8 because at 28 px a 16-way
-  x-bin is under one pixel wide. The orientation task uses only shapes
-  without rotational symmetry (heart and an isosceles "arrow"), so its label
-  is always recoverable; dSprites' square (4-fold) and ellipse (2-fold)
-  would make it ambiguous.
+on every machine. docs/study.md's task table says what each task is and how
+far it is from the shipped backbone's pretraining (4,500 MNIST-5k digits).
+The dSprites tasks are VTAB's "structured" ones re-rendered at 28x28
+(dSprites itself is 64x64 and needs a download); the orientation task uses
+only shapes without rotational symmetry (heart and an isosceles "arrow"), as
+dSprites' square (4-fold) and ellipse (2-fold) would make its label
+ambiguous.
 """
 from typing import Callable, Dict, Sequence
 
@@ -31,7 +22,7 @@ IMAGE_SIZE = demo_data.IMAGE_SIZE        # 28
 SUPERSAMPLE = 4                          # anti-aliasing of the rendered shapes
 DSPRITES_TRAIN = 1000                    # VTAB-1k-sized training sets
 DSPRITES_TEST = 500
-NUM_BINS = 8
+NUM_BINS = 8      # VTAB uses 16; at 28 px a 16-way x-bin is under one pixel.
 SHAPES = ("square", "ellipse", "heart", "arrow")
 # Range of the shape centre, in pixels: keeps every shape inside the frame
 # (the largest shape reaches ~1.35 * scale = 6 px from its centre).
