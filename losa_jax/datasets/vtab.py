@@ -36,29 +36,23 @@ GROUPS = ("natural", "specialized", "structured")
 _KEEP = "keep('image', 'label')"
 
 
+def _splits(train: str, val: str, trainval: str, val200: str,
+            **more) -> Dict[str, str]:
+  """The task_adaptation splits of a task (train800 is always train[:800])."""
+  return dict(train=train, val=val, trainval=trainval, train800="train[:800]",
+              val200=val200, train800val200=f"train[:800]+{val200}", **more)
+
+
 def _carved_val(train_size: int, pct: int) -> Dict[str, str]:
   """Splits when validation is the tail of "train" after `pct`%."""
   v = train_size * pct // 100  # task_adaptation's integer arithmetic.
-  return {
-      "train": f"train[:{v}]",
-      "val": f"train[{v}:]",
-      "trainval": "train",
-      "train800": "train[:800]",
-      "val200": f"train[{v}:{v + 200}]",
-      "train800val200": f"train[:800]+train[{v}:{v + 200}]",
-  }
+  return _splits(f"train[:{v}]", f"train[{v}:]", "train",
+                 f"train[{v}:{v + 200}]")
 
 
 def _official_val(val: str = "validation") -> Dict[str, str]:
   """Splits when the dataset has its own validation split."""
-  return {
-      "train": "train",
-      "val": val,
-      "trainval": f"train+{val}",
-      "train800": "train[:800]",
-      "val200": f"{val}[:200]",
-      "train800val200": f"train[:800]+{val}[:200]",
-  }
+  return _splits("train", val, f"train+{val}", f"{val}[:200]")
 
 
 def _train_only(train_size: int, train_pct: int, val_pct: int):
@@ -101,8 +95,8 @@ def _smallnorb(display: str, num_classes: int, label_key: str):
   split test alike: val is its first half, test its second."""
   return _task(
       display, "smallnorb", "structured", num_classes,
-      dict(_official_val("test[:50%]"), val200="test[:200]",
-           train800val200="train[:800]+test[:200]", test="test[50%:]"),
+      _splits("train", "test[:50%]", "train+test[:50%]", "test[:200]",
+              test="test[50%:]"),
       label_pp=f"copy('{label_key}', 'label')|{_KEEP}",
       note="val = first half of test, test = second half", version="2.0.0")
 

@@ -10,17 +10,9 @@ spec with `value_range(-1, 1, key="video")|copy("video", "image")|keep(...)`:
 the trainer feeds `example["image"]` [T, H, W, 3] (or [V, T, H, W, 3] for
 `video_multiview`) to the model.
 
-Training spec (Kinetics-style):
-
-    video_sample(32, stride=2, mode='random')|video_decode|
-    video_scale_jitter(224, 0.9, 1.33)|video_random_crop(224)|video_flip_lr|
-    value_range(-1, 1, key='video')|copy('video', 'image')|keep('image', 'label')
-
-Multi-view test (4 clips x 3 crops = 12 views, logits averaged by
-`losa_jax.evaluators.video`):
-
-    video_decode|video_resize_small(224)|video_multiview(32, 2, 4, 224, 3)|
-    value_range(-1, 1, key='video')|copy('video', 'image')|keep('image', 'label')
+`configs/video_kinetics400.py` builds full specs: a random clip with scale
+jitter, crop and flip for training, 4 clips x 3 crops (`video_multiview`,
+logits averaged by `losa_jax.evaluators.video`) for testing.
 """
 import functools
 
