@@ -514,22 +514,23 @@ def markdown(results, meta, lin) -> str:
 
 
 def input_markdown(rows) -> List[str]:
-  """The input section: images/s vs plain tf.data, bytes per process."""
+  """The input section: examples/s vs plain tf.data, bytes per process."""
   if not rows:
     return []
   tput = [r for r in rows if r["part"] == "throughput"]
   parts = _section(
       "Input pipeline: images/s, ours vs plain tf.data",
       "Same encoded data and pp; pipelines one at a time, order rotated.",
-      ["pp", "pipeline", "cores", "images/s", "per core", "vs tf.data"],
-      [[r["pp"], r["pipeline"], r["cores"], f"{r['images_per_s']:,.1f}",
-        f"{r['images_per_s_per_core']:,.1f}", f"{r['vs_tf_data']:.2f}x"]
+      ["pp", "pipeline", "cores", "examples/s", "per core", "vs tf.data"],
+      [[r["pp"], r["pipeline"], r["cores"], f"{r['examples_per_s']:,.1f}",
+        f"{r['examples_per_s_per_core']:,.1f}", f"{r['vs_tf_data']:.2f}x"]
        for r in tput])
   parts += _section(
       "Bytes each process reads in one epoch (ArrayRecord, by index)", "",
-      ["processes", "records read (max)", "MiB read (max)",
-       "share of the split's bytes"],
-      [[r["processes"], r["records_read_max"], f"{r['mib_read_max']:.1f}",
+      ["processes", "examples", "KiB / example", "records read (max)",
+       "MiB read (max)", "share of the split's bytes"],
+      [[r["processes"], r["examples"], f"{r['kib_per_example']:.1f}",
+        r["records_read_max"], f"{r['mib_read_max']:.1f}",
         f"{r['fraction_of_epoch_max']:.3f}"]
        for r in rows if r["part"] == "bytes"])
   need = [r for r in rows if r["part"] == "cores_needed"]
@@ -537,7 +538,7 @@ def input_markdown(rows) -> List[str]:
     r = need[0]
     parts += [f"Feeding {r['accel_images_per_s']:,.0f} images/s of the "
               f"image pp takes {r['cores_needed']:.1f} cores of this "
-              f"machine ({r['images_per_s_per_core']:,.0f} images/s per "
+              f"machine ({r['examples_per_s_per_core']:,.0f} images/s per "
               "core).", ""]
   return parts
 

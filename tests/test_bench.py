@@ -163,7 +163,7 @@ def test_input_section_reads_a_share_per_process(tmp_path):
   tput = [r for r in rows if r["part"] == "throughput"]
   assert {(r["pp"], r["pipeline"]) for r in tput} == {
       (pp, p) for pp in ("image", "video16") for p in ("ours", "tf.data")}
-  assert all(r["images_per_s"] > 0 for r in tput)
+  assert all(r["examples_per_s"] > 0 for r in tput)
   md = "\n".join(bench_report.input_markdown(rows))
   assert "vs tf.data" in md and "share of the split's bytes" in md
 

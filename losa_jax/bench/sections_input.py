@@ -105,10 +105,11 @@ def _reference(ds, pp: str, batch: int):
       batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _images_per_s(makers: Dict[str, Callable[[], Iterator]], *, batch: int,
-                  batches: int, reps: int) -> Dict[str, float]:
-  """Median images/s of each pipeline over `reps` rounds; each round builds
-  it afresh, takes 2 untimed batches (buffers fill), then `batches` timed."""
+def _examples_per_s(makers: Dict[str, Callable[[], Iterator]], *, batch: int,
+                    batches: int, reps: int) -> Dict[str, float]:
+  """Median examples (images or clips) per second of each pipeline over
+  `reps` rounds; each round builds it afresh, takes 2 untimed batches
+  (buffers fill), then `batches` timed."""
   rates: Dict[str, List[float]] = {k: [] for k in makers}
   names = list(makers)
   for r in range(reps):
@@ -145,6 +146,7 @@ def _bytes_per_process(data_dir: str, batch: int) -> List[Dict[str, Any]]:
       read.append((src.table().records_read, src.table().bytes_read))
       del it
     rows.append({"part": "bytes", "processes": procs, "examples": n,
+                 "kib_per_example": total / n / 1024,
                  "records_read_max": max(r for r, _ in read),
                  "mib_read_max": max(b for _, b in read) / common.MIB,
                  "fraction_of_epoch_max": max(b for _, b in read) / total})
@@ -186,24 +188,24 @@ def section_input(a) -> List[Dict[str, Any]]:
     for kind, (bsz, makers) in cases.items():
       for cores in sorted({1, cores_all}):
         with pinned(cores):
-          rate = _images_per_s(makers, batch=bsz, batches=a.timed_batches,
+          rate = _examples_per_s(makers, batch=bsz, batches=a.timed_batches,
                                reps=a.reps)
         for name, ips in rate.items():
           rows.append({"part": "throughput", "pp": kind, "pipeline": name,
-                       "cores": cores, "images_per_s": ips,
-                       "images_per_s_per_core": ips / cores,
+                       "cores": cores, "examples_per_s": ips,
+                       "examples_per_s_per_core": ips / cores,
                        "vs_tf_data": ips / rate["tf.data"]})
           common.log(f"input: {kind} {name} on {cores} core(s): "
-                     f"{ips:.1f} images/s ({ips / rate['tf.data']:.2f}x "
+                     f"{ips:.1f} examples/s ({ips / rate['tf.data']:.2f}x "
                      "tf.data)")
     rows += _bytes_per_process(ar_dir, b)
     one = next(r for r in rows if r["part"] == "throughput" and
                r["pp"] == "image" and r["pipeline"] == "ours" and
                r["cores"] == 1)
-    need = a.accel_images_per_s / one["images_per_s"]
+    need = a.accel_images_per_s / one["examples_per_s"]
     rows.append({"part": "cores_needed", "pp": "image",
                  "accel_images_per_s": a.accel_images_per_s,
-                 "images_per_s_per_core": one["images_per_s"],
+                 "examples_per_s_per_core": one["examples_per_s"],
                  "cores_needed": need})
     common.log(f"input: {a.accel_images_per_s:.0f} images/s need "
                f"{need:.1f} host cores of this machine")
