@@ -29,6 +29,28 @@ def image_problem(path: str) -> Optional[str]:
   return None
 
 
+def image_files(folder: str, extensions: Sequence[str]) -> List[str]:
+  """Sorted names of the files in `folder` with one of `extensions` (any
+  case)."""
+  ext = tuple(e.lower() for e in extensions)
+  return sorted(f for f in os.listdir(folder) if f.lower().endswith(ext))
+
+
+def scan(root: str, split: str, class_names: Optional[Sequence[str]],
+         entries, kind: str, layout: str):
+  """`core.scan_class_folders`, naming the expected `layout` when root is
+  missing or the split has no `kind` examples."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{kind} folder root {root!r} does not exist; "
+                            f"expected {layout} (nothing is downloaded).")
+  class_names, items = core.scan_class_folders(root, split, class_names,
+                                               entries)
+  if not items:
+    raise ValueError(f"No {kind.lower()} examples found for split {split!r} "
+                     f"under {root!r} (expected {layout}).")
+  return class_names, items
+
+
 class FolderSource(core.Source):
   """Images in `root/<split>/<class_name>/*.png|jpg`, one folder per class.
 
@@ -54,21 +76,12 @@ class FolderSource(core.Source):
                skip_bad_images: bool = False):
     self.name = f"folder:{root}:{split}"
     self.root = root
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f"Image folder root {root!r} does not exist.")
-    ext = tuple(e.lower() for e in extensions)
-
-    def images(cdir, rel):
-      return [os.path.join(rel, f) for f in sorted(os.listdir(cdir))
-              if f.lower().endswith(ext)]
-
-    self.class_names, items = core.scan_class_folders(root, split, class_names,
-                                                 images)
+    images = lambda cdir, rel: [os.path.join(rel, f)
+                                for f in image_files(cdir, extensions)]
+    self.class_names, items = scan(root, split, class_names, images, "Image",
+                                   "root/<split>/<class>/<image>")
     files = [f for f, _ in items]
     labels = [l for _, l in items]
-    if not files:
-      raise ValueError(f"No {ext} images found for split {split!r} under "
-                       f"{root!r} (expected root/<split>/<class>/<image>).")
     self.skipped: List[Tuple[str, str]] = []
     if skip_bad_images:
       problems = self._problems(files)

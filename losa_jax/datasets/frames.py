@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from losa_jax.datasets import core
+from losa_jax.datasets import folder
 
 
 class FrameFolderSource(core.Source):
@@ -39,12 +40,6 @@ class FrameFolderSource(core.Source):
                extensions: Sequence[str] = core.IMAGE_EXTENSIONS):
     self.name = f"frames:{root}:{split}"
     self.root = root
-    if not os.path.isdir(root):
-      raise FileNotFoundError(
-          f"Frame folder root {root!r} does not exist; expected "
-          "root/<split>/<class>/<video_id>/<frame>.png (prepare the frames "
-          "locally, e.g. with ffmpeg; nothing is downloaded).")
-    ext = tuple(e.lower() for e in extensions)
 
     def videos(cdir, rel):
       out = []
@@ -52,22 +47,20 @@ class FrameFolderSource(core.Source):
         vdir = os.path.join(cdir, vid)
         if not os.path.isdir(vdir):
           continue
-        files = sorted(f for f in os.listdir(vdir) if f.lower().endswith(ext))
+        files = folder.image_files(vdir, extensions)
         if not files:
-          raise ValueError(f"Video folder {vdir!r} has no {ext} frames.")
+          raise ValueError(f"Video folder {vdir!r} has no {extensions} "
+                           "frames.")
         out.append(([os.path.join(rel, vid, f) for f in files],
                     f"{os.path.basename(rel)}/{vid}"))
       return out
 
-    self.class_names, items = core.scan_class_folders(
-        root, split, class_names, videos)
-    frames = [np.array(f, dtype=object) for (f, _), _ in items]
-    labels = [l for _, l in items]
-    ids = [i for (_, i), _ in items]
-    if not frames:
-      raise ValueError(f"No videos found for split {split!r} under {root!r} "
-                       "(expected root/<split>/<class>/<video_id>/*.png).")
-    self._frames, self._labels, self._ids = frames, labels, ids
+    self.class_names, items = folder.scan(
+        root, split, class_names, videos, "Frame",
+        "root/<split>/<class>/<video_id>/<frame>.png")
+    self._frames = [np.array(f, dtype=object) for (f, _), _ in items]
+    self._labels = [l for _, l in items]
+    self._ids = [i for (_, i), _ in items]
     self._table = None
 
   def num_examples(self) -> int:

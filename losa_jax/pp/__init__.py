@@ -99,15 +99,12 @@ def is_random(op: str) -> bool:
 
 def split_top_level(spec: str) -> List[str]:
   """Splits on `|` outside quotes and brackets (args may contain `|`)."""
-  parts, depth, quote, cur = [], 0, None, []
-  i = 0
-  while i < len(spec):
-    c = spec[i]
-    if quote:
-      if c == "\\" and i + 1 < len(spec):
-        cur.append(spec[i:i + 2])
-        i += 2
-        continue
+  parts, depth, quote, escaped, start = [], 0, None, False, 0
+  for i, c in enumerate(spec):
+    if escaped:
+      escaped = False
+    elif quote:
+      escaped = c == "\\"
       if c == quote:
         quote = None
     elif c in "'\"":
@@ -117,13 +114,9 @@ def split_top_level(spec: str) -> List[str]:
     elif c in ")]}":
       depth -= 1
     elif c == "|" and depth == 0:
-      parts.append("".join(cur))
-      cur = []
-      i += 1
-      continue
-    cur.append(c)
-    i += 1
-  parts.append("".join(cur))
+      parts.append(spec[start:i])
+      start = i + 1
+  parts.append(spec[start:])
   return [p.strip() for p in parts if p.strip()]
 
 
