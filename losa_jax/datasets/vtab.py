@@ -101,9 +101,20 @@ def _smallnorb(display: str, num_classes: int, label_key: str):
       note="val = first half of test, test = second half", version="2.0.0")
 
 
-def _dsprites(attribute: str, num_original: int) -> str:
-  return (f"decode(channels=3)|dsprites_label('{attribute}', 16, "
-          f"{num_original})|{_KEEP}")
+def _clevr(display: str, num_classes: int, label_op: str):
+  """A CLEVR task; its test split has no labels, so "validation" is test."""
+  return _task(display, "clevr", "structured", num_classes,
+               dict(_carved_val(70_000, 90), test="validation"),
+               label_pp=f"{label_op}|{_KEEP}",
+               note="train 70000; test has no labels", version="3.1.0")
+
+
+def _dsprites(display: str, attribute: str, num_original: int):
+  return _task(display, "dsprites", "structured", 16,
+               _train_only(737_280, 80, 10),
+               label_pp=(f"decode(channels=3)|dsprites_label('{attribute}', "
+                         f"16, {num_original})|{_KEEP}"),
+               note="train 737280", version="2.0.0")
 
 
 # TFDS split sizes the carved offsets use are in each `note`.
@@ -141,30 +152,16 @@ TASKS: Dict[str, Dict[str, Any]] = {
         "Retinopathy", "diabetic_retinopathy_detection/btgraham-300",
         "specialized", 5, _official_val(), version="3.0.0"),
     # Structured.
-    "clevr_count": _task("Clevr-Count", "clevr", "structured", 8,
-                         dict(_carved_val(70_000, 90), test="validation"),
-                         label_pp=f"clevr_count_all|{_KEEP}",
-                         note="train 70000; test has no labels",
-                         version="3.1.0"),
-    "clevr_dist": _task("Clevr-Dist", "clevr", "structured", 6,
-                        dict(_carved_val(70_000, 90), test="validation"),
-                        label_pp=f"clevr_closest_distance|{_KEEP}",
-                        note="train 70000; test has no labels",
-                        version="3.1.0"),
+    "clevr_count": _clevr("Clevr-Count", 8, "clevr_count_all"),
+    "clevr_dist": _clevr("Clevr-Dist", 6, "clevr_closest_distance"),
     "dmlab": _task("DMLab", "dmlab", "structured", 6, _official_val(),
                    version="2.0.1"),
     "kitti_dist": _task("KITTI-Dist", "kitti", "structured", 4,
                         _official_val(),
                         label_pp=f"kitti_closest_vehicle_distance|{_KEEP}",
                         version="3.3.0", version_note=_KITTI_VERSION_NOTE),
-    "dsprites_loc": _task("dSprites-Loc", "dsprites", "structured", 16,
-                          _train_only(737_280, 80, 10),
-                          label_pp=_dsprites("label_x_position", 32),
-                          note="train 737280", version="2.0.0"),
-    "dsprites_ori": _task("dSprites-Ori", "dsprites", "structured", 16,
-                          _train_only(737_280, 80, 10),
-                          label_pp=_dsprites("label_orientation", 40),
-                          note="train 737280", version="2.0.0"),
+    "dsprites_loc": _dsprites("dSprites-Loc", "label_x_position", 32),
+    "dsprites_ori": _dsprites("dSprites-Ori", "label_orientation", 40),
     "smallnorb_azi": _smallnorb("sNORB-Azim", 18, "label_azimuth"),
     "smallnorb_ele": _smallnorb("sNORB-Elev", 9, "label_elevation"),
 }
@@ -196,10 +193,8 @@ def tasks_in_group(group: str) -> List[str]:
 
 
 def source(name: str, split: str = "train800val200", **kw):
-  """A TfdsSource for a task split key (e.g. "train800") or expression.
-
-  Extra kwargs (data_dir, download, in_memory, ...) go to TfdsSource.
-  """
+  """A TfdsSource for a task split key (e.g. "train800") or expression;
+  other kwargs (data_dir, download, in_memory, ...) go to TfdsSource."""
   t = task(name)
   return tfds_lib.TfdsSource(tfds_spec(name), t["splits"].get(split, split),
                              **kw)

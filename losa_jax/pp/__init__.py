@@ -34,10 +34,11 @@ SEED_KEY = "_seed"
 # Built-in op families (module names under losa_jax.pp).
 FAMILIES = ("image", "video", "vtab")
 
-_REGISTRY: Dict[str, Callable[..., OpFn]] = {}
-# name -> bool, or fn(*args, **kwargs) -> bool for ops whose randomness
-# depends on their arguments (video_sample(..., mode="central") is not).
-_RANDOM: Dict[str, Union[bool, Callable[..., bool]]] = {}
+# name -> (factory, random): random is a bool, or fn(*args, **kwargs) -> bool
+# for ops whose randomness depends on their arguments (video_sample(...,
+# mode="central") is not).
+_REGISTRY: Dict[str, Tuple[Callable[..., OpFn],
+                           Union[bool, Callable[..., bool]]]] = {}
 
 
 def register(name: str, *,
@@ -57,8 +58,7 @@ def register(name: str, *,
     if name in _REGISTRY:
       raise ValueError(f"pp op {name!r} is already registered; pick another "
                        "name.")
-    _REGISTRY[name] = factory
-    _RANDOM[name] = random if callable(random) else bool(random)
+    _REGISTRY[name] = (factory, random if callable(random) else bool(random))
     return factory
 
   return deco
@@ -88,8 +88,7 @@ def is_random(op: str) -> bool:
   """Whether an op (e.g. "flip_lr" or "video_sample(8, mode='central')")
   draws from the per-example seed, as its registration declares."""
   name, args, kwargs = parse_op(op)
-  _factory(name, op)
-  rand = _RANDOM[name]
+  rand = _registered(name, op)[1]
   return bool(rand(*args, **kwargs)) if callable(rand) else rand
 
 
@@ -169,7 +168,7 @@ def random_ops(spec: Spec) -> List[str]:
   return [op for op in split_ops(spec) if is_random(op)]
 
 
-def _factory(name: str, op: str) -> Callable[..., OpFn]:
+def _registered(name: str, op: str):
   if name not in _REGISTRY:
     _import_builtin()   # An op of a family nobody imported yet.
   if name not in _REGISTRY:
@@ -180,7 +179,7 @@ def _factory(name: str, op: str) -> Callable[..., OpFn]:
 
 def _build_op(op: str) -> OpFn:
   name, args, kwargs = parse_op(op)
-  factory = _factory(name, op)
+  factory, _ = _registered(name, op)
   try:
     fn = factory(*args, **kwargs)
   except (TypeError, ValueError) as e:
