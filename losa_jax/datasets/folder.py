@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0.
 """`name="folder"`: images in `root/<split>/<class_name>/*.png|jpg`."""
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -51,7 +51,26 @@ def scan(root: str, split: str, class_names: Optional[Sequence[str]],
   return class_names, items
 
 
-class FolderSource(core.Source):
+class ClassFolderSource(core.Source):
+  """A source over `root/<split>/<class>/...`: only `columns` (paths and
+  labels, [N] each) live in memory; `_read` reads a gathered row's files."""
+
+  columns: Dict[tuple, Any]
+
+  def num_examples(self) -> int:
+    return len(self.columns[("label",)])
+
+  def table(self) -> core.Table:
+    if getattr(self, "_table", None) is None:
+      self._table = core.Table(self.columns, self.num_examples(),
+                               finalize=self._read)
+    return self._table
+
+  def as_dataset(self) -> tf.data.Dataset:
+    return tf.data.Dataset.range(self.num_examples()).map(self.table().lookup)
+
+
+class FolderSource(ClassFolderSource):
   """Images in `root/<split>/<class_name>/*.png|jpg`, one folder per class.
 
   Raw examples: {"image": encoded bytes (tf.string), "label": int64 index of
@@ -98,25 +117,13 @@ class FolderSource(core.Source):
                          f"image; e.g. {self.skipped[0][0]}: "
                          f"{self.skipped[0][1]}")
     self._files = np.array(files, dtype=object)
-    self._labels = np.array(labels, dtype=np.int64)
-
-  def num_examples(self) -> int:
-    return len(self._files)
+    self.columns = {("file_name",): self._files,
+                    ("label",): np.array(labels, dtype=np.int64)}
 
   def _read(self, ex):
     path = tf.strings.join([self.root, ex["file_name"]], separator=os.sep)
     return {"image": tf.io.read_file(path), "label": ex["label"],
             "file_name": ex["file_name"]}
-
-  def as_dataset(self) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(
-        {"file_name": self._files, "label": self._labels})
-    return ds.map(self._read)
-
-  def table(self) -> core.Table:
-    # Only the paths live in memory; images are read when gathered.
-    return core.Table({("file_name",): self._files, ("label",): self._labels},
-                      len(self._files), finalize=self._read)
 
   def diagnose(self, error: Exception) -> Optional[str]:
     """After the pipeline failed to decode an image: which files are bad.

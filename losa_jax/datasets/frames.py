@@ -17,7 +17,7 @@ from losa_jax.datasets import core
 from losa_jax.datasets import folder
 
 
-class FrameFolderSource(core.Source):
+class FrameFolderSource(folder.ClassFolderSource):
   """Videos stored as frame images: `root/<split>/<class>/<video_id>/*.png`.
 
   Raw examples: {"video": tf.string [F] encoded frames in file-name order,
@@ -58,30 +58,15 @@ class FrameFolderSource(core.Source):
     self.class_names, items = folder.scan(
         root, split, class_names, videos, "Frame",
         "root/<split>/<class>/<video_id>/<frame>.png")
-    self._frames = [np.array(f, dtype=object) for (f, _), _ in items]
-    self._labels = [l for _, l in items]
-    self._ids = [i for (_, i), _ in items]
-    self._table = None
-
-  def num_examples(self) -> int:
-    return len(self._labels)
+    self.columns = {
+        ("frames",): [np.array(f, dtype=object) for (f, _), _ in items],
+        ("label",): np.array([l for _, l in items], np.int64),
+        ("video_id",): np.array([i for (_, i), _ in items], dtype=object)}
 
   def _read(self, ex):
     paths = tf.strings.join([self.root, os.sep, ex["frames"]])
     video = tf.map_fn(tf.io.read_file, paths)
     return {"video": video, "label": ex["label"], "video_id": ex["video_id"]}
-
-  def table(self):
-    if self._table is None:
-      self._table = core.Table(
-          {("frames",): self._frames,
-           ("label",): np.array(self._labels, np.int64),
-           ("video_id",): np.array(self._ids, dtype=object)},
-          len(self._labels), finalize=self._read)
-    return self._table
-
-  def as_dataset(self) -> tf.data.Dataset:
-    return tf.data.Dataset.range(self.num_examples()).map(self.table().lookup)
 
 
 PP_MODULES = ("image", "video")
