@@ -10,11 +10,8 @@ Each module defines `make(**kw) -> core.Source` and `PP_MODULES`, the pp op
 families its examples need (imported before its pp spec is parsed), and may
 define `pp_spec(data, pp) -> pp` to wrap the config's pp (VTAB adds its
 label ops). A new dataset is a module with `make`, registered here with one
-line; nothing else in the trainer changes.
-
-The pre-registry forms keep working: dict(demo=<task>), dict(vtab=<task>),
-dict(root=...), dict(frames_root=...), dict(video_demo=<task>) and
-dict(name=<tfds name>).
+line; nothing else in the trainer changes. The older config forms in
+`_LEGACY` (e.g. dict(demo=<task>), dict(root=...)) keep working.
 """
 import importlib
 from typing import Any, Callable, Dict, Mapping, Tuple

@@ -80,8 +80,7 @@ class FolderSource(ClassFolderSource):
   Args:
     root: dataset root.
     split: split expression over the sub-folders of root.
-    class_names: the label order; default the sorted union of the class
-      folders of every split under root, so labels agree across splits.
+    class_names: the label order (default: see `core.scan_class_folders`).
     extensions: accepted file suffixes (case-insensitive).
     skip_bad_images: decode every file once up front and leave out those
       that do not decode (non-images, truncated files), logging how many and

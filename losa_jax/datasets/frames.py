@@ -2,10 +2,8 @@
 # Licensed under the Apache License, Version 2.0.
 """`name="frames"`: videos stored as frame images in class folders.
 
-TFDS datasets with a `video` feature need no module of their own: they go
-through `datasets.tfds` like any TFDS name (tfds 4.9.10 knows `ucf101` and
-`moving_mnist`; it has NO Kinetics or Something-Something builder, so those
-are read from frame folders or from a TFDS dataset you build yourself).
+TFDS datasets with a `video` feature go through `datasets.tfds` like any
+TFDS name; docs/video.md says which exist (no Kinetics, no SSv2).
 """
 import os
 from typing import Optional, Sequence
@@ -30,8 +28,7 @@ class FrameFolderSource(folder.ClassFolderSource):
     root: dataset root.
     split: split expression over the sub-folders of root (TFDS syntax, e.g.
       "train[:90%]"); videos are ordered by (class, video_id).
-    class_names: the label order; default the sorted union of the class
-      folders of every split, so labels agree across splits.
+    class_names: the label order (default: see `core.scan_class_folders`).
     extensions: frame file suffixes (case-insensitive).
   """
 

@@ -221,11 +221,8 @@ def resolved_tfds(name: str, data_dir=None) -> str:
 
 
 def pp_spec(name, pp) -> List[str]:
-  """[label ops of the task, model pp]: pass to pp.get_preprocess_fn.
-
-  `name` is the task name, or the data kwargs of `make` (the registry's
-  `pp_for` passes those).
-  """
+  """[label ops of the task, model pp] for pp.get_preprocess_fn; `name` is
+  the task name or the data kwargs of `make` (what `pp_for` passes)."""
   if isinstance(name, dict):
     name = name["task"]
   return [task(name)["label_pp"], pp]

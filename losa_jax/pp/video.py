@@ -42,12 +42,8 @@ def frame_indices(num_available, num_frames: int, stride: int = 1,
   video (frame floor((i + 0.5) * F / num_frames)). Videos shorter than the
   span loop (index mod F), as in Scenic/DMVR.
 
-  Args:
-    num_available: F, frames in the video (int or scalar tensor).
-    num_frames, stride: clip length and frame step.
-    mode: one of SAMPLE_MODES.
-    num_clips, clip_index: for mode "clip".
-    seed: int [2] stateless seed for mode "random".
+  `num_available` (F) may be an int or a scalar tensor; `seed` is an int [2]
+  stateless seed.
   """
   pp_lib.positive_int(num_frames, "video_sample: num_frames")
   pp_lib.positive_int(stride, "video_sample: stride")
