@@ -13,7 +13,7 @@ train / 797 test), a different source of handwriting.
   python -m losa_jax.train --config configs/default.py:method=full,lr=0.0003 \
       --workdir /tmp/full_demo
 
-Args: method (losa|linear|full|lora|adapter), task (digits|digits_parity|
+Args: method (losa|linear|full|lora|adapter|lst|last), task (digits|digits_parity|
 mnist5k), rank, steps, lr, batch, seed, population (''|default|random: train
 a population of LoSA side networks on one backbone pass, see
 docs/population.md), side_dtype (float32|bfloat16: the storage dtype of

@@ -1,6 +1,7 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Compiled-cost guard: LoSA's train step costs about one backbone forward.
+"""Compiled-cost guard: a side method's train step (LoSA, LST, LAST) costs
+about one backbone forward.
 
 Compile-only (abstract inputs, nothing materialised), ViT-S/16 at 224 px,
 batch 32. XLA's FLOP and memory estimates are deterministic, so their ratios
@@ -19,6 +20,7 @@ from conftest import tiny_config
 from losa_jax.assembly import build
 from losa_jax.utils import cost
 from losa_jax.assembly import steps
+from losa_jax.models import model as model_lib
 
 BATCH = 32
 
@@ -46,12 +48,14 @@ def _step(method):
                             steps.abstract_batch(BATCH, b.image_shape))
 
 
-def test_losa_step_flops_close_to_forward():
-  assert _step("losa")["flops"] <= 1.15 * _forward()["flops"]
+@pytest.mark.parametrize("method", model_lib.SIDE_METHODS)
+def test_side_step_flops_close_to_forward(method):
+  assert _step(method)["flops"] <= 1.15 * _forward()["flops"]
 
 
-def test_losa_temp_memory_far_below_full():
-  assert _step("losa")["temp_bytes"] <= _step("full")["temp_bytes"] / 5
+@pytest.mark.parametrize("method", model_lib.SIDE_METHODS)
+def test_side_temp_memory_far_below_full(method):
+  assert _step(method)["temp_bytes"] <= _step("full")["temp_bytes"] / 5
 
 
 @pytest.mark.parametrize("method", ["lora", "adapter"])

@@ -205,6 +205,13 @@ SCHEMA: Dict[str, Key] = {
     "model.adapter": Key(dict, None, _options(model_lib.adapter_options)),
     **{f"model.adapter.{k}": Key(type(v), v)
        for k, v in model_lib.ADAPTER_DEFAULTS.items()},
+    **{f"model.{method}": Key(dict, None, _options(functools.partial(
+        model_lib.side_options, method)), f"{method.upper()}'s options: "
+                              f"losa_jax.models.{mod.__name__.split('.')[-1]}")
+       for method, mod in model_lib.SIDE_MODULES.items()},
+    **{f"model.{method}.{k}": Key(type(v), v, None, mod.HELP[k])
+       for method, mod in model_lib.SIDE_MODULES.items()
+       for k, v in mod.DEFAULTS.items()},
     "model_init": Key(str, "", None, "the backbone's params file (npz)"),
     "model_load": Key(dict, None, None, "how model_init is read"),
     "model_load.dont_load": Key(tuple, (), None, "param regexes not loaded"),

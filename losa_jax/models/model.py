@@ -1,16 +1,18 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""One adaptable model for every method: LoSA, linear probe, full, LoRA, adapters.
+"""One adaptable model for every method: LoSA, LST, LAST, linear probe, full,
+LoRA, adapters.
 
 Param tree (names are the API; see `losa_jax.assembly.optim` for the freezing rules):
 
     backbone/...   the big_vision ViT (no head); frozen except for `full`, and
                    except its `*_lora/*` or `adapter_*/*` leaves for lora/adapter
-    side/...       LoSA's mixers and LN_out (only for method="losa")
+    side/...       the side network (the side methods: losa, lst, last)
     head/{kernel,bias}   the new classifier, zero-initialised
 
 The backbone is wrapped in `nn.map_variables` so its frozen leaves are read
-through `jax.lax.stop_gradient`; for LoSA the taps are stop-gradient'ed again,
+through `jax.lax.stop_gradient`; for the side methods the taps are
+stop-gradient'ed again,
 so no gradient can reach the backbone even if a caller differentiates the
 whole tree. `Model.apply(variables, images) -> (logits [B, C], out)`.
 """
@@ -25,10 +27,19 @@ from flax import traverse_util
 
 from losa_jax.models import side as side_lib
 from losa_jax.models import side_fused
+from losa_jax.models import side_last
+from losa_jax.models import side_lst
 from losa_jax.models import vit
 from losa_jax.models import vivit
 
-METHODS = ("losa", "linear", "full", "lora", "adapter")
+METHODS = ("losa", "linear", "full", "lora", "adapter", "lst", "last")
+# Methods that train a side network on frozen taps (`backbone_features`).
+SIDE_METHODS = ("losa", "lst", "last")
+# The side methods other than LoSA, by name: each module declares DEFAULTS,
+# HELP, INTS, BOOLS, optional CHOICES and check(cfg, what), tap_key(cfg) and
+# Network(cfg, backbone kwargs)(taps, final) -> a correction [B, N, D] added to
+# the final features before the frozen encoder_norm.
+SIDE_MODULES = {"lst": side_lst, "last": side_last}
 
 # Backbone leaves that a method trains; everything else under backbone/ is
 # frozen. `optim.default_rules` builds the optimizer's rules from this table.
@@ -38,6 +49,8 @@ TRAINABLE_IN_BACKBONE = {
     "full": r".*",
     "lora": vit.PEFT_PARAM_PATTERNS["lora"],
     "adapter": vit.PEFT_PARAM_PATTERNS["adapter"],
+    "lst": None,
+    "last": None,
 }
 
 LOSA_DEFAULTS = dict(
@@ -143,6 +156,25 @@ def losa_options(given: Optional[dict], what: str = "losa") -> dict:
     raise ValueError(f"LoSA option {what}.state='stream' needs "
                      f"{what}.head_input='sum' (got {cfg['head_input']!r}): "
                      "the stream already carries the backbone features.")
+  return cfg
+
+
+def side_options(method: str, given: Optional[dict],
+                 what: Optional[str] = None) -> dict:
+  """The options of side method `method` ("lst", "last": SIDE_MODULES), its
+  DEFAULTS updated by `given`, every field checked by name."""
+  mod, what = SIDE_MODULES[method], what or method
+  cfg = merged(mod.DEFAULTS, given, what)
+  for key in mod.INTS:
+    check_int(cfg[key], f"{what}.{key}", hint=f" ({mod.HELP[key]})")
+  for key in (*mod.BOOLS, "remat"):
+    if not isinstance(cfg[key], bool):
+      raise ValueError(f"{what}.{key}={cfg[key]!r}: must be True or False.")
+  for key, choices in (("dtype", side_lib.DTYPES), ("pool", LOSA_POOLS),
+                       *getattr(mod, "CHOICES", {}).items()):
+    _check_choice(cfg[key], f"{what}.{key}", choices)
+  if hasattr(mod, "check"):
+    mod.check(cfg, what)
   return cfg
 
 
@@ -258,6 +290,7 @@ class Model(nn.Module):
     backbone: kwargs of `vit.Model` (variant, pool_type, posemb, rep_size,
       scan, dtype_mm, ...), without num_classes.
     losa / lora / adapter: method options (see *_DEFAULTS).
+    lst / last: side method options (`side_lst.DEFAULTS`, `side_last.DEFAULTS`).
   """
   num_classes: int
   method: str = "losa"
@@ -265,6 +298,8 @@ class Model(nn.Module):
   losa: Any = None
   lora: Any = None
   adapter: Any = None
+  lst: Any = None
+  last: Any = None
 
   def backbone_module(self):
     """The backbone's linen class, chosen by model.backbone.kind."""
@@ -294,22 +329,24 @@ class Model(nn.Module):
                taps_only=False):
     """images [B, H, W, 3] -> (logits [B, C], out).
 
-    precomputed: LoSA only; {"taps": [L', B, N, D], "final": [B, N, D]} as
+    precomputed: side methods only; {"taps": [L', B, N, D], "final": [B, N, D]} as
       returned with `taps_only=True`, or with "layer_axis": 1 and taps
       [B, L', N, D] as a feature cache stores them (read in place, no
       transposed copy). The backbone is then not run at all; `images` is
       ignored.
-    taps_only: LoSA only; return those backbone features instead of logits.
+    taps_only: side methods only; return those backbone features instead of logits.
     """
     if self.method not in METHODS:
       raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")
-    if (precomputed is not None or taps_only) and self.method != "losa":
-      raise ValueError("precomputed / taps_only need method='losa': other "
-                       "methods change the backbone's features.")
+    if (precomputed is not None or taps_only) and (
+        self.method not in SIDE_METHODS):
+      raise ValueError(f"precomputed / taps_only need a side method "
+                       f"{SIDE_METHODS}: other methods change the backbone's "
+                       "features.")
     bb_kw = self.backbone_kwargs()
     if precomputed is not None:
       out = dict(precomputed)
-      return self._head(self._losa(out), out)
+      return self._head(self._side(out), out)
 
     trainable = TRAINABLE_IN_BACKBONE[self.method]
     bb_cls = self.backbone_module()
@@ -323,14 +360,14 @@ class Model(nn.Module):
     # The frozen backbone always runs in inference mode (no dropout).
     bb_train = train and self.method in ("full", "lora", "adapter")
     pre_logits, out = backbone(images, train=bb_train)
-    if self.method != "losa":
+    if self.method not in SIDE_METHODS:
       return self._head(pre_logits, out)
     out.update(backbone_features(out["encoder"], self.tap_key(),
                                  depth=self.depth(),
                                  backbone_params=self._backbone_params()))
     if taps_only:
       return {"taps": out["taps"], "final": out["final"]}
-    return self._head(self._losa(out), out)
+    return self._head(self._side(out), out)
 
   def _head(self, features, out):
     out["features"] = features
@@ -339,7 +376,7 @@ class Model(nn.Module):
         name="head")(features)
     return logits, out
 
-  # --- LoSA -----------------------------------------------------------------
+  # --- side networks ---------------------------------------------------------
 
   def _backbone_params(self):
     # Read from this module's scope so it also works when the backbone was
@@ -347,8 +384,31 @@ class Model(nn.Module):
     return jax.lax.stop_gradient(self.variables["params"]["backbone"])
 
   def tap_key(self) -> TapKey:
-    """(tap, tap_every, dtype) of this LoSA model (see `tap_key`)."""
+    """(tap, tap_every, dtype) of this side model's taps (see `tap_key`)."""
+    if self.method in SIDE_MODULES:
+      return SIDE_MODULES[self.method].tap_key(self.side_config())
     return tap_key(self.losa)
+
+  def side_config(self) -> dict:
+    """The checked options of an LST or LAST model."""
+    return side_options(self.method, getattr(self, self.method))
+
+  def _side(self, out):
+    """Pooled features [B, D'] of this model's side network."""
+    if self.method == "losa":
+      return self._losa(out)
+    cfg, bb_kw = self.side_config(), self.backbone_kwargs()
+    bb_params = self._backbone_params()
+    taps = jax.lax.stop_gradient(out["taps"])
+    if out.get("layer_axis", 0):
+      taps = jnp.moveaxis(taps, out["layer_axis"], 0)
+    final = jax.lax.stop_gradient(out["final"])
+    delta = SIDE_MODULES[self.method].Network(cfg, bb_kw, name="side")(
+        taps, final)
+    enc_norm = bb_params["Transformer"]["encoder_norm"]
+    f = nn.LayerNorm().apply({"params": enc_norm}, final + delta)
+    return self._pool(cfg["pool"], bb_kw.get("pool_type", "gap"), f, bb_kw,
+                      bb_params)
 
   def depth(self) -> int:
     """The backbone's number of blocks."""

@@ -41,6 +41,13 @@ HEAD_INPUTS = ("sum", "side", "concat")
 OUT_NORMS = ("new", "backbone")
 DTYPES = ("float32", "bfloat16")
 EPSILON = side_fused.EPSILON      # every LayerNorm of the side network
+# The options every side method other than LoSA has (model.SIDE_MODULES;
+# LoSA's are model.LOSA_DEFAULTS), checked by model.side_options.
+SHARED_DEFAULTS = dict(dtype="bfloat16", pool="auto", remat=True)
+SHARED_HELP = dict(
+    dtype="storage of the taps and the side stream: bfloat16 | float32",
+    pool="auto (match the backbone) | tok | gap | map",
+    remat="recompute each side block in the backward")
 
 Spec = Dict[str, Any]    # {name: Spec, or (shape, init) for a param}
 
@@ -376,3 +383,15 @@ def tap_indices(depth: int, every: int = 1) -> Tuple[int, ...]:
 def as_float32(x):
   """Side network math is float32 even when the backbone runs in bf16."""
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), x)
+
+
+def scan_taps(block, carry, taps, *, remat: bool, **kw):
+  """`block(**kw)` scanned over the taps [L', B, N, D] (call in a compact
+  method): params stacked on a leading L' axis under `blocks/`, each block
+  rematerialised in the backward when `remat`. Returns the last carry."""
+  if remat:
+    block = nn.remat(block, prevent_cse=False)
+  carry, _ = nn.scan(block, variable_axes={"params": 0},
+                     split_rngs={"params": True}, in_axes=0,
+                     length=taps.shape[0])(name="blocks", **kw)(carry, taps)
+  return carry
