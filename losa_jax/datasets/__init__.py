@@ -85,9 +85,8 @@ def module_of(data: Mapping[str, Any]):
 
 
 def get_source(data: Mapping[str, Any]) -> core.Source:
-  """config data dict -> Source; e.g. dict(name="demo", task="digits",
-  split="train[:800]") or dict(name="cifar100", split="test",
-  data_dir=...)."""
+  """config data dict -> Source, e.g. of dict(name="demo", task="digits",
+  split="train[:800]") or dict(name="cifar100", split="test")."""
   name, kw = canonical(data)
   mod = module_of(data)
   try:

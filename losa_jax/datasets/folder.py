@@ -30,8 +30,7 @@ def image_problem(path: str) -> Optional[str]:
 
 
 def image_files(folder: str, extensions: Sequence[str]) -> List[str]:
-  """Sorted names of the files in `folder` with one of `extensions` (any
-  case)."""
+  """Sorted names of the files in `folder` ending in `extensions` (any case)."""
   ext = tuple(e.lower() for e in extensions)
   return sorted(f for f in os.listdir(folder) if f.lower().endswith(ext))
 

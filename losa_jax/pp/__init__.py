@@ -47,9 +47,8 @@ def register(name: str, *,
 
   The factory receives the literal args of the spec (`resize(224)` calls
   `factory(224)`) and returns the op; it should raise ValueError/TypeError
-  on bad args (the parser adds the op name to the message). `random=True`
-  declares that the op draws from `_seed`; a callable taking the op's args
-  decides per use.
+  on bad args (the parser adds the op name to the message). `random`: see
+  `_REGISTRY`.
   """
   if not name.isidentifier():
     raise ValueError(f"pp op name {name!r} must be a Python identifier.")
@@ -74,13 +73,10 @@ def import_ops(module: str):
                      f"one of {FAMILIES} or a dotted module path.") from None
 
 
-def _import_builtin():
+def registered_ops() -> List[str]:
+  """Every op name, after importing the built-in families."""
   for family in FAMILIES:
     import_ops(family)
-
-
-def registered_ops() -> List[str]:
-  _import_builtin()
   return sorted(_REGISTRY)
 
 
@@ -170,7 +166,7 @@ def random_ops(spec: Spec) -> List[str]:
 
 def _registered(name: str, op: str):
   if name not in _REGISTRY:
-    _import_builtin()   # An op of a family nobody imported yet.
+    registered_ops()   # Imports the families nobody imported yet.
   if name not in _REGISTRY:
     raise ValueError(f"Unknown pp op {name!r} (in {op!r}). Registered ops: "
                      f"{', '.join(registered_ops())}.")
