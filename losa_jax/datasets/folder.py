@@ -124,11 +124,8 @@ class FolderSource(ClassFolderSource):
             "file_name": ex["file_name"]}
 
   def diagnose(self, error: Exception) -> Optional[str]:
-    """After the pipeline failed to decode an image: which files are bad.
-
-    Decodes every file of the split (only on failure, so a healthy run pays
-    nothing) and names the ones that do not decode.
-    """
+    """Names the split's files that do not decode (decoding them all only
+    after the pipeline failed, so a healthy run pays nothing)."""
     del error
     bad = [f"{os.path.join(self.root, f)} ({p})"
            for f, p in zip(self._files, self._problems(self._files)) if p]

@@ -21,8 +21,7 @@ class FrameFolderSource(folder.ClassFolderSource):
   Raw examples: {"video": tf.string [F] encoded frames in file-name order,
   "label": int64 index of the class in `class_names`, "video_id":
   "<class>/<video_id>"}. Put `video_sample` before `video_decode` in the pp
-  so only the sampled frames are decoded. Random access: only the frame
-  paths are held in memory.
+  so only the sampled frames are decoded.
 
   Args:
     root: dataset root.

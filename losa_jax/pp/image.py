@@ -76,15 +76,25 @@ def resize_small_op(smaller_size: int, key: str = "image",
   return fn
 
 
+def check_fits(image: tf.Tensor, h: int, w: int, op: str):
+  """Fails, naming `op`, if [..., H, W, C] is smaller than (h, w)."""
+  tf.debugging.assert_greater_equal(
+      tf.shape(image)[-3:-1], tf.constant([h, w]),
+      message=f"{op}: the image is smaller than the crop {(h, w)}; resize "
+      "first (e.g. resize_small or video_resize_small).")
+
+
 @register("central_crop")
-def _central_crop(size, key: str = "image"):
-  """Crops the central (h, w) window; the image must be at least that big."""
+def central_crop_op(size, key: str = "image"):
+  """Crops the central (h, w) window of [H, W, C] (of every frame of
+  [F, H, W, C]); the image must be at least that big."""
   h, w = _hw(size, "central_crop")
 
   def fn(ex):
     image = ex[key]
+    check_fits(image, h, w, "central_crop")
     shape = tf.shape(image)
-    top, left = (shape[0] - h) // 2, (shape[1] - w) // 2
+    top, left = (shape[-3] - h) // 2, (shape[-2] - w) // 2
     ex[key] = tf.image.crop_to_bounding_box(image, top, left, h, w)
     return ex
 

@@ -135,11 +135,13 @@ def _video_decode(channels: int = 3, key: str = "video"):
   return fn
 
 
-# The image ops work on [..., H, W, C], so every frame gets the same resize.
+# These image ops work on [..., H, W, C]: every frame gets the same geometry.
 pp_lib.register("video_resize")(
     functools.partial(image_ops.resize_op, key="video"))
 pp_lib.register("video_resize_small")(
     functools.partial(image_ops.resize_small_op, key="video"))
+pp_lib.register("video_central_crop")(
+    functools.partial(image_ops.central_crop_op, key="video"))
 
 
 @pp_lib.register("video_scale_jitter", random=True)
@@ -170,14 +172,6 @@ def _crop(video, top, left, h, w):
   return video[:, top:top + h, left:left + w]
 
 
-def _check_fits(video, h, w, op):
-  shape = tf.shape(video)
-  tf.debugging.assert_greater_equal(
-      shape[1:3], tf.constant([h, w]),
-      message=f"{op}: the frames are smaller than the crop {(h, w)}; resize "
-      "first (e.g. video_resize_small).")
-
-
 def _window_op(op: str, h: int, w: int, key: str, offsets):
   """The fn of crop op `op`: ex[key] [T, H, W, C] -> [T, h, w, C], the same
   window of every frame, at (top, left) = offsets(ex, H, W) (scalar tensors).
@@ -185,22 +179,13 @@ def _window_op(op: str, h: int, w: int, key: str, offsets):
 
   def fn(ex):
     video = ex[key]
-    _check_fits(video, h, w, op)
+    image_ops.check_fits(video, h, w, op)
     shape = tf.shape(video)
     top, left = offsets(ex, shape[1], shape[2])
     ex[key] = _crop(video, top, left, h, w)
     return ex
 
   return fn
-
-
-@pp_lib.register("video_central_crop")
-def _video_central_crop(size, key: str = "video"):
-  """The central (h, w) window of every frame."""
-  h, w = pp_lib.hw(size, "video_central_crop")
-  return _window_op("video_central_crop", h, w, key,
-                    lambda ex, height, width: ((height - h) // 2,
-                                               (width - w) // 2))
 
 
 @pp_lib.register("video_random_crop", random=True)
@@ -285,7 +270,7 @@ def _video_multiview(num_frames: int, stride: int, num_clips: int,
 
   def fn(ex):
     video = ex[key]
-    _check_fits(video, crop_size, crop_size, "video_multiview")
+    image_ops.check_fits(video, crop_size, crop_size, "video_multiview")
     shape = tf.shape(video)
     views = []
     for c in range(num_clips):
