@@ -37,6 +37,7 @@ import ml_collections
 
 from configs import common
 from losa_jax import demo
+from losa_jax.models import model as model_lib
 
 
 # How losa_jax.auto derives its search and final runs from this file.
@@ -72,6 +73,10 @@ def get_config(arg=None):
   c.model_init = demo.BACKBONE_NPZ
   c.model = common.model(arg["method"], dict(demo.BACKBONE_MODEL),
                          arg["rank"], **common.side_dtype(arg["side_dtype"]))
+  if arg["method"] in model_lib.SIDE_MODULES:
+    # LST's / LAST's options written out, so --config.model.<method>.* can
+    # override each (their own defaults: rank does not size them).
+    c.model[arg["method"]] = dict(model_lib.SIDE_MODULES[arg["method"]].DEFAULTS)
   # The shipped checkpoint's 10-class MNIST head has the right shape for the
   # digit tasks; a fresh zero-init head keeps the comparison about adaptation.
   c.model_load = dict(dont_load=["head/.*"])

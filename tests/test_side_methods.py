@@ -17,6 +17,7 @@ from conftest import tiny_config
 from helpers_train import run_train
 from losa_jax.assembly import build
 from losa_jax.assembly import steps
+from losa_jax.config import schema as config_lib
 from losa_jax.models import model as model_lib
 from losa_jax.utils import tree as tree_lib
 
@@ -115,6 +116,41 @@ def test_lst_gates_and_ladders():
     _model("lst", reduction=5).init(jax.random.key(0), X)
 
 
+def _top(scores, k):
+  return np.sort(np.argsort(-np.abs(scores))[:k])
+
+
+def test_lst_prune_init_keeps_the_backbone_weights_of_largest_magnitude():
+  """init="prune": every side block from its backbone block, checked here on
+  LayerNorm_0 and the query projection; the rest keeps its random init."""
+  c = config_lib.load_config("configs/default.py:method=lst,steps=2")
+  c.model.lst = dict(init="prune", reduction=4)
+  b = build.build(c, total_steps=2)
+  params = b.init_loaded(jax.random.key(0), c)["params"]
+  rand = b.init(jax.random.key(0))["params"]["side"]
+  side = params["side"]["blocks"]["block"]
+  d = c.model.backbone.width
+  for i in range(c.model.backbone.depth):
+    bb = params["backbone"]["Transformer"][f"encoderblock_{i}"]
+    scale = np.asarray(bb["LayerNorm_0"]["scale"])
+    np.testing.assert_array_equal(side["LayerNorm_0"]["scale"][i],
+                                  scale[_top(scale, d // 4)])
+    q = np.asarray(bb["MultiHeadDotProductAttention_0"]["query"]["kernel"])
+    q = q.reshape(d, -1)
+    rows = _top(np.abs(q).max(1), d // 4)
+    cols = _top(np.abs(q).max(0), d // 4)
+    np.testing.assert_array_equal(
+        np.reshape(side["MultiHeadDotProductAttention_0"]["query"]["kernel"][i],
+                   (d // 4, -1)), q[np.ix_(rows, cols)])
+  for name in ("down", "gate"):
+    jax.tree.map(np.testing.assert_array_equal, params["side"]["blocks"][name],
+                 rand["blocks"][name])
+  assert not np.any(params["side"]["up"]["kernel"])
+  c.model_init = ""
+  with pytest.raises(ValueError, match=r"init='prune' .* config.model_init"):
+    build.build(c, total_steps=2).init_loaded(jax.random.key(0), c)
+
+
 @pytest.mark.parametrize("method", SIDE)
 def test_taps_only_and_precomputed_give_the_same_logits(method):
   model = _model(method)
@@ -128,10 +164,11 @@ def test_taps_only_and_precomputed_give_the_same_logits(method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", SIDE)
-def test_cli_trains_two_steps(method, tmp_path):
+@pytest.mark.parametrize("method,extra", [
+    ("lst", ("--config.model.lst.init=prune",)), ("last", ())])
+def test_cli_trains_two_steps(method, extra, tmp_path):
   rc, out = run_train(f"configs/default.py:method={method},steps=2",
-                      str(tmp_path))
+                      str(tmp_path), extra=extra)
   assert rc == 0, out[-3000:]
   with open(tmp_path / "results.json") as f:
     results = json.load(f)

@@ -66,10 +66,13 @@ class Built:
     replaced by `load_backbone` and `device_put` back, but only the params
     the checkpoint does not replace (side network, new head, LoRA / adapter
     leaves, dont_load'ed ones) are initialised, and nothing goes through
-    the host. Without a model_init it is init(rng).
+    the host. Without a model_init it is init(rng). A side network that
+    starts from the backbone's weights (LST's init="prune") is made here,
+    from the loaded ones (`Model.init_from_backbone`).
     """
     params_shape = self.state_shape["params"]
-    loaded = tree_lib.flatten(load_backbone(params_shape, config))
+    loaded = tree_lib.flatten(self.model.init_from_backbone(
+        load_backbone(params_shape, config)))
     # load_backbone keeps the init leaves it does not replace: here, the
     # ShapeDtypeStructs of the leaves init_with must still initialise.
     overrides = {n: v for n, v in loaded.items()

@@ -393,6 +393,16 @@ class Model(nn.Module):
     """The checked options of an LST or LAST model."""
     return side_options(self.method, getattr(self, self.method))
 
+  def init_from_backbone(self, params):
+    """params with the side network initialised from the loaded backbone
+    params where the side method's options ask for it (its module's
+    `init_from_backbone`: LST's init="prune"), else params as given."""
+    hook = getattr(SIDE_MODULES.get(self.method), "init_from_backbone", None)
+    if hook is None:
+      return params
+    return {**params, "side": hook(params["side"], params["backbone"],
+                                   self.side_config(), self.depth())}
+
   def _side(self, out):
     """Pooled features [B, D'] of this model's side network."""
     if self.method == "losa":

@@ -22,12 +22,14 @@ reading: docs/method.md.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from losa_jax.models import side as side_lib
 from losa_jax.models import vit
+from losa_jax.utils import tree as tree_lib
 
 GATE_T = 0.1
-DEFAULTS = dict(reduction=8, gates=True, ladder_every=1,
+DEFAULTS = dict(reduction=8, gates=True, ladder_every=1, init="random",
                 **side_lib.SHARED_DEFAULTS)
 HELP = dict(
     reduction="r: the side transformer is width / r wide",
@@ -35,9 +37,12 @@ HELP = dict(
     "False: add it",
     ladder_every="a ladder (and a side block) at every n-th block, ending at "
     "the last",
+    init="random | prune: each side block from its backbone block's weights, "
+    "keeping the channels of largest magnitude (needs config.model_init)",
     **side_lib.SHARED_HELP)
 INTS = ("reduction", "ladder_every")
 BOOLS = ("gates",)
+CHOICES = {"init": ("random", "prune")}
 
 
 def tap_key(cfg: dict):
@@ -92,3 +97,68 @@ class Network(nn.Module):
         mlp_dim=max(1, mlp_dim // cfg["reduction"]))
     s = nn.LayerNorm(name="LayerNorm")(s.astype(jnp.float32))
     return nn.Dense(d, kernel_init=nn.initializers.zeros, name="up")(s)
+
+
+def _top(scores, k: int):
+  """Indices of the k largest scores, in their original order."""
+  return np.sort(np.argsort(-scores, kind="stable")[:k])
+
+
+def _as_2d(name: str, x):
+  """A kernel as [in, out] (attention's [D, H, Dh] -> [D, H Dh] and
+  [H, Dh, D] -> [H Dh, D]); any other leaf as a vector."""
+  if name.endswith("kernel"):
+    split = 2 if "/out/" in f"/{name}" else 1
+    return x.reshape(int(np.prod(x.shape[:split])), -1)
+  return x.reshape(-1)
+
+
+def _prune_block(shapes, block):
+  """One side block's params (`shapes`: flat name -> shape) from a backbone
+  block's (`block`, nested): each kernel keeps its rows and columns of
+  largest L-infinity norm, its bias the kernel's columns; each LayerNorm the
+  channels of largest |scale|, its bias the same ones."""
+  bb = {n: np.asarray(v, np.float32) for n, v in tree_lib.flatten(block).items()}
+  out = {}
+  for key, shape in shapes.items():
+    parent, leaf = key.rsplit("/", 1)
+    if leaf not in ("kernel", "scale"):
+      continue
+    x, small = _as_2d(key, bb[key]), _as_2d(key, np.zeros(shape))
+    cols = _top(np.abs(x).max(0) if x.ndim == 2 else np.abs(x),
+                small.shape[-1])
+    if x.ndim == 2:
+      x = x[_top(np.abs(x).max(1), small.shape[0])]
+    out[key] = x[..., cols].reshape(shape)
+    if f"{parent}/bias" in shapes:
+      out[f"{parent}/bias"] = bb[f"{parent}/bias"].reshape(-1)[cols].reshape(
+          shapes[f"{parent}/bias"])
+  return out
+
+
+def init_from_backbone(side, backbone, cfg: dict, depth: int):
+  """`side` params with every side block initialised by pruning the weights
+  of its ladder's backbone block (`init="prune"`), else `side` as given.
+
+  side: the side network's params or their ShapeDtypeStructs; backbone: the
+  loaded backbone params (unscanned `encoderblock_{i}` or scanned
+  `encoderblock`). The ladders, gates, final LayerNorm and up-projection
+  keep their own init.
+  """
+  if cfg["init"] != "prune":
+    return side
+  blocks = backbone["Transformer"]
+  if any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(blocks)):
+    raise ValueError("lst.init='prune' initialises the side network from the "
+                     "loaded backbone: set config.model_init.")
+  target = tree_lib.flatten(side["blocks"]["block"])
+  shapes = {n: v.shape[1:] for n, v in target.items()}
+  pruned = []
+  for i in side_lib.tap_indices(depth, cfg["ladder_every"]):
+    block = (jax.tree.map(lambda a, i=i: a[i], blocks["encoderblock"])
+             if "encoderblock" in blocks else blocks[f"encoderblock_{i}"])
+    pruned.append(_prune_block(shapes, block))
+  stacked = {n: jnp.asarray(np.stack([p[n] for p in pruned]), v.dtype)
+             for n, v in target.items()}
+  return {**side, "blocks": {**side["blocks"],
+                             "block": tree_lib.unflatten(stacked)}}
