@@ -19,6 +19,7 @@ from losa_jax.assembly import build
 from losa_jax.assembly import steps
 from losa_jax.config import schema as config_lib
 from losa_jax.models import model as model_lib
+from losa_jax.models import side_lst
 from losa_jax.utils import tree as tree_lib
 
 X = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
@@ -149,6 +150,31 @@ def test_lst_prune_init_keeps_the_backbone_weights_of_largest_magnitude():
   c.model_init = ""
   with pytest.raises(ValueError, match=r"init='prune' .* config.model_init"):
     build.build(c, total_steps=2).init_loaded(jax.random.key(0), c)
+
+
+def test_lst_prune_init_reads_a_scanned_backbone_alike():
+  model = _model("lst", init="prune", ladder_every=2)
+  params = model.init(jax.random.key(0), X)["params"]
+  leaves, tree = jax.tree.flatten(params)      # no ties, LayerNorms included
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(tree, [
+      x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  bb = params["backbone"]["Transformer"]
+  depth = TINY_BACKBONE["depth"]
+  scanned = {"Transformer": {"encoderblock": jax.tree.map(
+      lambda *xs: jnp.stack(xs), *[bb[f"encoderblock_{i}"]
+                                   for i in range(depth)])}}
+  cfg = model.side_config()
+  unrolled = side_lst.init_from_backbone(params["side"], params["backbone"],
+                                         cfg, depth)
+  jax.tree.map(np.testing.assert_array_equal, unrolled, side_lst.
+               init_from_backbone(params["side"], scanned, cfg, depth))
+  # One ladder, at the last block: its LayerNorms from encoderblock_1's.
+  ln = bb[f"encoderblock_{depth - 1}"]["LayerNorm_1"]
+  keep = _top(np.asarray(ln["scale"]), TINY_BACKBONE["width"] // 8)
+  np.testing.assert_array_equal(
+      unrolled["blocks"]["block"]["LayerNorm_1"]["bias"],
+      np.asarray(ln["bias"])[None, keep])
 
 
 @pytest.mark.parametrize("method", SIDE)

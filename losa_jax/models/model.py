@@ -12,9 +12,8 @@ Param tree (names are the API; see `losa_jax.assembly.optim` for the freezing ru
 
 The backbone is wrapped in `nn.map_variables` so its frozen leaves are read
 through `jax.lax.stop_gradient`; for the side methods the taps are
-stop-gradient'ed again,
-so no gradient can reach the backbone even if a caller differentiates the
-whole tree. `Model.apply(variables, images) -> (logits [B, C], out)`.
+stop-gradient'ed again, so no gradient can reach the backbone even if a
+caller differentiates the whole tree. `Model.apply(variables, images) -> (logits [B, C], out)`.
 """
 import numbers
 import re
@@ -329,12 +328,13 @@ class Model(nn.Module):
                taps_only=False):
     """images [B, H, W, 3] -> (logits [B, C], out).
 
-    precomputed: side methods only; {"taps": [L', B, N, D], "final": [B, N, D]} as
-      returned with `taps_only=True`, or with "layer_axis": 1 and taps
-      [B, L', N, D] as a feature cache stores them (read in place, no
-      transposed copy). The backbone is then not run at all; `images` is
-      ignored.
-    taps_only: side methods only; return those backbone features instead of logits.
+    precomputed: side methods only; {"taps": [L', B, N, D], "final":
+      [B, N, D]} as returned with `taps_only=True`, or with "layer_axis": 1
+      and taps [B, L', N, D] as a feature cache stores them (LoSA reads them
+      in place; LST and LAST transpose them). The backbone is then not run
+      at all; `images` is ignored.
+    taps_only: side methods only; return those backbone features instead of
+      logits.
     """
     if self.method not in METHODS:
       raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")

@@ -108,7 +108,7 @@ def _as_2d(name: str, x):
   """A kernel as [in, out] (attention's [D, H, Dh] -> [D, H Dh] and
   [H, Dh, D] -> [H Dh, D]); any other leaf as a vector."""
   if name.endswith("kernel"):
-    split = 2 if "/out/" in f"/{name}" else 1
+    split = 2 if name.endswith("out/kernel") else 1
     return x.reshape(int(np.prod(x.shape[:split])), -1)
   return x.reshape(-1)
 
