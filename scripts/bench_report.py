@@ -519,7 +519,8 @@ def input_markdown(rows) -> List[str]:
     return []
   tput = [r for r in rows if r["part"] == "throughput"]
   parts = _section(
-      "Input pipeline: images/s, ours vs plain tf.data",
+      "Input pipeline: examples/s (images or 16-frame clips), ours vs "
+      "plain tf.data",
       "Same encoded data and pp; pipelines one at a time, order rotated.",
       ["pp", "pipeline", "cores", "examples/s", "per core", "vs tf.data"],
       [[r["pp"], r["pipeline"], r["cores"], f"{r['examples_per_s']:,.1f}",
