@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu>=2.16; platform_machine == 'x86_64'",
     "tensorflow>=2.16; platform_machine != 'x86_64'",
     "tensorflow-datasets>=4.9.6",
+    # ArrayRecord splits are read by index through tfds.data_source.
+    "array_record>=0.5; platform_system == 'Linux'",
     # tfds imports it on its download path but does not declare it.
     "importlib_resources",
     # tf.summary (the trainer's TensorBoard events) lives in this package,
