@@ -122,12 +122,14 @@ def test_cached_training_equals_uncached(setup, cached_step, tmp_path):
   np.testing.assert_allclose(got16, ref, rtol=2e-2)
 
 
-def test_cached_training_equals_uncached_at_the_library_defaults():
+@pytest.mark.parametrize("method", ["losa", "lst", "last"])
+def test_cached_training_equals_uncached_at_the_library_defaults(method):
   """bf16 side stream and bf16 cache (both defaults): the cache holds the
   taps the model stores and the final features in float32, so a cached run
-  ends where the uncached one does, in every trainable leaf, to 1e-5."""
-  config = tiny_config("losa", **OPT)
-  assert "dtype" not in config.model.losa      # the library default
+  ends where the uncached one does, in every trainable leaf, to 1e-5; for
+  each side method."""
+  config = tiny_config(method, **OPT)
+  assert "dtype" not in (config.model.get(method) or {})  # library default
   built = build.build(config, total_steps=100)
   params = jax.device_get(built.init(jax.random.key(0))["params"])
   src = ds_arrays.ArraySource(_arrays())
@@ -289,7 +291,7 @@ def test_unknown_random_op_is_caught_by_running_it(setup, tmp_path):
 
 def test_refuses_other_methods_and_bad_options(setup, tmp_path):
   lora = build.model_from_config(tiny_config("lora"))
-  with pytest.raises(fc.CacheError, match="method='losa'"):
+  with pytest.raises(fc.CacheError, match="needs a side method"):
     _cache(setup, tmp_path, model=lora)
   with pytest.raises(ValueError, match="dtype"):
     _cache(setup, tmp_path, dtype="int8")

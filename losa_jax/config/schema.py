@@ -311,9 +311,11 @@ def validate(config) -> None:
   method = model.get("method", "losa")
   if method == "lora":
     vit.lora_targets(as_dict(model.get("lora")).get("targets", "qv"))
-  if as_dict(config.get("feature_cache")).get("enabled") and method != "losa":
-    raise ValueError(f"config.feature_cache.enabled needs model.method='losa' "
-                     f"(got {method!r}): other methods change the backbone's "
+  if (as_dict(config.get("feature_cache")).get("enabled")
+      and method not in model_lib.SIDE_METHODS):
+    raise ValueError(f"config.feature_cache.enabled needs a side method, "
+                     f"model.method in {model_lib.SIDE_METHODS} (got "
+                     f"{method!r}): other methods change the backbone's "
                      "features, so there is nothing fixed to cache.")
 
 

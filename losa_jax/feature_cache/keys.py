@@ -161,11 +161,11 @@ def data_fingerprint(source: core.Source) -> Dict[str, Any]:
 
 
 def tap_config(model: model_lib.Model) -> Dict[str, Any]:
-  """Everything of the model that decides the taps' values."""
-  losa = model_lib.merged(model_lib.LOSA_DEFAULTS, model.losa, "losa")
+  """Everything of the model that decides the taps' values: the backbone
+  and the side method's (tap, tap_every, dtype)."""
   return {"backbone": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in sorted(model.backbone_kwargs().items())},
-          "tap": losa["tap"], "tap_every": losa["tap_every"]}
+          "tap_key": list(model.tap_key())}
 
 
 def cache_key(parts: Dict[str, Any]) -> str:

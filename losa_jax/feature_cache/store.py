@@ -261,11 +261,11 @@ class FeatureCache:
              storage, budget, batch_size, log) -> "FeatureCache":
     t0 = time.time()
     p, num = jax.process_index(), jax.process_count()
-    cfg = model_lib.merged(model_lib.LOSA_DEFAULTS, model.losa, "losa")
+    tap, _, tap_dtype = model.tap_key()
     # The final features feed the head in float32 (`model.backbone_features`);
     # the last tap holds them exactly only when taps and cache are float32.
-    final_is_last_tap = (cfg["tap"] == "block" and dtype == "float32"
-                         and cfg["dtype"] == "float32")
+    final_is_last_tap = (tap == "block" and dtype == "float32"
+                         and tap_dtype == "float32")
     data = input_pipeline.evaluation(source, batch_size=batch_size, pp=pp,
                                      process_index=p, process_count=num)
     n = data.num_examples
@@ -321,10 +321,11 @@ class FeatureCache:
 
 
 def _check_options(model, dtype: str, storage: str, root: Optional[str]):
-  if model.method != "losa":
-    raise keys.CacheError(f"Feature caching needs method='losa', got "
-                          f"{model.method!r}: other methods change the "
-                          "backbone's features while training.")
+  if model.method not in model_lib.SIDE_METHODS:
+    raise keys.CacheError(f"Feature caching needs a side method "
+                          f"{model_lib.SIDE_METHODS}, got {model.method!r}: "
+                          "other methods change the backbone's features "
+                          "while training.")
   if dtype not in keys.DTYPES:
     raise ValueError(f"Feature cache dtype={dtype!r}: use one of "
                      f"{keys.DTYPES}.")
