@@ -10,7 +10,7 @@ inputs (nothing is allocated, so billion-parameter backbones fit).
 """
 from typing import Dict, Optional
 
-METHODS = ("losa", "linear", "full", "lora", "adapter")
+METHODS = ("losa", "linear", "full", "lora", "adapter", "lst", "last")
 # A 4-block width-32 ViT at 32 px, for --quick.
 TINY = dict(width=32, depth=4, mlp_dim=64, num_heads=2, patch_size=(8, 8))
 BIG_CONFIGS = (  # (label, method, remat of the scanned backbone)
@@ -18,7 +18,8 @@ BIG_CONFIGS = (  # (label, method, remat of the scanned backbone)
     ("linear", "linear", True),
     ("lora+remat", "lora", True), ("lora", "lora", False),
     ("adapter+remat", "adapter", True), ("adapter", "adapter", False),
-    ("full+remat", "full", True), ("full", "full", False))
+    ("full+remat", "full", True), ("full", "full", False),
+    ("lst", "lst", True), ("last", "last", True))
 FIT_GIB = (16, 40, 80)
 
 

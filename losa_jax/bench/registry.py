@@ -161,7 +161,8 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
     Section("compiled", _S + "sections_compiled:section_compiled",
             "Per variant and method: params, XLA FLOPs, compiled memory and "
             "their ratios to the backbone forward (f32, unscanned).",
-            dict(variants=["Ti/16", "S/16", "B/16", "L/16"], batch=32),
+            dict(variants=["Ti/16", "S/16", "B/16", "L/16"], batch=32,
+                 methods=list(METHODS)),
             dict(variants=["tiny"], batch=4), COMPILE_ONLY),
     Section("dtype", _S + "sections_compiled:section_dtype",
             "LoSA's compiled memory: f32 vs bf16 backbone, unrolled vs "

@@ -20,7 +20,7 @@ from losa_jax.assembly import build
 from losa_jax.assembly import steps
 from losa_jax.bench import common
 from losa_jax.bench.batch_search import largest_batch
-from losa_jax.bench.configs import BIG_CONFIGS, FIT_GIB, METHODS
+from losa_jax.bench.configs import BIG_CONFIGS, FIT_GIB
 from losa_jax.bench.configs import depth_of, forward_cost, make_config
 from losa_jax.bench.configs import step_cost, variant_backbone
 from losa_jax.bench.registry import FSDP_DEVICES
@@ -40,7 +40,7 @@ def section_compiled(a) -> List[Dict[str, Any]]:
   rows = []
   for variant in a.variants:
     fwd = forward_cost(make_config(variant, "losa"), a.batch)
-    for method in ("forward",) + METHODS:
+    for method in ["forward", *a.methods]:
       t0 = time.time()
       c = fwd if method == "forward" else step_cost(
           make_config(variant, method), a.batch)
@@ -58,7 +58,7 @@ def section_compiled(a) -> List[Dict[str, Any]]:
   # Ratios LoSA / other method, per variant.
   for variant in a.variants:
     per = {r["method"]: r for r in rows if r["variant"] == variant}
-    for r in per.values():
+    for r in per.values() if "losa" in per else ():
       r["losa_peak_fraction"] = per["losa"]["peak_bytes"] / r["peak_bytes"]
   return rows
 
