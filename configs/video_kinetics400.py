@@ -32,7 +32,8 @@ Exact commands (the image checkpoint is your own file; any npz that
                           pp=c.multiview_pp(a)))"
 
 Args (`:k=v,...`): variant (B/16, L/16, H/14, g/14, e/14), method (losa |
-linear | full | lora | adapter), frames, stride, tubelet (frames per
+linear | full | lora | adapter | st_adapter: ST-Adapter at its paper
+defaults, model.st_adapter), frames, stride, tubelet (frames per
 tubelet), res, rank, rank_time, mixing (space_time | time_space | joint |
 space | time), pool_type (the checkpoint's: tok for the original ViT
 release, gap/map for big_vision ViT-g/e), batch, epochs, lr, frames_root /
@@ -63,7 +64,8 @@ VARIANTS = {
     "e/14": (16, "gap", 4),
 }
 # Methods that backpropagate through the backbone need more memory.
-_BATCH_DIVISOR = {"losa": 1, "linear": 1, "full": 4, "lora": 2, "adapter": 2}
+_BATCH_DIVISOR = {"losa": 1, "linear": 1, "full": 4, "lora": 2, "adapter": 2,
+                  "st_adapter": 2}
 
 
 def make_config(arg, *, dataset: str, num_classes: int, train_split: str,

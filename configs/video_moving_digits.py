@@ -15,7 +15,8 @@ inflated to a ViViT with 2x4x4 tubelets in memory when the trainer loads it
 (`model_load.inflate`; nothing is written). `init=` takes an already
 inflated ViViT npz instead.
 
-Args: method (losa | linear | full | lora | adapter), mixing (space_time |
+Args: method (losa | linear | full | lora | adapter | st_adapter: its
+bottleneck is rank, as the adapter's dim is), mixing (space_time |
 time_space | space | time | joint), pool (gap | tok | auto), rank,
 rank_time, steps, lr, batch, seed, inflate (average | central), init (an
 explicit ViViT npz), cache (LoSA only: train from the trainer's in-memory
@@ -28,6 +29,7 @@ import ml_collections
 
 from configs import common
 from losa_jax import demo
+from losa_jax.models import model as model_lib
 
 
 # Clips of moving_digits: (frames, height, width); tubelets span 2 frames.
@@ -66,6 +68,12 @@ def get_config(arg=None):
       arg["rank"], rank_time=arg["rank_time"] or None,
       video_token_mixing=arg["mixing"], pool=arg["pool"],
       **common.side_dtype(arg["side_dtype"]))
+  # Every ST-Adapter option written out, so --config.model.st_adapter.*
+  # overrides them (blocks as the list of all blocks: a None is not
+  # overridable).
+  c.model.st_adapter = dict(model_lib.ST_ADAPTER_DEFAULTS,
+                            bottleneck=arg["rank"],
+                            blocks=tuple(range(demo.BACKBONE_MODEL["depth"])))
 
   common.adamw_cosine(
       c, lr=arg["lr"], warmup=dict(warmup_steps=min(30, c.total_steps // 10)),

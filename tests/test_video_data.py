@@ -282,7 +282,7 @@ def test_moving_digits_task_is_deterministic_and_uses_held_out_digits():
 @pytest.mark.parametrize("variant", ["B/16", "L/16", "H/14", "g/14", "e/14"])
 def test_video_configs_validate(module, variant):
   mod = __import__(f"configs.{module}", fromlist=["get_config"])
-  for method in ("losa", "linear", "full", "lora", "adapter"):
+  for method in ("losa", "linear", "full", "lora", "adapter", "st_adapter"):
     c = mod.get_config(f"variant={variant},method={method}")
     config_lib.validate(c)
     assert c.model.backbone.kind == "vivit"

@@ -29,10 +29,10 @@ from losa_jax.utils import tree as tree_lib
 
 def model_from_config(config) -> model_lib.Model:
   """config.num_classes + config.model.{method, backbone} and the methods'
-  options (losa, lora, adapter, lst, last)."""
+  options (losa, lora, adapter, st_adapter, lst, last)."""
   m = config.model
   options = {k: dict(m.get(k, {}))
-             for k in ("losa", "lora", "adapter", "lst", "last")}
+             for k in ("losa", "lora", "adapter", "st_adapter", "lst", "last")}
   return model_lib.Model(
       num_classes=config.num_classes, method=m.get("method", "losa"),
       backbone=dict(m.get("backbone", {})), **options)

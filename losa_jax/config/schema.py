@@ -205,6 +205,11 @@ SCHEMA: Dict[str, Key] = {
     "model.adapter": Key(dict, None, _options(model_lib.adapter_options)),
     **{f"model.adapter.{k}": Key(type(v), v)
        for k, v in model_lib.ADAPTER_DEFAULTS.items()},
+    "model.st_adapter": Key(dict, None, _options(
+        model_lib.st_adapter_options), "ST-Adapter's options (video "
+                            "backbones): models.model.ST_ADAPTER_DEFAULTS"),
+    **{f"model.st_adapter.{k}": Key(object if v is None else type(v), v)
+       for k, v in model_lib.ST_ADAPTER_DEFAULTS.items()},
     **{f"model.{method}": Key(dict, None, _options(functools.partial(
         model_lib.side_options, method)), f"{method.upper()}'s options: "
                               f"losa_jax.models.{mod.__name__.split('.')[-1]}")
@@ -311,6 +316,10 @@ def validate(config) -> None:
   method = model.get("method", "losa")
   if method == "lora":
     vit.lora_targets(as_dict(model.get("lora")).get("targets", "qv"))
+  kind = as_dict(model.get("backbone")).get("kind", "vit")
+  if method in model_lib.VIDEO_ONLY_METHODS and kind != "vivit":
+    raise ValueError(f"config.model.method={method!r} needs a video backbone, "
+                     f"config.model.backbone.kind='vivit' (got {kind!r}).")
   if (as_dict(config.get("feature_cache")).get("enabled")
       and method not in model_lib.SIDE_METHODS):
     raise ValueError(f"config.feature_cache.enabled needs a side method, "

@@ -1,12 +1,13 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """One adaptable model for every method: LoSA, LST, LAST, linear probe, full,
-LoRA, adapters.
+LoRA, adapters, ST-Adapters (video).
 
 Param tree (names are the API; see `losa_jax.assembly.optim` for the freezing rules):
 
     backbone/...   the big_vision ViT (no head); frozen except for `full`, and
-                   except its `*_lora/*` or `adapter_*/*` leaves for lora/adapter
+                   except its `*_lora/*`, `adapter_*/*` or `st_adapter_*/*`
+                   leaves for lora / adapter / st_adapter
     side/...       the side network (the side methods: losa, lst, last)
     head/{kernel,bias}   the new classifier, zero-initialised
 
@@ -31,7 +32,8 @@ from losa_jax.models import side_lst
 from losa_jax.models import vit
 from losa_jax.models import vivit
 
-METHODS = ("losa", "linear", "full", "lora", "adapter", "lst", "last")
+METHODS = ("losa", "linear", "full", "lora", "adapter", "lst", "last",
+           "st_adapter")
 # Methods that train a side network on frozen taps (`backbone_features`).
 SIDE_METHODS = ("losa", "lst", "last")
 # The side methods other than LoSA, by name: each module declares DEFAULTS,
@@ -50,7 +52,13 @@ TRAINABLE_IN_BACKBONE = {
     "adapter": vit.PEFT_PARAM_PATTERNS["adapter"],
     "lst": None,
     "last": None,
+    "st_adapter": vit.PEFT_PARAM_PATTERNS["st_adapter"],
 }
+# Methods for video backbones (model.backbone.kind="vivit") only.
+VIDEO_ONLY_METHODS = ("st_adapter",)
+# Methods that add trainable leaves inside the backbone (which then runs in
+# training mode, dropout included).
+IN_BACKBONE_METHODS = ("lora", "adapter", "st_adapter")
 
 LOSA_DEFAULTS = dict(
     rank=8,                 # r_c = r_t unless rank_channel / rank_token given
@@ -78,6 +86,10 @@ LOSA_DEFAULTS = dict(
 )
 LORA_DEFAULTS = dict(rank=8, targets="qv", alpha=None)
 ADAPTER_DEFAULTS = dict(dim=8, placement="mlp")
+# ST-Adapter (Pan et al. 2022) at its ViT-B/16 setting: bottleneck 384, a
+# (time, height, width) = (3, 1, 1) depthwise kernel, before each attention.
+ST_ADAPTER_DEFAULTS = dict(bottleneck=384, kernel_size=(3, 1, 1),
+                           placement="attn", blocks=None)
 TAPS = ("block", "attn", "block_ln")
 # model.losa.pool: "auto" pools like the backbone's head.
 LOSA_POOLS = ("auto", "tok", "gap", "map")
@@ -199,6 +211,33 @@ def adapter_options(given: Optional[dict], what: str = "adapter") -> dict:
   return cfg
 
 
+def st_adapter_options(given: Optional[dict],
+                       what: str = "st_adapter") -> dict:
+  """ST_ADAPTER_DEFAULTS updated by `given`, every field checked by name.
+
+  blocks: None (every block) or the indices of the blocks that get
+  ST-Adapters (checked against the depth in `Model.backbone_kwargs`).
+  """
+  cfg = merged(ST_ADAPTER_DEFAULTS, given, what)
+  check_int(cfg["bottleneck"], f"{what}.bottleneck",
+            hint=" (the ST-Adapter's bottleneck width, >= 1)")
+  k = cfg["kernel_size"]
+  if not (isinstance(k, (tuple, list)) and len(k) == 3 and all(
+      isinstance(s, int) and not isinstance(s, bool) and s >= 1 and s % 2
+      for s in k)):
+    raise ValueError(f"{what}.kernel_size={k!r}: must be 3 odd positive "
+                     "integers (time, height, width), e.g. (3, 1, 1).")
+  _check_choice(cfg["placement"], f"{what}.placement", vit.ST_PLACEMENTS)
+  if cfg["blocks"] is not None:
+    if not isinstance(cfg["blocks"], (tuple, list)) or not cfg["blocks"]:
+      raise ValueError(f"{what}.blocks={cfg['blocks']!r}: must be None "
+                       "(every block) or a non-empty list of block indices.")
+    for b in cfg["blocks"]:
+      check_int(b, f"{what}.blocks", minimum=0,
+                hint=" (block indices; None: every block)")
+  return cfg
+
+
 def _frozen_reader(trainable: Optional[str]):
   """trans_in_fn for map_variables: stop_gradient on every frozen leaf."""
   pattern = re.compile(trainable) if trainable else None
@@ -288,7 +327,7 @@ class Model(nn.Module):
     method: one of METHODS.
     backbone: kwargs of `vit.Model` (variant, pool_type, posemb, rep_size,
       scan, dtype_mm, ...), without num_classes.
-    losa / lora / adapter: method options (see *_DEFAULTS).
+    losa / lora / adapter / st_adapter: method options (see *_DEFAULTS).
     lst / last: side method options (`side_lst.DEFAULTS`, `side_last.DEFAULTS`).
   """
   num_classes: int
@@ -297,6 +336,7 @@ class Model(nn.Module):
   losa: Any = None
   lora: Any = None
   adapter: Any = None
+  st_adapter: Any = None
   lst: Any = None
   last: Any = None
 
@@ -321,7 +361,27 @@ class Model(nn.Module):
     elif self.method == "adapter":
       ad = adapter_options(self.adapter, "adapter")
       kw.update(adapter_dim=ad["dim"], adapter_placement=ad["placement"])
+    elif self.method == "st_adapter":
+      kw.update(self._st_adapter_kwargs(kw))
     return {**vit.decode_variant(kw.pop("variant", None)), **kw}
+
+  def _st_adapter_kwargs(self, kw: dict) -> dict:
+    """The backbone's ST-Adapter fields; a video backbone only."""
+    if self.backbone_module() is not vivit._Model:  # pylint: disable=protected-access
+      raise ValueError("method='st_adapter' needs a video backbone: set "
+                       "model.backbone.kind='vivit' (ST-Adapters convolve "
+                       "over time, height and width).")
+    st = st_adapter_options(self.st_adapter, "model.st_adapter")
+    depth = {**vit.decode_variant(kw.get("variant")), **kw}.get("depth", 12)
+    bad = [b for b in st["blocks"] or () if b >= depth]
+    if bad:
+      raise ValueError(f"model.st_adapter.blocks={st['blocks']!r}: {bad} "
+                       f"beyond the backbone's {depth} blocks (0..{depth - 1}).")
+    return dict(st_adapter_dim=st["bottleneck"],
+                st_adapter_kernel=tuple(st["kernel_size"]),
+                st_adapter_placement=st["placement"],
+                st_adapter_blocks=None if st["blocks"] is None else tuple(
+                    st["blocks"]))
 
   @nn.compact
   def __call__(self, images, *, train=False, precomputed=None,
@@ -358,7 +418,7 @@ class Model(nn.Module):
                                     init=True)
       backbone = frozen_vit(name="backbone", **bb_kw)
     # The frozen backbone always runs in inference mode (no dropout).
-    bb_train = train and self.method in ("full", "lora", "adapter")
+    bb_train = train and self.method in ("full", *IN_BACKBONE_METHODS)
     pre_logits, out = backbone(images, train=bb_train)
     if self.method not in SIDE_METHODS:
       return self._head(pre_logits, out)

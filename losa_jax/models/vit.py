@@ -5,7 +5,7 @@
 Param names, shapes and the `scan` layout match `big_vision/models/vit.py`, so a
 big_vision / vision_transformer npz loads by name (see
 `losa_jax.models.porting`).
-Two additions, both off by default so the tree is exactly big_vision's:
+Three additions, all off by default so the tree is exactly big_vision's:
 
 * LoRA (`lora_rank > 0`): a low-rank delta beside the named projections
   (`query`, `key`, `value`, `out`, `Dense_0`, `Dense_1`), stored as sibling
@@ -13,6 +13,8 @@ Two additions, both off by default so the tree is exactly big_vision's:
 * Bottleneck adapters (`adapter_dim > 0`): `adapter_sa` / `adapter_mlp` inside
   each block, applied to the sub-block output before its residual add, with a
   zero-initialised up-projection.
+* ST-Adapters (`st_adapter_dim > 0`, video grids only): `st_adapter_{attn,mlp}`
+  on the residual stream before a block's attention / MLP (`STAdapter`).
 
 The model returns `(logits_or_prelogits, out)` where `out` carries the residual
 stream after every block (`out["encoder"]["block03"]["+mlp"]`, shape
@@ -79,7 +81,9 @@ def decode_variant(variant: Optional[str]) -> dict:
 PEFT_PARAM_PATTERNS = {
     "lora": r".*_lora/.*",
     "adapter": r".*/adapter_(sa|mlp)/.*",
+    "st_adapter": r".*/st_adapter_(attn|mlp)/.*",
 }
+ST_PLACEMENTS = ("attn", "mlp", "both")
 
 
 def lora_targets(spec: Union[str, Sequence[str]]) -> Tuple[str, ...]:
@@ -191,15 +195,63 @@ class Adapter(nn.Module):
                         kernel_init=nn.initializers.zeros)(h)
 
 
+class STAdapter(nn.Module):
+  """ST-Adapter (Pan et al. 2022): x + Up(DWConv3D(Down(x))) on the video tokens.
+
+  x: [B, P + t * h * w, D], P prefix (CLS) tokens first, which pass
+  unchanged, then the time-major token grid `grid` = (t, h, w). The
+  depthwise conv (one kernel per bottleneck channel, 'SAME' padding) is
+  zero-initialised as in the released code, so the adapter starts as the
+  identity. -> [B, P + t * h * w, D].
+  """
+  dim: int
+  kernel_size: Tuple[int, int, int]
+  grid: Tuple[int, int, int]
+  num_prefix: int = 0
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.num_prefix
+    tokens = x[:, p:]
+    b, n, d = tokens.shape
+    h = nn.Dense(self.dim, name="down", dtype=x.dtype)(tokens)
+    h = nn.Conv(self.dim, tuple(self.kernel_size), padding="SAME",
+                feature_group_count=self.dim, dtype=x.dtype, name="conv",
+                kernel_init=nn.initializers.zeros)(
+                    jnp.reshape(h, (b, *self.grid, self.dim)))
+    h = nn.Dense(d, name="up", dtype=x.dtype)(jnp.reshape(h, (b, n, self.dim)))
+    return jnp.concatenate([x[:, :p], tokens + h], axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Peft:
-  """What LoRA and adapters add inside the blocks (nothing by default): one
+  """What LoRA, adapters and ST-Adapters add inside the blocks (nothing by default): one
   hashable field for the block, the encoder and their projections."""
   lora_rank: int = 0
   lora_targets: Tuple[str, ...] = ()
   lora_alpha: Optional[float] = None
   adapter_dim: int = 0
   adapter_placement: str = "mlp"
+  st_dim: int = 0
+  st_kernel: Tuple[int, int, int] = (3, 1, 1)
+  st_placement: str = "attn"
+  st_grid: Optional[Tuple[int, int, int]] = None
+  num_prefix: int = 0
+  st_blocks: Optional[Tuple[int, ...]] = None    # None: every block
+
+  def for_block(self, lyr: int) -> "Peft":
+    """This Peft for block `lyr`: without ST-Adapters outside st_blocks."""
+    if self.st_blocks is None or lyr in self.st_blocks:
+      return self
+    return dataclasses.replace(self, st_dim=0)
+
+  def st_adapter(self, where: str, x):
+    """x through the ST-Adapter placed before `where` ("attn" / "mlp") if
+    there is one (call inside the block's compact method)."""
+    if not self.st_dim or self.st_placement not in (where, "both"):
+      return x
+    return STAdapter(self.st_dim, self.st_kernel, self.st_grid,
+                     self.num_prefix, name=f"st_adapter_{where}")(x)
 
   def lora(self, name: str, x, y, features: Tuple[int, ...], in_axes=1):
     """y plus the LoRA delta of projection `name` (x -> y) if it is a target
@@ -276,6 +328,7 @@ class Encoder1DBlock(nn.Module):
     out = {}
     adapter_dim = self.peft.adapter_dim
     x = nn.with_logical_constraint(x, _ACT)
+    x = self.peft.st_adapter("attn", x)
     y = nn.LayerNorm(name="LayerNorm_0")(x)
     y = out["sa"] = MultiHeadAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
@@ -286,6 +339,7 @@ class Encoder1DBlock(nn.Module):
       y = Adapter(adapter_dim, name="adapter_sa")(y)
     x = out["+sa"] = x + y
 
+    x = self.peft.st_adapter("mlp", x)
     y = nn.LayerNorm(name="LayerNorm_1")(x)
     y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                               dtype_mm=self.dtype_mm, name="MlpBlock_0",
@@ -321,6 +375,11 @@ class Encoder(nn.Module):
                     dropout=self.dropout, dtype_mm=self.dtype_mm,
                     peft=self.peft)
     if self.scan:
+      if self.peft.st_dim and self.peft.st_blocks is not None and sorted(
+          self.peft.st_blocks) != list(range(self.depth)):
+        raise ValueError("ST-Adapters in some blocks only (model.st_adapter."
+                         "blocks) need model.backbone.scan=False: scanned "
+                         "blocks share one structure.")
       block = Encoder1DBlock
       if self.remat_policy not in (None, "none"):
         block = nn.remat(block, prevent_cse=False, static_argnums=(2,),
@@ -337,7 +396,8 @@ class Encoder(nn.Module):
     else:
       for lyr in range(self.depth):
         x, out[f"block{lyr:02d}"] = Encoder1DBlock(
-            name=f"encoderblock_{lyr}", **block_kw)(x, deterministic)
+            name=f"encoderblock_{lyr}",
+            **{**block_kw, "peft": self.peft.for_block(lyr)})(x, deterministic)
     out["pre_ln"] = x
     return nn.LayerNorm(name="encoder_norm")(x), out
 
@@ -384,6 +444,10 @@ class _Model(nn.Module):
   lora_alpha: Optional[float] = None
   adapter_dim: int = 0
   adapter_placement: str = "mlp"
+  st_adapter_dim: int = 0
+  st_adapter_kernel: Sequence[int] = (3, 1, 1)
+  st_adapter_placement: str = "attn"
+  st_adapter_blocks: Optional[Sequence[int]] = None
 
   def pool(self, x):
     """Pools encoded tokens [B, N, D] -> [B, D] the way this model's head does."""
@@ -403,6 +467,9 @@ class _Model(nn.Module):
       raise ValueError(f"Unknown pool_type {self.pool_type!r}: use one of {POOL_TYPES}.")
     if self.adapter_placement not in ("mlp", "both"):
       raise ValueError(f"adapter_placement={self.adapter_placement!r}: use 'mlp' or 'both'.")
+    if self.st_adapter_placement not in ST_PLACEMENTS:
+      raise ValueError(f"st_adapter_placement={self.st_adapter_placement!r}: "
+                       f"use one of {ST_PLACEMENTS}.")
     out = {}
     x, grid = self.embed(image, out)
     if self.pool_type == "tok":
@@ -411,7 +478,7 @@ class _Model(nn.Module):
       x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
-    x, out["encoder"] = self.encode(x, train=train)
+    x, out["encoder"] = self.encode(x, train=train, grid=grid)
     return self.finish(x, out, grid)
 
   def embed(self, image, out):
@@ -427,8 +494,17 @@ class _Model(nn.Module):
                                              "pos_embedding", x.dtype)
     return x, (h, w)
 
-  def encode(self, x, *, train=False):
-    """The transformer ("Transformer"): [B, N, D] -> ([B, N, D], out)."""
+  def encode(self, x, *, train=False, grid=None):
+    """The transformer ("Transformer"): [B, N, D] -> ([B, N, D], out).
+
+    grid: the patch-token layout ((t, h, w) for video), which ST-Adapters
+    need.
+    """
+    if self.st_adapter_dim and (grid is None or len(grid) != 3):
+      raise ValueError("ST-Adapters convolve over (time, height, width): they "
+                       "need a video backbone (model.backbone.kind='vivit'), "
+                       f"got the token grid {grid}.")
+    blocks = self.st_adapter_blocks
     return Encoder(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
@@ -436,7 +512,13 @@ class _Model(nn.Module):
         peft=Peft(lora_rank=self.lora_rank,
                   lora_targets=lora_targets(self.lora_targets),
                   lora_alpha=self.lora_alpha, adapter_dim=self.adapter_dim,
-                  adapter_placement=self.adapter_placement),
+                  adapter_placement=self.adapter_placement,
+                  st_dim=self.st_adapter_dim,
+                  st_kernel=tuple(self.st_adapter_kernel),
+                  st_placement=self.st_adapter_placement,
+                  st_grid=None if grid is None else tuple(grid),
+                  num_prefix=int(self.pool_type == "tok"),
+                  st_blocks=None if blocks is None else tuple(blocks)),
         name="Transformer")(x, deterministic=not train)
 
   def finish(self, x, out, grid):
