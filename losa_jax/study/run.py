@@ -237,6 +237,11 @@ class Variant:
     """The trainer's initial state: init(seed), then the shipped backbone."""
     return self.built.init_loaded(jax.random.key(seed), self.config)
 
+  def put(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """A numpy batch -> global arrays on the mesh, as the trainer feeds them
+    (colabs/efficiency.ipynb times steps on it)."""
+    return next(input_pipeline.device_batches(iter([batch]), self.built.mesh))
+
   def evaluator(self, task: str):
     """The trainer's evaluator of `task`'s test split (built once per task)."""
     if task not in self._evaluators:
