@@ -2,11 +2,12 @@
 # Licensed under the Apache License, Version 2.0.
 """Many adapted tasks served on one backbone pass (docs/serving.md).
 
-LoSA's side network and the linear probe never change the frozen backbone,
-so N such tasks trained on one backbone file share ONE backbone forward per
-batch (taps computed once per distinct `Model.tap_key()`); LoRA, adapters
-and full fine-tuning change its features, so each of those runs its own
-model (LoRA optionally merged, `vit.merge_lora`).
+Side networks (LoSA, LST, LAST: `model.SIDE_METHODS`) and the linear probe
+never change the frozen backbone, so N such tasks trained on one backbone
+file share ONE backbone forward per batch (taps computed once per distinct
+`Model.tap_key()`, each side task then `Model.apply(..., precomputed=)`);
+LoRA, adapters and full fine-tuning change its features, so each of those
+runs its own model (LoRA optionally merged, `vit.merge_lora`).
 
   mt = multitask.load(["/tmp/digits", "/tmp/parity"])
   logits = mt(images)        # {"digits": [B, 10], "parity": [B, 2]}
@@ -37,7 +38,7 @@ from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.utils import tree as tree_lib
 
 # Methods whose features are the frozen backbone's: they share its pass.
-SHARED_METHODS = ("losa", "linear")
+SHARED_METHODS = model_lib.SIDE_METHODS + ("linear",)
 # Task names become CSV columns, TF signature outputs and file names.
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -272,7 +273,8 @@ def _frozen_backbone(config, built, cache: Dict[str, Any]):
   once per distinct (file, backbone tree, dtype, load options)."""
   shape = built.state_shape["params"]["backbone"]
   method = config.model.method
-  # LoSA and the linear probe read the same tree; LoRA / adapters add leaves.
+  # Side methods and the linear probe read the same tree; LoRA / adapters
+  # add leaves.
   peft = (dict(config.model.get(method) or {})
           if method in ("lora", "adapter") else None)
   key = json.dumps([config.model_init, dict(config.model.backbone),
