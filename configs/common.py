@@ -79,7 +79,7 @@ def adamw_cosine(c, *, lr: float, warmup: dict, log_every: int,
 
 # `population=<kind>` of the config files: the search spaces of
 # losa_jax.population (members.py documents the keys).
-POPULATIONS = ("default", "random")
+POPULATIONS = ("default", "random", "mixed")
 
 
 def population(kind: str, seed: int = 0, runlocal: bool = False):
@@ -88,8 +88,11 @@ def population(kind: str, seed: int = 0, runlocal: bool = False):
   default: a grid of 3 lr x 2 wd x 3 LoSA ranks (18 members, 3 structures).
   random: 8 members sampled from lr log-uniform in [3e-4, 3e-2], wd and rank
   from short lists (seeded, so every run draws the same members).
+  mixed: 3 lr x the side methods LoSA, LST and LAST at their default options
+  (9 members, 3 groups on one backbone pass).
   Members keep the config's init seed: the search varies only these values.
-  runlocal (smoke tests): 2 lr x 2 ranks, or 3 random members.
+  runlocal (smoke tests): 2 lr x 2 ranks, 3 random members, or 2 lr x 3
+  methods.
   """
   if not kind:
     return None
@@ -106,5 +109,8 @@ def population(kind: str, seed: int = 0, runlocal: bool = False):
                             rank=("choice", [2, 4] if runlocal else
                                   [4, 8, 16])),
                 seeds=[seed])
+  if kind == "mixed":
+    return dict(method=["losa", "lst", "last"], seeds=[seed],
+                grid=dict(lr=[1e-3, 1e-2] if runlocal else [1e-3, 3e-3, 1e-2]))
   raise ValueError(f"population={kind!r}: use one of {list(POPULATIONS)} "
                    "(or leave it empty for a single run).")

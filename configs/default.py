@@ -14,8 +14,8 @@ train / 797 test), a different source of handwriting.
       --workdir /tmp/full_demo
 
 Args: method (losa|linear|full|lora|adapter|lst|last), task (digits|digits_parity|
-mnist5k), rank, steps, lr, batch, seed, population (''|default|random: train
-a population of LoSA side networks on one backbone pass, see
+mnist5k), rank, steps, lr, batch, seed, population (''|default|random|mixed:
+train a population of side networks (mixed: LoSA, LST and LAST) on one backbone pass, see
 docs/population.md), side_dtype (float32|bfloat16: the storage dtype of
 LoSA's taps and side stream, docs/method.md; empty: the library default,
 bfloat16 since 2026-12-02; float32 reproduces earlier figures), runlocal (a few steps and a

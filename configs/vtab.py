@@ -30,7 +30,7 @@ B/16), pool (tok for the original i21k ViT-B/16 release, gap for big_vision
 SigLIP-style models), init (npz path; 'path.npz:img' for two-tower files),
 data_dir, protocol ('final': train800val200 -> test; 'tune': train800 ->
 val200, the eval named "val"; default: 'tune' with a population, else
-'final'), population (''|default|random, see configs/common.py), rank, lr,
+'final'), population (''|default|random|mixed, see configs/common.py), rank, lr,
 epochs, batch, res, seed, runlocal (tiny, for smoke tests on mock data: a
 random 2-block backbone at 32 px, 2 steps, a 4-member population).
 No result is quoted here: none has been produced on real VTAB data with

@@ -106,7 +106,11 @@ def searched_keys(population) -> List[str]:
   keys = list(dict(pop.get("grid") or {}))
   keys += [k for k in dict(pop.get("random") or {})
            if k not in ("budget", "seed")]
+  if len(pop.get("method") or ()) > 1:
+    keys.append("method")
   keys += list(dict(pop.get("losa") or {}))
+  keys += [f"{m}.{k}" for m in model_lib.SIDE_MODULES
+           for k in dict(pop.get(m) or {})]
   for k, name in (("seeds", "seed"), ("data_seeds", "data_seed")):
     if len(pop.get(k) or ()) > 1:
       keys.append(name)
@@ -114,26 +118,38 @@ def searched_keys(population) -> List[str]:
 
 
 def member_values(member: members_lib.Member, keys) -> Dict[str, Any]:
-  """{key: value} of `member` for the searched `keys` (plain JSON types)."""
-  losa = dict(member.config.model.get("losa") or {})
-  return {k: (losa.get(k) if k in model_lib.LOSA_DEFAULTS
-              else member.config.get(k)) for k in keys}
+  """{key: value} of `member` for the searched `keys` (plain JSON types);
+  a side method's option is None for members of another method."""
+  model = member.config.model
+  own = model.get("method", "losa")
+
+  def value(k):
+    method, _, option = k.rpartition(".")
+    if k == "method":
+      return own
+    if method or k in model_lib.LOSA_DEFAULTS:
+      method = method or "losa"
+      return (dict(model.get(method) or {}).get(option) if method == own
+              else None)
+    return member.config.get(k)
+  return {k: value(k) for k in keys}
 
 
 def final_config(spec: str, member: members_lib.Member,
                  overrides: Optional[Mapping[str, Any]] = None
                  ) -> ml_collections.ConfigDict:
   """The single-run config of the final run of `member`: `_phase_config`
-  given the member's per-member hyper-parameters (members.HPARAMS) and LoSA
-  switches, without the population."""
+  given the member's per-member hyper-parameters (members.HPARAMS), side
+  method and its options, without the population."""
   config = _phase_config(spec, "final", overrides)
   if "population" in config:
     del config["population"]
   for k in members_lib.HPARAMS:
     if k in member.config:
       config[k] = member.config[k]
-  config.model.losa = ml_collections.ConfigDict(
-      dict(member.config.model.get("losa") or {}))
+  method = config.model.method = member.config.model.get("method", "losa")
+  config.model[method] = ml_collections.ConfigDict(
+      dict(member.config.model.get(method) or {}))
   config_lib.validate(config)
   return config
 

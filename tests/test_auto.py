@@ -126,6 +126,16 @@ def test_demo_final_config_is_the_member_without_population():
   assert final.input.data.split == "train" and list(final.evals) == ["test"]
   assert (final.lr, final.seed, final.model.losa.rank) == (
       m.config.lr, m.config.seed, m.config.model.losa.rank)
+  # A member of a mixed population is retrained with its own side method.
+  mixed, _ = auto.search_config(f"{DEMO}:runlocal,population=default", {
+      "population.method": ["losa", "last"], "population.last": {"rank": [4]}})
+  keys = auto.searched_keys(mixed.population)
+  assert keys == ["lr", "method", "rank", "last.rank"]
+  m = members_lib.expand(mixed)[-1]
+  final = auto.final_config(f"{DEMO}:runlocal,population=default", m)
+  assert (final.model.method, final.model.last.rank) == ("last", 4)
+  assert auto.member_values(m, keys) == {
+      "lr": m.config.lr, "method": "last", "rank": None, "last.rank": 4}
 
 
 def test_config_without_population_fails_by_name():

@@ -96,6 +96,17 @@ ADAM_SINGLES = (1, 6)
 SGD_POPULATION = dict(grid=dict(lr=[0.5, float("nan")]),
                       losa=dict(rank=[2, 4]))
 SGD_LIVE, SGD_DEAD = (0, 2), (1, 3)
+# LoSA, LST (a ladder every 2nd block: other taps) and LAST on one backbone
+# pass: three groups of two; one member of each is run alone.
+MIXED_POPULATION = dict(method=["losa", "lst", "last"],
+                        grid=dict(lr=[3e-3, 1e-2]), lst=dict(ladder_every=[2]))
+MIXED_SINGLES = (1, 3, 5)
+# Attention key biases (LST's and LAST's side blocks) are a null direction:
+# q . b_k is the same for every key, which the softmax removes.
+KEY_BIAS = re.compile(r"side/.*key/bias")
+# LST's and LAST's params at the bf16 default (autodiff, see
+# test_mixed_method_members_equal_single_runs).
+BF16_AUTODIFF_TOL = 1e-4
 
 
 def _trainable(params):
@@ -160,12 +171,15 @@ def sgd_pop(tmp_path_factory):
   out = train.train_and_evaluate(
       pop_config(SGD_POPULATION, optax_name="sgd", lr=0.5), str(wd))
   out["workdir"] = str(wd)
-  out["singles"] = {
-      i: train.train_and_evaluate(
-          out["population"].members[i].config,
-          str(tmp_path_factory.mktemp(f"sgd_single_{i}")))
-      for i in SGD_LIVE}
+  out["singles"] = _single_runs(out, SGD_LIVE, tmp_path_factory, "sgd")
   return out
+
+
+def _single_runs(out, indices, tmp_path_factory, what):
+  """{index: a single run of member `index`'s config} of a population run."""
+  return {i: train.train_and_evaluate(
+      out["population"].members[i].config,
+      str(tmp_path_factory.mktemp(f"{what}_single_{i}"))) for i in indices}
 
 
 # --- every member is its single run ------------------------------------------
@@ -262,6 +276,127 @@ def test_cached_population_equals_uncached(sgd_pop, tmp_path):
     diffs = _max_diff(got, want, got)
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= TOL, (i, worst, diffs[worst])
+
+
+@pytest.fixture(scope="module")
+def mixed_pop(tmp_path_factory):
+  out = train.train_and_evaluate(pop_config(MIXED_POPULATION),
+                                 str(tmp_path_factory.mktemp("mixed_pop")))
+  out["singles"] = _single_runs(out, MIXED_SINGLES, tmp_path_factory,
+                                "mixed")
+  return out
+
+
+def _logits(single, params, images):
+  model = single["built"].model
+  return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x)[0])(
+      params, images))
+
+
+def _assert_leaves_close(got, want, tol, what):
+  """Every leaf but the attention key biases within `tol`."""
+  assert set(got) == set(want)
+  diffs = _max_diff(got, want, [k for k in got if not KEY_BIAS.fullmatch(k)])
+  worst = max(diffs, key=diffs.get)
+  assert diffs[worst] <= tol, (what, worst, diffs[worst])
+
+
+def test_mixed_method_members_equal_single_runs(mixed_pop):
+  """LoSA, LST and LAST members trained on one backbone pass end where
+  single runs of their configs end, at the library default (bf16 taps and
+  side stream, Adam): train and val loss within TOL, LoSA's params (fused
+  backward) and logits within TOL. LST's and LAST's params and logits
+  (autodiff) are within BF16_AUTODIFF_TOL: the two programs round bf16
+  intermediates differently, and Adam scales the gradients of entries near
+  0 to lr-sized steps (one LST entry in 1,728 ends 7e-5 apart on the
+  newest jax, every other within 1e-5); at float32 they are within TOL
+  (next test). The key biases are a null direction (their exact gradient
+  is 0; Adam turns the rounding noise into ~2e-5 drift), checked through
+  the logits."""
+  pop = mixed_pop["population"]
+  assert [g.model.method for g in pop.groups] == ["losa", "lst", "last"]
+  assert len({g.tap for g in pop.groups}) == 2
+  batch = next(iter(classification.eval_batches(
+      dict(EVAL_DATA), pp=PP, batch_size=64)))
+  backbone = mixed_pop["state"]["params"]["backbone"]
+  for i, single in mixed_pop["singles"].items():
+    assert single["built"].model.method == pop.members[i].config.model.method
+    got = _member(mixed_pop, i)
+    tol = (TOL if single["built"].model.method == "losa" else
+           BF16_AUTODIFF_TOL)
+    _assert_leaves_close(got, _trainable(single["state"]["params"]), tol, i)
+    moved = _max_diff(got, _init_member(mixed_pop, i), got)
+    assert max(moved.values()) > 1e-3, (i, moved)
+    np.testing.assert_allclose(
+        _logits(single, {**pop_lib.member_params(pop, mixed_pop["state"], i),
+                         "backbone": backbone}, batch["image"]),
+        _logits(single, single["state"]["params"], batch["image"]),
+        atol=tol, rtol=0)
+    row, res = _row(mixed_pop, i), single["results"]
+    assert row["val/accuracy"] == res["val/accuracy"]
+    np.testing.assert_allclose(row["val/loss"], res["val/loss"], rtol=TOL)
+    np.testing.assert_allclose(row["train/loss"], res["train/loss"],
+                               rtol=TOL)
+
+
+def test_mixed_members_equal_single_runs_at_float32(tmp_path_factory):
+  """With float32 taps and side streams, LST and LAST members of a mixed
+  population equal their single runs within TOL in every leaf (the key
+  biases aside) and in train loss."""
+  config = pop_config(MIXED_POPULATION)
+  for method in ("losa", "lst", "last"):
+    config.model[method] = dict(config.model.get(method) or {},
+                                dtype="float32")
+  out = train.train_and_evaluate(config, str(tmp_path_factory.mktemp("f32")))
+  for i, single in _single_runs(out, (3, 5), tmp_path_factory,
+                                "f32").items():
+    assert single["built"].model.tap_key()[2] == "float32"
+    _assert_leaves_close(_member(out, i),
+                         _trainable(single["state"]["params"]), TOL, i)
+    np.testing.assert_allclose(_row(out, i)["train/loss"],
+                               single["results"]["train/loss"], rtol=TOL)
+
+
+def test_cached_mixed_population_equals_uncached(mixed_pop, tmp_path):
+  """One feature cache (every block, bf16) feeds LoSA, LST (every 2nd tap)
+  and LAST members what the backbone pass does: every member ends where the
+  uncached mixed population does (key biases through the val loss)."""
+  out = train.train_and_evaluate(pop_config(
+      MIXED_POPULATION, feature_cache=dict(enabled=True, storage="memory")),
+                                 str(tmp_path))
+  for m in out["population"].members:
+    _assert_leaves_close(_member(out, m.index), _member(mixed_pop, m.index),
+                         TOL, m.label)
+    np.testing.assert_allclose(_row(out, m.index)["val/loss"],
+                               _row(mixed_pop, m.index)["val/loss"],
+                               rtol=TOL)
+
+
+def test_mixed_population_runs_the_backbone_once():
+  """The train and eval steps of a LoSA/LST/LAST population trace the
+  backbone once (two tap keys, three groups, one pass)."""
+  pop = pop_lib.build(pop_config(MIXED_POPULATION), total_steps=STEPS)
+  prog = pop.features.__self__
+  calls = []
+
+  class Counting:
+    def __init__(self, module):
+      self.module = module
+
+    def apply(self, *args, **kw):
+      calls.append(1)
+      return self.module.apply(*args, **kw)
+
+  prog.bb_module = Counting(prog.bb_module)
+  images = (1, 16, *pop.image_shape)
+  jax.make_jaxpr(prog.train_step)(pop.state_shape, {
+      "image": jax.ShapeDtypeStruct(images, jnp.float32),
+      "label": jax.ShapeDtypeStruct(images[:2], jnp.int32)})
+  assert len(calls) == 1
+  jax.make_jaxpr(prog.eval_step)(pop.state_shape, {
+      "image": jax.ShapeDtypeStruct(images[1:], jnp.float32),
+      "label": jax.ShapeDtypeStruct(images[1:2], jnp.int32)})
+  assert len(calls) == 2
 
 
 # --- every per-member value is seen ------------------------------------------
@@ -530,6 +665,21 @@ def test_grid_seeds_and_structures_expand_to_labelled_members():
   # A grid of one value is no variation: the label says "base".
   one = members_lib.expand(pop_config(dict(grid=dict(lr=[3e-3]))))
   assert [m.label for m in one] == ["base"]
+  # Side methods mix, each with its own options' grid: one group each.
+  mixed = members_lib.expand(pop_config(dict(
+      method=["losa", "lst", "last"], losa=dict(rank=[2, 4]),
+      last=dict(rank=[8]))))
+  assert [m.label for m in mixed] == [
+      "method=losa,rank=2", "method=losa,rank=4", "method=lst",
+      "method=last"]
+  assert [m.config.model.method for m in mixed] == [
+      "losa", "losa", "lst", "last"]
+  assert mixed[3].config.model.last.rank == 8 and (
+      dict(mixed[3].structure)["rank"] == "8")
+  assert len(members_lib.group_members(mixed)) == 4
+  prune = pop_config(dict(method=["lst"], lst=dict(init=["prune"])))
+  with pytest.raises(ValueError, match=r"lst\.init='prune'"):
+    pop_lib.build(prune, total_steps=STEPS)
 
 
 def test_random_sampling_is_reproducible_and_in_bounds():
@@ -564,6 +714,13 @@ def test_random_sampling_is_reproducible_and_in_bounds():
     (dict(grid=dict(lr=[])), r"grid\.lr"),
     (dict(random=dict(lr=("loguniform", 1e-4, 1e-2))), r"random\.budget"),
     (dict(random=dict(budget=2, lr=("normal", 0, 1))), r"random\.lr"),
+    (dict(method=["losa", "lora"]), r"population\.method.*side methods"),
+    (dict(method=["losa", "losa"]), r"population\.method.*distinct"),
+    (dict(lst=dict(reduction=[4])), r"population\.lst: no member"),
+    (dict(method=["lst"], lst=dict(reductoin=[4])),
+     r"population\.lst\.reductoin"),
+    (dict(method=["losa", "lst"], random=dict(budget=2, lr=("choice", [1]))),
+     r"population\.method.*random"),
 ])
 def test_bad_population_keys_are_refused_by_name(population, match):
   c = pop_config(population)

@@ -2,9 +2,10 @@
 # Licensed under the Apache License, Version 2.0.
 """A population step: K side networks trained on one frozen backbone pass.
 
-LoSA's backbone never sees the side network, so the step runs it once per
-distinct data order and feeds its taps to every member. Members of one
-structure (rank, LoSA switches, tap_every) form a group: their params,
+A side network (LoSA, LST, LAST) never changes the backbone, so the step
+runs it once per distinct data order and feeds its taps to every member,
+whatever its method. Members of one structure (side method and its options:
+rank, LoSA switches, tap_every, LST's reduction, ...) form a group: their params,
 optimizer states and hyper-parameters (`HP_KEYS`, arrays of the state, so
 one program serves every value) are stacked on a member axis and the
 trainer's own step is vmapped over them; groups of other structures are
@@ -133,11 +134,18 @@ def _check(config, members) -> str:
     raise ValueError(f"config.population.loop={loop!r}: use one of "
                      f"{members_lib.LOOPS}.")
   methods = {m.config.model.get("method", "losa") for m in members}
-  if methods != {"losa"}:
-    raise ValueError(f"A shared-backbone population needs model.method="
-                     f"'losa' (got {sorted(methods)}): other methods change "
-                     "the backbone, so their members train one after another "
+  if not methods <= set(model_lib.SIDE_METHODS):
+    raise ValueError(f"A shared-backbone population needs side methods, "
+                     f"model.method in {model_lib.SIDE_METHODS} (got "
+                     f"{sorted(methods)}): other methods change the backbone, "
+                     "so their members train one after another "
                      "(losa_jax.trainers.population does that).")
+  if any(m.config.model.method == "lst" and dict(
+      m.config.model.get("lst") or {}).get("init") == "prune"
+         for m in members):
+    raise ValueError("config.model.lst.init='prune' is not supported in a "
+                     "population (it initialises from the loaded backbone "
+                     "outside the jitted init); train those members alone.")
   return loop
 
 
@@ -154,7 +162,7 @@ def _groups(members, image_shape):
     model = build_lib.model_from_config(cfg)
     shape = jax.eval_shape(_init_fn(model, image_shape), jax.random.key(0))
     params_shape = {k: v for k, v in shape.items() if k != "backbone"}
-    # Every member's backbone is the same (only LoSA switches differ).
+    # Every member's backbone is the same (only side networks differ).
     bb_shape = shape["backbone"] if bb_shape is None else bb_shape
     groups.append(Group(len(groups), ms, data_seeds.index(seed), cfg, model,
                         model.tap_key(), params_shape,
@@ -177,7 +185,7 @@ class _Program:
     self.groups, self.num_slots = groups, num_slots
     self.total_steps, self.loop, self.cached = total_steps, loop, cached
     # The shared backbone: its kwargs are the same for every member (only
-    # LoSA switches differ), so any group's model names it.
+    # side networks differ), so any group's model names it.
     model0 = groups[0].model
     self.bb_module = model0.backbone_module()(**model0.backbone_kwargs())
     self.depth = model0.depth()
@@ -296,10 +304,11 @@ class _Program:
 
   def eval_step(self, state, batch):
     backbone = state["params"]["backbone"]
+    # Eval batches come from one pass over a split: one slot.
+    feats = self.features(backbone, batch["image"])
     out = []
     for g, gstate in zip(self.groups, state["groups"]):
-      # Eval batches come from one pass over a split: one slot.
-      f = self.features(backbone, batch["image"])[g.tap]
+      f = feats[g.tap]
       ev = steps.eval_step_fn(_SharedBackbone(g.model, backbone))
       out.append(jax.vmap(lambda p, f=f, ev=ev: ev(
           p, {"image": f, "label": batch["label"],
@@ -309,7 +318,7 @@ class _Program:
 
 def build(config, *, total_steps: int, mesh=None, donate: bool = True,
           members=None, cached: bool = False) -> PopulationBuilt:
-  """Compiles the population of `config.population` (LoSA only).
+  """Compiles the population of `config.population` (side methods only).
 
   Args:
     config: a trainer config with a `population` entry (see

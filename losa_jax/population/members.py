@@ -6,6 +6,8 @@
         grid=dict(lr=[1e-3, 3e-3, 1e-2], wd=[0, 1e-4]),   # cartesian
         seeds=[0],                      # init seeds (config.seed per member)
         losa=dict(rank=[4, 8, 16]),     # structure: a cartesian grid too
+        method=["losa", "lst", "last"], # side methods (default: the config's)
+        lst=dict(reduction=[4, 8]),     # each method's options: its own grid
         random=dict(budget=8, seed=0,   # or sampled instead of the grids
                     lr=("loguniform", 1e-4, 1e-2), rank=("choice", [4, 8])),
         rungs=dict(steps=[100, 200], keep=0.5, eval="val"),   # optional
@@ -18,8 +20,11 @@ each member the params a single run of that config gives (same seeds). Keys:
 * hyper-parameters (`HPARAMS`): lr (the schedule's peak), wd,
   label_smoothing, grad_clip_norm (None: no clipping), seed (init), and
   data_seed (the data order; members that share it share a backbone pass);
-* structure (`losa=`): any `config.model.losa` switch (rank, tap_every,
-  token_mixer, ...); members of one structure form one vmapped group.
+* structure: the side method (`method=`, a list of model.SIDE_METHODS) and
+  its options, each method's a grid of its own (`losa=`: any
+  `config.model.losa` switch; `lst=` / `last=`: `config.model.lst` /
+  `config.model.last` options); members of one structure form one vmapped
+  group, and every group reads the same backbone pass.
 """
 import dataclasses
 import itertools
@@ -34,8 +39,8 @@ from losa_jax.models import model as model_lib
 
 # Per-member values: arrays inside one compiled step.
 HPARAMS = config_lib.MEMBER_KEYS
-POPULATION_KEYS = ("grid", "seeds", "data_seeds", "losa", "random", "rungs",
-                   "name", "loop")
+POPULATION_KEYS = ("grid", "seeds", "data_seeds", "method", "losa",
+                   *model_lib.SIDE_MODULES, "random", "rungs", "name", "loop")
 # How a group's members run in the step: "vmap" (in parallel, fastest) or
 # "map" (one after another: the peak memory of one member's backward).
 LOOPS = ("vmap", "map")
@@ -51,7 +56,8 @@ class Member:
   name: e.g. "m03"; label: the values that differ, e.g. "lr=0.003,rank=8".
   config: the complete single-run config of this member.
   hparams: its HPARAMS values (grad_clip_norm None = off).
-  structure: its losa switches, sorted (its group's key).
+  structure: (("method", its side method), *its options sorted) (its
+    group's key).
   """
   index: int
   name: str
@@ -87,6 +93,61 @@ def _sample(where: str, spec, rng: np.random.Generator):
   return float(rng.uniform(lo, hi))
 
 
+def _switches(method: str) -> dict:
+  """The options a population may vary for side method `method`."""
+  return (model_lib.LOSA_DEFAULTS if method == "losa" else
+          model_lib.SIDE_MODULES[method].DEFAULTS)
+
+
+def methods_of(config) -> List[str]:
+  """The population's side methods: `population.method`, else the config's
+  model.method (any method: non-side ones train one after another)."""
+  pop = config_lib.as_dict(config.get("population"))
+  base = config_lib.as_dict(config.get("model")).get("method", "losa")
+  if pop.get("method") is None:
+    return [base]
+  methods = _values("config.population.method", pop["method"])
+  if len(set(methods)) != len(methods) or not set(methods) <= set(
+      model_lib.SIDE_METHODS):
+    raise ValueError(f"config.population.method={methods!r}: distinct side "
+                     f"methods {list(model_lib.SIDE_METHODS)}; other methods "
+                     "change the backbone, so they cannot share its pass.")
+  if pop.get("random"):
+    raise ValueError("config.population.method: a mix of methods is a grid; "
+                     "population.random samples one method's members (set "
+                     "config.model.method).")
+  return methods
+
+
+def _check_structure(pop, config) -> None:
+  """Each method grid (losa=, lst=, last=) names its method's options and
+  belongs to a method of the population."""
+  methods = methods_of(config)
+  for method in ("losa", *model_lib.SIDE_MODULES):
+    grid = config_lib.as_dict(pop.get(method))
+    if grid and method not in methods:
+      raise ValueError(f"config.population.{method}: no member has "
+                       f"model.method={method!r} (the population's methods "
+                       f"are {methods}; set population.method).")
+    for k in grid:
+      if k not in _switches(method):
+        raise ValueError(f"config.population.{method}.{k}: not an option of "
+                         f"{method}; valid: {sorted(_switches(method))}.")
+
+
+def _structure_rows(pop, config) -> List[Dict[str, Any]]:
+  """Every structure of the grids: {"method": m, option: value, ...}, the
+  options of LoSA by name, the others' as "<method>.<option>"."""
+  rows = []
+  for method in methods_of(config):
+    prefix = "" if method == "losa" else method + "."
+    grid = {prefix + k: _values(f"config.population.{method}.{k}", v)
+            for k, v in sorted(config_lib.as_dict(pop.get(method)).items())}
+    for vals in itertools.product(*grid.values()):
+      rows.append({"method": method, **dict(zip(grid, vals))})
+  return rows
+
+
 def _fmt(v) -> str:
   return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -104,10 +165,8 @@ def validate(population, config=None):
           f"config.population.grid.{k}: not a per-member hyper-parameter; "
           f"use one of {[h for h in HPARAMS if 'seed' not in h]} (seeds go "
           "in population.seeds / data_seeds, structure in population.losa).")
-  for k in config_lib.as_dict(pop.get("losa")):
-    if k not in model_lib.LOSA_DEFAULTS:
-      raise ValueError(f"config.population.losa.{k}: not a LoSA switch; "
-                       f"valid: {sorted(model_lib.LOSA_DEFAULTS)}.")
+  if config is not None:
+    _check_structure(pop, config)
   rungs = config_lib.as_dict(pop.get("rungs"))
   bad = sorted(set(rungs) - set(RUNG_KEYS))
   if bad:
@@ -139,8 +198,10 @@ def expand(config) -> List[Member]:
   pop = config_lib.as_dict(config.get("population"))
   base = config_lib.as_dict(config)
   base.pop("population", None)
-  rows: List[Tuple[Dict[str, Any], Dict[str, Any]]] = []   # (hp, losa)
+  # (hp, structure): structure as `_structure_rows` gives it.
+  rows: List[Tuple[Dict[str, Any], Dict[str, Any]]] = []
   rand = config_lib.as_dict(pop.get("random"))
+  method = methods_of(config)[0]
   if rand:
     budget = rand.pop("budget", None)
     if not isinstance(budget, int) or budget <= 0:
@@ -148,25 +209,24 @@ def expand(config) -> List[Member]:
                        "number of members to sample, a positive int.")
     rng = np.random.default_rng(rand.pop("seed", 0))
     for _ in range(budget):
-      hp, losa = {}, {}
+      hp, struct = {}, {"method": method}
       for k in sorted(rand):
         v = _sample(f"config.population.random.{k}", rand[k], rng)
-        if k in model_lib.LOSA_DEFAULTS:
-          losa[k] = v
+        if k in model_lib.LOSA_DEFAULTS and method == "losa":
+          struct[k] = v
         elif k in HPARAMS:
           hp[k] = v
         else:
           raise ValueError(f"config.population.random.{k}: not a "
-                           "hyper-parameter or LoSA switch.")
-      rows.append((hp, losa))
+                           "hyper-parameter or LoSA switch (of a LoSA "
+                           "population).")
+      rows.append((hp, struct))
   else:
     grid = {k: _values(f"config.population.grid.{k}", v)
             for k, v in sorted(config_lib.as_dict(pop.get("grid")).items())}
-    struct = {k: _values(f"config.population.losa.{k}", v)
-              for k, v in sorted(config_lib.as_dict(pop.get("losa")).items())}
-    for s_vals in itertools.product(*struct.values()):
+    for struct in _structure_rows(pop, config):
       for h_vals in itertools.product(*grid.values()):
-        rows.append((dict(zip(grid, h_vals)), dict(zip(struct, s_vals))))
+        rows.append((dict(zip(grid, h_vals)), struct))
   seeds = _values("config.population.seeds",
                   pop.get("seeds", [base.get("seed", 0)]))
   data_seeds = pop.get("data_seeds")
@@ -175,24 +235,27 @@ def expand(config) -> List[Member]:
   base_data_seed = config_lib.data_seed_of(config)
   members = []
   varying = {}
-  for hp, losa in rows:
-    for k, v in {**hp, **losa}.items():
+  for hp, struct in rows:
+    for k, v in {**hp, **struct}.items():
       varying.setdefault(k, set()).add(repr(v))
-  for (hp, losa), seed, data_seed in itertools.product(rows, seeds,
-                                                      data_seeds):
+  for (hp, struct), seed, data_seed in itertools.product(rows, seeds,
+                                                        data_seeds):
     c = ml_collections.ConfigDict(base)
     for k, v in hp.items():
       c[k] = v
+    method = c.model.method = struct["method"]
     c.seed = int(seed)
     # Init seeds vary per member, the data order stays the population's
     # (one backbone pass) unless data_seeds asks for several.
     c.data_seed = int(base_data_seed if data_seed is None else data_seed)
-    if losa:
-      c.model.losa = ml_collections.ConfigDict(
-          {**config_lib.as_dict(c.model.get("losa")), **losa})
+    opts = {k.rpartition(".")[2]: v for k, v in struct.items()
+            if k != "method"}
+    if opts:
+      c.model[method] = ml_collections.ConfigDict(
+          {**config_lib.as_dict(c.model.get(method)), **opts})
     config_lib.validate(c)
     i = len(members)
-    shown = {k: v for k, v in {**hp, **losa}.items()
+    shown = {k: v for k, v in {**hp, **struct}.items()
              if len(varying.get(k, ())) > 1}
     if len(seeds) > 1:
       shown["seed"] = seed
@@ -203,9 +266,10 @@ def expand(config) -> List[Member]:
                  "label_smoothing": float(c.get("label_smoothing", 0.0)),
                  "grad_clip_norm": c.get("grad_clip_norm"),
                  "seed": int(c.seed), "data_seed": int(c.data_seed)}
-    losa_all = config_lib.as_dict(c.model.get("losa"))
-    members.append(Member(i, f"m{i:02d}", label, c, member_hp, tuple(
-        sorted((k, repr(v)) for k, v in losa_all.items()))))
+    options = config_lib.as_dict(c.model.get(method))
+    members.append(Member(i, f"m{i:02d}", label, c, member_hp, (
+        ("method", repr(method)),
+        *sorted((k, repr(v)) for k, v in options.items()))))
   if not members:
     raise ValueError("config.population expands to no member.")
   return members

@@ -5,8 +5,9 @@
     python -m losa_jax.train --workdir /tmp/pop \\
         --config configs/default.py:population=default
 
-LoSA members share one backbone pass per batch (losa_jax.population.build)
-in the single run's loop; other methods change the backbone, so their
+Side-network members (LoSA, LST, LAST, mixed) share one backbone pass per
+batch (losa_jax.population.build) in the single run's loop; other methods
+change the backbone, so their
 members train one after another through the single-run trainer, each in
 <workdir>/<member>. docs/population.md describes what it writes, NaN
 members, successive halving (`population.rungs`) and resume.
@@ -24,6 +25,7 @@ from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.checkpointing import resume
 from losa_jax.config import schema as config_lib
 from losa_jax.evaluators import classification
+from losa_jax.models import model as model_lib
 from losa_jax.parallel import distributed
 from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.population import build as pop_lib
@@ -85,12 +87,15 @@ def _stack_slots(its, mesh):
 
 def _feature_cache(config, pop, backbone, source, pp, workdir, backbone_id):
   """The population's feature cache: taps of every block (tap_every=1), so
-  each group subselects its own; one build serves all members."""
+  each group subselects its own; one build serves all members (of every
+  side method: the cache model is the LoSA model of the first group's
+  tap kind and dtype, whose taps those of LST and LAST are)."""
   from losa_jax import feature_cache  # pylint: disable=g-import-not-at-top
   opts = feature_cache.options(config)
   g0 = pop.groups[0]
   losa = dict(g0.config.model.get("losa") or {})
-  cache_model = g0.model.clone(losa={**losa, "tap_every": 1})
+  cache_model = g0.model.clone(method="losa", losa={
+      **losa, "tap": g0.tap[0], "tap_every": 1, "dtype": g0.tap[2]})
   return feature_cache.FeatureCache.get_or_create(
       model=cache_model, params={"backbone": backbone}, source=source, pp=pp,
       root=opts["dir"] or os.path.join(workdir, "feature_cache"),
@@ -149,7 +154,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
   members_lib.validate(config.population, config)
   config = config_lib.with_defaults(config)
   members = members_lib.expand(config)
-  if config.model.get("method", "losa") == "losa":
+  if {m.config.model.method for m in members} <= set(
+      model_lib.SIDE_METHODS):
     return PopulationTrainer(config, workdir, members).train()
   # Other methods change the backbone: each member is a single run in
   # <workdir>/<member>.
@@ -238,7 +244,9 @@ class PopulationTrainer(common.Trainer):
              for seed in pop.data_seeds]
     else:
       its = self.host_batches(pop.data_seeds, start)
-    common.say(f"Training a population of {pop.num_members} LoSA members in "
+    methods = sorted({g.model.method for g in pop.groups})
+    common.say(f"Training a population of {pop.num_members} "
+               f"{'/'.join(methods)} members in "
                f"{len(pop.groups)} group(s) on {len(pop.data_seeds)} backbone "
                f"pass(es) per step, {self.total} steps, from step {start}.")
     return _stack_slots(its, pop.mesh)
