@@ -324,14 +324,18 @@ class SideNetwork(nn.Module):
     _, layers = nn.scan(_LayerParams, in_axes=(), length=n_layers, **scan_kw)(
         self.mixer, self.combine, final.shape[1:], name="layers")(
             jnp.zeros(()))
-    if mixer.norms == "post" or (mixer.norms == "pre"
-                                 and self.combine != "concat"):
-      layers = {**layers, "mixer": _stop_token_biases(layers["mixer"])}
     if mixer.uses_fused_vjp() and (self.combine, self.state) == (
         "add", "delta") and not self.share_weights:
+      # side_scan's backward gives the null token biases exact zeros
+      # itself; a stop_gradient on the params would change the compiled
+      # program, and with it the bf16 rounding that a population member
+      # shares with its single run.
       carry = side_fused.side_scan(fused_params(layers["mixer"]), taps,
                                    layer_axis, dtype)
     else:
+      if mixer.norms == "post" or (mixer.norms == "pre"
+                                   and self.combine != "concat"):
+        layers = {**layers, "mixer": _stop_token_biases(layers["mixer"])}
       carry = self._scan(mixer, layers, taps, final, dtype, layer_axis)
     return self._out(final, carry, frozen_ln)
 

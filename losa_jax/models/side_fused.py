@@ -202,7 +202,7 @@ def _ln2_backward(p: Params, z, res: Residuals, g1, dh2):
   return e, beta2, gamma2, d_wd2
 
 
-def _backward(p: Params, z, res: Residuals, dd, carry=None):
+def _backward(p: Params, z, res: Residuals, dd, carry=None, null_bias=False):
   """(Params of gradients, carry + d/dz) of delta = M(z) for the cotangent
   dd [B, N, D] (docs/side_fused.md, "Backward").
 
@@ -226,6 +226,10 @@ def _backward(p: Params, z, res: Residuals, dd, carry=None):
   dd_wu1, dd_g2, dd_row_sums = _split(_dot(dd, jnp.concatenate(
       [_bcast(p.wu1.T, bsz), jnp.swapaxes(g2, 1, 2), one_d], 2)),
                                       (r1, r2, 1))
+  # bu2 is a null direction under side_scan (docs/side_fused.md, "The
+  # token MLP's output bias"): its exact gradient 0, not float32 noise.
+  d_bu2 = (jnp.zeros((n,), dd.dtype) if null_bias
+           else jnp.sum(dd_row_sums[..., 0], 0))
   dh2, = gelu2_vjp(dg2)                                          # [B, r2, D]
   e, beta2, gamma2, d_wd2 = _ln2_backward(p, z, res, g1, dh2)
   # c feeds delta and u: dc Wu1^T = dd Wu1^T + du Wu1^T.
@@ -269,8 +273,7 @@ def _backward(p: Params, z, res: Residuals, dd, carry=None):
       wu1=d_wu1, bu1=d_bu1,
       s2=jnp.sum(dh2 * res.wx2, (0, 1)),
       b2=_dot(jnp.sum(p.wd2, 0), jnp.sum(dh2, 0)),
-      wd2=d_wd2, bd2=jnp.sum(dh2, (0, 2)), wu2=jnp.sum(dd_g2, 0).T,
-      bu2=jnp.sum(dd_row_sums[..., 0], 0))
+      wd2=d_wd2, bd2=jnp.sum(dh2, (0, 2)), wu2=jnp.sum(dd_g2, 0).T, bu2=d_bu2)
   return grads, dz if carry is None else carry + dz
 
 
@@ -383,7 +386,7 @@ def _scan_bwd(layer_axis, dtype, saved, da):
   def body(da, i):
     # a_{i-1} feeds a_i and z_i: da_{i-1} = da_i + d/dz_i.
     dp, da = _backward(_layer(params, i), _read(zs, i, axis),
-                       _layer(smalls, i), da, carry=da)
+                       _layer(smalls, i), da, carry=da, null_bias=True)
     return da, dp
 
   _, dparams = lax.scan(body, da.astype(jnp.float32),
