@@ -25,10 +25,10 @@ How the permutation is realised (the documented choice):
   Small splits are enumerated once into memory; ArrayRecord records are read
   by index, a local batch at a time. No Python runs per example.
 * Streaming (big TFDS splits stored as TFRecord only): process p reads its
-  own 1/P of each split term (`Source.shard`, `tfds.even_splits`) through
-  `tf.data` `shuffle(shuffle_buffer_size, seed=f(seed, e, p))`: deterministic,
-  but a windowed shuffle within the share, so the P-process stream is not
-  the 1-process one. Resuming skips the raw (not yet preprocessed) examples
+  own 1/P of each split term (`Source.shard`, cut like `tfds.even_splits`)
+  through `tf.data` `shuffle(shuffle_buffer_size, seed=f(seed, e, p))`:
+  deterministic, but a windowed shuffle within the share, so the P-process
+  stream is not the 1-process one. Resuming skips the raw (not yet preprocessed) examples
   of the current epoch of the share. Epochs hold whole local batches only
   (as with drop_remainder).
 
@@ -320,7 +320,8 @@ def _streamed_shard(shard: Source, n: int, *, local, process_count, seed,
   """This process's own stream: (epoch, position, raw example), and steps
   per epoch. Every process takes the same whole number of local batches per
   epoch from its share (the smallest share has at least n // P - terms)."""
-  terms = len(core.parse_split(getattr(shard, "split", "x")))
+  split = getattr(shard, "split", None)   # A `+` term's share may be short.
+  terms = len(core.parse_split(split)) if split else 1
   per_epoch = (max(n // process_count - terms, 0) // local) * local
   if per_epoch == 0:
     raise ValueError(f"{shard.name}: {n} examples over {process_count} "

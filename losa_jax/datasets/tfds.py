@@ -57,6 +57,7 @@ class TfdsSource(core.Source):
     self.in_memory_max_examples = in_memory_max_examples
     self._builder_obj = None
     self._table = None
+    self._records = None
     self._count = None
     self._lock = threading.Lock()
 
@@ -96,7 +97,7 @@ class TfdsSource(core.Source):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = self._builder()
     if self._array_record():   # TFDS reads ArrayRecord by index only.
-      records = RecordTable(self)
+      records = self._record_table()
       return tf.data.Dataset.range(records.num_examples).batch(256).map(
           records.read).unbatch().map(records.decode)
     try:
@@ -131,6 +132,13 @@ class TfdsSource(core.Source):
       self._count = super().count()
     return self._count
 
+  def _record_table(self) -> "RecordTable":
+    """The split's one RecordTable (its files opened once, its reads
+    counted in one place), shared by `table` and `as_dataset`."""
+    if self._records is None:
+      self._records = RecordTable(self)
+    return self._records
+
   def _array_record(self) -> bool:
     fmt = self._builder().info.file_format
     return getattr(fmt, "value", fmt) == "array_record"
@@ -143,7 +151,7 @@ class TfdsSource(core.Source):
       limit = self.in_memory_max_examples
       n = self.num_examples()
       if self._array_record() and not self.in_memory:
-        self._table = RecordTable(self)
+        self._table = self._record_table()
         return self._table
       if self.in_memory is False or (
           self.in_memory is None and n is not None and n > limit):
