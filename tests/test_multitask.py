@@ -34,6 +34,7 @@ from losa_jax import train
 from losa_jax.utils import tree as tree_lib
 from losa_jax.config import workdir as workdir_lib
 from losa_jax.bench import inference
+from losa_jax.bench import registry
 from losa_jax.models import model as model_lib
 from losa_jax.models import porting
 from losa_jax.models import vit
@@ -467,9 +468,9 @@ def test_predict_cli_one_csv_for_many_tasks(workdirs, tmp_path):
 
 def test_inference_bench_quick():
   # `full` is lora_merged's program (tested in --quick runs, not here).
-  rows = inference.measure(["tiny"], batches=[2], tasks=[1, 2], reps=1,
-                           warmup=0, max_copy_images=2,
-                           systems=("losa", "lora_merged", "backbone"))
+  rows = inference.measure(registry.options("inference", dict(
+      variants=["tiny"], batches=[2], tasks=[1, 2], reps=1, warmup=0,
+      max_copy_images=2, systems=("losa", "lora_merged", "backbone"))))
   cell = {(r["system"], r["tasks"]): r for r in rows}
   assert set(cell) == {(s, n) for s in ("losa", "lora_merged")
                        for n in (1, 2)} | {("backbone", 1)}

@@ -6,31 +6,14 @@ Sources (what the examples are and where they come from) live in
 `losa_jax.datasets` and are found by name; this module only decides the
 order, the seeds and the sharding of the stream over processes.
 
-Training order (`training`). The stream is a sequence of epochs; epoch e visits
-the examples in a permutation derived from (seed, e), and example k of the
-epoch gets the augmentation seed `_seed = f(seed, e, k)` (int64 [2], used by
-the random pp ops). Global step s therefore maps to fixed (epoch, position)
-pairs, which makes the stream resumable by arithmetic: `start_step=s` jumps
-straight to epoch/offset of step s without replaying earlier batches.
-
-How the permutation is realised (the documented choice):
-
-* Random access (ArraySource, FolderSource, TFDS splits with at most
-  `in_memory_max_examples` examples, and TFDS splits of any size stored as
-  ArrayRecord): epoch e visits `epoch_permutation(seed, e, n)` (a stateless
-  shuffle of [0, n), computed once per epoch inside tf.data), an exact
-  permutation. The index stream is cut to this process's rows before any
-  example is read, so each process reads and preprocesses only its own rows
-  (1/P of the split per epoch), and a resume skips indices, not examples.
-  Small splits are enumerated once into memory; ArrayRecord records are read
-  by index, a local batch at a time. No Python runs per example.
-* Streaming (big TFDS splits stored as TFRecord only): process p reads its
-  own 1/P of each split term (`Source.shard`, cut like `tfds.even_splits`)
-  through `tf.data` `shuffle(shuffle_buffer_size, seed=f(seed, e, p))`:
-  deterministic, but a windowed shuffle within the share, so the P-process
-  stream is not the 1-process one. Resuming skips the raw (not yet preprocessed) examples
-  of the current epoch of the share. Epochs hold whole local batches only
-  (as with drop_remainder).
+Training order (`training`): epoch e visits the examples in a permutation
+derived from (seed, e), and example k of the epoch gets the augmentation
+seed f(seed, e, k) (int64 [2], used by the random pp ops). Global step s
+therefore maps to fixed (epoch, position) pairs, so `start_step=s` resumes
+by arithmetic, without replaying earlier batches. Random-access sources
+visit the exact `epoch_permutation`, cut to this process's rows before any
+example is read; big TFRecord-only TFDS splits are streamed, each process a
+windowed shuffle of its own share (docs/scaling.md, "Input at pod scale").
 
 Batches. A global batch holds `batch_size` examples; process p of P receives
 rows [p * b, (p + 1) * b) with b = batch_size // P, as numpy dicts with the
@@ -53,9 +36,7 @@ Source = core.Source
 AUTOTUNE = tf.data.AUTOTUNE
 PpSpec = Union[None, str, Sequence[str], Callable]
 
-# ----------------------------------------------------------------------------
-# Seeds and order.
-# ----------------------------------------------------------------------------
+# --- Seeds and order --------------------------------------------------------
 
 
 def _check_seed(seed: int) -> int:
@@ -73,11 +54,6 @@ def _fold(seed: int, *data) -> tf.Tensor:
   return tf.cast(s, tf.int64)
 
 
-def _example_seed(seed: int, epoch, k) -> tf.Tensor:
-  """Augmentation seed of example k of epoch e: int64 [2], f(seed, e, k)."""
-  return _fold(seed, 1, epoch, k)
-
-
 def epoch_permutation(seed: int, epoch, n: int) -> tf.Tensor:
   """The visiting order of epoch `epoch`: a permutation of [0, n), int64."""
   return tf.random.experimental.stateless_shuffle(
@@ -93,7 +69,7 @@ def _with_pp(pp_fn, seed, epoch, k):
 
   def fn(ex):
     ex = dict(ex)
-    ex[pp_lib.SEED_KEY] = _example_seed(seed, epoch, k)
+    ex[pp_lib.SEED_KEY] = _fold(seed, 1, epoch, k)   # int64 [2]
     ex = dict(pp_fn(ex))
     ex.pop(pp_lib.SEED_KEY, None)
     return ex
@@ -131,9 +107,7 @@ def _own_rows(ds: tf.data.Dataset, batch_size: int, lo: int, hi: int):
                                                    lambda j, x: x)
 
 
-# ----------------------------------------------------------------------------
-# Training.
-# ----------------------------------------------------------------------------
+# --- Training ---------------------------------------------------------------
 
 
 class TrainIterator:
@@ -333,9 +307,7 @@ def _streamed_shard(shard: Source, n: int, *, local, process_count, seed,
   return ds, per_epoch // local
 
 
-# ----------------------------------------------------------------------------
-# Evaluation.
-# ----------------------------------------------------------------------------
+# --- Evaluation -------------------------------------------------------------
 
 
 class EvalIterable:
@@ -453,9 +425,7 @@ def evaluation(source: Source, *, batch_size: int, pp: PpSpec,
                       prefetch=prefetch)
 
 
-# ----------------------------------------------------------------------------
-# Device arrays.
-# ----------------------------------------------------------------------------
+# --- Device arrays ----------------------------------------------------------
 
 # The keys a model step reads; pp may leave more (file names, ids).
 BATCH_KEYS = ("image", "label", "_mask")

@@ -1,17 +1,12 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-r"""The `accelerator` section's plan and runner (GPU/TPU; no TensorFlow,
-and no jax in this parent process: the jobs take the device).
+"""The `accelerator` section's plan and runner (no TensorFlow, and no jax
+in this parent process: the jobs, in accelerator_check, take the device).
 
-Parts, in order (docs/benchmarks.md says what each measures): check,
-timing, vit_e, memory, maxbatch; their jobs are in accelerator_check. Every
-job runs in a fresh process (--isolation method: one per variant and method
-for memory and maxbatch), since no backend resets `peak_bytes_in_use`, and
-a job that crashes or overruns costs only its own rows. Jobs share a
-persistent compilation cache. --budget_s bounds the run: each job gets a
-share of what is left, a batch search stops at its share (reading ">= N"),
-a job past it is killed (its rows are missing, and the output says so).
-DIR/accelerator.json is rewritten after every job.
+Each job runs in a fresh process, since no backend resets
+`peak_bytes_in_use`, and one that crashes or overruns costs only its own
+rows; jobs share a persistent compilation cache. DIR/accelerator.json is
+rewritten after every job.
 """
 import os
 import shutil

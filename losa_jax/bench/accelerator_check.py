@@ -51,12 +51,9 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
   # float32 tolerance (a bf16 store would round backend ulps up to bf16).
   cfg.model.losa.dtype = dtype
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
-  built = {"cpu": build.build(cfg, total_steps=10, mesh=sharding_lib.make_mesh(
-      [("data", 1)], [cpu]))}
-  # Without an accelerator the "two" backends are one: run one program twice.
-  built["accel"] = built["cpu"] if accel == cpu else build.build(
-      cfg, total_steps=10,
-      mesh=sharding_lib.make_mesh([("data", 1)], [accel]))
+  # Without an accelerator the "two" backends are one: the same program twice.
+  built = {name: build.build(cfg, total_steps=10, mesh=sharding_lib.make_mesh(
+      [("data", 1)], [d])) for name, d in (("accel", accel), ("cpu", cpu))}
   p0 = jax.device_get(harness.random_tree(built["cpu"].state_shape["params"]))
   rng = np.random.RandomState(0)
   n, s = spec["check_batch"], cfg.image_size
@@ -207,9 +204,7 @@ def max_batch(m, spec: Dict[str, Any]) -> Dict[str, Any]:
   limit = harness.mem_stats().get("bytes_limit")
   cap_bytes = float(spec.get("mem_cap_gib") or 0) * GIB
   simulated = not limit or cap_bytes > 0
-  budget = cap_bytes if simulated else float(limit)
-  if simulated and not budget:
-    budget = 16 * GIB
+  budget = (cap_bytes or 16 * GIB) if simulated else float(limit)
   peaks = sorted((int(b), float(p)) for b, p in peaks)
   known_ok = [b for b, p in peaks if (ran or simulated) and
               (not simulated or p <= budget)]
@@ -343,15 +338,14 @@ def run_job(spec: Dict[str, Any]) -> Dict[str, Any]:
              backend=jax.default_backend(), device=str(jax.devices()[0]),
              device_kind=jax.devices()[0].device_kind,
              memory_limit_gib=harness.mem_stats().get("bytes_limit", 0) / GIB,
-             tensorflow_loaded=harness.tf_loaded())
+             tensorflow_loaded=any(m in sys.modules for m in (
+                 "tensorflow", "tensorflow_datasets")))
   return out
 
 
 if __name__ == "__main__":
   if len(sys.argv) != 3:
     raise SystemExit("usage: python -m losa_jax.bench.accelerator_check "
-                     "SPEC.json "
-                     "OUT.json (written by the accelerator section; run "
-                     "`python -m losa_jax.bench accelerator` instead)")
+                     "SPEC.json OUT.json (the accelerator section's jobs)")
   with open(sys.argv[1]) as f:
     common.write_json(sys.argv[2], run_job(json.load(f)))

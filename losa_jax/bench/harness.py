@@ -5,7 +5,6 @@ place, random batches, one (variant, method) compiled per batch and run once
 or caught out of memory (`first_call`), and the step-time loop
 (`time_methods`). Imports no TensorFlow (a GPU image may lack it)."""
 import gc
-import sys
 from typing import Any, Callable, Dict, Optional
 
 import jax
@@ -36,11 +35,6 @@ def mem_stats(device=None) -> Dict[str, int]:
     return dict((device or jax.devices()[0]).memory_stats() or {})
   except Exception:  # pylint: disable=broad-except
     return {}
-
-
-def tf_loaded() -> bool:
-  """True if TensorFlow or TFDS got imported into this process."""
-  return any(m in sys.modules for m in ("tensorflow", "tensorflow_datasets"))
 
 
 _CACHE: Dict[Any, Any] = {}

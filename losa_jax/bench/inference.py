@@ -12,7 +12,7 @@ docs/serving.md says what each column means.
 """
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,6 @@ from losa_jax.assembly import build
 from losa_jax.bench import common
 from losa_jax.bench import configs
 from losa_jax.bench import harness
-from losa_jax.bench.registry import SYSTEMS
 from losa_jax.models import model as model_lib
 from losa_jax.serving import multitask
 from losa_jax.utils import cost
@@ -31,10 +30,6 @@ from losa_jax.utils import tree as tree_lib
 
 COPY_SYSTEMS = ("lora_merged", "full")
 _log = common.log
-
-
-def _nbytes(tree) -> int:
-  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 def _npz_bytes(tree) -> int:
@@ -47,14 +42,13 @@ def _npz_bytes(tree) -> int:
 class _Variant:
   """Models and random params of one variant, shared by its cells."""
 
-  def __init__(self, variant: str, *, rank: int, num_classes: int,
-               max_tasks: int, systems: Sequence[str]):
-    self.variant = variant
-    cfg = configs.make_config(variant, "losa", rank=rank,
-                              num_classes=num_classes)
+  def __init__(self, variant: str, a):
+    self.variant, max_tasks = variant, max(a.tasks)
+    cfg = configs.make_config(variant, "losa", rank=a.rank,
+                              num_classes=a.num_classes)
     self.image_shape = build.image_shape_of(cfg)
     self.losa = build.model_from_config(cfg)
-    self.plain = model_lib.Model(num_classes, method="full",
+    self.plain = model_lib.Model(a.num_classes, method="full",
                                  backbone=dict(cfg.model.backbone))
     x = jnp.zeros((1, *self.image_shape), jnp.float32)
     shape = jax.eval_shape(lambda r: self.losa.init(r, x),
@@ -63,22 +57,21 @@ class _Variant:
     side = {k: v for k, v in shape.items() if k != "backbone"}
     self.sides = [harness.random_tree(side, seed=1 + i)
                   for i in range(max_tasks)]
-    self.bb_fn, _ = build.backbone_forward(cfg)
-    self.bb_jit = jax.jit(self.bb_fn)
+    self.bb_jit = jax.jit(build.backbone_forward(cfg)[0])
     # N distinct weight copies, as N deployed models hold (the N=1 and N=4
     # cells use the first ones). `full` runs the same program on
     # same-shaped weights, so it shares lora_merged's buffers (16 B/16
     # copies are 5.5 GB already): its rows are a second, independent timing
     # of that program.
     copies = None
-    if any(s in systems for s in COPY_SYSTEMS):
+    if any(s in a.systems for s in COPY_SYSTEMS):
       plain_shape = jax.eval_shape(lambda r: self.plain.init(r, x),
                                    jax.random.key(0))["params"]
       copies = [harness.random_tree(plain_shape, seed=100 + i)
                 for i in range(max_tasks)]
     self.copies = {s: copies for s in COPY_SYSTEMS}
-    lora_cfg = configs.make_config(variant, "lora", rank=rank,
-                                   num_classes=num_classes)
+    lora_cfg = configs.make_config(variant, "lora", rank=a.rank,
+                                   num_classes=a.num_classes)
     lora_shape = jax.eval_shape(
         lambda r: build.model_from_config(lora_cfg).init(r, x),
         jax.random.key(0))["params"]
@@ -107,7 +100,7 @@ class _Variant:
     if system == "losa":
       return self.side_npz_bytes
     if system in COPY_SYSTEMS:      # the whole model, once merged
-      return _nbytes(self.copies[system][0])
+      return sum(x.nbytes for x in jax.tree.leaves(self.copies[system][0]))
     return 0
 
 
@@ -150,37 +143,29 @@ def _timed(cells, times, batch: int) -> List[Dict[str, Any]]:
   return list(cells.values())
 
 
-def measure(variants: Sequence[str], *, batches: Sequence[int],
-            tasks: Sequence[int], systems: Sequence[str] = SYSTEMS,
-            rank: int = 8, num_classes: int = 100, reps: int = 3,
-            warmup: int = 1, max_copy_images: Optional[int] = None
-            ) -> List[Dict[str, Any]]:
-  """One row per (variant, batch, system, N); see the module doc."""
-  bad = sorted(set(systems) - set(SYSTEMS))
-  if bad:
-    raise ValueError(f"--systems: unknown system(s) {bad}; choose from "
-                     f"{SYSTEMS}.")
+def measure(a) -> List[Dict[str, Any]]:
+  """One row per (variant, batch, system, N) of the section's options `a`
+  (registry.options("inference", ...)); see the module doc."""
   rows = []
-  for variant in variants:
-    _log(f"{variant}: random params for up to {max(tasks)} tasks of "
-         f"{[s for s in systems if s != 'backbone']}", tag="inference")
-    v = _Variant(variant, rank=rank, num_classes=num_classes,
-                 max_tasks=max(tasks), systems=systems)
-    for batch in batches:
+  for variant in a.variants:
+    _log(f"{variant}: random params for up to {max(a.tasks)} tasks of "
+         f"{[s for s in a.systems if s != 'backbone']}", tag="inference")
+    v = _Variant(variant, a)
+    for batch in a.batches:
       x = jnp.asarray(np.random.RandomState(0).uniform(
           -1, 1, (batch, *v.image_shape)), jnp.float32)
       cells, fns = {}, {}
-      for system in systems:
-        for n in ([1] if system == "backbone" else tasks):
+      for system in a.systems:
+        for n in ([1] if system == "backbone" else a.tasks):
           key = f"{system}@{n}"
           cells[key], fn = _cell(v, system, n, x)
-          if not (system in COPY_SYSTEMS and n > 1 and max_copy_images
-                  and n * batch > max_copy_images):
+          if not (system in COPY_SYSTEMS and n > 1 and a.max_copy_images
+                  and n * batch > a.max_copy_images):
             fns[key] = fn
-      _log(f"{variant} batch {batch}: timing {list(fns)} ({reps} rounds)",
+      _log(f"{variant} batch {batch}: timing {list(fns)} ({a.reps} rounds)",
            tag="inference")
-      rows += _timed(cells, common.interleaved(fns, reps=reps, warmup=warmup),
-                     batch)
+      rows += _timed(cells, common.interleaved(fns, reps=a.reps,
+                                               warmup=a.warmup), batch)
     del v
   return rows
 
@@ -220,9 +205,6 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def section_inference(a) -> List[Dict[str, Any]]:
   """The cells ("kind": "cell"), then the ratios of `summarize` ("summary")."""
-  rows = measure(a.variants, batches=a.batches, tasks=a.tasks,
-                 systems=a.systems, rank=a.rank, num_classes=a.num_classes,
-                 reps=a.reps, warmup=a.warmup,
-                 max_copy_images=a.max_copy_images or None)
+  rows = measure(a)
   return ([dict(r, kind="cell") for r in rows] +
           [dict(r, kind="summary") for r in summarize(rows)])

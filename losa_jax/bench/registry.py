@@ -154,6 +154,11 @@ def _fast_if_quick(a) -> str:
   return common.FAST_COMPILE if a.quick else ""
 
 
+def _licm_fast(a) -> str:
+  return " ".join(([] if a.licm else [common.LICM_OFF]) +
+                  ([common.FAST_COMPILE] if a.quick else []))
+
+
 _TIMED = dict(variants=["Ti/16", "S/16", "B/16"], batch=8, reps=5, warmup=1)
 _TIMED_QUICK = dict(variants=["tiny"], batch=4, reps=2, warmup=0)
 _S = "losa_jax.bench."
@@ -220,10 +225,8 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
                  batch_per_device=4, licm=False),
             dict(variant="Ti/16", fsdp=[1, 2], depths=[1, 2],
                  batch_per_device=1),
-            lambda a: " ".join(
-                [f"--xla_force_host_platform_device_count={FSDP_DEVICES}",
-                 common.FAST_COMPILE if a.quick else ""] +
-                ([] if a.licm else [common.LICM_OFF]))),
+            lambda a: f"--xla_force_host_platform_device_count="
+                      f"{FSDP_DEVICES} {_licm_fast(a)}"),
     Section("video", _S + "sections_compiled:section_video",
             "Compiled memory and FLOPs of one video train step: LoSA vs "
             "linear, adapters, full (ViViT, scanned, bf16).",
@@ -232,8 +235,7 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
                  arg="", licm=False),
             dict(variant="B/16", frames=2, arg="res=32", batches=[],
                  depth_fracs=[12], flops_depths=[1, 2]),
-            lambda a: " ".join(([] if a.licm else [common.LICM_OFF]) +
-                               ([common.FAST_COMPILE] if a.quick else []))),
+            _licm_fast),
     Section("input", _S + "sections_input:section_input",
             "Input images/s: the project's pipeline vs plain tf.data on the "
             "VTAB train pp and a 16-frame video pp, on 1 and all cores; "

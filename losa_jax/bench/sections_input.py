@@ -1,15 +1,9 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-"""Input section: does the input pipeline feed LoSA's step?
-
-Images per second of the project's pipeline (`input_pipeline.training`)
-against a plain `tf.data` reference written here (`map` with AUTOTUNE,
-`batch`, `prefetch`), on the same pp and the same encoded data, on 1 core
-and on all cores (the process's threads pinned with sched_setaffinity); the
-bytes each of P = 1, 2, 4 processes reads of an ArrayRecord split in one
-epoch; and the host cores that keep an accelerator running LoSA at
-`--accel_images_per_s` fed. Pipelines run one at a time, order rotated per
-round; only ratios within one run mean anything.
+"""Input section: does the input pipeline (`input_pipeline.training`) feed
+LoSA's step? Against a plain `tf.data` reference on the same pp and encoded
+data; pipelines run one at a time, the order rotated per round, so only
+ratios within one run mean anything.
 """
 import contextlib
 import os

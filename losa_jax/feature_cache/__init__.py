@@ -27,19 +27,10 @@ and the cache dtype; any change gives a new key and therefore a rebuild.
 
 On disk, `<dir>/<key>/` holds one part per building process,
 `part-<p>-of-<P>/` (taps.npy, final.npy, labels.npy and indices.npy, the
-rows it holds), plus `meta.json` and a `COMPLETE` marker holding the key.
-With P processes each computes the rows it owns (`input_pipeline.evaluation`'s
-sharding, so each reads 1/P of the examples), into a temporary folder that
-one rename turns into its part once whole; after a barrier every process
-verifies every part (marker, shapes, and that the parts' indices cover
-[0, n) exactly once), and process 0 writes the marker. Later epochs read any
-row from whichever part holds it, so `dir` must be a folder every process
-reads (a shared filesystem). A folder or part without a valid marker is
-never read; a complete part is reused when a build is restarted. When
-processes disagree (different keys: another backbone, data or pp; a cache
-complete for some and not others; a part missing or bad after the build),
-every process raises an error naming it, and nothing unverified is used.
-In-memory storage is for one process.
+rows it holds), plus `meta.json` and a `COMPLETE` marker holding the key;
+docs/scaling.md says how P processes build, verify and share them. A folder
+or part without a valid marker is never read. In-memory storage is for one
+process.
 
 Training order: `batch_indices` reproduces `input_pipeline.training`'s
 random-access order (`epoch_permutation(seed, epoch, n)`, the same
@@ -71,21 +62,3 @@ from losa_jax.feature_cache.store import read_marker
 from losa_jax.feature_cache.training import FeatureModel
 from losa_jax.feature_cache.training import for_trainer
 from losa_jax.feature_cache.training import train_step
-
-__all__ = [
-    "CacheError",
-    "check_deterministic",
-    "COMPLETE",
-    "DEFAULTS",
-    "find_random_ops",
-    "options",
-    "RandomPreprocessingError",
-    "batch_indices",
-    "FeatureCache",
-    "features_fn",
-    "part_name",
-    "read_marker",
-    "FeatureModel",
-    "for_trainer",
-    "train_step",
-]
