@@ -6,22 +6,11 @@ r"""AutoLoSA: search a population, select the best member, retrain it.
         --config configs/vtab.py:task=dtd,population=default,init=...,data_dir=...
 
 Three phases, each resumable (rerunning the command resumes from
-checkpoints; a finished phase is read back from its results.json):
-
-1. search (<workdir>/search): the config's population
-   (losa_jax.trainers.population) on the tuning split. A config file
-   declares its protocols in a module-level `AUTO_ARGS = dict(search="...",
-   final="...")`, args appended to the command's (configs/vtab.py:
-   train800 -> val200, then train800val200 -> test). A config without them
-   searches on its own train split. Only the selection eval ("val", else the
-   first eval) is kept: the search never looks at a test split.
-2. selection: `select`.
-3. final (<workdir>/final): the single-run trainer on `final_config`; it
-   leaves a standard checkpoint for losa_jax.predict.
-
-<workdir>/selection.json and selection.md hold every member's values and val
-curve, the choice, the final results and the cost. `--config.<key>=value`
-overrides apply to both phases (`population.*` only to the search).
+checkpoints; a finished phase is read back from its results.json): search
+(<workdir>/search, the config's population on the tuning split of the
+config file's `AUTO_ARGS`), selection (`select`), final (<workdir>/final,
+the single-run trainer on `final_config`). docs/population.md ("AutoLoSA")
+says what each phase reads and what selection.json and selection.md hold.
 """
 import json
 import math

@@ -32,7 +32,7 @@ def default_rules(method: str, schedule: dict) -> List[Tuple[str, Any]]:
   if method not in model_lib.METHODS:
     raise ValueError(f"Unknown method {method!r}: use one of "
                      f"{model_lib.METHODS}.")
-  trainable = model_lib.TRAINABLE_IN_BACKBONE[method]
+  trainable = model_lib.TRAINABLE_IN_BACKBONE.get(method)
   if trainable == r".*":
     return [(".*", schedule)]
   rules = []

@@ -113,10 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
   current = os.environ.get("XLA_FLAGS", "").split()
   missing = [f for f in flags.split() if f not in current]
   if missing and not ns.in_process:
-    if ns.out:
-      return _child(name, argv, flags, ns.out)
     with tempfile.TemporaryDirectory(prefix="losa_bench_") as tmp:
-      return _child(name, argv, flags, tmp)
+      return _child(name, argv, flags, ns.out or tmp)
   if missing and "jax" in sys.modules:
     common.log(f"{name}: jax is imported already; XLA_FLAGS {missing} only "
                "apply if its backend has not started.")

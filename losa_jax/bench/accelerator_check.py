@@ -66,8 +66,7 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
         else contextlib.nullcontext()):
     for name in ("accel", "cpu"):
       b = built[name]
-      # New buffers, so donating one backend's state never deletes the
-      # other's.
+      # New buffers: donating one backend's state never deletes the other's.
       state, m = b.train_step(harness.state_from_params(
           b, jax.device_put(p0, b.state_sharding["params"])), batch)
       new[name] = tree_lib.flatten(jax.device_get(state["params"]))
@@ -85,13 +84,12 @@ def compare_step(spec: Dict[str, Any], dtype: str) -> Dict[str, Any]:
     return float(abs(a - b) / max(abs(b), 1e-12))
 
   tol_loss, tol_upd = TOLERANCE[dtype]
+  ma, mc = metrics["accel"], metrics["cpu"]
   row = {"dtype": dtype, "variant": spec["check_variant"], "batch": n,
          "backends": f"{accel.platform} vs {cpu.platform}",
-         "loss_accel": metrics["accel"]["loss"],
-         "loss_cpu": metrics["cpu"]["loss"],
-         "loss_rel_diff": rel(metrics["accel"]["loss"], metrics["cpu"]["loss"]),
-         "grad_norm_rel_diff": rel(metrics["accel"]["grad_norm"],
-                                   metrics["cpu"]["grad_norm"]),
+         "loss_accel": ma["loss"], "loss_cpu": mc["loss"],
+         "loss_rel_diff": rel(ma["loss"], mc["loss"]),
+         "grad_norm_rel_diff": rel(ma["grad_norm"], mc["grad_norm"]),
          "update_rel_diff": float(np.linalg.norm(upd["accel"] - upd["cpu"]) /
                                   max(np.linalg.norm(upd["cpu"]), 1e-30)),
          "update_max_abs_diff": float(np.abs(upd["accel"] - upd["cpu"]).max()),
@@ -236,11 +234,9 @@ def job_check(spec) -> Dict[str, Any]:
   """A tiny LoSA step on the accelerator vs jax's CPU backend, f32 and bf16;
   the fused side network's gradients at the default matmul precision vs
   float64; and the cost guard (accelerator_check)."""
-  rows = [compare_step(spec, dtype)
-          for dtype in ("float32", "bfloat16")]
-  guard = [cost_guard(spec, spec["guard_variant"], bsz)
-           for bsz in spec["guard_batches"]]
-  return {"rows": rows, "guard": guard,
+  return {"rows": [compare_step(spec, d) for d in ("float32", "bfloat16")],
+          "guard": [cost_guard(spec, spec["guard_variant"], bsz)
+                    for bsz in spec["guard_batches"]],
           "precision": compare_precision()}
 
 
@@ -285,10 +281,8 @@ def job_memory(spec) -> Dict[str, Any]:
 def job_maxbatch(spec) -> Dict[str, Any]:
   """The largest batch that runs, per method (max_batch)."""
   rows = []
-  for name in spec["methods"]:
-    m = harness.Method(spec["variant"], name, spec)
-    rows.append(max_batch(m, spec))
-    del m
+  for name in spec["methods"]:   # one Method alive at a time
+    rows.append(max_batch(harness.Method(spec["variant"], name, spec), spec))
     gc.collect()
   return {"rows": rows}
 

@@ -63,17 +63,17 @@ def _leaf(shape, dtype, offset):
   """One leaf of random_tree: noise, zeros for a non-float dtype, and a big
   stack ([L, ...] above _BIG elements) row by row into a donated buffer."""
   key = (shape, dtype)
+  zeros = cached(("zeros",) + key, lambda: jax.jit(
+      lambda: jnp.zeros(shape, dtype)))
   if not jnp.issubdtype(dtype, jnp.floating):
-    return cached(("zeros",) + key, lambda: jax.jit(
-        lambda: jnp.zeros(shape, dtype)))()
+    return zeros()
   if np.prod(shape) <= _BIG or len(shape) < 2 or shape[0] == 1:
     return cached(("noise",) + key, lambda: jax.jit(
         lambda off: _noise(shape, dtype, off)))(offset)
   fill = cached(("row",) + key, lambda: jax.jit(
       lambda buf, r, off: buf.at[r].set(_noise(shape[1:], dtype, off)),
       donate_argnums=0))
-  x = cached(("zeros",) + key, lambda: jax.jit(
-      lambda: jnp.zeros(shape, dtype)))()
+  x = zeros()
   for r in range(shape[0]):
     x = fill(x, r, offset + r)
   return x

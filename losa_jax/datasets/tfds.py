@@ -2,17 +2,11 @@
 # Licensed under the Apache License, Version 2.0.
 """TFDS: any prepared TFDS dataset (the default for unregistered names).
 
-How a split is read (`TfdsSource.table`, used by `input_pipeline`):
-
-| split stored as     | size                       | access                    | a process reads |
-|---------------------|----------------------------|---------------------------|-----------------|
-| ArrayRecord         | any                        | by index (`RecordTable`)  | its own rows    |
-| TFRecord            | <= in_memory_max_examples  | in memory (`core.Table`)  | the split, once |
-| TFRecord            | larger                     | streamed (`shard`)        | its 1/P share   |
-
-ArrayRecord splits get the exact global permutation at any size, as small
-splits do; big TFRecord splits get a windowed shuffle of each process's own
-share. `in_memory=True` loads any split into memory.
+How a split is read (`TfdsSource.table`, used by `input_pipeline`): by
+index from ArrayRecord files (`RecordTable`) at any size, into memory
+(`core.Table`) up to `in_memory_max_examples` TFRecord examples, else
+streamed by each process's 1/P share (`shard`); docs/scaling.md, "Input at
+pod scale", has the table. `in_memory=True` loads any split into memory.
 """
 import threading
 from typing import Any, Dict, List, Optional

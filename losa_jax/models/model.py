@@ -42,18 +42,10 @@ SIDE_METHODS = ("losa", "lst", "last")
 # the final features before the frozen encoder_norm.
 SIDE_MODULES = {"lst": side_lst, "last": side_last}
 
-# Backbone leaves that a method trains; everything else under backbone/ is
-# frozen. `optim.default_rules` builds the optimizer's rules from this table.
-TRAINABLE_IN_BACKBONE = {
-    "losa": None,
-    "linear": None,
-    "full": r".*",
-    "lora": vit.PEFT_PARAM_PATTERNS["lora"],
-    "adapter": vit.PEFT_PARAM_PATTERNS["adapter"],
-    "lst": None,
-    "last": None,
-    "st_adapter": vit.PEFT_PARAM_PATTERNS["st_adapter"],
-}
+# Backbone leaves that a method trains (a regex; absent: none); everything
+# else under backbone/ is frozen. `optim.default_rules` builds the
+# optimizer's rules from this table.
+TRAINABLE_IN_BACKBONE = {"full": r".*", **vit.PEFT_PARAM_PATTERNS}
 # Methods for video backbones (model.backbone.kind="vivit") only.
 VIDEO_ONLY_METHODS = ("st_adapter",)
 # Methods that add trainable leaves inside the backbone (which then runs in
@@ -408,7 +400,7 @@ class Model(nn.Module):
       out = dict(precomputed)
       return self._head(self._side(out), out)
 
-    trainable = TRAINABLE_IN_BACKBONE[self.method]
+    trainable = TRAINABLE_IN_BACKBONE.get(self.method)
     bb_cls = self.backbone_module()
     if self.method == "full":
       backbone = bb_cls(name="backbone", **bb_kw)
