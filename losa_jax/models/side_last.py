@@ -11,9 +11,11 @@ block, each reading that block's frozen output z_m [B, N, D]:
     s_m = s_{m-1} + LSA_m(LN_m(h_m))
     LSA(y) = softmax(q k^T / sqrt(r / heads)) v W_o,  q, k, v = y W_{q,k,v}
 
-q, k, v are [B, N, r] (split into `heads`); W_o [r, D] starts at zero, so
-s_L = 0 at step 0. The model's features are the frozen encoder_norm of
-z_L + s_L, pooled like the backbone: at init exactly a linear probe's.
+q, k, v are [B, N, r] (split into `heads`); q and v have biases, k none
+(the softmax removes q . b_k: a key bias has exact gradient 0 and only
+collects rounding noise); W_o [r, D] starts at zero, so s_L = 0 at step 0.
+The model's features are the frozen encoder_norm of z_L + s_L, pooled like
+the backbone: at init exactly a linear probe's.
 What the paper confirms and what is our reading: docs/method.md.
 """
 import flax.linen as nn
@@ -58,8 +60,9 @@ class _Block(nn.Module):
     h = s.astype(jnp.float32) + (z if total is None else total)
     y = nn.LayerNorm(epsilon=side_lib.EPSILON, name="LayerNorm")(h)
     b, n, d = y.shape
-    q, k, v = (nn.Dense(self.rank, name=name)(y).reshape(
-        b, n, self.heads, self.rank // self.heads)
+    # No key bias: the softmax removes q . b_k (vit.MultiHeadAttention).
+    q, k, v = (nn.Dense(self.rank, use_bias=name != "key", name=name)(
+        y).reshape(b, n, self.heads, self.rank // self.heads)
                for name in ("query", "key", "value"))
     o = nn.dot_product_attention(q, k, v).reshape(b, n, self.rank)
     delta = nn.Dense(d, kernel_init=nn.initializers.zeros, name="out")(o)

@@ -15,7 +15,8 @@ the last):
 
 The model's features are the frozen encoder_norm of z_L + delta, pooled
 like the backbone: at init exactly a linear probe's. Side attention uses
-the backbone's heads where they divide D', else one head; the MLP is
+the backbone's heads where they divide D', else one head, and no key bias
+(the softmax removes it: its exact gradient is 0); the MLP is
 mlp_dim / reduction wide. What LST's paper and code confirm and what is our
 reading: docs/method.md.
 """
@@ -68,7 +69,7 @@ class _Block(nn.Module):
     else:
       x = x + ladder
     x, _ = vit.Encoder1DBlock(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                              name="block")(x)
+                              key_bias=False, name="block")(x)
     return x.astype(s.dtype), None
 
 

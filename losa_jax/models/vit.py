@@ -264,11 +264,16 @@ class Peft:
 
 
 class MultiHeadAttention(nn.Module):
-  """flax's MultiHeadDotProductAttention with the same params, plus LoRA."""
+  """flax's MultiHeadDotProductAttention with the same params, plus LoRA.
+
+  key_bias=False leaves out the key projection's bias: q . b_k is the same
+  for every key, so the softmax removes it and its exact gradient is 0.
+  """
   num_heads: int
   dtype_mm: Any = "float32"
   kernel_init: Any = nn.initializers.xavier_uniform()
   peft: Peft = Peft()
+  key_bias: bool = True
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv):
@@ -279,7 +284,8 @@ class MultiHeadAttention(nn.Module):
 
     def proj(name, x, features, axis):
       y = nn.DenseGeneral(features=features, axis=axis, dtype=self.dtype_mm,
-                          kernel_init=self.kernel_init, name=name)(x)
+                          kernel_init=self.kernel_init, name=name,
+                          use_bias=self.key_bias or name != "key")(x)
       f = features if isinstance(features, tuple) else (features,)
       return self.peft.lora(name, x, y, f, in_axes=len(axis) if isinstance(
           axis, tuple) else 1)
@@ -322,6 +328,7 @@ class Encoder1DBlock(nn.Module):
   dropout: float = 0.0
   dtype_mm: Any = "float32"
   peft: Peft = Peft()
+  key_bias: bool = True       # see MultiHeadAttention
 
   @nn.compact
   def __call__(self, x, deterministic=True):
@@ -332,7 +339,8 @@ class Encoder1DBlock(nn.Module):
     y = nn.LayerNorm(name="LayerNorm_0")(x)
     y = out["sa"] = MultiHeadAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-        name="MultiHeadDotProductAttention_0", peft=self.peft)(y, y)
+        name="MultiHeadDotProductAttention_0", peft=self.peft,
+        key_bias=self.key_bias)(y, y)
     y = nn.with_logical_constraint(y, _ACT)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     if adapter_dim and self.peft.adapter_placement == "both":
