@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from losa_jax.assembly import build
+from losa_jax.models import model as model_lib
 from losa_jax.population import members as members_lib
 from losa_jax.study import ablation
 from losa_jax.study import budget
@@ -114,3 +115,42 @@ def test_ablation_members_change_one_switch_at_a_time():
   assert all(m.hparams["seed"] == m.hparams["data_seed"] for m in ms)
   assert sum(ablation.changed(m, ablation.SWITCHES) == ("reference", None)
              for m in ms) == 2
+
+
+def test_quick_side_method_searches_are_populations(tmp_path):
+  # LST's and LAST's K configs train as one population each (one backbone
+  # pass per step), and a population member trains as the separate run of
+  # its config does.
+  a = budget.Args(out=str(tmp_path), quick=True, methods=["lst", "last"],
+                  ablation=False)
+  out = budget.run_budget(a)
+  k = len(a.lrs) * len(a.wds)
+  by = {s["method"]: s for s in out["searches"]}
+  assert sorted(by) == ["last", "lst"]
+  cost = {c["label"]: c for c in out["costs"]}
+  for method, s in by.items():
+    assert s["configs"] == k and s["runs"] == 1
+    assert s["backbone_passes_per_step"] == 1
+    assert cost[method]["kind"] == "population"
+    # Timed side by side as a population step.
+    assert out["meta"]["timing"][f"{method} population"]["median_s"] > 0
+    # At the library's default options.
+    assert out["meta"]["side_options"][method] == dict(
+        model_lib.SIDE_MODULES[method].DEFAULTS)
+    rows = sorted((r for r in out["members"] if r["method"] == method),
+                  key=lambda r: r["index"])
+    assert len(rows) == k and rows[0]["trainable_params"] > 0
+    # The member with the largest lr, trained again as a separate run.
+    cfg = budget.search_cfg(a, method, "digits", 0)
+    member = members_lib.expand(cfg)[-1]
+    pop_row = rows[member.index]
+    assert (pop_row["lr"], pop_row["wd"]) == (member.hparams["lr"],
+                                              member.hparams["wd"])
+    single = search.Single(cfg, a.steps)
+    assert single.trainable == pop_row["trainable_params"]
+    alone = single.search([member], search.TaskData(cfg, a.steps, [0]))
+    got = alone["rows"][0]
+    np.testing.assert_allclose(pop_row["final_loss"], got["final_loss"],
+                               rtol=1e-5)
+    for name in search.EVALS:
+      assert pop_row[f"{name}/accuracy"] == got[f"{name}/accuracy"], name

@@ -5,10 +5,11 @@ r"""The study at equal tuning budgets: every method searches K configs.
   python -m losa_jax.study.budget --out docs/study_results/budget
   python -m losa_jax.study.budget --out /tmp/budget --quick     # smoke test
 
-Every method (rank / bottleneck 8) searches the same lr x wd grid on
-train[:80%] of each study task and reports the test accuracy of the config
-with the best minival accuracy; LoSA's K configs train as ONE population,
-the others as K separate runs (`study.search`), each search's cost recorded.
+Every method (rank / bottleneck 8; LST and LAST at their own default
+options) searches the same lr x wd grid on train[:80%] of each study task
+and reports the test accuracy of the config with the best minival accuracy;
+a side method's K configs (LoSA, LST, LAST) train as ONE population, the
+others as K separate runs (`study.search`), each search's cost recorded.
 Then LoSA's switches are ablated (`study.ablation`). docs/study.md gives the
 protocol and the tables.
 
@@ -34,7 +35,10 @@ from losa_jax.study import tables
 
 FLAGS = flags.FLAGS
 
-METHODS = ("losa", "linear", "lora", "adapter", "full")
+METHODS = ("losa", "linear", "lora", "adapter", "full")   # the default
+# --methods may also name LoSA's side-tuning peers (docs/method.md).
+ALL_METHODS = METHODS + tuple(m for m in search.POPULATION_METHODS
+                              if m not in METHODS)
 TASKS = ("digits", "dsprites_loc")
 LRS = (3e-3, 1e-2, 3e-2)
 FULL_LRS = (3e-4, 1e-3, 3e-3)     # full fine-tuning moves every weight
@@ -64,7 +68,8 @@ class Args:
   """The study's settings: each `option` field is a --flag of the study."""
   out: Optional[str] = _opt(None, "Output folder (required).")
   tasks: List[str] = _opt(TASKS, "Study tasks.", sorted(study_tasks.TASKS))
-  methods: List[str] = _opt(METHODS, "Methods.", METHODS)
+  methods: List[str] = _opt(METHODS, "Methods (side methods: one "
+                            "population each).", ALL_METHODS)
   lrs: List[float] = _opt(LRS, "Learning rates every method but full "
                           "fine-tuning searches.")
   full_lrs: List[float] = _opt(FULL_LRS, "Learning rates of full "
@@ -91,8 +96,9 @@ class Args:
                                    "minival accuracy.")
   config: Optional[str] = _opt(None, "Config file (default "
                                "configs/default.py); see study.run --config.")
-  quick: bool = _opt(False, "Smoke size: digits, LoSA and linear, K = 2, 3 "
-                     "steps at batch 8, one switch (tests).")
+  quick: bool = _opt(False, "Smoke size: digits, LoSA and linear (or "
+                     "--methods if given), K = 2, 3 steps at batch 8, one "
+                     "switch (tests).")
   ablation_switches: List[str] = _opt(
       SWITCH_ITEMS, "The alternatives to ablate, as switch=value (each "
       "changed alone from LOSA_DEFAULTS).")
@@ -104,8 +110,12 @@ class Args:
 
   def __post_init__(self):
     if self.quick:
+      # Methods named other than the default are kept (a smoke test of them).
+      chosen = (list(self.methods) if list(self.methods) != list(METHODS)
+                else None)
       for k, v in QUICK.items():
         setattr(self, k, v)
+      self.methods = chosen or list(QUICK["methods"])
     if len(self.full_lrs) != len(self.lrs):
       raise app.UsageError(f"--full_lrs {self.full_lrs} must have as many "
                            f"values as --lrs {self.lrs}: equal budgets.")
@@ -154,13 +164,13 @@ def _summary(task, seed, method, res, compile_s, loads, default_lr, wds
       "load_before": loads[0], "load_after": loads[1]}
 
 
-def _cost_rows(compiled, timing, k: int) -> List[Dict[str, Any]]:
-  """Per method: one config's step and the search step (K of them, or
-  LoSA's population's), compiled and interleaved."""
+def _cost_rows(singles, pops, timing, k: int) -> List[Dict[str, Any]]:
+  """Per method: one config's step and the search step (K single steps, or
+  a side method's population step), compiled and interleaved."""
   rows = []
-  for label, ex in compiled.items():
-    is_pop = label == "losa"
-    t = timing.get("losa population" if is_pop else label, {})
+  for label, ex in [*singles.items(), *pops.items()]:
+    is_pop = label in pops
+    t = timing.get(f"{label} population" if is_pop else label, {})
     step_ms = 1e3 * t.get("median_s", float("nan"))
     rows.append({
         "label": label, "kind": "population" if is_pop else "separate runs",
@@ -176,8 +186,8 @@ def _cost_rows(compiled, timing, k: int) -> List[Dict[str, Any]]:
         "step_q25_ms": 1e3 * t.get("q25_s", float("nan")),
         "step_q75_ms": 1e3 * t.get("q75_s", float("nan")),
         "compile_s": ex.compile_s})
-  order = {m: i for i, m in enumerate(("losa",) + METHODS +
-                                      ("losa (K separate runs)",))}
+  order = {m: i for i, m in enumerate(dict.fromkeys(
+      search.POPULATION_METHODS + METHODS + ("losa (K separate runs)",)))}
   return sorted(rows, key=lambda r: order.get(r["label"], 99))
 
 
@@ -185,7 +195,8 @@ def run_budget(a: Args) -> Dict[str, Any]:
   """Every search, the ablation, the timing; writes the outputs."""
   t_start, load_start = study_run.start(a.out)
   k = len(a.lrs) * len(a.wds)
-  # (method, classes) -> search.Single; (classes, seed) -> LoSA's Population
+  # (method, classes) -> search.Single; (method, classes, seed) -> a side
+  # method's Population
   compiled: Dict[Any, Any] = {}
   searches, members_out, abl_rows, abl_runs = [], [], [], []
   first = {}                                # the first task's executables
@@ -205,8 +216,8 @@ def run_budget(a: Args) -> Dict[str, Any]:
                               else ""))
       for method in order if a.searches else ():
         loads = [os.getloadavg()[0]]
-        pop = method == "losa"
-        key = (nc, seed) if pop else (method, nc)
+        pop = method in search.POPULATION_METHODS
+        key = (method, nc, seed) if pop else (method, nc)
         fresh = key not in compiled
         if fresh:
           compiled[key] = (search.Population if pop else search.Single)(
@@ -256,21 +267,25 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
             abl_runs, t_start, load_start) -> Dict[str, Any]:
   """The interleaved timing, the cost and ablation tables; writes them."""
   k = len(a.lrs) * len(a.wds)
-  # Side by side: every method's step and LoSA's population step.
-  timed = {m: ex for m, ex in first.items() if m != "losa"}
-  if a.losa_separate and "losa" in first:
+  # Side by side: every method's step and every side method's population
+  # step.
+  pops = {m: ex for m, ex in first.items()
+          if m in search.POPULATION_METHODS}
+  timed = {m: ex for m, ex in first.items() if m not in pops}
+  if a.losa_separate and "losa" in pops:
     # The reference: LoSA's K configs as K separate runs.
     c = search_cfg(a, "losa", a.tasks[0], a.seeds[0])
     timed["losa (K separate runs)"] = search.Single(c, a.steps)
   timing = {}
-  if "losa" in first:
-    _log(f"interleaved timing of {len(timed) + 1} executables, "
+  if first:
+    _log(f"interleaved timing of {len(timed) + len(pops)} executables, "
          f"{a.timing_reps} rounds")
-    member = first["losa"].members[0]
-    timing = search.timed_steps(timed, first["losa"], member, timing_data,
+    # The first member of the first search: its lr, wd and data seed.
+    member = members_lib.expand(
+        search_cfg(a, a.methods[0], a.tasks[0], a.seeds[0]))[0]
+    timing = search.timed_steps(timed, pops, member, timing_data,
                                 a.timing_reps)
-  costs = _cost_rows({**timed, **{m: ex for m, ex in first.items()
-                                  if m == "losa"}}, timing, k)
+  costs = _cost_rows(timed, pops, timing, k)
   effects = ablation.effects(abl_rows) if abl_rows else []
   per_task = ablation.per_task(abl_rows, a.tasks) if abl_rows else []
   meta = study_run.provenance(
@@ -278,6 +293,10 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
       load_start, tasks=a.tasks, methods=a.methods, seeds=a.seeds, steps=a.steps,
       batch=a.batch, val_percent=a.val_percent, configs_per_method=k,
       grids={m: a.grid(m) for m in a.methods}, rank=search.RANK,
+      side_options={m: dict(search_cfg(a, m, a.tasks[0], a.seeds[0],
+                                       grid=False).model[m])
+                    for m in a.methods if m in search.POPULATION_METHODS
+                    and m != "losa"},
       timing_reps=a.timing_reps, searches=a.searches,
       ablation_lr=a.ablation_lr, ablation_lrs=a.ablation_lrs,
       ablation_seeds=a.ablation_seeds if a.ablation else [],

@@ -10,7 +10,8 @@ The building blocks of `losa_jax.study.budget` and `study.ablation`
 * `Single`: one non-shared method compiled ONCE with lr and wd as runtime
   values, then run K times one after another (K separate runs, without K
   compiles deciding the comparison).
-* `Population`: LoSA's K members as ONE population (`population.build`).
+* `Population`: a side method's K members (LoSA, LST or LAST) as ONE
+  population (`population.build`).
 * `select`: the same rule for every method.
 """
 import ast
@@ -33,6 +34,7 @@ from losa_jax.trainers import population as population_train
 from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.assembly import steps as steps_lib
 from losa_jax.evaluators import classification
+from losa_jax.models import model as model_lib
 from losa_jax.population import build as pop_lib
 from losa_jax.population import members as members_lib
 from losa_jax.study import run
@@ -41,6 +43,9 @@ RANK = run.BASELINE_RANK       # LoSA rank, LoRA rank, adapter bottleneck: 8
 SELECT = "minival/accuracy"    # the selection metric of every method
 EVALS = ("minival", "test")
 CHECK_EVERY = 10               # steps between divergence checks
+# Methods whose K configs train as one population on one backbone pass: the
+# side methods, which leave the backbone frozen and read only its taps.
+POPULATION_METHODS = model_lib.SIDE_METHODS
 
 
 def base_config(method: str, task: str, *, num_classes: int, steps: int,
@@ -219,8 +224,8 @@ class Single:
 
 
 class Population:
-  """LoSA members (a config's population, or a subset) as one compiled
-  population step: one backbone pass per batch and data order."""
+  """Side-method members (a config's population, or a subset) as one
+  compiled population step: one backbone pass per batch and data order."""
 
   def __init__(self, config, total_steps: int,
                members: Optional[Sequence[members_lib.Member]] = None):
@@ -301,14 +306,17 @@ def select(rows: Sequence[Dict[str, Any]], metric: str = SELECT
                 key=lambda r: r["diverged"])   # stable: ranks kept
 
 
-def timed_steps(singles: Dict[str, Single], pop: Population, member,
-                data: TaskData, reps: int) -> Dict[str, Dict[str, Any]]:
-  """One train step of every method and one population step, timed side by
-  side (`bench.common.interleaved`: rotated order, same batch)."""
+def timed_steps(singles: Dict[str, Single], pops: Dict[str, Population],
+                member, data: TaskData, reps: int
+                ) -> Dict[str, Dict[str, Any]]:
+  """One train step of every single method (at `member`'s lr, wd and data
+  seed) and one step of every population ("<name> population"), timed side
+  by side (`bench.common.interleaved`: rotated order, the same batches)."""
   batch = data.train[member.hparams["data_seed"]][0]
   fns = {name: harness.Stepper(
       lambda st, b, s=single, hp=single.hp(member): s.step(st, b, hp),
       single.fresh_state(0), batch) for name, single in singles.items()}
-  fns["losa population"] = harness.Stepper(
-      pop.step, pop.fresh_state(), data.stacked(pop.pop.data_seeds)[0])
+  for name, pop in pops.items():
+    fns[f"{name} population"] = harness.Stepper(
+        pop.step, pop.fresh_state(), data.stacked(pop.pop.data_seeds)[0])
   return common.interleaved(fns, reps=reps, warmup=1)
