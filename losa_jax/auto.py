@@ -196,10 +196,6 @@ def _read_json(path: str) -> Optional[Dict]:
     return json.load(f)
 
 
-def _plain(x) -> Dict[str, Any]:
-  return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else dict(x)
-
-
 def _timed(workdir: str, phase: str, fn):
   """Runs fn(), adding its wall time to <workdir>/auto_state.json as it goes
   (every HEARTBEAT_S seconds, and at the end, also when fn raises), so that
@@ -322,8 +318,9 @@ def run(spec: str, workdir: str, *,
       "config": spec, "workdir": workdir, "metric": metric,
       "searched": keys,
       "search": {"workdir": os.path.join(workdir, "search"),
-                 "train": _plain(search_cfg.input.data),
-                 "eval": {ev: _plain(search_cfg.evals[ev].data)}},
+                 "train": config_lib.as_dict(search_cfg.input.data),
+                 "eval": {ev: config_lib.as_dict(
+                     search_cfg.evals[ev].data)}},
       "members": rows,
       "leaderboard": [r["name"] for r in board],
       "chosen": {"name": chosen.name, "label": chosen.label,
@@ -331,8 +328,8 @@ def run(spec: str, workdir: str, *,
                  "hparams": chosen.hparams, metric: board[0].get(metric),
                  "trainable_params": board[0]["trainable_params"]},
       "final": {"workdir": os.path.join(workdir, "final"),
-                "train": _plain(final_cfg.input.data),
-                "evals": {k: _plain(v.data) for k, v in
+                "train": config_lib.as_dict(final_cfg.input.data),
+                "evals": {k: config_lib.as_dict(v.data) for k, v in
                           (final_cfg.get("evals") or {}).items()},
                 "config": final_cfg.to_dict(), "results": final},
       "cost": {

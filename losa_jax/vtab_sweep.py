@@ -63,9 +63,8 @@ def summarize(rows: List[Dict]) -> Dict[str, Optional[float]]:
   def mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
-  out = {}
-  for g in vtab.GROUPS:
-    out[g] = mean([r["accuracy"] for r in rows if r["group"] == g])
+  out = {g: mean([r["accuracy"] for r in rows if r["group"] == g])
+         for g in vtab.GROUPS}
   out["mean_of_tasks"] = mean([r["accuracy"] for r in rows])
   out["mean_of_groups"] = mean([out[g] for g in vtab.GROUPS])
   return out

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from losa_jax.assembly import optim
 from losa_jax.assembly import steps
 from losa_jax.checkpointing import integrity
+from losa_jax.config import schema as config_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import porting
 from losa_jax.models import vit
@@ -133,11 +134,8 @@ def mesh_and_state_sharding(config, state_shape, mesh=None):
       state_shape, mesh, config.get("sharding_strategy") or None)
 
 
-def image_shape_of(config) -> Tuple[int, ...]:
-  """One example's input shape: (H, W, 3), or (T, H, W, 3) for video."""
-  res = config.get("image_size", 224)
-  res = (res, res) if isinstance(res, int) else tuple(res)
-  return (*res, 3)
+# One example's input shape: (H, W, 3), or (T, H, W, 3) for video.
+image_shape_of = config_lib.input_shape
 
 
 def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:

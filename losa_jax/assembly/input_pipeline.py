@@ -121,13 +121,9 @@ class TrainIterator:
   def __init__(self, ds: tf.data.Dataset, *, start_step: int,
                num_examples: int, steps_per_epoch: float, random_access: bool,
                source: Source):
-    self._ds = ds
-    self._source = source
-    self._it = None
-    self.step = start_step
-    self.num_examples = num_examples
-    self.steps_per_epoch = steps_per_epoch
-    self.random_access = random_access
+    self._ds, self._source, self._it = ds, source, None
+    self.step, self.num_examples = start_step, num_examples
+    self.steps_per_epoch, self.random_access = steps_per_epoch, random_access
 
   def __iter__(self):
     return self
@@ -321,9 +317,7 @@ class EvalIterable:
   def __init__(self, source: Source, *, batch_size: int, pp_fn: Callable,
                process_index: int, process_count: int, seed: int,
                num_parallel_calls: int, prefetch: int):
-    self._source = source
-    self._pp_fn = pp_fn
-    self._seed = seed
+    self._source, self._pp_fn, self._seed = source, pp_fn, seed
     self._bs = batch_size
     self._local = batch_size // process_count
     self._lo = process_index * self._local

@@ -27,12 +27,7 @@ _KINDS = ("rows", "guard", "precision")
 def plan(a) -> List[Dict[str, Any]]:
   """The job specs of a run, in order, from the section's options `a`; each
   has a "share" of the time budget and a "label"."""
-  base = {k: getattr(a, k) for k in (
-      "reps", "warmup", "scan", "remat", "depth", "mem_cap_gib", "cap",
-      "multiple", "resolution", "check_variant", "check_batch",
-      "guard_max_ratio", "isolation", "batches", "guard_batches",
-      "guard_variant")}
-  base["bf16"] = True
+  base = dict(vars(a), bf16=True)   # every option, as the jobs read them
   methods, jobs = list(a.accel_methods), []
   if "check" in a.parts:
     jobs.append(dict(base, job="check", label="check", share=_SHARE["check"]))

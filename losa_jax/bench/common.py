@@ -196,7 +196,6 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]], *,
 
 def write_json(path: str, payload: Any, *, indent: int = 1) -> None:
   """JSON (non-JSON values via str), written atomically; makes the folder."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   io_lib.write_json(path, payload, indent=indent, default=str)
 
 

@@ -56,17 +56,14 @@ def make_config(variant: str, method: str, *, bf16: bool = False,
     bb["dtype_mm"] = "bfloat16"
   if depth:
     bb["depth"] = depth
-  c = ml_collections.ConfigDict()
-  c.num_classes = num_classes
-  c.image_size = size
-  c.model = dict(method=method, backbone=bb, losa=dict(rank=rank),
-                 lora=dict(rank=rank), adapter=dict(dim=rank))
-  c.optax_name = "adamw"
-  c.lr = 1e-3
-  c.wd = 1e-4
-  c.grad_clip_norm = 1.0     # masked to trainable params by optim.make
-  c.schedule = dict(warmup_steps=0, decay_type="cosine")
-  c.mesh = [("data", -1)]
+  c = ml_collections.ConfigDict(dict(
+      num_classes=num_classes, image_size=size,
+      model=dict(method=method, backbone=bb, losa=dict(rank=rank),
+                 lora=dict(rank=rank), adapter=dict(dim=rank)),
+      optax_name="adamw", lr=1e-3, wd=1e-4,
+      grad_clip_norm=1.0,     # masked to trainable params by optim.make
+      schedule=dict(warmup_steps=0, decay_type="cosine"),
+      mesh=[("data", -1)]))
   if bf16 and method != "full":
     c.model_load = dict(param_dtype="bfloat16")
   return c

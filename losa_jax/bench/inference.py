@@ -107,15 +107,14 @@ class _Variant:
 def _cell(v: _Variant, system: str, n: int, x):
   """(row, blocking call) of `system` serving `n` tasks on images `x`."""
   if system == "backbone":
-    compiled = v.bb_jit.lower(v.backbone, x).compile()
-    fn = lambda: jax.block_until_ready(compiled(v.backbone, x))
+    jitted, params = v.bb_jit, v.backbone
     resident, passes = tree_lib.count(v.backbone), 1
   else:
     mt = v.multitask(system, n)
-    compiled = mt.fn.lower(mt.params, x).compile()
-    fn = lambda: jax.block_until_ready(compiled(mt.params, x))
-    resident = mt.param_counts()["resident"]
-    passes = mt.num_backbone_passes
+    jitted, params = mt.fn, mt.params
+    resident, passes = mt.param_counts()["resident"], mt.num_backbone_passes
+  compiled = jitted.lower(params, x).compile()
+  fn = lambda: jax.block_until_ready(compiled(params, x))
   c = cost.cost_of_compiled(compiled)
   row = {"variant": v.variant, "batch": int(x.shape[0]), "system": system,
          "tasks": n, "backbone_passes": passes, "flops": c["flops"],

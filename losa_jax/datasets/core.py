@@ -17,12 +17,11 @@ import re
 from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
                     Tuple)
 
+from flax import traverse_util
 import numpy as np
 import tensorflow as tf
 
-# ----------------------------------------------------------------------------
-# Split expressions.
-# ----------------------------------------------------------------------------
+# --- Split expressions --------------------------------------------------------
 
 _SPLIT_RE = re.compile(
     r"^(?P<name>[A-Za-z0-9_][\w\-.]*)"
@@ -96,31 +95,11 @@ def parse_split(split: str) -> List[SplitSlice]:
   return out
 
 
-
-# ----------------------------------------------------------------------------
-# Random-access tables.
-# ----------------------------------------------------------------------------
+# --- Random-access tables -----------------------------------------------------
 
 
-def flatten(tree, prefix=()) -> Dict[tuple, Any]:
-  """{"a": {"b": x}} -> {("a", "b"): x} (leaves are anything not a Mapping)."""
-  if isinstance(tree, Mapping):
-    out = {}
-    for k, v in tree.items():
-      out.update(flatten(v, prefix + (k,)))
-    return out
-  return {prefix: tree}
-
-
-def unflatten(flat: Mapping[tuple, Any]) -> Dict[str, Any]:
-  """The inverse of `flatten`."""
-  out = {}
-  for path, v in flat.items():
-    d = out
-    for k in path[:-1]:
-      d = d.setdefault(k, {})
-    d[path[-1]] = v
-  return out
+# Nested dicts <-> {("a", "b"): leaf}; leaves are anything not a dict.
+flatten, unflatten = traverse_util.flatten_dict, traverse_util.unflatten_dict
 
 
 def _as_np(values: List[Any]) -> np.ndarray:
@@ -175,10 +154,7 @@ class Table:
     return self._finalize(ex) if self._finalize else ex
 
 
-
-# ----------------------------------------------------------------------------
-# Sources.
-# ----------------------------------------------------------------------------
+# --- Sources ------------------------------------------------------------------
 
 
 class BadDataError(ValueError):

@@ -144,6 +144,5 @@ def _listed(items: Sequence[str], sep: str) -> str:
   return sep.join(items[:_LISTED]) + (" ..." if len(items) > _LISTED else "")
 
 
-
 PP_MODULES = ("image",)
 make = FolderSource  # dict(name="folder", root=..., split=...)

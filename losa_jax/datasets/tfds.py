@@ -49,10 +49,7 @@ class TfdsSource(core.Source):
     self.download, self.manual_dir = download, manual_dir
     self.in_memory = in_memory
     self.in_memory_max_examples = in_memory_max_examples
-    self._builder_obj = None
-    self._table = None
-    self._records = None
-    self._count = None
+    self._builder_obj = self._table = self._records = self._count = None
     self._lock = threading.Lock()
 
   def _where(self) -> str:
@@ -216,8 +213,6 @@ class RecordTable:
   def decode(self, serialized: tf.Tensor) -> dict:
     return self._features.deserialize_example(serialized,
                                               decoders=self._decoders)
-
-
 
 
 # TFDS examples may be images (decode), videos (video_decode) or VTAB tasks.

@@ -33,7 +33,6 @@ _DROPPABLE = (r"pre_logits/.*", r"head/.*")
 _MODEL_ONLY = tuple(vit.PEFT_PARAM_PATTERNS.values())
 
 
-
 def read_checkpoint(path_or_tree: Any) -> Tuple[Dict[str, Any], str]:
   """(checkpoint tree, a name for messages) of an npz path or a tree (its
   dict structure copied, leaves shared)."""

@@ -88,9 +88,7 @@ def is_random(op: str) -> bool:
   return bool(rand(*args, **kwargs)) if callable(rand) else rand
 
 
-# ----------------------------------------------------------------------------
-# Parsing.
-# ----------------------------------------------------------------------------
+# --- Parsing ------------------------------------------------------------------
 
 def split_top_level(spec: str) -> List[str]:
   """Splits on `|` outside quotes and brackets (args may contain `|`)."""
@@ -214,9 +212,7 @@ def get_preprocess_fn(spec: Spec) -> OpFn:
   return preprocess
 
 
-# ----------------------------------------------------------------------------
-# Helpers.
-# ----------------------------------------------------------------------------
+# --- Helpers ------------------------------------------------------------------
 
 
 def hw(size, op: str) -> Tuple[int, int]:
@@ -258,7 +254,6 @@ def resize(image: tf.Tensor, hw, method: str = "bilinear",
   if dtype.is_integer:
     return tf.saturate_cast(tf.round(out), dtype)
   return tf.cast(out, dtype)
-
 
 
 def short_side_hw(image: tf.Tensor, smaller_size) -> tf.Tensor:

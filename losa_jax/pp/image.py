@@ -11,9 +11,7 @@ from losa_jax.pp import register
 from losa_jax.pp import resize as _resize
 from losa_jax.pp import short_side_hw as _short_side_hw
 
-# ----------------------------------------------------------------------------
-# Image ops.
-# ----------------------------------------------------------------------------
+# --- Image ops ----------------------------------------------------------------
 
 
 @register("decode")
@@ -172,9 +170,7 @@ def _value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
   return fn
 
 
-# ----------------------------------------------------------------------------
-# Label and dict ops.
-# ----------------------------------------------------------------------------
+# --- Label and dict ops -------------------------------------------------------
 
 
 @register("onehot")

@@ -24,9 +24,7 @@ from losa_jax.pp import image as image_ops
 SAMPLE_MODES = ("random", "central", "clip", "uniform")
 
 
-# ----------------------------------------------------------------------------
-# Frame sampling.
-# ----------------------------------------------------------------------------
+# --- Frame sampling -----------------------------------------------------------
 
 
 def frame_indices(num_available, num_frames: int, stride: int = 1,
@@ -76,7 +74,6 @@ def frame_indices(num_available, num_frames: int, stride: int = 1,
   return tf.math.floormod(start + steps * stride, tf.maximum(f, 1))
 
 
-
 @pp_lib.register("video_sample",
                  random=lambda *a, mode="random", **k: mode == "random")
 def _video_sample(num_frames: int, stride: int = 1, mode: str = "random",
@@ -98,9 +95,7 @@ def _video_sample(num_frames: int, stride: int = 1, mode: str = "random",
   return fn
 
 
-# ----------------------------------------------------------------------------
-# Decoding and spatial ops.
-# ----------------------------------------------------------------------------
+# --- Decoding and spatial ops -------------------------------------------------
 
 
 @pp_lib.register("video_decode")

@@ -10,7 +10,6 @@ import tensorflow as tf
 from losa_jax.pp import register
 
 
-
 def _bin_index(value: tf.Tensor, thresholds: Sequence[float]) -> tf.Tensor:
   """Index of the last threshold strictly below `value` (int64)."""
   thrs = tf.constant(thresholds, tf.float32)

@@ -178,7 +178,6 @@ class MultiTask:
             for k, v in self(images).items()}
 
 
-
 # --- loading finished workdirs ------------------------------------------------
 
 

@@ -113,10 +113,8 @@ def predict_split(predictor: Predictor, data: Dict) -> List[Dict]:
 
 
 def _task_columns(probs: Dict[str, np.ndarray], i: int) -> Dict:
-  out = {}
-  for name, pr in probs.items():
-    out.update(_top1(pr[i], f"{name}/"))
-  return out
+  return {k: v for name, pr in probs.items()
+          for k, v in _top1(pr[i], f"{name}/").items()}
 
 
 def multi_predict_files(mt: multitask.MultiTask, paths: Sequence[str]

@@ -24,7 +24,6 @@ def write(out: str, csvs: Mapping[str, Sequence[Mapping[str, Any]]],
           meta: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
   """Into folder `out`: every csvs[name] as the CSV out/name, meta.json, and
   results.json ({"meta", **tables}: what scripts/study_report.py reads)."""
-  os.makedirs(out, exist_ok=True)
   for name, rows in csvs.items():
     common.write_csv(os.path.join(out, name), rows, float_format=".6g")
   io_lib.write_json(os.path.join(out, "meta.json"), meta, default=str)
