@@ -91,7 +91,8 @@ def test_top_level_modules_are_thin_commands():
 # Config args that make each config's get_config cover its main branches.
 _CONFIG_ARGS = {
     "default": ["", "method=full", "task=digits_parity", "population=default",
-                "population=random,runlocal"],
+                "population=random,runlocal", "population=mixed,runlocal",
+                "method=lst", "method=last"],
     "pretrain_mnist": [""],
     "video_moving_digits": ["", "method=linear", "init=/x/vivit.npz"],
     "video_kinetics400": ["", "tfds=ucf101"],

@@ -633,6 +633,39 @@ def test_population_step_costs_one_forward_plus_k_side_networks():
   assert flops >= forward        # the backbone forward is in there, once
 
 
+def test_mixed_population_step_costs_one_forward_plus_its_side_networks():
+  """K=6, LoSA, LST (a ladder every 2nd block) and LAST, two members each:
+  one backbone forward + the 6 side networks, each costed by its single
+  run (compile-only); a backbone pass per method or a backward through it
+  would break the bounds."""
+  fn, shape = build_lib.backbone_forward(_cost_config(4))
+  forward = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(
+      (COST_BATCH, 224, 224, 3), jnp.float32))["flops"]
+  sides = 0.0
+  for method in ("losa", "lst", "last"):
+    c = _cost_config(4)
+    c.model.method = method
+    c.model.lst = dict(ladder_every=2)
+    b = build_lib.build(c, total_steps=100)
+    single = cost.compiled_cost(b.train_step, b.state_shape,
+                                steps_lib.abstract_batch(
+                                    COST_BATCH, b.image_shape))["flops"]
+    assert 0 < single - forward < 0.05 * forward, method
+    sides += 2 * (single - forward)
+  c = _cost_config(4)
+  c.population = dict(method=["losa", "lst", "last"],
+                      grid=dict(lr=[1e-3, 3e-3]), lst=dict(ladder_every=[2]))
+  pop = pop_lib.build(c, total_steps=100)
+  assert pop.num_members == 6 and len(pop.groups) == 3
+  batch = {"image": jax.ShapeDtypeStruct((1, COST_BATCH, 224, 224, 3),
+                                         jnp.float32),
+           "label": jax.ShapeDtypeStruct((1, COST_BATCH), jnp.int32)}
+  flops = cost.compiled_cost(pop.train_step, pop.state_shape, batch)["flops"]
+  # 10%: the per-member extras, as in the test above.
+  assert forward <= flops <= forward + 1.1 * sides, (
+      flops / forward, (forward + sides) / forward)
+
+
 # --- config expansion ---------------------------------------------------------
 
 
