@@ -190,10 +190,7 @@ def _curves(search_dir: str, rows, metric: str) -> Dict[str, List]:
 
 
 def _read_json(path: str) -> Optional[Dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return io.read_json(path) if os.path.exists(path) else None
 
 
 def _timed(workdir: str, phase: str, fn):

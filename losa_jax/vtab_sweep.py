@@ -20,7 +20,6 @@ params, train time and peak memory; then the group means, the mean over
 tasks and the mean of the group means (PETL papers report either).
 """
 import csv
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -116,8 +115,7 @@ def _auto_results(spec: str, task_dir: str) -> Tuple[Dict, List[str]]:
   done = os.path.join(task_dir, "selection.json")
   if os.path.exists(done):
     logging.info("%s: already finished, reading %s", task_dir, done)
-    with open(done) as f:
-      sel = json.load(f)
+    sel = io.read_json(done)
   else:
     sel = auto_lib.run(spec, task_dir)
   values = sel["chosen"]["values"]
@@ -155,8 +153,7 @@ def sweep(config_spec: str, workdir: str, tasks: Sequence[str], *,
       chosen += [k for k in keys if k not in chosen]
     elif os.path.exists(done):
       logging.info("%s: already finished, reading %s", t, done)
-      with open(done) as f:
-        results = json.load(f)
+      results = io.read_json(done)
     else:
       print(f"=== VTAB task {t} ({tfds_version}) ===", flush=True)
       results = train.train_and_evaluate(configs[t], task_dir)["results"]

@@ -66,15 +66,7 @@ def _make_pp(pp: PpSpec) -> Callable:
 
 def _with_pp(pp_fn, seed, epoch, k):
   """Returns map fn(raw example) -> preprocessed example."""
-
-  def fn(ex):
-    ex = dict(ex)
-    ex[pp_lib.SEED_KEY] = _fold(seed, 1, epoch, k)   # int64 [2]
-    ex = dict(pp_fn(ex))
-    ex.pop(pp_lib.SEED_KEY, None)
-    return ex
-
-  return fn
+  return lambda ex: pp_lib.run_seeded(pp_fn, ex, _fold(seed, 1, epoch, k))
 
 
 def _options() -> tf.data.Options:

@@ -8,7 +8,6 @@ and the largest batch that runs (`max_batch`, catching XLA's out of memory).
 """
 import contextlib
 import gc
-import json
 import sys
 import time
 from typing import Any, Dict, List, Sequence
@@ -25,6 +24,7 @@ from losa_jax.models import side as side_lib
 from losa_jax.models import side_fused
 from losa_jax.models import side_precision
 from losa_jax.parallel import sharding as sharding_lib
+from losa_jax.utils import io as io_lib
 from losa_jax.utils import tree as tree_lib
 
 GIB = harness.GIB
@@ -341,5 +341,4 @@ if __name__ == "__main__":
   if len(sys.argv) != 3:
     raise SystemExit("usage: python -m losa_jax.bench.accelerator_check "
                      "SPEC.json OUT.json (the accelerator section's jobs)")
-  with open(sys.argv[1]) as f:
-    common.write_json(sys.argv[2], run_job(json.load(f)))
+  common.write_json(sys.argv[2], run_job(io_lib.read_json(sys.argv[1])))

@@ -72,7 +72,6 @@ def run_child(args: Sequence[str], out_path: str, *,
   never reset); returns the JSON the child wrote to `out_path`, or
   {"error": why} if it failed, wrote nothing or overran `timeout` seconds
   (it is then killed)."""
-  import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   env = dict(env)
   root = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -86,8 +85,7 @@ def run_child(args: Sequence[str], out_path: str, *,
     return {"error": f"killed after {timeout:.0f} s (time budget)"}
   if proc.returncode != 0 or not os.path.exists(out_path):
     return {"error": f"exit status {proc.returncode} (see the log above)"}
-  with open(out_path) as f:
-    return json.load(f)
+  return io_lib.read_json(out_path)
 
 
 def interleaved(fns: Dict[str, Callable[[], Any]], *, reps: int, warmup: int

@@ -89,11 +89,8 @@ def _reference(ds, pp: str, batch: int):
   fn = pp_lib.get_preprocess_fn(pp)
 
   def with_seed(i, ex):
-    ex = dict(ex)
-    ex[pp_lib.SEED_KEY] = tf.stack([tf.cast(i, tf.int64), tf.constant(7, tf.int64)])
-    out = dict(fn(ex))
-    out.pop(pp_lib.SEED_KEY, None)
-    return out
+    return pp_lib.run_seeded(fn, ex, tf.stack([tf.cast(i, tf.int64),
+                                               tf.constant(7, tf.int64)]))
   ds = ds.repeat().shuffle(1024, seed=0).enumerate()
   return ds.map(with_seed, num_parallel_calls=tf.data.AUTOTUNE).batch(
       batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

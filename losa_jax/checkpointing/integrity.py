@@ -17,7 +17,6 @@ complete, but bit-level damage goes undetected, and an Orbax read error on
 it is treated as damage.
 """
 import hashlib
-import json
 import os
 import time
 
@@ -102,8 +101,7 @@ def verify(root: str, step: int) -> bool:
         "a deleted manifest leaves none.)", step, root, MANIFEST)
     return False
   try:
-    with open(manifest) as f:
-      files = json.load(f)["files"]
+    files = io_lib.read_json(manifest)["files"]
   except (OSError, ValueError, KeyError) as e:
     raise DamagedCheckpointError(
         f"Checkpoint step {step} at {root} is damaged: its {MANIFEST} is "

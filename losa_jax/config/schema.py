@@ -95,11 +95,8 @@ def _real(**kwargs):
 
 
 def _choice(choices):
-  def check(value, name: str, hint: str = "") -> None:
-    if value not in choices:
-      raise ValueError(f"{name}={value!r}: choose one of {list(choices)}"
-                       f"{hint}.")
-  return check
+  return lambda value, name, hint="": model_lib.check_choice(value, name,
+                                                             choices, hint)
 
 
 def _call(fn: Callable[[Any], Any]):

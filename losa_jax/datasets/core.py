@@ -255,5 +255,3 @@ def scan_class_folders(root: str, split: str,
     b, e = s.resolve(len(part))
     items += part[b:e]
   return class_names, items
-
-

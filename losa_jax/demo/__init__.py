@@ -6,8 +6,9 @@
   (data: `losa_jax.datasets.digits`).
 * `run`: the README's main job.
 """
-import json
 import os
+
+from losa_jax.utils import io
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
 BACKBONE_NPZ = os.path.join(ASSETS_DIR, "vit_mnist5k_tiny.npz")
@@ -16,8 +17,7 @@ BACKBONE_JSON = os.path.join(ASSETS_DIR, "vit_mnist5k_tiny.json")
 
 def backbone_info(json_path: str = BACKBONE_JSON) -> dict:
   """The provenance record of the shipped backbone (config, accuracy, sha256)."""
-  with open(json_path) as f:
-    return json.load(f)
+  return io.read_json(json_path)
 
 
 # The shipped backbone's `vit.Model` kwargs (its JSON's "model" entry), a

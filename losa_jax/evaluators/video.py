@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from losa_jax import datasets
 from losa_jax.evaluators import classification
@@ -71,9 +70,7 @@ def num_views(data: Dict[str, Any], pp) -> int:
   src = datasets.get_source(data)
   fn = pp_lib.get_preprocess_fn(datasets.pp_for(data, pp))
   for ex in src.as_dataset().take(1):
-    ex = dict(ex)
-    ex[pp_lib.SEED_KEY] = tf.constant([0, 0], tf.int64)
-    return int(fn(ex)["image"].shape[0])
+    return int(pp_lib.run_seeded(fn, ex, [0, 0])["image"].shape[0])
   raise ValueError(f"{src.name} has no examples.")
 
 

@@ -32,16 +32,19 @@ class CacheError(RuntimeError):
   """A feature cache cannot be built or used (the message says why)."""
 
 
+def check_choices(dtype: str, storage: str, what: str) -> None:
+  """Raises ValueError naming `what`.dtype or `what`.storage if unknown."""
+  for name, value, choices in (("dtype", dtype, DTYPES),
+                               ("storage", storage, STORAGES)):
+    if value not in choices:
+      raise ValueError(f"{what}.{name}={value!r}: use one of {choices}.")
+
+
 def options(config) -> Dict[str, Any]:
   """config.feature_cache merged over DEFAULTS, validated."""
   given = dict(config.get("feature_cache") or {})
   opts = model_lib.merged(DEFAULTS, given, "config.feature_cache")
-  if opts["dtype"] not in DTYPES:
-    raise ValueError(f"config.feature_cache.dtype={opts['dtype']!r}: use one "
-                     f"of {DTYPES}.")
-  if opts["storage"] not in STORAGES:
-    raise ValueError(f"config.feature_cache.storage={opts['storage']!r}: use "
-                     f"one of {STORAGES}.")
+  check_choices(opts["dtype"], opts["storage"], "config.feature_cache")
   return opts
 
 
@@ -49,11 +52,7 @@ def options(config) -> Dict[str, Any]:
 
 
 def _run_pp(fn, example, seed) -> Dict[str, np.ndarray]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ex = dict(example)
-  ex[pp_lib.SEED_KEY] = tf.constant(seed, tf.int64)
-  out = dict(fn(ex))
-  out.pop(pp_lib.SEED_KEY, None)
+  out = pp_lib.run_seeded(fn, example, seed)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -180,5 +179,3 @@ def pp_repr(pp) -> Any:
     raise CacheError("A callable pp cannot be keyed; give the pp as a spec "
                      "string so the cache can tell when it changes.")
   return pp_lib.split_ops(pp)
-
-

@@ -73,5 +73,3 @@ def prefetched(it: Iterator, depth: int) -> Iterator:
       yield item
   finally:
     stop.set()
-
-

@@ -1,7 +1,6 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
 """The cache itself: build once (atomically on disk), load, gather batches."""
-import json
 import os
 import shutil
 import time
@@ -239,8 +238,7 @@ class FeatureCache:
     """The cache in `path` from the parts its meta.json (or `meta`) lists;
     raises CacheError naming the first part that does not verify."""
     if meta is None:
-      with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
+      meta = io_lib.read_json(os.path.join(path, "meta.json"))
     if meta.get("key") != key:
       raise keys.CacheError(f"{path}/meta.json holds key {meta.get('key')}, "
                             f"not {key}.")
@@ -326,12 +324,7 @@ def _check_options(model, dtype: str, storage: str, root: Optional[str]):
                           f"{model_lib.SIDE_METHODS}, got {model.method!r}: "
                           "other methods change the backbone's features "
                           "while training.")
-  if dtype not in keys.DTYPES:
-    raise ValueError(f"Feature cache dtype={dtype!r}: use one of "
-                     f"{keys.DTYPES}.")
-  if storage not in keys.STORAGES:
-    raise ValueError(f"Feature cache storage={storage!r}: use one of "
-                     f"{keys.STORAGES}.")
+  keys.check_choices(dtype, storage, "FeatureCache.get_or_create")
   if storage != "memory" and not root:
     raise ValueError("Feature cache: give a root folder (config."
                      "feature_cache.dir) or use storage='memory'.")
@@ -351,9 +344,8 @@ def _open_part(folder: str, key: str
     raise keys.CacheError(f"Feature cache part {folder} is missing or "
                           f"incomplete (no {keys.COMPLETE} marker holding "
                           f"{key}).")
-  with open(os.path.join(folder, "meta.json")) as f:
-    specs = {k: (tuple(v["shape"]), v["dtype"])
-             for k, v in json.load(f)["arrays"].items()}
+  specs = {k: (tuple(v["shape"]), v["dtype"]) for k, v in io_lib.read_json(
+      os.path.join(folder, "meta.json"))["arrays"].items()}
   out = {"indices": np.load(os.path.join(folder, "indices.npy"))}
   for name, (shape, dtype) in specs.items():
     a = np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r")
@@ -511,5 +503,3 @@ def features_fn(model, dtype: str, final_is_last_tap: bool) -> Callable:
 
     _FEATURE_FNS[memo] = features
   return _FEATURE_FNS[memo]
-
-

@@ -117,9 +117,10 @@ def check_int(value, name: str, *, minimum: int = 1, optional: bool = False,
                      f"{' or None' if optional else ''}{hint}.")
 
 
-def _check_choice(value, name: str, choices) -> None:
+def check_choice(value, name: str, choices, hint: str = "") -> None:
   if value not in choices:
-    raise ValueError(f"{name}={value!r}: choose one of {list(choices)}.")
+    raise ValueError(f"{name}={value!r}: choose one of {list(choices)}"
+                     f"{hint}.")
 
 
 def losa_options(given: Optional[dict], what: str = "losa") -> dict:
@@ -150,7 +151,7 @@ def losa_options(given: Optional[dict], what: str = "losa") -> dict:
                        ("pool", LOSA_POOLS),
                        ("video_token_mixing", side_lib.VIDEO_TOKEN_MIXING),
                        ("dtype", side_lib.DTYPES)):
-    _check_choice(cfg[key], f"LoSA option {what}.{key}", choices)
+    check_choice(cfg[key], f"LoSA option {what}.{key}", choices)
   for key in ("share_weights", "zero_init", "remat", "fused"):
     if not isinstance(cfg[key], bool):
       raise ValueError(f"LoSA option {what}.{key}={cfg[key]!r}: must be "
@@ -175,7 +176,7 @@ def side_options(method: str, given: Optional[dict],
       raise ValueError(f"{what}.{key}={cfg[key]!r}: must be True or False.")
   for key, choices in (("dtype", side_lib.DTYPES), ("pool", LOSA_POOLS),
                        *getattr(mod, "CHOICES", {}).items()):
-    _check_choice(cfg[key], f"{what}.{key}", choices)
+    check_choice(cfg[key], f"{what}.{key}", choices)
   if hasattr(mod, "check"):
     mod.check(cfg, what)
   return cfg
@@ -199,7 +200,7 @@ def adapter_options(given: Optional[dict], what: str = "adapter") -> dict:
   cfg = merged(ADAPTER_DEFAULTS, given, what)
   check_int(cfg["dim"], f"{what}.dim",
             hint=" (the adapter's bottleneck width, >= 1)")
-  _check_choice(cfg["placement"], f"{what}.placement", ("mlp", "both"))
+  check_choice(cfg["placement"], f"{what}.placement", ("mlp", "both"))
   return cfg
 
 
@@ -219,7 +220,7 @@ def st_adapter_options(given: Optional[dict],
       for s in k)):
     raise ValueError(f"{what}.kernel_size={k!r}: must be 3 odd positive "
                      "integers (time, height, width), e.g. (3, 1, 1).")
-  _check_choice(cfg["placement"], f"{what}.placement", vit.ST_PLACEMENTS)
+  check_choice(cfg["placement"], f"{what}.placement", vit.ST_PLACEMENTS)
   if cfg["blocks"] is not None:
     if not isinstance(cfg["blocks"], (tuple, list)) or not cfg["blocks"]:
       raise ValueError(f"{what}.blocks={cfg['blocks']!r}: must be None "

@@ -271,4 +271,3 @@ def inflate_checkpoint(image_ckpt: Any, out_path: str, video_cfg: Any,
   """`inflate_from_image` and write the result as a big_vision npz."""
   params = inflate_from_image(image_ckpt, video_cfg, method, **kw)
   return npz_lib.save_npz(params, out_path)
-

@@ -246,6 +246,14 @@ def next_seed(example: Example, op: str) -> tf.Tensor:
   return seeds[1]
 
 
+def run_seeded(fn: OpFn, example: Example, seed) -> Example:
+  """fn(example) with `seed` (int64 [2]) as the per-example seed the random
+  ops draw from (`next_seed`); the output does not keep it."""
+  out = dict(fn({**example, SEED_KEY: tf.cast(seed, tf.int64)}))
+  out.pop(SEED_KEY, None)
+  return out
+
+
 def resize(image: tf.Tensor, hw, method: str = "bilinear",
            antialias: bool = False) -> tf.Tensor:
   """Resizes [H, W, C] or [F, H, W, C], keeping the dtype (ints are rounded)."""

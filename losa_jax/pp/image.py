@@ -216,5 +216,3 @@ def _copy(src: str, dst: str):
     return ex
 
   return fn
-
-

@@ -13,7 +13,6 @@ are written into a temporary sibling folder that then takes --out's place
 """
 import contextlib
 import datetime
-import json
 import os
 import shutil
 from typing import Any, Dict, List, Optional, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from losa_jax import pp as pp_lib
 from losa_jax.serving import multitask
+from losa_jax.utils import io as io_lib
 from losa_jax.utils import npz as npz_lib
 
 JAX_FILE = "model.jax_export"
@@ -240,8 +240,8 @@ def check_out(out: str, overwrite: bool = False):
         "folder, or --overwrite (overwrite=True) to replace the export "
         "there.")
   try:   # what a previous export lists in its serving.json
-    with open(os.path.join(out, MANIFEST)) as f:
-      written = list(json.load(f).get("files") or [])
+    written = list(io_lib.read_json(os.path.join(out, MANIFEST)).get(
+        "files") or [])
   except (OSError, ValueError, AttributeError):
     written = []
   foreign = sorted(set(held) - set(written))
@@ -318,6 +318,5 @@ def _write_all(mt: multitask.MultiTask, out: str, *, platforms,
                       (["serve_image_bytes"] if image_bytes else [])}
   # What a later --overwrite may replace (and nothing else).
   manifest["files"] = sorted(_files(out) + [MANIFEST])
-  with open(os.path.join(out, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=1)
+  io_lib.write_json(os.path.join(out, MANIFEST), manifest, indent=1)
   return manifest

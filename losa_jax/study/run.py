@@ -409,7 +409,8 @@ def _finish(a: Args, runs, first_task_vars, timing_batch, t_start,
       {v.label: harness.Stepper(v.step, v.fresh_state(0), timing_batch)
        for v in first_task_vars}, reps=a.timing_reps, warmup=1)
   meta = provenance(
-      "run", a, first_task_vars[0].config, t_start, load_start, tasks=a.tasks, methods=a.methods, ranks=a.ranks, seeds=a.seeds,
+      "run", a, first_task_vars[0].config, t_start, load_start,
+      tasks=a.tasks, methods=a.methods, ranks=a.ranks, seeds=a.seeds,
       steps=a.steps, batch=a.batch, lr={"default": 3e-3, **LR},
       timing_reps=a.timing_reps, quick=a.quick)
   summary = tables.summarize(runs, timing)

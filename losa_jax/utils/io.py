@@ -56,6 +56,12 @@ def write_text(path: str, text: str) -> None:
     f.write(text)
 
 
+def read_json(path: str) -> Any:
+  """The JSON value in the file `path`."""
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_json(path: str, obj: Any, *, indent: int = 2, **dump_kwargs) -> None:
   """Writes `obj` as JSON (with a final newline) to `path` atomically."""
   with atomic_write(path) as f:
