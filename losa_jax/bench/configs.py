@@ -10,16 +10,18 @@ inputs (nothing is allocated, so billion-parameter backbones fit).
 """
 from typing import Dict, Optional
 
-METHODS = ("losa", "linear", "full", "lora", "adapter", "lst", "last")
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from losa_jax.assembly import build
+from losa_jax.assembly import steps
+from losa_jax.models import vit
+from losa_jax.utils import cost
+from losa_jax.utils import tree as tree_lib
+
 # A 4-block width-32 ViT at 32 px, for --quick.
 TINY = dict(width=32, depth=4, mlp_dim=64, num_heads=2, patch_size=(8, 8))
-BIG_CONFIGS = (  # (label, method, remat of the scanned backbone)
-    ("losa", "losa", True), ("losa f32", "losa", True),
-    ("linear", "linear", True),
-    ("lora+remat", "lora", True), ("lora", "lora", False),
-    ("adapter+remat", "adapter", True), ("adapter", "adapter", False),
-    ("full+remat", "full", True), ("full", "full", False),
-    ("lst", "lst", True), ("last", "last", True))
 FIT_GIB = (16, 40, 80)
 
 
@@ -38,7 +40,7 @@ def make_config(variant: str, method: str, *, bf16: bool = False,
 
   Args:
     variant: ViT variant ("B/16") or "tiny" (TINY at 32 px).
-    method: one of METHODS.
+    method: one of registry.METHODS.
     bf16: bf16 backbone matmuls, and frozen params stored in bf16 (`full`
       keeps f32 params: it trains them).
     scan: scanned blocks (lax.scan over a [depth, ...] weight stack).
@@ -47,7 +49,6 @@ def make_config(variant: str, method: str, *, bf16: bool = False,
     rank: LoSA / LoRA rank and adapter bottleneck width.
     num_classes: head width.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
   bb, size = variant_backbone(variant)
   bb.update(pool_type="tok", scan=scan)
   if scan:
@@ -71,7 +72,6 @@ def make_config(variant: str, method: str, *, bf16: bool = False,
 
 def depth_of(variant: str) -> int:
   """Number of blocks of `variant` ("tiny" included)."""
-  from losa_jax.models import vit  # pylint: disable=g-import-not-at-top
   bb, _ = variant_backbone(variant)
   return bb.get("depth") or vit.decode_variant(bb["variant"])["depth"]
 
@@ -82,10 +82,6 @@ def step_cost(config, batch: int, *, donate: bool = True) -> Dict[str, float]:
   Returns losa_jax.utils.cost.compiled_cost's fields plus trainable_params and
   total_params.
   """
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import steps  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   b = build.build(config, total_steps=1000, donate=donate)
   c = cost.compiled_cost(b.train_step, b.state_shape,
                          steps.abstract_batch(batch, b.image_shape))
@@ -97,11 +93,6 @@ def step_cost(config, batch: int, *, donate: bool = True) -> Dict[str, float]:
 def forward_cost(config, batch: int) -> Dict[str, float]:
   """Compiled cost of the frozen backbone's inference forward on a
   [batch, size, size, 3] f32 image batch (fields as step_cost)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import build  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import cost  # pylint: disable=g-import-not-at-top
-  from losa_jax.utils import tree as tree_lib  # pylint: disable=g-import-not-at-top
   fn, shape = build.backbone_forward(config)
   s = config.image_size
   c = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(

@@ -15,8 +15,15 @@ from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
                     Union)
 
 from losa_jax.bench import common
-from losa_jax.bench.configs import BIG_CONFIGS, METHODS
 
+METHODS = ("losa", "linear", "full", "lora", "adapter", "lst", "last")
+BIG_CONFIGS = (  # (label, method, remat of the scanned backbone)
+    ("losa", "losa", True), ("losa f32", "losa", True),
+    ("linear", "linear", True),
+    ("lora+remat", "lora", True), ("lora", "lora", False),
+    ("adapter+remat", "adapter", True), ("adapter", "adapter", False),
+    ("full+remat", "full", True), ("full", "full", False),
+    ("lst", "lst", True), ("last", "last", True))
 BIG = tuple(label for label, _, _ in BIG_CONFIGS)
 SYSTEMS = ("losa", "lora_merged", "full", "backbone")
 ACCEL_PARTS = ("check", "timing", "vit_e", "memory", "maxbatch")

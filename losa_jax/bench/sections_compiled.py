@@ -20,10 +20,10 @@ from losa_jax.assembly import build
 from losa_jax.assembly import steps
 from losa_jax.bench import common
 from losa_jax.bench.batch_search import largest_batch
-from losa_jax.bench.configs import BIG_CONFIGS, FIT_GIB
+from losa_jax.bench.configs import FIT_GIB
 from losa_jax.bench.configs import depth_of, forward_cost, make_config
 from losa_jax.bench.configs import step_cost, variant_backbone
-from losa_jax.bench.registry import FSDP_DEVICES
+from losa_jax.bench.registry import BIG_CONFIGS, FSDP_DEVICES
 from losa_jax.config import schema as config_lib
 from losa_jax.parallel import sharding
 from losa_jax.utils import cost

@@ -13,8 +13,15 @@ import time
 from typing import Any, Callable, Dict, Iterator, List
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
+from losa_jax import pp as pp_lib
+from losa_jax.assembly import input_pipeline as ip
 from losa_jax.bench import common
+from losa_jax.datasets import arrays
+from losa_jax.datasets import records
+from losa_jax.datasets import tfds as ds_tfds
 
 IMAGE_PP = ("decode|inception_crop(224)|flip_lr|value_range(-1, 1)|"
             "keep('image', 'label')")
@@ -55,8 +62,6 @@ def _jpegs(n: int, h: int, w: int, seed: int) -> Iterator[np.ndarray]:
 def _image_data(root: str, n: int, size: int) -> Dict[str, Any]:
   """The same JPEGs as ArrayRecord (read by index) and TFRecord (what a
   plain tf.data pipeline streams)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from losa_jax.datasets import records  # pylint: disable=g-import-not-at-top
   h, w = size, size * 4 // 3
   feats = {"image": tfds.features.Image(shape=(h, w, 3),
                                         encoding_format="jpeg"),
@@ -73,7 +78,6 @@ def _image_data(root: str, n: int, size: int) -> Dict[str, Any]:
 
 def _video_arrays(n: int, frames: int, size: int) -> Dict[str, np.ndarray]:
   """Clips of `frames` encoded JPEG frames, as a frames folder holds them."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   h, w = size, size * 4 // 3
   clips = [[tf.io.encode_jpeg(f).numpy() for f in _jpegs(frames, h, w, i)]
            for i in range(n)]
@@ -84,8 +88,6 @@ def _video_arrays(n: int, frames: int, size: int) -> Dict[str, np.ndarray]:
 def _reference(ds, pp: str, batch: int):
   """The plain tf.data pipeline: shuffle, map(pp, AUTOTUNE), batch,
   prefetch; the random ops get a fixed seed per example."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from losa_jax import pp as pp_lib  # pylint: disable=g-import-not-at-top
   fn = pp_lib.get_preprocess_fn(pp)
 
   def with_seed(i, ex):
@@ -120,9 +122,6 @@ def _bytes_per_process(data_dir: str, batch: int) -> List[Dict[str, Any]]:
   """Records and bytes each process of P reads in one epoch, as a fraction
   of the split's bytes (pp keeps only the label, so nothing is decoded; the
   counts include the few batches tf.data reads ahead into the next epoch)."""
-  from losa_jax.assembly import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  from losa_jax.datasets import tfds as ds_tfds  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   rows = []
   total = tfds.builder(_NAME, data_dir=data_dir).info.splits["train"].num_bytes
   for procs in (1, 2, 4):
@@ -149,10 +148,6 @@ def _bytes_per_process(data_dir: str, batch: int) -> List[Dict[str, Any]]:
 def section_input(a) -> List[Dict[str, Any]]:
   """Image and video pp throughput (ours vs plain tf.data, 1 and all cores),
   bytes read per process, host cores per accelerator."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from losa_jax.assembly import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  from losa_jax.datasets import arrays  # pylint: disable=g-import-not-at-top
-  from losa_jax.datasets import tfds as ds_tfds  # pylint: disable=g-import-not-at-top
   root = tempfile.mkdtemp(prefix="losa_bench_input_")
   try:
     _image_data(root, a.input_images, a.image_px)

@@ -7,10 +7,7 @@ images [N, 28, 28, 1] and int32 labels; all are seeded pure numpy, identical
 on every machine. docs/study.md's task table says what each task is and how
 far it is from the shipped backbone's pretraining (4,500 MNIST-5k digits).
 The dSprites tasks are VTAB's "structured" ones re-rendered at 28x28
-(dSprites itself is 64x64 and needs a download); the orientation task uses
-only shapes without rotational symmetry (heart and an isosceles "arrow"), as
-dSprites' square (4-fold) and ellipse (2-fold) would make its label
-ambiguous.
+(dSprites itself is 64x64 and needs a download).
 """
 from typing import Callable, Dict, Sequence
 
@@ -127,7 +124,8 @@ def dsprites_loc_task(num_train: int = DSPRITES_TRAIN,
 
 def dsprites_ori_task(num_train: int = DSPRITES_TRAIN,
                       num_test: int = DSPRITES_TEST, seed: int = 2) -> dict:
-  """Orientation of a heart / arrow, 8 bins of 45 degrees (VTAB: dSprites-ori)."""
+  """Orientation of a heart / arrow, 8 bins of 45 degrees (VTAB: dSprites-ori);
+  a square's 4-fold or an ellipse's 2-fold symmetry would blur the label."""
   return _dsprites(lambda f: _bin(f["angle"], 0.0, 2 * np.pi, NUM_BINS),
                    ("heart", "arrow"), seed, num_train, num_test,
                    ORI_CENTER_RANGE, ORI_SCALE_RANGE)
