@@ -12,10 +12,14 @@ direction a real MNIST digit moves in). Backbone: the shipped MNIST ViT
 inflated in memory to a ViViT (2x4x4 tubelets, average-frame kernels; why:
 docs/video.md). Every row (`RUNS`: one config arg of
 configs/video_moving_digits.py each) trains with the normal trainer; LoSA
-rows train from the trainer's backbone feature cache unless --no_cache.
+rows train from the trainer's backbone feature cache unless --no_cache or
+the row's own `cache=False`. Rows 4-6 and 8 train inside the frozen
+backbone (ST-Adapter, LoRA, adapters, sized by the config's rank: 8, and 48
+in row 8), so they run the backbone forward and backward at every step.
 
 Prints a table (test accuracy, trainable params, wall time incl. compile and
-cache building) and writes it as JSON next to the workdirs.
+cache building, seconds per train step between the first and last logged
+steps) and writes it as JSON next to the workdirs.
 """
 import os
 import tempfile
@@ -26,6 +30,7 @@ from absl import app
 from absl import flags
 
 from losa_jax.bench import common
+from losa_jax.demo import run as demo_run
 from losa_jax.utils import io as io_lib
 
 FLAGS = flags.FLAGS
@@ -36,21 +41,35 @@ RUNS = (
     ("LoSA, space-only mixing", "method=losa,mixing=space"),
     ("LoSA, space+time, CLS pooled", "method=losa,mixing=space_time,pool=tok"),
     ("linear probe", "method=linear"),
+    ("ST-Adapter (bottleneck 8, (3,1,1) conv before attention, every block)",
+     "method=st_adapter"),
+    ("LoRA (rank 8)", "method=lora"),
+    ("adapter (dim 8)", "method=adapter"),
+    ("LoSA, space+time mixing, no feature cache",
+     "method=losa,mixing=space_time,cache=False"),
+    ("ST-Adapter, bottleneck 48 (width / 2, the paper's 384 on ViT-B's 768)",
+     "method=st_adapter,rank=48"),
 )
 
 
 def run(steps: Optional[int] = None, runs: Sequence = RUNS,
-        root: Optional[str] = None, extra_arg: str = "cache"
-        ) -> List[Dict]:
-  """Trains each row with the trainer; returns one result dict per row."""
+        root: Optional[str] = None, extra_arg: str = "",
+        cache: bool = True) -> List[Dict]:
+  """Trains each row with the trainer; returns one result dict per row.
+
+  The config arg of a row is `cache` (if `cache`), the row's own arg, then
+  `steps=` and `extra_arg`: a later key wins, so a row's `cache=False`
+  overrides `cache` and `extra_arg` overrides every row.
+  """
   from losa_jax.config import schema as config_lib  # pylint: disable=g-import-not-at-top
   from losa_jax import train  # pylint: disable=g-import-not-at-top
   path = config_lib.config_path("video_moving_digits")
   root = root or tempfile.mkdtemp(prefix="losa_video_demo_")
   rows = []
   for name, arg in runs:
-    full_arg = ",".join(a for a in (arg, f"steps={steps}" if steps else "",
-                                    extra_arg) if a)
+    full_arg = ",".join(a for a in (
+        "cache" if cache else "", arg, f"steps={steps}" if steps else "",
+        extra_arg) if a)
     config = config_lib.load_config(f"{path}:{full_arg}")
     workdir = os.path.join(root, arg.replace(",", "_").replace("=", "-"))
     t0 = time.time()
@@ -58,19 +77,21 @@ def run(steps: Optional[int] = None, runs: Sequence = RUNS,
     rows.append({"run": name, "config_arg": full_arg,
                  "test_accuracy": res["test/accuracy"],
                  "trainable_params": res["trainable_params"],
-                 "steps": res["steps"], "time_s": time.time() - t0})
+                 "steps": res["steps"], "time_s": time.time() - t0,
+                 "step_s": demo_run.step_seconds(workdir)})
     print(f"-> {name}: test accuracy {res['test/accuracy']:.3f}", flush=True)
   io_lib.write_json(os.path.join(root, "video_demo_results.json"), rows)
   return rows
 
 
 def table(rows: Sequence[Dict]) -> str:
-  lines = ["| run | test accuracy | trainable params | steps | time (s) |",
-           "|---|---|---|---|---|"]
+  lines = ["| run | test accuracy | trainable params | steps | time (s) | "
+           "s / step |",
+           "|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['run']} | {r['test_accuracy']:.3f} | "
                  f"{r['trainable_params']:,} | {r['steps']} | "
-                 f"{r['time_s']:.0f} |")
+                 f"{r['time_s']:.0f} | {r['step_s']:.3f} |")
   return "\n".join(lines)
 
 
@@ -100,9 +121,8 @@ def main(argv):
   if FLAGS.seeds:
     runs = [(f"{name}, seed {s}", f"{arg},seed={int(s)}")
             for name, arg in runs for s in FLAGS.seeds]
-  extra = [] if FLAGS.no_cache else ["cache"]
-  rows = run(FLAGS.steps, runs, FLAGS.root,
-             extra_arg=",".join(extra + ([FLAGS.extra] if FLAGS.extra else [])))
+  rows = run(FLAGS.steps, runs, FLAGS.root, extra_arg=FLAGS.extra,
+             cache=not FLAGS.no_cache)
   print()
   print(table(rows))
 
