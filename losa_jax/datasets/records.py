@@ -15,6 +15,7 @@ import os
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 
 def write(data_dir: str, name: str,
@@ -33,7 +34,6 @@ def write(data_dir: str, name: str,
     version: dataset version.
     file_format: "array_record" (random access) or "tfrecord".
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version(version)
@@ -66,7 +66,6 @@ def synthetic(data_dir: str, num_examples: int, *, num_test: int = 500,
   """A tiny dataset: PNG images [image_size, image_size, 3] uint8 of seeded
   noise, "label" = index % num_classes and "index" (int64, the example's
   position in its split), splits "train" and "test"."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   s = image_size
 
   def examples(n, seed):

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from losa_jax.datasets import core
 
@@ -57,7 +58,6 @@ class TfdsSource(core.Source):
             f"{self.data_dir or '(TFDS default)'}")
 
   def _builder(self):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if self._builder_obj is None:
       try:
         self._builder_obj = tfds.builder(self.name, data_dir=self.data_dir)
@@ -73,7 +73,6 @@ class TfdsSource(core.Source):
     return self._builder_obj
 
   def _decoders(self, features) -> Dict[str, Any]:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     out = {}
     for k, f in features.items():
       if isinstance(f, tfds.features.Image):
@@ -85,7 +84,6 @@ class TfdsSource(core.Source):
     return out
 
   def as_dataset(self) -> tf.data.Dataset:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = self._builder()
     if self._array_record():   # TFDS reads ArrayRecord by index only.
       records = self._record_table()
@@ -188,7 +186,6 @@ class RecordTable:
   """
 
   def __init__(self, source: TfdsSource):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = source._builder()  # pylint: disable=protected-access
     self._records = builder.as_data_source(
         split=source.split,
