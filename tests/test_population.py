@@ -598,72 +598,56 @@ def _cost_config(rank):
   return c
 
 
-def test_population_step_costs_one_forward_plus_k_side_networks():
-  """K=8 (two structures of 4): one backbone forward + 8 side networks.
+# (population, {(method, losa rank): members}): two LoSA structures of 4;
+# LoSA, LST (a ladder every 2nd block: a second tap key) and LAST of 2.
+COST_POPULATIONS = {
+    "losa": (dict(grid=dict(lr=[1e-3, 2e-3, 3e-3, 4e-3]),
+                  losa=dict(rank=[4, 8])),
+             {("losa", 4): 4, ("losa", 8): 4}),
+    "mixed": (dict(method=["losa", "lst", "last"], grid=dict(lr=[1e-3, 3e-3]),
+                   lst=dict(ladder_every=[2])),
+              {("losa", 4): 2, ("lst", 4): 2, ("last", 4): 2}),
+}
 
-  Compile-only. A backbone run per group or per member, or a backward pass
-  through the backbone (~2 forwards), would break the bounds.
+
+@pytest.mark.parametrize("kind", sorted(COST_POPULATIONS))
+def test_population_step_costs_one_forward_plus_k_side_networks(kind):
+  """K side networks (each costed by its single run's step minus the
+  forward) on one backbone forward, for groups of one method and of three.
+
+  Compile-only. A backbone run per group, method or member, or a backward
+  pass through the backbone (~2 forwards), would break the bounds.
   """
+  population, members = COST_POPULATIONS[kind]
   fn, shape = build_lib.backbone_forward(_cost_config(4))
   forward = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(
       (COST_BATCH, 224, 224, 3), jnp.float32))["flops"]
-  side = {}
-  for rank in (4, 8):
-    b = build_lib.build(_cost_config(rank), total_steps=100)
-    single = cost.compiled_cost(b.train_step, b.state_shape,
-                                steps_lib.abstract_batch(
-                                    COST_BATCH, b.image_shape))["flops"]
-    side[rank] = single - forward
-    assert 0 < side[rank] < 0.05 * forward
+  sides = 0.0
+  for (method, rank), count in members.items():
+    c = _cost_config(rank)
+    c.model.method = method
+    c.model.lst = dict(ladder_every=2)
+    b = build_lib.build(c, total_steps=100)
+    side = cost.compiled_cost(b.train_step, b.state_shape,
+                              steps_lib.abstract_batch(
+                                  COST_BATCH, b.image_shape))["flops"] - forward
+    assert 0 < side < 0.05 * forward, method
+    sides += count * side
   c = _cost_config(4)
-  c.population = dict(grid=dict(lr=[1e-3, 2e-3, 3e-3, 4e-3]),
-                      losa=dict(rank=[4, 8]))
+  c.population = population
   pop = pop_lib.build(c, total_steps=100)
-  assert pop.num_members == 8 and len(pop.groups) == 2
+  assert pop.num_members == sum(members.values())
+  assert len(pop.groups) == len(members)
   batch = {"image": jax.ShapeDtypeStruct((1, COST_BATCH, 224, 224, 3),
                                          jnp.float32),
            "label": jax.ShapeDtypeStruct((1, COST_BATCH), jnp.int32)}
   flops = cost.compiled_cost(pop.train_step, pop.state_shape, batch)["flops"]
-  sides = 4 * side[4] + 4 * side[8]
   # 10%: the vmapped step's per-member extras (measured ~5% of a side
   # network: the NaN guard's selects, per-member schedules).
   assert flops <= forward + 1.1 * sides, (flops / forward,
                                           (forward + sides) / forward)
   assert flops < 2 * forward
   assert flops >= forward        # the backbone forward is in there, once
-
-
-def test_mixed_population_step_costs_one_forward_plus_its_side_networks():
-  """K=6, LoSA, LST (a ladder every 2nd block) and LAST, two members each:
-  one backbone forward + the 6 side networks, each costed by its single
-  run (compile-only); a backbone pass per method or a backward through it
-  would break the bounds."""
-  fn, shape = build_lib.backbone_forward(_cost_config(4))
-  forward = cost.compiled_cost(jax.jit(fn), shape, jax.ShapeDtypeStruct(
-      (COST_BATCH, 224, 224, 3), jnp.float32))["flops"]
-  sides = 0.0
-  for method in ("losa", "lst", "last"):
-    c = _cost_config(4)
-    c.model.method = method
-    c.model.lst = dict(ladder_every=2)
-    b = build_lib.build(c, total_steps=100)
-    single = cost.compiled_cost(b.train_step, b.state_shape,
-                                steps_lib.abstract_batch(
-                                    COST_BATCH, b.image_shape))["flops"]
-    assert 0 < single - forward < 0.05 * forward, method
-    sides += 2 * (single - forward)
-  c = _cost_config(4)
-  c.population = dict(method=["losa", "lst", "last"],
-                      grid=dict(lr=[1e-3, 3e-3]), lst=dict(ladder_every=[2]))
-  pop = pop_lib.build(c, total_steps=100)
-  assert pop.num_members == 6 and len(pop.groups) == 3
-  batch = {"image": jax.ShapeDtypeStruct((1, COST_BATCH, 224, 224, 3),
-                                         jnp.float32),
-           "label": jax.ShapeDtypeStruct((1, COST_BATCH), jnp.int32)}
-  flops = cost.compiled_cost(pop.train_step, pop.state_shape, batch)["flops"]
-  # 10%: the per-member extras, as in the test above.
-  assert forward <= flops <= forward + 1.1 * sides, (
-      flops / forward, (forward + sides) / forward)
 
 
 # --- config expansion ---------------------------------------------------------
