@@ -236,7 +236,7 @@ SECTIONS: Dict[str, Section] = {s.name: s for s in (
                       f"{FSDP_DEVICES} {_licm_fast(a)}"),
     Section("video", _S + "sections_compiled:section_video",
             "Compiled memory and FLOPs of one video train step: LoSA vs "
-            "linear, adapters, full (ViViT, scanned, bf16).",
+            "linear, adapters, ST-Adapters, full (ViViT, scanned, bf16).",
             dict(config="", variant="e/14", frames=16, batch=1,
                  batches=[2, 4], depth_fracs=[8, 4, 2], flops_depths=[2, 4],
                  arg="", licm=False),

@@ -228,18 +228,22 @@ def section_fsdp(a) -> List[Dict[str, Any]]:
 
 
 # --- video: the train step of configs/video_kinetics400.py (or --config) for
-# LoSA, the linear probe, adapters and full fine-tuning, with and without
-# backbone remat, at larger batches and fractions of the depth; FLOPs from
-# unrolled models of a few blocks, extrapolated to the full depth.
+# LoSA, the linear probe, adapters, ST-Adapters and full fine-tuning, with
+# and without backbone remat, at larger batches and fractions of the depth;
+# FLOPs from unrolled models of a few blocks, extrapolated to the full depth.
 
 VIDEO_CONFIGS = (   # (label, method, backbone remat policy)
     ("LoSA (r=8, space+time)", "losa", "nothing_saveable"),
     ("linear probe", "linear", "nothing_saveable"),
     ("adapter (dim 8) + remat", "adapter", "nothing_saveable"),
     ("adapter (dim 8), no remat", "adapter", "none"),
+    ("ST-Adapter (paper defaults) + remat", "st_adapter", "nothing_saveable"),
+    ("ST-Adapter (paper defaults), no remat", "st_adapter", "none"),
     ("full fine-tuning + remat", "full", "nothing_saveable"),
     ("full fine-tuning, no remat", "full", "none"),
 )
+VIDEO_BATCHED = (0, 2, 4)   # the rows also compiled at a.batches
+VIDEO_FLOPS = ("losa", "linear", "adapter", "st_adapter", "full")
 
 
 def video_config(variant: str, method: str, *, frames: int, batch: int,
@@ -274,8 +278,8 @@ def step_memory(config, batch: int) -> Dict[str, Any]:
 
 def _video_memory(a, full_depth: int) -> List[Dict[str, Any]]:
   cells = [(label, m, r, a.batch, None) for label, m, r in VIDEO_CONFIGS]
-  cells += [(label, m, r, b, None) for b in a.batches
-            for label, m, r in VIDEO_CONFIGS[:4:2]]   # LoSA, adapter+remat
+  cells += [(*VIDEO_CONFIGS[i], b, None) for b in a.batches
+            for i in VIDEO_BATCHED]
   depths = sorted({max(1, full_depth // k) for k in a.depth_fracs})
   cells += [(label, m, r, a.batch, d) for d in depths
             for label, m, r in VIDEO_CONFIGS]
@@ -302,7 +306,7 @@ def _video_flops(a, full_depth: int) -> List[Dict[str, Any]]:
   a.flops_depths blocks, extrapolated linearly (stem + head + depth x
   block) to the full depth; the rows report the fit."""
   rows = []
-  for method in ("losa", "linear", "adapter", "full"):
+  for method in VIDEO_FLOPS:
     per = {}
     for d in a.flops_depths:
       cfg = video_config(a.variant, method, frames=a.frames, batch=a.batch,
