@@ -31,11 +31,13 @@ input and output.
   implicit one, u = 2^-8; float32 2^-24. Thousands of independent
   roundings: as independent mean-zero errors, Hoeffding's inequality puts
   their sum beyond 6 root-sum-squares with probability <= 2 e^-18 = 3e-8
-  per entry (side_precision.LAMBDA); the worst case over their signs would
+  per entry (LAMBDA); the worst case over their signs would
   allow up to half of a leaf's largest gradient.
 The 2 covers the second-order terms and the fused path's products whose
 operands are not exactly a reference site.
 """
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,56 @@ from losa_jax.models import side_precision
 
 B = 2
 LABELS = jnp.array([1, 3])
+# Independent roundings |d_s| <= u_s: |sum_s d_s J_s| exceeds LAMBDA
+# sqrt(sum_s (u_s J_s)^2) with probability <= 2 exp(-LAMBDA^2 / 2) = 3e-8
+# per gradient entry (Hoeffding; docs/method.md).
+LAMBDA = 6.0
+
+
+def gamma(n: int) -> float:
+  """gamma_n = n u / (1 - n u), float32: the relative error bound of a
+  float32 sum of n products (Higham, Accuracy and Stability, 3.1)."""
+  nu = n * side_precision.UNIT_ROUNDOFF["float32"]
+  return nu / (1.0 - nu)
+
+
+def side_network(mixer_kw, layers, taps, sites):
+  """a_L [B, N, D] of the default wiring: z_i = b_i + a_{i-1},
+  a_i = a_{i-1} + M_i(z_i), with `layers` the stacked mixer params
+  (side/layers/mixer) and taps [L, B, N, D]; a site at every z_i and a_i
+  besides each mixer's own (`sites`: a `side_precision.Sites`)."""
+  a = jnp.zeros(taps.shape[1:], taps.dtype)
+  for i in range(taps.shape[0]):
+    p = jax.tree.map(lambda v, i=i: v[i], layers)
+    z = taps[i] + a
+    a = sites(f"L{i}/a", a + side_precision.mixer(mixer_kw, p, z, sites,
+                                                  prefix=f"L{i}/"))
+  return a
+
+
+def storage_units(dtype: str, n: int, n_layers: int):
+  """(worst-case, independent) site units of the default side network
+  (`side_network`) storing z_i and a_i in `dtype`, float32 math.
+
+  Worst case, at every site forward and backward: gamma_n, the library's
+  float32 dots and sums of at most n terms. Independent: the storage
+  roundings, u_dtype at z_i and a_i forward and at a_L backward (the
+  cotangent of the stored a_L has its dtype); one rounding per element.
+  """
+  g, u = gamma(n), side_precision.UNIT_ROUNDOFF[dtype]
+  stored = re.compile(r"L\d+/(z|a)")
+
+  def independent(name):
+    return (u if stored.fullmatch(name) else 0.0,
+            u if name == f"L{n_layers - 1}/a" else 0.0)
+  return (lambda name: (g, g)), independent
+
+
+def storage_bound(worst, rss):
+  """SLACK (worst + LAMBDA rss) of `side_precision.sensitivity`'s two
+  pytrees."""
+  return jax.tree.map(
+      lambda w, r: side_precision.SLACK * (w + LAMBDA * r), worst, rss)
 
 
 def _model(dtype, scan):
@@ -89,8 +141,7 @@ def _library_grads(model, params, x, precomputed):
 def _reference_loss(mixer_kw, trainable, taps, final, sites):
   """The same function in float64 (the backbone's pool_type is "tok")."""
   side, head = trainable["side"], trainable["head"]
-  a = side_precision.side_network(mixer_kw, side["layers"]["mixer"], taps,
-                                  sites)
+  a = side_network(mixer_kw, side["layers"]["mixer"], taps, sites)
   refined = sites("refined", final + a)
   f = nn.LayerNorm(epsilon=1e-6).apply({"params": side["LN_out"]}, refined)
   logits = sites("head:out", sites("head:in", f[:, 0]) @ head["kernel"]
@@ -114,13 +165,13 @@ def _reference(config, trainable, taps, final):
     ref = jax.tree.map(np.asarray, jax.jit(grads)(e0))
     n_layers, b, n, d = taps.shape
     worst, independent = (side_precision.units_for(rec.shapes, rule)
-                          for rule in side_precision.storage_units(
+                          for rule in storage_units(
                               config.model.losa.dtype, b * max(n, d),
                               n_layers))
     sens = side_precision.sensitivity(grads, e0, worst,
                                       independent=independent,
                                       batch_size=128)
-  return ref, side_precision.storage_bound(*sens)
+  return ref, storage_bound(*sens)
 
 
 @pytest.mark.parametrize("dtype,taps_from", [

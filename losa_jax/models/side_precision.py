@@ -10,12 +10,10 @@ gradient entry
 
     bound = SLACK * sum_s u_s |dg/de_s|
 
-with dg/de by reverse mode through the reference's own backward; many
-independent roundings (bf16 stores) may instead be bounded in probability
-(`storage_bound`). Derivation: docs/method.md, "Precision of the default
-path".
+with dg/de by reverse mode through the reference's own backward
+(tests/test_side_grads.py bounds the many independent bf16 stores in
+probability). Derivation: docs/method.md, "Precision of the default path".
 """
-import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -34,17 +32,6 @@ from losa_jax.models import side as side_lib
 UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8,
                  "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
 SLACK = 2.0
-# Independent roundings |d_s| <= u_s: |sum_s d_s J_s| exceeds LAMBDA
-# sqrt(sum_s (u_s J_s)^2) with probability <= 2 exp(-LAMBDA^2 / 2) = 3e-8
-# per gradient entry (Hoeffding; docs/method.md).
-LAMBDA = 6.0
-
-
-def gamma(n: int) -> float:
-  """gamma_n = n u / (1 - n u), float32: the relative error bound of a
-  float32 sum of n products (Higham, Accuracy and Stability, 3.1)."""
-  nu = n * UNIT_ROUNDOFF["float32"]
-  return nu / (1.0 - nu)
 
 
 def _site(x, e):
@@ -83,19 +70,6 @@ def mixer(mixer_kw: Dict[str, Any], params, z, sites: Sites, prefix=""):
   return sites(prefix + "delta", delta)
 
 
-def side_network(mixer_kw, layers, taps, sites: Sites):
-  """a_L [B, N, D] of the default wiring: z_i = b_i + a_{i-1},
-  a_i = a_{i-1} + M_i(z_i), with `layers` the stacked mixer params
-  (side/layers/mixer) and taps [L, B, N, D]; a site at every z_i and a_i
-  besides each mixer's own."""
-  a = jnp.zeros(taps.shape[1:], taps.dtype)
-  for i in range(taps.shape[0]):
-    p = jax.tree.map(lambda v, i=i: v[i], layers)
-    z = taps[i] + a
-    a = sites(f"L{i}/a", a + mixer(mixer_kw, p, z, sites, prefix=f"L{i}/"))
-  return a
-
-
 def zeros_like_sites(shapes: Dict[str, Tuple[int, ...]], dtype=jnp.float64):
   return {k: (jnp.zeros(s, dtype), jnp.zeros(s, dtype))
           for k, s in shapes.items()}
@@ -111,8 +85,7 @@ def sensitivity(grads_of_sites: Callable, e0, units, *, independent=None,
     e0: the zero perturbations, {name: (e_f, e_b)}.
     units: {name: (u_f, u_b)} unit roundoffs (scalars) of each site, for
       the worst case over the signs of the roundings.
-    independent: the same for roundings taken as independent (see
-      `LAMBDA`), or None.
+    independent: the same for roundings taken as independent, or None.
     batch_size: Jacobian rows computed at once (None: all).
 
   Returns:
@@ -148,29 +121,6 @@ def sensitivity(grads_of_sites: Callable, e0, units, *, independent=None,
     return jax.lax.map(row, eye, batch_size=batch_size)
   worst, rss = (jax.tree.map(np.asarray, unravel_g(r)) for r in run(flat_e))
   return worst if independent is None else (worst, rss)
-
-
-def storage_units(dtype: str, n: int, n_layers: int):
-  """(worst-case, independent) site units of the default side network
-  (`side_network`) storing z_i and a_i in `dtype`, float32 math.
-
-  Worst case, at every site forward and backward: gamma_n, the library's
-  float32 dots and sums of at most n terms. Independent: the storage
-  roundings, u_dtype at z_i and a_i forward and at a_L backward (the
-  cotangent of the stored a_L has its dtype); one rounding per element.
-  """
-  g, u = gamma(n), UNIT_ROUNDOFF[dtype]
-  stored = re.compile(r"L\d+/(z|a)")
-
-  def independent(name):
-    return (u if stored.fullmatch(name) else 0.0,
-            u if name == f"L{n_layers - 1}/a" else 0.0)
-  return (lambda name: (g, g)), independent
-
-
-def storage_bound(worst, rss):
-  """SLACK (worst + LAMBDA rss) of `sensitivity`'s two pytrees."""
-  return jax.tree.map(lambda w, r: SLACK * (w + LAMBDA * r), worst, rss)
 
 
 def units_for(shapes, rule: Callable[[str], Tuple[float, float]]):
