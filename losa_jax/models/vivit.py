@@ -1,33 +1,17 @@
 # Copyright 2026 The losa_jax Authors.
 # Licensed under the Apache License, Version 2.0.
-r"""ViViT ("Model 1": joint space-time attention) with the image ViT's params.
+"""ViViT ("Model 1": joint space-time attention) with the image ViT's params.
 
-A clip [B, T, H, W, 3] is cut into tubelets of `temporal_patch_size` frames x
-`patch_size` pixels by one 3-D convolution, giving a token grid of
-n_t = T / t time steps by n_s = (H / ph) * (W / pw) spatial positions. The
-tokens go through the *unchanged* image encoder (`vit.Encoder`, joint
-attention over all n_t * n_s tokens), so every param except the stem and the
-position embedding has exactly the image ViT's name and shape:
-
-    embedding/kernel       (t, ph, pw, 3, D)   3-D conv (flax HWIO + time first)
-    embedding/bias         (D,)
-    pos_embedding          (1, n_t * n_s, D)   TIME-MAJOR: row i * n_s + j is
-                                               time step i, spatial cell j
-                                               (row-major over the patch grid)
-    cls                    (1, 1, D)           pool_type="tok" only
-    Transformer/...        as vit.Model (loop or scan layout)
-    pre_logits, head       as vit.Model
-
-`Model(...).apply(v, clips)` returns `(logits_or_prelogits, out)` like
-`vit.Model`, and `out["token_grid"] = (n_t, n_s)` (static Python ints), which
-the LoSA side network uses to factorise its token mixing into space and time.
-Token order in every [B, N, D] tensor: optional CLS first, then the time-major
-n_t * n_s grid.
-
-`inflate_from_image` turns any image checkpoint that `porting` can load into
-params of this model (Scenic's filter inflation): central-frame or
-average-frame 3-D kernels, position embeddings resampled to the new patch
-grid and tiled over time (docs/video.md; the tool `tools.inflate_vivit`).
+A clip [B, T, H, W, 3] is cut into tubelets by one 3-D convolution; the
+n_t * n_s tokens (TIME-MAJOR: row i * n_s + j is time step i, spatial cell
+j; an optional CLS first) go through the unchanged image encoder
+(`vit.Encoder`), so every param but `embedding/kernel` (t, ph, pw, 3, D)
+and `pos_embedding` (1, n_t * n_s, D) has the image ViT's name and shape.
+`Model(...).apply` returns what `vit.Model` does, and `out["token_grid"] =
+(n_t, n_s)` (static ints) for the LoSA side network's space and time
+mixing. `inflate_from_image` turns an image checkpoint into these params.
+docs/video.md ("The backbone" and "Inflation from an image checkpoint")
+has the param layout and the inflation rules.
 """
 from typing import Any, Dict, Optional, Sequence, Tuple
 

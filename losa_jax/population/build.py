@@ -2,16 +2,11 @@
 # Licensed under the Apache License, Version 2.0.
 """A population step: K side networks trained on one frozen backbone pass.
 
-A side network (LoSA, LST, LAST) never changes the backbone, so the step
-runs it once per distinct data order and feeds its taps to every member,
-whatever its method. Members of one structure (side method and its options:
-rank, LoSA switches, tap_every, LST's reduction, ...) form a group: their params,
-optimizer states and hyper-parameters (`HP_KEYS`, arrays of the state, so
-one program serves every value) are stacked on a member axis and the
-trainer's own step is vmapped over them; groups of other structures are
-traced into the same jitted step. A member whose loss or update turns
-NaN/Inf keeps its last finite state (`alive` False). docs/population.md
-says what is guaranteed and tested.
+The backbone runs once per distinct data order and feeds its taps to every
+member; members of one structure form a group whose params, optimizer
+states and hyper-parameters (`HP_KEYS`, arrays of the state) are stacked
+and vmapped through the trainer's own step (docs/population.md, "How the
+step works", and what is guaranteed).
 
 State (a pytree; sharded like the trainer's: batch over the data axes, the
 backbone by `config.sharding_strategy`, members replicated):

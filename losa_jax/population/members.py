@@ -2,29 +2,12 @@
 # Licensed under the Apache License, Version 2.0.
 """`config.population` -> the member configs of a population.
 
-    config.population = dict(
-        grid=dict(lr=[1e-3, 3e-3, 1e-2], wd=[0, 1e-4]),   # cartesian
-        seeds=[0],                      # init seeds (config.seed per member)
-        losa=dict(rank=[4, 8, 16]),     # structure: a cartesian grid too
-        method=["losa", "lst", "last"], # side methods (default: the config's)
-        lst=dict(reduction=[4, 8]),     # each method's options: its own grid
-        random=dict(budget=8, seed=0,   # or sampled instead of the grids
-                    lr=("loguniform", 1e-4, 1e-2), rank=("choice", [4, 8])),
-        rungs=dict(steps=[100, 200], keep=0.5, eval="val"),   # optional
-        loop="vmap",                    # or "map": less memory, see LOOPS
-    )
-
 Every member is a complete single-run config: the population trainer gives
-each member the params a single run of that config gives (same seeds). Keys:
-
-* hyper-parameters (`HPARAMS`): lr (the schedule's peak), wd,
-  label_smoothing, grad_clip_norm (None: no clipping), seed (init), and
-  data_seed (the data order; members that share it share a backbone pass);
-* structure: the side method (`method=`, a list of model.SIDE_METHODS) and
-  its options, each method's a grid of its own (`losa=`: any
-  `config.model.losa` switch; `lst=` / `last=`: `config.model.lst` /
-  `config.model.last` options); members of one structure form one vmapped
-  group, and every group reads the same backbone pass.
+each member the params a single run of that config gives (same seeds).
+docs/population.md ("Running one") lists the keys: per-member values
+(`HPARAMS`), init and data seeds (members that share a data seed share a
+backbone pass), and the structure, the side method and its options (one
+grid per method), whose members form one vmapped group.
 """
 import dataclasses
 import itertools
