@@ -2,19 +2,14 @@
 # Licensed under the Apache License, Version 2.0.
 """LoSA's structural switches, ablated in ONE population run per task.
 
-The reference design (models/model.py LOSA_DEFAULTS) against each switch
-changed alone (docs/method.md, "Switches"), each at every seed: the
-one-at-a-time members of a `population.losa` grid, trained in one
-population step (one backbone pass per batch and data order). Seed s sets
-both the side network's init and the data order.
-
-With an lr grid (`lrs`), every structure tries every lr in the same
-population and keeps its best by minival accuracy, as the budget study's
-searches do, so that a switch that only acts like a larger learning rate
-stops looking better.
-
-An effect is, per task and seed, the accuracy of the changed structure minus
-the reference's (same seed, same batches; each at its selected lr).
+The reference design (model.LOSA_DEFAULTS) and each switch changed alone
+(docs/method.md, "Switches"), at every seed (init and data order) and, with
+an lr grid (`lrs`), at every lr, each structure keeping its best by minival
+accuracy (a switch that only acts like a larger lr then stops looking
+better): the members of one population (one backbone pass per batch and
+data order). An effect is, per task and seed, the changed structure's
+accuracy minus the reference's (same batches; each at its selected lr).
+docs/study.md ("LoSA's switches") gives the protocol and the results.
 """
 import ast
 import itertools

@@ -5,13 +5,11 @@ r"""The study at equal tuning budgets: every method searches K configs.
   python -m losa_jax.study.budget --out docs/study_results/budget
   python -m losa_jax.study.budget --out /tmp/budget --quick     # smoke test
 
-Every method (rank / bottleneck 8; LST and LAST at their own default
-options) searches the same lr x wd grid on train[:80%] of each study task
-and reports the test accuracy of the config with the best minival accuracy;
-a side method's K configs (LoSA, LST, LAST) train as ONE population, the
-others as K separate runs (`study.search`), each search's cost recorded.
-Then LoSA's switches are ablated (`study.ablation`). docs/study.md gives the
-protocol and the tables.
+Every method searches the same lr x wd grid and reports the test accuracy
+of its best config by minival; a side method's configs (LoSA, LST, LAST)
+train as ONE population, the others as separate runs (`study.search`).
+Then LoSA's switches are ablated (`study.ablation`). docs/study.md
+("Equal tuning budgets") gives the protocol and the tables.
 
 Writes into --out: searches.csv, members.csv, cost.csv, task_mean.csv,
 ablation_members.csv, ablation_effects.csv, meta.json and results.json, from

@@ -5,14 +5,11 @@ r"""Small-scale study: every method, equal step budgets, several seeds, offline.
   python -m losa_jax.study.run --out docs/study_results
   python -m losa_jax.study.run --out /tmp/study --quick     # smoke test
 
-For every task of `losa_jax.datasets.study_tasks` and every method (LoSA at
-several ranks, linear probe, full fine-tuning, LoRA, adapters) this adapts
-the shipped tiny ViT with configs/default.py (or --config), equal steps and
-batch for every method, once per seed. Every run uses the trainer's model,
-optimizer, train step, initial state, input pipeline and evaluator, driven
-to fit one process on 2 cores: each (method, rank, class count) compiles
-once, ahead of time, and the steps are also timed side by side
-(`bench.common.interleaved`). docs/study.md gives the protocol and tables.
+Every method (LoSA at several ranks, linear probe, full fine-tuning, LoRA,
+adapters) adapts the shipped tiny ViT on every task of
+`losa_jax.datasets.study_tasks` with the trainer's own pieces and
+configs/default.py (or --config), equal steps and batch, once per seed, its
+steps timed side by side. docs/study.md gives the protocol and tables.
 
 Writes into --out: runs.jsonl (one record per run, with loss curve),
 runs.csv, summary.csv, cost.csv, task_mean.csv, meta.json and results.json,
