@@ -14,8 +14,7 @@ Splits use TFDS syntax everywhere (`train`, `train[:800]`, `train[800:1000]`,
 import dataclasses
 import os
 import re
-from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
-                    Tuple)
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from flax import traverse_util
 import numpy as np

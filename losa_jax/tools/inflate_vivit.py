@@ -21,11 +21,6 @@ from losa_jax.bench import common
 from losa_jax.models import vit
 from losa_jax.models import vivit
 
-FLAG_NAMES = ("image_ckpt", "out", "variant", "patch_size", "pool_type",
-              "temporal_patch_size", "num_frames", "image_size", "method",
-              "posemb", "scan")
-
-
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """This tool's flags; defined on demand, so importing claims no names."""
   fv = dict(flag_values=flag_values)

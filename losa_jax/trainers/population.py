@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from losa_jax.assembly import input_pipeline
-from losa_jax.checkpointing import manager as checkpointing
 from losa_jax.checkpointing import resume
 from losa_jax.config import schema as config_lib
 from losa_jax.evaluators import classification
