@@ -3,15 +3,10 @@
 """Datasets by name: `config.input.data = dict(name=..., split=..., **kw)`.
 
 `get_source(data)` resolves `data["name"]` through `_MODULES` below, as
-big_vision's `datasets.core.get` does; any other name is a TFDS name (e.g.
-"cifar100", "eurosat/rgb") read by `datasets.tfds`.
-
-Each module defines `make(**kw) -> core.Source` and `PP_MODULES`, the pp op
-families its examples need (imported before its pp spec is parsed), and may
-define `pp_spec(data, pp) -> pp` to wrap the config's pp (VTAB adds its
-label ops). A new dataset is a module with `make`, registered here with one
-line; nothing else in the trainer changes. The older config forms in
-`_LEGACY` (e.g. dict(demo=<task>), dict(root=...)) keep working.
+big_vision's `datasets.core.get` does; any other name is a TFDS name read
+by `datasets.tfds`. What a dataset module defines (`make`, `PP_MODULES`,
+`pp_spec`) and how to add one: docs/architecture.md, "A dataset". The
+older config forms in `_LEGACY` keep working.
 """
 import importlib
 from typing import Any, Callable, Dict, Mapping, Tuple

@@ -10,10 +10,8 @@ Each op is `name` or `name(args)`; the args are Python literals parsed with
 `ast.literal_eval` (never `eval`). Ops act on ONE example (a dict of
 unbatched tensors) and return a new dict; they never mutate their input.
 
-Ops live in one module per family, as big_vision's `pp_modules`: `image`,
-`video` and `vtab` (losa_jax.pp.<family>), imported on demand; a config may
-list more in `config.pp_modules` (a family name or a dotted module path), and
-a dataset module lists the families it needs in `PP_MODULES`.
+Ops live in one module per family (`FAMILIES`, imported on demand), as
+big_vision's `pp_modules`: docs/architecture.md, "A pp op".
 
 Random ops (`register(name, random=True)`) draw from `_seed`, the int64 [2]
 per-example seed the input pipeline adds (`next_seed`), so the augmentation

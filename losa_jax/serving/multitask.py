@@ -2,12 +2,10 @@
 # Licensed under the Apache License, Version 2.0.
 """Many adapted tasks served on one backbone pass (docs/serving.md).
 
-Side networks (LoSA, LST, LAST: `model.SIDE_METHODS`) and the linear probe
-never change the frozen backbone, so N such tasks trained on one backbone
-file share ONE backbone forward per batch (taps computed once per distinct
-`Model.tap_key()`, each side task then `Model.apply(..., precomputed=)`);
-LoRA, adapters and full fine-tuning change its features, so each of those
-runs its own model (LoRA optionally merged, `vit.merge_lora`).
+Side methods (`model.SIDE_METHODS`) and the linear probe share ONE backbone
+forward per batch (taps once per distinct `Model.tap_key()`); LoRA,
+adapters and full fine-tuning run their own model each (LoRA optionally
+merged, `vit.merge_lora`).
 
   mt = multitask.load(["/tmp/digits", "/tmp/parity"])
   logits = mt(images)        # {"digits": [B, 10], "parity": [B, 2]}
