@@ -114,9 +114,8 @@ def compare_precision(offsets: Sequence[float] = PRECISION_OFFSETS
                       ) -> List[Dict[str, Any]]:
   """The fused mixer's gradients on the accelerator at its default matmul
   precision against the float64 reference (on the CPU), on rows at mean
-  `offsets`: within `side_precision.emulation_bound`, the bound
-  tests/test_side_fused.py holds the TF32 and bf16 emulations to, with the
-  float32 term measured on the same device at "highest" precision.
+  `offsets`: within `side_precision.emulation_bound` (docs/method.md,
+  "Precision of the default path": "On a device").
 
   Returns one row per offset: {offset, backends, mode, err_default_rel,
   err_highest_rel (max |g - g_ref| / max |g_ref|), ratio (worst

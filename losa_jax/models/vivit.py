@@ -162,12 +162,9 @@ def inflate_from_image(image_params: Any, video_cfg: Any,
                        posemb: str = "resize_tile",
                        image_grid: Optional[Sequence[int]] = None,
                        num_classes: Optional[int] = None) -> Dict[str, Any]:
-  """Image ViT params -> params of `vivit.Model(num_classes, **video_cfg)`.
-
-  Everything is copied by name except `embedding/kernel` (`inflate_kernel`)
-  and `pos_embedding` (`inflate_posemb`), after `layouts` fixes old layouts.
-  A `head` / `pre_logits` the video model lacks is passed through, for
-  `porting.load_into_model` to decide about.
+  """Image ViT params -> params of `vivit.Model(num_classes, **video_cfg)`:
+  `inflate_kernel`, `inflate_posemb`, everything else copied by name
+  (docs/video.md, "Inflation from an image checkpoint").
 
   Args:
     image_params: an image ViT param tree or an npz path (`path.npz[:key]`).

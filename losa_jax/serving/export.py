@@ -109,12 +109,11 @@ def stablehlo_for_tf():
   """Within it, jax serializes StableHLO that the installed TensorFlow reads.
 
   jax writes the StableHLO version of about 4 weeks before its release, and
-  TensorFlow's XlaCallModule reads versions up to its own (jax 0.12.1 writes
-  1.22.0; TensorFlow 2.21 reads up to 1.13.7). jax 0.12 has no public knob
-  for the version, so its serializer (`_export._module_to_bytecode`) is
-  replaced, inside the block, by one that targets the older of the two.
-  Yields that version. Raises RuntimeError naming both versions if the model
-  cannot be written for the TensorFlow's version.
+  TensorFlow's XlaCallModule reads versions up to its own (README.md names
+  a pair that differ). jax has no public knob for the version, so its
+  serializer (`_export._module_to_bytecode`) is replaced, inside the block,
+  by one that targets the older of the two. Yields that version; raises
+  RuntimeError naming both versions if the model cannot be written for it.
   """
   from jax._src.export import _export  # pylint: disable=g-import-not-at-top
   from jax._src.lib.mlir.dialects import hlo  # pylint: disable=g-import-not-at-top
