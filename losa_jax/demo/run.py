@@ -21,11 +21,11 @@ from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 from losa_jax.assembly import steps as steps_lib
+from losa_jax.bench import common
 from losa_jax.config import schema as config_lib
 from losa_jax import train
 from losa_jax.utils import cost
@@ -157,10 +157,7 @@ def format_table(rows: Sequence[Dict], task: str = "digits") -> str:
 
 
 def main(argv):
-  del argv
-  if not FLAGS["verbosity"].present:
-    # Keep the terminal to progress lines; Orbax logs every write at INFO.
-    logging.set_verbosity(logging.WARNING)
+  common.start_flags_only_main(argv)
   rows = run_demo(FLAGS.workdir, FLAGS.steps, FLAGS.methods, FLAGS.task,
                   full_steps=FLAGS.full_steps, config_file=FLAGS.config)
   print("\n" + format_table(rows, FLAGS.task))
