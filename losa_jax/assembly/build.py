@@ -134,10 +134,6 @@ def mesh_and_state_sharding(config, state_shape, mesh=None):
       state_shape, mesh, config.get("sharding_strategy") or None)
 
 
-# One example's input shape: (H, W, 3), or (T, H, W, 3) for video.
-image_shape_of = config_lib.input_shape
-
-
 def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   """Everything needed to train `config`; nothing is materialised.
 
@@ -145,7 +141,7 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True) -> Built:
   state are stored in bf16 (init, state_shape and the steps all see bf16).
   """
   model = model_from_config(config)
-  image_shape = image_shape_of(config)
+  image_shape = config_lib.input_shape(config)
   params_shape = jax.eval_shape(
       lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32)),
       jax.random.key(0))["params"]
@@ -196,7 +192,7 @@ def backbone_forward(config) -> Tuple[Callable, Any]:
   model = model_from_config(config)
   bb = vit.Model(None, **model.backbone_kwargs())
   shape = jax.eval_shape(
-      lambda r: bb.init(r, jnp.zeros((1, *image_shape_of(config)),
+      lambda r: bb.init(r, jnp.zeros((1, *config_lib.input_shape(config)),
                                      jnp.float32)),
       jax.random.key(0))["params"]
   shape = cast_floats(shape, frozen_param_dtype(config))

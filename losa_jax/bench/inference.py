@@ -22,6 +22,7 @@ from losa_jax.assembly import build
 from losa_jax.bench import common
 from losa_jax.bench import configs
 from losa_jax.bench import harness
+from losa_jax.config import schema as config_lib
 from losa_jax.models import model as model_lib
 from losa_jax.serving import multitask
 from losa_jax.utils import cost
@@ -46,7 +47,7 @@ class _Variant:
     self.variant, max_tasks = variant, max(a.tasks)
     cfg = configs.make_config(variant, "losa", rank=a.rank,
                               num_classes=a.num_classes)
-    self.image_shape = build.image_shape_of(cfg)
+    self.image_shape = config_lib.input_shape(cfg)
     self.losa = build.model_from_config(cfg)
     self.plain = model_lib.Model(a.num_classes, method="full",
                                  backbone=dict(cfg.model.backbone))

@@ -35,6 +35,7 @@ from losa_jax.assembly import build as build_lib
 from losa_jax.assembly import optim
 from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.assembly import steps
+from losa_jax.config import schema as config_lib
 from losa_jax.utils import tree as tree_lib
 from losa_jax.models import model as model_lib
 from losa_jax.models import side as side_lib
@@ -331,7 +332,7 @@ def build(config, *, total_steps: int, mesh=None, donate: bool = True,
   members = sorted(members if members is not None else
                    members_lib.expand(config), key=lambda m: m.index)
   loop = _check(config, members)
-  image_shape = build_lib.image_shape_of(members[0].config)
+  image_shape = config_lib.input_shape(members[0].config)
   groups, data_seeds, bb_shape = _groups(members, image_shape)
   if cached and len({g.tap[0] for g in groups}) > 1:
     raise ValueError("A cached population needs one losa.tap kind for every "

@@ -332,7 +332,7 @@ def load(workdirs: Sequence[str], names: Optional[Sequence[str]] = None, *,
           f"{w}: config.model_init is empty (a random backbone): multi-task "
           "serving needs the backbone file the tasks were trained on.")
     infos.append({"workdir": w, "config": config,
-                  "shape": build.image_shape_of(config),
+                  "shape": config_lib.input_shape(config),
                   "pp": serving_pp(config),
                   "backbone": build.backbone_record(config)})
   ref = infos[0]

@@ -25,6 +25,7 @@ from absl import flags
 
 from losa_jax.bench import common
 from losa_jax.datasets import study_tasks
+from losa_jax.models import model as model_lib
 from losa_jax.population import members as members_lib
 from losa_jax.study import ablation
 from losa_jax.study import run as study_run
@@ -35,7 +36,7 @@ FLAGS = flags.FLAGS
 
 METHODS = ("losa", "linear", "lora", "adapter", "full")   # the default
 # --methods may also name LoSA's side-tuning peers (docs/method.md).
-ALL_METHODS = METHODS + tuple(m for m in search.POPULATION_METHODS
+ALL_METHODS = METHODS + tuple(m for m in model_lib.SIDE_METHODS
                               if m not in METHODS)
 TASKS = ("digits", "dsprites_loc")
 LRS = (3e-3, 1e-2, 3e-2)
@@ -185,7 +186,7 @@ def _cost_rows(singles, pops, timing, k: int) -> List[Dict[str, Any]]:
         "step_q75_ms": 1e3 * t.get("q75_s", float("nan")),
         "compile_s": ex.compile_s})
   order = {m: i for i, m in enumerate(dict.fromkeys(
-      search.POPULATION_METHODS + METHODS + ("losa (K separate runs)",)))}
+      model_lib.SIDE_METHODS + METHODS + ("losa (K separate runs)",)))}
   return sorted(rows, key=lambda r: order.get(r["label"], 99))
 
 
@@ -214,7 +215,7 @@ def run_budget(a: Args) -> Dict[str, Any]:
                               else ""))
       for method in order if a.searches else ():
         loads = [os.getloadavg()[0]]
-        pop = method in search.POPULATION_METHODS
+        pop = method in model_lib.SIDE_METHODS
         key = (method, nc, seed) if pop else (method, nc)
         fresh = key not in compiled
         if fresh:
@@ -268,7 +269,7 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
   # Side by side: every method's step and every side method's population
   # step.
   pops = {m: ex for m, ex in first.items()
-          if m in search.POPULATION_METHODS}
+          if m in model_lib.SIDE_METHODS}
   timed = {m: ex for m, ex in first.items() if m not in pops}
   if a.losa_separate and "losa" in pops:
     # The reference: LoSA's K configs as K separate runs.
@@ -293,7 +294,7 @@ def _finish(a: Args, first, timing_data, searches, members_out, abl_rows,
       grids={m: a.grid(m) for m in a.methods}, rank=search.RANK,
       side_options={m: dict(search_cfg(a, m, a.tasks[0], a.seeds[0],
                                        grid=False).model[m])
-                    for m in a.methods if m in search.POPULATION_METHODS
+                    for m in a.methods if m in model_lib.SIDE_METHODS
                     and m != "losa"},
       timing_reps=a.timing_reps, searches=a.searches,
       ablation_lr=a.ablation_lr, ablation_lrs=a.ablation_lrs,

@@ -34,7 +34,6 @@ from losa_jax.trainers import population as population_train
 from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.assembly import steps as steps_lib
 from losa_jax.evaluators import classification
-from losa_jax.models import model as model_lib
 from losa_jax.population import build as pop_lib
 from losa_jax.population import members as members_lib
 from losa_jax.study import run
@@ -43,9 +42,6 @@ RANK = run.BASELINE_RANK       # LoSA rank, LoRA rank, adapter bottleneck: 8
 SELECT = "minival/accuracy"    # the selection metric of every method
 EVALS = ("minival", "test")
 CHECK_EVERY = 10               # steps between divergence checks
-# Methods whose K configs train as one population on one backbone pass: the
-# side methods, which leave the backbone frozen and read only its taps.
-POPULATION_METHODS = model_lib.SIDE_METHODS
 
 
 def base_config(method: str, task: str, *, num_classes: int, steps: int,
