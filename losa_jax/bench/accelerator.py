@@ -16,7 +16,6 @@ from typing import Any, Dict, List
 
 from losa_jax.bench import common
 
-GIB = common.GIB
 # Relative shares of the time budget (a timing job compiles ~12 programs).
 _SHARE = {"check": 1.0, "timing": 3.0, "vit_e": 1.0, "memory": 0.4,
           "maxbatch": 1.0}
@@ -147,7 +146,7 @@ def _measured(done: List[Dict[str, Any]], spec: Dict[str, Any]
         continue
       if r["status"] == "ok":
         fitted.setdefault(r["method"], []).append(
-            [r["batch"], r["compiled_peak_gib"] * GIB])
+            [r["batch"], r["compiled_peak_gib"] * common.GIB])
       else:
         failed.setdefault(r["method"], []).append(r["batch"])
   return {"fitted": fitted, "failed": failed}

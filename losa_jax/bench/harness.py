@@ -18,7 +18,6 @@ from losa_jax.parallel import sharding as sharding_lib
 from losa_jax.utils import cost
 
 GIB = common.GIB
-_log = common.log
 
 
 def is_oom(err: BaseException) -> bool:
@@ -237,7 +236,7 @@ def _ready(variant, methods, remats, spec, bsz):
   for name, m in methods.items():
     got, status = first_call(m, bsz), "ok"
     if got is None:
-      _log(f"timing {variant} b{bsz} {name}: out of memory")
+      common.log(f"timing {variant} b{bsz} {name}: out of memory")
       if name == "forward" or m.remat or not spec["scan"]:
         continue
       if name not in remats:
@@ -267,7 +266,7 @@ def time_methods(variant: str, names, spec: Dict[str, Any], *,
     if extra is not None:
       for name, (fn, c, n) in extra(methods, bsz).items():
         ready[name], trainable[name] = (fn, c, "ok"), n
-    _log(f"timing {variant} b{bsz}: {list(ready)}")
+    common.log(f"timing {variant} b{bsz}: {list(ready)}")
     times = common.interleaved({n: r[0] for n, r in ready.items()},
                                reps=spec["reps"], warmup=spec["warmup"]
                                ) if ready else {}

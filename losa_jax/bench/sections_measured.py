@@ -31,9 +31,6 @@ from losa_jax.models import side_fused as sf
 from losa_jax.population import build as pop_build
 from losa_jax.utils import cost
 
-MIB = common.MIB
-_log = common.log
-
 
 def built_for(config):
   """build.build memoised by config, so sections share compiled steps."""
@@ -125,7 +122,7 @@ def section_cache(a) -> List[Dict[str, Any]]:
     t0 = time.perf_counter()
     cache = fc.FeatureCache.get_or_create(
         model=b.model, params=params, source=source, pp=pp, root=root,
-        dtype="bfloat16", storage="disk", batch_size=bsz, log=_log)
+        dtype="bfloat16", storage="disk", batch_size=bsz, log=common.log)
     build_s = time.perf_counter() - t0
     steps_n = n // bsz
     uncached_it, _ = ip.training(source, batch_size=bsz, pp=pp, seed=0)
@@ -140,7 +137,7 @@ def section_cache(a) -> List[Dict[str, Any]]:
            "cached": Stepper(cached_step_for(config, b),
                              harness.random_state(b), cached)}
     times = common.interleaved(fns, reps=steps_n, warmup=0)
-    cache_mib = cache.nbytes / MIB
+    cache_mib = cache.nbytes / common.MIB
   finally:
     shutil.rmtree(root, ignore_errors=True)
   measured = steps_n * bsz
@@ -155,7 +152,7 @@ def section_cache(a) -> List[Dict[str, Any]]:
          "build_1000_s": per_b * 1000,
          "cached_vs_uncached": per_c / per_u,
          "break_even_epochs": per_b / max(per_u - per_c, 1e-12), **costs}
-  _log(f"cache {variant}: epoch {row['uncached_epoch_1000_s']:.1f}s -> "
+  common.log(f"cache {variant}: epoch {row['uncached_epoch_1000_s']:.1f}s -> "
        f"{row['cached_epoch_1000_s']:.1f}s ({row['cached_vs_uncached']:.3f}x)")
   return [row]
 
@@ -226,11 +223,11 @@ def _compiled_rows(config, variant: str, bsz: int) -> List[Dict[str, Any]]:
     rows.append({
         "kind": "compiled", "variant": variant, "batch": bsz, "k": k,
         "loop": loop,
-        "flops": flops, "peak_mib": c["peak_bytes"] / MIB,
+        "flops": flops, "peak_mib": c["peak_bytes"] / common.MIB,
         "flops_per_forward": flops / fwd["flops"],
         "flops_bound": (fwd["flops"] + k * side) / fwd["flops"],
         "peak_per_losa_step": c["peak_bytes"] / one["peak_bytes"]})
-    _log(f"population {variant} K={k} ({loop}): "
+    common.log(f"population {variant} K={k} ({loop}): "
          f"{rows[-1]['flops_per_forward']:.3f}"
          f" forwards (bound {rows[-1]['flops_bound']:.3f}), peak "
          f"{rows[-1]['peak_mib']:.0f} MiB = "
@@ -268,7 +265,7 @@ def _timed_rows(config, variant: str, a) -> List[Dict[str, Any]]:
                  "row": name, "median_s": t["median_s"],
                  "q25_s": t["q25_s"], "q75_s": t["q75_s"],
                  "per_losa_step": t["median_s"] / base})
-    _log(f"population {variant} {name}: {t['median_s']:.3f} s = "
+    common.log(f"population {variant} {name}: {t['median_s']:.3f} s = "
          f"{t['median_s'] / base:.2f}x one LoSA step")
   return rows
 
@@ -339,7 +336,7 @@ def section_side(a) -> List[Dict[str, Any]]:
       fns[impl] = Stepper(uncached, harness.random_state(b), batch)
       fns[f"{impl}, cached"] = Stepper(cached, harness.random_state(b),
                                        fb)
-    _log(f"side {variant}: timing {list(fns)}")
+    common.log(f"side {variant}: timing {list(fns)}")
     times = common.interleaved(fns, reps=a.reps, warmup=a.warmup)
     fwd_med = times["forward"]["median_s"]
     for name, t in times.items():
@@ -352,7 +349,7 @@ def section_side(a) -> List[Dict[str, Any]]:
         row["cached_vs_uncached"] = (t["median_s"] /
                                      times[impl]["median_s"])
       rows.append(row)
-      _log(f"  {name}: {t['median_s']:.3f} s ({row['vs_forward']:.2f}x "
+      common.log(f"  {name}: {t['median_s']:.3f} s ({row['vs_forward']:.2f}x "
            f"forward)" + (f", side {row['side_passes_per_layer']:.1f} "
                           f"passes/layer" if name in info else ""))
   return rows
@@ -411,7 +408,7 @@ def section_side_backward(a) -> List[Dict[str, Any]]:
                    "temp_bytes": c["temp_bytes"], "peak_bytes": c["peak_bytes"],
                    "bytes_accessed": c["bytes_accessed"], "flops": c["flops"],
                    **{f"{p}_traffic_bytes": v for p, v in phases.items()}})
-      _log(f"side_backward {variant} {name}: peak "
+      common.log(f"side_backward {variant} {name}: peak "
            f"{c['peak_bytes'] / 2**20:.1f} MiB, backward traffic "
            f"{phases.get('backward', 0) / 2**20:.0f} MiB")
   return rows

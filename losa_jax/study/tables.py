@@ -17,8 +17,6 @@ import numpy as np
 from losa_jax.bench import common
 from losa_jax.utils import io as io_lib
 
-MIB = common.MIB
-
 
 def write(out: str, csvs: Mapping[str, Sequence[Mapping[str, Any]]],
           meta: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
@@ -49,8 +47,8 @@ def summarize(runs: List[Dict], timing: Dict[str, Dict[str, float]]
             [r["step_s_median"] for r in rs])),
         "interleaved_step_ms": 1e3 * timing.get(label, {}).get(
             "median_s", float("nan")),
-        "peak_mib": rs[0]["peak_bytes"] / MIB,
-        "temp_mib": rs[0]["temp_bytes"] / MIB,
+        "peak_mib": rs[0]["peak_bytes"] / common.MIB,
+        "temp_mib": rs[0]["temp_bytes"] / common.MIB,
         "gflop_per_step": rs[0]["flops"] / 1e9})
   return out
 
@@ -87,9 +85,9 @@ def cost_rows(variants: Sequence[Any], timing) -> List[Dict]:
     rows.append({"label": v.label, "method": v.method, "rank": v.rank,
                  "trainable_params": v.trainable,
                  "gflop_per_step": c["flops"] / 1e9,
-                 "peak_mib": c["peak_bytes"] / MIB,
-                 "temp_mib": c["temp_bytes"] / MIB,
-                 "argument_mib": c["argument_bytes"] / MIB,
+                 "peak_mib": c["peak_bytes"] / common.MIB,
+                 "temp_mib": c["temp_bytes"] / common.MIB,
+                 "argument_mib": c["argument_bytes"] / common.MIB,
                  "interleaved_step_ms": 1e3 * t.get("median_s", float("nan")),
                  "interleaved_q25_ms": 1e3 * t.get("q25_s", float("nan")),
                  "interleaved_q75_ms": 1e3 * t.get("q75_s", float("nan")),
