@@ -55,9 +55,8 @@ ADVICE = ("Pass the config the workdir was trained with (predict --workdir: "
           "per workdir; Python: configs=[...]), or check the path.")
 
 
-def read_config(workdir: str, *, required: bool = True
-                ) -> Optional[ml_collections.ConfigDict]:
-  """The config the trainer stored in `workdir`, or None (required=False).
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config the trainer stored in `workdir`.
 
   Raises:
     FileNotFoundError: no `<workdir>/config.json`, naming the path, saying
@@ -67,8 +66,6 @@ def read_config(workdir: str, *, required: bool = True
   """
   path = config_file(workdir)
   if not os.path.exists(path):
-    if not required:
-      return None
     where = (f"there is no folder {workdir}" if not os.path.isdir(workdir)
              else f"{workdir} exists but holds no {CONFIG_FILE}")
     raise FileNotFoundError(f"No {path}: {where}. {ADVICE}")
