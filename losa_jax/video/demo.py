@@ -89,11 +89,9 @@ def table(rows: Sequence[Dict]) -> str:
            "s / step |",
            "|---|---|---|---|---|---|"]
   for r in rows:
-    # The notebook's own rows have no per-step time.
-    step = f"{r['step_s']:.3f}" if "step_s" in r else "-"
     lines.append(f"| {r['run']} | {r['test_accuracy']:.3f} | "
                  f"{r['trainable_params']:,} | {r['steps']} | "
-                 f"{r['time_s']:.0f} | {step} |")
+                 f"{r['time_s']:.0f} | {r['step_s']:.3f} |")
   return "\n".join(lines)
 
 
