@@ -34,10 +34,8 @@ class CacheError(RuntimeError):
 
 def check_choices(dtype: str, storage: str, what: str) -> None:
   """Raises ValueError naming `what`.dtype or `what`.storage if unknown."""
-  for name, value, choices in (("dtype", dtype, DTYPES),
-                               ("storage", storage, STORAGES)):
-    if value not in choices:
-      raise ValueError(f"{what}.{name}={value!r}: use one of {choices}.")
+  model_lib.check_choice(dtype, f"{what}.dtype", DTYPES)
+  model_lib.check_choice(storage, f"{what}.storage", STORAGES)
 
 
 def options(config) -> Dict[str, Any]:

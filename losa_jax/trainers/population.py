@@ -8,8 +8,9 @@
 Side-network members (LoSA, LST, LAST, mixed) share one backbone pass per
 batch (losa_jax.population.build) in the single run's loop; other methods
 change the backbone, so their members train one after another through the
-single-run trainer, each in <workdir>/<member>. docs/population.md describes what it writes, NaN
-members, successive halving (`population.rungs`) and resume.
+single-run trainer, each in <workdir>/<member>. docs/population.md
+describes what it writes, NaN members, successive halving
+(`population.rungs`) and resume.
 """
 import math
 import os
